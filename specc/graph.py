@@ -1,0 +1,255 @@
+"""The model as a graph: a Sequential chain or a Functional DAG of named nodes, in topological order, with
+every shape inferred and every weight declared. No Numba here; the runtime walks this same graph.
+
+Graph errors (unknown references, cycles, unused nodes, wrong input counts, shape mismatches) are reported
+through `report(path, message)` so each one points at the spec node that caused it, and all of them are
+found in one pass.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .layers.base import LayerSpec, ShapeError, WeightSpec, fmt_shape, snake_case
+from .spec.errors import Path, suggest
+
+Report = Callable[[Path, str], None]
+
+
+@dataclass
+class Node:
+    name: str
+    layer: LayerSpec | None  # None for a model input
+    inbound: list[str]
+    path: Path  # where the node is defined in the spec, for error positions
+    input_shape: Any = None  # a shape, or a list of shapes for merge layers
+    output_shape: tuple | None = None
+    weights: list[WeightSpec] = field(default_factory=list)
+    trainable: bool = True  # False when the layer or a block around it is frozen
+    children: list[Node] = field(default_factory=list)  # the chain inside a nested Sequential block
+
+    @property
+    def type(self) -> str:
+        return "InputLayer" if self.layer is None else self.layer.type
+
+    def params(self, trainable: bool | None = None) -> int:
+        """Parameter count (of this node and its children); trainable=True/False selects one kind."""
+        own = sum(w.size for w in self.weights if trainable is None or (self.trainable and w.trainable) == trainable)
+        return own + sum(c.params(trainable) for c in self.children)
+
+    def leaves(self) -> list[Node]:
+        """The node itself, or the flat chain of layers inside a nested block (recursively)."""
+        return [leaf for c in self.children for leaf in c.leaves()] if self.children else [self]
+
+
+@dataclass
+class Graph:
+    name: str
+    kind: str  # "sequential" or "functional"
+    inputs: list[Node]
+    nodes: list[Node]  # topological order, inputs excluded
+    outputs: list[str]
+
+    def node(self, name: str) -> Node:
+        return next(n for n in self.inputs + self.nodes if n.name == name)
+
+    def params(self, trainable: bool | None = None) -> int:
+        return sum(n.params(trainable) for n in self.nodes)
+
+    def macs(self) -> int:
+        """Forward multiply-adds per sample (0 where a size is unknown until run time)."""
+        total = 0
+        for n in self.nodes:
+            for leaf in n.leaves():
+                try:
+                    total += leaf.layer.macs(leaf.input_shape, leaf.output_shape) or 0
+                except TypeError:  # a None size
+                    pass
+        return total
+
+    def activation_values(self) -> int:
+        """Values each sample produces across all layer outputs (what training must keep for backward)."""
+        total = 0
+        for n in self.nodes:
+            for leaf in n.leaves():
+                if leaf.output_shape and None not in leaf.output_shape:
+                    total += math.prod(leaf.output_shape)
+        return total
+
+
+def assign_names(layers: list[LayerSpec], taken: set[str]) -> None:
+    """Keras's auto-names (dense, dense_1, ...), skipping names the spec already uses.
+
+    Keras numbers layers per Python session; in a spec the counter is per file, which makes names stable.
+    """
+    counters: dict[str, int] = {}
+
+    def walk(chain: list[LayerSpec]) -> None:
+        for layer in chain:
+            if layer.name is None:
+                base = snake_case(layer.type)
+                while True:
+                    k = counters.get(base, 0)
+                    counters[base] = k + 1
+                    candidate = base if k == 0 else f"{base}_{k}"
+                    if candidate not in taken:
+                        break
+                layer.name = candidate
+                taken.add(candidate)
+            if layer.type == "Sequential":
+                walk(layer.layers)
+
+    walk(layers)
+
+
+def _infer(node: Node, report: Report, frozen: bool) -> None:
+    """Fill in output shape, weights and children of one node whose input shape is known."""
+    layer = node.layer
+    node.trainable = layer.trainable and not frozen
+    try:
+        if layer.type == "Sequential":
+            shape = node.input_shape
+            for i, child_layer in enumerate(layer.layers):
+                child = Node(child_layer.name, child_layer, [], node.path + ("layers", i), input_shape=shape)
+                node.children.append(child)
+                _infer(child, report, frozen=not node.trainable)
+                if child.output_shape is None:
+                    return
+                shape = child.output_shape
+            node.output_shape = shape
+            return
+        node.output_shape = tuple(layer.compute_output_shape(node.input_shape))
+        node.weights = layer.weight_specs(node.input_shape)
+    except ShapeError as exc:
+        shown = (" and ".join(fmt_shape(s) for s in node.input_shape) if layer.is_merge
+                 else fmt_shape(node.input_shape))
+        report(node.path, f"{layer.type} '{layer.name}' cannot take input {shown}: {exc}")
+        node.output_shape = None
+
+
+def _check_arity(layer: LayerSpec, n: int, path: Path, report: Report) -> bool:
+    lo, hi = layer.min_inputs, layer.max_inputs
+    if n < lo or (hi is not None and n > hi):
+        want = f"exactly {lo}" if lo == hi else (f"{lo} to {hi}" if hi else f"at least {lo}")
+        report(path, f"{layer.type} takes {want} input{'s' if want != 'exactly 1' else ''}, got {n}")
+        return False
+    return True
+
+
+def build_sequential(name: str, input_name: str, input_shape: tuple, layers: list[LayerSpec],
+                     report: Report) -> Graph:
+    inp = Node(input_name, None, [], ("model", "input"), output_shape=tuple(input_shape))
+    nodes: list[Node] = []
+    prev, shape = inp, inp.output_shape
+    for i, layer in enumerate(layers):
+        path = ("model", "layers", i)
+        if layer.inputs is not None:
+            report(path + ("inputs",), "`inputs` is only used in Functional models (model.inputs + "
+                                       "model.outputs); in a Sequential model each layer takes the one before it")
+        node = Node(layer.name, layer, [prev.name], path, input_shape=shape)
+        nodes.append(node)
+        if shape is None:
+            continue  # an earlier layer failed; its error is already reported
+        if layer.is_merge:
+            report(path, f"{layer.type} merges several inputs and cannot be used in a Sequential model; "
+                         f"use a Functional model (model.inputs, layers with `inputs`, model.outputs)")
+            shape = None
+            continue
+        _infer(node, report, frozen=False)
+        prev, shape = node, node.output_shape
+    return Graph(name, "sequential", [inp], nodes, [nodes[-1].name] if nodes else [input_name])
+
+
+def build_functional(name: str, inputs: dict[str, tuple], layers: list[LayerSpec], outputs: list[str],
+                     report: Report) -> Graph:
+    input_nodes = [Node(k, None, [], ("model", "inputs", k), output_shape=tuple(s)) for k, s in inputs.items()]
+    by_name: dict[str, Node] = {n.name: n for n in input_nodes}
+    nodes: list[Node] = []
+    for i, layer in enumerate(layers):
+        path = ("model", "layers", i)
+        if layer.inputs is None:
+            report(path, f"{layer.type} '{layer.name}' needs `inputs` in a Functional model: the names of "
+                         f"the model inputs or layers it takes, e.g. inputs: {input_nodes[0].name}")
+            inbound: list[str] = []
+        else:
+            inbound = list(layer.inputs)
+        node = Node(layer.name, layer, inbound, path)
+        nodes.append(node)
+        by_name.setdefault(layer.name, node)
+
+    ok_refs = True
+    for node in nodes:
+        for j, ref in enumerate(node.inbound):
+            if ref not in by_name:
+                report(node.path + ("inputs", j), f"unknown input {ref!r}{suggest(ref, by_name)}; known: {', '.join(by_name)}")
+                ok_refs = False
+            elif ref == node.name:
+                report(node.path + ("inputs",), f"layer '{node.name}' takes itself as input")
+                ok_refs = False
+    for j, out in enumerate(outputs):
+        if out not in by_name:
+            report(("model", "outputs", j), f"unknown output {out!r}{suggest(out, by_name)}; "
+                                            f"known: {', '.join(by_name)}")
+            ok_refs = False
+    order = _topological(nodes, report)
+    if order is None or not ok_refs:
+        return Graph(name, "functional", input_nodes, nodes, outputs)
+
+    # Everything must lie on a path from an input to an output, as in a Keras Functional model.
+    used = set()
+    stack = list(outputs)
+    while stack:
+        n = stack.pop()
+        if n not in used:
+            used.add(n)
+            stack.extend(by_name[n].inbound)
+    for node in input_nodes:
+        if node.name not in used:
+            report(node.path, f"input '{node.name}' is not used by any output")
+    for node in nodes:
+        if node.name not in used:
+            report(node.path, f"layer '{node.name}' does not lead to any output in model.outputs "
+                              f"({', '.join(outputs)}); connect it or remove it")
+
+    for node in order:
+        if not _check_arity(node.layer, len(node.inbound), node.path + ("inputs",), report):
+            continue
+        shapes = [by_name[r].output_shape for r in node.inbound]
+        if any(s is None for s in shapes):
+            continue
+        node.input_shape = shapes if node.layer.is_merge else shapes[0]
+        _infer(node, report, frozen=False)
+    return Graph(name, "functional", input_nodes, order, outputs)
+
+
+def _topological(nodes: list[Node], report: Report) -> list[Node] | None:
+    """Nodes in dependency order, stable to file order; reports each cycle with its members."""
+    by_name = {n.name: n for n in nodes}
+    state: dict[str, int] = {}  # 1 visiting, 2 done
+    order: list[Node] = []
+    cyclic = False
+
+    def visit(node: Node, stack: list[str]) -> None:
+        # stack: the consumers being visited, ending with `node`
+        nonlocal cyclic
+        state[node.name] = 1
+        for ref in node.inbound:
+            dep = by_name.get(ref)
+            if dep is None or dep is node:
+                continue
+            if state.get(ref) == 1:
+                cycle = (stack[stack.index(ref):] + [ref])[::-1]  # in data-flow direction
+                report(node.path + ("inputs",), "cycle in the model graph: " + " -> ".join(cycle))
+                cyclic = True
+            elif ref not in state:
+                visit(dep, stack + [ref])
+        state[node.name] = 2
+        order.append(node)
+
+    for node in nodes:
+        if node.name not in state:
+            visit(node, [node.name])
+    return None if cyclic else order

@@ -1,0 +1,108 @@
+"""The layer contract and the registry keyed by the YAML `type`.
+
+A layer class is a pydantic model of its hyperparameters (the Keras constructor arguments, with Keras's
+defaults) plus the rules that depend only on shapes: `compute_output_shape` (the single shape rule),
+`weight_specs` (names, shapes, initializers and trainability in Keras's order) and `macs` (multiply-adds
+per sample, for the summary). The runtime adds forward/backward next to these in the same class; nothing
+here imports Numba, so validation and summaries stay light.
+
+Shapes never include the batch axis; `None` marks a size known only at run time.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, field_validator
+
+from ..spec.types import Bool, Name
+
+Shape = tuple  # tuple[int | None, ...]
+
+
+class ShapeError(ValueError):
+    """A layer cannot accept its input shape; the message says why in the user's terms."""
+
+
+@dataclass(frozen=True)
+class WeightSpec:
+    name: str  # Keras's variable name: kernel, bias, gamma, moving_mean, ...
+    shape: tuple[int, ...]
+    initializer: str
+    trainable: bool = True  # False for statistics such as moving_mean, whatever the layer's flag
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+
+class LayerSpec(BaseModel):
+    """Base of every layer. Subclasses declare `type: Literal["Name"] = "Name"` and their arguments."""
+
+    model_config = ConfigDict(extra="forbid", defer_build=True)
+
+    type: str
+    name: Name | None = None
+    trainable: Bool = True
+    # Functional graphs only: the names of the inputs/layers this layer consumes.
+    inputs: list[Name] | None = None
+
+    # How many input tensors the layer takes (merge layers take 2 or more).
+    min_inputs: ClassVar[int] = 1
+    max_inputs: ClassVar[int | None] = 1
+
+    @field_validator("inputs", mode="before")
+    @classmethod
+    def _one_or_many(cls, v):
+        return [v] if isinstance(v, str) else v
+
+    @property
+    def is_merge(self) -> bool:
+        return self.max_inputs != 1
+
+    def compute_output_shape(self, input_shape: Any) -> Shape:
+        """Output shape for `input_shape` (a tuple, or a list of tuples for merge layers)."""
+        return input_shape
+
+    def weight_specs(self, input_shape: Any) -> list[WeightSpec]:
+        return []
+
+    def macs(self, input_shape: Any, output_shape: Shape) -> int:
+        """Forward multiply-adds per sample; 0 for layers that only move or compare data."""
+        return 0
+
+    # Keras's `get_config()` equivalent, only what differs from the defaults.
+    def config(self) -> dict:
+        return self.model_dump(exclude_defaults=True, exclude={"inputs"}) | {"type": self.type}
+
+
+REGISTRY: dict[str, type[LayerSpec]] = {}
+
+
+def register(cls: type[LayerSpec]) -> type[LayerSpec]:
+    type_name = cls.model_fields["type"].default
+    assert type_name and type_name not in REGISTRY, type_name
+    REGISTRY[type_name] = cls
+    return cls
+
+
+def snake_case(class_name: str) -> str:
+    """Keras's auto-name rule: Conv2DTranspose -> conv2d_transpose, SimpleRNN -> simple_rnn."""
+    s = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", class_name)
+    return re.sub(r"([a-z])([A-Z])", r"\1_\2", s).lower()
+
+
+def known(n: int | None) -> bool:
+    return n is not None
+
+
+def prod(shape: Shape) -> int | None:
+    """Number of elements, or None if any size is unknown."""
+    return None if any(d is None for d in shape) else math.prod(shape)
+
+
+def fmt_shape(shape: Shape) -> str:
+    return "(" + ", ".join("None" if d is None else str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"

@@ -1,0 +1,73 @@
+"""Dense, Embedding and Dropout: the layers every model starts from."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from ..spec.types import Bool, PositiveInt, Rate, StrictInt
+from .activations import ActivationName
+from .base import LayerSpec, ShapeError, WeightSpec, fmt_shape, prod, register
+from .initializers import Initializer
+
+
+@register
+class Dense(LayerSpec):
+    """y = activation(x @ kernel + bias) on the last axis; kernel (in, units), bias (units,)."""
+
+    type: Literal["Dense"] = "Dense"
+    units: PositiveInt
+    activation: ActivationName = "linear"
+    use_bias: Bool = True
+    kernel_initializer: Initializer = "glorot_uniform"
+    bias_initializer: Initializer = "zeros"
+
+    def _in(self, s):
+        if s[-1] is None:
+            raise ShapeError(f"the last axis of its input {fmt_shape(s)} must be known to size the kernel")
+        return s[-1]
+
+    def compute_output_shape(self, s):
+        self._in(s)
+        return s[:-1] + (self.units,)
+
+    def weight_specs(self, s):
+        w = [WeightSpec("kernel", (self._in(s), self.units), self.kernel_initializer)]
+        if self.use_bias:
+            w.append(WeightSpec("bias", (self.units,), self.bias_initializer))
+        return w
+
+    def macs(self, s, out):
+        return (prod(s[:-1]) or 1) * s[-1] * self.units
+
+
+@register
+class Embedding(LayerSpec):
+    """Integer ids (..., ) -> vectors (..., output_dim); embeddings (input_dim, output_dim)."""
+
+    type: Literal["Embedding"] = "Embedding"
+    input_dim: PositiveInt
+    output_dim: PositiveInt
+    embeddings_initializer: Initializer = "random_uniform"
+    mask_zero: Bool = False
+
+    def compute_output_shape(self, s):
+        return s + (self.output_dim,)
+
+    def weight_specs(self, s):
+        return [WeightSpec("embeddings", (self.input_dim, self.output_dim), self.embeddings_initializer)]
+
+
+@register
+class Dropout(LayerSpec):
+    """Zeroes a `rate` fraction of inputs in training and scales the rest by 1/(1-rate)."""
+
+    type: Literal["Dropout"] = "Dropout"
+    rate: Rate
+    noise_shape: list[PositiveInt | None] | None = None
+    seed: StrictInt | None = None
+
+    def compute_output_shape(self, s):
+        if self.noise_shape is not None and len(self.noise_shape) != len(s) + 1:
+            raise ShapeError(f"noise_shape {self.noise_shape} must have {len(s) + 1} entries (batch axis first) "
+                             f"for input {fmt_shape(s)}")
+        return s

@@ -1,0 +1,67 @@
+"""A JSON Schema of spec format v1 for editors (yaml-language-server's `$schema` comment).
+
+Built from the same pydantic models and layer registry that validation uses, so it cannot drift.
+"""
+
+from __future__ import annotations
+
+from pydantic.json_schema import models_json_schema
+
+from ..layers import REGISTRY
+from .schema import CALLBACKS, SECTIONS, FunctionalModelDef, SequentialModelDef
+
+_LAYER = {"$ref": "#/$defs/Layer"}
+
+
+def _retarget(node):
+    """Point every list of raw layers (typed Any in the schema models) at the Layer union."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "layers" and isinstance(value, dict) and value.get("type") == "array":
+                value["items"] = _LAYER
+            else:
+                _retarget(value)
+    elif isinstance(node, list):
+        for item in node:
+            _retarget(item)
+
+
+def spec_json_schema() -> dict:
+    layer_models = list(REGISTRY.values())
+    models = [SequentialModelDef, FunctionalModelDef, *SECTIONS.values(), *CALLBACKS.values(), *layer_models]
+    refs, top = models_json_schema([(m, "validation") for m in models], ref_template="#/$defs/{model}")
+    defs = top["$defs"]
+    for cls in layer_models:
+        props = defs[cls.__name__]["properties"]
+        props["type"] = {"const": cls.model_fields["type"].default}
+        defs[cls.__name__]["required"] = sorted(set(defs[cls.__name__].get("required", [])) | {"type"})
+        props["inputs"] = {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}],
+                           "description": "Functional models only: the inputs/layers this layer takes"}
+    defs["Layer"] = {"oneOf": [refs[(cls, "validation")] for cls in layer_models]}
+    defs["Sequential"]["properties"]["layers"] = {"type": "array", "items": _LAYER, "minItems": 1}
+    fit = defs["FitDef"]["properties"]
+    fit["callbacks"] = {"type": "array", "items": {"oneOf": [refs[(c, "validation")] for c in CALLBACKS.values()]}}
+    # `input: [8, 8, 1]` is shorthand for `input: {shape: [8, 8, 1]}`
+    either = {"anyOf": [{"$ref": "#/$defs/InputDef"}, defs["InputDef"]["properties"]["shape"]]}
+    defs["SequentialModelDef"]["properties"]["input"] = either
+    defs["FunctionalModelDef"]["properties"]["inputs"] = {"type": "object", "minProperties": 1,
+                                                          "additionalProperties": either}
+    defs["FunctionalModelDef"]["properties"]["outputs"] = {
+        "anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "minItems": 1}]}
+    _retarget(defs)
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "https://specc.dev/schema/v1.json",
+        "title": "specc model spec, format v1",
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["specc", "model"],
+        "properties": {
+            "specc": {"const": 1, "description": "spec format version"},
+            "name": {"type": "string", "minLength": 1},
+            "seed": {"type": "integer", "minimum": 0},
+            "model": {"oneOf": [refs[(SequentialModelDef, "validation")], refs[(FunctionalModelDef, "validation")]]},
+            **{k: refs[(m, "validation")] for k, m in SECTIONS.items()},
+        },
+        "$defs": defs,
+    }

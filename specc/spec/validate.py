@@ -1,0 +1,319 @@
+"""From a YAML file to a validated spec and its inferred graph, collecting every error with its position.
+
+    spec, errors = load_spec("model.yaml")
+
+Nothing here raises on bad input: YAML problems, schema problems, graph and shape problems all become
+`SpecError`s. Checks continue past an error wherever the later checks still make sense, so a user sees
+all of a file's mistakes in one run.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from ..graph import Graph, assign_names, build_functional, build_sequential
+from ..layers import REGISTRY, LayerSpec
+from .errors import Path, SpecError, format_path, suggest
+from .schema import (
+    CALLBACKS,
+    KNOWN_VERSIONS,
+    SECTIONS,
+    TOP_LEVEL_KEYS,
+    CompileDef,
+    DataDef,
+    FitDef,
+    FunctionalModelDef,
+    SequentialModelDef,
+)
+from .yamlpos import Positions, load_yaml
+
+# Keras arguments a user may reasonably write that specc v1 does not implement: say so, instead of the
+# generic "unknown key".
+UNSUPPORTED_KERAS_ARGS = {
+    "kernel_regularizer", "bias_regularizer", "activity_regularizer", "recurrent_regularizer",
+    "embeddings_regularizer", "beta_regularizer", "gamma_regularizer", "depthwise_regularizer",
+    "pointwise_regularizer", "kernel_constraint", "bias_constraint", "recurrent_constraint",
+    "embeddings_constraint", "beta_constraint", "gamma_constraint", "depthwise_constraint",
+    "pointwise_constraint", "data_format", "groups", "dtype", "return_state", "stateful", "unroll",
+    "lora_rank", "lora_alpha", "synchronized", "rms_scaling", "use_cudnn", "time_major", "weights",
+    "input_length", "sparse", "implementation", "quantization_config",
+}
+
+
+@dataclass
+class Spec:
+    """A validated spec: its sections, the layers as LayerSpec objects and the inferred graph."""
+
+    file: str
+    version: int
+    name: str
+    seed: int | None
+    model: SequentialModelDef | FunctionalModelDef
+    layers: list[LayerSpec]
+    graph: Graph
+    compile: CompileDef | None = None
+    fit: FitDef | None = None
+    data: DataDef | None = None
+    callbacks: list[BaseModel] = field(default_factory=list)
+    positions: Positions = field(default_factory=Positions)
+
+
+class Collector:
+    """Turns paths and pydantic errors into positioned SpecErrors for one file."""
+
+    def __init__(self, file: str, positions: Positions):
+        self.file, self.positions, self.errors = file, positions, []
+
+    def add(self, path: Path, message: str, at_key: bool = False) -> None:
+        line, col = self.positions.of(path, prefer_key=at_key)
+        self.errors.append(SpecError(self.file, line, col, format_path(path), message))
+
+    def validate(self, model: type[BaseModel], data: Any, prefix: Path, what: str = "") -> Any:
+        try:
+            return model.model_validate(data)
+        except ValidationError as exc:
+            fields = list(model.model_fields) if hasattr(model, "model_fields") else []
+            for err in exc.errors():
+                self._pydantic(err, prefix, fields, what)
+            return None
+
+    def _pydantic(self, err: dict, prefix: Path, fields: list[str], what: str) -> None:
+        loc = [x for x in err["loc"] if not (isinstance(x, str) and (x.startswith("~") or x == "[key]"))]
+        path = prefix + tuple(loc)
+        kind, msg = err["type"], err["msg"]
+        if kind == "extra_forbidden":
+            key = loc[-1] if loc else "?"
+            if key in UNSUPPORTED_KERAS_ARGS:
+                message = f"`{key}` is a Keras argument that specc does not support yet"
+            elif key in ("input_shape", "batch_input_shape", "input_dim") and what:
+                message = f"`{key}` is not a layer argument in a spec; the model's input shape goes in `model.input`"
+            else:
+                allowed = [f for f in fields if f not in ("type", "inputs")]
+                message = f"unknown key `{key}`{suggest(str(key), allowed)}"
+                if what:
+                    message += f"; {what} takes: {', '.join(allowed)}"
+            self.add(path, message, at_key=True)
+        elif kind == "missing":
+            self.add(path, f"missing required key `{loc[-1]}`" + (f" for {what}" if what else ""))
+        elif kind in ("model_type", "dict_type", "model_attributes_type"):
+            self.add(path, f"must be a mapping, got {_kind(err.get('input'))}")
+        elif kind == "list_type":
+            self.add(path, f"must be a list, got {_kind(err.get('input'))}")
+        elif kind in ("string_type",):
+            self.add(path, f"must be a string, got {_kind(err.get('input'))}")
+        else:
+            self.add(path, msg.removeprefix("Value error, "))
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"boolean {str(value).lower()}"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, str):
+        return f"the string {value!r}"
+    return f"{type(value).__name__} {value!r}"
+
+
+def _validate_layer(raw: Any, path: Path, c: Collector) -> LayerSpec | None:
+    if not isinstance(raw, dict):
+        c.add(path, f"each layer must be a mapping like {{type: Dense, units: 10}}, got {_kind(raw)}")
+        return None
+    if "type" not in raw:
+        c.add(path, "layer is missing `type` (the Keras layer class, e.g. Dense, Conv2D)")
+        return None
+    type_name = raw["type"]
+    if not isinstance(type_name, str) or type_name not in REGISTRY:
+        hint = suggest(str(type_name), REGISTRY) if isinstance(type_name, str) else ""
+        c.add(path + ("type",), f"unknown layer type {type_name!r}{hint}; see `specc schema` or the README "
+                                f"for the {len(REGISTRY)} layer types")
+        return None
+    cls = REGISTRY[type_name]
+    if type_name == "Sequential":
+        children_raw = raw.get("layers")
+        if not isinstance(children_raw, list) or not children_raw:
+            c.add(path + ("layers",), "a nested Sequential block needs a non-empty list of `layers`")
+            return None
+        children = [_validate_layer(x, path + ("layers", i), c) for i, x in enumerate(children_raw)]
+        if any(ch is None for ch in children):
+            c.validate(cls, {**raw, "layers": []}, path, what=type_name)  # still report the block's own keys
+            return None
+        return c.validate(cls, {**raw, "layers": children}, path, what=type_name)
+    return c.validate(cls, raw, path, what=type_name)
+
+
+def _validate_callback(raw: Any, path: Path, c: Collector) -> BaseModel | None:
+    if isinstance(raw, str):
+        raw = {"type": raw}
+    if not isinstance(raw, dict) or not isinstance(raw.get("type"), str):
+        c.add(path, "each callback must be a mapping with a `type`, e.g. {type: EarlyStopping, patience: 3}")
+        return None
+    cls = CALLBACKS.get(raw["type"])
+    if cls is None:
+        c.add(path + ("type",), f"unknown callback {raw['type']!r}{suggest(raw['type'], CALLBACKS)}; "
+                                f"expected one of: {', '.join(CALLBACKS)}")
+        return None
+    return c.validate(cls, raw, path, what=raw["type"])
+
+
+def _check_names(layers: list[LayerSpec], c: Collector, reserved: dict[str, Path]) -> None:
+    seen = dict(reserved)
+
+    def walk(chain: list[LayerSpec], prefix: Path) -> None:
+        for i, layer in enumerate(chain):
+            path = prefix + (i,)
+            if layer.name is not None:
+                if layer.name in seen:
+                    first = c.positions.of(seen[layer.name])
+                    c.add(path + ("name",), f"duplicate name {layer.name!r} (first used at line {first[0]}); "
+                                            f"names must be unique in a model")
+                else:
+                    seen[layer.name] = path + ("name",)
+            if layer.type == "Sequential":
+                walk(layer.layers, path + ("layers",))
+
+    walk(layers, ("model", "layers"))
+
+
+def validate_data(data: Any, positions: Positions, file: str) -> tuple[Spec | None, list[SpecError]]:
+    c = Collector(file, positions)
+    if not isinstance(data, dict):
+        c.add((), f"a spec must be a mapping with `specc: 1` and a `model`, got {_kind(data)}")
+        return None, c.errors
+
+    for key in data:
+        if key not in TOP_LEVEL_KEYS:
+            c.add((key,), f"unknown top-level key `{key}`{suggest(str(key), TOP_LEVEL_KEYS)}; "
+                          f"expected: {', '.join(TOP_LEVEL_KEYS)}", at_key=True)
+
+    version = data.get("specc")
+    if "specc" not in data:
+        c.add((), "missing `specc: 1` (the spec format version) at the top of the file")
+    elif version not in KNOWN_VERSIONS or isinstance(version, bool):
+        c.add(("specc",), f"unknown spec format version {version!r}; known versions: "
+                          f"{', '.join(map(str, KNOWN_VERSIONS))}")
+
+    default_name = os.path.splitext(os.path.basename(file))[0] or "model"
+    name = data.get("name", default_name)
+    if not isinstance(name, str) or not name:
+        c.add(("name",), f"must be a non-empty string, got {_kind(name)}")
+        name = default_name
+    seed = data.get("seed")
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
+        c.add(("seed",), f"must be a non-negative integer, got {_kind(seed)}")
+        seed = None
+
+    sections = {}
+    for key, model in SECTIONS.items():
+        if key in data:
+            sections[key] = c.validate(model, data[key], (key,), what=key)
+    callbacks = []
+    if sections.get("fit") is not None:
+        callbacks = [_validate_callback(cb, ("fit", "callbacks", i), c) for i, cb in enumerate(sections["fit"].callbacks)]
+
+    model_raw = data.get("model")
+    model_def, layers, graph = _validate_model(model_raw, name, c)
+
+    if c.errors or graph is None:
+        return None, c.errors
+    _check_outputs(graph, sections.get("compile"), c)
+    if c.errors:
+        return None, c.errors
+    return Spec(file, version, name, seed, model_def, layers, graph, sections.get("compile"), sections.get("fit"),
+                sections.get("data"), [cb for cb in callbacks if cb is not None], positions), []
+
+
+def _validate_model(model_raw: Any, name: str, c: Collector):
+    if model_raw is None:
+        c.add((), "missing `model`: a Sequential model has `input` and `layers`; a Functional model has "
+                  "`inputs`, `layers` and `outputs`")
+        return None, [], None
+    if not isinstance(model_raw, dict):
+        c.add(("model",), f"must be a mapping with `input` and `layers` (Sequential) or `inputs`, `layers` "
+                          f"and `outputs` (Functional), got {_kind(model_raw)}")
+        return None, [], None
+    functional = "inputs" in model_raw or "outputs" in model_raw
+    if functional and "input" in model_raw:
+        c.add(("model", "input"), "use either `input` (Sequential) or `inputs` + `outputs` (Functional), not both",
+              at_key=True)
+        return None, [], None
+    model_cls = FunctionalModelDef if functional else SequentialModelDef
+    model_def = c.validate(model_cls, model_raw, ("model",), what="Functional model" if functional else "model")
+    raw_layers = model_raw.get("layers")
+    if not isinstance(raw_layers, list):
+        return None, [], None
+    if not raw_layers:
+        c.add(("model", "layers"), "a model needs at least one layer")
+        return None, [], None
+    layers = [_validate_layer(raw, ("model", "layers", i), c) for i, raw in enumerate(raw_layers)]
+    if model_def is None or any(layer is None for layer in layers):
+        return model_def, [], None
+
+    if functional:
+        reserved = {k: ("model", "inputs", k) for k in model_def.inputs}
+    else:
+        input_name = model_def.input.name or "input_layer"
+        reserved = {input_name: ("model", "input")}
+    n_before = len(c.errors)
+    _check_names(layers, c, reserved)
+    if len(c.errors) > n_before:
+        return model_def, layers, None
+    assign_names(layers, set(reserved) | _all_names(layers))
+
+    if functional:
+        graph = build_functional(name, {k: v.shape for k, v in model_def.inputs.items()}, layers,
+                                 model_def.outputs, c.add)
+    else:
+        graph = build_sequential(name, input_name, model_def.input.shape, layers, c.add)
+    return model_def, layers, graph
+
+
+def _all_names(layers: list[LayerSpec]) -> set[str]:
+    names = set()
+    for layer in layers:
+        if layer.name:
+            names.add(layer.name)
+        if layer.type == "Sequential":
+            names |= _all_names(layer.layers)
+    return names
+
+
+def _check_outputs(graph: Graph, compile_def: CompileDef | None, c: Collector) -> None:
+    """Per-output mappings in `compile` must name real outputs."""
+    if compile_def is None:
+        return
+    outputs = graph.outputs
+    for key in ("loss", "metrics", "loss_weights"):
+        value = getattr(compile_def, key)
+        if isinstance(value, dict):
+            for out in value:
+                if out not in outputs:
+                    c.add(("compile", key, out), f"{out!r} is not a model output{suggest(out, outputs)}; "
+                                                 f"outputs: {', '.join(outputs)}", at_key=True)
+        elif key == "loss_weights" and isinstance(value, list) and len(value) != len(outputs):
+            c.add(("compile", key), f"has {len(value)} weights for {len(outputs)} model outputs")
+
+
+def load_spec_text(text: str | bytes, file: str = "<spec>") -> tuple[Spec | None, list[SpecError]]:
+    data, positions, errors = load_yaml(text, file)
+    if errors:
+        return None, errors
+    return validate_data(data, positions, file)
+
+
+def load_spec(path: str | os.PathLike) -> tuple[Spec | None, list[SpecError]]:
+    file = os.fspath(path)
+    try:
+        with open(file, "rb") as fh:
+            text = fh.read(4_000_000)
+    except OSError as exc:
+        return None, [SpecError(file, 1, 1, "", f"cannot read the file: {exc.strerror or exc}")]
+    return load_spec_text(text, file)

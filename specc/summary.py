@@ -1,0 +1,154 @@
+"""The Keras 3 model summary, from the inferred graph alone (no data, no weights, no Numba).
+
+Layout follows Keras 3's `print_summary`: a rich table with columns Layer (type) / Output Shape / Param #
+(plus Connected to for Functional models, Trainable with --show-trainable), Sequential at 88 columns and
+Functional at 108, then the Total / Trainable / Non-trainable lines with sizes in float32 bytes. Beyond
+Keras, like torchinfo, it adds forward multiply-adds and an estimate of the memory training needs.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from typing import Any
+
+from .graph import Graph, Node
+
+BYTES_PER_VALUE = 4  # float32
+
+
+def readable_size(n_bytes: float) -> str:
+    """Keras's readable_memory_size: 1024-based, two decimals."""
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n_bytes / 1024 < 1:
+            return f"{n_bytes:.2f} {unit}"
+        n_bytes /= 1024
+    return f"{n_bytes:.2f} PB"
+
+
+def batch_shape(shape: tuple | None) -> str:
+    if shape is None:
+        return "?"
+    return "(" + ", ".join("None" if d is None else str(d) for d in (None, *shape)) + ")"
+
+
+def _rows(graph: Graph, expand_nested: bool) -> list[tuple[Node, int]]:
+    """(node, nesting level) in display order; Functional models list their inputs first, as Keras does."""
+    out: list[tuple[Node, int]] = []
+
+    def add(node: Node, level: int) -> None:
+        out.append((node, level))
+        if expand_nested:
+            for child in node.children:
+                add(child, level + 1)
+
+    if graph.kind == "functional":
+        for node in graph.inputs:
+            out.append((node, 0))
+    for node in graph.nodes:
+        add(node, 0)
+    return out
+
+
+def summary_text(graph: Graph, expand_nested: bool = False, show_trainable: bool = False,
+                 batch_size: int = 32) -> str:
+    import rich.box
+    import rich.console
+    import rich.markup
+    import rich.table
+
+    sequential = graph.kind == "sequential"
+    if sequential:
+        line_length, positions = 88, [0.45, 0.84, 1.0]
+        header, justify = ["Layer (type)", "Output Shape", "Param #"], ["left", "left", "right"]
+    else:
+        line_length, positions = 108, [0.3, 0.56, 0.74, 1.0]
+        header = ["Layer (type)", "Output Shape", "Param #", "Connected to"]
+        justify = ["left", "left", "right", "left"]
+    if show_trainable:
+        line_length += 12
+        positions = [p * 0.90 for p in positions] + [1.0]
+        header.append("Trainable")
+        justify.append("center")
+    widths, current = [], 0
+    for pos in positions:
+        width = int(pos * line_length) - current
+        widths.append(width)
+        current += width
+
+    columns = [rich.table.Column(h, justify=j, width=w) for h, j, w in zip(header, justify, widths)]
+    table = rich.table.Table(*columns, width=line_length, show_lines=True, box=rich.box.HEAVY_HEAD)
+    for node, level in _rows(graph, expand_nested):
+        prefix = ("   " * level + "└ ") if level else ""
+        cells = [f"{rich.markup.escape(prefix + node.name)} ({node.type})", batch_shape(node.output_shape),
+                 f"{node.params():,}"]
+        if not sequential:
+            cells.append(", ".join(f"{rich.markup.escape(r)}[0][0]" for r in node.inbound) or "-")
+        if show_trainable:
+            has_weights = bool(node.weights) or any(c.weights for c in node.leaves() if c is not node)
+            cells.append(("Y" if node.trainable else "N") if has_weights else "-")
+        table.add_row(*cells)
+
+    buf = io.StringIO()
+    console = rich.console.Console(file=buf, width=line_length, no_color=True, force_terminal=False,
+                                   highlight=False, legacy_windows=False, emoji=False)
+    console.print(table)
+    total, trainable = graph.params(), graph.params(trainable=True)
+    lines = [f'Model: "{graph.name}"', buf.getvalue().rstrip("\n")]
+    lines.append(f" Total params: {total:,} ({readable_size(total * BYTES_PER_VALUE)})")
+    lines.append(f" Trainable params: {trainable:,} ({readable_size(trainable * BYTES_PER_VALUE)})")
+    lines.append(f" Non-trainable params: {total - trainable:,} ({readable_size((total - trainable) * BYTES_PER_VALUE)})")
+    est = estimates(graph, batch_size)
+    lines.append(f" Forward mult-adds per sample: {est['macs_per_sample']:,}")
+    lines.append(f" Activations per sample: {est['activation_values_per_sample']:,} values "
+                 f"({readable_size(est['activation_bytes_per_sample'])})")
+    lines.append(f" Estimated training memory at batch {batch_size}: "
+                 f"{readable_size(est['training_bytes'])} (weights, gradients, optimizer moments, "
+                 f"activations and their gradients)")
+    return "\n".join(lines) + "\n"
+
+
+def estimates(graph: Graph, batch_size: int) -> dict[str, int]:
+    """Per-sample compute and an upper-bound memory estimate for training with Adam at `batch_size`."""
+    values = graph.activation_values()
+    params = graph.params()
+    inputs = sum(math.prod(d or 1 for d in n.output_shape) for n in graph.inputs)
+    return {
+        "macs_per_sample": graph.macs(),
+        "activation_values_per_sample": values,
+        "activation_bytes_per_sample": values * BYTES_PER_VALUE,
+        "weight_bytes": params * BYTES_PER_VALUE,
+        # parameters + gradients + two Adam moments, and each activation kept plus its gradient
+        "training_bytes": (4 * params + batch_size * (2 * values + inputs)) * BYTES_PER_VALUE,
+    }
+
+
+def _layer_json(node: Node) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "name": node.name,
+        "type": node.type,
+        "output_shape": None if node.output_shape is None else [None, *node.output_shape],
+        "params": node.params(),
+        "trainable_params": node.params(trainable=True),
+        "trainable": node.trainable,
+        "connected_to": list(node.inbound),
+    }
+    if node.children:
+        out["layers"] = [_layer_json(c) for c in node.children]
+    return out
+
+
+def summary_json(graph: Graph, batch_size: int = 32) -> dict[str, Any]:
+    nodes = (graph.inputs if graph.kind == "functional" else []) + graph.nodes
+    total, trainable = graph.params(), graph.params(trainable=True)
+    return {
+        "name": graph.name,
+        "kind": graph.kind,
+        "layers": [_layer_json(n) for n in nodes],
+        "inputs": {n.name: [None, *n.output_shape] for n in graph.inputs},
+        "outputs": list(graph.outputs),
+        "total_params": total,
+        "trainable_params": trainable,
+        "non_trainable_params": total - trainable,
+        **estimates(graph, batch_size),
+    }
