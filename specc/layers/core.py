@@ -48,7 +48,6 @@ class Embedding(LayerSpec):
     input_dim: PositiveInt
     output_dim: PositiveInt
     embeddings_initializer: Initializer = "random_uniform"
-    mask_zero: Bool = False
 
     def compute_output_shape(self, s):
         return s + (self.output_dim,)

@@ -40,7 +40,7 @@ UNSUPPORTED_KERAS_ARGS = {
     "embeddings_constraint", "beta_constraint", "gamma_constraint", "depthwise_constraint",
     "pointwise_constraint", "data_format", "groups", "dtype", "return_state", "stateful", "unroll",
     "lora_rank", "lora_alpha", "synchronized", "rms_scaling", "use_cudnn", "time_major", "weights",
-    "input_length", "sparse", "implementation", "quantization_config",
+    "input_length", "sparse", "implementation", "quantization_config", "mask_zero",
 }
 
 
