@@ -22,3 +22,13 @@ ActivationName = choice(ACTIVATIONS, "activation", aliases={"swish": "silu"}, no
 class Activation(LayerSpec):
     type: Literal["Activation"] = "Activation"
     activation: ActivationName
+
+    # The engine applies `output_activation` (and its derivative) to the layer's output.
+    def output_activation(self):
+        return self.activation
+
+    def forward(self, w, x, training, rng):
+        return x, None
+
+    def backward(self, w, g, saved, dy):
+        return dy

@@ -74,6 +74,30 @@ class LayerSpec(BaseModel):
         """Forward multiply-adds per sample; 0 for layers that only move or compare data."""
         return 0
 
+    # --- runtime -------------------------------------------------------------------------------------
+    # The engine (specc.engine) calls these with arrays that carry the batch axis. Kernels are imported
+    # inside the methods so that validation and summaries never load Numba.
+
+    def initial_value(self, spec: WeightSpec, rng: Any):
+        """The starting value of one weight (Keras's initializer; LSTM overrides for unit_forget_bias)."""
+        from .initializers import initialize
+
+        return initialize(spec.initializer, spec.shape, rng)
+
+    def output_activation(self) -> str:
+        """Activation the engine applies to this layer's output (fused with the loss when it can)."""
+        return "linear"
+
+    def forward(self, w: list, x: Any, training: bool, rng: Any) -> tuple[Any, Any]:
+        """(y, saved): the output before `output_activation`, and what backward needs.
+        `w` are this layer's weights in `weight_specs` order (views into the model's flat buffer)."""
+        raise NotImplementedError(f"{self.type} has no runtime yet")
+
+    def backward(self, w: list, g: list, saved: Any, dy: Any) -> Any:
+        """Writes d(loss)/d(weight) into `g` (views, same order as `w`; None for statistics that have no
+        gradient) and returns d(loss)/d(input) (a list for merge layers)."""
+        raise NotImplementedError(f"{self.type} has no runtime yet")
+
     # Keras's `get_config()` equivalent, only what differs from the defaults.
     def config(self) -> dict:
         return self.model_dump(exclude_defaults=True, exclude={"inputs"}) | {"type": self.type}

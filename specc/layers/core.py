@@ -39,6 +39,32 @@ class Dense(LayerSpec):
     def macs(self, s, out):
         return (prod(s[:-1]) or 1) * s[-1] * self.units
 
+    def output_activation(self):
+        return self.activation
+
+    def forward(self, w, x, training, rng):
+        import numpy as np
+
+        from ..kernels import dense
+
+        x2 = np.ascontiguousarray(x.reshape(-1, x.shape[-1]))  # (rows, in)
+        out = np.empty((x2.shape[0], self.units), x.dtype)
+        bias = w[1] if self.use_bias else w[0][0]
+        dense.forward(x2, w[0], bias, self.use_bias, out)
+        return out.reshape(x.shape[:-1] + (self.units,)), (x2, x.shape)
+
+    def backward(self, w, g, saved, dy):
+        import numpy as np
+
+        from ..kernels import dense
+
+        x2, in_shape = saved
+        dz = np.ascontiguousarray(dy.reshape(-1, self.units))
+        dx = np.empty_like(x2)
+        dbias = g[1] if self.use_bias else np.empty(self.units, dy.dtype)
+        dense.backward(x2, w[0], dz, self.use_bias, True, g[0], dbias, dx)
+        return dx.reshape(in_shape)
+
 
 @register
 class Embedding(LayerSpec):
@@ -70,3 +96,15 @@ class Dropout(LayerSpec):
             raise ShapeError(f"noise_shape {self.noise_shape} must have {len(s) + 1} entries (batch axis first) "
                              f"for input {fmt_shape(s)}")
         return s
+
+    def forward(self, w, x, training, rng):
+        if not training or self.rate == 0:
+            return x, None
+        shape = x.shape
+        if self.noise_shape is not None:  # None entries take the input's size; 1s broadcast the mask
+            shape = tuple(x.shape[i] if d is None else d for i, d in enumerate(self.noise_shape))
+        keep = (rng.random(shape) >= self.rate).astype(x.dtype) / x.dtype.type(1 - self.rate)
+        return x * keep, keep
+
+    def backward(self, w, g, keep, dy):
+        return dy if keep is None else dy * keep

@@ -1,0 +1,191 @@
+"""The graph executor: runs a Sequential chain or a Functional DAG forward in topological order, keeps what
+backward needs, and runs backward in reverse order, summing gradients where a tensor feeds several layers.
+
+All parameters live in one contiguous buffer, trainable ones first:
+
+    params = [ trainable weights ... | non-trainable weights (frozen layers, BN statistics) ... ]
+    grads  = [ gradients of the trainable part ]
+
+so an optimizer step is one fused kernel over `params[:n_trainable]` and `grads`, and a data-parallel
+mode can all-reduce `grads` in one call. Each layer sees its weights as views into `params`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .graph import Graph, Node
+from .layers.base import LayerSpec, WeightSpec
+
+
+@dataclass
+class Step:
+    """One executable layer; nested Sequential blocks are flattened into their leaves."""
+
+    name: str  # the name of the tensor it produces
+    layer: LayerSpec
+    inbound: list[str]
+    trainable: bool
+    specs: list[WeightSpec]
+    input_shape: Any
+    output_shape: tuple
+    weights: list[np.ndarray] = field(default_factory=list)
+    grads: list[np.ndarray | None] = field(default_factory=list)
+
+
+def _flatten(graph: Graph) -> tuple[list[Step], dict[str, str]]:
+    """Executable steps in order, and aliases from block names to the tensor their last leaf produces."""
+    steps: list[Step] = []
+    alias: dict[str, str] = {}
+
+    def resolve(name: str) -> str:
+        while name in alias:
+            name = alias[name]
+        return name
+
+    def add(node: Node, inbound: list[str]) -> None:
+        if node.children:
+            prev = inbound
+            for child in node.children:
+                add(child, prev)
+                prev = [child.name]
+            alias[node.name] = node.children[-1].name
+            return
+        steps.append(Step(node.name, node.layer, [resolve(n) for n in inbound], node.trainable,
+                          list(node.weights), node.input_shape, node.output_shape))
+
+    for node in graph.nodes:
+        add(node, node.inbound)
+    return steps, alias
+
+
+class Engine:
+    def __init__(self, graph: Graph, dtype: Any = np.float32):
+        self.graph = graph
+        self.dtype = np.dtype(dtype)
+        self.steps, self._alias = _flatten(graph)
+        self.input_names = [n.name for n in graph.inputs]
+        self.output_names = [self._resolve(n) for n in graph.outputs]
+
+        # Layout: trainable weights first, so the optimizer sees one contiguous range.
+        placed = [(s, i, w) for s in self.steps for i, w in enumerate(s.specs)]
+        trainable = [(s, i, w) for s, i, w in placed if s.trainable and w.trainable]
+        frozen = [(s, i, w) for s, i, w in placed if not (s.trainable and w.trainable)]
+        self.n_trainable = sum(w.size for _, _, w in trainable)
+        self.n_params = self.n_trainable + sum(w.size for _, _, w in frozen)
+        self.params = np.zeros(self.n_params, self.dtype)
+        self.grads = np.zeros(self.n_trainable, self.dtype)
+        for s in self.steps:
+            s.weights = [None] * len(s.specs)
+            s.grads = [None] * len(s.specs)
+        offset = 0
+        for s, i, w in trainable + frozen:
+            s.weights[i] = self.params[offset: offset + w.size].reshape(w.shape)
+            if offset < self.n_trainable:
+                s.grads[i] = self.grads[offset: offset + w.size].reshape(w.shape)
+            offset += w.size
+        # Frozen layers still need somewhere to write weight gradients during backward.
+        for s in self.steps:
+            for i, w in enumerate(s.specs):
+                if s.grads[i] is None and w.trainable:
+                    s.grads[i] = np.zeros(w.shape, self.dtype)
+        self._saved: dict[str, Any] = {}
+        self._pre: dict[str, np.ndarray] = {}
+        self._values: dict[str, np.ndarray] = {}
+
+    def _resolve(self, name: str) -> str:
+        while name in self._alias:
+            name = self._alias[name]
+        return name
+
+    # --- weights -------------------------------------------------------------------------------------
+
+    def initialize(self, seed: int | None) -> None:
+        """Keras's default initializers, drawn in layer order from one seeded generator."""
+        rng = np.random.default_rng(seed)
+        for s in self.steps:
+            for w, spec in zip(s.weights, s.specs):
+                w[...] = s.layer.initial_value(spec, rng)
+
+    def get_weights(self) -> list[np.ndarray]:
+        """Every weight in Keras's order (layer by layer, each layer's `weights` order), as copies."""
+        return [w.copy() for s in self.steps for w in s.weights]
+
+    def set_weights(self, arrays: list[np.ndarray]) -> None:
+        views = [w for s in self.steps for w in s.weights]
+        if len(arrays) != len(views):
+            raise ValueError(f"expected {len(views)} weight arrays, got {len(arrays)}")
+        for k, (view, a) in enumerate(zip(views, arrays)):
+            a = np.asarray(a)
+            if a.shape != view.shape:
+                raise ValueError(f"weight {k} has shape {a.shape}, expected {view.shape}")
+            view[...] = a
+
+    # --- execution -----------------------------------------------------------------------------------
+
+    def forward(self, inputs: list[np.ndarray], training: bool = False, rng: Any = None) -> list[np.ndarray]:
+        from .kernels import activations
+
+        if len(inputs) != len(self.input_names):
+            raise ValueError(f"model takes {len(self.input_names)} inputs, got {len(inputs)}")
+        values = {n: np.asarray(x, self.dtype) for n, x in zip(self.input_names, inputs)}
+        self._saved.clear()
+        self._pre.clear()
+        for s in self.steps:
+            x = [values[n] for n in s.inbound] if s.layer.is_merge else values[s.inbound[0]]
+            # Batch statistics are used in training unless the layer is frozen (Keras's BN rule).
+            y, saved = s.layer.forward(s.weights, x, training and s.trainable, rng)
+            act = s.layer.output_activation()
+            if act != "linear":
+                z = np.ascontiguousarray(y)
+                y = np.empty_like(z)
+                activations.forward(activations.CODE[act], activations.as_rows(z), activations.as_rows(y))
+                self._pre[s.name] = z
+            self._saved[s.name] = saved
+            values[s.name] = y
+        self._values = values
+        return [values[n] for n in self.output_names]
+
+    def backward(self, d_outputs: list[np.ndarray], pre_activation: list[bool] | None = None) -> None:
+        """Fills `self.grads` from the gradients of the loss w.r.t. the outputs of the last forward.
+
+        pre_activation[i] says d_outputs[i] is already the gradient w.r.t. the output layer's
+        pre-activation (the fused softmax + cross-entropy path).
+        """
+        from .kernels import activations
+
+        pre_activation = pre_activation or [False] * len(d_outputs)
+        grads: dict[str, np.ndarray] = {}
+        fused: set[str] = set()
+        for name, d, pre in zip(self.output_names, d_outputs, pre_activation):
+            _accumulate(grads, name, np.asarray(d, self.dtype))
+            if pre:
+                fused.add(name)
+        for s in reversed(self.steps):
+            dy = grads.pop(s.name, None)
+            if dy is None:
+                continue  # does not reach any output
+            if s.name in self._pre and s.name not in fused:
+                z, y = self._pre[s.name], self._values[s.name]
+                dz = np.empty_like(z)
+                activations.backward(activations.CODE[s.layer.output_activation()], activations.as_rows(z),
+                                     activations.as_rows(y), activations.as_rows(np.ascontiguousarray(dy)),
+                                     activations.as_rows(dz))
+                dy = dz
+            dx = s.layer.backward(s.weights, s.grads, self._saved[s.name], dy)
+            if s.layer.is_merge:
+                for n, d in zip(s.inbound, dx):
+                    _accumulate(grads, n, d)
+            else:
+                _accumulate(grads, s.inbound[0], dx)
+        self._input_grads = {n: grads.get(n) for n in self.input_names}
+
+
+def _accumulate(grads: dict[str, np.ndarray], name: str, d: np.ndarray) -> None:
+    if name in grads:
+        grads[name] = grads[name] + d
+    else:
+        grads[name] = d

@@ -1,0 +1,37 @@
+"""Numba kernels: the only package that imports Numba.
+
+Kernels are array-in, array-out functions over preallocated outputs, decorated at module level with
+`cache=True`, so a warm start loads machine code from the cache instead of compiling. Each module covers
+one topic (activations, dense, conv, ...). `configure_threads` caps Numba's and BLAS's thread pools to
+the same count, so the two never oversubscribe the cores.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numba
+
+# Compiled with fastmath so float32 loops vectorise; no kernel relies on NaN/inf propagation through
+# reassociated sums (losses check for NaN explicitly).
+JIT = dict(cache=True, fastmath=True, nogil=True)
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def configure_threads(n: int | None = None) -> int:
+    """Use `n` threads (default: the cores this process may run on) for Numba and for BLAS."""
+    n = max(1, min(n or available_cores(), numba.config.NUMBA_NUM_THREADS))
+    numba.set_num_threads(n)
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=n, user_api="blas")
+    except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
+        pass
+    return n
