@@ -33,7 +33,7 @@ def batch_shape(shape: tuple | None) -> str:
 
 
 def _rows(graph: Graph, expand_nested: bool) -> list[tuple[Node, int]]:
-    """(node, nesting level) in display order; Functional models list their inputs first, as Keras does."""
+    """(node, nesting level) in display order, as Keras lists a model's layers."""
     out: list[tuple[Node, int]] = []
 
     def add(node: Node, level: int) -> None:
@@ -42,10 +42,11 @@ def _rows(graph: Graph, expand_nested: bool) -> list[tuple[Node, int]]:
             for child in node.children:
                 add(child, level + 1)
 
-    if graph.kind == "functional":
-        for node in graph.inputs:
-            out.append((node, 0))
+    pending = {n.name: n for n in graph.inputs} if graph.kind == "functional" else {}
     for node in graph.nodes:
+        for ref in node.inbound:  # Keras lists an input just before its first consumer
+            if ref in pending:
+                out.append((pending.pop(ref), 0))
         add(node, 0)
     return out
 
@@ -139,7 +140,7 @@ def _layer_json(node: Node) -> dict[str, Any]:
 
 
 def summary_json(graph: Graph, batch_size: int = 32) -> dict[str, Any]:
-    nodes = (graph.inputs if graph.kind == "functional" else []) + graph.nodes
+    nodes = [node for node, _ in _rows(graph, expand_nested=False)]
     total, trainable = graph.params(), graph.params(trainable=True)
     return {
         "name": graph.name,

@@ -12,22 +12,10 @@ import numpy as np
 from specc.engine import Engine
 from specc.spec import load_spec_text
 
+from .modelspec import model_yaml
+
 H = 1e-6
 RTOL, ATOL = 1e-5, 1e-7
-
-
-def model_yaml(layer: dict, input_shapes: list[list[int]]) -> str:
-    """A spec with one layer under test: Sequential for one input, Functional for merges."""
-    import yaml
-
-    layer = dict(layer, name="under_test")
-    if len(input_shapes) == 1:
-        model = {"input": input_shapes[0], "layers": [layer]}
-    else:
-        names = [f"in{i}" for i in range(len(input_shapes))]
-        model = {"inputs": dict(zip(names, input_shapes)), "layers": [dict(layer, inputs=names)],
-                 "outputs": "under_test"}
-    return yaml.safe_dump({"specc": 1, "seed": 0, "model": model}, sort_keys=False)
 
 
 def build(layer: dict, input_shapes: list[list[int]]) -> Engine:

@@ -49,7 +49,7 @@ class MaxPooling2D(_Pool):
 @register
 class AveragePooling1D(_Pool):
     type: Literal["AveragePooling1D"] = "AveragePooling1D"
-    pool_size: int_tuple(1) = (2,)
+    pool_size: int_tuple(1)  # required in Keras 3, unlike MaxPooling
     strides: int_tuple(1) | None = None
     padding: Padding = "valid"
 
@@ -57,7 +57,7 @@ class AveragePooling1D(_Pool):
 @register
 class AveragePooling2D(_Pool):
     type: Literal["AveragePooling2D"] = "AveragePooling2D"
-    pool_size: int_tuple(2) = (2, 2)
+    pool_size: int_tuple(2)  # required in Keras 3, unlike MaxPooling
     strides: int_tuple(2) | None = None
     padding: Padding = "valid"
 
