@@ -32,6 +32,31 @@ def batch_shape(shape: tuple | None) -> str:
     return "(" + ", ".join("None" if d is None else str(d) for d in (None, *shape)) + ")"
 
 
+def keras_order(graph: Graph) -> list[Node]:
+    """Rows of a Functional model in Keras's order: by depth (longest path to an output) descending,
+    ties broken by depth-first pre-order from the outputs, inputs included."""
+    by_name = {n.name: n for n in graph.inputs + graph.nodes}
+    pre: dict[str, int] = {}
+    post: list[str] = []
+
+    def visit(name: str) -> None:
+        if name in pre:
+            return
+        pre[name] = len(pre)
+        for ref in by_name[name].inbound:
+            visit(ref)
+        post.append(name)
+
+    for out in graph.outputs:
+        visit(out)
+    depth: dict[str, int] = {}
+    for name in reversed(post):
+        d = depth.setdefault(name, 0)
+        for ref in by_name[name].inbound:
+            depth[ref] = max(depth.get(ref, 0), d + 1)
+    return [by_name[n] for n in sorted(depth, key=lambda n: (-depth[n], pre[n]))]
+
+
 def _rows(graph: Graph, expand_nested: bool) -> list[tuple[Node, int]]:
     """(node, nesting level) in display order, as Keras lists a model's layers."""
     out: list[tuple[Node, int]] = []
@@ -42,13 +67,17 @@ def _rows(graph: Graph, expand_nested: bool) -> list[tuple[Node, int]]:
             for child in node.children:
                 add(child, level + 1)
 
-    pending = {n.name: n for n in graph.inputs} if graph.kind == "functional" else {}
-    for node in graph.nodes:
-        for ref in node.inbound:  # Keras lists an input just before its first consumer
-            if ref in pending:
-                out.append((pending.pop(ref), 0))
+    for node in keras_order(graph) if graph.kind == "functional" else graph.nodes:
         add(node, 0)
     return out
+
+
+def _sequential_like(graph: Graph) -> bool:
+    """Keras drops the Connected to column for a Functional model that is a single chain."""
+    if graph.kind == "sequential":
+        return True
+    return len(graph.inputs) == 1 and len(graph.outputs) == 1 and all(len(n.inbound) == 1 for n in graph.nodes) \
+        and len({r for n in graph.nodes for r in n.inbound}) == len(graph.nodes)
 
 
 def summary_text(graph: Graph, expand_nested: bool = False, show_trainable: bool = False,
@@ -58,9 +87,9 @@ def summary_text(graph: Graph, expand_nested: bool = False, show_trainable: bool
     import rich.markup
     import rich.table
 
-    sequential = graph.kind == "sequential"
+    sequential = _sequential_like(graph)
     if sequential:
-        line_length, positions = 88, [0.45, 0.84, 1.0]
+        line_length, positions = 88, [0.45, 0.80, 1.0]
         header, justify = ["Layer (type)", "Output Shape", "Param #"], ["left", "left", "right"]
     else:
         line_length, positions = 108, [0.3, 0.56, 0.74, 1.0]
