@@ -81,6 +81,8 @@ class Engine:
         for s in self.steps:
             s.weights = [None] * len(s.specs)
             s.grads = [None] * len(s.specs)
+        # Start of each trainable variable, then the end: optimizers clip per variable, as Keras does.
+        self.variable_offsets = np.cumsum([0] + [w.size for _, _, w in trainable]).astype(np.int64)
         offset = 0
         for s, i, w in trainable + frozen:
             s.weights[i] = self.params[offset: offset + w.size].reshape(w.shape)

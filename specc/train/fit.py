@@ -1,0 +1,254 @@
+"""The training loop: plain Python around the engine's jitted forward/backward and the optimizer's fused
+step. Keras 3 semantics for fit/evaluate/predict: batches in order (shuffled per epoch when asked), the
+last partial batch included, metrics accumulated over the epoch, `val_` metrics after each epoch.
+
+    trainer = Trainer(engine, compile_def, seed)
+    history = trainer.fit(x, y, batch_size=32, epochs=10, validation_split=0.1)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..engine import Engine
+from . import metrics as M
+from .callbacks import Callback
+from .losses import get_loss
+from .optimizers import make_optimizer
+from .progress import Progress
+
+
+class Diverged(Exception):
+    """The loss became NaN or infinite."""
+
+    def __init__(self, epoch: int, step: int, value: float):
+        self.epoch, self.step, self.value = epoch, step, value
+        super().__init__(f"loss became {value} at epoch {epoch + 1}, step {step}")
+
+
+class Interrupted(Exception):
+    """Training stopped on request (Ctrl-C) after a completed step."""
+
+
+@dataclass
+class History:
+    """Keras's History: `history[name]` is the list of per-epoch values."""
+
+    history: dict[str, list[float]] = field(default_factory=dict)
+    epoch: list[int] = field(default_factory=list)
+
+    def append(self, epoch: int, logs: dict) -> None:
+        self.epoch.append(epoch)
+        for k, v in logs.items():
+            self.history.setdefault(k, []).append(float(v))
+
+
+def _as_list(a) -> list[np.ndarray]:
+    return list(a) if isinstance(a, (list, tuple)) else [a]
+
+
+class Trainer:
+    def __init__(self, engine: Engine, compile_def, seed: int | None = None):
+        self.engine = engine
+        outputs = engine.graph.outputs
+        self.output_names = list(outputs)
+        loss = compile_def.loss
+        names = [loss.get(o) for o in outputs] if isinstance(loss, dict) else [loss] * len(outputs)
+        missing = [o for o, n in zip(outputs, names) if n is None]
+        if missing:
+            raise ValueError(f"no loss for output(s) {', '.join(missing)}")
+        self.losses = [get_loss(n) for n in names]
+        lw = compile_def.loss_weights
+        if isinstance(lw, dict):
+            self.loss_weights = [float(lw.get(o, 1.0)) for o in outputs]
+        elif isinstance(lw, list):
+            self.loss_weights = [float(w) for w in lw]
+        else:
+            self.loss_weights = [1.0] * len(outputs)
+        self.metric_names = compile_def.metrics
+        self.optimizer = make_optimizer(compile_def.optimizer, engine.variable_offsets)
+        self.rng = np.random.default_rng(seed)  # shuffling
+        self.dropout_rng = np.random.default_rng(None if seed is None else seed + 1)
+        self.stop_training = False
+        self.interrupt_requested = False
+        self.run_dir: str | None = None
+        self.progress = Progress(0)
+        # Which outputs fuse their activation into the loss (softmax + cross-entropy, sigmoid + BCE).
+        self.fused = []
+        for name, loss in zip(engine.output_names, self.losses):
+            step = next(s for s in engine.steps if s.name == name)
+            self.fused.append(loss.fuses_with if loss.fuses_with == step.layer.output_activation() else None)
+
+    # --- the interface callbacks use ----------------------------------------------------------------
+
+    def log(self, text: str) -> None:
+        self.progress.message(text)
+
+    def get_weights(self) -> list[np.ndarray]:
+        return self.engine.get_weights()
+
+    def set_weights(self, weights) -> None:
+        self.engine.set_weights(weights)
+
+    def save_weights(self, path: str) -> None:
+        from .run import save_weights
+
+        save_weights(path, self.engine)
+
+    @property
+    def learning_rate(self) -> float:
+        return self.optimizer.learning_rate
+
+    @learning_rate.setter
+    def learning_rate(self, value: float) -> None:
+        self.optimizer.learning_rate = value
+
+    # --- metrics ------------------------------------------------------------------------------------
+
+    def _make_metrics(self, y: list[np.ndarray]) -> list[list[M.Metric]]:
+        spec = self.metric_names
+        out = []
+        for k, name in enumerate(self.output_names):
+            names = spec.get(name, []) if isinstance(spec, dict) else spec
+            shape = self.engine.graph.node(name).output_shape
+            sparse = y[k].ndim < len(shape) + 1 or (y[k].shape[-1] == 1 and shape[-1] != 1)
+            out.append([M.resolve(m, shape, sparse) for m in names])
+        return out
+
+    def _metric_logs(self, metrics: list[list[M.Metric]], prefix: str = "") -> dict:
+        logs = {}
+        multi = len(self.output_names) > 1
+        for name, ms in zip(self.output_names, metrics):
+            for m in ms:
+                logs[f"{prefix}{name}_{m.name}" if multi else f"{prefix}{m.name}"] = m.result()
+        return logs
+
+    # --- one step -----------------------------------------------------------------------------------
+
+    def _losses(self, xb, yb, sw, training: bool) -> tuple[list[float], list[np.ndarray], list[np.ndarray]]:
+        """Forward, then each output's loss value and gradient (w.r.t. its pre-activation when fused)."""
+        preds = self.engine.forward(xb, training=training, rng=self.dropout_rng)
+        values, grads = [], []
+        for k, (loss, fused) in enumerate(zip(self.losses, self.fused)):
+            if fused and training:
+                value, grad = loss.fused(fused, yb[k], self.engine._pre[self.engine.output_names[k]], sw)
+            else:
+                value, grad = loss(yb[k], preds[k], sw)
+            values.append(value)
+            grads.append(grad * self.loss_weights[k])
+        return values, grads, preds
+
+    def train_step(self, xb, yb, sw) -> tuple[float, list[float], list[np.ndarray]]:
+        values, grads, preds = self._losses(xb, yb, sw, training=True)
+        self.engine.backward(grads, pre_activation=[f is not None for f in self.fused])
+        self.optimizer.step(self.engine.params[: self.engine.n_trainable], self.engine.grads)
+        total = sum(w * v for w, v in zip(self.loss_weights, values))
+        return total, values, preds
+
+    # --- fit / evaluate / predict -------------------------------------------------------------------
+
+    def fit(self, x, y, batch_size: int = 32, epochs: int = 1, validation_split: float = 0.0,
+            validation_data=None, shuffle: bool = True, class_weight: dict | None = None,
+            callbacks: list[Callback] | None = None, verbose="auto", initial_epoch: int = 0,
+            history: History | None = None) -> History:
+        x, y = _as_list(x), _as_list(y)
+        n = len(x[0])
+        if validation_data is None and validation_split > 0:
+            # Keras takes the validation part from the end, before any shuffling.
+            split = int(n * (1 - validation_split))
+            validation_data = ([a[split:] for a in x], [a[split:] for a in y])
+            x, y, n = [a[:split] for a in x], [a[:split] for a in y], split
+        callbacks = callbacks or []
+        for cb in callbacks:
+            cb.trainer = self
+        self.progress = Progress(verbose)
+        history = history or History()
+        steps = math.ceil(n / batch_size)
+        self.stop_training = False
+        for cb in callbacks:
+            cb.on_train_begin()
+        for epoch in range(initial_epoch, epochs):
+            order = self.rng.permutation(n) if shuffle else np.arange(n)
+            metrics = self._make_metrics(y)
+            total_sum, out_sums, seen = 0.0, [0.0] * len(self.losses), 0
+            self.progress.epoch_begin(epoch, epochs, steps)
+            for step in range(steps):
+                idx = order[step * batch_size: (step + 1) * batch_size]
+                xb, yb = [a[idx] for a in x], [a[idx] for a in y]
+                sw = _class_weights(class_weight, yb[0]) if class_weight else None
+                total, values, preds = self.train_step(xb, yb, sw)
+                if not np.isfinite(total):
+                    raise Diverged(epoch, step + 1, total)
+                b = len(idx)
+                total_sum += total * b
+                out_sums = [s + v * b for s, v in zip(out_sums, values)]
+                seen += b
+                for k, ms in enumerate(metrics):
+                    for m in ms:
+                        m.update(yb[k], preds[k], sw)
+                logs = self._epoch_logs(total_sum / seen, [s / seen for s in out_sums], metrics)
+                self.progress.step(step + 1, logs)
+                for cb in callbacks:
+                    cb.on_batch_end(step, logs)
+                if self.stop_training:
+                    break
+                if self.interrupt_requested:
+                    raise Interrupted()
+            if validation_data is not None:
+                logs.update({f"val_{k}": v for k, v in
+                             self.evaluate(*validation_data, batch_size=batch_size).items()})
+            self.progress.epoch_end(logs)
+            for cb in callbacks:
+                cb.on_epoch_end(epoch, logs)
+            history.append(epoch, logs)
+            self.epoch_done(epoch, history)
+            if self.stop_training:
+                break
+        for cb in callbacks:
+            cb.on_train_end()
+        return history
+
+    def epoch_done(self, epoch: int, history: History) -> None:
+        """Hook for the run directory (checkpoint after each epoch); nothing by default."""
+
+    def _epoch_logs(self, total: float, per_output: list[float], metrics) -> dict:
+        logs = {"loss": total}
+        if len(self.output_names) > 1:
+            logs.update({f"{name}_loss": v for name, v in zip(self.output_names, per_output)})
+        logs.update(self._metric_logs(metrics))
+        return logs
+
+    def evaluate(self, x, y, batch_size: int = 32) -> dict:
+        x, y = _as_list(x), _as_list(y)
+        n = len(x[0])
+        metrics = self._make_metrics(y)
+        total_sum, out_sums = 0.0, [0.0] * len(self.losses)
+        for start in range(0, n, batch_size):
+            xb, yb = [a[start: start + batch_size] for a in x], [a[start: start + batch_size] for a in y]
+            values, _, preds = self._losses(xb, yb, None, training=False)
+            b = len(xb[0])
+            total_sum += sum(w * v for w, v in zip(self.loss_weights, values)) * b
+            out_sums = [s + v * b for s, v in zip(out_sums, values)]
+            for k, ms in enumerate(metrics):
+                for m in ms:
+                    m.update(yb[k], preds[k])
+        return self._epoch_logs(total_sum / max(n, 1), [s / max(n, 1) for s in out_sums], metrics)
+
+    def predict(self, x, batch_size: int = 32) -> list[np.ndarray]:
+        x = _as_list(x)
+        n = len(x[0])
+        parts: list[list[np.ndarray]] = [[] for _ in self.engine.output_names]
+        for start in range(0, n, batch_size):
+            outs = self.engine.forward([a[start: start + batch_size] for a in x], training=False)
+            for k, o in enumerate(outs):
+                parts[k].append(o.copy())
+        return [np.concatenate(p) if p else np.zeros((0,)) for p in parts]
+
+
+def _class_weights(class_weight: dict, y: np.ndarray) -> np.ndarray:
+    labels = np.argmax(y, axis=-1) if y.ndim > 1 and y.shape[-1] > 1 else y.reshape(len(y), -1)[:, 0]
+    labels = labels.astype(np.int64)
+    return np.array([class_weight.get(int(c), 1.0) for c in labels], np.float64)

@@ -1,0 +1,216 @@
+"""Metrics, accumulated over the batches of an epoch as Keras's stateful metrics are.
+
+Each metric keeps running sums (`update` per batch, `result` at any time, `reset` per epoch). They run in
+NumPy: a metric touches each prediction once per step, which costs far less than the step itself.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class Metric:
+    name = "metric"
+
+    def __init__(self, name: str | None = None):
+        self.name = name or self.name
+        self.reset()
+
+    def reset(self) -> None:
+        self.total, self.count = 0.0, 0.0
+
+    def update(self, y_true: np.ndarray, y_pred: np.ndarray, sample_weight: np.ndarray | None = None) -> None:
+        values = self.values(y_true, y_pred)  # (samples,)
+        w = np.ones(len(values)) if sample_weight is None else sample_weight
+        self.total += float(np.sum(values * w))
+        self.count += float(np.sum(w))
+
+    def values(self, y_true, y_pred) -> np.ndarray:
+        raise NotImplementedError
+
+    def result(self) -> float:
+        return self.total / self.count if self.count else 0.0
+
+
+def _per_sample(a: np.ndarray) -> np.ndarray:
+    return a.reshape(len(a), -1).mean(axis=1)
+
+
+class BinaryAccuracy(Metric):
+    name = "binary_accuracy"
+
+    def values(self, y_true, y_pred):
+        return _per_sample((y_pred > 0.5) == (y_true.reshape(y_pred.shape) > 0.5))
+
+
+class CategoricalAccuracy(Metric):
+    name = "categorical_accuracy"
+
+    def values(self, y_true, y_pred):
+        return (np.argmax(y_true, axis=-1) == np.argmax(y_pred, axis=-1)).astype(np.float64).reshape(len(y_pred), -1).mean(1)
+
+
+class SparseCategoricalAccuracy(Metric):
+    name = "sparse_categorical_accuracy"
+
+    def values(self, y_true, y_pred):
+        labels = y_true.reshape(y_pred.shape[:-1]).astype(np.int64)
+        return (labels == np.argmax(y_pred, axis=-1)).astype(np.float64).reshape(len(y_pred), -1).mean(1)
+
+
+class TopKCategoricalAccuracy(Metric):
+    name = "top_k_categorical_accuracy"
+    k = 5
+
+    def labels(self, y_true, y_pred):
+        return np.argmax(y_true, axis=-1)
+
+    def values(self, y_true, y_pred):
+        labels = self.labels(y_true, y_pred).reshape(-1)
+        scores = y_pred.reshape(len(labels), -1)
+        target = scores[np.arange(len(labels)), labels]
+        # in the top k when fewer than k scores beat the target's
+        return (np.sum(scores > target[:, None], axis=1) < self.k).astype(np.float64)
+
+
+class SparseTopKCategoricalAccuracy(TopKCategoricalAccuracy):
+    name = "sparse_top_k_categorical_accuracy"
+
+    def labels(self, y_true, y_pred):
+        return y_true.astype(np.int64)
+
+
+class MeanSquaredError(Metric):
+    name = "mean_squared_error"
+
+    def values(self, y_true, y_pred):
+        return _per_sample((y_pred - y_true.reshape(y_pred.shape)) ** 2)
+
+
+class MeanAbsoluteError(Metric):
+    name = "mean_absolute_error"
+
+    def values(self, y_true, y_pred):
+        return _per_sample(np.abs(y_pred - y_true.reshape(y_pred.shape)))
+
+
+class RootMeanSquaredError(MeanSquaredError):
+    name = "root_mean_squared_error"
+
+    def result(self):
+        return float(np.sqrt(super().result()))
+
+
+class _Counts(Metric):
+    """True/false positives over binary decisions at 0.5 (every output unit counts, as in Keras)."""
+
+    def reset(self):
+        self.tp = self.fp = self.fn = self.tn = 0.0
+
+    def update(self, y_true, y_pred, sample_weight=None):
+        pred = y_pred > 0.5
+        true = y_true.reshape(y_pred.shape) > 0.5
+        w = np.ones(len(y_pred)) if sample_weight is None else sample_weight
+        w = w.reshape((-1,) + (1,) * (y_pred.ndim - 1))
+        self.tp += float(np.sum(w * (pred & true)))
+        self.fp += float(np.sum(w * (pred & ~true)))
+        self.fn += float(np.sum(w * (~pred & true)))
+        self.tn += float(np.sum(w * (~pred & ~true)))
+
+
+class Precision(_Counts):
+    name = "precision"
+
+    def result(self):
+        return self.tp / (self.tp + self.fp) if self.tp + self.fp else 0.0
+
+
+class Recall(_Counts):
+    name = "recall"
+
+    def result(self):
+        return self.tp / (self.tp + self.fn) if self.tp + self.fn else 0.0
+
+
+class F1Score(_Counts):
+    """Binary F1 at threshold 0.5 for one-unit outputs; macro F1 over argmax classes otherwise."""
+
+    name = "f1_score"
+
+    def reset(self):
+        super().reset()
+        self.per_class: dict[int, list[float]] = {}
+
+    def update(self, y_true, y_pred, sample_weight=None):
+        if y_pred.shape[-1] == 1:
+            return super().update(y_true, y_pred, sample_weight)
+        pred = np.argmax(y_pred, axis=-1).reshape(-1)
+        true = (np.argmax(y_true, axis=-1) if y_true.shape == y_pred.shape else y_true).reshape(-1).astype(np.int64)
+        w = np.ones(len(pred)) if sample_weight is None else np.repeat(sample_weight, len(pred) // len(sample_weight))
+        for c in range(y_pred.shape[-1]):
+            tp, fp, fn = self.per_class.setdefault(c, [0.0, 0.0, 0.0])
+            self.per_class[c] = [tp + float(np.sum(w * ((pred == c) & (true == c)))),
+                                 fp + float(np.sum(w * ((pred == c) & (true != c)))),
+                                 fn + float(np.sum(w * ((pred != c) & (true == c))))]
+
+    def result(self):
+        if not self.per_class:
+            d = 2 * self.tp + self.fp + self.fn
+            return 2 * self.tp / d if d else 0.0
+        scores = [2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0 for tp, fp, fn in self.per_class.values()]
+        return float(np.mean(scores))
+
+
+class AUC(Metric):
+    """Exact ROC AUC (Mann-Whitney, ties counted half) over every prediction of the epoch.
+
+    Keras approximates with 200 thresholds; the exact value is what scikit-learn reports.
+    """
+
+    name = "auc"
+
+    def reset(self):
+        self.scores: list[np.ndarray] = []
+        self.labels: list[np.ndarray] = []
+
+    def update(self, y_true, y_pred, sample_weight=None):
+        self.scores.append(y_pred.reshape(-1).astype(np.float64))
+        self.labels.append((y_true.reshape(y_pred.shape) > 0.5).reshape(-1))
+
+    def result(self):
+        if not self.scores:
+            return 0.0
+        s, t = np.concatenate(self.scores), np.concatenate(self.labels)
+        pos, neg = int(t.sum()), int((~t).sum())
+        if pos == 0 or neg == 0:
+            return 0.0
+        order = np.argsort(s, kind="mergesort")
+        ranks = np.empty(len(s))
+        sorted_s = s[order]
+        # average ranks over ties
+        starts = np.r_[0, np.flatnonzero(np.diff(sorted_s)) + 1]
+        ends = np.r_[starts[1:], len(s)]
+        for a, b in zip(starts, ends):
+            ranks[order[a:b]] = (a + b + 1) / 2.0
+        return float((ranks[t].sum() - pos * (pos + 1) / 2.0) / (pos * neg))
+
+
+BY_NAME = {
+    "binary_accuracy": BinaryAccuracy, "categorical_accuracy": CategoricalAccuracy,
+    "sparse_categorical_accuracy": SparseCategoricalAccuracy,
+    "top_k_categorical_accuracy": TopKCategoricalAccuracy,
+    "sparse_top_k_categorical_accuracy": SparseTopKCategoricalAccuracy,
+    "mean_squared_error": MeanSquaredError, "mean_absolute_error": MeanAbsoluteError,
+    "root_mean_squared_error": RootMeanSquaredError, "precision": Precision, "recall": Recall,
+    "f1_score": F1Score, "auc": AUC,
+}
+
+
+def resolve(name: str, output_shape: tuple, sparse_targets: bool) -> Metric:
+    """Keras's resolution of 'accuracy': binary for one-unit outputs, sparse when targets are class
+    indices, categorical otherwise. The metric keeps the name the user wrote."""
+    if name == "accuracy":
+        if output_shape[-1] == 1:
+            return BinaryAccuracy("accuracy")
+        return SparseCategoricalAccuracy("accuracy") if sparse_targets else CategoricalAccuracy("accuracy")
+    return BY_NAME[name]()
