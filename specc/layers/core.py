@@ -81,6 +81,42 @@ class Embedding(LayerSpec):
     def weight_specs(self, s):
         return [WeightSpec("embeddings", (self.input_dim, self.output_dim), self.embeddings_initializer)]
 
+    def forward(self, w, x, training, rng):
+        """Ids may arrive as floats (the engine feeds the model's dtype) or integers; each must be a whole
+        number in [0, input_dim - 1], else a ValueError names the range (Keras would truncate fractions)."""
+        import numpy as np
+
+        from ..kernels import embedding
+
+        x = np.asarray(x)
+        flat = x.reshape(-1)
+        if flat.dtype.kind in "iu":
+            bad = (flat < 0) | (flat >= self.input_dim)
+        else:
+            bad = ~((flat >= 0) & (flat < self.input_dim) & (np.trunc(flat) == flat))  # NaN is bad too
+        if bad.any():
+            where = int(np.argmax(bad))
+            who = f"{self.type} {self.name!r}" if self.name else self.type
+            raise ValueError(f"{who}: ids must be whole numbers in [0, {self.input_dim - 1}] (input_dim="
+                             f"{self.input_dim}); got {flat[where].item()!r} at flat position {where} of an input "
+                             f"of shape {x.shape}")
+        ids = flat.astype(np.int64)
+        table = w[0]
+        out = np.empty((ids.size, self.output_dim), table.dtype)
+        embedding.gather(ids, table, out)
+        return out.reshape(x.shape + (self.output_dim,)), (ids, x.shape, x.dtype)
+
+    def backward(self, w, g, saved, dy):
+        """Scatter-adds dy into the embeddings gradient; ids have no gradient, so dx is zeros."""
+        import numpy as np
+
+        from ..kernels import embedding
+
+        ids, shape, dtype = saved
+        dy2 = np.ascontiguousarray(dy.reshape(-1, self.output_dim), g[0].dtype)
+        embedding.scatter_add(ids, dy2, g[0])
+        return np.zeros(shape, dtype if dtype.kind == "f" else dy.dtype)
+
 
 @register
 class Dropout(LayerSpec):

@@ -1,5 +1,12 @@
 """Merge layers: elementwise Add/Subtract/Multiply/Average/Maximum/Minimum (with Keras's broadcasting of
-size-1 axes) and Concatenate along an axis."""
+size-1 axes) and Concatenate along an axis.
+
+The runtime is NumPy (broadcasting elementwise ops, concatenate/split); there is no arithmetic worth a
+kernel. As in Keras's `Merge.call`, an input of lower rank gets size-1 axes inserted after the batch axis
+until the ranks match, then everything broadcasts; backward sums each input's gradient over the axes it
+was broadcast along. Maximum/Minimum send the whole gradient to the winning input; on ties the first
+input wins (as numpy's argmax picks the first maximum).
+"""
 
 from __future__ import annotations
 
@@ -35,10 +42,64 @@ class _Elementwise(LayerSpec):
                                  f"got {listing}")
         return tuple(head) + tuple(out)
 
+    # --- runtime -------------------------------------------------------------------------------------
+
+    def forward(self, w, xs, training, rng):
+        import numpy as np
+
+        rank = max(x.ndim for x in xs)
+        aligned = [x.reshape((x.shape[0],) + (1,) * (rank - x.ndim) + x.shape[1:]) for x in xs]
+        y, saved = self._merge(np, aligned)
+        return y, (saved, [x.shape for x in xs], [a.shape for a in aligned])
+
+    def backward(self, w, g, saved, dy):
+        import numpy as np
+
+        saved, shapes, aligned = saved
+        parts = self._grads(np, saved, dy, len(shapes))
+        return [_unbroadcast(np, p, a, dy).reshape(s) for p, a, s in zip(parts, aligned, shapes, strict=True)]
+
+    def _merge(self, np, xs):
+        """(output, saved) from the rank-aligned inputs."""
+        raise NotImplementedError
+
+    def _grads(self, np, saved, dy, n):
+        """Gradient of each input, broadcastable to the output's shape (reduced by the caller)."""
+        raise NotImplementedError
+
+
+def _unbroadcast(np, grad, shape, dy):
+    """Sum `grad` (broadcastable to dy's shape) down to `shape`; always a fresh contiguous array."""
+    grad = np.broadcast_to(grad, dy.shape)
+    axes = tuple(d for d, (n, m) in enumerate(zip(shape, grad.shape, strict=True)) if n == 1 and m != 1)
+    if axes:
+        return np.ascontiguousarray(grad.sum(axis=axes, keepdims=True))
+    return np.array(grad, copy=True, order="C")
+
+
+def _pick(np, xs, greater):
+    """Elementwise max (greater=True) or min of the inputs, and the index of the first input that wins."""
+    best = np.array(np.broadcast_to(xs[0], np.broadcast_shapes(*(x.shape for x in xs))))
+    winner = np.zeros(best.shape, np.int32)
+    for i, x in enumerate(xs[1:], 1):
+        take = x > best if greater else x < best  # strict: ties stay with the earlier input
+        best = np.where(take, x, best)
+        winner[take] = i
+    return best, winner
+
 
 @register
 class Add(_Elementwise):
     type: Literal["Add"] = "Add"
+
+    def _merge(self, np, xs):
+        y = xs[0]
+        for x in xs[1:]:
+            y = y + x
+        return np.ascontiguousarray(y), None
+
+    def _grads(self, np, saved, dy, n):
+        return [dy] * n
 
 
 @register
@@ -46,25 +107,68 @@ class Subtract(_Elementwise):
     max_inputs: ClassVar[int | None] = 2
     type: Literal["Subtract"] = "Subtract"
 
+    def _merge(self, np, xs):
+        return np.ascontiguousarray(xs[0] - xs[1]), None
+
+    def _grads(self, np, saved, dy, n):
+        return [dy, -dy]
+
 
 @register
 class Multiply(_Elementwise):
     type: Literal["Multiply"] = "Multiply"
+
+    def _merge(self, np, xs):
+        y = xs[0]
+        for x in xs[1:]:
+            y = y * x
+        return np.ascontiguousarray(y), xs
+
+    def _grads(self, np, xs, dy, n):
+        parts = []
+        for i in range(n):
+            p = dy
+            for j, x in enumerate(xs):
+                if j != i:
+                    p = p * x  # the product of the others, without dividing (safe with zeros)
+            parts.append(p)
+        return parts
 
 
 @register
 class Average(_Elementwise):
     type: Literal["Average"] = "Average"
 
+    def _merge(self, np, xs):
+        y = xs[0]
+        for x in xs[1:]:
+            y = y + x
+        return np.ascontiguousarray(y / y.dtype.type(len(xs))), None
+
+    def _grads(self, np, saved, dy, n):
+        return [dy / dy.dtype.type(n)] * n
+
 
 @register
 class Maximum(_Elementwise):
     type: Literal["Maximum"] = "Maximum"
 
+    def _merge(self, np, xs):
+        return _pick(np, xs, greater=True)
+
+    def _grads(self, np, winner, dy, n):
+        return [np.where(winner == i, dy, 0) for i in range(n)]
+
 
 @register
 class Minimum(_Elementwise):
     type: Literal["Minimum"] = "Minimum"
+
+    def _merge(self, np, xs):
+        return _pick(np, xs, greater=False)
+
+    def _grads(self, np, winner, dy, n):
+        return [np.where(winner == i, dy, 0) for i in range(n)]
 
 
 @register
@@ -90,3 +194,15 @@ class Concatenate(LayerSpec):
         sizes = [s[a] for s in shapes]
         total = None if None in sizes else sum(sizes)
         return tuple(total if d == a else next((s[d] for s in shapes if s[d] is not None), None) for d in range(rank))
+
+    def forward(self, w, xs, training, rng):
+        import numpy as np
+
+        a = self.axis % xs[0].ndim  # Keras counts the batch axis
+        return np.concatenate(xs, axis=a), (a, [x.shape[a] for x in xs])
+
+    def backward(self, w, g, saved, dy):
+        import numpy as np
+
+        a, sizes = saved
+        return [np.ascontiguousarray(p) for p in np.split(dy, np.cumsum(sizes)[:-1], axis=a)]

@@ -1,5 +1,9 @@
 """Layers that move data without arithmetic: Flatten, Reshape, Permute, RepeatVector, padding,
-cropping and upsampling."""
+cropping and upsampling.
+
+Flatten/Reshape/Permute/RepeatVector, padding and cropping are NumPy reshapes, transposes and slice copies;
+upsampling (nearest and bilinear) runs Numba kernels from `specc.kernels.reshape`.
+"""
 
 from __future__ import annotations
 
@@ -28,6 +32,12 @@ class Flatten(LayerSpec):
 
     def compute_output_shape(self, s):
         return (prod(s),)
+
+    def forward(self, w, x, training, rng):
+        return x.reshape(x.shape[0], -1), x.shape
+
+    def backward(self, w, g, shape, dy):
+        return dy.reshape(shape)
 
 
 @register
@@ -62,6 +72,12 @@ class Reshape(LayerSpec):
             raise ShapeError(f"cannot reshape input {fmt_shape(s)} ({n} values) into {tuple(target)} ({known} values)")
         return tuple(target)
 
+    def forward(self, w, x, training, rng):
+        return x.reshape((x.shape[0], *self.target_shape)), x.shape
+
+    def backward(self, w, g, shape, dy):
+        return dy.reshape(shape)
+
 
 @register
 class Permute(LayerSpec):
@@ -75,6 +91,16 @@ class Permute(LayerSpec):
             raise ShapeError(f"dims {self.dims} must be a permutation of 1..{len(s)} for input {fmt_shape(s)}")
         return tuple(s[d - 1] for d in self.dims)
 
+    def forward(self, w, x, training, rng):
+        import numpy as np
+
+        return np.ascontiguousarray(x.transpose((0, *self.dims))), None
+
+    def backward(self, w, g, saved, dy):
+        import numpy as np
+
+        return np.ascontiguousarray(dy.transpose(np.argsort((0, *self.dims))))
+
 
 @register
 class RepeatVector(LayerSpec):
@@ -85,9 +111,57 @@ class RepeatVector(LayerSpec):
         _need_rank("RepeatVector", s, 1, "(features,)")
         return (self.n, s[0])
 
+    def forward(self, w, x, training, rng):
+        import numpy as np
+
+        return np.repeat(x[:, None, :], self.n, axis=1), None
+
+    def backward(self, w, g, saved, dy):
+        return dy.sum(axis=1)
+
+
+def _pad(x, pairs):
+    """Zero-pads axes 1..len(pairs) of x by (before, after) pairs."""
+    import numpy as np
+
+    k = len(pairs)
+    spatial = tuple(n + a + b for n, (a, b) in zip(x.shape[1: 1 + k], pairs, strict=True))
+    out = np.zeros((x.shape[0], *spatial, *x.shape[1 + k:]), x.dtype)
+    out[_window(out.shape, pairs)] = x
+    return out
+
+
+def _window(shape, pairs):
+    """Slices of an array of `shape` that drop (before, after) items of axes 1..len(pairs): the interior of
+    a padded array, the kept part of a cropped one."""
+    k = len(pairs)
+    return (slice(None), *(slice(a, n - b) for n, (a, b) in zip(shape[1: 1 + k], pairs, strict=True)))
+
+
+def _unpad(dy, pairs):
+    import numpy as np
+
+    return np.ascontiguousarray(dy[_window(dy.shape, pairs)])
+
+
+class _Padding(LayerSpec):
+    def forward(self, w, x, training, rng):
+        return _pad(x, self.padding), None
+
+    def backward(self, w, g, saved, dy):
+        return _unpad(dy, self.padding)
+
+
+class _Cropping(LayerSpec):
+    def forward(self, w, x, training, rng):
+        return _unpad(x, self.cropping), None
+
+    def backward(self, w, g, saved, dy):
+        return _pad(dy, self.cropping)
+
 
 @register
-class ZeroPadding1D(LayerSpec):
+class ZeroPadding1D(_Padding):
     type: Literal["ZeroPadding1D"] = "ZeroPadding1D"
     padding: pad_pairs(1, "padding") = ((1, 1),)
 
@@ -97,7 +171,7 @@ class ZeroPadding1D(LayerSpec):
 
 
 @register
-class ZeroPadding2D(LayerSpec):
+class ZeroPadding2D(_Padding):
     type: Literal["ZeroPadding2D"] = "ZeroPadding2D"
     padding: pad_pairs(2, "padding") = ((1, 1), (1, 1))
 
@@ -115,7 +189,7 @@ def _crop(layer, n, pair, axis):
 
 
 @register
-class Cropping1D(LayerSpec):
+class Cropping1D(_Cropping):
     type: Literal["Cropping1D"] = "Cropping1D"
     cropping: pad_pairs(1, "cropping") = ((1, 1),)
 
@@ -125,7 +199,7 @@ class Cropping1D(LayerSpec):
 
 
 @register
-class Cropping2D(LayerSpec):
+class Cropping2D(_Cropping):
     type: Literal["Cropping2D"] = "Cropping2D"
     cropping: pad_pairs(2, "cropping") = ((0, 0), (0, 0))
 
@@ -148,6 +222,13 @@ class UpSampling1D(LayerSpec):
         _need_rank("UpSampling1D", s, 2, "(steps, channels)")
         return (_mul(s[0], self.size), s[1])
 
+    def forward(self, w, x, training, rng):
+        y, saved = _upsample(x[:, :, None, :], self.size, 1, "nearest")
+        return y[:, :, 0, :], saved
+
+    def backward(self, w, g, saved, dy):
+        return _upsample_backward(dy[:, :, None, :], saved)[:, :, 0, :]
+
 
 @register
 class UpSampling2D(LayerSpec):
@@ -158,3 +239,54 @@ class UpSampling2D(LayerSpec):
     def compute_output_shape(self, s):
         _need_rank("UpSampling2D", s, 3, "(height, width, channels)")
         return (_mul(s[0], self.size[0]), _mul(s[1], self.size[1]), s[2])
+
+    def forward(self, w, x, training, rng):
+        return _upsample(x, self.size[0], self.size[1], self.interpolation)
+
+    def backward(self, w, g, saved, dy):
+        return _upsample_backward(dy, saved)
+
+
+def _bilinear_taps(n_in: int, factor: int, dtype):
+    """Source rows for each of n_in * factor outputs with half-pixel centres, as Keras's
+    `ops.image.resize(..., "bilinear")` (torch `interpolate(align_corners=False)`, TF `resize` with
+    half_pixel_centers): src = (i + 0.5) / factor - 0.5 clamped at 0; i0 = floor(src),
+    i1 = min(i0 + 1, n_in - 1), weight of i1 = src - i0."""
+    import numpy as np
+
+    src = np.maximum((np.arange(n_in * factor) + 0.5) * (n_in / (n_in * factor)) - 0.5, 0.0)
+    i0 = np.floor(src).astype(np.int64)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    return i0, i1, (src - i0).astype(dtype)
+
+
+def _upsample(x, sh, sw, interpolation):
+    """x (batch, h, w, c) -> (batch, h * sh, w * sw, c)."""
+    import numpy as np
+
+    from ..kernels import reshape
+
+    x = np.ascontiguousarray(x)
+    b, h, w, c = x.shape
+    out = np.empty((b, h * sh, w * sw, c), x.dtype)
+    if interpolation == "nearest":
+        reshape.nearest_forward(x, sh, sw, out)
+        return out, (x.shape, sh, sw, None)
+    taps = (*_bilinear_taps(h, sh, x.dtype), *_bilinear_taps(w, sw, x.dtype))
+    reshape.bilinear_forward(x, *taps, out)
+    return out, (x.shape, sh, sw, taps)
+
+
+def _upsample_backward(dy, saved):
+    import numpy as np
+
+    from ..kernels import reshape
+
+    shape, sh, sw, taps = saved
+    dy = np.ascontiguousarray(dy)
+    dx = np.empty(shape, dy.dtype)
+    if taps is None:
+        reshape.nearest_backward(dy, sh, sw, dx)
+    else:
+        reshape.bilinear_backward(dy, *taps, dx)
+    return dx

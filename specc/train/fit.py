@@ -69,12 +69,13 @@ class Trainer:
         else:
             self.loss_weights = [1.0] * len(outputs)
         self.metric_names = compile_def.metrics
-        self.optimizer = make_optimizer(compile_def.optimizer, engine.variable_offsets)
+        self.optimizer = make_optimizer(compile_def.optimizer, engine.variable_offsets, engine.dtype)
         self.rng = np.random.default_rng(seed)  # shuffling
         self.dropout_rng = np.random.default_rng(None if seed is None else seed + 1)
         self.stop_training = False
         self.interrupt_requested = False
         self.run_dir: str | None = None
+        self.loop_state: dict = {"epoch": 0, "step": 0}
         self.progress = Progress(0)
         # Which outputs fuse their activation into the loss (softmax + cross-entropy, sigmoid + BCE).
         self.fused = []
@@ -153,7 +154,8 @@ class Trainer:
     def fit(self, x, y, batch_size: int = 32, epochs: int = 1, validation_split: float = 0.0,
             validation_data=None, shuffle: bool = True, class_weight: dict | None = None,
             callbacks: list[Callback] | None = None, verbose="auto", initial_epoch: int = 0,
-            history: History | None = None) -> History:
+            history: History | None = None, resume: dict | None = None) -> History:
+        """Keras's fit. `resume` (a `loop_state` saved at an interruption) continues mid-epoch."""
         x, y = _as_list(x), _as_list(y)
         n = len(x[0])
         if validation_data is None and validation_split > 0:
@@ -171,11 +173,19 @@ class Trainer:
         for cb in callbacks:
             cb.on_train_begin()
         for epoch in range(initial_epoch, epochs):
-            order = self.rng.permutation(n) if shuffle else np.arange(n)
             metrics = self._make_metrics(y)
-            total_sum, out_sums, seen = 0.0, [0.0] * len(self.losses), 0
+            if resume is not None and resume["epoch"] == epoch:  # continue an interrupted epoch exactly
+                order, start = np.asarray(resume["order"]), resume["step"]
+                total_sum, out_sums, seen = resume["total_sum"], list(resume["out_sums"]), resume["seen"]
+                for ms, states in zip(metrics, resume["metrics"]):
+                    for m, state in zip(ms, states):
+                        m.load_state(state)
+                logs = self._epoch_logs(total_sum / max(seen, 1), [v / max(seen, 1) for v in out_sums], metrics)
+            else:
+                order = self.rng.permutation(n) if shuffle else np.arange(n)
+                start, total_sum, out_sums, seen = 0, 0.0, [0.0] * len(self.losses), 0
             self.progress.epoch_begin(epoch, epochs, steps)
-            for step in range(steps):
+            for step in range(start, steps):
                 idx = order[step * batch_size: (step + 1) * batch_size]
                 xb, yb = [a[idx] for a in x], [a[idx] for a in y]
                 sw = _class_weights(class_weight, yb[0]) if class_weight else None
@@ -195,7 +205,11 @@ class Trainer:
                     cb.on_batch_end(step, logs)
                 if self.stop_training:
                     break
-                if self.interrupt_requested:
+                if self.interrupt_requested and step + 1 < steps:
+                    # Everything needed to continue this epoch from the next step.
+                    self.loop_state = {"epoch": epoch, "step": step + 1, "order": order.tolist(),
+                                       "total_sum": total_sum, "out_sums": out_sums, "seen": seen,
+                                       "metrics": [[m.state() for m in ms] for ms in metrics]}
                     raise Interrupted()
             if validation_data is not None:
                 logs.update({f"val_{k}": v for k, v in
@@ -204,9 +218,12 @@ class Trainer:
             for cb in callbacks:
                 cb.on_epoch_end(epoch, logs)
             history.append(epoch, logs)
+            self.loop_state = {"epoch": epoch + 1, "step": 0}
             self.epoch_done(epoch, history)
             if self.stop_training:
                 break
+            if self.interrupt_requested:
+                raise Interrupted()
         for cb in callbacks:
             cb.on_train_end()
         return history

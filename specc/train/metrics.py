@@ -31,6 +31,20 @@ class Metric:
     def result(self) -> float:
         return self.total / self.count if self.count else 0.0
 
+    # Running sums as JSON-able values, so an interrupted epoch resumes with the same metrics.
+    def state(self) -> dict:
+        return {k: (np.asarray(v).tolist() if isinstance(v, np.ndarray) else
+                     [np.asarray(a).tolist() for a in v] if isinstance(v, list) else v)
+                for k, v in vars(self).items() if k != "name"}
+
+    def load_state(self, state: dict) -> None:
+        for k, v in state.items():
+            if k in ("scores", "labels"):
+                v = [np.asarray(a, np.float64 if k == "scores" else bool) for a in v]
+            elif k == "per_class":
+                v = {int(c): list(t) for c, t in v.items()}
+            setattr(self, k, v)
+
 
 def _per_sample(a: np.ndarray) -> np.ndarray:
     return a.reshape(len(a), -1).mean(axis=1)
