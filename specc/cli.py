@@ -147,6 +147,30 @@ def schema(
         typer.echo(text, nl=False)
 
 
+@app.command()
+def train(
+    spec_path: Annotated[str | None, typer.Argument(metavar="SPEC", help="The spec to train.")] = None,
+    overrides: Annotated[list[str] | None, typer.Option("--set", help="Override a spec value: --set fit.epochs=3 (repeatable).")] = None,
+    out: Annotated[str, typer.Option("--out", help="Root folder for run directories.")] = "runs",
+    resume: Annotated[str | None, typer.Option("--resume", metavar="RUN_DIR", help="Continue an interrupted run.")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Override the spec's seed.")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", min=1, help="Threads for Numba and BLAS (default: all cores given to the process).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+) -> None:
+    """Train a spec; results go to a new run directory (runs/<name>/<timestamp>/)."""
+    if spec_path is None and resume is None:
+        raise _usage("give a SPEC to train, or --resume RUN_DIR")
+    if spec_path is not None and resume is not None:
+        raise _usage("give either a SPEC or --resume RUN_DIR, not both")
+    if resume is not None and not os.path.isdir(resume):
+        raise _usage(f"no such run directory: {resume}")
+    from .train.session import Options
+    from .train.session import train as run_training
+
+    code = run_training(Options(spec_path or "", overrides or [], out, resume, seed, threads, quiet))
+    raise typer.Exit(code)
+
+
 def main() -> None:
     """Console-script entry point: typer's usage errors exit 2; anything unexpected is reported, not dumped."""
     try:

@@ -39,6 +39,37 @@ def deconv_length(n, k, stride, dilation, padding, output_padding):
     return (n - 1) * stride + k - 2 * pad + output_padding
 
 
+def pad_before(n, out, k, stride, dilation, padding):
+    """Padding before one axis so that `out` windows cover an axis of `n`: none for 'valid', the whole
+    dilated window minus one for 'causal' (left only), and for 'same' TF/Keras's split of the total with
+    the odd element after: pad_total = max((out-1)*stride + dilated_k - n, 0), before = pad_total // 2."""
+    span = dilation * (k - 1) + 1
+    if padding == "valid":
+        return 0
+    if padding == "causal":
+        return span - 1
+    return max((out - 1) * stride + span - n, 0) // 2
+
+
+def geometry(in_spatial, out_spatial, kernel, strides, dilation, padding):
+    """The kernels' window tuple (kh, kw, sh, sw, dh, dw, pad_top, pad_left) for a window sliding over
+    `in_spatial` to give `out_spatial`; a 1-D window becomes 1 x k over an image of height 1."""
+    if len(kernel) == 1:
+        in_spatial, out_spatial = (1,) + tuple(in_spatial), (1,) + tuple(out_spatial)
+        kernel, strides, dilation = (1,) + tuple(kernel), (1,) + tuple(strides), (1,) + tuple(dilation)
+    pads = [pad_before(n, o, k, s, d, padding)
+            for n, o, k, s, d in zip(in_spatial, out_spatial, kernel, strides, dilation)]
+    return tuple(int(v) for v in (*kernel, *strides, *dilation, *pads))
+
+
+def as_image(x):
+    """(N, steps, C) -> (N, 1, steps, C) and (N, H, W, C) unchanged, C-contiguous (a view when it can)."""
+    import numpy as np
+
+    x = np.ascontiguousarray(x)
+    return x.reshape(x.shape[0], 1, x.shape[1], x.shape[2]) if x.ndim == 3 else x
+
+
 class _Windowed(LayerSpec):
     """Shared by layers that slide a kernel: subclasses define kernel_size, strides, padding, dilation_rate."""
 
@@ -88,6 +119,51 @@ class _Conv(_Windowed):
 
     def macs(self, s, out):
         return math.prod(out[:-1]) * math.prod(self.kernel_size) * s[-1] * self.filters
+
+    def output_activation(self):
+        return self.activation
+
+    # Conv1D and Conv2D: im2col + GEMM (kernels.conv); Conv1D runs as an image of height 1.
+    def forward(self, w, x, training, rng):
+        import numpy as np
+
+        from ..kernels import conv
+
+        x4 = as_image(x)  # (N, H, W, C)
+        out_spatial = self._spatial(x.shape[1:])
+        g = geometry(x.shape[1:-1], out_spatial, self.kernel_size, self.strides, self.dilation_rate, self.padding)
+        n, _, _, c = x4.shape
+        ho, wo = ((1,) + out_spatial)[-2:]
+        f = self.filters
+        kernel = w[0].reshape(-1, f)  # (kh*kw*C, F), a view
+        bias = w[1] if self.use_bias else np.zeros(f, x4.dtype)
+        # Pointwise convolutions multiply x itself; otherwise cols holds the windows, kept for backward.
+        cols = x4 if _is_pointwise(g) else np.empty((n, ho, wo, g[0] * g[1] * c), x4.dtype)
+        out = np.empty((n, ho, wo, f), x4.dtype)
+        conv.conv_forward(x4, kernel, bias, self.use_bias, g, cols, out)
+        return out.reshape((n,) + out_spatial + (f,)), (cols, x4.shape, x.shape, g)
+
+    def backward(self, w, g, saved, dy):
+        import numpy as np
+
+        from ..kernels import conv
+
+        cols, img_shape, in_shape, geom = saved
+        n, ho, wo, _ = cols.shape
+        f = self.filters
+        dy4 = np.ascontiguousarray(dy).reshape(n, ho, wo, f)
+        dx = np.empty(img_shape, dy4.dtype)  # (N, H, W, C)
+        dcols = dx if _is_pointwise(geom) else np.empty_like(cols)
+        dbias = g[1] if self.use_bias else np.empty(f, dy4.dtype)
+        conv.conv_backward(cols, w[0].reshape(-1, f), dy4, self.use_bias, True, True, geom,
+                           g[0].reshape(-1, f), dbias, dcols, dx)
+        return dx.reshape(in_shape)
+
+
+def _is_pointwise(g):
+    """1 x 1 kernel, stride 1, no padding: the kernels skip im2col (same test as kernels.conv._pointwise)."""
+    kh, kw, sh, sw, _, _, ph, pw = g
+    return kh == kw == sh == sw == 1 and ph == pw == 0
 
 
 @register
@@ -142,6 +218,55 @@ class Conv2DTranspose(_Conv):
     def macs(self, s, out):
         return math.prod(s[:-1]) * math.prod(self.kernel_size) * s[-1] * self.filters
 
+    # The adjoint of the Conv2D that maps an (Ho, Wo, filters) image to this layer's (H, W, in_channels)
+    # input with the same kernel: that Conv2D's kernel layout is exactly Keras's (kh, kw, filters, C),
+    # and its 'same' padding before each axis follows TF's rule with the roles of input and output swapped
+    # (which is also where Keras's JAX and TF backends put the output). So forward is Conv2D's input
+    # gradient, and backward is Conv2D's forward (for dx) plus its weight gradient.
+    def _geometry(self, x_shape):
+        out_spatial = self.compute_output_shape(x_shape[1:])[:-1]
+        return out_spatial, geometry(out_spatial, x_shape[1:3], self.kernel_size, self.strides,
+                                     self.dilation_rate, self.padding)
+
+    def forward(self, w, x, training, rng):
+        import numpy as np
+
+        from ..kernels import conv
+
+        x4 = np.ascontiguousarray(x)  # (N, H, W, C)
+        n, h, wd, c = x4.shape
+        f = self.filters
+        (ho, wo), g = self._geometry(x4.shape)
+        kernel = w[0].reshape(-1, c)  # (kh*kw*F, C), a view
+        y = np.empty((n, ho, wo, f), x4.dtype)
+        dcols = y if _is_pointwise(g) else np.empty((n, h, wd, g[0] * g[1] * f), x4.dtype)  # scratch
+        no_dk = np.empty((0, 0), x4.dtype)
+        no_db = np.empty(0, x4.dtype)
+        conv.conv_backward(dcols, kernel, x4, False, False, True, g, no_dk, no_db, dcols, y)
+        if self.use_bias:
+            y += w[1]
+        return y, (x4, g)
+
+    def backward(self, w, g, saved, dy):
+        import numpy as np
+
+        from ..kernels import conv
+
+        x4, geom = saved
+        n, h, wd, c = x4.shape
+        f = self.filters
+        dy4 = np.ascontiguousarray(dy)  # (N, Ho, Wo, F)
+        kernel = w[0].reshape(-1, c)
+        cols = dy4 if _is_pointwise(geom) else np.empty((n, h, wd, geom[0] * geom[1] * f), dy4.dtype)
+        dx = np.empty_like(x4)
+        conv.conv_forward(dy4, kernel, np.zeros(c, dy4.dtype), False, geom, cols, dx)  # dx = im2col(dy) @ K
+        # d(kernel) = im2col(dy).T @ x: Conv2D's weight gradient with x in the place of its dy.
+        conv.conv_backward(cols, kernel, x4, False, True, False, geom, g[0].reshape(-1, c),
+                           np.empty(0, dy4.dtype), cols, dx)
+        if self.use_bias:
+            g[1][...] = dy4.reshape(-1, f).sum(axis=0)
+        return dx
+
 
 @register
 class DepthwiseConv2D(_Windowed):
@@ -170,6 +295,35 @@ class DepthwiseConv2D(_Windowed):
 
     def macs(self, s, out):
         return math.prod(out) * math.prod(self.kernel_size)
+
+    def output_activation(self):
+        return self.activation
+
+    def forward(self, w, x, training, rng):
+        import numpy as np
+
+        from ..kernels import conv
+
+        x4 = np.ascontiguousarray(x)  # (N, H, W, C)
+        out_spatial = self._spatial(x4.shape[1:])
+        g = geometry(x4.shape[1:3], out_spatial, self.kernel_size, self.strides, self.dilation_rate, self.padding)
+        cm = x4.shape[3] * self.depth_multiplier
+        out = np.empty((x4.shape[0],) + out_spatial + (cm,), x4.dtype)  # (N, Ho, Wo, C*m)
+        bias = w[1] if self.use_bias else np.zeros(cm, x4.dtype)
+        conv.depthwise_forward(x4, w[0], bias, self.use_bias, g, out)
+        return out, (x4, g)
+
+    def backward(self, w, g, saved, dy):
+        import numpy as np
+
+        from ..kernels import conv
+
+        x4, geom = saved
+        dy4 = np.ascontiguousarray(dy)
+        dx = np.empty_like(x4)
+        dbias = g[1] if self.use_bias else np.empty(dy4.shape[3], dy4.dtype)
+        conv.depthwise_backward(x4, w[0], dy4, self.use_bias, geom, g[0], dbias, dx)
+        return dx
 
 
 @register
@@ -204,3 +358,43 @@ class SeparableConv2D(_Windowed):
     def macs(self, s, out):
         hw = math.prod(out[:-1])
         return hw * math.prod(self.kernel_size) * s[-1] * self.depth_multiplier + hw * s[-1] * self.depth_multiplier * self.filters
+
+    def output_activation(self):
+        return self.activation
+
+    # Depthwise (no bias) into z (N, Ho, Wo, C*m), then the pointwise kernel as a 1 x 1 Conv2D (one GEMM
+    # straight on z, no im2col) plus the bias.
+    def forward(self, w, x, training, rng):
+        import numpy as np
+
+        from ..kernels import conv
+
+        x4 = np.ascontiguousarray(x)  # (N, H, W, C)
+        out_spatial = self._spatial(x4.shape[1:])
+        g = geometry(x4.shape[1:3], out_spatial, self.kernel_size, self.strides, self.dilation_rate, self.padding)
+        n, cm, f = x4.shape[0], x4.shape[3] * self.depth_multiplier, self.filters
+        z = np.empty((n,) + out_spatial + (cm,), x4.dtype)
+        conv.depthwise_forward(x4, w[0], np.zeros(cm, x4.dtype), False, g, z)
+        out = np.empty((n,) + out_spatial + (f,), x4.dtype)
+        bias = w[2] if self.use_bias else np.zeros(f, x4.dtype)
+        conv.conv_forward(z, w[1].reshape(cm, f), bias, self.use_bias, POINTWISE, z, out)
+        return out, (x4, z, g)
+
+    def backward(self, w, g, saved, dy):
+        import numpy as np
+
+        from ..kernels import conv
+
+        x4, z, geom = saved
+        cm, f = z.shape[3], self.filters
+        dy4 = np.ascontiguousarray(dy)  # (N, Ho, Wo, F)
+        dz = np.empty_like(z)
+        dbias = g[2] if self.use_bias else np.empty(f, dy4.dtype)
+        conv.conv_backward(z, w[1].reshape(cm, f), dy4, self.use_bias, True, True, POINTWISE,
+                           g[1].reshape(cm, f), dbias, dz, dz)
+        dx = np.empty_like(x4)
+        conv.depthwise_backward(x4, w[0], dz, False, geom, g[0], np.empty(cm, dy4.dtype), dx)
+        return dx
+
+
+POINTWISE = (1, 1, 1, 1, 1, 1, 0, 0)  # geometry of a 1 x 1 convolution with stride 1 and no padding

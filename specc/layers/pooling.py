@@ -6,7 +6,7 @@ from typing import ClassVar, Literal
 
 from ..spec.types import Bool, choice, int_tuple
 from .base import LayerSpec, ShapeError, fmt_shape, register
-from .conv import conv_length
+from .conv import as_image, conv_length, geometry
 
 Padding = choice(("valid", "same"), "padding")
 
@@ -29,10 +29,36 @@ class _Pool(LayerSpec):
             raise ShapeError(f"pool_size {list(self.pool_size)} does not fit its input {fmt_shape(s)}: {e}; "
                              f"use padding 'same' or a smaller pool_size") from None
 
+    _max: ClassVar[bool] = False  # max or average
+
+    # 1-D pooling runs as 2-D over an image of height 1 (kernels.pooling).
+    def forward(self, w, x, training, rng):
+        import numpy as np
+
+        from ..kernels import pooling
+
+        x4 = as_image(x)  # (N, H, W, C)
+        out_spatial = self.compute_output_shape(x.shape[1:])[:-1]
+        g = geometry(x.shape[1:-1], out_spatial, self.pool_size, self.strides or self.pool_size,
+                     (1,) * len(self.pool_size), self.padding)
+        n, ho, wo, c = (x4.shape[0],) + ((1,) + out_spatial)[-2:] + (x4.shape[3],)
+        out = np.empty((n, ho, wo, c), x4.dtype)
+        if self._max:
+            argmax = np.empty((n, ho, wo, c), np.int32)  # winner's index ih*W + iw, for backward
+            pooling.max_forward(x4, g, out, argmax)
+        else:
+            argmax = None
+            pooling.avg_forward(x4, g, out)
+        return out.reshape((n,) + out_spatial + (c,)), (argmax, g, x4.shape, x.shape, out.shape)
+
+    def backward(self, w, g, saved, dy):
+        return _pool_backward(saved, dy)
+
 
 @register
 class MaxPooling1D(_Pool):
     type: Literal["MaxPooling1D"] = "MaxPooling1D"
+    _max: ClassVar[bool] = True
     pool_size: int_tuple(1) = (2,)
     strides: int_tuple(1) | None = None
     padding: Padding = "valid"
@@ -41,6 +67,7 @@ class MaxPooling1D(_Pool):
 @register
 class MaxPooling2D(_Pool):
     type: Literal["MaxPooling2D"] = "MaxPooling2D"
+    _max: ClassVar[bool] = True
     pool_size: int_tuple(2) = (2, 2)
     strides: int_tuple(2) | None = None
     padding: Padding = "valid"
@@ -73,16 +100,42 @@ class _Global(LayerSpec):
                              f"got {fmt_shape(s)}")
         return ((1,) * rank + (s[-1],)) if self.keepdims else (s[-1],)
 
+    _max: ClassVar[bool] = False  # max or average
+
+    # One window over the whole image (or sequence, as an image of height 1) with a 1 x 1 output.
+    def forward(self, w, x, training, rng):
+        import numpy as np
+
+        from ..kernels import pooling
+
+        x4 = as_image(x)  # (N, H, W, C)
+        n, h, wd, c = x4.shape
+        g = (h, wd, 1, 1, 1, 1, 0, 0)
+        out = np.empty((n, 1, 1, c), x4.dtype)
+        if self._max:
+            argmax = np.empty((n, 1, 1, c), np.int32)
+            pooling.max_forward(x4, g, out, argmax)
+        else:
+            argmax = None
+            pooling.avg_forward(x4, g, out)
+        y = out.reshape((n,) + self.compute_output_shape(x.shape[1:]))
+        return y, (argmax, g, x4.shape, x.shape, out.shape)
+
+    def backward(self, w, g, saved, dy):
+        return _pool_backward(saved, dy)
+
 
 @register
 class GlobalMaxPooling1D(_Global):
     type: Literal["GlobalMaxPooling1D"] = "GlobalMaxPooling1D"
+    _max: ClassVar[bool] = True
     _rank: ClassVar[int] = 1
 
 
 @register
 class GlobalMaxPooling2D(_Global):
     type: Literal["GlobalMaxPooling2D"] = "GlobalMaxPooling2D"
+    _max: ClassVar[bool] = True
     _rank: ClassVar[int] = 2
 
 
@@ -96,3 +149,18 @@ class GlobalAveragePooling1D(_Global):
 class GlobalAveragePooling2D(_Global):
     type: Literal["GlobalAveragePooling2D"] = "GlobalAveragePooling2D"
     _rank: ClassVar[int] = 2
+
+
+def _pool_backward(saved, dy):
+    import numpy as np
+
+    from ..kernels import pooling
+
+    argmax, g, img_shape, in_shape, out_shape = saved
+    dy4 = np.ascontiguousarray(dy).reshape(out_shape)  # (N, Ho, Wo, C)
+    dx = np.empty(img_shape, dy4.dtype)  # (N, H, W, C)
+    if argmax is not None:
+        pooling.max_backward(dy4, argmax, dx)
+    else:
+        pooling.avg_backward(dy4, g, dx)
+    return dx.reshape(in_shape)

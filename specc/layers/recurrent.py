@@ -51,10 +51,161 @@ class _RNN(LayerSpec):
     def macs(self, s, out):
         return (s[0] or 1) * self.gates * self.units * (s[1] + self.units)
 
+    # --- runtime -------------------------------------------------------------------------------------
+    # Time-major and in processing order inside (the input is flipped for go_backwards, as Keras does):
+    # the input projection of every timestep is one GEMM (the Dense kernel) before the time loop, and
+    # d(kernel), d(recurrent_kernel), d(bias), d(x) are one GEMM each after the backward loop; the
+    # loops themselves live in specc.kernels.recurrent.
+
+    def _codes(self):
+        from ..kernels.activations import CODE
+
+        names = [self.activation, getattr(self, "recurrent_activation", "linear")]
+        for name in names:
+            if name in ("softmax", "log_softmax"):
+                raise NotImplementedError(f"{self.type} does not run with activation {name!r} (it normalises "
+                                          f"across units, not elementwise)")
+        return CODE[names[0]], CODE[names[1]]
+
+    def _per_gate_masks(self) -> bool:
+        # Keras 3's LSTM/GRU cells switch to "implementation 1" when recurrent_dropout != 0: one dropout
+        # mask per gate (for the inputs as for the state) instead of one shared mask.
+        return self.gates > 1 and self.recurrent_dropout > 0
+
+    def _input_bias(self, w):
+        return w[2] if self.use_bias else None
+
+    def _project(self, w, x, training, rng):
+        """x (N, T, F) -> time-major processing-order input xt (T, N, F), dropout masks, and the
+        projection xp (T, N, G*u) = dropout(xt) @ kernel + input bias."""
+        import numpy as np
+
+        from ..kernels import dense
+
+        n, t, f = x.shape
+        gu = self.gates * self.units
+        xt = np.ascontiguousarray((x[:, ::-1] if self.go_backwards else x).transpose(1, 0, 2))
+        xmask = rmask = None
+        if training and self.dropout > 0:
+            count = self.gates if self._per_gate_masks() else 1
+            xmask = _keep(rng, (count, n, f), self.dropout, x.dtype)
+        if training and self.recurrent_dropout > 0:
+            rmask = _keep(rng, (self.gates, n, self.units), self.recurrent_dropout, x.dtype)
+        kernel, bias = w[0], self._input_bias(w)
+        use_bias = bias is not None
+        bias = bias if use_bias else kernel[0]
+        xp = np.empty((t * n, gu), x.dtype)
+        if xmask is None:
+            xins = [xt.reshape(t * n, f)]
+        else:
+            xins = [(xt * m).reshape(t * n, f) for m in xmask]
+        if len(xins) == 1:
+            dense.forward(xins[0], kernel, bias, use_bias, xp)
+        else:
+            u = self.units
+            out = np.empty((t * n, u), x.dtype)
+            for k, xi in enumerate(xins):
+                cols = slice(k * u, (k + 1) * u)
+                dense.forward(xi, np.ascontiguousarray(kernel[:, cols]), bias[cols], use_bias, out)
+                xp[:, cols] = out
+        return xp.reshape(t, n, gu), xins, xmask, rmask
+
+    def _split(self, r, rmask):
+        """The recurrent kernel per gate (G, u, u), contiguous, when the recurrent matmul runs per gate."""
+        import numpy as np
+
+        if rmask is None:
+            return np.empty((1, 1, 1), r.dtype), np.empty((1, 1, 1), r.dtype), False
+        u = self.units
+        return np.ascontiguousarray(r.reshape(u, self.gates, u).transpose(1, 0, 2)), rmask, True
+
+    def _state_groups(self, hs, rmask, columns=None):
+        """The left operands of the recurrent kernel's gradient: the states entering each step (masked per
+        gate under recurrent dropout), for the first `columns` columns (default all)."""
+        columns = self.gates * self.units if columns is None else columns
+        hprev = hs[:-1]
+        if rmask is None:
+            return [(hprev, 0, columns)]
+        u = self.units
+        return [(hprev * rmask[k], k * u, (k + 1) * u) for k in range(columns // u)]
+
+    def _output(self, hs):
+        import numpy as np
+
+        if self.return_sequences:
+            return np.ascontiguousarray(hs[1:].transpose(1, 0, 2))
+        return hs[-1].copy()
+
+    def _dy(self, dy):
+        import numpy as np
+
+        if self.return_sequences:
+            return np.ascontiguousarray(dy.transpose(1, 0, 2))
+        return np.ascontiguousarray(dy).reshape(1, *dy.shape)
+
+    def _input_backward(self, w, g, dz, xins, xmask, dbias):
+        """d(kernel) into g[0], d(input bias) into dbias (or nowhere), and d(x) (N, T, F) from dz (T, N, G*u)."""
+        import numpy as np
+
+        from ..kernels import dense
+
+        t, n, gu = dz.shape
+        f = w[0].shape[0]
+        dz2 = dz.reshape(t * n, gu)
+        use_bias = dbias is not None
+        dbias = dbias if use_bias else np.empty(gu, dz.dtype)
+        dxt = np.empty((t * n, f), dz.dtype)
+        if len(xins) == 1:
+            dense.backward(xins[0], w[0], dz2, use_bias, True, g[0], dbias, dxt)
+            if xmask is not None:
+                dxt = (dxt.reshape(t, n, f) * xmask[0]).reshape(t * n, f)
+        else:
+            u = self.units
+            dxt[...] = 0
+            dk = np.empty((f, u), dz.dtype)
+            dxk = np.empty((t * n, f), dz.dtype)
+            for k, xi in enumerate(xins):
+                cols = slice(k * u, (k + 1) * u)
+                dense.backward(xi, np.ascontiguousarray(w[0][:, cols]), np.ascontiguousarray(dz2[:, cols]),
+                               use_bias, True, dk, dbias[cols], dxk)
+                g[0][:, cols] = dk
+                dxt += (dxk.reshape(t, n, f) * xmask[k]).reshape(t * n, f)
+        dx = dxt.reshape(t, n, f).transpose(1, 0, 2)
+        return np.ascontiguousarray(dx[:, ::-1] if self.go_backwards else dx)
+
+
 
 @register
 class SimpleRNN(_RNN):
     type: Literal["SimpleRNN"] = "SimpleRNN"
+
+    def forward(self, w, x, training, rng):
+        import numpy as np
+
+        from ..kernels import recurrent
+
+        act, _ = self._codes()
+        xp, xins, xmask, rmask = self._project(w, x, training, rng)
+        t, n, u = xp.shape
+        rg, rm, use_rmask = self._split(w[1], rmask)
+        hs = np.empty((t + 1, n, u), x.dtype)
+        pre = np.empty((t, n, u), x.dtype)
+        recurrent.simple_forward(xp, w[1], rg, rm, use_rmask, act, hs, pre)
+        return self._output(hs), (xins, xmask, rmask, rg, hs, pre)
+
+    def backward(self, w, g, saved, dy):
+        import numpy as np
+
+        from ..kernels import recurrent
+
+        xins, xmask, rmask, rg, hs, pre = saved
+        act, _ = self._codes()
+        rm = rg if rmask is None else rmask
+        dz = np.empty_like(pre)
+        recurrent.simple_backward(w[1], rg, rm, rmask is not None, act, hs, pre, self._dy(dy),
+                                  self.return_sequences, dz)
+        _linear_grads(self._state_groups(hs, rmask), dz, g[1], None)
+        return self._input_backward(w, g, dz, xins, xmask, g[2] if self.use_bias else None)
 
 
 @register
@@ -63,6 +214,46 @@ class LSTM(_RNN):
     type: Literal["LSTM"] = "LSTM"
     recurrent_activation: ActivationName = "sigmoid"
     unit_forget_bias: Bool = True
+
+    def initial_value(self, spec, rng):
+        # Keras: bias = [bias_initializer(u), ones(u), bias_initializer(2u)] — ones on the forget gate.
+        value = super().initial_value(spec, rng)
+        if spec.name == "bias" and self.unit_forget_bias:
+            value = value.copy()
+            value[self.units: 2 * self.units] = 1.0
+        return value
+
+    def forward(self, w, x, training, rng):
+        import numpy as np
+
+        from ..kernels import recurrent
+
+        act, ract = self._codes()
+        xp, xins, xmask, rmask = self._project(w, x, training, rng)
+        t, n, gu = xp.shape
+        u = self.units
+        rg, rm, use_rmask = self._split(w[1], rmask)
+        hs = np.empty((t + 1, n, u), x.dtype)
+        cs = np.empty((t + 1, n, u), x.dtype)
+        acs = np.empty((t, n, u), x.dtype)
+        pre = np.empty((t, n, gu), x.dtype)
+        gates = np.empty((t, n, gu), x.dtype)
+        recurrent.lstm_forward(xp, w[1], rg, rm, use_rmask, act, ract, hs, cs, acs, pre, gates)
+        return self._output(hs), (xins, xmask, rmask, rg, hs, cs, acs, pre, gates)
+
+    def backward(self, w, g, saved, dy):
+        import numpy as np
+
+        from ..kernels import recurrent
+
+        xins, xmask, rmask, rg, hs, cs, acs, pre, gates = saved
+        act, ract = self._codes()
+        rm = rg if rmask is None else rmask
+        dz = np.empty_like(pre)
+        recurrent.lstm_backward(w[1], rg, rm, rmask is not None, act, ract, cs, acs, pre, gates, self._dy(dy),
+                                self.return_sequences, dz)
+        _linear_grads(self._state_groups(hs, rmask), dz, g[1], None)
+        return self._input_backward(w, g, dz, xins, xmask, g[2] if self.use_bias else None)
 
 
 @register
@@ -74,3 +265,80 @@ class GRU(_RNN):
 
     def _bias_shape(self):
         return (2, 3 * self.units) if self.reset_after else (3 * self.units,)
+
+    def _input_bias(self, w):
+        if not self.use_bias:
+            return None
+        return w[2][0] if self.reset_after else w[2]
+
+    def forward(self, w, x, training, rng):
+        import numpy as np
+
+        from ..kernels import recurrent
+
+        act, ract = self._codes()
+        xp, xins, xmask, rmask = self._project(w, x, training, rng)
+        t, n, gu = xp.shape
+        u = self.units
+        r = w[1]
+        rg = np.ascontiguousarray(r.reshape(u, 3, u).transpose(1, 0, 2))  # per gate; Rg[2] is the candidate's
+        r2 = np.empty((1, 1), x.dtype) if self.reset_after else np.ascontiguousarray(r[:, : 2 * u])
+        use_rb = self.use_bias and self.reset_after
+        rb = w[2][1] if use_rb else np.empty(1, x.dtype)
+        rm = np.empty((1, 1, 1), x.dtype) if rmask is None else rmask
+        hs = np.empty((t + 1, n, u), x.dtype)
+        pre = np.empty((t, n, gu), x.dtype)
+        gates = np.empty((t, n, gu), x.dtype)
+        aux = np.empty((t, n, u), x.dtype)
+        recurrent.gru_forward(xp, r, r2, rg, rb, use_rb, rm, rmask is not None, self.reset_after, act, ract,
+                              hs, pre, gates, aux)
+        return self._output(hs), (xins, xmask, rmask, rm, rg, r2, hs, pre, gates, aux)
+
+    def backward(self, w, g, saved, dy):
+        import numpy as np
+
+        from ..kernels import recurrent
+
+        xins, xmask, rmask, rm, rg, r2, hs, pre, gates, aux = saved
+        act, ract = self._codes()
+        u = self.units
+        dz = np.empty_like(pre)
+        da = np.empty_like(pre) if self.reset_after else np.empty((1, 1, 1), pre.dtype)
+        recurrent.gru_backward(w[1], r2, rg, rm, rmask is not None, self.reset_after, act, ract, hs, pre, gates,
+                               aux, self._dy(dy), self.return_sequences, dz, da)
+        if self.reset_after:
+            _linear_grads(self._state_groups(hs, rmask), da, g[1], g[2][1] if self.use_bias else None)
+        else:  # the candidate's recurrent kernel multiplies q = r * h_prev, kept in aux
+            groups = self._state_groups(hs, rmask, 2 * u) + [(aux, 2 * u, 3 * u)]
+            _linear_grads(groups, dz, g[1], None)
+        dbias = None if not self.use_bias else g[2][0] if self.reset_after else g[2]
+        return self._input_backward(w, g, dz, xins, xmask, dbias)
+
+
+def _keep(rng, shape, rate, dtype):
+    """Keras's dropout mask: keep with probability 1 - rate, scaled by 1 / (1 - rate)."""
+    return (rng.random(shape) >= rate).astype(dtype) / dtype.type(1 - rate)
+
+
+def _linear_grads(groups, d, dw, db):
+    """Recurrent-side weight gradients dw (u, G*u) (and db (G*u,) or None) from d (T, N, G*u):
+    groups are (left (T, N, u), first column, last column); each column block gets left.T @ d."""
+    import numpy as np
+
+    from ..kernels import dense
+
+    t, n, gu = d.shape
+    d2 = d.reshape(t * n, gu)
+    use_bias = db is not None
+    dummy_x = np.empty((1, 1), d.dtype)
+    for left, lo, hi in groups:
+        left2 = np.ascontiguousarray(left).reshape(t * n, -1)
+        if lo == 0 and hi == gu:
+            dense.backward(left2, dw, d2, use_bias, False, dw, db if use_bias else np.empty(gu, d.dtype), dummy_x)
+            continue
+        dk = np.empty((left2.shape[1], hi - lo), d.dtype)
+        dbk = np.empty(hi - lo, d.dtype)
+        dense.backward(left2, dk, np.ascontiguousarray(d2[:, lo:hi]), use_bias, False, dk, dbk, dummy_x)
+        dw[:, lo:hi] = dk
+        if use_bias:
+            db[lo:hi] = dbk

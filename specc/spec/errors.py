@@ -35,7 +35,8 @@ class SpecError:
     message: str
 
     def text(self) -> str:
-        where = f"{self.file}:{self.line}:{self.column}"
+        # line 0: not from the file (a --set override on the command line)
+        where = f"{self.file}:{self.line}:{self.column}" if self.line else self.file
         what = f"{self.path}: {self.message}" if self.path else self.message
         return f"{where}: error: {what}"
 

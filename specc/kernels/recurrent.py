@@ -1,0 +1,314 @@
+"""SimpleRNN, LSTM and GRU recurrences: the time loops, forward and backward (backprop through time).
+
+The layer (specc.layers.recurrent) does the work that is one GEMM over all timesteps — the input
+projection `x @ kernel + bias` before the loop, and d(kernel), d(recurrent_kernel), d(x) after the
+backward loop — with the Dense kernels. What is left here is strictly sequential: per step one
+(N, units) @ (units, gates*units) GEMM and the gate maths, and in backward one GEMM per step to carry
+the gradient to the previous state.
+
+Everything is time-major and in processing order (the layer flips the input for `go_backwards`):
+    xp     (T, N, G*u)  input projection, bias included
+    hs     (T+1, N, u)  states, hs[0] = 0 (Keras's zero initial state), hs[s+1] = h after step s
+    pre    (T, N, G*u)  gate pre-activations;  gates (T, N, G*u) the same after their activation
+    dz     (T, N, G*u)  d(loss)/d(pre-activation): rows of the kernel/bias/input gradients
+so that every per-step slice `a[s]` is a contiguous (N, ...) matrix that BLAS takes as is.
+
+Recurrent dropout (training only) multiplies the state by a mask before the recurrent matmul. When a
+layer has one mask per gate (Keras's LSTM and GRU with recurrent_dropout, "implementation 1"),
+`rmask` is (G, N, u) and `Rg` (G, u, u) holds the recurrent kernel split per gate (contiguous), and the
+recurrent matmul runs per gate; otherwise `use_rmask` is False and `rmask`/`Rg` are dummies.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from . import JIT
+from .activations import _scalar_derivative as _dact
+from .activations import _scalar_forward as _act
+
+
+@numba.njit(**JIT)
+def _rec_fwd(h, R, Rg, rmask, use_rmask, out, hm, tmp):
+    """out (N, G*u) = h @ R, or per gate k: out[:, k] = (h * rmask[k]) @ Rg[k]."""
+    if not use_rmask:
+        np.dot(h, R, out)
+        return
+    n_rows, u = h.shape
+    for k in range(out.shape[1] // u):
+        for n in range(n_rows):
+            for j in range(u):
+                hm[n, j] = h[n, j] * rmask[k, n, j]
+        np.dot(hm, Rg[k], tmp)
+        for n in range(n_rows):
+            for j in range(u):
+                out[n, k * u + j] = tmp[n, j]
+
+
+@numba.njit(**JIT)
+def _rec_back(da, R, Rg, rmask, use_rmask, out, tmp, tmp2):
+    """out (N, u) = d(loss)/dh for out-of-`_rec_fwd` gradient da (N, G*u): da @ R.T, or per gate
+    sum_k (da[:, k] @ Rg[k].T) * rmask[k]. Overwrites `out`."""
+    if not use_rmask:
+        np.dot(da, R.T, out)
+        return
+    n_rows, u = out.shape
+    for n in range(n_rows):
+        for j in range(u):
+            out[n, j] = 0
+    for k in range(da.shape[1] // u):
+        for n in range(n_rows):
+            for j in range(u):
+                tmp[n, j] = da[n, k * u + j]
+        np.dot(tmp, Rg[k].T, tmp2)
+        for n in range(n_rows):
+            for j in range(u):
+                out[n, j] += tmp2[n, j] * rmask[k, n, j]
+
+
+# --- SimpleRNN: h = act(xp + h_prev @ R) -------------------------------------------------------------
+
+
+@numba.njit(**JIT)
+def simple_forward(xp, R, Rg, rmask, use_rmask, act, hs, pre):
+    T, N, u = xp.shape
+    hm = np.empty((N, u), xp.dtype)
+    tmp = np.empty((N, u), xp.dtype)
+    for n in range(N):
+        for j in range(u):
+            hs[0, n, j] = 0
+    for s in range(T):
+        a = pre[s]
+        _rec_fwd(hs[s], R, Rg, rmask, use_rmask, a, hm, tmp)
+        for n in range(N):
+            for j in range(u):
+                v = a[n, j] + xp[s, n, j]
+                a[n, j] = v
+                hs[s + 1, n, j] = _act(act, v)
+
+
+@numba.njit(**JIT)
+def simple_backward(R, Rg, rmask, use_rmask, act, hs, pre, dy, seq, dz):
+    """dy: (T, N, u) when `seq` (return_sequences), else (1, N, u) for the last state only."""
+    T, N, u = pre.shape
+    dh = np.zeros((N, u), pre.dtype)
+    tmp = np.empty((N, u), pre.dtype)
+    tmp2 = np.empty((N, u), pre.dtype)
+    for s in range(T - 1, -1, -1):
+        if seq:
+            for n in range(N):
+                for j in range(u):
+                    dh[n, j] += dy[s, n, j]
+        elif s == T - 1:
+            for n in range(N):
+                for j in range(u):
+                    dh[n, j] += dy[0, n, j]
+        d = dz[s]
+        for n in range(N):
+            for j in range(u):
+                d[n, j] = dh[n, j] * _dact(act, pre[s, n, j], hs[s + 1, n, j])
+        _rec_back(d, R, Rg, rmask, use_rmask, dh, tmp, tmp2)
+
+
+# --- LSTM, gates i, f, c, o: c = f*c_prev + i*act(zc); h = o*act(c) ----------------------------------
+
+
+@numba.njit(**JIT)
+def lstm_forward(xp, R, Rg, rmask, use_rmask, act, ract, hs, cs, acs, pre, gates):
+    """cs (T+1, N, u) carries (cs[0] = 0); acs (T, N, u) = act(cs[1:])."""
+    T, N, G = xp.shape
+    u = G // 4
+    hm = np.empty((N, u), xp.dtype)
+    tmp = np.empty((N, u), xp.dtype)
+    for n in range(N):
+        for j in range(u):
+            hs[0, n, j] = 0
+            cs[0, n, j] = 0
+    for s in range(T):
+        a = pre[s]
+        _rec_fwd(hs[s], R, Rg, rmask, use_rmask, a, hm, tmp)
+        for n in range(N):
+            for j in range(G):
+                a[n, j] += xp[s, n, j]
+            for j in range(u):
+                i = _act(ract, a[n, j])
+                f = _act(ract, a[n, u + j])
+                g = _act(act, a[n, 2 * u + j])
+                o = _act(ract, a[n, 3 * u + j])
+                gates[s, n, j] = i
+                gates[s, n, u + j] = f
+                gates[s, n, 2 * u + j] = g
+                gates[s, n, 3 * u + j] = o
+                c = f * cs[s, n, j] + i * g
+                cs[s + 1, n, j] = c
+                ac = _act(act, c)
+                acs[s, n, j] = ac
+                hs[s + 1, n, j] = o * ac
+
+
+@numba.njit(**JIT)
+def lstm_backward(R, Rg, rmask, use_rmask, act, ract, cs, acs, pre, gates, dy, seq, dz):
+    T, N, G = pre.shape
+    u = G // 4
+    dh = np.zeros((N, u), pre.dtype)
+    dc = np.zeros((N, u), pre.dtype)
+    tmp = np.empty((N, u), pre.dtype)
+    tmp2 = np.empty((N, u), pre.dtype)
+    for s in range(T - 1, -1, -1):
+        d = dz[s]
+        for n in range(N):
+            for j in range(u):
+                dhv = dh[n, j]
+                if seq:
+                    dhv += dy[s, n, j]
+                elif s == T - 1:
+                    dhv += dy[0, n, j]
+                i = gates[s, n, j]
+                f = gates[s, n, u + j]
+                g = gates[s, n, 2 * u + j]
+                o = gates[s, n, 3 * u + j]
+                c = cs[s + 1, n, j]
+                ac = acs[s, n, j]
+                dcv = dhv * o * _dact(act, c, ac) + dc[n, j]
+                dc[n, j] = dcv * f
+                d[n, j] = dcv * g * _dact(ract, pre[s, n, j], i)
+                d[n, u + j] = dcv * cs[s, n, j] * _dact(ract, pre[s, n, u + j], f)
+                d[n, 2 * u + j] = dcv * i * _dact(act, pre[s, n, 2 * u + j], g)
+                d[n, 3 * u + j] = dhv * ac * _dact(ract, pre[s, n, 3 * u + j], o)
+        _rec_back(d, R, Rg, rmask, use_rmask, dh, tmp, tmp2)
+
+
+# --- GRU, gates z, r, h: h = z*h_prev + (1-z)*hh ----------------------------------------------------
+# reset_after:     hh = act(xh + r * (h_prev @ Rh + rb_h)), recurrent bias rb (3u,) on all three gates
+# not reset_after: hh = act(xh + (r * h_prev) @ Rh), no recurrent bias
+# aux (T, N, u) keeps what hh's recurrent term needs in backward: h_prev @ Rh + rb_h when reset_after,
+# else q = r * h_prev (masked), the left operand of Rh.
+
+
+@numba.njit(**JIT)
+def gru_forward(xp, R, R2, Rg, rb, use_rb, rmask, use_rmask, reset_after, act, ract, hs, pre, gates, aux):
+    """R (u, 3u); R2 (u, 2u) = R[:, :2u] (only when not reset_after); Rg (3, u, u) R split per gate
+    (always: Rg[2] is the candidate's kernel when not reset_after)."""
+    T, N, G = xp.shape
+    u = G // 3
+    hm = np.empty((N, u), xp.dtype)
+    tmp = np.empty((N, u), xp.dtype)
+    a = np.empty((N, G), xp.dtype)
+    a2 = np.empty((N, 2 * u), xp.dtype)
+    for n in range(N):
+        for j in range(u):
+            hs[0, n, j] = 0
+    for s in range(T):
+        hp = hs[s]
+        if reset_after:
+            _rec_fwd(hp, R, Rg, rmask, use_rmask, a, hm, tmp)
+            for n in range(N):
+                for j in range(u):
+                    az = a[n, j]
+                    ar = a[n, u + j]
+                    ah = a[n, 2 * u + j]
+                    if use_rb:
+                        az += rb[j]
+                        ar += rb[u + j]
+                        ah += rb[2 * u + j]
+                    pz = xp[s, n, j] + az
+                    pr = xp[s, n, u + j] + ar
+                    z = _act(ract, pz)
+                    r = _act(ract, pr)
+                    ph = xp[s, n, 2 * u + j] + r * ah
+                    hh = _act(act, ph)
+                    pre[s, n, j] = pz
+                    pre[s, n, u + j] = pr
+                    pre[s, n, 2 * u + j] = ph
+                    gates[s, n, j] = z
+                    gates[s, n, u + j] = r
+                    gates[s, n, 2 * u + j] = hh
+                    aux[s, n, j] = ah
+                    hs[s + 1, n, j] = z * hp[n, j] + (1 - z) * hh
+        else:
+            _rec_fwd(hp, R2, Rg, rmask, use_rmask, a2, hm, tmp)
+            q = aux[s]
+            for n in range(N):
+                for j in range(u):
+                    pz = xp[s, n, j] + a2[n, j]
+                    pr = xp[s, n, u + j] + a2[n, u + j]
+                    z = _act(ract, pz)
+                    r = _act(ract, pr)
+                    pre[s, n, j] = pz
+                    pre[s, n, u + j] = pr
+                    gates[s, n, j] = z
+                    gates[s, n, u + j] = r
+                    hv = hp[n, j]
+                    if use_rmask:
+                        hv *= rmask[2, n, j]
+                    q[n, j] = r * hv
+            np.dot(q, Rg[2], tmp)
+            for n in range(N):
+                for j in range(u):
+                    ph = xp[s, n, 2 * u + j] + tmp[n, j]
+                    hh = _act(act, ph)
+                    z = gates[s, n, j]
+                    pre[s, n, 2 * u + j] = ph
+                    gates[s, n, 2 * u + j] = hh
+                    hs[s + 1, n, j] = z * hp[n, j] + (1 - z) * hh
+
+
+@numba.njit(**JIT)
+def gru_backward(R, R2, Rg, rmask, use_rmask, reset_after, act, ract, hs, pre, gates, aux, dy, seq, dz, da):
+    """dz (T, N, 3u): gradient of the input side (xp). da (T, N, 3u), reset_after only: gradient of the
+    recurrent side (h_prev @ R + rb), whose candidate column is r * dz's. When not reset_after, the
+    recurrent kernel's z, r columns take dz's and its candidate columns take dz's against aux (q)."""
+    T, N, G = pre.shape
+    u = G // 3
+    dh = np.zeros((N, u), pre.dtype)
+    dhp = np.empty((N, u), pre.dtype)
+    tmp = np.empty((N, u), pre.dtype)
+    tmp2 = np.empty((N, u), pre.dtype)
+    back = np.empty((N, u), pre.dtype)
+    dph = np.empty((N, u), pre.dtype)
+    dq = np.empty((N, u), pre.dtype)
+    d2 = np.empty((N, 2 * u), pre.dtype)
+    for s in range(T - 1, -1, -1):
+        hp = hs[s]
+        d = dz[s]
+        for n in range(N):
+            for j in range(u):
+                dhv = dh[n, j]
+                if seq:
+                    dhv += dy[s, n, j]
+                elif s == T - 1:
+                    dhv += dy[0, n, j]
+                z = gates[s, n, j]
+                hh = gates[s, n, 2 * u + j]
+                dhp[n, j] = dhv * z
+                d[n, j] = dhv * (hp[n, j] - hh) * _dact(ract, pre[s, n, j], z)
+                dphv = dhv * (1 - z) * _dact(act, pre[s, n, 2 * u + j], hh)
+                d[n, 2 * u + j] = dphv
+                dph[n, j] = dphv
+        if reset_after:
+            ds = da[s]
+            for n in range(N):
+                for j in range(u):
+                    r = gates[s, n, u + j]
+                    dpr = dph[n, j] * aux[s, n, j] * _dact(ract, pre[s, n, u + j], r)
+                    d[n, u + j] = dpr
+                    ds[n, j] = d[n, j]
+                    ds[n, u + j] = dpr
+                    ds[n, 2 * u + j] = dph[n, j] * r
+            _rec_back(ds, R, Rg, rmask, use_rmask, back, tmp, tmp2)
+        else:
+            np.dot(dph, Rg[2].T, dq)  # d(loss)/dq
+            for n in range(N):
+                for j in range(u):
+                    r = gates[s, n, u + j]
+                    m = rmask[2, n, j] if use_rmask else 1.0
+                    dpr = dq[n, j] * hp[n, j] * m * _dact(ract, pre[s, n, u + j], r)
+                    d[n, u + j] = dpr
+                    dhp[n, j] += dq[n, j] * r * m
+                    d2[n, j] = d[n, j]
+                    d2[n, u + j] = dpr
+            _rec_back(d2, R2, Rg, rmask, use_rmask, back, tmp, tmp2)
+        for n in range(N):
+            for j in range(u):
+                dh[n, j] = dhp[n, j] + back[n, j]
