@@ -171,6 +171,36 @@ def train(
     raise typer.Exit(code)
 
 
+@app.command()
+def evaluate(
+    spec_path: Annotated[str, typer.Argument(metavar="SPEC", help="The spec the weights belong to.")],
+    weights: Annotated[str, typer.Option("--weights", metavar="RUN_DIR", help="A run directory or a weights .npz.")],
+    input_path: Annotated[str | None, typer.Option("--input", help="An .npz with arrays x and y (default: the spec's test data).")] = None,
+    fmt: Annotated[SummaryFormat, typer.Option("--format", "-f", help="text or json.")] = SummaryFormat.text,
+) -> None:
+    """Print the loss and metrics of trained weights on the spec's test data (or a given file)."""
+    if not os.path.isfile(spec_path):
+        raise _usage(f"no such file: {spec_path}")
+    from .train.session import evaluate as run_evaluate
+
+    raise typer.Exit(run_evaluate(spec_path, weights, input_path, fmt.value))
+
+
+@app.command()
+def predict(
+    spec_path: Annotated[str, typer.Argument(metavar="SPEC", help="The spec the weights belong to.")],
+    weights: Annotated[str, typer.Option("--weights", metavar="RUN_DIR", help="A run directory or a weights .npz.")],
+    input_path: Annotated[str, typer.Option("--input", help="An .npz with an array x.")],
+    out: Annotated[str | None, typer.Option("--out", help="Output .npz or .csv (default: INPUT.predictions.npz).")] = None,
+) -> None:
+    """Write predictions (class labels and probabilities for classifiers) to .npz or .csv."""
+    if not os.path.isfile(spec_path):
+        raise _usage(f"no such file: {spec_path}")
+    from .train.session import predict as run_predict
+
+    raise typer.Exit(run_predict(spec_path, weights, input_path, out))
+
+
 def main() -> None:
     """Console-script entry point: typer's usage errors exit 2; anything unexpected is reported, not dumped."""
     try:

@@ -118,15 +118,18 @@ def categorical(y_true, y_pred, weights, inv_count, from_logits, lo, hi, grad):
                 m = max(m, y_pred[r, j] * 1.0)
             s = 0.0
             for j in range(n):
-                s += math.exp(y_pred[r, j] - m)
+                e = math.exp(y_pred[r, j] - m)
+                grad[r, j] = e
+                s += e
             lse = m + math.log(s)
             tsum = 0.0
             for j in range(n):
                 t = y_true[r, j] * 1.0
                 tsum += t
                 loss -= t * (y_pred[r, j] - lse)
+            c = gw * tsum / s
             for j in range(n):
-                grad[r, j] = gw * (math.exp(y_pred[r, j] - lse) * tsum - y_true[r, j])
+                grad[r, j] = c * grad[r, j] - gw * y_true[r, j]
         else:
             s = 0.0
             for j in range(n):
@@ -162,11 +165,13 @@ def sparse_categorical(labels, y_pred, weights, inv_count, from_logits, lo, hi, 
                 m = max(m, y_pred[r, j] * 1.0)
             s = 0.0
             for j in range(n):
-                s += math.exp(y_pred[r, j] - m)
-            lse = m + math.log(s)
-            loss = lse - y_pred[r, k]
+                e = math.exp(y_pred[r, j] - m)
+                grad[r, j] = e
+                s += e
+            loss = m + math.log(s) - y_pred[r, k]
+            c = gw / s
             for j in range(n):
-                grad[r, j] = gw * math.exp(y_pred[r, j] - lse)
+                grad[r, j] = c * grad[r, j]
             grad[r, k] -= gw
         else:
             s = 0.0

@@ -9,8 +9,12 @@ operations for each element:
     w = w * decay                      decay = 1 - weight_decay * lr (1 when there is none)
     w = w - update(g, state)           the optimizer's own rule
 
+Each kernel walks the variables and hands each one's slices to an element loop over range(n): loops
+from 0 over a view vectorise, where a loop over range(start, stop) of the flat arrays does not (Numba
+cannot rule out negative indices there), a 4x difference.
+
 Scalars that depend only on the step number (bias corrections, the learning rate) are computed by the
-caller in float64 and passed in.
+caller in float64 and passed in; pass them as Python floats/bools so each dtype compiles once.
 """
 
 from __future__ import annotations
@@ -23,145 +27,211 @@ from . import JIT
 
 NO_CLIP, CLIPNORM, CLIPVALUE, GLOBAL_CLIPNORM = range(4)
 
+# NumPy's error model: a float division by zero gives inf/nan instead of a checked ZeroDivisionError.
+# Without the per-division check the update loops vectorise (about 3x faster on a float32 buffer).
+OPT_JIT = dict(JIT, error_model="numpy")
+_HUGE = 1.7976931348623157e308  # "no clip" bound: finite, since fastmath assumes there are no infinities
 
-@numba.njit(**JIT)
+
+@numba.njit(**OPT_JIT)
+def _sum_squares(g):
+    s = 0.0
+    for i in range(g.shape[0]):
+        s += g[i] * g[i]
+    return s
+
+
+@numba.njit(**OPT_JIT)
 def _global_scale(clip_mode, clip, grads):
     """Keras's clip_by_global_norm factor: clip * min(1 / norm, 1 / clip), 1 for a zero norm."""
     if clip_mode != GLOBAL_CLIPNORM:
         return 1.0
-    s = 0.0
-    for i in range(grads.shape[0]):
-        s += grads[i] * grads[i]
-    norm = math.sqrt(s)
+    norm = math.sqrt(_sum_squares(grads))
     if norm == 0.0:
         return 1.0
     return clip * min(1.0 / norm, 1.0 / clip)
 
 
-@numba.njit(**JIT)
-def _variable_scale(clip_mode, clip, global_scale, grads, a, b):
-    """Keras's per-variable clipnorm factor clip / max(norm, clip), or the global factor."""
-    if clip_mode != CLIPNORM:
-        return global_scale
-    s = 0.0
-    for i in range(a, b):
-        s += grads[i] * grads[i]
-    return clip / max(math.sqrt(s), clip)
+@numba.njit(**OPT_JIT)
+def _clipping(clip_mode, clip, global_scale, g):
+    """(scale, lo, hi) for one variable's gradient g: g -> min(max(g * scale, lo), hi).
 
-
-@numba.njit(**JIT)
-def _clipped(g, scale, clip_mode, clip):
-    g = g * scale
+    clipnorm is per variable, Keras's g * clip / max(norm, clip); clipvalue bounds each element."""
+    scale = global_scale
+    if clip_mode == CLIPNORM:
+        scale = clip / max(math.sqrt(_sum_squares(g)), clip)
     if clip_mode == CLIPVALUE:
-        g = min(max(g, -clip), clip)
-    return g
+        return scale, -clip, clip
+    return scale, -_HUGE, _HUGE
 
 
-@numba.njit(**JIT)
+# --- SGD ------------------------------------------------------------------------------------------------
+
+
+@numba.njit(**OPT_JIT)
+def _sgd(w, grad, scale, lo, hi, decay, lr, momentum, nesterov, m):
+    for i in range(w.shape[0]):
+        g = min(max(grad[i] * scale, lo), hi)
+        if momentum != 0.0:
+            mi = m[i] * momentum - g * lr
+            m[i] = mi
+            if nesterov:
+                w[i] = w[i] * decay + mi * momentum - g * lr
+            else:
+                w[i] = w[i] * decay + mi
+        else:
+            w[i] = w[i] * decay - g * lr
+
+
+@numba.njit(**OPT_JIT)
 def sgd(params, grads, offsets, clip_mode, clip, decay, lr, momentum, nesterov, m):
     gs = _global_scale(clip_mode, clip, grads)
     for k in range(offsets.shape[0] - 1):
         a, b = offsets[k], offsets[k + 1]
-        scale = _variable_scale(clip_mode, clip, gs, grads, a, b)
-        for i in range(a, b):
-            g = _clipped(grads[i], scale, clip_mode, clip)
-            w = params[i] * decay
-            if momentum != 0.0:
-                mi = m[i] * momentum - g * lr
-                m[i] = mi
-                if nesterov:
-                    w += mi * momentum - g * lr
-                else:
-                    w += mi
-            else:
-                w -= g * lr
-            params[i] = w
+        scale, lo, hi = _clipping(clip_mode, clip, gs, grads[a:b])
+        _sgd(params[a:b], grads[a:b], scale, lo, hi, decay, lr, momentum, nesterov, m[a:b] if momentum != 0.0 else m)
 
 
-@numba.njit(**JIT)
+# --- Adam / AdamW -----------------------------------------------------------------------------------------
+
+
+@numba.njit(**OPT_JIT)
+def _adam(w, grad, scale, lo, hi, decay, alpha, beta_1, beta_2, epsilon, m, v):
+    for i in range(w.shape[0]):
+        g = min(max(grad[i] * scale, lo), hi)
+        mi = beta_1 * m[i] + (1.0 - beta_1) * g
+        vi = beta_2 * v[i] + (1.0 - beta_2) * g * g
+        m[i] = mi
+        v[i] = vi
+        w[i] = w[i] * decay - mi * alpha / (math.sqrt(vi) + epsilon)
+
+
+@numba.njit(**OPT_JIT)
+def _amsgrad(w, grad, scale, lo, hi, decay, alpha, beta_1, beta_2, epsilon, m, v, v_hat):
+    for i in range(w.shape[0]):
+        g = min(max(grad[i] * scale, lo), hi)
+        mi = beta_1 * m[i] + (1.0 - beta_1) * g
+        vi = beta_2 * v[i] + (1.0 - beta_2) * g * g
+        m[i] = mi
+        v[i] = vi
+        vh = max(v_hat[i] * 1.0, vi)
+        v_hat[i] = vh
+        w[i] = w[i] * decay - mi * alpha / (math.sqrt(vh) + epsilon)
+
+
+@numba.njit(**OPT_JIT)
 def adam(params, grads, offsets, clip_mode, clip, decay, alpha, beta_1, beta_2, epsilon, amsgrad, m, v, v_hat):
     """alpha = lr * sqrt(1 - beta_2^t) / (1 - beta_1^t); w -= alpha * m / (sqrt(v) + epsilon)."""
     gs = _global_scale(clip_mode, clip, grads)
     for k in range(offsets.shape[0] - 1):
         a, b = offsets[k], offsets[k + 1]
-        scale = _variable_scale(clip_mode, clip, gs, grads, a, b)
-        for i in range(a, b):
-            g = _clipped(grads[i], scale, clip_mode, clip)
-            mi = beta_1 * m[i] + (1.0 - beta_1) * g
-            vi = beta_2 * v[i] + (1.0 - beta_2) * g * g
-            m[i] = mi
-            v[i] = vi
-            if amsgrad:
-                vi = max(v_hat[i] * 1.0, vi)
-                v_hat[i] = vi
-            params[i] = params[i] * decay - mi * alpha / (math.sqrt(vi) + epsilon)
+        scale, lo, hi = _clipping(clip_mode, clip, gs, grads[a:b])
+        if amsgrad:
+            _amsgrad(params[a:b], grads[a:b], scale, lo, hi, decay, alpha, beta_1, beta_2, epsilon, m[a:b], v[a:b],
+                     v_hat[a:b])
+        else:
+            _adam(params[a:b], grads[a:b], scale, lo, hi, decay, alpha, beta_1, beta_2, epsilon, m[a:b], v[a:b])
 
 
-@numba.njit(**JIT)
+# --- RMSprop ------------------------------------------------------------------------------------------------
+
+
+@numba.njit(**OPT_JIT)
+def _rmsprop(w, grad, scale, lo, hi, decay, lr, rho, momentum, epsilon, centered, velocity, mom, average_grad):
+    for i in range(w.shape[0]):
+        g = min(max(grad[i] * scale, lo), hi)
+        vi = rho * velocity[i] + (1.0 - rho) * g * g
+        velocity[i] = vi
+        denominator = vi + epsilon
+        if centered:
+            ag = rho * average_grad[i] + (1.0 - rho) * g
+            average_grad[i] = ag
+            denominator -= ag * ag
+        increment = lr * g / math.sqrt(denominator)
+        if momentum > 0.0:
+            increment += momentum * mom[i]
+            mom[i] = increment
+        w[i] = w[i] * decay - increment
+
+
+@numba.njit(**OPT_JIT)
 def rmsprop(params, grads, offsets, clip_mode, clip, decay, lr, rho, momentum, epsilon, centered,
             velocity, mom, average_grad):
     gs = _global_scale(clip_mode, clip, grads)
     for k in range(offsets.shape[0] - 1):
         a, b = offsets[k], offsets[k + 1]
-        scale = _variable_scale(clip_mode, clip, gs, grads, a, b)
-        for i in range(a, b):
-            g = _clipped(grads[i], scale, clip_mode, clip)
-            vi = rho * velocity[i] + (1.0 - rho) * g * g
-            velocity[i] = vi
-            denominator = vi + epsilon
-            if centered:
-                ag = rho * average_grad[i] + (1.0 - rho) * g
-                average_grad[i] = ag
-                denominator -= ag * ag
-            increment = lr * g / math.sqrt(denominator)
-            if momentum > 0.0:
-                increment += momentum * mom[i]
-                mom[i] = increment
-            params[i] = params[i] * decay - increment
+        scale, lo, hi = _clipping(clip_mode, clip, gs, grads[a:b])
+        _rmsprop(params[a:b], grads[a:b], scale, lo, hi, decay, lr, rho, momentum, epsilon, centered,
+                 velocity[a:b], mom[a:b] if momentum > 0.0 else mom, average_grad[a:b] if centered else average_grad)
 
 
-@numba.njit(**JIT)
+# --- Adagrad ------------------------------------------------------------------------------------------------
+
+
+@numba.njit(**OPT_JIT)
+def _adagrad(w, grad, scale, lo, hi, decay, lr, epsilon, accumulator):
+    for i in range(w.shape[0]):
+        g = min(max(grad[i] * scale, lo), hi)
+        acc = accumulator[i] + g * g
+        accumulator[i] = acc
+        w[i] = w[i] * decay - lr * g / math.sqrt(acc + epsilon)
+
+
+@numba.njit(**OPT_JIT)
 def adagrad(params, grads, offsets, clip_mode, clip, decay, lr, epsilon, accumulator):
     gs = _global_scale(clip_mode, clip, grads)
     for k in range(offsets.shape[0] - 1):
         a, b = offsets[k], offsets[k + 1]
-        scale = _variable_scale(clip_mode, clip, gs, grads, a, b)
-        for i in range(a, b):
-            g = _clipped(grads[i], scale, clip_mode, clip)
-            acc = accumulator[i] + g * g
-            accumulator[i] = acc
-            params[i] = params[i] * decay - lr * g / math.sqrt(acc + epsilon)
+        scale, lo, hi = _clipping(clip_mode, clip, gs, grads[a:b])
+        _adagrad(params[a:b], grads[a:b], scale, lo, hi, decay, lr, epsilon, accumulator[a:b])
 
 
-@numba.njit(**JIT)
+# --- Adadelta -----------------------------------------------------------------------------------------------
+
+
+@numba.njit(**OPT_JIT)
+def _adadelta(w, grad, scale, lo, hi, decay, lr, rho, epsilon, accumulated_grad, accumulated_delta_var):
+    for i in range(w.shape[0]):
+        g = min(max(grad[i] * scale, lo), hi)
+        ag = rho * accumulated_grad[i] + (1.0 - rho) * g * g
+        accumulated_grad[i] = ag
+        delta = -math.sqrt(accumulated_delta_var[i] + epsilon) * g / math.sqrt(ag + epsilon)
+        accumulated_delta_var[i] = rho * accumulated_delta_var[i] + (1.0 - rho) * delta * delta
+        w[i] = w[i] * decay + lr * delta
+
+
+@numba.njit(**OPT_JIT)
 def adadelta(params, grads, offsets, clip_mode, clip, decay, lr, rho, epsilon, accumulated_grad,
              accumulated_delta_var):
     gs = _global_scale(clip_mode, clip, grads)
     for k in range(offsets.shape[0] - 1):
         a, b = offsets[k], offsets[k + 1]
-        scale = _variable_scale(clip_mode, clip, gs, grads, a, b)
-        for i in range(a, b):
-            g = _clipped(grads[i], scale, clip_mode, clip)
-            ag = rho * accumulated_grad[i] + (1.0 - rho) * g * g
-            accumulated_grad[i] = ag
-            delta = -math.sqrt(accumulated_delta_var[i] + epsilon) * g / math.sqrt(ag + epsilon)
-            accumulated_delta_var[i] = rho * accumulated_delta_var[i] + (1.0 - rho) * delta * delta
-            params[i] = params[i] * decay + lr * delta
+        scale, lo, hi = _clipping(clip_mode, clip, gs, grads[a:b])
+        _adadelta(params[a:b], grads[a:b], scale, lo, hi, decay, lr, rho, epsilon, accumulated_grad[a:b],
+                  accumulated_delta_var[a:b])
 
 
-@numba.njit(**JIT)
+# --- Nadam --------------------------------------------------------------------------------------------------
+
+
+@numba.njit(**OPT_JIT)
+def _nadam(w, grad, scale, lo, hi, decay, lr, beta_1, beta_2, epsilon, c_m, c_g, c_v, m, v):
+    for i in range(w.shape[0]):
+        g = min(max(grad[i] * scale, lo), hi)
+        mi = beta_1 * m[i] + (1.0 - beta_1) * g
+        vi = beta_2 * v[i] + (1.0 - beta_2) * g * g
+        m[i] = mi
+        v[i] = vi
+        w[i] = w[i] * decay - lr * (c_m * mi + c_g * g) / (math.sqrt(c_v * vi) + epsilon)
+
+
+@numba.njit(**OPT_JIT)
 def nadam(params, grads, offsets, clip_mode, clip, decay, lr, beta_1, beta_2, epsilon, c_m, c_g, c_v, m, v):
     """m_hat = c_m * m + c_g * g with c_m = u_{t+1} / (1 - prod u_..t+1), c_g = (1 - u_t) / (1 - prod u_..t);
     v_hat = c_v * v with c_v = 1 / (1 - beta_2^t); w -= lr * m_hat / (sqrt(v_hat) + epsilon)."""
     gs = _global_scale(clip_mode, clip, grads)
     for k in range(offsets.shape[0] - 1):
         a, b = offsets[k], offsets[k + 1]
-        scale = _variable_scale(clip_mode, clip, gs, grads, a, b)
-        for i in range(a, b):
-            g = _clipped(grads[i], scale, clip_mode, clip)
-            mi = beta_1 * m[i] + (1.0 - beta_1) * g
-            vi = beta_2 * v[i] + (1.0 - beta_2) * g * g
-            m[i] = mi
-            v[i] = vi
-            m_hat = c_m * mi + c_g * g
-            params[i] = params[i] * decay - lr * m_hat / (math.sqrt(c_v * vi) + epsilon)
+        scale, lo, hi = _clipping(clip_mode, clip, gs, grads[a:b])
+        _nadam(params[a:b], grads[a:b], scale, lo, hi, decay, lr, beta_1, beta_2, epsilon, c_m, c_g, c_v, m[a:b],
+               v[a:b])

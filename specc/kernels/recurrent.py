@@ -140,9 +140,8 @@ def lstm_forward(xp, R, Rg, rmask, use_rmask, act, ract, hs, cs, acs, pre, gates
                 gates[s, n, u + j] = f
                 gates[s, n, 2 * u + j] = g
                 gates[s, n, 3 * u + j] = o
-                c = f * cs[s, n, j] + i * g
-                cs[s + 1, n, j] = c
-                ac = _act(act, c)
+                cs[s + 1, n, j] = f * cs[s, n, j] + i * g
+                ac = _act(act, cs[s + 1, n, j])  # the stored (array-dtype) value: one specialisation
                 acs[s, n, j] = ac
                 hs[s + 1, n, j] = o * ac
 
@@ -216,11 +215,10 @@ def gru_forward(xp, R, R2, Rg, rb, use_rb, rmask, use_rmask, reset_after, act, r
                     pr = xp[s, n, u + j] + ar
                     z = _act(ract, pz)
                     r = _act(ract, pr)
-                    ph = xp[s, n, 2 * u + j] + r * ah
-                    hh = _act(act, ph)
                     pre[s, n, j] = pz
                     pre[s, n, u + j] = pr
-                    pre[s, n, 2 * u + j] = ph
+                    pre[s, n, 2 * u + j] = xp[s, n, 2 * u + j] + r * ah
+                    hh = _act(act, pre[s, n, 2 * u + j])
                     gates[s, n, j] = z
                     gates[s, n, u + j] = r
                     gates[s, n, 2 * u + j] = hh

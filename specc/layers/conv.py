@@ -58,7 +58,7 @@ def geometry(in_spatial, out_spatial, kernel, strides, dilation, padding):
         in_spatial, out_spatial = (1,) + tuple(in_spatial), (1,) + tuple(out_spatial)
         kernel, strides, dilation = (1,) + tuple(kernel), (1,) + tuple(strides), (1,) + tuple(dilation)
     pads = [pad_before(n, o, k, s, d, padding)
-            for n, o, k, s, d in zip(in_spatial, out_spatial, kernel, strides, dilation)]
+            for n, o, k, s, d in zip(in_spatial, out_spatial, kernel, strides, dilation, strict=True)]
     return tuple(int(v) for v in (*kernel, *strides, *dilation, *pads))
 
 

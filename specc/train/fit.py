@@ -255,14 +255,19 @@ class Trainer:
         return self._epoch_logs(total_sum / max(n, 1), [s / max(n, 1) for s in out_sums], metrics)
 
     def predict(self, x, batch_size: int = 32) -> list[np.ndarray]:
+        return self.predict_with(self.engine, x, batch_size)
+
+    @staticmethod
+    def predict_with(engine: Engine, x, batch_size: int = 32) -> list[np.ndarray]:
+        """Inference in batches; needs no loss or optimizer."""
         x = _as_list(x)
         n = len(x[0])
-        parts: list[list[np.ndarray]] = [[] for _ in self.engine.output_names]
+        parts: list[list[np.ndarray]] = [[] for _ in engine.output_names]
         for start in range(0, n, batch_size):
-            outs = self.engine.forward([a[start: start + batch_size] for a in x], training=False)
+            outs = engine.forward([a[start: start + batch_size] for a in x], training=False)
             for k, o in enumerate(outs):
                 parts[k].append(o.copy())
-        return [np.concatenate(p) if p else np.zeros((0,)) for p in parts]
+        return [np.concatenate(p) for p in parts]
 
 
 def _class_weights(class_weight: dict, y: np.ndarray) -> np.ndarray:

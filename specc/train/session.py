@@ -344,3 +344,138 @@ def _train(opts: Options) -> int:
         progress.message("Test: " + " - ".join(f"{k}: {v:.4f}" for k, v in test.items()))
     print(f"Run saved to {run_dir}", flush=True)
     return EXIT_OK
+
+
+# --- evaluate / predict ----------------------------------------------------------------------------------
+
+
+def _model_from_run(spec_path: str, weights: str):
+    """(spec, engine, trainer-or-None, normalization) for a spec and a run directory or weights file."""
+    from ..spec import load_spec
+
+    spec, errors = load_spec(spec_path)
+    if errors:
+        _print_errors(errors)
+        raise Failed(f"{len(errors)} error(s) in {spec_path}")
+    weights_file = os.path.join(weights, "weights.final.npz") if os.path.isdir(weights) else weights
+    if not os.path.isfile(weights_file):
+        raise Failed(f"specc: error: no weights at {weights_file}", EXIT_USAGE)
+    from ..engine import Engine
+    from ..kernels import configure_threads
+    from .run import load_weights
+
+    configure_threads(None)
+    engine = Engine(spec.graph)
+    try:
+        load_weights(weights_file, engine)
+    except ValueError as exc:
+        raise Failed(f"specc: error: {exc}") from None
+    norm_file = os.path.join(weights if os.path.isdir(weights) else os.path.dirname(weights), "normalization.json")
+    normalization = None
+    if os.path.isfile(norm_file):
+        with open(norm_file, encoding="utf-8") as fh:
+            normalization = json.load(fh)
+    return spec, engine, normalization
+
+
+def _read_inputs(path: str, spec: Spec, normalization) -> tuple[list[np.ndarray], np.ndarray | None]:
+    """x (and y if present) from an .npz with arrays `x`[, `y`], shaped and normalised like training."""
+    if not os.path.isfile(path):
+        raise Failed(f"specc: error: no such file: {path}", EXIT_USAGE)
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            if "x" not in archive.files:
+                raise Failed(f"specc: error: {path} has no array 'x' (it has: {', '.join(archive.files)})")
+            x = archive["x"].astype(np.float32)
+            y = archive["y"] if "y" in archive.files else None
+    except (OSError, ValueError) as exc:
+        raise Failed(f"specc: error: cannot read {path} as .npz: {exc}") from None
+    shape = spec.graph.inputs[0].output_shape
+    if None not in shape and x.shape[1:] != tuple(shape):
+        if int(np.prod(x.shape[1:])) != int(np.prod(shape)):
+            raise Failed(f"specc: error: {path}: samples of shape {x.shape[1:]} do not fit the model input {shape}")
+        x = x.reshape(len(x), *shape)
+    if normalization:
+        stats = normalization["inputs"][0]
+        x = ((x - np.asarray(stats["mean"], np.float32)) / np.asarray(stats["std"], np.float32)).astype(np.float32)
+    return [x], y
+
+
+def evaluate(spec_path: str, weights: str, input_path: str | None, fmt: str = "text") -> int:
+    try:
+        spec, engine, normalization = _model_from_run(spec_path, weights)
+        from .fit import Trainer
+
+        if spec.compile is None:
+            raise Failed("specc: error: the spec has no `compile` section, so there is no loss to evaluate")
+        trainer = Trainer(engine, spec.compile, spec.seed)
+        if input_path:
+            x, y = _read_inputs(input_path, spec, normalization)
+            if y is None:
+                raise Failed(f"specc: error: {input_path} has no array 'y' to evaluate against")
+            ys = [y]
+        else:
+            from ..data.prepare import load as load_data
+            from ..data.sources import DataError
+
+            try:
+                data = load_data(spec)
+            except DataError as exc:
+                _print_errors([_spec_error(spec, exc.path, exc.message)])
+                return EXIT_INVALID
+            x, ys = data.x_test, data.y_test
+        results = trainer.evaluate(x, ys, spec.fit.batch_size if spec.fit else 32)
+    except Failed as exc:
+        print(exc.message, file=sys.stderr)
+        return exc.code
+    if fmt == "json":
+        print(json.dumps({"samples": int(len(x[0])), **results}, indent=2))
+    else:
+        print(f"{len(x[0])} samples - " + " - ".join(f"{k}: {v:.4f}" for k, v in results.items()))
+    return EXIT_OK
+
+
+def predict(spec_path: str, weights: str, input_path: str, out: str | None) -> int:
+    from .run import atomic_write_bytes, atomic_write_text
+
+    try:
+        spec, engine, normalization = _model_from_run(spec_path, weights)
+        x, _ = _read_inputs(input_path, spec, normalization)
+        from .fit import Trainer
+
+        preds = Trainer.predict_with(engine, x)
+        out = out or os.path.splitext(input_path)[0] + ".predictions.npz"
+        if os.path.exists(out):
+            raise Failed(f"specc: error: {out} exists; choose another --out (specc never overwrites files)",
+                         EXIT_USAGE)
+        arrays: dict[str, np.ndarray] = {}
+        for name, p in zip(spec.graph.outputs, preds):
+            step = next(s for s in engine.steps if s.name == engine._resolve(name))
+            act = step.layer.output_activation()
+            arrays[f"{name}_probabilities" if act in ("softmax", "sigmoid") else name] = p
+            if act == "softmax":
+                arrays[f"{name}_label"] = np.argmax(p, axis=-1)
+            elif act == "sigmoid" and p.shape[-1] == 1:
+                arrays[f"{name}_label"] = (p[..., 0] > 0.5).astype(np.int64)
+        if out.endswith(".csv"):
+            columns, cols = [], []
+            for key, a in arrays.items():
+                a2 = a.reshape(len(a), -1)
+                names = [key] if a2.shape[1] == 1 else [f"{key}_{j}" for j in range(a2.shape[1])]
+                columns += names
+                cols.append(a2)
+            table = np.concatenate([c.astype(np.float64) for c in cols], axis=1)
+            lines = [",".join(columns)] + [",".join(repr(float(v)) if not float(v).is_integer() else str(int(v))
+                                                    for v in row) for row in table]
+            atomic_write_text(out, "\n".join(lines) + "\n")
+        else:
+            import io
+
+            buf = io.BytesIO()
+            np.savez(buf, **arrays)
+            atomic_write_bytes(out, buf.getvalue())
+    except Failed as exc:
+        print(exc.message, file=sys.stderr)
+        return exc.code
+    print(f"Predictions for {len(x[0])} samples written to {out}")
+    return EXIT_OK
