@@ -21,12 +21,35 @@ recurrent matmul runs per gate; otherwise `use_rmask` is False and `rmask`/`Rg` 
 
 from __future__ import annotations
 
+import math
+
 import numba
 import numpy as np
 
 from . import JIT
-from .activations import _scalar_derivative as _dact
-from .activations import _scalar_forward as _act
+from .activations import CODE, _scalar_derivative, _scalar_forward, _sigmoid
+
+SIGMOID, TANH = CODE["sigmoid"], CODE["tanh"]
+
+
+# The gates' default activations inline (the general helpers are one call per element, which dominates
+# the cell's time); every other activation goes through the shared scalar helpers.
+@numba.njit(inline="always", **JIT)
+def _act(code, x):
+    if code == TANH:
+        return math.tanh(x)
+    if code == SIGMOID:
+        return _sigmoid(x)
+    return _scalar_forward(code, x)
+
+
+@numba.njit(inline="always", **JIT)
+def _dact(code, x, y):
+    if code == TANH:
+        return 1 - y * y
+    if code == SIGMOID:
+        return y * (1 - y)
+    return _scalar_derivative(code, x, y)
 
 
 @numba.njit(**JIT)
