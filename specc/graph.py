@@ -115,6 +115,13 @@ def _infer(node: Node, report: Report, frozen: bool) -> None:
             for i, child_layer in enumerate(layer.layers):
                 child = Node(child_layer.name, child_layer, [], node.path + ("layers", i), input_shape=shape)
                 node.children.append(child)
+                if child_layer.inputs is not None:
+                    report(child.path + ("inputs",), "`inputs` is not used inside a nested Sequential block: "
+                                                     "each layer takes the one before it")
+                if child_layer.is_merge:
+                    report(child.path, f"{child_layer.type} merges several inputs and cannot be used inside a "
+                                       f"nested Sequential block; use a Functional model")
+                    return
                 _infer(child, report, frozen=not node.trainable)
                 if child.output_shape is None:
                     return
@@ -168,12 +175,14 @@ def build_functional(name: str, inputs: dict[str, tuple], layers: list[LayerSpec
     input_nodes = [Node(k, None, [], ("model", "inputs", k), output_shape=tuple(s)) for k, s in inputs.items()]
     by_name: dict[str, Node] = {n.name: n for n in input_nodes}
     nodes: list[Node] = []
+    missing_inputs = False  # then reachability errors would only be follow-ons
     for i, layer in enumerate(layers):
         path = ("model", "layers", i)
         if layer.inputs is None:
             report(path, f"{layer.type} '{layer.name}' needs `inputs` in a Functional model: the names of "
                          f"the model inputs or layers it takes, e.g. inputs: {input_nodes[0].name}")
             inbound: list[str] = []
+            missing_inputs = True
         else:
             inbound = list(layer.inputs)
         node = Node(layer.name, layer, inbound, path)
@@ -195,7 +204,7 @@ def build_functional(name: str, inputs: dict[str, tuple], layers: list[LayerSpec
                                             f"known: {', '.join(by_name)}")
             ok_refs = False
     order = _topological(nodes, report)
-    if order is None or not ok_refs:
+    if order is None or not ok_refs or missing_inputs:
         return Graph(name, "functional", input_nodes, nodes, outputs)
 
     # Everything must lie on a path from an input to an output, as in a Keras Functional model.

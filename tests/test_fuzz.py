@@ -77,9 +77,6 @@ def test_random_yaml_flavoured_text_never_raises(text):
     load(text)
 
 
-@pytest.mark.xfail(raises=(IndexError, KeyError), strict=True,
-                   reason="BUG: an empty or unknown scalar under a core tag (`!!int `, `!!float `, `!!bool maybe`) "
-                          "makes PyYAML's constructor raise IndexError/KeyError, which load_spec_text lets escape")
 @FUZZ
 @given(st.lists(st.sampled_from(YAML_TOKENS), max_size=60).map("".join))
 def test_random_token_soup_never_raises(text):

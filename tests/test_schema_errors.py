@@ -1,7 +1,6 @@
 """One test per class of spec mistake: each checks file, 1-based line and column, spec path and the key words
 of the message. Expected positions are computed from the test text (`at(text, token)`), not hard-coded.
 
-Tests marked xfail(strict=True) document behaviour that is a bug today; they assert the correct behaviour.
 """
 
 from __future__ import annotations
@@ -102,8 +101,6 @@ def test_invalid_utf8(errors_of):
     expect(e, (2, len("name: caf") + 1), "", "UTF-8")
 
 
-@pytest.mark.xfail(reason="BUG: the column of an invalid UTF-8 byte counts bytes, every other column counts "
-                          "characters", strict=True)
 def test_invalid_utf8_column_counts_characters(errors_of):
     data = "name: é".encode() + b"\xff\n"
     e = only(errors_of(data))
@@ -159,8 +156,6 @@ def test_duplicate_key(errors_of, at):
     ("specc: 1\nseed: !!int\n", "!!int"),
     ("specc: 1\nseed: !!float\n", "!!float"),
 ], ids=["bool-maybe", "empty-int", "empty-float"])
-@pytest.mark.xfail(reason="BUG: a core-tagged scalar PyYAML cannot construct raises KeyError/IndexError out of "
-                          "load_spec_text", strict=True)
 def test_tagged_scalar_that_cannot_be_built_is_an_error_not_a_crash(errors_of, at, text, token):
     e = only(errors_of(text))
     expect(e, at(text, token), "")
@@ -171,8 +166,6 @@ def test_tagged_scalar_that_cannot_be_built_is_an_error_not_a_crash(errors_of, a
     ("specc: 1\nseed: !!float abc\n", "!!float"),
     ("specc: 1\nseed: 1" + "0" * 5000 + "\n", "1000"),
 ], ids=["int-tag", "float-tag", "5000-digit-int"])
-@pytest.mark.xfail(reason="BUG: a scalar the YAML constructor refuses is reported at 1:1 with a Python message",
-                   strict=True)
 def test_refused_scalar_is_reported_at_the_scalar(errors_of, at, text, token):
     e = only(errors_of(text))
     expect(e, at(text, token), "")
@@ -184,8 +177,6 @@ def test_refused_scalar_is_reported_at_the_scalar(errors_of, at, text, token):
     "specc: 1\nmodel:\n  inputs: {\"x\\ny\": [8]}\n  layers:\n    - {type: Dense, name: d, units: 4, inputs: x}\n"
     "  outputs: d\n",
 ], ids=["top-level-key", "input-name"])
-@pytest.mark.xfail(reason="BUG: a mapping key containing a newline is printed raw, so one error spans two lines "
-                          "of `FILE:LINE:COL: error:` output", strict=True)
 def test_each_error_renders_on_one_line(errors_of, text):
     errors = errors_of(text)
     assert errors
@@ -211,7 +202,6 @@ def test_unknown_version_lists_known_versions(errors_of, at):
     assert re.search(r"known versions?: .*\b1\b", e.message), e.message
 
 
-@pytest.mark.xfail(reason="BUG: `specc: 1.0` is accepted although specs reject floats for integers", strict=True)
 def test_version_must_be_an_integer(errors_of, at):
     text = SEQ.replace("specc: 1", "specc: 1.0")
     e = only(errors_of(text))
@@ -389,8 +379,6 @@ def test_unknown_output_with_suggestion(errors_of, at):
     expect(e, at(text, "d22"), "model.outputs[1]", "unknown output", "'d22'", "did you mean d2?")
 
 
-@pytest.mark.xfail(reason="BUG: `outputs: []` gives only follow-on 'not used by any output' errors, none at "
-                          "model.outputs", strict=True)
 def test_empty_outputs_list(errors_of, at):
     text = FUNC.replace("outputs: d2", "outputs: []")
     e = only(errors_of(text))
@@ -435,8 +423,6 @@ model:
 """
 
 
-@pytest.mark.xfail(reason="BUG: `inputs` on a layer inside a nested Sequential block is silently ignored",
-                   strict=True)
 def test_inputs_in_nested_sequential_block(errors_of, at):
     text = NESTED.replace("LAYER", "{type: Dense, units: 2, inputs: foo}")
     e = only(errors_of(text))
@@ -444,7 +430,6 @@ def test_inputs_in_nested_sequential_block(errors_of, at):
     assert e.path == "model.layers[0].layers[1].inputs"
 
 
-@pytest.mark.xfail(reason="BUG: a merge layer inside a nested Sequential block raises TypeError", strict=True)
 def test_merge_layer_in_nested_sequential_block(errors_of, at):
     text = NESTED.replace("LAYER", "{type: Add}")
     e = only(errors_of(text))
@@ -458,8 +443,6 @@ def test_layer_without_inputs_in_functional_model(errors_of, at):
     expect(e, at(text, "{type: Dense, name: d2"), "model.layers[1]", "'d2'", "Functional")
 
 
-@pytest.mark.xfail(reason="BUG: a layer missing `inputs` also yields 3 follow-on errors (input unused, layer "
-                          "not leading to an output, 'takes exactly 1 input, got 0')", strict=True)
 def test_layer_without_inputs_reports_one_error(errors_of, at):
     text = FUNC.replace(", inputs: d1}", "}")
     e = only(errors_of(text))
@@ -582,8 +565,6 @@ def test_argument_not_applicable_to_optimizer(errors_of, at):
     assert "sgd" in e.message and "beta_1" in e.message and "momentum" in e.message
 
 
-@pytest.mark.xfail(reason="BUG: an argument the optimizer does not take is reported at the optimizer mapping "
-                          "(the `type:` line), not at the argument's own line", strict=True)
 def test_argument_not_applicable_to_optimizer_points_at_the_argument(errors_of, at):
     text = SEQ + "compile:\n  optimizer:\n    type: sgd\n    beta_1: 0.9\n  loss: mse\n"
     e = only(errors_of(text))
@@ -601,9 +582,6 @@ def test_argument_not_applicable_to_optimizer_points_at_the_argument(errors_of, 
      "compile.optimizer.learning_rate.alpa", "did you mean alpha?", "compile takes"),
     (FUNC + "  output: d2\n", "output:", "model.output", "inputs", "takes: layers, outputs"),
 ], ids=["optimizer", "input", "data-source", "schedule", "functional-model"])
-@pytest.mark.xfail(reason="BUG: an unknown key in a nested mapping lists (and suggests from) the keys of the "
-                          "enclosing section, e.g. 'compile takes: optimizer, loss, ...' for an optimizer typo",
-                   strict=True)
 def test_unknown_nested_key_lists_its_own_mapping_keys(errors_of, at, text, token, path, wanted, unwanted):
     e = only(errors_of(text))
     expect(e, at(text, token), path, "unknown key", wanted)
@@ -616,8 +594,6 @@ def test_negative_learning_rate(errors_of, at):
     expect(e, at(text, "-0.1"), "compile.optimizer.learning_rate", "must be a positive number", "-0.1")
 
 
-@pytest.mark.xfail(reason="BUG: `learning_rate: 1e-3` (a float in YAML 1.2 and in the JSON Schema editors "
-                          "use) is read as a string and rejected", strict=True)
 def test_exponent_notation_learning_rate(errors_of):
     text = SEQ + "compile:\n  optimizer: {type: adam, learning_rate: 1e-3}\n  loss: mse\n"
     assert errors_of(text) == []

@@ -129,4 +129,5 @@ def prod(shape: Shape) -> int | None:
 
 
 def fmt_shape(shape: Shape) -> str:
-    return "(" + ", ".join("None" if d is None else str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
+    """A shape as the summary shows it, with the batch axis: (None, 26, 26, 32)."""
+    return "(" + ", ".join("None" if d is None else str(d) for d in (None, *shape)) + ")"

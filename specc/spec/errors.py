@@ -21,8 +21,10 @@ def format_path(path: Sequence[PathItem]) -> str:
     for item in path:
         if isinstance(item, int):
             out += f"[{item}]"
-        else:
+        elif str(item).replace("_", "").replace("-", "").isalnum():
             out += ("." if out else "") + str(item)
+        else:  # a key with spaces, dots or newlines: quoted, so one error stays on one line
+            out += f"[{json.dumps(str(item))}]"
     return out or "<root>"
 
 

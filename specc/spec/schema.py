@@ -76,6 +76,8 @@ class FunctionalModelDef(Strict):
     @field_validator("outputs", mode="before")
     @classmethod
     def _listify(cls, v):
+        if v == []:
+            raise ValueError("must name at least one output (a layer name or a list of layer names)")
         return [v] if isinstance(v, str) else v
 
 
@@ -171,19 +173,21 @@ class OptimizerDef(Strict):
     global_clipnorm: PositiveFloat | None = None
 
     @model_validator(mode="after")
-    def _applicable(self):
-        own = {"sgd": {"momentum", "nesterov"}, "adam": {"beta_1", "beta_2", "epsilon", "amsgrad"},
-               "adamw": {"beta_1", "beta_2", "epsilon", "amsgrad"},
-               "rmsprop": {"rho", "momentum", "epsilon"}, "adagrad": {"initial_accumulator_value", "epsilon"},
-               "adadelta": {"rho", "epsilon"}, "nadam": {"beta_1", "beta_2", "epsilon"}}[self.type]
-        common = {"type", "learning_rate", "weight_decay", "clipnorm", "clipvalue", "global_clipnorm"}
-        wrong = [k for k in self.model_fields_set if k not in own | common]
-        if wrong:
-            raise ValueError(f"{self.type} has no argument {', '.join(sorted(wrong))}; "
-                             f"it takes {', '.join(sorted(own | common - {'type'}))}")
+    def _one_clipping(self):
         if sum(x is not None for x in (self.clipnorm, self.clipvalue, self.global_clipnorm)) > 1:
             raise ValueError("use only one of clipnorm, clipvalue and global_clipnorm (Keras allows one)")
         return self
+
+
+# Which OptimizerDef arguments each optimizer's update rule has (checked per key in validate.py, so an
+# argument the chosen optimizer does not take is reported on its own line).
+COMMON_OPTIMIZER_ARGS = ("learning_rate", "weight_decay", "clipnorm", "clipvalue", "global_clipnorm")
+OPTIMIZER_ARGS = {
+    "sgd": ("momentum", "nesterov"), "adam": ("beta_1", "beta_2", "epsilon", "amsgrad"),
+    "adamw": ("beta_1", "beta_2", "epsilon", "amsgrad"), "rmsprop": ("rho", "momentum", "epsilon"),
+    "adagrad": ("initial_accumulator_value", "epsilon"), "adadelta": ("rho", "epsilon"),
+    "nadam": ("beta_1", "beta_2", "epsilon"),
+}
 
 
 class CompileDef(Strict):

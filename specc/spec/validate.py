@@ -9,7 +9,9 @@ all of a file's mistakes in one run.
 
 from __future__ import annotations
 
+import json
 import os
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +22,9 @@ from ..layers import REGISTRY, LayerSpec
 from .errors import Path, SpecError, format_path, suggest
 from .schema import (
     CALLBACKS,
+    COMMON_OPTIMIZER_ARGS,
     KNOWN_VERSIONS,
+    OPTIMIZER_ARGS,
     SECTIONS,
     TOP_LEVEL_KEYS,
     CompileDef,
@@ -72,7 +76,17 @@ class Collector:
         line, col = self.positions.of(path, prefer_key=at_key)
         self.errors.append(SpecError(self.file, line, col, format_path(path), message))
 
+    def _data_at(self, loc: list) -> Any:
+        node = self._data
+        for item in loc:
+            try:
+                node = node[item]
+            except (KeyError, IndexError, TypeError):
+                return None
+        return node
+
     def validate(self, model: type[BaseModel], data: Any, prefix: Path, what: str = "") -> Any:
+        self._model, self._data = model, data
         try:
             return model.model_validate(data)
         except ValidationError as exc:
@@ -87,13 +101,20 @@ class Collector:
         kind, msg = err["type"], err["msg"]
         if kind == "extra_forbidden":
             key = loc[-1] if loc else "?"
+            nested = _model_at(self._model, loc[:-1]) if len(loc) > 1 else None
+            if nested is not None:
+                fields, what = list(nested.model_fields), _describe(loc[:-1], nested)
             if key in UNSUPPORTED_KERAS_ARGS:
                 message = f"`{key}` is a Keras argument that specc does not support yet"
             elif key in ("input_shape", "batch_input_shape", "input_dim") and what:
                 message = f"`{key}` is not a layer argument in a spec; the model's input shape goes in `model.input`"
             else:
-                allowed = [f for f in fields if f not in ("type", "inputs")]
-                message = f"unknown key `{key}`{suggest(str(key), allowed)}"
+                allowed = [f for f in fields if f != "type"]
+                if what == "optimizer" and isinstance(self._data_at(loc[:-1]), dict):
+                    chosen = self._data_at(loc[:-1]).get("type")
+                    if isinstance(chosen, str) and chosen in OPTIMIZER_ARGS:
+                        allowed, what = list(OPTIMIZER_ARGS[chosen] + COMMON_OPTIMIZER_ARGS), chosen
+                message = f"unknown key {_show(key)}{suggest(str(key), allowed)}"
                 if what:
                     message += f"; {what} takes: {', '.join(allowed)}"
             self.add(path, message, at_key=True)
@@ -107,6 +128,41 @@ class Collector:
             self.add(path, f"must be a string, got {_kind(err.get('input'))}")
         else:
             self.add(path, msg.removeprefix("Value error, "))
+
+
+def _submodels(annotation: Any) -> list[type[BaseModel]]:
+    """The pydantic models inside a field's annotation (through Optional, unions, Annotated, lists)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    found = []
+    for arg in typing.get_args(annotation):
+        found.extend(_submodels(arg))
+    return found
+
+
+def _model_at(model: type[BaseModel], loc: list) -> type[BaseModel] | None:
+    """The pydantic model that validated the mapping at `loc` (field names and list indices)."""
+    for item in loc:
+        if isinstance(item, int):
+            continue
+        field = model.model_fields.get(item) if hasattr(model, "model_fields") else None
+        if field is None:
+            return None
+        models = _submodels(field.annotation) + [m for meta in field.metadata for m in _submodels(meta)]
+        if not models:
+            return None
+        model = models[0]
+    return model
+
+
+def _describe(loc: list, model: type[BaseModel]) -> str:
+    return str(loc[-1]) if not isinstance(loc[-1], int) else model.__name__
+
+
+def _show(key: Any) -> str:
+    """A key for a one-line message: `name`, or JSON-quoted when it holds newlines or other controls."""
+    text = str(key)
+    return f"`{text}`" if text.isprintable() else json.dumps(text)
 
 
 def _kind(value: Any) -> str:
@@ -191,13 +247,13 @@ def validate_data(data: Any, positions: Positions, file: str) -> tuple[Spec | No
 
     for key in data:
         if key not in TOP_LEVEL_KEYS:
-            c.add((key,), f"unknown top-level key `{key}`{suggest(str(key), TOP_LEVEL_KEYS)}; "
+            c.add((key,), f"unknown top-level key {_show(key)}{suggest(str(key), TOP_LEVEL_KEYS)}; "
                           f"expected: {', '.join(TOP_LEVEL_KEYS)}", at_key=True)
 
     version = data.get("specc")
     if "specc" not in data:
         c.add((), "missing `specc: 1` (the spec format version) at the top of the file")
-    elif version not in KNOWN_VERSIONS or isinstance(version, bool):
+    elif type(version) is not int or version not in KNOWN_VERSIONS:
         c.add(("specc",), f"unknown spec format version {version!r}; known versions: "
                           f"{', '.join(map(str, KNOWN_VERSIONS))}")
 
@@ -215,6 +271,7 @@ def validate_data(data: Any, positions: Positions, file: str) -> tuple[Spec | No
     for key, model in SECTIONS.items():
         if key in data:
             sections[key] = c.validate(model, data[key], (key,), what=key)
+    _check_optimizer_args(data.get("compile"), sections.get("compile"), c)
     callbacks = []
     if sections.get("fit") is not None:
         callbacks = [_validate_callback(cb, ("fit", "callbacks", i), c) for i, cb in enumerate(sections["fit"].callbacks)]
@@ -223,12 +280,29 @@ def validate_data(data: Any, positions: Positions, file: str) -> tuple[Spec | No
     model_def, layers, graph = _validate_model(model_raw, name, c)
 
     if c.errors or graph is None:
-        return None, c.errors
+        return None, _sorted(c.errors)
     _check_outputs(graph, sections.get("compile"), c)
     if c.errors:
-        return None, c.errors
+        return None, _sorted(c.errors)
     return Spec(file, version, name, seed, model_def, layers, graph, sections.get("compile"), sections.get("fit"),
                 sections.get("data"), [cb for cb in callbacks if cb is not None], positions), []
+
+
+def _check_optimizer_args(raw: Any, compile_def: CompileDef | None, c: Collector) -> None:
+    """Each argument the chosen optimizer does not take, reported at its own key."""
+    if compile_def is None or not isinstance(raw, dict) or not isinstance(raw.get("optimizer"), dict):
+        return
+    kind = compile_def.optimizer.type
+    takes = OPTIMIZER_ARGS[kind] + COMMON_OPTIMIZER_ARGS
+    for key in raw["optimizer"]:
+        if key != "type" and key not in takes:
+            c.add(("compile", "optimizer", key), f"{kind} has no argument `{key}`; it takes {', '.join(takes)}",
+                  at_key=True)
+
+
+def _sorted(errors: list[SpecError]) -> list[SpecError]:
+    """In file order, as a compiler lists them."""
+    return sorted(errors, key=lambda e: (e.line, e.column))
 
 
 def _validate_model(model_raw: Any, name: str, c: Collector):

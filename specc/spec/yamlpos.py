@@ -10,13 +10,28 @@ we then convert the nodes to plain dicts/lists/scalars ourselves. That gives us:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import yaml
 
 from .errors import Path, SpecError
 
-_Loader = yaml.SafeLoader  # the pure-Python composer: libyaml's recursive C composer segfaults on deep nesting
+class _Loader(yaml.SafeLoader):
+    """The pure-Python composer (libyaml's recursive C composer segfaults on deep nesting), with YAML 1.2's
+    float syntax: PyYAML follows YAML 1.1, where `1e-3` (no dot) is a string, while editors and the JSON
+    Schema treat it as the number a user means."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                   |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                   |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                   |[-+]?\.(?:inf|Inf|INF)
+                   |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."),
+)
 
 MAX_BYTES = 2_000_000  # a model spec is a few KB; anything this large is not one
 MAX_NODES = 100_000  # after alias expansion
@@ -91,7 +106,11 @@ class _Converter:
         if node.tag not in _SCALAR_TAGS:
             raise _Abort(*_pos(node), f"YAML tag {node.tag!r} is not allowed in a spec "
                                       "(only plain values, lists and mappings)")
-        return self.scalars.construct_object(node, deep=True)
+        try:
+            return self.scalars.construct_object(node, deep=True)
+        except (ValueError, TypeError, KeyError, IndexError, yaml.YAMLError):
+            kind = node.tag.rsplit(":", 1)[-1]
+            raise _Abort(*_pos(node), f"{node.value!r} is not a valid {kind}") from None
 
     def _mapping(self, node: yaml.MappingNode, path: Path, depth: int) -> dict:
         out: dict = {}
@@ -173,7 +192,8 @@ def load_yaml(text: str | bytes, filename: str) -> tuple[object, Positions, list
             text = text.decode("utf-8-sig")
         except UnicodeDecodeError as exc:
             line = text[: exc.start].count(b"\n") + 1
-            col = exc.start - (text.rfind(b"\n", 0, exc.start) + 1) + 1
+            line_start = text.rfind(b"\n", 0, exc.start) + 1
+            col = len(text[line_start: exc.start].decode("utf-8", errors="replace")) + 1  # characters, not bytes
             return fail(line, col, "not UTF-8 text (a binary file?); expected a YAML spec")
     if len(text) > MAX_BYTES:
         return fail(1, 1, f"file is {len(text):,} characters; a spec must be under {MAX_BYTES:,}")

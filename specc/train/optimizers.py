@@ -12,8 +12,8 @@ Semantics follow Keras 3 (keras/src/optimizers and the torch backend's versions 
 - a learning-rate schedule is evaluated at `iterations`, the number of steps taken before this one.
 
 State arrays are flat and laid out like the parameters; `state_arrays()` returns them with the
-iteration counter (and Nadam's running momentum product) as 0-d arrays, ready for a checkpoint, and
-`load_state_arrays()` puts them back.
+iteration counter, a constant learning rate (which callbacks may change) and Nadam's running momentum
+product as 0-d arrays, ready for a checkpoint, and `load_state_arrays()` puts them back.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ class PiecewiseConstantDecay:
         self.boundaries, self.values = list(boundaries), [float(v) for v in values]
 
     def __call__(self, step: int) -> float:
-        for b, v in zip(self.boundaries, self.values):
+        for b, v in zip(self.boundaries, self.values[:-1], strict=True):
             if step <= b:
                 return v
         return self.values[-1]
@@ -107,7 +107,8 @@ class Optimizer:
         if learning_rate is None:
             learning_rate = self.defaults.get("learning_rate", 0.001)
         self.schedule = None if isinstance(learning_rate, (int, float)) else learning_rate
-        self._learning_rate = None if self.schedule else float(learning_rate)
+        # A constant rate is state, as in Keras (a callback such as ReduceLROnPlateau may change it).
+        self._learning_rate = None if self.schedule else np.array(float(learning_rate))
         if weight_decay is None:
             weight_decay = self.defaults.get("weight_decay")
         self.weight_decay = weight_decay
@@ -136,7 +137,7 @@ class Optimizer:
 
     def learning_rate_now(self) -> float:
         """The learning rate the next step uses."""
-        return float(self.schedule(self.iterations)) if self.schedule else self._learning_rate
+        return float(self.schedule(self.iterations)) if self.schedule else float(self._learning_rate)
 
     @property
     def learning_rate(self) -> float:
@@ -146,7 +147,7 @@ class Optimizer:
     def learning_rate(self, value: float) -> None:
         if self.schedule:
             raise TypeError("this optimizer's learning rate is a schedule, so it cannot be set")
-        self._learning_rate = float(value)
+        self._learning_rate[...] = float(value)
 
     def step(self, params: np.ndarray, grads: np.ndarray) -> None:
         """One update of `params` (flat, in place) from `grads`; then iterations += 1."""
@@ -161,8 +162,10 @@ class Optimizer:
         self._iterations += 1
 
     def state_arrays(self) -> dict[str, np.ndarray]:
-        """Everything a checkpoint needs to resume: the counter and the flat state arrays (live, not copies)."""
-        return {"iterations": self._iterations, **self.state}
+        """Everything a checkpoint needs to resume (live arrays, not copies): the iteration counter, a
+        constant learning rate, and the flat state arrays."""
+        lr = {} if self.schedule else {"learning_rate": self._learning_rate}
+        return {"iterations": self._iterations, **lr, **self.state}
 
     def load_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
         own = self.state_arrays()
