@@ -1,0 +1,58 @@
+"""The Numba cache: a second process loads every kernel from the cache instead of compiling, and a
+package directory where the cache cannot be written falls back to the user-wide cache location."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).parent.parent
+
+RUN_MODEL = r"""
+import json, numpy as np
+from specc.spec import load_spec_text
+from specc.engine import Engine
+import specc.kernels.dense as dense, specc.kernels.activations as act
+spec, _ = load_spec_text("specc: 1\nmodel:\n  input: [6]\n  layers:\n    - {type: Dense, units: 3, activation: relu}\n", "m.yaml")
+engine = Engine(spec.graph); engine.initialize(0)
+out = engine.forward([np.ones((2, 6), np.float32)])[0]
+engine.backward([np.ones_like(out)])
+kernels = [dense.forward, dense.backward, act.forward, act.backward]
+print(json.dumps({"hits": sum(sum(k.stats.cache_hits.values()) for k in kernels),
+                  "misses": sum(sum(k.stats.cache_misses.values()) for k in kernels)}))
+"""
+
+
+def _run(env: dict, cwd: Path, pythonpath: Path) -> dict:
+    env = {**os.environ, **env, "PYTHONPATH": str(pythonpath)}
+    out = subprocess.run([sys.executable, "-c", RUN_MODEL], env=env, cwd=cwd, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_second_process_loads_every_kernel_from_the_cache(tmp_path):
+    env = {"NUMBA_CACHE_DIR": str(tmp_path / "cache")}
+    first = _run(env, tmp_path, ROOT)
+    second = _run(env, tmp_path, ROOT)
+    assert first["misses"] > 0  # compiled (and stored) the first time
+    assert second["misses"] == 0 and second["hits"] >= 4
+
+
+def test_unwritable_package_cache_falls_back_to_the_user_cache(tmp_path):
+    # A copy of the package whose kernels/__pycache__ cannot be created (a file is in the way; permission
+    # bits would not stop root): Numba must fall back to the user-wide cache, not fail.
+    copy = tmp_path / "site"
+    shutil.copytree(ROOT / "specc", copy / "specc", ignore=shutil.ignore_patterns("__pycache__", "*.nbi", "*.nbc"))
+    (copy / "specc" / "kernels" / "__pycache__").write_text("not a directory")
+    home = tmp_path / "home"
+    # NUMBA_CACHE_DIR empty = not set, so Numba chooses the location itself
+    env = {"HOME": str(home), "XDG_CACHE_HOME": str(home / ".cache"), "NUMBA_CACHE_DIR": ""}
+    first = _run(env, tmp_path, copy)
+    second = _run(env, tmp_path, copy)
+    assert first["misses"] > 0 and second["misses"] == 0
+    assert list(home.rglob("*.nbi")), "expected the fallback cache under the user's cache directory"
