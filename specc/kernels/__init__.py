@@ -13,8 +13,10 @@ import os
 import numba
 
 # Compiled with fastmath so float32 loops vectorise; no kernel relies on NaN/inf propagation through
-# reassociated sums (losses check for NaN explicitly).
-JIT = dict(cache=True, fastmath=True, nogil=True)
+# reassociated sums (losses check for NaN explicitly). error_model="numpy": a division by zero gives inf
+# as in NumPy instead of a Python exception check inside every loop, which would block vectorisation
+# (about 3x on the optimizer step).
+JIT = dict(cache=True, fastmath=True, nogil=True, error_model="numpy")
 
 
 def available_cores() -> int:
