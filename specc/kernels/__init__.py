@@ -27,7 +27,10 @@ def available_cores() -> int:
 
 
 def configure_threads(n: int | None = None) -> int:
-    """Use `n` threads (default: the cores this process may run on) for Numba and for BLAS."""
+    """Use `n` threads for Numba and for BLAS; default: $SPECC_THREADS, else the cores this process may
+    run on (its CPU affinity, which is what a container or `taskset` gives it)."""
+    if n is None and os.environ.get("SPECC_THREADS", "").isdigit():
+        n = int(os.environ["SPECC_THREADS"])
     n = max(1, min(n or available_cores(), numba.config.NUMBA_NUM_THREADS))
     numba.set_num_threads(n)
     try:
