@@ -1,11 +1,31 @@
 """specc: a declarative deep-learning model compiler.
 
-Public surface: load and validate specs, infer graphs, print summaries. Heavy runtime modules (Numba)
-are imported lazily by the commands that need them.
+Public surface: load and validate specs, infer graphs, print summaries (the CLI's front door), and the
+Python API with Keras 3's semantics on the same schema, graph, engine and training loop:
+`Sequential`, `Model`, `Input`, `layers.*`, `load`, and Keras's `optimizers`, `losses`, `metrics`,
+`callbacks`. Heavy runtime modules (Numba) are imported lazily, when a model first runs.
 """
 
-from .spec import Spec, SpecError, SpecInvalid, load_spec, load_spec_text
+from .spec import Spec, SpecError, SpecInvalid, load_spec, load_spec_text  # first: it loads the layer registry
+
+from . import layers  # noqa: E402
+from .api import (  # noqa: E402
+    Input,
+    InputLayer,
+    KerasTensor,
+    Model,
+    Sequential,
+    callbacks,
+    clear_session,
+    load,
+    losses,
+    metrics,
+    optimizers,
+    set_random_seed,
+)
 
 __version__ = "0.1.0"
 
-__all__ = ["Spec", "SpecError", "SpecInvalid", "__version__", "load_spec", "load_spec_text"]
+__all__ = ["Input", "InputLayer", "KerasTensor", "Model", "Sequential", "Spec", "SpecError", "SpecInvalid",
+           "__version__", "callbacks", "clear_session", "layers", "load", "load_spec", "load_spec_text", "losses",
+           "metrics", "optimizers", "set_random_seed"]

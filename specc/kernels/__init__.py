@@ -34,6 +34,7 @@ def configure_threads(n: int | None = None) -> int:
     n = max(1, min(n or available_cores(), numba.config.NUMBA_NUM_THREADS))
     numba.set_num_threads(n)
     try:
+        import scipy.linalg.cython_blas  # noqa: F401 - load the BLAS Numba's np.dot calls, so it is limited too
         from threadpoolctl import threadpool_limits
 
         threadpool_limits(limits=n, user_api="blas")

@@ -128,6 +128,18 @@ def prod(shape: Shape) -> int | None:
     return None if any(d is None for d in shape) else math.prod(shape)
 
 
+def spatial_axes(rank: int) -> tuple[str, ...]:
+    """Axis names of channels_last samples with `rank` spatial axes (1: a sequence, 2: an image)."""
+    return ("steps", "channels") if rank == 1 else ("height", "width", "channels")
+
+
+def require_rank(layer_type: str, s: Shape, axes: tuple[str, ...]) -> None:
+    """The one rank check: `s` (no batch axis) must have one size per named axis."""
+    if len(s) != len(axes):
+        raise ShapeError(f"{layer_type} expects samples of rank {len(axes)} (batch, {', '.join(axes)}), "
+                         f"got {fmt_shape(s)}")
+
+
 def fmt_shape(shape: Shape) -> str:
     """A shape as the summary shows it, with the batch axis: (None, 26, 26, 32)."""
     return "(" + ", ".join("None" if d is None else str(d) for d in (None, *shape)) + ")"

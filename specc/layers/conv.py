@@ -10,7 +10,7 @@ from pydantic import model_validator
 
 from ..spec.types import Bool, PositiveInt, choice, int_tuple
 from .activations import ActivationName
-from .base import LayerSpec, ShapeError, WeightSpec, fmt_shape, register
+from .base import LayerSpec, ShapeError, WeightSpec, fmt_shape, register, require_rank, spatial_axes
 from .initializers import Initializer
 
 Padding = choice(("valid", "same"), "padding")
@@ -74,11 +74,7 @@ class _Windowed(LayerSpec):
     """Shared by layers that slide a kernel: subclasses define kernel_size, strides, padding, dilation_rate."""
 
     def _channels(self, s):
-        rank = len(self.kernel_size)
-        if len(s) != rank + 1:
-            what = "(steps, channels)" if rank == 1 else "(height, width, channels)"
-            raise ShapeError(f"{self.type} expects input of rank {rank + 1} {what} (without the batch axis), "
-                             f"got {fmt_shape(s)}")
+        require_rank(self.type, s, spatial_axes(len(self.kernel_size)))
         if s[-1] is None:
             raise ShapeError(f"the channel axis of its input {fmt_shape(s)} must be known")
         return s[-1]

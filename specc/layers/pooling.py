@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import ClassVar, Literal
 
 from ..spec.types import Bool, choice, int_tuple
-from .base import LayerSpec, ShapeError, fmt_shape, register
+from .base import LayerSpec, ShapeError, fmt_shape, register, require_rank, spatial_axes
 from .conv import as_image, conv_length, geometry
 
 Padding = choice(("valid", "same"), "padding")
@@ -16,10 +16,7 @@ class _Pool(LayerSpec):
 
     def compute_output_shape(self, s):
         rank = len(self.pool_size)
-        if len(s) != rank + 1:
-            what = "(steps, channels)" if rank == 1 else "(height, width, channels)"
-            raise ShapeError(f"{self.type} expects input of rank {rank + 1} {what} (without the batch axis), "
-                             f"got {fmt_shape(s)}")
+        require_rank(self.type, s, spatial_axes(rank))
         strides = self.strides or self.pool_size
         axes = ("steps",) if rank == 1 else ("height", "width")
         try:
@@ -94,10 +91,7 @@ class _Global(LayerSpec):
 
     def compute_output_shape(self, s):
         rank = self._rank
-        if len(s) != rank + 1:
-            what = "(steps, channels)" if rank == 1 else "(height, width, channels)"
-            raise ShapeError(f"{self.type} expects input of rank {rank + 1} {what} (without the batch axis), "
-                             f"got {fmt_shape(s)}")
+        require_rank(self.type, s, spatial_axes(rank))
         return ((1,) * rank + (s[-1],)) if self.keepdims else (s[-1],)
 
     _max: ClassVar[bool] = False  # max or average

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
+from pydantic import field_validator
+
 from ..spec.types import Bool, PositiveInt, Rate
 from .activations import ActivationName
-from .base import LayerSpec, ShapeError, WeightSpec, fmt_shape, register
+from .base import LayerSpec, ShapeError, WeightSpec, fmt_shape, register, require_rank
 from .initializers import Initializer
 
 
@@ -25,10 +27,17 @@ class _RNN(LayerSpec):
     return_sequences: Bool = False
     go_backwards: Bool = False
 
+    @field_validator("activation", "recurrent_activation", check_fields=False)
+    @classmethod
+    def _elementwise_only(cls, v):
+        # A cell applies its activations elementwise; softmax over the units is not a cell activation.
+        if v in ("softmax", "log_softmax"):
+            raise ValueError(f"{v} works across the units and cannot be a recurrent cell's activation; use an "
+                             f"elementwise one such as tanh or sigmoid")
+        return v
+
     def _features(self, s):
-        if len(s) != 2:
-            raise ShapeError(f"{self.type} expects input of rank 2 (timesteps, features) (without the batch "
-                             f"axis), got {fmt_shape(s)}")
+        require_rank(self.type, s, ("timesteps", "features"))
         if s[1] is None:
             raise ShapeError(f"the features axis of its input {fmt_shape(s)} must be known")
         return s[1]

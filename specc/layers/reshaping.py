@@ -13,13 +13,7 @@ from typing import Literal
 from pydantic import field_validator
 
 from ..spec.types import PositiveInt, choice, int_tuple, pad_pairs
-from .base import LayerSpec, ShapeError, fmt_shape, prod, register
-
-
-def _need_rank(layer: str, s, rank: int, meaning: str):
-    if len(s) != rank:
-        raise ShapeError(f"{layer} expects input of rank {rank} {meaning} (without the batch axis), "
-                         f"got {fmt_shape(s)}")
+from .base import LayerSpec, ShapeError, fmt_shape, prod, register, require_rank, spatial_axes
 
 
 def _add(n, k):
@@ -108,7 +102,7 @@ class RepeatVector(LayerSpec):
     n: PositiveInt
 
     def compute_output_shape(self, s):
-        _need_rank("RepeatVector", s, 1, "(features,)")
+        require_rank("RepeatVector", s, ("features",))
         return (self.n, s[0])
 
     def forward(self, w, x, training, rng):
@@ -166,7 +160,7 @@ class ZeroPadding1D(_Padding):
     padding: pad_pairs(1, "padding") = ((1, 1),)
 
     def compute_output_shape(self, s):
-        _need_rank("ZeroPadding1D", s, 2, "(steps, channels)")
+        require_rank("ZeroPadding1D", s, spatial_axes(1))
         return (_add(s[0], sum(self.padding[0])), s[1])
 
 
@@ -176,7 +170,7 @@ class ZeroPadding2D(_Padding):
     padding: pad_pairs(2, "padding") = ((1, 1), (1, 1))
 
     def compute_output_shape(self, s):
-        _need_rank("ZeroPadding2D", s, 3, "(height, width, channels)")
+        require_rank("ZeroPadding2D", s, spatial_axes(2))
         return (_add(s[0], sum(self.padding[0])), _add(s[1], sum(self.padding[1])), s[2])
 
 
@@ -194,7 +188,7 @@ class Cropping1D(_Cropping):
     cropping: pad_pairs(1, "cropping") = ((1, 1),)
 
     def compute_output_shape(self, s):
-        _need_rank("Cropping1D", s, 2, "(steps, channels)")
+        require_rank("Cropping1D", s, spatial_axes(1))
         return (_crop("Cropping1D", s[0], self.cropping[0], "steps"), s[1])
 
 
@@ -204,7 +198,7 @@ class Cropping2D(_Cropping):
     cropping: pad_pairs(2, "cropping") = ((0, 0), (0, 0))
 
     def compute_output_shape(self, s):
-        _need_rank("Cropping2D", s, 3, "(height, width, channels)")
+        require_rank("Cropping2D", s, spatial_axes(2))
         return (_crop("Cropping2D", s[0], self.cropping[0], "height"),
                 _crop("Cropping2D", s[1], self.cropping[1], "width"), s[2])
 
@@ -219,7 +213,7 @@ class UpSampling1D(LayerSpec):
     size: PositiveInt = 2
 
     def compute_output_shape(self, s):
-        _need_rank("UpSampling1D", s, 2, "(steps, channels)")
+        require_rank("UpSampling1D", s, spatial_axes(1))
         return (_mul(s[0], self.size), s[1])
 
     def forward(self, w, x, training, rng):
@@ -237,7 +231,7 @@ class UpSampling2D(LayerSpec):
     interpolation: choice(("nearest", "bilinear"), "interpolation") = "nearest"
 
     def compute_output_shape(self, s):
-        _need_rank("UpSampling2D", s, 3, "(height, width, channels)")
+        require_rank("UpSampling2D", s, spatial_axes(2))
         return (_mul(s[0], self.size[0]), _mul(s[1], self.size[1]), s[2])
 
     def forward(self, w, x, training, rng):

@@ -42,7 +42,15 @@ def resolved_dict(spec: Spec) -> dict:
     for key in ("data", "compile", "fit"):
         section = getattr(spec, key)
         if section is not None:
-            dumped = _plain(section.model_dump(exclude_none=True))
+            # warnings=False: the tagged union of data.source serialises fine but pydantic warns about it
+            dumped = _plain(section.model_dump(exclude_none=True, warnings=False))
+            if key == "compile":
+                from .schema import OPTIMIZER_DEFAULTS
+
+                opt = dumped["optimizer"]
+                defaults = {k: v for k, v in OPTIMIZER_DEFAULTS[opt["type"]].items()
+                            if k != "weight_decay" or opt["type"] == "adamw"}
+                dumped["optimizer"] = {"type": opt["type"], **defaults, **opt}
             if key == "fit":
                 dumped["callbacks"] = [_plain(cb.model_dump(exclude_none=True)) for cb in spec.callbacks]
             out[key] = dumped

@@ -166,6 +166,7 @@ class OptimizerDef(Strict):
     epsilon: PositiveFloat | None = None
     amsgrad: Bool | None = None
     rho: Rate | None = None
+    centered: Bool | None = None
     initial_accumulator_value: NonNegFloat | None = None
     weight_decay: NonNegFloat | None = None
     clipnorm: PositiveFloat | None = None
@@ -184,9 +185,20 @@ class OptimizerDef(Strict):
 COMMON_OPTIMIZER_ARGS = ("learning_rate", "weight_decay", "clipnorm", "clipvalue", "global_clipnorm")
 OPTIMIZER_ARGS = {
     "sgd": ("momentum", "nesterov"), "adam": ("beta_1", "beta_2", "epsilon", "amsgrad"),
-    "adamw": ("beta_1", "beta_2", "epsilon", "amsgrad"), "rmsprop": ("rho", "momentum", "epsilon"),
+    "adamw": ("beta_1", "beta_2", "epsilon", "amsgrad"), "rmsprop": ("rho", "momentum", "epsilon", "centered"),
     "adagrad": ("initial_accumulator_value", "epsilon"), "adadelta": ("rho", "epsilon"),
     "nadam": ("beta_1", "beta_2", "epsilon"),
+}
+
+# Keras 3's defaults for each optimizer (the one table: specc.train.optimizers and the resolved spec use it).
+OPTIMIZER_DEFAULTS = {
+    "sgd": dict(learning_rate=0.01, momentum=0.0, nesterov=False),
+    "adam": dict(learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, amsgrad=False),
+    "adamw": dict(learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, amsgrad=False, weight_decay=0.004),
+    "rmsprop": dict(learning_rate=0.001, rho=0.9, momentum=0.0, epsilon=1e-7, centered=False),
+    "adagrad": dict(learning_rate=0.001, initial_accumulator_value=0.1, epsilon=1e-7),
+    "adadelta": dict(learning_rate=0.001, rho=0.95, epsilon=1e-7),
+    "nadam": dict(learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7),
 }
 
 

@@ -238,3 +238,11 @@ def load_yaml(text: str | bytes, filename: str) -> tuple[object, Positions, list
     except (yaml.YAMLError, ValueError, TypeError) as exc:  # a scalar the safe constructor refuses
         return fail(1, 1, f"YAML error: {exc}")
     return data, conv.positions, []
+
+
+def parse_scalar(text: str):
+    """A command-line value (`--set fit.epochs=3`) read as the spec file would read it."""
+    try:
+        return yaml.load(text, Loader=_Loader) if text.strip() else ""
+    except yaml.YAMLError:
+        return text

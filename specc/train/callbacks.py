@@ -93,10 +93,12 @@ class EarlyStopping(_Monitoring):
             self.trainer.log(f"Restoring model weights from the end of the best epoch: {self.best_epoch + 1}.")
 
     def state(self):
-        return {"wait": self.wait, "best": self.best, "best_epoch": self.best_epoch}
+        return {"wait": self.wait, "best": self.best, "best_epoch": self.best_epoch,
+                "stopped_epoch": self.stopped_epoch, "best_weights": self.best_weights}
 
     def load_state(self, state):
         self.wait, self.best, self.best_epoch = state["wait"], state["best"], state["best_epoch"]
+        self.stopped_epoch, self.best_weights = state.get("stopped_epoch"), state.get("best_weights")
 
 
 class ReduceLROnPlateau(_Monitoring):

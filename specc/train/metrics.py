@@ -46,6 +46,14 @@ class Metric:
             setattr(self, k, v)
 
 
+def _like_predictions(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
+    """Targets in the predictions' shape: class indices for a multi-unit output become one-hot, so
+    per-unit metrics (precision, recall, AUC) count each class decision, as Keras does for one-hot labels."""
+    if y_true.size != y_pred.size and y_pred.shape[-1] > 1 and y_true.size * y_pred.shape[-1] == y_pred.size:
+        return np.eye(y_pred.shape[-1], dtype=y_pred.dtype)[y_true.reshape(y_pred.shape[:-1]).astype(np.int64)]
+    return y_true.reshape(y_pred.shape)
+
+
 def _per_sample(a: np.ndarray) -> np.ndarray:
     return a.reshape(len(a), -1).mean(axis=1)
 
@@ -123,7 +131,7 @@ class _Counts(Metric):
 
     def update(self, y_true, y_pred, sample_weight=None):
         pred = y_pred > 0.5
-        true = y_true.reshape(y_pred.shape) > 0.5
+        true = _like_predictions(y_true, y_pred) > 0.5
         w = np.ones(len(y_pred)) if sample_weight is None else sample_weight
         w = w.reshape((-1,) + (1,) * (y_pred.ndim - 1))
         self.tp += float(np.sum(w * (pred & true)))
@@ -189,7 +197,7 @@ class AUC(Metric):
 
     def update(self, y_true, y_pred, sample_weight=None):
         self.scores.append(y_pred.reshape(-1).astype(np.float64))
-        self.labels.append((y_true.reshape(y_pred.shape) > 0.5).reshape(-1))
+        self.labels.append((_like_predictions(y_true, y_pred) > 0.5).reshape(-1))
 
     def result(self):
         if not self.scores:

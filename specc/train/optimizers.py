@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..kernels import optim as K
+from ..spec.schema import OPTIMIZER_DEFAULTS
 
 # --- learning-rate schedules ----------------------------------------------------------------------------
 
@@ -186,7 +187,7 @@ class Optimizer:
 
 class SGD(Optimizer):
     name = "sgd"
-    defaults = dict(learning_rate=0.01, momentum=0.0, nesterov=False)
+    defaults = OPTIMIZER_DEFAULTS["sgd"]
     slots = ("momentum",)
 
     def active_slots(self):
@@ -199,7 +200,7 @@ class SGD(Optimizer):
 
 class Adam(Optimizer):
     name = "adam"
-    defaults = dict(learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, amsgrad=False)
+    defaults = OPTIMIZER_DEFAULTS["adam"]
     slots = ("momentum", "velocity", "velocity_hat")
 
     def active_slots(self):
@@ -216,12 +217,12 @@ class AdamW(Adam):
     """Adam with Keras's decoupled weight decay w *= 1 - lr * weight_decay (default 0.004)."""
 
     name = "adamw"
-    defaults = dict(Adam.defaults, weight_decay=0.004)
+    defaults = OPTIMIZER_DEFAULTS["adamw"]
 
 
 class RMSprop(Optimizer):
     name = "rmsprop"
-    defaults = dict(learning_rate=0.001, rho=0.9, momentum=0.0, epsilon=1e-7, centered=False)
+    defaults = OPTIMIZER_DEFAULTS["rmsprop"]
     slots = ("velocity", "momentum", "average_gradient")
 
     def active_slots(self):
@@ -236,7 +237,7 @@ class RMSprop(Optimizer):
 
 class Adagrad(Optimizer):
     name = "adagrad"
-    defaults = dict(learning_rate=0.001, initial_accumulator_value=0.1, epsilon=1e-7)
+    defaults = OPTIMIZER_DEFAULTS["adagrad"]
     slots = ("accumulator",)
 
     def __init__(self, *args, **kwargs):
@@ -249,7 +250,7 @@ class Adagrad(Optimizer):
 
 class Adadelta(Optimizer):
     name = "adadelta"
-    defaults = dict(learning_rate=0.001, rho=0.95, epsilon=1e-7)
+    defaults = OPTIMIZER_DEFAULTS["adadelta"]
     slots = ("accumulated_grad", "accumulated_delta_var")
 
     def _update(self, params, grads, lr, decay, t):
@@ -261,7 +262,7 @@ class Nadam(Optimizer):
     """Keras's Nadam: momentum schedule u_t = beta_1 * (1 - 0.5 * 0.96^t) and its running product."""
 
     name = "nadam"
-    defaults = dict(learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7)
+    defaults = OPTIMIZER_DEFAULTS["nadam"]
     slots = ("momentum", "velocity")
 
     def __init__(self, *args, **kwargs):

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..spec import SpecError, render
-from ..spec.validate import Spec, load_spec_text
+from ..spec.validate import Spec
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -44,10 +44,8 @@ class Options:
 
 def apply_overrides(text: str, overrides: list[str], filename: str) -> tuple[Spec | None, list[SpecError]]:
     """Load the spec text with `--set a.b=value` overrides applied (values parsed as YAML scalars)."""
-    import yaml
-
     from ..spec.validate import validate_data
-    from ..spec.yamlpos import load_yaml
+    from ..spec.yamlpos import load_yaml, parse_scalar
 
     data, positions, errors = load_yaml(text.encode() if isinstance(text, str) else text, filename)
     if errors:
@@ -59,10 +57,7 @@ def apply_overrides(text: str, overrides: list[str], filename: str) -> tuple[Spe
         if not sep or not path:
             bad.append(SpecError("--set", 0, 0, key, f"expected KEY.PATH=VALUE, got {item!r}"))
             continue
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
-            value = raw
+        value = parse_scalar(raw)
         node = data
         for i, part in enumerate(path[:-1]):
             index = int(part) if part.isdigit() and isinstance(node, list) else part
@@ -212,7 +207,8 @@ def _train(opts: Options) -> int:
         source_name = spec_file
     with open(spec_file, "rb") as fh:
         raw = fh.read()
-    spec, errors = apply_overrides(raw, overrides, spec_file if opts.resume else source_name)
+    # The original path even on --resume: relative data paths start at the spec's own folder.
+    spec, errors = apply_overrides(raw, overrides, source_name)
     if errors:
         _print_errors(errors)
         return EXIT_INVALID

@@ -1,0 +1,75 @@
+"""Keras's callbacks for `fit()`: the training loop's own callbacks (specc.train.callbacks) with Keras's
+constructors, plus `Callback`, the base for your own (it sees the model as `self.model`).
+
+    specc.callbacks.EarlyStopping(monitor="val_loss", patience=3, restore_best_weights=True)
+
+Arguments are validated by the spec's callback schemas, so the messages match a YAML `fit.callbacks`.
+ModelCheckpoint and CSVLogger write relative to the current directory.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..spec.schema import CALLBACKS
+from ..train import callbacks as C
+from .layer import ArgumentError, validate
+
+# Keras's positional order, where people use it.
+_POSITIONAL = {"EarlyStopping": ("monitor", "min_delta", "patience"),
+               "ReduceLROnPlateau": ("monitor", "factor", "patience"),
+               "ModelCheckpoint": ("filepath", "monitor"),
+               "CSVLogger": ("filename", "separator", "append")}
+
+
+class Callback(C.Callback):
+    """Base for your own callbacks, with Keras's hooks; `self.model` is the model being trained."""
+
+    model = None
+
+    def set_model(self, model: Any) -> None:
+        self.model = model
+
+    def on_train_begin(self, logs: dict | None = None) -> None: ...
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None: ...
+
+    def on_batch_end(self, step: int, logs: dict | None = None) -> None:
+        self.on_train_batch_end(step, logs)
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None: ...
+
+    def on_train_end(self, logs: dict | None = None) -> None: ...
+
+
+def _callback_class(name: str) -> type:
+    base = C.BY_TYPE[name]
+    schema = CALLBACKS[name]
+    order = _POSITIONAL.get(name, ())
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        if len(args) > len(order):
+            raise ArgumentError(f"{name}() takes at most {len(order)} positional argument(s), got {len(args)}")
+        kwargs = {**dict(zip(order, args)), **kwargs}
+        kwargs.pop("verbose", None)  # progress messages follow fit()'s verbose
+        if kwargs.get("save_weights_only") is not None:
+            kwargs.pop("save_weights_only")  # specc checkpoints are weights (.npz)
+        if kwargs.get("save_freq", "epoch") == "epoch":
+            kwargs.pop("save_freq", None)
+        cfg = validate(schema, {"type": name, **kwargs}, name)
+        if base is C.TerminateOnNaN:
+            base.__init__(self)
+        else:
+            base.__init__(self, cfg)
+
+    return type(name, (base,), {"__init__": __init__, "__module__": "specc.callbacks", "model": None,
+                                "__doc__": f"Keras's {name} callback."})
+
+
+EarlyStopping = _callback_class("EarlyStopping")
+ReduceLROnPlateau = _callback_class("ReduceLROnPlateau")
+ModelCheckpoint = _callback_class("ModelCheckpoint")
+CSVLogger = _callback_class("CSVLogger")
+TerminateOnNaN = _callback_class("TerminateOnNaN")
+
+__all__ = ["Callback", "EarlyStopping", "ReduceLROnPlateau", "ModelCheckpoint", "CSVLogger", "TerminateOnNaN"]
