@@ -17,6 +17,7 @@ import yaml
 
 from .errors import Path, SpecError
 
+
 class _Loader(yaml.SafeLoader):
     """The pure-Python composer (libyaml's recursive C composer segfaults on deep nesting), with YAML 1.2's
     float syntax: PyYAML follows YAML 1.1, where `1e-3` (no dot) is a string, while editors and the JSON

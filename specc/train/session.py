@@ -234,6 +234,7 @@ def _train(opts: Options) -> int:
     # The heavy part starts here: Numba, the engine, the optimizer.
     from ..engine import Engine
     from ..kernels import configure_threads
+    from ..spec.resolve import resolved_yaml
     from . import callbacks as C
     from .fit import Diverged, Interrupted, Trainer
     from .progress import Progress
@@ -247,7 +248,6 @@ def _train(opts: Options) -> int:
         save_weights,
         write_history,
     )
-    from ..spec.resolve import resolved_yaml
 
     threads = configure_threads(opts.threads)
     engine = Engine(spec.graph)
