@@ -6,10 +6,13 @@ Python API with Keras 3's semantics on the same schema, graph, engine and traini
 `callbacks`. Heavy runtime modules (Numba) are imported lazily, when a model first runs.
 """
 
-from .spec import Spec, SpecError, SpecInvalid, load_spec, load_spec_text  # first: it loads the layer registry
+# The spec package first: importing it loads the layer registry in the one order that has no import cycle
+# (specc.layers on its own would reach specc.spec, which needs the registry half-way through).
+from .spec import Spec, SpecError, SpecInvalid, load_spec, load_spec_text
 
-from . import layers  # noqa: E402
-from .api import (  # noqa: E402
+# isort: split
+from . import layers
+from .api import (
     Input,
     InputLayer,
     KerasTensor,

@@ -194,6 +194,11 @@ def functional_plan(model: Any, flags: dict | None = None) -> Plan:
         names[node.id] = name
     for inp in inputs:
         del leaves[inp.name]
+    # The graph's order (and so the engine's weight order) follows Keras's layer order wherever the
+    # dependencies allow; build_functional's topological sort is stable to this order.
+    rank = {id(layer): k for k, layer in enumerate(model._sublayers())}
+    order = sorted(range(len(specs)), key=lambda i: (rank[id(model._graph_nodes[i].layer)], i))
+    specs = [specs[i] for i in order]
     outputs = [tensor_name(t) for t in model._outputs]
     errors: list[str] = []
     graph = build_functional(model.name, {inp.name: inp._shape for inp in inputs}, specs, outputs,

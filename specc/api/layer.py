@@ -91,7 +91,7 @@ def _as_yaml_value(value: Any) -> Any:
 
 def validate(model_cls: type, raw: dict, what: str) -> Any:
     """`model_cls.model_validate(raw)` with the spec's error messages (the same as in a YAML file)."""
-    from ..spec.validate import Collector, UNSUPPORTED_KERAS_ARGS
+    from ..spec.validate import UNSUPPORTED_KERAS_ARGS, Collector
     from ..spec.yamlpos import Positions
 
     raw = {k: _as_yaml_value(v) for k, v in raw.items()}

@@ -17,7 +17,7 @@ import numpy as np
 from . import backend
 from .eager import runtime
 from .layer import InputLayer, Layer, check_name
-from .tensors import shape_str, CallNode, KerasTensor, flatten
+from .tensors import CallNode, KerasTensor, flatten, shape_str
 
 
 def _compatible(expected: tuple, found: tuple) -> bool:
@@ -72,6 +72,7 @@ class Model(Layer):
             if not isinstance(t, KerasTensor):
                 raise ValueError(f"Model outputs must be tensors returned by layer calls; got {type(t).__name__}")
         self._graph_nodes = self._collect()
+        self._layer_order = self._keras_layer_order()
         seen: dict[str, Any] = {}
         for layer in self._input_layers() + self._sublayers():
             if seen.get(layer.name, layer) is not layer:
@@ -99,15 +100,45 @@ class Model(Layer):
                 stack.extend(node.inputs)
         return [found[k] for k in sorted(found)]
 
+    def _keras_layer_order(self) -> list[Layer]:
+        """Keras's order of a Functional model's layers (keras.src.ops.function.map_graph): by depth
+        (longest path to an output) descending, ties by depth-first pre-order from the outputs. It is the
+        order of `layers` and therefore of `weights` / get_weights()."""
+        inputs = {id(t) for t in self._inputs}
+        first_seen: dict[int, int] = {}
+        finished: set[int] = set()
+        post: list[CallNode] = []  # Keras's nodes_in_decreasing_depth
+
+        def visit(t: KerasTensor) -> None:
+            node = t.node
+            if node.id in finished:
+                return
+            first_seen.setdefault(id(node.layer), len(first_seen))
+            if id(t) not in inputs:
+                for x in node.inputs:
+                    visit(x)
+            finished.add(node.id)
+            post.append(node)
+
+        for t in self._outputs:
+            visit(t)
+        node_depth: dict[int, int] = {}
+        layer_depth: dict[int, int] = {}
+        layers: dict[int, Layer] = {}
+        for node in reversed(post):
+            depth = max(node_depth.setdefault(node.id, 0), layer_depth.get(id(node.layer), 0))
+            node_depth[node.id] = layer_depth[id(node.layer)] = depth
+            layers[id(node.layer)] = node.layer
+            for x in node.inputs:  # a shared layer takes the depth of its deepest call
+                node_depth[x.node.id] = max(depth + 1, node_depth.get(x.node.id, 0))
+        return sorted(layers.values(), key=lambda layer: (-layer_depth[id(layer)], first_seen[id(layer)]))
+
     def _input_layers(self) -> list[InputLayer]:
         return [t.node.layer for t in self._inputs]
 
     def _sublayers(self) -> list[Layer]:
-        """Layers directly inside this model (no InputLayers), each once, in call order."""
-        out: dict[int, Layer] = {}
-        for node in self._graph_nodes:
-            out.setdefault(id(node.layer), node.layer)
-        return list(out.values())
+        """Layers directly inside this model (no InputLayers), each once, in Keras's order."""
+        return [layer for layer in self._layer_order if not isinstance(layer, InputLayer)]
 
     def _chain(self) -> list[Layer]:
         """The layers as one chain, for nesting this model inside another as a block."""
@@ -160,8 +191,8 @@ class Model(Layer):
 
     @property
     def layers(self) -> list[Layer]:
-        """Keras 3's Functional `layers`: the InputLayers, then every layer in call order."""
-        return self._input_layers() + self._sublayers()
+        """Keras 3's Functional `layers`: every layer, InputLayers included, in Keras's graph order."""
+        return list(self._layer_order)
 
     def _all_layers(self) -> list[Layer]:
         out = [self]

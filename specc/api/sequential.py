@@ -15,7 +15,7 @@ import numpy as np
 
 from .layer import InputLayer, Layer, as_shape
 from .model import Model
-from .tensors import shape_str, KerasTensor
+from .tensors import KerasTensor, shape_str
 
 
 class Sequential(Model):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-
 _ids = itertools.count()
 
 
