@@ -18,6 +18,7 @@ NAMES = ("linear", "relu", "relu6", "leaky_relu", "elu", "selu", "gelu", "sigmoi
          "softmax", "log_softmax", "softplus", "softsign", "silu", "exponential")
 CODE = {name: i for i, name in enumerate(NAMES)}
 LINEAR, SOFTMAX, LOG_SOFTMAX = CODE["linear"], CODE["softmax"], CODE["log_softmax"]
+RELU, SIGMOID, TANH = CODE["relu"], CODE["sigmoid"], CODE["tanh"]
 
 SELU_ALPHA = 1.6732632423543772
 SELU_SCALE = 1.0507009873554805
@@ -120,9 +121,26 @@ def forward(code, z, y):
                 for j in range(n):
                     y[r, j] = z[r, j] - lse
         return
-    for r in range(rows):
-        for j in range(n):
-            y[r, j] = _scalar_forward(code, z[r, j])
+    # The common activations get their own loops: choosing the function per element (the generic loop
+    # below) keeps LLVM from vectorising, which made ReLU ~7x slower than NumPy on a CNN-sized tensor.
+    zero = z.dtype.type(0)
+    one = z.dtype.type(1)
+    if code == RELU:
+        for r in range(rows):
+            for j in range(n):
+                y[r, j] = max(z[r, j], zero)
+    elif code == SIGMOID:
+        for r in range(rows):
+            for j in range(n):
+                y[r, j] = one / (one + math.exp(-z[r, j]))
+    elif code == TANH:
+        for r in range(rows):
+            for j in range(n):
+                y[r, j] = math.tanh(z[r, j])
+    else:
+        for r in range(rows):
+            for j in range(n):
+                y[r, j] = _scalar_forward(code, z[r, j])
 
 
 @numba.njit(**JIT)
@@ -145,9 +163,24 @@ def backward(code, z, y, dy, dz):
             for j in range(n):
                 dz[r, j] = dy[r, j] - math.exp(y[r, j]) * total
         return
-    for r in range(rows):
-        for j in range(n):
-            dz[r, j] = dy[r, j] * _scalar_derivative(code, z[r, j], y[r, j])
+    zero = z.dtype.type(0)
+    one = z.dtype.type(1)
+    if code == RELU:
+        for r in range(rows):
+            for j in range(n):
+                dz[r, j] = dy[r, j] if z[r, j] > zero else zero
+    elif code == SIGMOID:
+        for r in range(rows):
+            for j in range(n):
+                dz[r, j] = dy[r, j] * y[r, j] * (one - y[r, j])
+    elif code == TANH:
+        for r in range(rows):
+            for j in range(n):
+                dz[r, j] = dy[r, j] * (one - y[r, j] * y[r, j])
+    else:
+        for r in range(rows):
+            for j in range(n):
+                dz[r, j] = dy[r, j] * _scalar_derivative(code, z[r, j], y[r, j])
 
 
 def as_rows(a: np.ndarray) -> np.ndarray:
