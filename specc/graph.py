@@ -52,6 +52,8 @@ class Graph:
     inputs: list[Node]
     nodes: list[Node]  # topological order, inputs excluded
     outputs: list[str]
+    # A batch size fixed when the model was built (the Python API, called on an array); specs leave it None.
+    batch_size: int | None = None
 
     def node(self, name: str) -> Node:
         return next(n for n in self.inputs + self.nodes if n.name == name)

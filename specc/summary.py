@@ -26,10 +26,10 @@ def readable_size(n_bytes: float) -> str:
     return f"{n_bytes:.2f} PB"
 
 
-def batch_shape(shape: tuple | None) -> str:
+def batch_shape(shape: tuple | None, batch: int | None = None) -> str:
     if shape is None:
         return "?"
-    return "(" + ", ".join("None" if d is None else str(d) for d in (None, *shape)) + ")"
+    return "(" + ", ".join("None" if d is None else str(d) for d in (batch, *shape)) + ")"
 
 
 def keras_order(graph: Graph) -> list[Node]:
@@ -110,7 +110,7 @@ def summary_text(graph: Graph, expand_nested: bool = False, show_trainable: bool
     table = rich.table.Table(*columns, width=line_length, show_lines=True, box=rich.box.HEAVY_HEAD)
     for node, level in _rows(graph, expand_nested):
         prefix = ("   " * level + "└ ") if level else ""
-        cells = [f"{rich.markup.escape(prefix + node.name)} ({node.type})", batch_shape(node.output_shape),
+        cells = [f"{rich.markup.escape(prefix + node.name)} ({node.type})", batch_shape(node.output_shape, graph.batch_size),
                  f"{node.params():,}"]
         if not sequential:
             cells.append(", ".join(f"{rich.markup.escape(r)}[0][0]" for r in node.inbound) or "-")

@@ -3,10 +3,8 @@ with `specc` in place of `keras`/`tf` and NumPy arrays in place of tensors — o
 guide's order, asserting what the guide prints (layer counts, weight counts and shapes, summary rows,
 output shapes).
 
-Two things differ from the guide's printed output, by design: summaries are Keras 3's (rich tables, with
-specc's extra estimate lines), and a model built by calling it on a (1, 4) array shows (None, 2) in the
-summary where tf.keras printed (1, 2) (specc graphs keep the batch axis symbolic; the layer's `output`
-tensor does say (1, 2)). The auto-names the guide prints (dense_6, sequential_3, ...) come from Keras's
+Summaries are Keras 3's rich tables (with specc's extra estimate lines after Keras's), not tf.keras's
+text tables; a model built by calling it on a (1, 4) array shows (1, 2), as both print. The auto-names the guide prints (dense_6, sequential_3, ...) come from Keras's
 per-session counters: test_names_follow_the_guide_session runs the examples in one session and gets them.
 """
 
@@ -186,10 +184,10 @@ def test_summary_once_built():
     model(np.ones((1, 4)))
     text = summary_of(model)
     assert text.startswith('Model: "sequential"')
-    assert summary_rows(text) == [
-        ("dense (Dense)", "(None, 2)", "10"),
-        ("dense_1 (Dense)", "(None, 3)", "9"),
-        ("dense_2 (Dense)", "(None, 4)", "16"),
+    assert summary_rows(text) == [  # built for the batch it was called on, as the guide prints
+        ("dense (Dense)", "(1, 2)", "10"),
+        ("dense_1 (Dense)", "(1, 3)", "9"),
+        ("dense_2 (Dense)", "(1, 4)", "16"),
     ]
     assert totals(text) == {"Total params": "35", "Trainable params": "35", "Non-trainable params": "0"}
     assert model.layers[0].output.shape == (1, 2)  # built for the (1, 4) batch it was called on

@@ -143,6 +143,7 @@ def sequential_plan(model: Any, flags: dict | None = None) -> Plan:
     errors: list[str] = []
     graph = build_sequential(model.name, inp.name, inp._shape, specs, lambda path, msg: errors.append(msg))
     _raise(errors, model.name)
+    graph.batch_size = inp.batch_shape[0]  # Keras shows (1, 2) for a model built by a call on a (1, 4) batch
     return Plan(graph, leaves)
 
 
