@@ -119,10 +119,6 @@ def snake_case(class_name: str) -> str:
     return re.sub(r"([a-z])([A-Z])", r"\1_\2", s).lower()
 
 
-def known(n: int | None) -> bool:
-    return n is not None
-
-
 def prod(shape: Shape) -> int | None:
     """Number of elements, or None if any size is unknown."""
     return None if any(d is None for d in shape) else math.prod(shape)

@@ -103,7 +103,10 @@ class Collector:
             key = loc[-1] if loc else "?"
             nested = _model_at(self._model, loc[:-1]) if len(loc) > 1 else None
             if nested is not None:
-                fields, what = list(nested.model_fields), _describe(loc[:-1], nested)
+                # name the mapping by its key (`optimizer`), or by its model for a list item
+                key_of_mapping = loc[-2]
+                fields = list(nested.model_fields)
+                what = nested.__name__ if isinstance(key_of_mapping, int) else str(key_of_mapping)
             if key in UNSUPPORTED_KERAS_ARGS:
                 message = f"`{key}` is a Keras argument that specc does not support yet"
             elif key in ("input_shape", "batch_input_shape", "input_dim") and what:
@@ -153,10 +156,6 @@ def _model_at(model: type[BaseModel], loc: list) -> type[BaseModel] | None:
             return None
         model = models[0]
     return model
-
-
-def _describe(loc: list, model: type[BaseModel]) -> str:
-    return str(loc[-1]) if not isinstance(loc[-1], int) else model.__name__
 
 
 def _show(key: Any) -> str:
