@@ -12,20 +12,21 @@ from .spec import Spec, SpecError, SpecInvalid, load_spec, load_spec_text
 
 # isort: split
 from . import layers
-from .api import (
-    Input,
-    InputLayer,
-    KerasTensor,
-    Model,
-    Sequential,
-    callbacks,
-    clear_session,
-    load,
-    losses,
-    metrics,
-    optimizers,
-    set_random_seed,
-)
+
+# The Python API loads on first use (PEP 562), so `specc validate` / `specc summary` do not pay for it.
+_API = ("Input", "InputLayer", "KerasTensor", "Model", "Sequential", "callbacks", "clear_session", "load",
+        "losses", "metrics", "optimizers", "set_random_seed")
+
+
+def __getattr__(name: str):
+    if name in _API:
+        from . import api
+
+        value = getattr(api, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'specc' has no attribute {name!r}")
+
 
 __version__ = "0.1.0"
 
