@@ -202,12 +202,19 @@ def predict(
 
 
 def main() -> None:
-    """Console-script entry point: typer's usage errors exit 2; anything unexpected is reported, not dumped."""
+    """Console-script entry point: typer's usage errors exit 2; anything unexpected is reported, not dumped
+    (SPECC_DEBUG=1 shows the traceback)."""
     try:
         app(standalone_mode=True)
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: a bug, not a user error
+        if os.environ.get("SPECC_DEBUG"):
+            raise
+        typer.echo(f"specc: internal error: {type(exc).__name__}: {exc}\nThis is a bug in specc; run again "
+                   f"with SPECC_DEBUG=1 to see the traceback, and please report it.", err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":
