@@ -94,6 +94,10 @@ class Engine:
             for i, w in enumerate(s.specs):
                 if s.grads[i] is None and w.trainable:
                     s.grads[i] = np.zeros(w.shape, self.dtype)
+        # Gradients w.r.t. the model inputs (`_input_grads` after backward): the gradient checks want them,
+        # training does not (the Trainer turns them off, saving the first layer's largest product).
+        self.input_gradients = True
+        self._input_set = set(self.input_names)
         self._saved: dict[str, Any] = {}
         self._pre: dict[str, np.ndarray] = {}
         self._values: dict[str, np.ndarray] = {}
@@ -177,7 +181,11 @@ class Engine:
                                      activations.as_rows(y), activations.as_rows(np.ascontiguousarray(dy)),
                                      activations.as_rows(dz))
                 dy = dz
-            dx = s.layer.backward(s.weights, s.grads, self._saved[s.name], dy)
+            # A layer fed only by model inputs need not compute its input gradient in training.
+            need_dx = self.input_gradients or any(n not in self._input_set for n in s.inbound)
+            dx = s.layer.backward(s.weights, s.grads, self._saved[s.name], dy, need_dx)
+            if dx is None:
+                continue
             if s.layer.is_merge:
                 for n, d in zip(s.inbound, dx):
                     _accumulate(grads, n, d)

@@ -64,10 +64,10 @@ class SharedCall:
             self._group.fresh = True
         return self._spec.forward(self._group.weights, x, training, rng)
 
-    def backward(self, w, g, saved, dy):
+    def backward(self, w, g, saved, dy, need_dx=True):
         group = self._group
         scratch = [None if gv is None else np.zeros_like(gv) for gv in group.grads]
-        dx = self._spec.backward(group.weights, scratch, saved, dy)
+        dx = self._spec.backward(group.weights, scratch, saved, dy, need_dx)
         if group.fresh:
             for gv in group.grads:
                 if gv is not None:

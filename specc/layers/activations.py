@@ -30,5 +30,5 @@ class Activation(LayerSpec):
     def forward(self, w, x, training, rng):
         return x, None
 
-    def backward(self, w, g, saved, dy):
+    def backward(self, w, g, saved, dy, need_dx=True):
         return dy

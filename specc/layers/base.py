@@ -93,9 +93,10 @@ class LayerSpec(BaseModel):
         `w` are this layer's weights in `weight_specs` order (views into the model's flat buffer)."""
         raise NotImplementedError(f"{self.type} has no runtime yet")
 
-    def backward(self, w: list, g: list, saved: Any, dy: Any) -> Any:
+    def backward(self, w: list, g: list, saved: Any, dy: Any, need_dx: bool = True) -> Any:
         """Writes d(loss)/d(weight) into `g` (views, same order as `w`; None for statistics that have no
-        gradient) and returns d(loss)/d(input) (a list for merge layers)."""
+        gradient) and returns d(loss)/d(input) (a list for merge layers). With need_dx=False (the input is
+        a model input in training) a layer may skip that product and return None."""
         raise NotImplementedError(f"{self.type} has no runtime yet")
 
     # Keras's `get_config()` equivalent, only what differs from the defaults.

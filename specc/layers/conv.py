@@ -139,7 +139,7 @@ class _Conv(_Windowed):
         conv.conv_forward(x4, kernel, bias, self.use_bias, g, cols, out)
         return out.reshape((n,) + out_spatial + (f,)), (cols, x4.shape, x.shape, g)
 
-    def backward(self, w, g, saved, dy):
+    def backward(self, w, g, saved, dy, need_dx=True):
         import numpy as np
 
         from ..kernels import conv
@@ -151,9 +151,9 @@ class _Conv(_Windowed):
         dx = np.empty(img_shape, dy4.dtype)  # (N, H, W, C)
         dcols = dx if _is_pointwise(geom) else np.empty_like(cols)
         dbias = g[1] if self.use_bias else np.empty(f, dy4.dtype)
-        conv.conv_backward(cols, w[0].reshape(-1, f), dy4, self.use_bias, True, True, geom,
+        conv.conv_backward(cols, w[0].reshape(-1, f), dy4, self.use_bias, True, need_dx, geom,
                            g[0].reshape(-1, f), dbias, dcols, dx)
-        return dx.reshape(in_shape)
+        return dx.reshape(in_shape) if need_dx else None
 
 
 def _is_pointwise(g):
@@ -243,7 +243,7 @@ class Conv2DTranspose(_Conv):
             y += w[1]
         return y, (x4, g)
 
-    def backward(self, w, g, saved, dy):
+    def backward(self, w, g, saved, dy, need_dx=True):
         import numpy as np
 
         from ..kernels import conv
@@ -309,7 +309,7 @@ class DepthwiseConv2D(_Windowed):
         conv.depthwise_forward(x4, w[0], bias, self.use_bias, g, out)
         return out, (x4, g)
 
-    def backward(self, w, g, saved, dy):
+    def backward(self, w, g, saved, dy, need_dx=True):
         import numpy as np
 
         from ..kernels import conv
@@ -376,7 +376,7 @@ class SeparableConv2D(_Windowed):
         conv.conv_forward(z, w[1].reshape(cm, f), bias, self.use_bias, POINTWISE, z, out)
         return out, (x4, z, g)
 
-    def backward(self, w, g, saved, dy):
+    def backward(self, w, g, saved, dy, need_dx=True):
         import numpy as np
 
         from ..kernels import conv

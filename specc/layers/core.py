@@ -53,17 +53,17 @@ class Dense(LayerSpec):
         dense.forward(x2, w[0], bias, self.use_bias, out)
         return out.reshape(x.shape[:-1] + (self.units,)), (x2, x.shape)
 
-    def backward(self, w, g, saved, dy):
+    def backward(self, w, g, saved, dy, need_dx=True):
         import numpy as np
 
         from ..kernels import dense
 
         x2, in_shape = saved
         dz = np.ascontiguousarray(dy.reshape(-1, self.units))
-        dx = np.empty_like(x2)
+        dx = np.empty_like(x2) if need_dx else x2[:0]  # the first layer's dx is a third of its backward
         dbias = g[1] if self.use_bias else np.empty(self.units, dy.dtype)
-        dense.backward(x2, w[0], dz, self.use_bias, True, g[0], dbias, dx)
-        return dx.reshape(in_shape)
+        dense.backward(x2, w[0], dz, self.use_bias, need_dx, g[0], dbias, dx)
+        return dx.reshape(in_shape) if need_dx else None
 
 
 @register
@@ -106,7 +106,7 @@ class Embedding(LayerSpec):
         embedding.gather(ids, table, out)
         return out.reshape(x.shape + (self.output_dim,)), (ids, x.shape, x.dtype)
 
-    def backward(self, w, g, saved, dy):
+    def backward(self, w, g, saved, dy, need_dx=True):
         """Scatter-adds dy into the embeddings gradient; ids have no gradient, so dx is zeros."""
         import numpy as np
 
@@ -142,5 +142,5 @@ class Dropout(LayerSpec):
         keep = (rng.random(shape) >= self.rate).astype(x.dtype) / x.dtype.type(1 - self.rate)
         return x * keep, keep
 
-    def backward(self, w, g, keep, dy):
+    def backward(self, w, g, keep, dy, need_dx=True):
         return dy if keep is None else dy * keep

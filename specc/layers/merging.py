@@ -52,7 +52,7 @@ class _Elementwise(LayerSpec):
         y, saved = self._merge(np, aligned)
         return y, (saved, [x.shape for x in xs], [a.shape for a in aligned])
 
-    def backward(self, w, g, saved, dy):
+    def backward(self, w, g, saved, dy, need_dx=True):
         import numpy as np
 
         saved, shapes, aligned = saved
@@ -201,7 +201,7 @@ class Concatenate(LayerSpec):
         a = self.axis % xs[0].ndim  # Keras counts the batch axis
         return np.concatenate(xs, axis=a), (a, [x.shape[a] for x in xs])
 
-    def backward(self, w, g, saved, dy):
+    def backward(self, w, g, saved, dy, need_dx=True):
         import numpy as np
 
         a, sizes = saved

@@ -114,7 +114,7 @@ class BatchNormalization(LayerSpec):
         norm.channel_normalize(x2, np.ascontiguousarray(mean), inv, gamma, beta, xhat, out)
         return _from_rows(out, layout), (xhat, inv, bool(training), layout)
 
-    def backward(self, w, g, saved, dy):
+    def backward(self, w, g, saved, dy, need_dx=True):
         import numpy as np
 
         from ..kernels import norm
@@ -167,7 +167,7 @@ class LayerNormalization(LayerSpec):
         norm.row_normalize(x2, gamma, beta, dt.type(self.epsilon), xhat, inv, out)
         return _from_rows(out, layout), (xhat, inv, layout)
 
-    def backward(self, w, g, saved, dy):
+    def backward(self, w, g, saved, dy, need_dx=True):
         import numpy as np
 
         from ..kernels import norm

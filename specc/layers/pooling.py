@@ -48,7 +48,7 @@ class _Pool(LayerSpec):
             pooling.avg_forward(x4, g, out)
         return out.reshape((n,) + out_spatial + (c,)), (argmax, g, x4.shape, x.shape, out.shape)
 
-    def backward(self, w, g, saved, dy):
+    def backward(self, w, g, saved, dy, need_dx=True):
         return _pool_backward(saved, dy)
 
 
@@ -115,7 +115,7 @@ class _Global(LayerSpec):
         y = out.reshape((n,) + self.compute_output_shape(x.shape[1:]))
         return y, (argmax, g, x4.shape, x.shape, out.shape)
 
-    def backward(self, w, g, saved, dy):
+    def backward(self, w, g, saved, dy, need_dx=True):
         return _pool_backward(saved, dy)
 
 

@@ -202,7 +202,7 @@ class SimpleRNN(_RNN):
         recurrent.simple_forward(xp, w[1], rg, rm, use_rmask, act, hs, pre)
         return self._output(hs), (xins, xmask, rmask, rg, hs, pre)
 
-    def backward(self, w, g, saved, dy):
+    def backward(self, w, g, saved, dy, need_dx=True):
         import numpy as np
 
         from ..kernels import recurrent
@@ -250,7 +250,7 @@ class LSTM(_RNN):
         recurrent.lstm_forward(xp, w[1], rg, rm, use_rmask, act, ract, hs, cs, acs, pre, gates)
         return self._output(hs), (xins, xmask, rmask, rg, hs, cs, acs, pre, gates)
 
-    def backward(self, w, g, saved, dy):
+    def backward(self, w, g, saved, dy, need_dx=True):
         import numpy as np
 
         from ..kernels import recurrent
@@ -303,7 +303,7 @@ class GRU(_RNN):
                               hs, pre, gates, aux)
         return self._output(hs), (xins, xmask, rmask, rm, rg, r2, hs, pre, gates, aux)
 
-    def backward(self, w, g, saved, dy):
+    def backward(self, w, g, saved, dy, need_dx=True):
         import numpy as np
 
         from ..kernels import recurrent

@@ -30,7 +30,7 @@ class Flatten(LayerSpec):
     def forward(self, w, x, training, rng):
         return x.reshape(x.shape[0], -1), x.shape
 
-    def backward(self, w, g, shape, dy):
+    def backward(self, w, g, shape, dy, need_dx=True):
         return dy.reshape(shape)
 
 
@@ -69,7 +69,7 @@ class Reshape(LayerSpec):
     def forward(self, w, x, training, rng):
         return x.reshape((x.shape[0], *self.target_shape)), x.shape
 
-    def backward(self, w, g, shape, dy):
+    def backward(self, w, g, shape, dy, need_dx=True):
         return dy.reshape(shape)
 
 
@@ -90,7 +90,7 @@ class Permute(LayerSpec):
 
         return np.ascontiguousarray(x.transpose((0, *self.dims))), None
 
-    def backward(self, w, g, saved, dy):
+    def backward(self, w, g, saved, dy, need_dx=True):
         import numpy as np
 
         return np.ascontiguousarray(dy.transpose(np.argsort((0, *self.dims))))
@@ -110,7 +110,7 @@ class RepeatVector(LayerSpec):
 
         return np.repeat(x[:, None, :], self.n, axis=1), None
 
-    def backward(self, w, g, saved, dy):
+    def backward(self, w, g, saved, dy, need_dx=True):
         return dy.sum(axis=1)
 
 
@@ -142,7 +142,7 @@ class _Padding(LayerSpec):
     def forward(self, w, x, training, rng):
         return _pad(x, self.padding), None
 
-    def backward(self, w, g, saved, dy):
+    def backward(self, w, g, saved, dy, need_dx=True):
         return _unpad(dy, self.padding)
 
 
@@ -150,7 +150,7 @@ class _Cropping(LayerSpec):
     def forward(self, w, x, training, rng):
         return _unpad(x, self.cropping), None
 
-    def backward(self, w, g, saved, dy):
+    def backward(self, w, g, saved, dy, need_dx=True):
         return _pad(dy, self.cropping)
 
 
@@ -220,7 +220,7 @@ class UpSampling1D(LayerSpec):
         y, saved = _upsample(x[:, :, None, :], self.size, 1, "nearest")
         return y[:, :, 0, :], saved
 
-    def backward(self, w, g, saved, dy):
+    def backward(self, w, g, saved, dy, need_dx=True):
         return _upsample_backward(dy[:, :, None, :], saved)[:, :, 0, :]
 
 
@@ -237,7 +237,7 @@ class UpSampling2D(LayerSpec):
     def forward(self, w, x, training, rng):
         return _upsample(x, self.size[0], self.size[1], self.interpolation)
 
-    def backward(self, w, g, saved, dy):
+    def backward(self, w, g, saved, dy, need_dx=True):
         return _upsample_backward(dy, saved)
 
 

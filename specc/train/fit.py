@@ -53,6 +53,7 @@ def _as_list(a) -> list[np.ndarray]:
 class Trainer:
     def __init__(self, engine: Engine, compile_def, seed: int | None = None):
         self.engine = engine
+        engine.input_gradients = False  # training never needs d(loss)/d(input)
         outputs = engine.graph.outputs
         self.output_names = list(outputs)
         loss = compile_def.loss
