@@ -21,6 +21,7 @@ import numba
 import numpy as np
 
 from . import JIT
+from .dense import column_sums
 
 
 @numba.njit(**JIT)
@@ -111,11 +112,7 @@ def conv_backward(cols, kernel, dy, use_bias, need_dk, need_dx, g, dkernel, dbia
     if need_dk:
         np.dot(cols.reshape(rows, cols.shape[3]).T, dy2, dkernel)
     if use_bias:
-        for j in range(f):
-            dbias[j] = 0
-        for r in range(rows):
-            for j in range(f):
-                dbias[j] += dy2[r, j]
+        column_sums(dy2, dbias)
     if need_dx:
         if _pointwise(g):
             np.dot(dy2, kernel.T, dx.reshape(rows, dx.shape[3]))

@@ -20,15 +20,22 @@ def forward(x, kernel, bias, use_bias, out):
 
 
 @numba.njit(**JIT)
+def column_sums(a, out):
+    """out (cols,) = a (rows, cols) summed over its rows: the bias gradient of Dense and convolutions.
+    An explicit loop: `a.sum(axis=0)` inside njit costs far more compile time."""
+    rows, cols = a.shape
+    for j in range(cols):
+        out[j] = 0
+    for r in range(rows):
+        for j in range(cols):
+            out[j] += a[r, j]
+
+
+@numba.njit(**JIT)
 def backward(x, kernel, dz, use_bias, need_dx, dkernel, dbias, dx):
     """dz (rows, units) -> dkernel (in, units) = x.T @ dz, dbias = sum over rows, dx = dz @ kernel.T."""
     np.dot(x.T, dz, dkernel)
     if use_bias:
-        rows, units = dz.shape
-        for j in range(units):
-            dbias[j] = 0
-        for r in range(rows):
-            for j in range(units):
-                dbias[j] += dz[r, j]
+        column_sums(dz, dbias)
     if need_dx:
         np.dot(dz, kernel.T, dx)

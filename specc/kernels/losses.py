@@ -18,17 +18,10 @@ import math
 import numba
 
 from . import JIT
+from .activations import _sigmoid  # the numerically stable scalar sigmoid, shared
 
 # Elementwise losses (Keras takes the mean over the last axis, except kl_divergence which sums it).
 MSE, MAE, HUBER, BCE, BCE_LOGITS, HINGE, KLD = range(7)
-
-
-@numba.njit(**JIT)
-def _sigmoid(x):
-    if x >= 0:
-        return 1.0 / (1.0 + math.exp(-x))
-    e = math.exp(x)
-    return e / (1.0 + e)
 
 
 @numba.njit(**JIT)
