@@ -73,6 +73,12 @@ def as_image(x):
 class _Windowed(LayerSpec):
     """Shared by layers that slide a kernel: subclasses define kernel_size, strides, padding, dilation_rate."""
 
+    def _window(self, sample_shape):
+        """(output spatial shape, kernel geometry) for samples of `sample_shape` (no batch axis)."""
+        out_spatial = self._spatial(sample_shape)
+        return out_spatial, geometry(sample_shape[:-1], out_spatial, self.kernel_size, self.strides,
+                                     self.dilation_rate, self.padding)
+
     def _channels(self, s):
         require_rank(self.type, s, spatial_axes(len(self.kernel_size)))
         if s[-1] is None:
@@ -126,8 +132,7 @@ class _Conv(_Windowed):
         from ..kernels import conv
 
         x4 = as_image(x)  # (N, H, W, C)
-        out_spatial = self._spatial(x.shape[1:])
-        g = geometry(x.shape[1:-1], out_spatial, self.kernel_size, self.strides, self.dilation_rate, self.padding)
+        out_spatial, g = self._window(x.shape[1:])
         n, _, _, c = x4.shape
         ho, wo = ((1,) + out_spatial)[-2:]
         f = self.filters
@@ -301,8 +306,7 @@ class DepthwiseConv2D(_Windowed):
         from ..kernels import conv
 
         x4 = np.ascontiguousarray(x)  # (N, H, W, C)
-        out_spatial = self._spatial(x4.shape[1:])
-        g = geometry(x4.shape[1:3], out_spatial, self.kernel_size, self.strides, self.dilation_rate, self.padding)
+        out_spatial, g = self._window(x4.shape[1:])
         cm = x4.shape[3] * self.depth_multiplier
         out = np.empty((x4.shape[0],) + out_spatial + (cm,), x4.dtype)  # (N, Ho, Wo, C*m)
         bias = w[1] if self.use_bias else np.zeros(cm, x4.dtype)
@@ -366,8 +370,7 @@ class SeparableConv2D(_Windowed):
         from ..kernels import conv
 
         x4 = np.ascontiguousarray(x)  # (N, H, W, C)
-        out_spatial = self._spatial(x4.shape[1:])
-        g = geometry(x4.shape[1:3], out_spatial, self.kernel_size, self.strides, self.dilation_rate, self.padding)
+        out_spatial, g = self._window(x4.shape[1:])
         n, cm, f = x4.shape[0], x4.shape[3] * self.depth_multiplier, self.filters
         z = np.empty((n,) + out_spatial + (cm,), x4.dtype)
         conv.depthwise_forward(x4, w[0], np.zeros(cm, x4.dtype), False, g, z)
