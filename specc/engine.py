@@ -36,15 +36,17 @@ class Step:
     grads: list[np.ndarray | None] = field(default_factory=list)
 
 
+def _resolve(alias: dict[str, str], name: str) -> str:
+    """The tensor a name stands for: a nested block's name means its last leaf's output."""
+    while name in alias:
+        name = alias[name]
+    return name
+
+
 def _flatten(graph: Graph) -> tuple[list[Step], dict[str, str]]:
     """Executable steps in order, and aliases from block names to the tensor their last leaf produces."""
     steps: list[Step] = []
     alias: dict[str, str] = {}
-
-    def resolve(name: str) -> str:
-        while name in alias:
-            name = alias[name]
-        return name
 
     def add(node: Node, inbound: list[str]) -> None:
         if node.children:
@@ -54,7 +56,7 @@ def _flatten(graph: Graph) -> tuple[list[Step], dict[str, str]]:
                 prev = [child.name]
             alias[node.name] = node.children[-1].name
             return
-        steps.append(Step(node.name, node.layer, [resolve(n) for n in inbound], node.trainable,
+        steps.append(Step(node.name, node.layer, [_resolve(alias, n) for n in inbound], node.trainable,
                           list(node.weights), node.input_shape, node.output_shape))
 
     for node in graph.nodes:
@@ -103,9 +105,7 @@ class Engine:
         self._values: dict[str, np.ndarray] = {}
 
     def _resolve(self, name: str) -> str:
-        while name in self._alias:
-            name = self._alias[name]
-        return name
+        return _resolve(self._alias, name)
 
     # --- weights -------------------------------------------------------------------------------------
 

@@ -86,10 +86,12 @@ def _print_errors(errors: list[SpecError]) -> None:
 
 
 def _spec_error(spec: Spec, path: tuple, message: str) -> SpecError:
-    from ..spec.errors import format_path
+    """A training-time problem (data, callbacks) positioned in the spec like a validation error."""
+    from ..spec.validate import Collector
 
-    line, col = spec.positions.of(path)
-    return SpecError(spec.file, line, col, format_path(path), message)
+    collector = Collector(spec.file, spec.positions)
+    collector.add(path, message)
+    return collector.errors[0]
 
 
 def _check_monitors(spec: Spec, has_validation: bool) -> list[SpecError]:
