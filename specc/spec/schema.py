@@ -180,16 +180,6 @@ class OptimizerDef(Strict):
         return self
 
 
-# Which OptimizerDef arguments each optimizer's update rule has (checked per key in validate.py, so an
-# argument the chosen optimizer does not take is reported on its own line).
-COMMON_OPTIMIZER_ARGS = ("learning_rate", "weight_decay", "clipnorm", "clipvalue", "global_clipnorm")
-OPTIMIZER_ARGS = {
-    "sgd": ("momentum", "nesterov"), "adam": ("beta_1", "beta_2", "epsilon", "amsgrad"),
-    "adamw": ("beta_1", "beta_2", "epsilon", "amsgrad"), "rmsprop": ("rho", "momentum", "epsilon", "centered"),
-    "adagrad": ("initial_accumulator_value", "epsilon"), "adadelta": ("rho", "epsilon"),
-    "nadam": ("beta_1", "beta_2", "epsilon"),
-}
-
 # Keras 3's defaults for each optimizer (the one table: specc.train.optimizers and the resolved spec use it).
 OPTIMIZER_DEFAULTS = {
     "sgd": dict(learning_rate=0.01, momentum=0.0, nesterov=False),
@@ -200,6 +190,12 @@ OPTIMIZER_DEFAULTS = {
     "adadelta": dict(learning_rate=0.001, rho=0.95, epsilon=1e-7),
     "nadam": dict(learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7),
 }
+
+# Which OptimizerDef arguments each optimizer's update rule has, derived from its defaults (checked per key
+# in validate.py, so an argument the chosen optimizer does not take is reported on its own line).
+COMMON_OPTIMIZER_ARGS = ("learning_rate", "weight_decay", "clipnorm", "clipvalue", "global_clipnorm")
+OPTIMIZER_ARGS = {name: tuple(k for k in defaults if k not in COMMON_OPTIMIZER_ARGS)
+                  for name, defaults in OPTIMIZER_DEFAULTS.items()}
 
 
 class CompileDef(Strict):
