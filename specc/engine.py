@@ -109,6 +109,13 @@ class Engine:
 
     # --- weights -------------------------------------------------------------------------------------
 
+    def offset_of(self, weight: np.ndarray) -> int:
+        """Where a layer's weight view starts in `params` (and, if trainable, in `grads`)."""
+        start = weight.__array_interface__["data"][0] - self.params.__array_interface__["data"][0]
+        if not (weight.base is self.params or weight.base is self.params.base) or start % self.dtype.itemsize:
+            raise ValueError("not a view into this engine's parameters")
+        return start // self.dtype.itemsize
+
     def initialize(self, seed: int | None) -> None:
         """Keras's default initializers, drawn in layer order from one seeded generator."""
         rng = np.random.default_rng(seed)

@@ -14,7 +14,10 @@ from 0 over a view vectorise, where a loop over range(start, stop) of the flat a
 cannot rule out negative indices there), a 4x difference.
 
 Scalars that depend only on the step number (bias corrections, the learning rate) are computed by the
-caller in float64 and passed in; pass them as Python floats/bools so each dtype compiles once.
+caller in float64 and passed in; pass them as Python floats/bools so each dtype compiles once. The element
+loops cast them to the parameters' dtype first: the update then runs in float32 for a float32 model, as
+Keras's and PyTorch's do, and about 3x faster than float64 arithmetic (vector sqrt and division are 2x
+wider, and there are no conversions).
 """
 
 from __future__ import annotations
@@ -27,7 +30,9 @@ from . import JIT
 
 NO_CLIP, CLIPNORM, CLIPVALUE, GLOBAL_CLIPNORM = range(4)
 
-_HUGE = 1.7976931348623157e308  # "no clip" bound: finite, since fastmath assumes there are no infinities
+# "No clip" bound: finite (fastmath assumes there are no infinities) in float32 as well as float64, since
+# the element loops compute in the parameters' dtype.
+_HUGE = 3.4028234663852886e38
 
 
 @numba.njit(**JIT)
@@ -67,6 +72,8 @@ def _clipping(clip_mode, clip, global_scale, g):
 
 @numba.njit(**JIT)
 def _sgd(w, grad, scale, lo, hi, decay, lr, momentum, nesterov, m):
+    t = w.dtype.type
+    scale, lo, hi, decay, lr, momentum = t(scale), t(lo), t(hi), t(decay), t(lr), t(momentum)
     for i in range(w.shape[0]):
         g = min(max(grad[i] * scale, lo), hi)
         if momentum != 0.0:
@@ -94,10 +101,13 @@ def sgd(params, grads, offsets, clip_mode, clip, decay, lr, momentum, nesterov, 
 
 @numba.njit(**JIT)
 def _adam(w, grad, scale, lo, hi, decay, alpha, beta_1, beta_2, epsilon, m, v):
+    t = w.dtype.type
+    scale, lo, hi, decay = t(scale), t(lo), t(hi), t(decay)
+    alpha, beta_1, beta_2, epsilon = t(alpha), t(beta_1), t(beta_2), t(epsilon)
     for i in range(w.shape[0]):
         g = min(max(grad[i] * scale, lo), hi)
-        mi = beta_1 * m[i] + (1.0 - beta_1) * g
-        vi = beta_2 * v[i] + (1.0 - beta_2) * g * g
+        mi = beta_1 * m[i] + (t(1.0) - beta_1) * g
+        vi = beta_2 * v[i] + (t(1.0) - beta_2) * g * g
         m[i] = mi
         v[i] = vi
         w[i] = w[i] * decay - mi * alpha / (math.sqrt(vi) + epsilon)
@@ -105,13 +115,16 @@ def _adam(w, grad, scale, lo, hi, decay, alpha, beta_1, beta_2, epsilon, m, v):
 
 @numba.njit(**JIT)
 def _amsgrad(w, grad, scale, lo, hi, decay, alpha, beta_1, beta_2, epsilon, m, v, v_hat):
+    t = w.dtype.type
+    scale, lo, hi, decay = t(scale), t(lo), t(hi), t(decay)
+    alpha, beta_1, beta_2, epsilon = t(alpha), t(beta_1), t(beta_2), t(epsilon)
     for i in range(w.shape[0]):
         g = min(max(grad[i] * scale, lo), hi)
-        mi = beta_1 * m[i] + (1.0 - beta_1) * g
-        vi = beta_2 * v[i] + (1.0 - beta_2) * g * g
+        mi = beta_1 * m[i] + (t(1.0) - beta_1) * g
+        vi = beta_2 * v[i] + (t(1.0) - beta_2) * g * g
         m[i] = mi
         v[i] = vi
-        vh = max(v_hat[i] * 1.0, vi)
+        vh = max(v_hat[i], vi)
         v_hat[i] = vh
         w[i] = w[i] * decay - mi * alpha / (math.sqrt(vh) + epsilon)
 
@@ -135,13 +148,16 @@ def adam(params, grads, offsets, clip_mode, clip, decay, alpha, beta_1, beta_2, 
 
 @numba.njit(**JIT)
 def _rmsprop(w, grad, scale, lo, hi, decay, lr, rho, momentum, epsilon, centered, velocity, mom, average_grad):
+    t = w.dtype.type
+    scale, lo, hi, decay = t(scale), t(lo), t(hi), t(decay)
+    lr, rho, momentum, epsilon = t(lr), t(rho), t(momentum), t(epsilon)
     for i in range(w.shape[0]):
         g = min(max(grad[i] * scale, lo), hi)
-        vi = rho * velocity[i] + (1.0 - rho) * g * g
+        vi = rho * velocity[i] + (t(1.0) - rho) * g * g
         velocity[i] = vi
         denominator = vi + epsilon
         if centered:
-            ag = rho * average_grad[i] + (1.0 - rho) * g
+            ag = rho * average_grad[i] + (t(1.0) - rho) * g
             average_grad[i] = ag
             denominator -= ag * ag
         increment = lr * g / math.sqrt(denominator)
@@ -167,6 +183,8 @@ def rmsprop(params, grads, offsets, clip_mode, clip, decay, lr, rho, momentum, e
 
 @numba.njit(**JIT)
 def _adagrad(w, grad, scale, lo, hi, decay, lr, epsilon, accumulator):
+    t = w.dtype.type
+    scale, lo, hi, decay, lr, epsilon = t(scale), t(lo), t(hi), t(decay), t(lr), t(epsilon)
     for i in range(w.shape[0]):
         g = min(max(grad[i] * scale, lo), hi)
         acc = accumulator[i] + g * g
@@ -188,12 +206,14 @@ def adagrad(params, grads, offsets, clip_mode, clip, decay, lr, epsilon, accumul
 
 @numba.njit(**JIT)
 def _adadelta(w, grad, scale, lo, hi, decay, lr, rho, epsilon, accumulated_grad, accumulated_delta_var):
+    t = w.dtype.type
+    scale, lo, hi, decay, lr, rho, epsilon = t(scale), t(lo), t(hi), t(decay), t(lr), t(rho), t(epsilon)
     for i in range(w.shape[0]):
         g = min(max(grad[i] * scale, lo), hi)
-        ag = rho * accumulated_grad[i] + (1.0 - rho) * g * g
+        ag = rho * accumulated_grad[i] + (t(1.0) - rho) * g * g
         accumulated_grad[i] = ag
         delta = -math.sqrt(accumulated_delta_var[i] + epsilon) * g / math.sqrt(ag + epsilon)
-        accumulated_delta_var[i] = rho * accumulated_delta_var[i] + (1.0 - rho) * delta * delta
+        accumulated_delta_var[i] = rho * accumulated_delta_var[i] + (t(1.0) - rho) * delta * delta
         w[i] = w[i] * decay + lr * delta
 
 
@@ -213,10 +233,13 @@ def adadelta(params, grads, offsets, clip_mode, clip, decay, lr, rho, epsilon, a
 
 @numba.njit(**JIT)
 def _nadam(w, grad, scale, lo, hi, decay, lr, beta_1, beta_2, epsilon, c_m, c_g, c_v, m, v):
+    t = w.dtype.type
+    scale, lo, hi, decay, lr = t(scale), t(lo), t(hi), t(decay), t(lr)
+    beta_1, beta_2, epsilon, c_m, c_g, c_v = t(beta_1), t(beta_2), t(epsilon), t(c_m), t(c_g), t(c_v)
     for i in range(w.shape[0]):
         g = min(max(grad[i] * scale, lo), hi)
-        mi = beta_1 * m[i] + (1.0 - beta_1) * g
-        vi = beta_2 * v[i] + (1.0 - beta_2) * g * g
+        mi = beta_1 * m[i] + (t(1.0) - beta_1) * g
+        vi = beta_2 * v[i] + (t(1.0) - beta_2) * g * g
         m[i] = mi
         v[i] = vi
         w[i] = w[i] * decay - lr * (c_m * mi + c_g * g) / (math.sqrt(c_v * vi) + epsilon)

@@ -16,6 +16,7 @@ import numpy as np
 from ..engine import Engine
 from . import metrics as M
 from .callbacks import Callback
+from .fused import DenseChain
 from .losses import get_loss
 from .optimizers import make_optimizer
 from .progress import Progress
@@ -83,6 +84,12 @@ class Trainer:
         for name, loss in zip(engine.output_names, self.losses):
             step = next(s for s in engine.steps if s.name == name)
             self.fused.append(loss.fuses_with if loss.fuses_with == step.layer.output_activation() else None)
+        # An MLP trains with one jitted call per step (train/fused.py); allow_fused=False forces the general
+        # path. fit() decides, since the API may still swap a loss after construction.
+        self.chain = DenseChain.of(engine)
+        self.allow_fused = True
+        self.fused_step = None
+        self._batch_buffers: dict[tuple, np.ndarray] = {}
 
     # --- the interface callbacks use ----------------------------------------------------------------
 
@@ -132,7 +139,10 @@ class Trainer:
 
     def _losses(self, xb, yb, sw, training: bool) -> tuple[list[float], list[np.ndarray], list[np.ndarray]]:
         """Forward, then each output's loss value and gradient (w.r.t. its pre-activation when fused)."""
-        preds = self.engine.forward(xb, training=training, rng=self.dropout_rng)
+        if not training and self.chain is not None and self.allow_fused:
+            preds = [self.chain.predict(xb[0])]
+        else:
+            preds = self.engine.forward(xb, training=training, rng=self.dropout_rng)
         values, grads = [], []
         for k, (loss, fused) in enumerate(zip(self.losses, self.fused)):
             if fused and training:
@@ -144,8 +154,12 @@ class Trainer:
         return values, grads, preds
 
     def train_step(self, xb, yb, sw) -> tuple[float, list[float], list[np.ndarray]]:
-        values, grads, preds = self._losses(xb, yb, sw, training=True)
-        self.engine.backward(grads, pre_activation=[f is not None for f in self.fused])
+        if self.fused_step is not None:
+            value, pred = self.fused_step(xb[0], yb[0], sw)
+            values, preds = [value], [pred]
+        else:
+            values, grads, preds = self._losses(xb, yb, sw, training=True)
+            self.engine.backward(grads, pre_activation=[f is not None for f in self.fused])
         self.optimizer.step(self.engine.params[: self.engine.n_trainable], self.engine.grads)
         total = sum(w * v for w, v in zip(self.loss_weights, values))
         return total, values, preds
@@ -164,6 +178,14 @@ class Trainer:
             split = int(n * (1 - validation_split))
             validation_data = ([a[split:] for a in x], [a[split:] for a in y])
             x, y, n = [a[:split] for a in x], [a[:split] for a in y], split
+        self.fused_step = None
+        if self.allow_fused and self.chain is not None and len(self.losses) == 1 and self.loss_weights == [1.0]:
+            self.fused_step = self.chain.trainer(self.losses[0], self.fused[0])
+        # Cast once rather than per batch (no copy when the arrays already have the model's dtype).
+        x = [np.ascontiguousarray(a, self.engine.dtype) if np.issubdtype(np.asarray(a).dtype, np.floating) else a
+             for a in x]
+        if self.fused_step is not None:
+            y = [self.fused_step.targets(y[0])]
         callbacks = callbacks or []
         for cb in callbacks:
             cb.trainer = self
@@ -187,13 +209,17 @@ class Trainer:
                 start, total_sum, out_sums, seen = 0, 0.0, [0.0] * len(self.losses), 0
             self.progress.epoch_begin(epoch, epochs, steps)
             for step in range(start, steps):
-                idx = order[step * batch_size: (step + 1) * batch_size]
-                xb, yb = [a[idx] for a in x], [a[idx] for a in y]
+                if shuffle:
+                    idx = order[step * batch_size: (step + 1) * batch_size]
+                    xb, yb = self._gather(x, idx, "x"), self._gather(y, idx, "y")
+                else:  # batches in order are views: no copy
+                    xb = [a[step * batch_size: (step + 1) * batch_size] for a in x]
+                    yb = [a[step * batch_size: (step + 1) * batch_size] for a in y]
                 sw = _class_weights(class_weight, yb[0]) if class_weight else None
                 total, values, preds = self.train_step(xb, yb, sw)
                 if not np.isfinite(total):
                     raise Diverged(epoch, step + 1, total)
-                b = len(idx)
+                b = len(xb[0])
                 total_sum += total * b
                 out_sums = [s + v * b for s, v in zip(out_sums, values)]
                 seen += b
@@ -229,6 +255,20 @@ class Trainer:
             cb.on_train_end()
         return history
 
+    def _gather(self, arrays: list[np.ndarray], idx: np.ndarray, role: str) -> list[np.ndarray]:
+        """The rows `idx` of each array, copied into a buffer kept per batch size (no allocation per step).
+        A buffer is overwritten by the next step's batch: nothing may keep it past the step."""
+        out = []
+        for k, a in enumerate(arrays):
+            a = np.asarray(a)
+            key = (role, k, len(idx), a.shape[1:], a.dtype.str)
+            buf = self._batch_buffers.get(key)
+            if buf is None:
+                buf = self._batch_buffers[key] = np.empty((len(idx),) + a.shape[1:], a.dtype)
+            np.take(a, idx, axis=0, out=buf, mode="clip")  # the default mode="raise" copies through a temporary
+            out.append(buf)
+        return out
+
     def epoch_done(self, epoch: int, history: History) -> None:
         """Hook for the run directory (checkpoint after each epoch); nothing by default."""
 
@@ -263,6 +303,12 @@ class Trainer:
         """Inference in batches; needs no loss or optimizer."""
         x = _as_list(x)
         n = len(x[0])
+        chain = DenseChain.of(engine)
+        if chain is not None:  # one jitted call per batch, written straight into the result
+            out = np.empty((n, chain.units_out), engine.dtype)
+            for start in range(0, n, batch_size):
+                out[start: start + batch_size] = chain.predict(x[0][start: start + batch_size])
+            return [out]
         parts: list[list[np.ndarray]] = [[] for _ in engine.output_names]
         for start in range(0, n, batch_size):
             outs = engine.forward([a[start: start + batch_size] for a in x], training=False)

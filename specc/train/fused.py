@@ -1,0 +1,141 @@
+"""The fused path for MLPs: a model that is one chain of Dense layers trains with one jitted call per step
+(specc/kernels/fused.py) instead of a Python call per layer, and predicts with one call per batch.
+
+    chain = DenseChain.of(engine)                 # None unless the model is such a chain
+    step = chain.trainer(loss, fused_activation)   # None unless the loss can run inside the kernel
+    y = step.targets(y)                            # once per fit: cast and check the targets
+    value, preds = step(xb, yb, sample_weight)     # fills engine.grads; preds is a view, valid until the next call
+
+It computes exactly what Engine.forward/backward and the Loss compute (the same kernels, in the same
+order), so the two paths agree to rounding; tests/test_fused.py checks it. Anything the kernel does not
+cover (other layers, several inputs or outputs, frozen layers, loss weights) keeps the general path.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..engine import Engine
+from ..kernels import activations as A
+from ..kernels import fused as K
+from ..kernels import losses as KL
+from .losses import _ELEMENTWISE, Loss, _bounds
+
+
+class DenseChain:
+    """Weights offsets and activations of a Dense-only chain, and its workspaces per batch size."""
+
+    def __init__(self, engine: Engine, layout: np.ndarray):
+        self.engine = engine
+        self.layout = layout  # (layers, 5): kernel offset, bias offset or -1, in, out, activation code
+        self.units_out = int(layout[-1, 3])
+        self._plans: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    @classmethod
+    def of(cls, engine: Engine) -> DenseChain | None:
+        steps = engine.steps
+        if len(engine.input_names) != 1 or len(engine.output_names) != 1 or not steps:
+            return None
+        rows = []
+        previous = engine.input_names[0]
+        for s in steps:
+            layer = s.layer
+            if (layer.type != "Dense" or s.inbound != [previous] or len(s.input_shape) != 1
+                    or not s.trainable or not all(w.trainable for w in s.specs)):
+                return None
+            offsets = [engine.offset_of(w) for w in s.weights]
+            if any(o + w.size > engine.n_trainable for o, w in zip(offsets, s.weights)):
+                return None
+            rows.append([offsets[0], offsets[1] if layer.use_bias else -1, s.input_shape[0], layer.units,
+                         A.CODE[layer.activation]])
+            previous = s.name
+        if engine.output_names[0] != previous:
+            return None
+        return cls(engine, np.array(rows, np.int64))
+
+    def plan(self, batch: int) -> tuple[np.ndarray, np.ndarray]:
+        """(plan, workspace) for `batch` rows: made once per batch size, then reused."""
+        found = self._plans.get(batch)
+        if found is None:
+            plan = K.plan(self.layout, batch)
+            found = self._plans[batch] = (plan, np.empty(plan[-1, 2], self.engine.dtype))
+        return found
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """The model's output for x (batch, in): a view into the workspace, valid until the next call."""
+        x = np.ascontiguousarray(x, self.engine.dtype)
+        plan, work = self.plan(len(x))
+        return K.forward(x, self.engine.params, plan, work)
+
+    def trainer(self, loss: Loss, fused: str | None) -> FusedStep | None:
+        if loss.name == "hinge":  # Keras decides per batch whether labels are 0/1: keep the general path
+            return None
+        return FusedStep(self, loss, fused)
+
+
+class FusedStep:
+    """One training step of a DenseChain under one loss (see the module docstring)."""
+
+    def __init__(self, chain: DenseChain, loss: Loss, fused: str | None):
+        self.chain, self.loss = chain, loss
+        lo, hi = _bounds(chain.engine.dtype)
+        from_logits = loss.from_logits or fused is not None
+        if loss.name == "sparse_categorical_crossentropy":
+            kind, code = K.SPARSE, 0
+        elif loss.name == "categorical_crossentropy":
+            kind, code = K.CATEGORICAL, 0
+        else:
+            kind, code = K.ELEMENTWISE, _ELEMENTWISE[loss.name]
+            if code == KL.BCE and from_logits:
+                code = KL.BCE_LOGITS
+        row_scale = 1.0 if code == KL.KLD else 1.0 / chain.units_out
+        # [kind, elementwise code, from_logits, lo, hi, delta, row scale, hinge_binary, reads logits]
+        self.args = np.array([kind, code, from_logits, lo, hi, loss.delta, row_scale, 0.0, fused is not None],
+                             np.float64)
+        self.kind = kind
+        self._ones: dict[int, np.ndarray] = {}
+        self._empty_labels = np.zeros(0, np.int64)
+        self._empty_targets = np.zeros((0, 0), chain.engine.dtype)
+
+    def targets(self, y: np.ndarray) -> np.ndarray:
+        """y cast once for the whole fit (same shape: metrics still see it as the user gave it), with the
+        checks the Loss makes per batch."""
+        n_out = self.chain.units_out
+        y = np.asarray(y)
+        if self.kind == K.SPARSE:
+            if y.size != len(y) or (y.ndim > 1 and y.shape[-1] != 1):
+                raise ValueError(f"sparse labels of shape {y.shape} do not match y_pred of shape (batch, {n_out})")
+            y = np.ascontiguousarray(y.astype(np.int64, copy=False))  # truncates, as Keras's cast
+            if y.size and (y.min() < 0 or y.max() >= n_out):
+                raise ValueError(f"labels must be in [0, {n_out}), got values in [{y.min()}, {y.max()}]")
+            return y
+        y = np.ascontiguousarray(y, self.chain.engine.dtype)
+        if y.size != len(y) * n_out or (self.kind == K.CATEGORICAL and y.shape[1:] != (n_out,)):
+            raise ValueError(f"y_true of shape {y.shape} does not match y_pred of shape (batch, {n_out})")
+        return y
+
+    def __call__(self, xb: np.ndarray, yb: np.ndarray, sample_weight=None) -> tuple[float, np.ndarray]:
+        chain, engine = self.chain, self.chain.engine
+        batch = len(xb)
+        xb = np.ascontiguousarray(xb, engine.dtype)
+        if sample_weight is None:
+            weights = self._ones.get(batch)
+            if weights is None:
+                weights = self._ones[batch] = np.ones(batch)
+        else:
+            weights = np.ascontiguousarray(sample_weight, np.float64).reshape(batch)
+        if self.kind == K.SPARSE:
+            labels, targets = yb.reshape(batch), self._empty_targets
+        else:
+            labels, targets = self._empty_labels, yb.reshape(batch, chain.units_out)
+        plan, work = chain.plan(batch)
+        value = K.train_step(xb, labels, targets, weights, engine.params, engine.grads, plan, self.args, work)
+        at = plan[-2, K.A_AT]
+        preds = work[at: at + batch * chain.units_out].reshape(batch, chain.units_out)
+        # The kernels run with fastmath, which assumes no NaN: look at the outputs explicitly, as Loss does.
+        # (A sum in the outputs' own dtype: asking for float64 makes NumPy allocate a cast buffer.)
+        if not math.isfinite(float(preds.sum())):
+            value = float("nan")
+        return float(value), preds
