@@ -17,7 +17,8 @@ Scalars that depend only on the step number (bias corrections, the learning rate
 caller in float64 and passed in; pass them as Python floats/bools so each dtype compiles once. The element
 loops cast them to the parameters' dtype first: the update then runs in float32 for a float32 model, as
 Keras's and PyTorch's do, and about 3x faster than float64 arithmetic (vector sqrt and division are 2x
-wider, and there are no conversions).
+wider, and there are no conversions). Complements like 1 - beta_2 are taken in float64 and rounded once:
+float32(1) - float32(0.999) is 1.3e-5 off 0.001, a bias in every step.
 """
 
 from __future__ import annotations
@@ -102,12 +103,14 @@ def sgd(params, grads, offsets, clip_mode, clip, decay, lr, momentum, nesterov, 
 @numba.njit(**JIT)
 def _adam(w, grad, scale, lo, hi, decay, alpha, beta_1, beta_2, epsilon, m, v):
     t = w.dtype.type
+    one_minus_beta_1 = t(1.0 - beta_1)
+    one_minus_beta_2 = t(1.0 - beta_2)
     scale, lo, hi, decay = t(scale), t(lo), t(hi), t(decay)
     alpha, beta_1, beta_2, epsilon = t(alpha), t(beta_1), t(beta_2), t(epsilon)
     for i in range(w.shape[0]):
         g = min(max(grad[i] * scale, lo), hi)
-        mi = beta_1 * m[i] + (t(1.0) - beta_1) * g
-        vi = beta_2 * v[i] + (t(1.0) - beta_2) * g * g
+        mi = beta_1 * m[i] + one_minus_beta_1 * g
+        vi = beta_2 * v[i] + one_minus_beta_2 * g * g
         m[i] = mi
         v[i] = vi
         w[i] = w[i] * decay - mi * alpha / (math.sqrt(vi) + epsilon)
@@ -116,12 +119,14 @@ def _adam(w, grad, scale, lo, hi, decay, alpha, beta_1, beta_2, epsilon, m, v):
 @numba.njit(**JIT)
 def _amsgrad(w, grad, scale, lo, hi, decay, alpha, beta_1, beta_2, epsilon, m, v, v_hat):
     t = w.dtype.type
+    one_minus_beta_1 = t(1.0 - beta_1)
+    one_minus_beta_2 = t(1.0 - beta_2)
     scale, lo, hi, decay = t(scale), t(lo), t(hi), t(decay)
     alpha, beta_1, beta_2, epsilon = t(alpha), t(beta_1), t(beta_2), t(epsilon)
     for i in range(w.shape[0]):
         g = min(max(grad[i] * scale, lo), hi)
-        mi = beta_1 * m[i] + (t(1.0) - beta_1) * g
-        vi = beta_2 * v[i] + (t(1.0) - beta_2) * g * g
+        mi = beta_1 * m[i] + one_minus_beta_1 * g
+        vi = beta_2 * v[i] + one_minus_beta_2 * g * g
         m[i] = mi
         v[i] = vi
         vh = max(v_hat[i], vi)
@@ -149,15 +154,16 @@ def adam(params, grads, offsets, clip_mode, clip, decay, alpha, beta_1, beta_2, 
 @numba.njit(**JIT)
 def _rmsprop(w, grad, scale, lo, hi, decay, lr, rho, momentum, epsilon, centered, velocity, mom, average_grad):
     t = w.dtype.type
+    one_minus_rho = t(1.0 - rho)
     scale, lo, hi, decay = t(scale), t(lo), t(hi), t(decay)
     lr, rho, momentum, epsilon = t(lr), t(rho), t(momentum), t(epsilon)
     for i in range(w.shape[0]):
         g = min(max(grad[i] * scale, lo), hi)
-        vi = rho * velocity[i] + (t(1.0) - rho) * g * g
+        vi = rho * velocity[i] + one_minus_rho * g * g
         velocity[i] = vi
         denominator = vi + epsilon
         if centered:
-            ag = rho * average_grad[i] + (t(1.0) - rho) * g
+            ag = rho * average_grad[i] + one_minus_rho * g
             average_grad[i] = ag
             denominator -= ag * ag
         increment = lr * g / math.sqrt(denominator)
@@ -207,13 +213,14 @@ def adagrad(params, grads, offsets, clip_mode, clip, decay, lr, epsilon, accumul
 @numba.njit(**JIT)
 def _adadelta(w, grad, scale, lo, hi, decay, lr, rho, epsilon, accumulated_grad, accumulated_delta_var):
     t = w.dtype.type
+    one_minus_rho = t(1.0 - rho)
     scale, lo, hi, decay, lr, rho, epsilon = t(scale), t(lo), t(hi), t(decay), t(lr), t(rho), t(epsilon)
     for i in range(w.shape[0]):
         g = min(max(grad[i] * scale, lo), hi)
-        ag = rho * accumulated_grad[i] + (t(1.0) - rho) * g * g
+        ag = rho * accumulated_grad[i] + one_minus_rho * g * g
         accumulated_grad[i] = ag
         delta = -math.sqrt(accumulated_delta_var[i] + epsilon) * g / math.sqrt(ag + epsilon)
-        accumulated_delta_var[i] = rho * accumulated_delta_var[i] + (t(1.0) - rho) * delta * delta
+        accumulated_delta_var[i] = rho * accumulated_delta_var[i] + one_minus_rho * delta * delta
         w[i] = w[i] * decay + lr * delta
 
 
@@ -234,12 +241,14 @@ def adadelta(params, grads, offsets, clip_mode, clip, decay, lr, rho, epsilon, a
 @numba.njit(**JIT)
 def _nadam(w, grad, scale, lo, hi, decay, lr, beta_1, beta_2, epsilon, c_m, c_g, c_v, m, v):
     t = w.dtype.type
+    one_minus_beta_1 = t(1.0 - beta_1)
+    one_minus_beta_2 = t(1.0 - beta_2)
     scale, lo, hi, decay, lr = t(scale), t(lo), t(hi), t(decay), t(lr)
     beta_1, beta_2, epsilon, c_m, c_g, c_v = t(beta_1), t(beta_2), t(epsilon), t(c_m), t(c_g), t(c_v)
     for i in range(w.shape[0]):
         g = min(max(grad[i] * scale, lo), hi)
-        mi = beta_1 * m[i] + (t(1.0) - beta_1) * g
-        vi = beta_2 * v[i] + (t(1.0) - beta_2) * g * g
+        mi = beta_1 * m[i] + one_minus_beta_1 * g
+        vi = beta_2 * v[i] + one_minus_beta_2 * g * g
         m[i] = mi
         v[i] = vi
         w[i] = w[i] * decay - lr * (c_m * mi + c_g * g) / (math.sqrt(c_v * vi) + epsilon)
