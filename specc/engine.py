@@ -12,6 +12,7 @@ mode can all-reduce `grads` in one call. Each layer sees its weights as views in
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +20,7 @@ import numpy as np
 
 from .graph import Graph, Node
 from .layers.base import LayerSpec, WeightSpec
+from .workspace import Workspace, empty
 
 
 @dataclass
@@ -100,6 +102,8 @@ class Engine:
         # training does not (the Trainer turns them off, saving the first layer's largest product).
         self.input_gradients = True
         self._input_set = set(self.input_names)
+        # Arrays a training step reuses at the next step (see workspace.py): forward/backward(reuse=True).
+        self.workspace = Workspace()
         self._saved: dict[str, Any] = {}
         self._pre: dict[str, np.ndarray] = {}
         self._values: dict[str, np.ndarray] = {}
@@ -139,22 +143,33 @@ class Engine:
 
     # --- execution -----------------------------------------------------------------------------------
 
-    def forward(self, inputs: list[np.ndarray], training: bool = False, rng: Any = None) -> list[np.ndarray]:
-        from .kernels import activations
+    def _buffers(self, reuse: bool):
+        return self.workspace.active() if reuse else contextlib.nullcontext()
 
+    def forward(self, inputs: list[np.ndarray], training: bool = False, rng: Any = None,
+                reuse: bool = False) -> list[np.ndarray]:
+        """The model's outputs. reuse=True (the training loop) takes every array from the workspace: the
+        outputs and everything saved for backward are then only valid until the next step."""
         if len(inputs) != len(self.input_names):
             raise ValueError(f"model takes {len(self.input_names)} inputs, got {len(inputs)}")
+        with self._buffers(reuse):
+            return self._forward(inputs, training, rng)
+
+    def _forward(self, inputs, training, rng) -> list[np.ndarray]:
+        from .kernels import activations
+
         values = {n: np.asarray(x, self.dtype) for n, x in zip(self.input_names, inputs)}
         self._saved.clear()
         self._pre.clear()
         for s in self.steps:
+            self.workspace.owner = s.name
             x = [values[n] for n in s.inbound] if s.layer.is_merge else values[s.inbound[0]]
             # Batch statistics are used in training unless the layer is frozen (Keras's BN rule).
             y, saved = s.layer.forward(s.weights, x, training and s.trainable, rng)
             act = s.layer.output_activation()
             if act != "linear":
                 z = np.ascontiguousarray(y)
-                y = np.empty_like(z)
+                y = empty("activation", z.shape, z.dtype)
                 activations.forward(activations.CODE[act], activations.as_rows(z), activations.as_rows(y))
                 self._pre[s.name] = z
             self._saved[s.name] = saved
@@ -162,12 +177,17 @@ class Engine:
         self._values = values
         return [values[n] for n in self.output_names]
 
-    def backward(self, d_outputs: list[np.ndarray], pre_activation: list[bool] | None = None) -> None:
+    def backward(self, d_outputs: list[np.ndarray], pre_activation: list[bool] | None = None,
+                 reuse: bool = False) -> None:
         """Fills `self.grads` from the gradients of the loss w.r.t. the outputs of the last forward.
 
         pre_activation[i] says d_outputs[i] is already the gradient w.r.t. the output layer's
         pre-activation (the fused softmax + cross-entropy path).
         """
+        with self._buffers(reuse):
+            self._backward(d_outputs, pre_activation)
+
+    def _backward(self, d_outputs, pre_activation) -> None:
         from .kernels import activations
 
         pre_activation = pre_activation or [False] * len(d_outputs)
@@ -181,9 +201,10 @@ class Engine:
             dy = grads.pop(s.name, None)
             if dy is None:
                 continue  # does not reach any output
+            self.workspace.owner = s.name
             if s.name in self._pre and s.name not in fused:
                 z, y = self._pre[s.name], self._values[s.name]
-                dz = np.empty_like(z)
+                dz = empty("d_activation", z.shape, z.dtype)
                 activations.backward(activations.CODE[s.layer.output_activation()], activations.as_rows(z),
                                      activations.as_rows(y), activations.as_rows(np.ascontiguousarray(dy)),
                                      activations.as_rows(dz))

@@ -142,15 +142,20 @@ class Trainer:
         if not training and self.chain is not None and self.allow_fused:
             preds = [self.chain.predict(xb[0])]
         else:
-            preds = self.engine.forward(xb, training=training, rng=self.dropout_rng)
+            preds = self.engine.forward(xb, training=training, rng=self.dropout_rng, reuse=True)
         values, grads = [], []
-        for k, (loss, fused) in enumerate(zip(self.losses, self.fused)):
-            if fused and training:
-                value, grad = loss.fused(fused, yb[k], self.engine._pre[self.engine.output_names[k]], sw)
-            else:
-                value, grad = loss(yb[k], preds[k], sw)
-            values.append(value)
-            grads.append(grad * self.loss_weights[k])
+        workspace = self.engine.workspace
+        with workspace.active():  # the losses' gradient arrays are reused from step to step too
+            for k, (loss, fused) in enumerate(zip(self.losses, self.fused)):
+                workspace.owner = f"loss {k}"
+                if fused and training:
+                    value, grad = loss.fused(fused, yb[k], self.engine._pre[self.engine.output_names[k]], sw)
+                else:
+                    value, grad = loss(yb[k], preds[k], sw)
+                if self.loss_weights[k] != 1.0:
+                    grad *= self.loss_weights[k]
+                values.append(value)
+                grads.append(grad)
         return values, grads, preds
 
     def train_step(self, xb, yb, sw) -> tuple[float, list[float], list[np.ndarray]]:
@@ -159,7 +164,7 @@ class Trainer:
             values, preds = [value], [pred]
         else:
             values, grads, preds = self._losses(xb, yb, sw, training=True)
-            self.engine.backward(grads, pre_activation=[f is not None for f in self.fused])
+            self.engine.backward(grads, pre_activation=[f is not None for f in self.fused], reuse=True)
         self.optimizer.step(self.engine.params[: self.engine.n_trainable], self.engine.grads)
         total = sum(w * v for w, v in zip(self.loss_weights, values))
         return total, values, preds

@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..kernels import losses as K
+from ..workspace import empty
 from ..spec.schema import LOSS_ALIASES, LOSSES
 
 EPSILON = 1e-7  # keras.backend.epsilon()
@@ -58,7 +59,9 @@ def _row_weights(sample_weight, values_shape: tuple) -> np.ndarray:
     """One weight per per-sample loss value: (batch,) weights are repeated over any time axes."""
     rows = int(np.prod(values_shape))
     if sample_weight is None:
-        return np.ones(rows)
+        ones = empty("ones", (rows,), np.float64)
+        ones[...] = 1.0
+        return ones
     w = np.asarray(sample_weight, np.float64)
     if w.size == rows:
         return np.ascontiguousarray(w.reshape(rows))
@@ -129,7 +132,7 @@ class Loss:
             values_shape = shape[:-1]
             pred = y_pred.reshape(-1, shape[-1])
             weights = _row_weights(sample_weight, values_shape)
-            grad = np.empty_like(pred)
+            grad = empty("gradient", pred.shape, pred.dtype)
             inv = 1.0 / max(len(pred), 1)
             if self.name == "categorical_crossentropy":
                 true = _float(y_true, y_pred.dtype)
@@ -159,7 +162,7 @@ class Loss:
         hinge_binary = code == K.HINGE and bool(np.all((true == 0) | (true == 1)))
         row_scale = 1.0 if code == K.KLD else 1.0 / pred.shape[1]
         weights = _row_weights(sample_weight, values_shape)
-        grad = np.empty_like(pred)
+        grad = empty("gradient", pred.shape, pred.dtype)
         value = K.elementwise(code, true, pred, weights, row_scale, 1.0 / max(len(pred), 1), self.delta,
                               lo, hi, hinge_binary, grad)
         return float(value), grad.reshape(shape)
