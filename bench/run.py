@@ -433,6 +433,8 @@ def main() -> None:
                     row["check_vs_torch"] = check_row(kind, by_fw[fw], by_fw["torch"], args.tol, args.pred_tol)
                 if fw == "specc" and kind == "train" and len(ok) > 1:
                     row["specc_repeatable"] = all(r["step_losses"] == ok[0]["step_losses"] for r in ok[1:])
+                if fw == "specc" and kind == "train" and ok and "step_alloc_bytes" in ok[0]:
+                    row["step_alloc_bytes_max"] = max(r["step_alloc_bytes"] for r in ok)
                 rows.append(row)
 
     header = (f"{'workload':15} {'thr':>3} {'framework':9} {'samples/s min':>13} {'median':>10} {'max':>10} "
@@ -458,6 +460,8 @@ def main() -> None:
             check += "  [specc NOT repeatable run to run]"
         if row["failed_runs"]:
             check += f"  [{row['failed_runs']} failed run(s)]"
+        if "step_alloc_bytes_max" in row:
+            check += f"  alloc/step {row['step_alloc_bytes_max'] / 1024:.1f} KB"
         print(f"{row['workload']:15} {row['threads']:>3} {row['framework']:9} {fmt_rate(s.get('min')):>13} "
               f"{fmt_rate(s.get('median')):>10} {fmt_rate(s.get('max')):>10} "
               f"{(f'{ratio:.2f}' if ratio is not None else ('1.00' if row['framework'] == 'torch' else '-')):>8} "

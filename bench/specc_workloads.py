@@ -78,7 +78,36 @@ def main() -> None:
     steps = _child.steps_from_running_means(record.means, _child.batch_sizes(len(x), batch))
     result.update(seconds=seconds, samples=len(x) * epochs, samples_per_s=len(x) * epochs / seconds,
                   steps=len(steps), step_losses=steps)
+    result.update(step_alloc_bytes=step_allocations(trainer, x, y, batch))
     _child.write_result(result_path, result)
+
+
+def step_allocations(trainer, x, y, batch: int, steps: int = 20) -> int:
+    """The most memory any steady-state step allocated beyond what the previous step held, by tracemalloc
+    (which sees every NumPy array): after the timed fit, so every batch size has its buffers already.
+    Python objects (the logs dict, floats, views) account for the ~1-2 KB a step shows at best."""
+    import tracemalloc
+
+    from specc.train.callbacks import Callback
+
+    class StepPeak(Callback):
+        def __init__(self):
+            self.peaks, self.base = [], tracemalloc.get_traced_memory()[0]
+
+        def on_batch_end(self, step, logs):
+            current, peak = tracemalloc.get_traced_memory()
+            self.peaks.append(peak - self.base)
+            tracemalloc.reset_peak()
+            self.base = current
+
+    n = min(len(x), steps * batch)
+    tracemalloc.start()
+    try:
+        record = StepPeak()
+        trainer.fit(x[:n], y[:n], batch_size=batch, epochs=1, shuffle=False, callbacks=[record], verbose=0)
+    finally:
+        tracemalloc.stop()
+    return max(record.peaks[1:] or [0])
 
 
 if __name__ == "__main__":
