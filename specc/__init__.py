@@ -6,26 +6,27 @@ Python API with Keras 3's semantics on the same schema, graph, engine and traini
 `callbacks`. Heavy runtime modules (Numba) are imported lazily, when a model first runs.
 """
 
-# The spec package first: importing it loads the layer registry in the one order that has no import cycle
-# (specc.layers on its own would reach specc.spec, which needs the registry half-way through).
-from .spec import Spec, SpecError, SpecInvalid, load_spec, load_spec_text
-
-# isort: split
-from . import layers
-
-# The Python API loads on first use (PEP 562), so `specc validate` / `specc summary` do not pay for it.
-_API = ("Input", "InputLayer", "KerasTensor", "Model", "Sequential", "callbacks", "clear_session", "load",
-        "losses", "metrics", "optimizers", "set_random_seed")
+# Everything here loads on first use (PEP 562): `import specc.cli` runs this file before any command, and
+# the command decides what it needs — `specc --help` needs neither pydantic nor YAML, `specc summary` not
+# the Python API.
+_FROM = {
+    "Spec": "spec", "SpecError": "spec", "SpecInvalid": "spec", "load_spec": "spec", "load_spec_text": "spec",
+    **{name: "api" for name in ("Input", "InputLayer", "KerasTensor", "Model", "Sequential", "callbacks",
+                                "clear_session", "load", "losses", "metrics", "optimizers", "set_random_seed")},
+}
 
 
 def __getattr__(name: str):
-    if name in _API:
-        from . import api
+    import importlib
 
-        value = getattr(api, name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'specc' has no attribute {name!r}")
+    if name in _FROM:
+        value = getattr(importlib.import_module(f".{_FROM[name]}", __name__), name)
+    elif name == "layers":
+        value = importlib.import_module(".layers", __name__)
+    else:
+        raise AttributeError(f"module 'specc' has no attribute {name!r}")
+    globals()[name] = value
+    return value
 
 
 __version__ = "0.1.0"

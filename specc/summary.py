@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 from typing import Any
 
 from .graph import Graph, Node
@@ -82,11 +83,6 @@ def _sequential_like(graph: Graph) -> bool:
 
 def summary_text(graph: Graph, expand_nested: bool = False, show_trainable: bool = False,
                  batch_size: int = 32) -> str:
-    import rich.box
-    import rich.console
-    import rich.markup
-    import rich.table
-
     sequential = _sequential_like(graph)
     if sequential:
         line_length, positions = 88, [0.45, 0.80, 1.0]
@@ -106,25 +102,24 @@ def summary_text(graph: Graph, expand_nested: bool = False, show_trainable: bool
         widths.append(width)
         current += width
 
-    columns = [rich.table.Column(h, justify=j, width=w) for h, j, w in zip(header, justify, widths)]
-    table = rich.table.Table(*columns, width=line_length, show_lines=True, box=rich.box.HEAVY_HEAD)
+    rows = []
     for node, level in _rows(graph, expand_nested):
         prefix = ("   " * level + "└ ") if level else ""
-        cells = [f"{rich.markup.escape(prefix + node.name)} ({node.type})", batch_shape(node.output_shape, graph.batch_size),
+        cells = [f"{prefix}{node.name} ({node.type})", batch_shape(node.output_shape, graph.batch_size),
                  f"{node.params():,}"]
         if not sequential:
-            cells.append(", ".join(f"{rich.markup.escape(r)}[0][0]" for r in node.inbound) or "-")
+            cells.append(", ".join(f"{r}[0][0]" for r in node.inbound) or "-")
         if show_trainable:
             has_weights = bool(node.weights) or any(c.weights for c in node.leaves() if c is not node)
             cells.append(("Y" if node.trainable else "N") if has_weights else "-")
-        table.add_row(*cells)
+        rows.append(cells)
+    if all(_PLAIN.fullmatch(cell) for cells in (header, *rows) for cell in cells):
+        table = box_table(header, justify, widths, line_length, rows)
+    else:
+        table = _rich_table(header, justify, widths, line_length, rows)
 
-    buf = io.StringIO()
-    console = rich.console.Console(file=buf, width=line_length, no_color=True, force_terminal=False,
-                                   highlight=False, legacy_windows=False, emoji=False)
-    console.print(table)
     total, trainable = graph.params(), graph.params(trainable=True)
-    lines = [f'Model: "{graph.name}"', buf.getvalue().rstrip("\n")]
+    lines = [f'Model: "{graph.name}"', table]
     lines.append(f" Total params: {total:,} ({readable_size(total * BYTES_PER_VALUE)})")
     lines.append(f" Trainable params: {trainable:,} ({readable_size(trainable * BYTES_PER_VALUE)})")
     lines.append(f" Non-trainable params: {total - trainable:,} ({readable_size((total - trainable) * BYTES_PER_VALUE)})")
@@ -182,3 +177,105 @@ def summary_json(graph: Graph, batch_size: int = 32) -> dict[str, Any]:
         "non_trainable_params": total - trainable,
         **estimates(graph, batch_size),
     }
+
+
+# --- the table ---------------------------------------------------------------------------------------------
+# Keras prints its summary with rich. Importing rich costs ~25 ms, a tenth of `specc summary`, so plain text
+# is laid out here by rich's rules for this one table shape (rich/table.py, rich/_wrap.py, rich/text.py):
+# fixed column widths plus one space of padding a side, shrunk evenly to fit between the borders; words
+# wrapped onto new lines; a word longer than its column cut short with "…". tests/test_summary.py checks
+# this against rich itself. Other text (wide or combining characters, whose cell widths rich measures from
+# its own tables) still goes through rich.
+
+_PLAIN = re.compile(r"[ -~└]*")  # printable ASCII and the nesting mark: one cell per character
+_WORD = re.compile(r"\s*\S+\s*")  # a word with the spaces around it, as rich wraps
+# HEAVY_HEAD: (left, fill, between, right) for each rule; the header's and the rows' vertical bars
+_TOP, _HEAD_RULE, _ROW_RULE, _BOTTOM = ("┏", "━", "┳", "┓"), ("┡", "━", "╇", "┩"), ("├", "─", "┼", "┤"), ("└", "─", "┴", "┘")
+_HEAD_BAR, _ROW_BAR = "┃", "│"
+
+
+def box_table(header: list[str], justify: list[str], widths: list[int], line_length: int,
+              rows: list[list[str]]) -> str:
+    """The table rich draws for Table(Column(h, justify=j, width=w)..., width=line_length,
+    show_lines=True, box=HEAVY_HEAD), for cells of plain text (see _PLAIN)."""
+    # rich: each column takes width + 2 (padding); the excess over the room between the borders is taken
+    # from the columns in turn, round(excess left / columns left) each
+    room = line_length - (len(widths) + 1)
+    cells = [min(w + 2, room) for w in widths]
+    excess = sum(cells) - room
+    if excess > 0:
+        for i in range(len(cells)):
+            take = min(cells[i], round(excess / (len(cells) - i)))
+            cells[i] -= take
+            excess -= take
+
+    def rule(parts: tuple[str, str, str, str]) -> str:
+        left, fill, between, right = parts
+        return left + between.join(fill * c for c in cells) + right
+
+    def row(texts: list[str], bar: str) -> list[str]:
+        blocks = [_wrap(t, c - 2, j) for t, c, j in zip(texts, cells, justify)]
+        height = max(len(b) for b in blocks)
+        return [bar + bar.join(" " + (b[i] if i < len(b) else " " * (c - 2)) + " " for b, c in zip(blocks, cells))
+                + bar for i in range(height)]
+
+    out = [rule(_TOP), *row(header, _HEAD_BAR), rule(_HEAD_RULE)]
+    for i, texts in enumerate(rows):
+        if i:
+            out.append(rule(_ROW_RULE))
+        out.extend(row(texts, _ROW_BAR))
+    out.append(rule(_BOTTOM))
+    return "\n".join(out)
+
+
+def _wrap(text: str, width: int, justify: str) -> list[str]:
+    """rich's Text.wrap with overflow="ellipsis": lines of exactly `width` characters."""
+    breaks: list[int] = []  # rich's divide_line(text, width, fold=False)
+    offset = 0
+    for match in _WORD.finditer(text):
+        start, word = match.start(), match.group()
+        length = len(word.rstrip())
+        if width - offset >= length:
+            offset += len(word)
+        elif length > width:  # too long for any line: alone on one, cut below
+            if start:
+                breaks.append(start)
+            offset = len(word)
+        elif offset and start:
+            breaks.append(start)
+            offset = len(word)
+    lines = []
+    for a, b in zip([0, *breaks], [*breaks, len(text)]):
+        line = text[a:b]
+        if len(line) > width:  # spaces past the edge go first
+            spaces = len(line) - len(line.rstrip())
+            line = line[: len(line) - min(spaces, len(line) - width)]
+        if justify != "left":
+            line = line.rstrip()
+        if len(line) > width:
+            line = line[: width - 1] + "…"
+        if justify == "right":
+            line = line.rjust(width)
+        elif justify == "center":
+            pad = (width - len(line)) // 2
+            line = (" " * pad + line).ljust(width)
+        lines.append(line.ljust(width))
+    return lines
+
+
+def _rich_table(header: list[str], justify: list[str], widths: list[int], line_length: int,
+                rows: list[list[str]]) -> str:
+    import rich.box
+    import rich.console
+    import rich.table
+    from rich.text import Text
+
+    columns = [rich.table.Column(h, justify=j, width=w) for h, j, w in zip(header, justify, widths)]
+    table = rich.table.Table(*columns, width=line_length, show_lines=True, box=rich.box.HEAVY_HEAD)
+    for cells in rows:
+        table.add_row(*(Text(c) for c in cells))  # Text: names are shown as they are, never read as markup
+    buf = io.StringIO()
+    console = rich.console.Console(file=buf, width=line_length, no_color=True, force_terminal=False,
+                                   highlight=False, legacy_windows=False, emoji=False)
+    console.print(table)
+    return buf.getvalue().rstrip("\n")

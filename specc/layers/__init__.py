@@ -1,4 +1,5 @@
-"""Every layer family, registered by its YAML `type` on import.
+"""Every layer family, registered by its YAML `type` (a family's module loads when one of its types is first
+looked up).
 
 Two faces of one registry: `REGISTRY[type]` is the LayerSpec class a YAML spec validates against, and
 `specc.layers.Dense`, `specc.layers.Conv2D`, ... (one per registered type, plus `Input`, `InputLayer` and
@@ -6,7 +7,8 @@ Two faces of one registry: `REGISTRY[type]` is the LayerSpec class a YAML spec v
 on first access, so validating a spec never imports them.
 """
 
-from . import activations, container, conv, core, merging, normalization, pooling, recurrent, reshaping  # noqa: F401
+# The family modules (core, conv, ...) are not imported here: REGISTRY imports each on first use, so that
+# validating a spec builds only the layer classes it uses.
 from .base import REGISTRY, LayerSpec, ShapeError, WeightSpec, snake_case
 
 __all__ = ["REGISTRY", "LayerSpec", "ShapeError", "WeightSpec", "snake_case"]
