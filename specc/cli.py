@@ -2,28 +2,24 @@
 
 Exit codes (a contract for CI scripts): 0 success, 1 invalid spec (or data), 2 usage error.
 `validate`, `summary` and `schema` never import Numba; heavy modules are imported inside the commands
-that need them.
+that need them. A plain `specc summary SPEC` or `specc validate PATHS` does not import typer either (see
+`_fast_call`); typer builds the app (`app`) for everything else, help and usage errors included.
 """
 
 from __future__ import annotations
 
+import gc
 import glob
 import json
 import os
+import re
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import typer
-
-app = typer.Typer(
-    name="specc",
-    help="specc: declarative deep-learning models from YAML specs: validate, summarise, train.",
-    add_completion=False,
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-)
+if TYPE_CHECKING:
+    import typer  # the annotations below are strings until typer reads them; _build_app imports it
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
 SPEC_SUFFIXES = (".yaml", ".yml")
@@ -40,9 +36,26 @@ class SummaryFormat(str, Enum):
     json = "json"
 
 
-def _usage(message: str) -> typer.Exit:
-    typer.echo(f"specc: error: {message}", err=True)
-    return typer.Exit(EXIT_USAGE)
+_ANSI = re.compile(r"\033\[[;?0-9]*[a-zA-Z]")
+
+
+def _echo(text: str, err: bool = False, nl: bool = True) -> None:
+    """typer.echo without importing typer: write, flush, and drop ANSI codes when not on a terminal."""
+    stream = sys.stderr if err else sys.stdout
+    text = text + "\n" if nl else text
+    try:
+        on_terminal = stream.isatty()
+    except (AttributeError, ValueError):
+        on_terminal = False
+    if not on_terminal:
+        text = _ANSI.sub("", text)
+    stream.write(text)
+    stream.flush()
+
+
+def _usage(message: str) -> SystemExit:
+    _echo(f"specc: error: {message}", err=True)
+    return SystemExit(EXIT_USAGE)
 
 
 def expand_paths(paths: list[str]) -> list[str]:
@@ -66,7 +79,6 @@ def expand_paths(paths: list[str]) -> list[str]:
     return [f for f in files if not (f in seen or seen.add(f))]
 
 
-@app.command()
 def validate(
     paths: Annotated[list[str], typer.Argument(help="Spec files, directories (every *.yaml/*.yml below) or globs.")],
     fmt: Annotated[ErrorFormat, typer.Option("--format", "-f", help="text, json or github annotations.")] = ErrorFormat.text,
@@ -82,19 +94,19 @@ def validate(
         errors.extend(errs)
         bad_files += bool(errs)
     if fmt is ErrorFormat.json:
-        typer.echo(render(errors, "json"))
+        _echo(render(errors, "json"))
     elif errors:
-        typer.echo(render(errors, fmt.value))
+        _echo(render(errors, fmt.value))
     n = len(files)
     if errors:
         total = (f"{len(errors)} error{'s' * (len(errors) != 1)} in {bad_files} of {n} "
                  f"file{'s' * (n != 1)}")
     else:
         total = f"{n} spec{'s' * (n != 1)} valid" if n else "no spec files found"
-    typer.echo(total, err=fmt is ErrorFormat.json)
+    _echo(total, err=fmt is ErrorFormat.json)
     if not files:
-        raise typer.Exit(EXIT_USAGE)
-    raise typer.Exit(EXIT_INVALID if errors else EXIT_OK)
+        raise SystemExit(EXIT_USAGE)
+    raise SystemExit(EXIT_INVALID if errors else EXIT_OK)
 
 
 def _load_or_exit(spec_path: str, fmt: str = "text"):
@@ -106,13 +118,12 @@ def _load_or_exit(spec_path: str, fmt: str = "text"):
         raise _usage(f"{spec_path} is a directory; give one spec file")
     spec, errors = load_spec(spec_path)
     if errors:
-        typer.echo(render(errors, "json" if fmt == "json" else "text"))
-        typer.echo(f"{len(errors)} error{'s' * (len(errors) != 1)} in {spec_path}", err=True)
-        raise typer.Exit(EXIT_INVALID)
+        _echo(render(errors, "json" if fmt == "json" else "text"))
+        _echo(f"{len(errors)} error{'s' * (len(errors) != 1)} in {spec_path}", err=True)
+        raise SystemExit(EXIT_INVALID)
     return spec
 
 
-@app.command()
 def summary(
     spec_path: Annotated[str, typer.Argument(metavar="SPEC", help="A spec file.")],
     fmt: Annotated[SummaryFormat, typer.Option("--format", "-f", help="text or json.")] = SummaryFormat.text,
@@ -125,12 +136,11 @@ def summary(
     spec = _load_or_exit(spec_path, fmt.value)
     batch = spec.fit.batch_size if spec.fit else 32
     if fmt is SummaryFormat.json:
-        typer.echo(json.dumps(summary_json(spec.graph, batch), indent=2))
+        _echo(json.dumps(summary_json(spec.graph, batch), indent=2))
     else:
-        typer.echo(summary_text(spec.graph, expand_nested, show_trainable, batch), nl=False)
+        _echo(summary_text(spec.graph, expand_nested, show_trainable, batch), nl=False)
 
 
-@app.command()
 def schema(
     out: Annotated[str | None, typer.Option("--out", "-o", help="Write to this file instead of stdout.")] = None,
 ) -> None:
@@ -144,10 +154,9 @@ def schema(
             fh.write(text)
         os.replace(tmp, out)
     else:
-        typer.echo(text, nl=False)
+        _echo(text, nl=False)
 
 
-@app.command()
 def train(
     spec_path: Annotated[str | None, typer.Argument(metavar="SPEC", help="The spec to train.")] = None,
     overrides: Annotated[list[str] | None, typer.Option("--set", help="Override a spec value: --set fit.epochs=3 (repeatable).")] = None,
@@ -168,10 +177,9 @@ def train(
     from .train.session import train as run_training
 
     code = run_training(Options(spec_path or "", overrides or [], out, resume, seed, threads, quiet))
-    raise typer.Exit(code)
+    raise SystemExit(code)
 
 
-@app.command()
 def evaluate(
     spec_path: Annotated[str, typer.Argument(metavar="SPEC", help="The spec the weights belong to.")],
     weights: Annotated[str, typer.Option("--weights", metavar="RUN_DIR", help="A run directory or a weights .npz.")],
@@ -183,10 +191,9 @@ def evaluate(
         raise _usage(f"no such file: {spec_path}")
     from .train.session import evaluate as run_evaluate
 
-    raise typer.Exit(run_evaluate(spec_path, weights, input_path, fmt.value))
+    raise SystemExit(run_evaluate(spec_path, weights, input_path, fmt.value))
 
 
-@app.command()
 def predict(
     spec_path: Annotated[str, typer.Argument(metavar="SPEC", help="The spec the weights belong to.")],
     weights: Annotated[str, typer.Option("--weights", metavar="RUN_DIR", help="A run directory or a weights .npz.")],
@@ -198,22 +205,118 @@ def predict(
         raise _usage(f"no such file: {spec_path}")
     from .train.session import predict as run_predict
 
-    raise typer.Exit(run_predict(spec_path, weights, input_path, out))
+    raise SystemExit(run_predict(spec_path, weights, input_path, out))
+
+
+COMMANDS = (validate, summary, schema, train, evaluate, predict)
+
+
+def _build_app() -> typer.Typer:
+    global typer  # the commands' annotations name typer; they are read from this module's globals
+    import typer
+
+    app = typer.Typer(
+        name="specc",
+        help="specc: declarative deep-learning models from YAML specs: validate, summarise, train.",
+        add_completion=False,
+        no_args_is_help=True,
+        pretty_exceptions_enable=False,
+    )
+    for command in COMMANDS:
+        app.command()(command)
+    return app
+
+
+def __getattr__(name: str):
+    # PEP 562: `from specc.cli import app` (tests, embedding) builds the typer app on first use.
+    if name == "app":
+        globals()["app"] = value = _build_app()
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+# `specc summary SPEC` and `specc validate PATHS` are what editors, CI jobs and pre-commit hooks run over and
+# over, and importing typer and building the parsers of all six commands took ~30 ms of their ~0.3 s. So a
+# plain call of these two is parsed here: known options, each at most once, values among their choices,
+# positionals that do not start with "-". Anything else (--help, a typo, `-fjson`, `--`) goes to typer,
+# whose help and error messages stay the only ones. tests/test_startup.py checks this table against the
+# typer app and the results of both ways against each other.
+# command: (function, {option: (parameter, choices)} for options with a value, {flag: parameter},
+#           the positional parameter, whether it takes several)
+_FAST = {
+    "summary": (summary, {"--format": ("fmt", SummaryFormat), "-f": ("fmt", SummaryFormat)},
+                {"--expand-nested": "expand_nested", "--show-trainable": "show_trainable"}, "spec_path", False),
+    "validate": (validate, {"--format": ("fmt", ErrorFormat), "-f": ("fmt", ErrorFormat)}, {}, "paths", True),
+}
+
+
+def _fast_call(argv: list[str]):
+    """(function, keyword arguments) for a plain summary/validate call, else None (typer parses it)."""
+    if not argv or argv[0] not in _FAST or _ascii_stream(sys.stdout) or _ascii_stream(sys.stderr):
+        return None  # typer's echo re-encodes a stream misconfigured as ASCII; leave that to it
+    function, valued, flags, positional, several = _FAST[argv[0]]
+    kwargs: dict = {}
+    values: list[str] = []
+    args = iter(argv[1:])
+    for arg in args:
+        name, eq, value = arg.partition("=") if arg.startswith("--") else (arg, "", "")
+        if name in valued:
+            value = value if eq else next(args, None)
+            parameter, choices = valued[name]
+            if parameter in kwargs or value not in {c.value for c in choices}:
+                return None
+            kwargs[parameter] = choices(value)
+        elif arg in flags and flags[arg] not in kwargs:
+            kwargs[flags[arg]] = True
+        elif arg.startswith("-"):
+            return None
+        else:
+            values.append(arg)
+    if not values or (len(values) > 1 and not several):
+        return None
+    kwargs[positional] = values if several else values[0]
+    return function, kwargs
+
+
+def _ascii_stream(stream) -> bool:
+    import codecs
+
+    try:
+        return codecs.lookup(getattr(stream, "encoding", None) or "ascii").name == "ascii"
+    except LookupError:
+        return True
 
 
 def main() -> None:
     """Console-script entry point: typer's usage errors exit 2; anything unexpected is reported, not dumped
     (SPECC_DEBUG=1 shows the traceback)."""
     try:
-        app(standalone_mode=True)
+        fast = _fast_call(sys.argv[1:])
+        if fast is None:
+            _build_app()(standalone_mode=True)
+        else:
+            function, kwargs = fast
+            try:
+                function(**kwargs)
+            except BrokenPipeError:
+                # as typer (click) does when the reader goes away (`specc validate . | head -1`): exit 1 quietly
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, sys.stdout.fileno())
+                sys.exit(1)
+            finally:
+                # Interpreter shutdown spent ~30 ms (a tenth of the command) walking pydantic's and typing's
+                # object graphs for a last garbage collection; frozen objects are skipped. Safe here: these
+                # two commands write only to stdout/stderr, flushed by _echo, so no buffer waits on a cycle.
+                gc.freeze()
+            sys.exit(EXIT_OK)
     except KeyboardInterrupt:
-        typer.echo("interrupted", err=True)
+        _echo("interrupted", err=True)
         sys.exit(130)
     except Exception as exc:  # noqa: BLE001 - the last line of defence: a bug, not a user error
         if os.environ.get("SPECC_DEBUG"):
             raise
-        typer.echo(f"specc: internal error: {type(exc).__name__}: {exc}\nThis is a bug in specc; run again "
-                   f"with SPECC_DEBUG=1 to see the traceback, and please report it.", err=True)
+        _echo(f"specc: internal error: {type(exc).__name__}: {exc}\nThis is a bug in specc; run again "
+              f"with SPECC_DEBUG=1 to see the traceback, and please report it.", err=True)
         sys.exit(1)
 
 

@@ -1,5 +1,6 @@
-"""Start-up stays light: what `specc summary` / `specc validate` import, the lazy layer registry, and the
-summary table drawn without rich (checked against rich itself).
+"""Start-up stays light: what `specc summary` / `specc validate` import, the lazy layer registry, the
+summary table drawn without rich (checked against rich itself), and the plain summary/validate call parsed
+without typer (checked against typer).
 
 Times are measured by bench/run.py, not here: a shared machine makes timing tests flaky. These tests pin
 the structure that makes start-up fast instead.
@@ -10,12 +11,16 @@ from __future__ import annotations
 import importlib
 import subprocess
 import sys
+import typing
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from typer.main import get_command
+from typer.testing import CliRunner
 
+from specc import cli
 from specc.layers.base import FAMILIES, REGISTRY
 from specc.summary import _rich_table, box_table
 
@@ -123,3 +128,69 @@ def test_box_table_edge_cells(functional, trainable):
     rows = [[edge[(i + k) % len(edge)] for k in range(len(header))] for i in range(len(edge))]
     assert box_table(header, justify, widths, line_length, rows) == _rich_table(header, justify, widths,
                                                                                 line_length, rows)
+
+
+# --- the plain summary/validate call that skips typer -------------------------------------------------
+
+BAD = "specc: 1\nmodel:\n  input: [8]\n  layers:\n    - {type: Dnese, units: 4}\n    - {type: Dense, units: -3}\n"
+
+
+def test_the_fast_table_matches_the_typer_commands():
+    group = get_command(cli.app)
+    for name, (function, valued, flags, positional, several) in cli._FAST.items():
+        command = group.commands[name]
+        assert command.callback.__wrapped__ is function
+        options = {p.name: p for p in command.params if p.param_type_name == "option" and p.name != "help"}
+        arguments = [p for p in command.params if p.param_type_name == "argument"]
+        assert [a.name for a in arguments] == [positional] and (arguments[0].nargs == -1) == several
+        assert {opt: p.name for p in options.values() if p.is_flag for opt in p.opts + p.secondary_opts} == flags
+        valued_typer = {opt: p.name for p in options.values() if not p.is_flag for opt in p.opts + p.secondary_opts}
+        assert valued_typer == {opt: parameter for opt, (parameter, _) in valued.items()}
+        hints = typing.get_type_hints(function, vars(cli), include_extras=True)
+        for parameter, choices in valued.values():
+            assert hints[parameter].__origin__ is choices  # typer offers this Enum's values, as the fast path
+
+
+@pytest.mark.parametrize("args", [
+    ["summary", "--help"], ["summary"], ["summary", "a.yaml", "b.yaml"], ["summary", "-fjson", "a.yaml"],
+    ["summary", "--format", "JSON", "a.yaml"], ["summary", "-f", "json", "-f", "text", "a.yaml"],
+    ["summary", "--format"], ["summary", "--", "a.yaml"], ["summary", "-", "x"], ["summary", "--expand-nested=1", "a"],
+    ["summary", "--expand-nested", "--expand-nested", "a"], ["summary", "--no-expand-nested", "a"],
+    ["validate"], ["validate", "--format", "json"], ["validate", "-h", "a"], ["validate", "--show-trainable", "a"],
+    ["train", "a.yaml"], ["--help"], [], ["schema"],
+])
+def test_anything_but_a_plain_call_goes_to_typer(args):
+    assert cli._fast_call(args) is None
+
+
+CALLS = [
+    ["summary", "specs/digits_mlp.yaml"], ["summary", "-f", "json", "specs/functional_two_inputs.yaml"],
+    ["summary", "specs/transfer_frozen_base.yaml", "--expand-nested", "--show-trainable"],
+    ["summary", "--format=json", "--expand-nested", "specs/transfer_frozen_base.yaml"],
+    ["summary", "specs/text_lstm.yaml"], ["summary", "no/such.yaml"], ["summary", "specs"], ["summary", "BAD"],
+    ["summary", "--format", "json", "BAD"], ["summary", ""],
+    ["validate", "specs"], ["validate", "specs/digits_cnn.yaml", "specs/*.yml", "--format", "json"],
+    ["validate", "BAD", "specs/digits_mlp.yaml"], ["validate", "-f", "github", "BAD"], ["validate", "--format=json", "BAD"],
+    ["validate", "no/such.yaml"], ["validate", "specs/*.nothing"], ["validate", "specs/iris_mlp.yaml", "specs"],
+]
+
+
+@pytest.mark.parametrize("args", CALLS, ids=[" ".join(a) for a in CALLS])
+def test_a_plain_call_does_what_typer_does(args, tmp_path):
+    (tmp_path / "BAD").write_text(BAD)
+    args = [str(tmp_path / "BAD") if a == "BAD" else a for a in args]
+    assert cli._fast_call(args) is not None
+    fast = subprocess.run([sys.executable, "-m", "specc.cli", *args], capture_output=True, text=True, cwd=REPO,
+                          timeout=60)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(REPO)
+        typer_run = CliRunner().invoke(cli.app, args)
+    assert (fast.returncode, fast.stdout, fast.stderr) == (typer_run.exit_code, typer_run.stdout, typer_run.stderr)
+
+
+def test_a_closed_pipe_ends_a_plain_call_quietly():
+    proc = subprocess.Popen([sys.executable, "-m", "specc.cli", "validate", "--format", "json", "specs"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO)
+    proc.stdout.close()  # the reader is gone before the first write
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1 and b"Traceback" not in err and b"Exception ignored" not in err, err
