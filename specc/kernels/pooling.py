@@ -16,89 +16,113 @@ import numba
 from . import JIT
 
 
-@numba.njit(**JIT)
+@numba.njit(parallel=True, **JIT)
 def max_forward(x, g, out, argmax):
     """x (N, H, W, C) -> out (N, Ho, Wo, C) and argmax (N, Ho, Wo, C): the winner's flat index ih*W + iw
-    (the first one on ties), so backward routes each gradient without searching again."""
+    (the first one on ties), so backward routes each gradient without searching again. Samples in
+    parallel; the channel loop is branch-free (selects) so it vectorises."""
     kh, kw, sh, sw, dh, dw, ph, pw = g
     n_, h_, w_, c_ = x.shape
     _, ho, wo, _ = out.shape
-    for n in range(n_):
+    for n in numba.prange(n_):
         for oh in range(ho):
             h0 = max(oh * sh - ph, 0)
             h1 = min(oh * sh - ph + kh, h_)
             for ow in range(wo):
                 w0 = max(ow * sw - pw, 0)
                 w1 = min(ow * sw - pw + kw, w_)
+                o = out[n, oh, ow]  # (C,)
+                a = argmax[n, oh, ow]  # (C,)
                 # Start from the first valid position rather than -inf (fastmath assumes no infinities).
+                first = x[n, h0, w0]
+                k0 = h0 * w_ + w0
                 for c in range(c_):
-                    out[n, oh, ow, c] = x[n, h0, w0, c]
-                    argmax[n, oh, ow, c] = h0 * w_ + w0
+                    o[c] = first[c]
+                    a[c] = k0
                 for ih in range(h0, h1):
                     for iw in range(w0, w1):
+                        v = x[n, ih, iw]  # (C,)
+                        k = ih * w_ + iw
                         for c in range(c_):
-                            v = x[n, ih, iw, c]
-                            if v > out[n, oh, ow, c]:
-                                out[n, oh, ow, c] = v
-                                argmax[n, oh, ow, c] = ih * w_ + iw
+                            better = v[c] > o[c]
+                            o[c] = v[c] if better else o[c]
+                            a[c] = k if better else a[c]
 
 
-@numba.njit(**JIT)
-def max_backward(dy, argmax, dx):
-    """dy (N, Ho, Wo, C) -> dx (N, H, W, C): each gradient goes to its window's winner (sums on overlap)."""
+@numba.njit(parallel=True, **JIT)
+def max_backward(dy, argmax, g, dx):
+    """dy (N, Ho, Wo, C) -> dx (N, H, W, C): each gradient goes to its window's winner (sums on overlap).
+    Samples in parallel; each window position takes dy where it is the winner, 0 elsewhere (a select that
+    vectorises, where scattering through argmax would not)."""
+    kh, kw, sh, sw, dh, dw, ph, pw = g
     n_, h_, w_, c_ = dx.shape
     _, ho, wo, _ = dy.shape
-    dx[...] = 0
-    for n in range(n_):
+    zero = dx.dtype.type(0)
+    for n in numba.prange(n_):
+        dx[n] = 0
         for oh in range(ho):
+            h0 = max(oh * sh - ph, 0)
+            h1 = min(oh * sh - ph + kh, h_)
             for ow in range(wo):
-                for c in range(c_):
-                    k = argmax[n, oh, ow, c]
-                    dx[n, k // w_, k % w_, c] += dy[n, oh, ow, c]
+                w0 = max(ow * sw - pw, 0)
+                w1 = min(ow * sw - pw + kw, w_)
+                d = dy[n, oh, ow]  # (C,)
+                a = argmax[n, oh, ow]  # (C,)
+                for ih in range(h0, h1):
+                    for iw in range(w0, w1):
+                        k = ih * w_ + iw
+                        t = dx[n, ih, iw]  # (C,)
+                        for c in range(c_):
+                            t[c] += d[c] if a[c] == k else zero
 
 
-@numba.njit(**JIT)
+@numba.njit(parallel=True, **JIT)
 def avg_forward(x, g, out):
-    """x (N, H, W, C) -> out (N, Ho, Wo, C): the mean over each window's valid (unpadded) positions."""
+    """x (N, H, W, C) -> out (N, Ho, Wo, C): the mean over each window's valid (unpadded) positions.
+    Samples in parallel."""
     kh, kw, sh, sw, dh, dw, ph, pw = g
     n_, h_, w_, c_ = x.shape
     _, ho, wo, _ = out.shape
     one = x.dtype.type(1)
-    for n in range(n_):
+    for n in numba.prange(n_):
         for oh in range(ho):
             h0 = max(oh * sh - ph, 0)
             h1 = min(oh * sh - ph + kh, h_)
             for ow in range(wo):
                 w0 = max(ow * sw - pw, 0)
                 w1 = min(ow * sw - pw + kw, w_)
-                for c in range(c_):
-                    out[n, oh, ow, c] = 0
+                o = out[n, oh, ow]  # (C,)
+                o[:] = 0
                 for ih in range(h0, h1):
                     for iw in range(w0, w1):
+                        v = x[n, ih, iw]  # (C,)
                         for c in range(c_):
-                            out[n, oh, ow, c] += x[n, ih, iw, c]
+                            o[c] += v[c]
                 scale = one / x.dtype.type((h1 - h0) * (w1 - w0))
                 for c in range(c_):
-                    out[n, oh, ow, c] *= scale
+                    o[c] *= scale
 
 
-@numba.njit(**JIT)
+@numba.njit(parallel=True, **JIT)
 def avg_backward(dy, g, dx):
-    """dy (N, Ho, Wo, C) -> dx (N, H, W, C): each window spreads dy / (its valid count) over its positions."""
+    """dy (N, Ho, Wo, C) -> dx (N, H, W, C): each window spreads dy / (its valid count) over its positions.
+    Samples in parallel."""
     kh, kw, sh, sw, dh, dw, ph, pw = g
     n_, h_, w_, c_ = dx.shape
     _, ho, wo, _ = dy.shape
     one = dx.dtype.type(1)
-    dx[...] = 0
-    for n in range(n_):
+    for n in numba.prange(n_):
+        dx[n] = 0
         for oh in range(ho):
             h0 = max(oh * sh - ph, 0)
             h1 = min(oh * sh - ph + kh, h_)
             for ow in range(wo):
                 w0 = max(ow * sw - pw, 0)
                 w1 = min(ow * sw - pw + kw, w_)
+                d = dy[n, oh, ow]  # (C,)
                 scale = one / dx.dtype.type((h1 - h0) * (w1 - w0))
                 for ih in range(h0, h1):
                     for iw in range(w0, w1):
+                        t = dx[n, ih, iw]  # (C,)
                         for c in range(c_):
-                            dx[n, ih, iw, c] += dy[n, oh, ow, c] * scale
+                            t[c] += d[c] * scale

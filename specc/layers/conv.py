@@ -125,7 +125,8 @@ class _Conv(_Windowed):
     def output_activation(self):
         return self.activation
 
-    # Conv1D and Conv2D: im2col + GEMM (kernels.conv); Conv1D runs as an image of height 1.
+    # Conv1D and Conv2D: im2col + GEMM per chunk of samples (kernels.conv); Conv1D runs as an image of
+    # height 1. Backward recomputes the windows from x, so forward keeps only x.
     def forward(self, w, x, training, rng):
         import numpy as np
 
@@ -133,38 +134,30 @@ class _Conv(_Windowed):
 
         x4 = as_image(x)  # (N, H, W, C)
         out_spatial, g = self._window(x.shape[1:])
-        n, _, _, c = x4.shape
+        n = x4.shape[0]
         ho, wo = ((1,) + out_spatial)[-2:]
         f = self.filters
         kernel = w[0].reshape(-1, f)  # (kh*kw*C, F), a view
         bias = w[1] if self.use_bias else np.zeros(f, x4.dtype)
-        # Pointwise convolutions multiply x itself; otherwise cols holds the windows, kept for backward.
-        cols = x4 if _is_pointwise(g) else np.empty((n, ho, wo, g[0] * g[1] * c), x4.dtype)
         out = np.empty((n, ho, wo, f), x4.dtype)
-        conv.conv_forward(x4, kernel, bias, self.use_bias, g, cols, out)
-        return out.reshape((n,) + out_spatial + (f,)), (cols, x4.shape, x.shape, g)
+        with conv.one_blas_thread():
+            conv.conv_forward(x4, kernel, bias, self.use_bias, g, out)
+        return out.reshape((n,) + out_spatial + (f,)), (x4, out.shape, x.shape, g)
 
     def backward(self, w, g, saved, dy, need_dx=True):
         import numpy as np
 
         from ..kernels import conv
 
-        cols, img_shape, in_shape, geom = saved
-        n, ho, wo, _ = cols.shape
+        x4, out_shape, in_shape, geom = saved
         f = self.filters
-        dy4 = np.ascontiguousarray(dy).reshape(n, ho, wo, f)
-        dx = np.empty(img_shape, dy4.dtype)  # (N, H, W, C)
-        dcols = dx if _is_pointwise(geom) else np.empty_like(cols)
+        dy4 = np.ascontiguousarray(dy).reshape(out_shape)  # (N, Ho, Wo, F)
+        dx = np.empty_like(x4)  # (N, H, W, C)
         dbias = g[1] if self.use_bias else np.empty(f, dy4.dtype)
-        conv.conv_backward(cols, w[0].reshape(-1, f), dy4, self.use_bias, True, need_dx, geom,
-                           g[0].reshape(-1, f), dbias, dcols, dx)
+        with conv.one_blas_thread():
+            conv.conv_backward(x4, w[0].reshape(-1, f), dy4, self.use_bias, True, need_dx, geom,
+                               g[0].reshape(-1, f), dbias, dx)
         return dx.reshape(in_shape) if need_dx else None
-
-
-def _is_pointwise(g):
-    """1 x 1 kernel, stride 1, no padding: the kernels skip im2col (same test as kernels.conv._pointwise)."""
-    kh, kw, sh, sw, _, _, ph, pw = g
-    return kh == kw == sh == sw == 1 and ph == pw == 0
 
 
 @register
@@ -240,10 +233,10 @@ class Conv2DTranspose(_Conv):
         (ho, wo), g = self._geometry(x4.shape)
         kernel = w[0].reshape(-1, c)  # (kh*kw*F, C), a view
         y = np.empty((n, ho, wo, f), x4.dtype)
-        dcols = y if _is_pointwise(g) else np.empty((n, h, wd, g[0] * g[1] * f), x4.dtype)  # scratch
         no_dk = np.empty((0, 0), x4.dtype)
         no_db = np.empty(0, x4.dtype)
-        conv.conv_backward(dcols, kernel, x4, False, False, True, g, no_dk, no_db, dcols, y)
+        with conv.one_blas_thread():  # y stands in for the unread x: only its shape matters
+            conv.conv_backward(y, kernel, x4, False, False, True, g, no_dk, no_db, y)
         if self.use_bias:
             y += w[1]
         return y, (x4, g)
@@ -254,16 +247,16 @@ class Conv2DTranspose(_Conv):
         from ..kernels import conv
 
         x4, geom = saved
-        n, h, wd, c = x4.shape
+        c = x4.shape[3]
         f = self.filters
         dy4 = np.ascontiguousarray(dy)  # (N, Ho, Wo, F)
         kernel = w[0].reshape(-1, c)
-        cols = dy4 if _is_pointwise(geom) else np.empty((n, h, wd, geom[0] * geom[1] * f), dy4.dtype)
         dx = np.empty_like(x4)
-        conv.conv_forward(dy4, kernel, np.zeros(c, dy4.dtype), False, geom, cols, dx)  # dx = im2col(dy) @ K
-        # d(kernel) = im2col(dy).T @ x: Conv2D's weight gradient with x in the place of its dy.
-        conv.conv_backward(cols, kernel, x4, False, True, False, geom, g[0].reshape(-1, c),
-                           np.empty(0, dy4.dtype), cols, dx)
+        with conv.one_blas_thread():
+            conv.conv_forward(dy4, kernel, np.zeros(c, dy4.dtype), False, geom, dx)  # dx = im2col(dy) @ K
+            # d(kernel) = im2col(dy).T @ x: Conv2D's weight gradient with x in the place of its dy.
+            conv.conv_backward(dy4, kernel, x4, False, True, False, geom, g[0].reshape(-1, c),
+                               np.empty(0, dy4.dtype), dy4)
         if self.use_bias:
             g[1][...] = dy4.reshape(-1, f).sum(axis=0)
         return dx
@@ -376,7 +369,8 @@ class SeparableConv2D(_Windowed):
         conv.depthwise_forward(x4, w[0], np.zeros(cm, x4.dtype), False, g, z)
         out = np.empty((n,) + out_spatial + (f,), x4.dtype)
         bias = w[2] if self.use_bias else np.zeros(f, x4.dtype)
-        conv.conv_forward(z, w[1].reshape(cm, f), bias, self.use_bias, POINTWISE, z, out)
+        with conv.one_blas_thread():
+            conv.conv_forward(z, w[1].reshape(cm, f), bias, self.use_bias, POINTWISE, out)
         return out, (x4, z, g)
 
     def backward(self, w, g, saved, dy, need_dx=True):
@@ -389,8 +383,9 @@ class SeparableConv2D(_Windowed):
         dy4 = np.ascontiguousarray(dy)  # (N, Ho, Wo, F)
         dz = np.empty_like(z)
         dbias = g[2] if self.use_bias else np.empty(f, dy4.dtype)
-        conv.conv_backward(z, w[1].reshape(cm, f), dy4, self.use_bias, True, True, POINTWISE,
-                           g[1].reshape(cm, f), dbias, dz, dz)
+        with conv.one_blas_thread():
+            conv.conv_backward(z, w[1].reshape(cm, f), dy4, self.use_bias, True, True, POINTWISE,
+                               g[1].reshape(cm, f), dbias, dz)
         dx = np.empty_like(x4)
         conv.depthwise_backward(x4, w[0], dz, False, geom, g[0], np.empty(cm, dy4.dtype), dx)
         return dx

@@ -154,7 +154,7 @@ def _pool_backward(saved, dy):
     dy4 = np.ascontiguousarray(dy).reshape(out_shape)  # (N, Ho, Wo, C)
     dx = np.empty(img_shape, dy4.dtype)  # (N, H, W, C)
     if argmax is not None:
-        pooling.max_backward(dy4, argmax, dx)
+        pooling.max_backward(dy4, argmax, g, dx)
     else:
         pooling.avg_backward(dy4, g, dx)
     return dx.reshape(in_shape)
