@@ -194,3 +194,37 @@ def test_a_closed_pipe_ends_a_plain_call_quietly():
     proc.stdout.close()  # the reader is gone before the first write
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 1 and b"Traceback" not in err and b"Exception ignored" not in err, err
+
+
+# --- train: SciPy's BLAS without scipy.linalg's package init ------------------------------------------
+
+_BLAS = """
+import sys
+import numba, numpy as np
+from specc.kernels import configure_threads
+configure_threads(1)
+print("LINALG_INIT", "scipy.linalg" in sys.modules)
+
+@numba.njit
+def product(a, b, out):
+    np.dot(a, b, out)  # through scipy.linalg.cython_blas
+
+out = np.empty((2, 2))
+product(np.eye(2), np.full((2, 2), 3.0), out)
+print("DOT", out.tolist())
+from threadpoolctl import threadpool_info
+print("THREADS", sorted({i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}))
+import scipy.linalg
+from scipy.linalg import cython_blas
+print("LATER", scipy.linalg.solve(np.eye(2), np.ones(2)).tolist(), cython_blas is sys.modules["scipy.linalg.cython_blas"])
+"""
+
+
+def test_configure_threads_loads_scipys_blas_without_scipy_linalg():
+    proc = subprocess.run([sys.executable, "-c", _BLAS], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = dict(line.split(" ", 1) for line in proc.stdout.splitlines())
+    assert lines["LINALG_INIT"] == "False"  # the ~130 ms package init was skipped
+    assert lines["DOT"] == "[[3.0, 3.0], [3.0, 3.0]]"
+    assert lines["THREADS"] == "[1]"  # NumPy's and SciPy's BLAS are both capped
+    assert lines["LATER"] == "[1.0, 1.0] True"  # scipy.linalg still imports as usual afterwards
