@@ -1,22 +1,32 @@
-"""Dense: y = x @ kernel + bias over rows. np.dot inside njit calls BLAS (through SciPy)."""
+"""Dense: y = x @ kernel + bias over rows, and its gradients. The products go through gemm.matmul_blas
+(NumPy's OpenBLAS on one thread, SciPy's otherwise; see there). The register-blocked Numba kernels in
+`gemm` are not used: BLAS was faster for every Dense product at the benchmark sizes on 1 and 2 threads of
+this AVX2 machine once their transposes are counted (bench/gemm.py). Every function here is njit and
+allocates nothing, so a fused kernel can call them."""
 
 from __future__ import annotations
 
 import numba
-import numpy as np
 
 from . import JIT
+from .gemm import matmul_blas
+
+
+@numba.njit(**JIT)
+def add_bias(out, bias):
+    """out (rows, units) += bias (units,) on every row."""
+    rows, units = out.shape
+    for r in range(rows):
+        for j in range(units):
+            out[r, j] += bias[j]
 
 
 @numba.njit(**JIT)
 def forward(x, kernel, bias, use_bias, out):
     """x (rows, in), kernel (in, units), bias (units,) -> out (rows, units)."""
-    np.dot(x, kernel, out)
+    matmul_blas(x, kernel, out)
     if use_bias:
-        rows, units = out.shape
-        for r in range(rows):
-            for j in range(units):
-                out[r, j] += bias[j]
+        add_bias(out, bias)
 
 
 @numba.njit(**JIT)
@@ -33,9 +43,10 @@ def column_sums(a, out):
 
 @numba.njit(**JIT)
 def backward(x, kernel, dz, use_bias, need_dx, dkernel, dbias, dx):
-    """dz (rows, units) -> dkernel (in, units) = x.T @ dz, dbias = sum over rows, dx = dz @ kernel.T."""
-    np.dot(x.T, dz, dkernel)
+    """dz (rows, units) -> dkernel (in, units) = x.T @ dz, dbias = sum over rows, dx = dz @ kernel.T.
+    `kernel` is read only when need_dx (callers without an input gradient may pass any array)."""
+    matmul_blas(x.T, dz, dkernel)
     if use_bias:
         column_sums(dz, dbias)
     if need_dx:
-        np.dot(dz, kernel.T, dx)
+        matmul_blas(dz, kernel.T, dx)

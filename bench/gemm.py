@@ -1,0 +1,350 @@
+"""GFLOP/s of the matrix products behind Dense, custom Numba kernels (specc.kernels.gemm) against BLAS
+(np.dot inside Numba, which calls SciPy's OpenBLAS; and NumPy's own np.dot) and PyTorch, at the sizes of
+the benchmark MLP, and of whole Dense forward+backward steps; plus this machine's measured float32 peak.
+
+    python bench/gemm.py [--threads 1,2] [--repeats 31]
+
+Writes bench/results/gemm-<threads>t.json. PyTorch is optional. Alternatives for one case are timed in
+alternating rounds and reported as medians (see `round_robin`); each case waits until other processes
+leave the cores alone, is run again (up to --attempts) if they did not, and records how busy they kept the
+cores.
+
+Peak: `fma_probe` runs 8 independent chains of 16 dependent FMAs per float32 element, vectorised over the
+elements, so it is bound by FMA throughput alone (2 x 8-lane FMA pipes per Zen 3 core = 32 FLOP/cycle);
+`clock_probe` runs one dependent scalar FMA chain, whose time per step is the FMA latency (4 cycles on
+Zen 3/Zen 4, Intel Skylake and later), which gives the clock. Both are reported; "% of peak" uses the
+measured FMA throughput at the same thread count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import numba
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from specc.kernels import configure_threads, dense, gemm  # noqa: E402
+
+PROBE = dict(fastmath=True, nogil=True, error_model="numpy")  # no cache: a parallel kernel in a script cannot be cached
+FMA_LATENCY_CYCLES = 4
+PROBE_STEPS = 16  # dependent FMAs per chain per element in fma_probe
+PROBE_CHAINS = 8
+
+
+@numba.njit(**PROBE)
+def _fma_block(x, out, c, d):
+    """x (n,) float32 -> out (n,): per element 8 independent chains of 16 FMAs (written out, so the
+    element loop is the innermost loop and vectorises). Each chain starts from a different value and the
+    results are multiplied, so reassociation cannot merge chains."""
+    for i in range(x.shape[0]):
+        v = x[i]
+        a0 = v; a1 = v + d; a2 = v * c; a3 = v - d; a4 = v * d; a5 = v + c; a6 = v - c; a7 = v * v  # noqa: E702
+        a0 = a0 * c + d; a1 = a1 * c + d; a2 = a2 * c + d; a3 = a3 * c + d; a4 = a4 * c + d; a5 = a5 * c + d; a6 = a6 * c + d; a7 = a7 * c + d  # noqa: E501, E702
+        a0 = a0 * c + d; a1 = a1 * c + d; a2 = a2 * c + d; a3 = a3 * c + d; a4 = a4 * c + d; a5 = a5 * c + d; a6 = a6 * c + d; a7 = a7 * c + d  # noqa: E501, E702
+        a0 = a0 * c + d; a1 = a1 * c + d; a2 = a2 * c + d; a3 = a3 * c + d; a4 = a4 * c + d; a5 = a5 * c + d; a6 = a6 * c + d; a7 = a7 * c + d  # noqa: E501, E702
+        a0 = a0 * c + d; a1 = a1 * c + d; a2 = a2 * c + d; a3 = a3 * c + d; a4 = a4 * c + d; a5 = a5 * c + d; a6 = a6 * c + d; a7 = a7 * c + d  # noqa: E501, E702
+        a0 = a0 * c + d; a1 = a1 * c + d; a2 = a2 * c + d; a3 = a3 * c + d; a4 = a4 * c + d; a5 = a5 * c + d; a6 = a6 * c + d; a7 = a7 * c + d  # noqa: E501, E702
+        a0 = a0 * c + d; a1 = a1 * c + d; a2 = a2 * c + d; a3 = a3 * c + d; a4 = a4 * c + d; a5 = a5 * c + d; a6 = a6 * c + d; a7 = a7 * c + d  # noqa: E501, E702
+        a0 = a0 * c + d; a1 = a1 * c + d; a2 = a2 * c + d; a3 = a3 * c + d; a4 = a4 * c + d; a5 = a5 * c + d; a6 = a6 * c + d; a7 = a7 * c + d  # noqa: E501, E702
+        a0 = a0 * c + d; a1 = a1 * c + d; a2 = a2 * c + d; a3 = a3 * c + d; a4 = a4 * c + d; a5 = a5 * c + d; a6 = a6 * c + d; a7 = a7 * c + d  # noqa: E501, E702
+        a0 = a0 * c + d; a1 = a1 * c + d; a2 = a2 * c + d; a3 = a3 * c + d; a4 = a4 * c + d; a5 = a5 * c + d; a6 = a6 * c + d; a7 = a7 * c + d  # noqa: E501, E702
+        a0 = a0 * c + d; a1 = a1 * c + d; a2 = a2 * c + d; a3 = a3 * c + d; a4 = a4 * c + d; a5 = a5 * c + d; a6 = a6 * c + d; a7 = a7 * c + d  # noqa: E501, E702
+        a0 = a0 * c + d; a1 = a1 * c + d; a2 = a2 * c + d; a3 = a3 * c + d; a4 = a4 * c + d; a5 = a5 * c + d; a6 = a6 * c + d; a7 = a7 * c + d  # noqa: E501, E702
+        a0 = a0 * c + d; a1 = a1 * c + d; a2 = a2 * c + d; a3 = a3 * c + d; a4 = a4 * c + d; a5 = a5 * c + d; a6 = a6 * c + d; a7 = a7 * c + d  # noqa: E501, E702
+        a0 = a0 * c + d; a1 = a1 * c + d; a2 = a2 * c + d; a3 = a3 * c + d; a4 = a4 * c + d; a5 = a5 * c + d; a6 = a6 * c + d; a7 = a7 * c + d  # noqa: E501, E702
+        a0 = a0 * c + d; a1 = a1 * c + d; a2 = a2 * c + d; a3 = a3 * c + d; a4 = a4 * c + d; a5 = a5 * c + d; a6 = a6 * c + d; a7 = a7 * c + d  # noqa: E501, E702
+        a0 = a0 * c + d; a1 = a1 * c + d; a2 = a2 * c + d; a3 = a3 * c + d; a4 = a4 * c + d; a5 = a5 * c + d; a6 = a6 * c + d; a7 = a7 * c + d  # noqa: E501, E702
+        a0 = a0 * c + d; a1 = a1 * c + d; a2 = a2 * c + d; a3 = a3 * c + d; a4 = a4 * c + d; a5 = a5 * c + d; a6 = a6 * c + d; a7 = a7 * c + d  # noqa: E501, E702
+        out[i] = a0 * a1 + a2 * a3 + a4 * a5 + a6 * a7
+
+
+@numba.njit(parallel=True, **PROBE)
+def fma_probe(x, out, reps, c, d):
+    """x, out (threads * 256,): each thread repeats _fma_block on its own L1-resident 256 elements."""
+    bands = numba.get_num_threads()
+    width = x.shape[0] // bands
+    for t in numba.prange(bands):
+        for _ in range(reps):
+            _fma_block(x[t * width:(t + 1) * width], out[t * width:(t + 1) * width], c, d)
+
+
+@numba.njit(**PROBE)
+def clock_probe(n, c, d):
+    """One dependent scalar FMA chain of n steps: n x FMA latency cycles."""
+    y = np.float32(1)
+    for _ in range(n):
+        y = y * c + d
+    return y
+
+
+def measure_peak(threads: int) -> dict:
+    c, d = np.float32(0.9999), np.float32(1e-5)
+    clock_probe(10, c, d)
+    steps = 100_000_000
+    t = min(_timed(lambda: clock_probe(steps, c, d)) for _ in range(5))
+    ghz = FMA_LATENCY_CYCLES * steps / t / 1e9
+    x = np.random.default_rng(0).random(256 * threads, dtype=np.float32)
+    out = np.empty_like(x)
+    reps = 4000
+    fma_probe(x, out, 1, c, d)
+    times = []
+    for _ in range(5):  # the best of 5 spaced bursts: one busy moment elsewhere halves a 2-thread probe
+        time.sleep(0.2)
+        times += [_timed(lambda: fma_probe(x, out, reps, c, d)) for _ in range(5)]
+    flops = 2 * PROBE_CHAINS * PROBE_STEPS * reps * x.shape[0]
+    return {"method": "fma_probe: 8 independent chains x 16 dependent FMAs per element, vectorised, L1-resident; "
+                      "clock_probe: one dependent FMA chain, 4-cycle FMA latency",
+            "clock_ghz": ghz, "theoretical_gflops": ghz * 32 * threads,
+            "measured_gflops": flops / min(times) / 1e9, "measured_gflops_median": flops / statistics.median(times) / 1e9}
+
+
+def _cpu_snapshot() -> tuple[float, float, float]:
+    """(busy seconds of all cores, elapsed core-seconds, this process's CPU seconds) so far."""
+    with open("/proc/stat", encoding="ascii") as fh:
+        fields = [int(v) for v in fh.readline().split()[1:]]
+    hz = os.sysconf("SC_CLK_TCK")
+    idle = fields[3] + fields[4]  # idle + iowait
+    own = os.times()
+    return (sum(fields) - idle) / hz, sum(fields) / hz, own.user + own.system
+
+
+def others_busy(before, after) -> float:
+    """Fraction of the cores that *other* processes kept busy between two snapshots."""
+    busy, total, own = (a - b for a, b in zip(after, before))
+    return max(0.0, (busy - own) / total) if total > 0 else 0.0
+
+
+def wait_for_quiet(max_busy: float, timeout: float) -> float:
+    """Wait (up to `timeout` s) until other processes use less than `max_busy` of the cores over 1 s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        before = _cpu_snapshot()
+        time.sleep(1.0)
+        busy = others_busy(before, _cpu_snapshot())
+        if busy <= max_busy or time.monotonic() > deadline:
+            return busy
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def round_robin(candidates: dict, repeats: int, rounds: int = 3) -> dict:
+    """{name: fn} -> {name: median seconds}. `rounds` rounds; in each, every candidate gets a pause, two
+    warm-up calls and repeats/rounds timed calls in a row. In a row, not interleaved call by call: each
+    thread pool (SciPy's OpenBLAS, NumPy's OpenBLAS, Numba's OpenMP, PyTorch's) keeps spinning for a while
+    after a call, and would steal the cores from the next candidate's pool. The pause lets it go to sleep;
+    the rounds spread a change in the machine's load over all candidates."""
+    times = {name: [] for name in candidates}
+    per_round = max(1, repeats // rounds)
+    for _ in range(rounds):
+        for name, fn in candidates.items():
+            time.sleep(0.2)
+            fn()
+            fn()
+            for _ in range(per_round):
+                times[name].append(_timed(fn))
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+MLP = [(784, 256), (256, 128), (128, 10)]
+BASELINE = "scipy blas (njit np.dot)"  # what Dense called before: the "x" column is speed-up over it
+
+
+@numba.njit(**PROBE)
+def matmul_blas_njit(a, b, out):
+    """gemm.matmul_blas as compiled code (dense.forward/backward) sees it; from Python it is np.dot."""
+    gemm.matmul_blas(a, b, out)
+
+
+@numba.njit(**PROBE)
+def old_dense_forward(x, kernel, bias, out):
+    """Dense before this benchmark: np.dot in Numba (SciPy's OpenBLAS), then the bias."""
+    np.dot(x, kernel, out)
+    dense.add_bias(out, bias)
+
+
+@numba.njit(**PROBE)
+def old_dense_backward(x, kernel, dz, need_dx, dkernel, dbias, dx):
+    np.dot(x.T, dz, dkernel)
+    dense.column_sums(dz, dbias)
+    if need_dx:
+        np.dot(dz, kernel.T, dx)
+
+
+def product_cases(rng, torch):
+    """(name, flops, {candidate: fn}) for every product of Dense at the benchmark sizes."""
+    cases = []
+    for batch, products in ((128, ("x@W", "x.T@dz", "dz@W.T")), (1024, ("x@W",))):
+        for fan_in, units in MLP:
+            x = rng.standard_normal((batch, fan_in), dtype=np.float32)
+            w = rng.standard_normal((fan_in, units), dtype=np.float32)
+            dz = rng.standard_normal((batch, units), dtype=np.float32)
+            wt = np.ascontiguousarray(w.T)
+            xt = np.ascontiguousarray(x.T)
+            dzt = np.ascontiguousarray(dz.T)
+            for form in products:
+                if form == "x@W":
+                    a, b, out = x, w, np.empty((batch, units), np.float32)
+                elif form == "x.T@dz":
+                    a, b, out = x.T, dz, np.empty((fan_in, units), np.float32)
+                else:
+                    a, b, out = dz, w.T, np.empty((batch, fan_in), np.float32)
+                flops = 2 * a.shape[0] * a.shape[1] * b.shape[1]
+                cands = {"scipy blas (njit np.dot)": lambda a=a, b=b, o=out: gemm.matmul_scipy_blas(a, b, o),
+                         "gemm.matmul_blas (njit)": lambda a=a, b=b, o=out: matmul_blas_njit(a, b, o),
+                         "numpy np.dot (Python)": lambda a=a, b=b, o=out: np.dot(a, b, o)}
+                cands.update(_custom_for_threads(form, x, w, dz, xt, wt, dzt, out))
+                if torch is not None:
+                    ta, tb, to = torch.from_numpy(a), torch.from_numpy(b), torch.from_numpy(out)
+                    cands["torch"] = lambda ta=ta, tb=tb, to=to: torch.mm(ta, tb, out=to)
+                name = f"{form:7} b{batch} {fan_in}->{units}"
+                cases.append((name, flops, cands))
+    return cases
+
+
+def _custom_for_threads(form, x, w, dz, xt, wt, dzt, out) -> dict:
+    """The custom candidates: the serial kernel, and at >1 thread also the prange one."""
+    variants = {"custom": gemm.matmul_nt}
+    if numba.get_num_threads() > 1:
+        variants["custom par"] = gemm.matmul_nt_parallel
+    cands = {}
+    wt_buf, xt_buf, dzt_buf = np.empty_like(wt), np.empty_like(xt), np.empty_like(dzt)  # transpose targets
+    for label, kern in variants.items():
+        if form == "x@W":
+            cands[f"{label} (W.T kept)"] = lambda k=kern, o=out: k(x, wt, o)
+            cands[f"{label} + transpose"] = lambda k=kern, o=out: (gemm.transpose(w, wt_buf), k(x, wt_buf, o))
+        elif form == "x.T@dz":
+            cands[f"{label} (x.T, dz.T kept)"] = lambda k=kern, o=out: k(xt, dzt, o)
+            cands[f"{label} + transposes"] = lambda k=kern, o=out: (
+                gemm.transpose(x, xt_buf), gemm.transpose(dz, dzt_buf), k(xt_buf, dzt_buf, o))
+        else:
+            cands[label] = lambda k=kern, o=out: k(dz, w, o)
+    return cands
+
+
+def dense_cases(rng, torch):
+    """Whole Dense steps as the engine runs them: MLP training (forward + backward of each layer at batch
+    128, no input gradient for the first layer, as the engine skips it) and prediction (forwards, 1024)."""
+    layers = []
+    for fan_in, units in MLP:
+        x = rng.standard_normal((1024, fan_in), dtype=np.float32)
+        w = (rng.standard_normal((fan_in, units)) / np.sqrt(fan_in)).astype(np.float32)
+        bias = np.zeros(units, np.float32)
+        layers.append((x, w, bias, rng.standard_normal((128, units), dtype=np.float32)))
+    bufs = [(np.empty((1024, w.shape[1]), np.float32), np.empty_like(w), np.empty_like(b), np.empty((128, w.shape[0]), np.float32))
+            for _, w, b, _ in layers]
+
+    def train(fwd, bwd):
+        def step():
+            for (x, w, b, _), (y, *_) in zip(layers, bufs):
+                fwd(x[:128], w, b, y[:128])
+            for li in reversed(range(len(layers))):
+                (x, w, _, dz), (_, dw, db, dx) = layers[li], bufs[li]
+                bwd(x[:128], w, dz, li > 0, dw, db, dx)
+        return step
+
+    def predict(fwd):
+        def step():
+            for (x, w, b, _), (y, _, _, _) in zip(layers, bufs):
+                fwd(x, w, b, y)
+        return step
+
+    old_f = old_dense_forward
+    new_f = lambda x, w, b, y: dense.forward(x, w, b, True, y)  # noqa: E731
+    old_b = old_dense_backward
+    new_b = lambda x, w, dz, need_dx, dw, db, dx: dense.backward(x, w, dz, True, need_dx, dw, db, dx)  # noqa: E731
+    train_cands = {BASELINE: train(old_f, old_b), "specc dense (new)": train(new_f, new_b)}
+    predict_cands = {BASELINE: predict(old_f), "specc dense (new)": predict(new_f)}
+    if torch is not None:
+        mods = [torch.nn.Linear(fan_in, units) for fan_in, units in MLP]
+        tx = [torch.from_numpy(x[:128].copy()).requires_grad_(i > 0) for i, (x, *_ ) in enumerate(layers)]
+        tdz = [torch.from_numpy(dz) for *_, dz in layers]
+        tp = [torch.from_numpy(x) for x, *_ in layers]
+
+        def torch_train():
+            outs = [mod(t) for mod, t in zip(mods, tx)]
+            for mod, t in zip(mods, tx):
+                mod.zero_grad(set_to_none=True)
+                t.grad = None
+            torch.autograd.backward(outs, tdz)
+
+        def torch_predict():
+            with torch.no_grad():
+                for mod, t in zip(mods, tp):
+                    mod(t)
+
+        train_cands["torch"] = torch_train
+        predict_cands["torch"] = torch_predict
+    train_flops = sum(2 * 128 * fi * u * (3 if i > 0 else 2) for i, (fi, u) in enumerate(MLP))
+    predict_flops = sum(2 * 1024 * fi * u for fi, u in MLP)
+    return [("Dense fwd+bwd MLP train b128 (3 layers)", train_flops, train_cands),
+            ("Dense fwd MLP predict b1024 (3 layers)", predict_flops, predict_cands)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", default="1,2", help="comma-separated thread counts (default 1,2)")
+    parser.add_argument("--repeats", type=int, default=31)
+    parser.add_argument("--only", default="", help="run only cases whose name contains this")
+    parser.add_argument("--quiet-busy", type=float, default=0.15,
+                        help="before each case wait until other processes use less than this fraction of the cores")
+    parser.add_argument("--quiet-timeout", type=float, default=30.0, help="seconds to wait for that (default 30)")
+    parser.add_argument("--attempts", type=int, default=3, help="runs of a case disturbed by other processes (default 3)")
+    args = parser.parse_args()
+    try:
+        import torch
+    except ImportError:
+        torch = None
+        print("PyTorch not installed: no torch column")
+    for requested in [int(t) for t in args.threads.split(",")]:
+        threads = configure_threads(requested)
+        if torch is not None:
+            torch.set_num_threads(threads)
+        load_before = os.getloadavg()
+        wait_for_quiet(args.quiet_busy, args.quiet_timeout)
+        peak = measure_peak(threads)
+        print(f"\nthreads={threads}  load average {load_before[0]:.2f}  clock {peak['clock_ghz']:.2f} GHz  "
+              f"peak measured {peak['measured_gflops']:.1f} GFLOP/s (theoretical {peak['theoretical_gflops']:.1f})")
+        rows = []
+        rng = np.random.default_rng(0)
+        for name, flops, cands in product_cases(rng, torch) + dense_cases(rng, torch):
+            if args.only and args.only not in name:
+                continue
+            for _attempt in range(args.attempts):  # a case disturbed by other processes is run again
+                wait_for_quiet(args.quiet_busy, args.quiet_timeout)
+                before = _cpu_snapshot()
+                medians = round_robin(cands, args.repeats)
+                busy = others_busy(before, _cpu_snapshot())
+                if busy <= args.quiet_busy:
+                    break
+            best_blas = medians[BASELINE]
+            print(f"{name}  ({flops / 1e6:.1f} MFLOP; other processes kept {100 * busy:.0f}% of the cores busy)")
+            for cand, t in medians.items():
+                gf = flops / t / 1e9
+                print(f"    {cand:28} {t * 1e6:9.1f} us {gf:8.1f} GFLOP/s {100 * gf / peak['measured_gflops']:5.1f}% peak"
+                      f"  x{best_blas / t:.2f}")
+                rows.append({"case": name, "candidate": cand, "flops": flops, "seconds": t, "gflops": gf,
+                             "peak_fraction": gf / peak["measured_gflops"], "others_busy": busy})
+        load_after = os.getloadavg()
+        print(f"load average {load_before[0]:.2f} -> {load_after[0]:.2f}")
+        os.makedirs(os.path.join(os.path.dirname(__file__), "results"), exist_ok=True)
+        path = os.path.join(os.path.dirname(__file__), "results", f"gemm-{threads}t.json")
+        with open(path, "w", encoding="utf-8") as fh:
+            json.dump({"threads": threads, "repeats": args.repeats, "peak": peak, "load_before": load_before,
+                       "load_after": load_after, "numba": numba.__version__, "numpy": np.__version__,
+                       "torch": getattr(torch, "__version__", None), "rows": rows}, fh, indent=2)
+        print(f"written {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,162 @@
+"""The matrix-product kernels (specc.kernels.gemm) and Dense's kernels against np.dot in float64 and
+float32, on shapes that leave a remainder after every block (6 rows, 2 columns, 64-row panels, 8-lane
+vectors), zero-size axes, transposed and strided operands, on 1 and 2 threads, compiled and as Python.
+
+Tolerances: float64 1e-12 relative to sum(|a||b|) (the scale of the rounding error of a k-term sum);
+float32 1e-5 of the same scale (fastmath reorders the sums, so float32 results differ from NumPy's in
+the last bits; 1e-5 is about 100 ulps at k = 100)."""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import pytest
+
+from specc.kernels import configure_threads, dense, gemm
+
+SHAPES = [  # (m, k, n)
+    (1, 1, 1), (1, 3, 17), (3, 17, 1), (17, 3, 5), (6, 8, 2), (7, 9, 3), (12, 16, 4), (13, 17, 129),
+    (5, 1, 130), (65, 70, 131), (128, 10, 128), (130, 40, 33),
+]
+ZERO_SHAPES = [(0, 4, 3), (4, 0, 3), (4, 3, 0), (0, 0, 0)]
+DTYPES = {np.float64: 1e-12, np.float32: 1e-5}
+
+
+@numba.njit(cache=True)
+def _matmul_blas_compiled(a, b, out):
+    """gemm.matmul_blas as kernels see it (the overload); from Python the name is plain np.dot."""
+    gemm.matmul_blas(a, b, out)
+
+
+@pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
+def threads(request):
+    before = numba.get_num_threads()
+    yield configure_threads(request.param)
+    configure_threads(before)
+
+
+def _operands(m, k, n, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((m, k)).astype(dtype), rng.standard_normal((k, n)).astype(dtype)
+
+
+def _check(got, a, b, dtype):
+    """got against a @ b in float64, within the dtype's tolerance of sum_k |a_ik| |b_kj|."""
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    scale = np.abs(a64) @ np.abs(b64) + np.finfo(np.float64).tiny
+    err = np.abs(got.astype(np.float64) - a64 @ b64) / scale
+    assert got.shape == (a.shape[0], b.shape[1])
+    assert err.size == 0 or err.max() <= DTYPES[dtype], f"max relative error {err.max():.2e}"
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES), ids=lambda d: d.__name__)
+@pytest.mark.parametrize("m,k,n", SHAPES + ZERO_SHAPES)
+def test_matmul_nt_serial_and_parallel(m, k, n, dtype, threads):
+    a, b = _operands(m, k, n, dtype)
+    bt = np.ascontiguousarray(b.T)  # (n, k): the kernel's layout
+    for kernel in (gemm.matmul_nt, gemm.matmul_nt_parallel):
+        out = np.full((m, n), np.nan, dtype)  # every output must be written, zeros included (k = 0)
+        kernel(a, bt, out)
+        _check(out, a, b, dtype)
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES), ids=lambda d: d.__name__)
+def test_matmul_nt_reads_strided_operands(dtype):
+    a, b = _operands(14, 9, 7, dtype)
+    a_wide = np.zeros((14, 20), dtype)
+    a_wide[:, ::2][:, :9] = a  # every other column: k-stride 2
+    bt = np.asfortranarray(b.T)  # (n, k) with stride n along k
+    out = np.empty((14, 7), dtype)
+    gemm.matmul_nt(a_wide[:, ::2][:, :9], bt, out)
+    _check(out, a, b, dtype)
+
+
+@pytest.mark.parametrize("m,n", [(0, 3), (3, 0), (1, 1), (1, 17), (17, 1), (16, 16), (33, 70), (784, 256)])
+def test_transpose(m, n):
+    a = np.arange(m * n, dtype=np.float32).reshape(m, n)
+    out = np.full((n, m), -1, np.float32)
+    gemm.transpose(a, out)
+    np.testing.assert_array_equal(out, a.T)
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES), ids=lambda d: d.__name__)
+@pytest.mark.parametrize("m,k,n", SHAPES + ZERO_SHAPES)
+def test_matmul_blas_plain_and_transposed_views(m, k, n, dtype, threads):
+    # threads=1 takes NumPy's OpenBLAS through the registered symbol, 2 takes SciPy's through np.dot
+    a, b = _operands(m, k, n, dtype)
+    for a_view, b_view in ((a, b), (np.ascontiguousarray(a.T).T, b), (a, np.ascontiguousarray(b.T).T),
+                           (np.ascontiguousarray(a.T).T, np.ascontiguousarray(b.T).T)):
+        out = np.full((m, n), np.nan, dtype)
+        _matmul_blas_compiled(a_view, b_view, out)
+        _check(out, a, b, dtype)
+
+
+@pytest.mark.filterwarnings("ignore::numba.core.errors.NumbaPerformanceWarning")  # the point of the test
+def test_matmul_blas_falls_back_for_operands_blas_cannot_read():
+    # neither axis contiguous (a), and an output whose rows are not contiguous: np.dot copies
+    a, b = _operands(9, 7, 5, np.float64)
+    a_strided = np.zeros((18, 14))
+    a_strided[::2, ::2] = a
+    out_wide = np.full((9, 10), np.nan)
+    with _threads(1):
+        _matmul_blas_compiled(a_strided[::2, ::2], b, out_wide[:, ::2])
+    _check(out_wide[:, ::2], a, b, np.float64)
+    assert np.isnan(out_wide[:, 1::2]).all()  # the columns between were left alone
+
+
+def test_numpy_blas_is_registered_on_numpy_wheels():
+    # a NumPy built against another BLAS (MKL, Accelerate) has no bundled OpenBLAS: matmul_blas is np.dot
+    import glob
+    import os
+
+    bundled = glob.glob(os.path.join(os.path.dirname(np.__file__), "..", "numpy.libs", "libscipy_openblas64_*"))
+    assert gemm.HAVE_NUMPY_BLAS == bool(bundled)
+
+
+class _threads:
+    def __init__(self, n):
+        self.n = n
+
+    def __enter__(self):
+        self.before = numba.get_num_threads()
+        configure_threads(self.n)
+
+    def __exit__(self, *exc):
+        configure_threads(self.before)
+
+
+def _dense_reference(x, w, bias, dz, use_bias):
+    x64, w64, dz64 = (v.astype(np.float64) for v in (x, w, dz))
+    y = x64 @ w64 + (bias if use_bias else 0)
+    return y, x64.T @ dz64, dz64.sum(axis=0), dz64 @ w64.T
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES), ids=lambda d: d.__name__)
+@pytest.mark.parametrize("rows,fan_in,units", [(1, 1, 1), (3, 17, 5), (128, 784, 256), (128, 128, 10), (7, 6, 13)])
+@pytest.mark.parametrize("use_bias", [True, False])
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "python"])
+def test_dense_forward_backward(rows, fan_in, units, dtype, use_bias, compiled, threads):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((rows, fan_in)).astype(dtype)
+    w = rng.standard_normal((fan_in, units)).astype(dtype)
+    bias = rng.standard_normal(units).astype(dtype)
+    dz = rng.standard_normal((rows, units)).astype(dtype)
+    y_ref, dw_ref, db_ref, dx_ref = _dense_reference(x, w, bias, dz, use_bias)
+    forward = dense.forward if compiled else dense.forward.py_func
+    backward = dense.backward if compiled else dense.backward.py_func
+    y = np.empty((rows, units), dtype)
+    forward(x, w, bias, use_bias, y)
+    dw, db, dx = np.empty_like(w), np.full(units, np.nan, dtype), np.empty_like(x)
+    backward(x, w, dz, use_bias, True, dw, db, dx)
+    tol = 1e-10 if dtype == np.float64 else 2e-4
+    for got, ref in ((y, y_ref), (dw, dw_ref), (dx, dx_ref)):
+        np.testing.assert_allclose(got, ref, rtol=tol, atol=tol * np.sqrt(fan_in + rows + units))
+    if use_bias:
+        np.testing.assert_allclose(db, db_ref, rtol=tol, atol=tol * np.sqrt(rows))
+    else:
+        assert np.isnan(db).all()  # not touched
+
+    # without the input gradient, dx is not written and the kernel argument is not read
+    dx_untouched = np.full_like(x, np.nan)
+    backward(x, np.empty((0, 0), dtype), dz, use_bias, False, dw, db, dx_untouched)
+    assert np.isnan(dx_untouched).all()
