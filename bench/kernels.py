@@ -4,7 +4,9 @@ warm-up; ratios are PyTorch time / specc time (> 1 means specc is faster).
 
     python bench/kernels.py [--threads 2] [--repeats 7]
 
-Writes bench/results/kernels-<threads>t.json with the machine's CPU model. PyTorch is optional.
+Writes bench/results/kernels-<threads>t.json with the machine's CPU model and its measured float32 peak (see
+bench/gemm.py: an FMA-throughput probe at the same thread count), against which "% peak" is given.
+PyTorch is optional.
 """
 
 from __future__ import annotations
@@ -22,11 +24,11 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
+from gemm import measure_peak  # noqa: E402 - bench/gemm.py: this machine's float32 FMA peak, measured
+
 from specc.engine import Engine  # noqa: E402
 from specc.kernels import configure_threads  # noqa: E402
 from specc.spec import load_spec_text  # noqa: E402
-
-PEAK_GFLOPS = 460.0  # 2 cores x AVX-512 FMA, float32 (the issue's figure for this machine)
 
 # name, layer spec, input shape (no batch), batch, forward multiply-adds per sample
 CASES = [
@@ -124,7 +126,10 @@ def main() -> None:
         print("PyTorch not installed: timing specc alone")
 
     rows = []
-    print(f"threads={threads}  cpu={lscpu_model()}  median of {args.repeats}")
+    peak = measure_peak(threads)
+    peak_gflops = peak["measured_gflops"]
+    print(f"threads={threads}  cpu={lscpu_model()}  median of {args.repeats}  float32 peak {peak_gflops:.0f} GFLOP/s "
+          f"(measured by bench/gemm.py's FMA probe; {peak['clock_ghz']:.2f} GHz)")
     header = f"{'layer (forward+backward)':30} {'batch':>5} {'specc ms':>9} {'torch ms':>9} {'ratio':>6} {'GFLOP/s':>8} {'% peak':>6}"
     print(header)
     print("-" * len(header))
@@ -135,14 +140,14 @@ def main() -> None:
         gflops = 3 * 2 * macs * batch / t_specc / 1e9 if macs else None
         ratio = t_torch / t_specc if t_torch else None
         rows.append({"layer": name, "batch": batch, "specc_s": t_specc, "torch_s": t_torch, "ratio": ratio,
-                     "gflops": gflops, "peak_fraction": gflops / PEAK_GFLOPS if gflops else None})
+                     "gflops": gflops, "peak_fraction": gflops / peak_gflops if gflops else None})
         print(f"{name:30} {batch:>5} {t_specc * 1e3:>9.2f} "
               f"{(t_torch * 1e3 if t_torch else float('nan')):>9.2f} {(ratio or float('nan')):>6.2f} "
-              f"{(gflops or float('nan')):>8.1f} {(100 * gflops / PEAK_GFLOPS if gflops else float('nan')):>5.1f}%")
+              f"{(gflops or float('nan')):>8.1f} {(100 * gflops / peak_gflops if gflops else float('nan')):>5.1f}%")
     os.makedirs(os.path.join(os.path.dirname(__file__), "results"), exist_ok=True)
     path = os.path.join(os.path.dirname(__file__), "results", f"kernels-{threads}t.json")
     with open(path, "w", encoding="utf-8") as fh:
-        json.dump({"cpu": lscpu_model(), "threads": threads, "repeats": args.repeats,
+        json.dump({"cpu": lscpu_model(), "threads": threads, "repeats": args.repeats, "peak": peak,
                    "torch": getattr(torch, "__version__", None), "rows": rows}, fh, indent=2)
     print(f"written {path}")
 
