@@ -33,7 +33,7 @@ try:
     runpy.run_module("specc.cli", run_name="__main__")
 except SystemExit as exc:
     print("EXIT", exc.code, file=sys.stderr)
-print("LOADED", *sorted(m for m in sys.modules if m.split(".")[0] in ("numba", "numpy", "rich", "specc")),
+print("LOADED", *sorted(m for m in sys.modules if m.split(".")[0] in ("numba", "numpy", "rich", "typer", "specc")),
       file=sys.stderr)
 """
 
@@ -48,10 +48,10 @@ def loaded_modules(*args: str) -> tuple[str, set[str]]:
 @pytest.mark.parametrize("args", [["summary", "specs/digits_mlp.yaml"],
                                   ["summary", "--format", "json", "specs/digits_mlp.yaml"],
                                   ["validate", "specs/digits_mlp.yaml", "specs/functional_two_inputs.yaml"]])
-def test_summary_and_validate_import_neither_numba_nor_numpy_nor_rich(args):
+def test_summary_and_validate_import_neither_numba_nor_numpy_nor_rich_nor_typer(args):
     stderr, loaded = loaded_modules(*args)
     assert "EXIT 0" in stderr, stderr
-    assert not {m.split(".")[0] for m in loaded} & {"numba", "numpy", "rich"}, sorted(loaded)
+    assert not {m.split(".")[0] for m in loaded} & {"numba", "numpy", "rich", "typer"}, sorted(loaded)
     assert "specc.api" not in loaded  # the Python API loads on first use only
 
 
