@@ -6,7 +6,6 @@ text, JSON or GitHub-annotation form. No check raises a Python exception at the 
 
 from __future__ import annotations
 
-import difflib
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
@@ -66,6 +65,8 @@ def suggest(word: str, choices: Iterable[str]) -> str:
     lowered = {c.lower(): c for c in choices}
     if isinstance(word, str) and word.lower() in lowered:
         return f" (did you mean {lowered[word.lower()]}?)"
+    import difflib  # here, not at the top: only a spec with a mistake needs it (start-up of every command)
+
     close = difflib.get_close_matches(str(word).lower(), list(lowered), n=1, cutoff=0.6)
     return f" (did you mean {lowered[close[0]]}?)" if close else ""
 
