@@ -18,4 +18,8 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'specc.spec' has no attribute {name!r}")
 
 
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
 __all__ = ["Spec", "SpecError", "SpecInvalid", "load_spec", "load_spec_text", "render"]
