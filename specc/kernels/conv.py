@@ -11,16 +11,17 @@ which is exactly the order of a Keras kernel (kh, kw, C, F) reshaped to (kh*kw*C
 copies C contiguous values, so the copy is cache friendly in channels_last; the convolution itself is then
 a BLAS GEMM (np.dot inside njit calls BLAS through SciPy).
 
-The batch is cut into chunks of whole samples, run in parallel (`prange`): each chunk lays out only its own
-windows, in a per-thread scratch that stays in L2, and runs its own single-threaded GEMM, instead of one
-im2col of the whole batch (tens of MB) followed by one multi-threaded GEMM. Sums over the batch (kernel
-and bias gradients) go to per-chunk partials added in chunk order, so results are bit-for-bit the same at
-any thread count. A pointwise geometry (1 x 1 kernel, stride 1, no padding) needs no im2col at all: the
-kernels multiply x's rows directly.
+The batch is cut into chunks of whole samples, shared between threads: each chunk lays out only its own
+windows, in a scratch that stays in cache, and runs its own single-threaded GEMM, instead of one im2col of
+the whole batch (tens of MB) followed by one multi-threaded GEMM. Sums over the batch (kernel and bias
+gradients) go to per-chunk partials added in chunk order, so results are bit-for-bit the same at any
+thread count. A pointwise geometry (1 x 1 kernel, stride 1, no padding) takes the same path: its "windows"
+are a copy of x, cheap next to the GEMM.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import functools
 
@@ -40,18 +41,6 @@ MIN_CHUNKS = 16
 # Below this many channels the windows are laid out tap-major, cols_t (K, rows): each tap's row is then a
 # contiguous copy of an input row (for C = 1) instead of C-element pieces; BLAS reads it transposed.
 TAP_MAJOR_BELOW_C = 4
-
-
-@numba.njit(**JIT)
-def _pointwise(g):
-    return g[0] == 1 and g[1] == 1 and g[2] == 1 and g[3] == 1 and g[6] == 0 and g[7] == 0
-
-
-@numba.njit(**JIT)
-def _samples_per_chunk(n, rows_per_sample, k, f, itemsize):
-    by_cache = CHUNK_BYTES // max(rows_per_sample * (k + f) * itemsize, 1)
-    by_balance = (n + MIN_CHUNKS - 1) // MIN_CHUNKS
-    return max(1, min(by_cache, by_balance))
 
 
 @numba.njit(**JIT)
@@ -160,125 +149,182 @@ def _col2im_t(cols_t, n0, n1, g, ho, wo, x):
                             x[n, ih, ow * sw - pw + j * dw, c] += row[r + ow]
 
 
-@numba.njit(parallel=True, **JIT)
-def conv_forward(x, kernel, bias, use_bias, g, out):
-    """x (N, H, W, C), kernel (kh*kw*C, F), bias (F,) -> out (N, Ho, Wo, F).
+@numba.njit(**JIT)
+def _matmul(a, b, out):
+    """out = a @ b through BLAS. One function for every product here, so each combination of layouts
+    compiles once rather than at every call site (compile time)."""
+    np.dot(a, b, out)
 
-    Chunks of samples in parallel: each chunk lays its windows out in its own scratch (rows, kh*kw*C)
-    (tap-major for few channels) and multiplies them by the kernel with one BLAS GEMM, which must run
-    single-threaded here (see `one_blas_thread`); a pointwise geometry multiplies x's rows directly. The
-    bias is added while the chunk's output is in cache.
-    Conv2DTranspose's backward uses this too, for d(input) = im2col(dy) @ kernel.
-    """
+
+@numba.njit(**JIT)
+def _forward_chunk(x, kernel, bias, use_bias, g, n0, n1, out):
+    """conv_forward for samples n0:n1 on the calling thread."""
     n_, h_, w_, c_ = x.shape
     _, ho, wo, f = out.shape
     k = kernel.shape[0]
     per = ho * wo
-    spc = _samples_per_chunk(n_, per, k, f, x.itemsize)
-    chunks = (n_ + spc - 1) // spc
-    pointwise = _pointwise(g)
-    tap_major = c_ < TAP_MAJOR_BELOW_C
-    x2 = x.reshape(n_ * h_ * w_, c_)
-    out2 = out.reshape(n_ * per, f)
-    for t in numba.prange(chunks):
-        n0 = t * spc
-        n1 = min(n0 + spc, n_)
-        r = (n1 - n0) * per
-        o = out2[n0 * per : n1 * per]
-        if pointwise:
-            np.dot(x2[n0 * per : n1 * per], kernel, o)
-        elif tap_major:
-            cols_t = np.empty((k, r), x.dtype)  # this chunk's windows
-            _im2col_t(x, n0, n1, g, ho, wo, cols_t)
-            np.dot(cols_t.T, kernel, o)
-        else:
-            cols = np.empty((r, k), x.dtype)  # this chunk's windows
-            _im2col(x, n0, n1, g, ho, wo, cols)
-            np.dot(cols, kernel, o)
-        if use_bias:
-            for i in range(r):
-                for q in range(f):
-                    o[i, q] += bias[q]
+    r = (n1 - n0) * per
+    o = out.reshape(n_ * per, f)[n0 * per : n1 * per]
+    if c_ < TAP_MAJOR_BELOW_C:
+        cols_t = np.empty((k, r), x.dtype)  # this chunk's windows
+        _im2col_t(x, n0, n1, g, ho, wo, cols_t)
+        _matmul(cols_t.T, kernel, o)
+    else:
+        cols = np.empty((r, k), x.dtype)  # this chunk's windows
+        _im2col(x, n0, n1, g, ho, wo, cols)
+        _matmul(cols, kernel, o)
+    if use_bias:
+        for i in range(r):
+            for q in range(f):
+                o[i, q] += bias[q]
 
 
-@numba.njit(parallel=True, **JIT)
-def conv_backward(x, kernel, dy, use_bias, need_dk, need_dx, g, dkernel, dbias, dx):
-    """dy (N, Ho, Wo, F) -> dkernel (kh*kw*C, F) = im2col(x).T @ dy, dbias (F,) = the sum of dy over
-    positions, dx (N, H, W, C) = col2im(dy @ kernel.T).
-
-    Chunks of samples as in conv_forward (BLAS single-threaded): each chunk recomputes its windows of x
-    (cheaper than keeping every window from forward: they are kh*kw times the input) and writes its own
-    partial kernel and bias gradients, which are then summed in chunk order, so the result does not
-    depend on the thread count. x is read only when need_dk. Conv2DTranspose's forward is the dx part
-    alone (dy = its input, dx = its output); its kernel gradient is the dkernel part with x = its output
-    gradient and dy = its input.
-    """
+@numba.njit(**JIT)
+def _backward_chunk(x, kernel, dy, use_bias, need_dk, need_dx, g, t, spc, dk_parts, db_parts, dx):
+    """conv_backward for chunk t (samples t*spc up to (t+1)*spc) on the calling thread: its kernel and bias
+    gradients go to dk_parts[t] (K, F) and db_parts[t] (F,), its input gradient to those samples of dx."""
     n_, ho, wo, f = dy.shape
-    _, h_, w_, c_ = dx.shape
+    c_ = dx.shape[3]
     k = kernel.shape[0]
     per = ho * wo
-    spc = _samples_per_chunk(n_, per, k, f, dy.itemsize)
-    chunks = (n_ + spc - 1) // spc
-    pointwise = _pointwise(g)
+    n0 = t * spc
+    n1 = min(n0 + spc, n_)
+    r = (n1 - n0) * per
+    d = dy.reshape(n_ * per, f)[n0 * per : n1 * per]
     tap_major = c_ < TAP_MAJOR_BELOW_C
-    dk_parts = np.empty((chunks, k, f), dy.dtype)  # never touched without need_dk
-    db_parts = np.empty((chunks if use_bias else 0, f), dy.dtype)
-    x2 = x.reshape(x.shape[0] * h_ * w_, c_)
-    dx2 = dx.reshape(n_ * h_ * w_, c_)
-    dy2 = dy.reshape(n_ * per, f)
-    for t in numba.prange(chunks):
-        n0 = t * spc
-        n1 = min(n0 + spc, n_)
-        r = (n1 - n0) * per
-        d = dy2[n0 * per : n1 * per]
-        if use_bias:
-            db = db_parts[t]
-            db[:] = 0
-            for i in range(r):
-                for q in range(f):
-                    db[q] += d[i, q]
-        if need_dk:
-            if pointwise:
-                np.dot(x2[n0 * per : n1 * per].T, d, dk_parts[t])
-            elif tap_major:
-                cols_t = np.empty((k, r), dy.dtype)  # this chunk's windows
-                _im2col_t(x, n0, n1, g, ho, wo, cols_t)
-                np.dot(cols_t, d, dk_parts[t])
-            else:
-                cols = np.empty((r, k), dy.dtype)  # this chunk's windows
-                _im2col(x, n0, n1, g, ho, wo, cols)
-                np.dot(cols.T, d, dk_parts[t])
-        if need_dx:
-            if pointwise:
-                np.dot(d, kernel.T, dx2[n0 * per : n1 * per])
-            elif tap_major:
-                dcols_t = np.empty((k, r), dy.dtype)  # gradients of this chunk's windows
-                np.dot(kernel, d.T, dcols_t)
-                _col2im_t(dcols_t, n0, n1, g, ho, wo, dx)
-            else:
-                dcols = np.empty((r, k), dy.dtype)  # gradients of this chunk's windows
-                np.dot(d, kernel.T, dcols)
-                _col2im(dcols, n0, n1, g, ho, wo, dx)
-    # Partial sums in chunk order, rows of the kernel gradient in parallel.
-    if need_dk:
-        for i in numba.prange(k):
+    if use_bias:
+        db = db_parts[t]
+        db[:] = 0
+        for i in range(r):
             for q in range(f):
-                dkernel[i, q] = 0
-            for t in range(chunks):
-                for q in range(f):
-                    dkernel[i, q] += dk_parts[t, i, q]
+                db[q] += d[i, q]
+    if need_dk:
+        if tap_major:
+            cols_t = np.empty((k, r), dy.dtype)  # this chunk's windows
+            _im2col_t(x, n0, n1, g, ho, wo, cols_t)
+            _matmul(cols_t, d, dk_parts[t])
+        else:
+            cols = np.empty((r, k), dy.dtype)  # this chunk's windows
+            _im2col(x, n0, n1, g, ho, wo, cols)
+            _matmul(cols.T, d, dk_parts[t])
+    if need_dx:
+        if tap_major:
+            dcols_t = np.empty((k, r), dy.dtype)  # gradients of this chunk's windows
+            _matmul(kernel, d.T, dcols_t)
+            _col2im_t(dcols_t, n0, n1, g, ho, wo, dx)
+        else:
+            dcols = np.empty((r, k), dy.dtype)  # gradients of this chunk's windows
+            _matmul(d, kernel.T, dcols)
+            _col2im(dcols, n0, n1, g, ho, wo, dx)
+
+
+@numba.njit(**JIT)
+def _forward_range(x, kernel, bias, use_bias, g, spc, t0, t1, out):
+    """_forward_chunk for chunks t0:t1 of spc samples each."""
+    for t in range(t0, t1):
+        _forward_chunk(x, kernel, bias, use_bias, g, t * spc, min(t * spc + spc, x.shape[0]), out)
+
+
+@numba.njit(**JIT)
+def _backward_range(x, kernel, dy, use_bias, need_dk, need_dx, g, spc, t0, t1, dk_parts, db_parts, dx):
+    """_backward_chunk for chunks t0:t1 of spc samples each."""
+    for t in range(t0, t1):
+        _backward_chunk(x, kernel, dy, use_bias, need_dk, need_dx, g, t, spc, dk_parts, db_parts, dx)
+
+
+@numba.njit(**JIT)
+def _sum_parts(dk_parts, dbias, db_parts, need_dk, use_bias, dkernel):
+    """dkernel (K, F) and dbias (F,) = their per-chunk partials summed in chunk order."""
+    if need_dk:
+        dkernel[...] = 0
+        for t in range(dk_parts.shape[0]):
+            dkernel += dk_parts[t]
     if use_bias:
         dbias[:] = 0
-        for t in range(chunks):
-            for q in range(f):
-                dbias[q] += db_parts[t, q]
+        for t in range(db_parts.shape[0]):
+            dbias += db_parts[t]
+
+
+# The two entry points split the chunks between threads in Python (in_threads, also used by pooling):
+# each thread runs one jitted call (nogil) over a contiguous range of chunks, as a static prange would.
+# A prange version was measured first: same speed, but its parfor lowering re-optimised every callee
+# (LLVM) and tripled the cold compile of these kernels (about +10 s for the benchmark CNN, over its 15 s
+# budget; pooling's prange versions cost another 2 s).
+
+
+def conv_forward(x, kernel, bias, use_bias, g, out):
+    """x (N, H, W, C), kernel (kh*kw*C, F), bias (F,) -> out (N, Ho, Wo, F), all C-contiguous.
+
+    Chunks of samples in parallel: each chunk lays its windows out in its own scratch (rows, kh*kw*C),
+    tap-major for few channels, and multiplies them by the kernel with one single-threaded BLAS GEMM;
+    the bias is added while the chunk's output is in cache.
+    Conv2DTranspose's backward uses this too, for d(input) = im2col(dy) @ kernel.
+    """
+    n, ho, wo, f = out.shape
+    spc, chunks = _chunking(n, ho * wo, kernel.shape[0], f, x.itemsize)
+    with one_blas_thread():
+        in_threads(chunks, lambda t0, t1: _forward_range(x, kernel, bias, use_bias, g, spc, t0, t1, out))
+
+
+def conv_backward(x, kernel, dy, use_bias, need_dk, need_dx, g, dkernel, dbias, dx):
+    """dy (N, Ho, Wo, F) -> dkernel (kh*kw*C, F) = im2col(x).T @ dy, dbias (F,) = the sum of dy over
+    positions, dx (N, H, W, C) = col2im(dy @ kernel.T); all C-contiguous.
+
+    Chunks of samples as in conv_forward: each chunk recomputes its windows of x (cheaper than keeping
+    every window from forward: they are kh*kw times the input) and writes its own partial kernel and
+    bias gradients, which are then summed in chunk order, so the result does not depend on the thread
+    count. x is read only when need_dk. Conv2DTranspose's forward is the dx part alone (dy = its input,
+    dx = its output); its kernel gradient is the dkernel part with x = its output gradient and dy = its
+    input.
+    """
+    n, ho, wo, f = dy.shape
+    k = kernel.shape[0]
+    spc, chunks = _chunking(n, ho * wo, k, f, dy.itemsize)
+    dk_parts = np.empty((chunks if need_dk else 0, k, f), dy.dtype)
+    db_parts = np.empty((chunks if use_bias else 0, f), dy.dtype)
+    with one_blas_thread():
+        in_threads(
+            chunks,
+            lambda t0, t1: _backward_range(
+                x, kernel, dy, use_bias, need_dk, need_dx, g, spc, t0, t1, dk_parts, db_parts, dx
+            ),
+        )
+    _sum_parts(dk_parts, dbias, db_parts, need_dk, use_bias, dkernel)
+
+
+def _chunking(n, rows_per_sample, k, f, itemsize):
+    """(samples per chunk, chunks): as many samples as keep a chunk's windows and outputs within about
+    CHUNK_BYTES, but at least MIN_CHUNKS chunks."""
+    by_cache = CHUNK_BYTES // max(rows_per_sample * (k + f) * itemsize, 1)
+    by_balance = -(-n // MIN_CHUNKS)
+    spc = max(1, min(by_cache, by_balance))
+    return spc, -(-n // spc)
+
+
+def in_threads(chunks, run):
+    """run(t0, t1) over contiguous, equal shares of range(chunks), one per Numba thread (the count
+    `configure_threads` set); the calling thread takes the first share."""
+    threads = min(numba.get_num_threads(), chunks)
+    if threads <= 1:
+        run(0, chunks)
+        return
+    bounds = [chunks * i // threads for i in range(threads + 1)]
+    futures = [_pool().submit(run, bounds[i], bounds[i + 1]) for i in range(1, threads)]
+    run(bounds[0], bounds[1])
+    for future in futures:
+        future.result()
+
+
+@functools.cache
+def _pool():
+    return concurrent.futures.ThreadPoolExecutor(max(1, numba.config.NUMBA_NUM_THREADS - 1), "specc-conv")
 
 
 def one_blas_thread():
-    """A context in which BLAS runs on one thread (about 20 us to enter and leave): conv_forward and
-    conv_backward call BLAS from every Numba thread at once, and a multi-threaded BLAS would then
-    oversubscribe the cores (and serialise on OpenBLAS's lock). Limited at one Numba thread too, so
-    every GEMM is computed the same way at any thread count."""
+    """A context in which BLAS runs on one thread (about 20 us to enter and leave): the convolutions call
+    BLAS from every thread at once, and a multi-threaded BLAS would then oversubscribe the cores (and
+    serialise on OpenBLAS's lock). Limited at one thread too, so every GEMM is computed the same way at
+    any thread count."""
     controller = _blas_controller()
     return contextlib.nullcontext() if controller is None else controller.limit(limits=1, user_api="blas")
 

@@ -14,17 +14,18 @@ from __future__ import annotations
 import numba
 
 from . import JIT
+from .conv import in_threads
 
 
-@numba.njit(parallel=True, **JIT)
-def max_forward(x, g, out, argmax):
+@numba.njit(**JIT)
+def _max_forward(x, g, n0, n1, out, argmax):
     """x (N, H, W, C) -> out (N, Ho, Wo, C) and argmax (N, Ho, Wo, C): the winner's flat index ih*W + iw
-    (the first one on ties), so backward routes each gradient without searching again. Samples in
-    parallel; the channel loop is branch-free (selects) so it vectorises."""
+    (the first one on ties), so backward routes each gradient without searching again; samples n0:n1.
+    The channel loop is branch-free (selects) so it vectorises."""
     kh, kw, sh, sw, dh, dw, ph, pw = g
-    n_, h_, w_, c_ = x.shape
+    _, h_, w_, c_ = x.shape
     _, ho, wo, _ = out.shape
-    for n in numba.prange(n_):
+    for n in range(n0, n1):
         for oh in range(ho):
             h0 = max(oh * sh - ph, 0)
             h1 = min(oh * sh - ph + kh, h_)
@@ -49,16 +50,16 @@ def max_forward(x, g, out, argmax):
                             a[c] = k if better else a[c]
 
 
-@numba.njit(parallel=True, **JIT)
-def max_backward(dy, argmax, g, dx):
-    """dy (N, Ho, Wo, C) -> dx (N, H, W, C): each gradient goes to its window's winner (sums on overlap).
-    Samples in parallel; each window position takes dy where it is the winner, 0 elsewhere (a select that
+@numba.njit(**JIT)
+def _max_backward(dy, argmax, g, n0, n1, dx):
+    """dy (N, Ho, Wo, C) -> dx (N, H, W, C), samples n0:n1: each gradient goes to its window's winner
+    (sums on overlap). Each window position takes dy where it is the winner, 0 elsewhere (a select that
     vectorises, where scattering through argmax would not)."""
     kh, kw, sh, sw, dh, dw, ph, pw = g
-    n_, h_, w_, c_ = dx.shape
+    _, h_, w_, c_ = dx.shape
     _, ho, wo, _ = dy.shape
     zero = dx.dtype.type(0)
-    for n in numba.prange(n_):
+    for n in range(n0, n1):
         dx[n] = 0
         for oh in range(ho):
             h0 = max(oh * sh - ph, 0)
@@ -76,15 +77,15 @@ def max_backward(dy, argmax, g, dx):
                             t[c] += d[c] if a[c] == k else zero
 
 
-@numba.njit(parallel=True, **JIT)
-def avg_forward(x, g, out):
-    """x (N, H, W, C) -> out (N, Ho, Wo, C): the mean over each window's valid (unpadded) positions.
-    Samples in parallel."""
+@numba.njit(**JIT)
+def _avg_forward(x, g, n0, n1, out):
+    """x (N, H, W, C) -> out (N, Ho, Wo, C), samples n0:n1: the mean over each window's valid (unpadded)
+    positions."""
     kh, kw, sh, sw, dh, dw, ph, pw = g
-    n_, h_, w_, c_ = x.shape
+    _, h_, w_, c_ = x.shape
     _, ho, wo, _ = out.shape
     one = x.dtype.type(1)
-    for n in numba.prange(n_):
+    for n in range(n0, n1):
         for oh in range(ho):
             h0 = max(oh * sh - ph, 0)
             h1 = min(oh * sh - ph + kh, h_)
@@ -103,15 +104,15 @@ def avg_forward(x, g, out):
                     o[c] *= scale
 
 
-@numba.njit(parallel=True, **JIT)
-def avg_backward(dy, g, dx):
-    """dy (N, Ho, Wo, C) -> dx (N, H, W, C): each window spreads dy / (its valid count) over its positions.
-    Samples in parallel."""
+@numba.njit(**JIT)
+def _avg_backward(dy, g, n0, n1, dx):
+    """dy (N, Ho, Wo, C) -> dx (N, H, W, C), samples n0:n1: each window spreads dy / (its valid count)
+    over its positions."""
     kh, kw, sh, sw, dh, dw, ph, pw = g
-    n_, h_, w_, c_ = dx.shape
+    _, h_, w_, c_ = dx.shape
     _, ho, wo, _ = dy.shape
     one = dx.dtype.type(1)
-    for n in numba.prange(n_):
+    for n in range(n0, n1):
         dx[n] = 0
         for oh in range(ho):
             h0 = max(oh * sh - ph, 0)
@@ -126,3 +127,23 @@ def avg_backward(dy, g, dx):
                         t = dx[n, ih, iw]  # (C,)
                         for c in range(c_):
                             t[c] += d[c] * scale
+
+
+# Samples are split between threads in Python (conv.in_threads), for the compile-time reason given there.
+
+
+def max_forward(x, g, out, argmax):
+    """_max_forward over the whole batch, samples shared between threads."""
+    in_threads(x.shape[0], lambda n0, n1: _max_forward(x, g, n0, n1, out, argmax))
+
+
+def max_backward(dy, argmax, g, dx):
+    in_threads(dx.shape[0], lambda n0, n1: _max_backward(dy, argmax, g, n0, n1, dx))
+
+
+def avg_forward(x, g, out):
+    in_threads(x.shape[0], lambda n0, n1: _avg_forward(x, g, n0, n1, out))
+
+
+def avg_backward(dy, g, dx):
+    in_threads(dx.shape[0], lambda n0, n1: _avg_backward(dy, g, n0, n1, dx))

@@ -140,8 +140,7 @@ class _Conv(_Windowed):
         kernel = w[0].reshape(-1, f)  # (kh*kw*C, F), a view
         bias = w[1] if self.use_bias else np.zeros(f, x4.dtype)
         out = np.empty((n, ho, wo, f), x4.dtype)
-        with conv.one_blas_thread():
-            conv.conv_forward(x4, kernel, bias, self.use_bias, g, out)
+        conv.conv_forward(x4, kernel, bias, self.use_bias, g, out)
         return out.reshape((n,) + out_spatial + (f,)), (x4, out.shape, x.shape, g)
 
     def backward(self, w, g, saved, dy, need_dx=True):
@@ -154,9 +153,8 @@ class _Conv(_Windowed):
         dy4 = np.ascontiguousarray(dy).reshape(out_shape)  # (N, Ho, Wo, F)
         dx = np.empty_like(x4)  # (N, H, W, C)
         dbias = g[1] if self.use_bias else np.empty(f, dy4.dtype)
-        with conv.one_blas_thread():
-            conv.conv_backward(x4, w[0].reshape(-1, f), dy4, self.use_bias, True, need_dx, geom,
-                               g[0].reshape(-1, f), dbias, dx)
+        conv.conv_backward(x4, w[0].reshape(-1, f), dy4, self.use_bias, True, need_dx, geom,
+                           g[0].reshape(-1, f), dbias, dx)
         return dx.reshape(in_shape) if need_dx else None
 
 
@@ -235,8 +233,8 @@ class Conv2DTranspose(_Conv):
         y = np.empty((n, ho, wo, f), x4.dtype)
         no_dk = np.empty((0, 0), x4.dtype)
         no_db = np.empty(0, x4.dtype)
-        with conv.one_blas_thread():  # y stands in for the unread x: only its shape matters
-            conv.conv_backward(y, kernel, x4, False, False, True, g, no_dk, no_db, y)
+        # y stands in for the unread x: only its shape matters.
+        conv.conv_backward(y, kernel, x4, False, False, True, g, no_dk, no_db, y)
         if self.use_bias:
             y += w[1]
         return y, (x4, g)
@@ -252,11 +250,10 @@ class Conv2DTranspose(_Conv):
         dy4 = np.ascontiguousarray(dy)  # (N, Ho, Wo, F)
         kernel = w[0].reshape(-1, c)
         dx = np.empty_like(x4)
-        with conv.one_blas_thread():
-            conv.conv_forward(dy4, kernel, np.zeros(c, dy4.dtype), False, geom, dx)  # dx = im2col(dy) @ K
-            # d(kernel) = im2col(dy).T @ x: Conv2D's weight gradient with x in the place of its dy.
-            conv.conv_backward(dy4, kernel, x4, False, True, False, geom, g[0].reshape(-1, c),
-                               np.empty(0, dy4.dtype), dy4)
+        conv.conv_forward(dy4, kernel, np.zeros(c, dy4.dtype), False, geom, dx)  # dx = im2col(dy) @ K
+        # d(kernel) = im2col(dy).T @ x: Conv2D's weight gradient with x in the place of its dy.
+        conv.conv_backward(dy4, kernel, x4, False, True, False, geom, g[0].reshape(-1, c),
+                           np.empty(0, dy4.dtype), dy4)
         if self.use_bias:
             g[1][...] = dy4.reshape(-1, f).sum(axis=0)
         return dx
@@ -369,8 +366,7 @@ class SeparableConv2D(_Windowed):
         conv.depthwise_forward(x4, w[0], np.zeros(cm, x4.dtype), False, g, z)
         out = np.empty((n,) + out_spatial + (f,), x4.dtype)
         bias = w[2] if self.use_bias else np.zeros(f, x4.dtype)
-        with conv.one_blas_thread():
-            conv.conv_forward(z, w[1].reshape(cm, f), bias, self.use_bias, POINTWISE, out)
+        conv.conv_forward(z, w[1].reshape(cm, f), bias, self.use_bias, POINTWISE, out)
         return out, (x4, z, g)
 
     def backward(self, w, g, saved, dy, need_dx=True):
@@ -383,9 +379,8 @@ class SeparableConv2D(_Windowed):
         dy4 = np.ascontiguousarray(dy)  # (N, Ho, Wo, F)
         dz = np.empty_like(z)
         dbias = g[2] if self.use_bias else np.empty(f, dy4.dtype)
-        with conv.one_blas_thread():
-            conv.conv_backward(z, w[1].reshape(cm, f), dy4, self.use_bias, True, True, POINTWISE,
-                               g[1].reshape(cm, f), dbias, dz)
+        conv.conv_backward(z, w[1].reshape(cm, f), dy4, self.use_bias, True, True, POINTWISE,
+                           g[1].reshape(cm, f), dbias, dz)
         dx = np.empty_like(x4)
         conv.depthwise_backward(x4, w[0], dz, False, geom, g[0], np.empty(cm, dy4.dtype), dx)
         return dx
