@@ -284,13 +284,15 @@ def _preload() -> None:
     long-lived objects (modules, classes, pydantic's machinery): the ~70 collections they triggered freed
     nothing and took ~10 ms. Those objects are then frozen out of later collections, and the collector runs
     as usual while specs are checked (each spec leaves ~20 KB of cyclic garbage)."""
+    enabled = gc.isenabled()
     gc.disable()
     try:
         for module in ("specc.spec.validate", "specc.summary"):
             importlib.import_module(module)
     finally:
         gc.freeze()
-        gc.enable()
+        if enabled:
+            gc.enable()
 
 
 def _ascii_stream(stream) -> bool:
