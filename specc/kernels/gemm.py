@@ -157,11 +157,21 @@ def _register_numpy_blas() -> bool:
                ("specc_numpy_blas_threads", "scipy_openblas_get_num_threads64_"))
     try:
         lib = ctypes.CDLL(libs[0])  # already loaded by NumPy: the same handle, so threadpoolctl limits it too
-        for ours, theirs in symbols:
-            llvmlite.binding.add_symbol(ours, ctypes.cast(getattr(lib, theirs), ctypes.c_void_p).value)
+        addresses = [ctypes.cast(getattr(lib, theirs), ctypes.c_void_p).value for _, theirs in symbols]
     except (IndexError, OSError, AttributeError):  # another NumPy build (MKL, Accelerate, system BLAS)
+        # Stand-ins, so machine code cached while NumPy had its OpenBLAS still links: a thread count of 0
+        # sends every call to np.dot, and the gemm stand-ins are never reached.
+        addresses = [ctypes.cast(_NO_GEMM, ctypes.c_void_p).value] * 2 + [ctypes.cast(_NO_THREADS, ctypes.c_void_p).value]
+        for (ours, _), address in zip(symbols, addresses):
+            llvmlite.binding.add_symbol(ours, address)
         return False
+    for (ours, _), address in zip(symbols, addresses):
+        llvmlite.binding.add_symbol(ours, address)
     return True
+
+
+_NO_GEMM = ctypes.CFUNCTYPE(None)(lambda: None)
+_NO_THREADS = ctypes.CFUNCTYPE(ctypes.c_int32)(lambda: 0)
 
 
 HAVE_NUMPY_BLAS = _register_numpy_blas()
