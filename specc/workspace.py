@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
+# NumPy is imported where an array is made: layer modules import this one, and `specc summary` and
+# `specc validate` load layer modules without NumPy.
 
 _active: contextvars.ContextVar[Workspace | None] = contextvars.ContextVar("specc_workspace", default=None)
 
@@ -37,6 +40,8 @@ class Workspace:
             _active.reset(token)
 
     def get(self, role: str, shape: tuple, dtype: Any) -> np.ndarray:
+        import numpy as np
+
         key = (self.owner, role, shape, np.dtype(dtype).str)
         array = self._arrays.get(key)
         if array is None:
@@ -54,7 +59,9 @@ class Workspace:
 def empty(role: str, shape: tuple, dtype: Any) -> np.ndarray:
     """An uninitialised array of `shape`: the active workspace's array for (role, shape, dtype) in the
     current layer call, or a new one when no workspace is active."""
+    import numpy as np
+
     workspace = _active.get()
     if workspace is None:
         return np.empty(shape, dtype)
-    return workspace.get(role, tuple(shape), dtype)
+    return workspace.get(role, (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape), dtype)

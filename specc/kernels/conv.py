@@ -28,6 +28,7 @@ import functools
 import numba
 import numpy as np
 
+from ..workspace import empty
 from . import JIT
 
 # Samples per chunk: as many as keep a chunk's windows and outputs ((rows, K) + (rows, F)) within about
@@ -157,8 +158,8 @@ def _matmul(a, b, out):
 
 
 @numba.njit(**JIT)
-def _forward_chunk(x, kernel, bias, use_bias, g, n0, n1, out):
-    """conv_forward for samples n0:n1 on the calling thread."""
+def _forward_chunk(x, kernel, bias, use_bias, g, n0, n1, scratch, out):
+    """conv_forward for samples n0:n1 on the calling thread; scratch (>= rows * K,) holds its windows."""
     n_, h_, w_, c_ = x.shape
     _, ho, wo, f = out.shape
     k = kernel.shape[0]
@@ -166,11 +167,11 @@ def _forward_chunk(x, kernel, bias, use_bias, g, n0, n1, out):
     r = (n1 - n0) * per
     o = out.reshape(n_ * per, f)[n0 * per : n1 * per]
     if c_ < TAP_MAJOR_BELOW_C:
-        cols_t = np.empty((k, r), x.dtype)  # this chunk's windows
+        cols_t = scratch[: k * r].reshape(k, r)  # this chunk's windows
         _im2col_t(x, n0, n1, g, ho, wo, cols_t)
         _matmul(cols_t.T, kernel, o)
     else:
-        cols = np.empty((r, k), x.dtype)  # this chunk's windows
+        cols = scratch[: r * k].reshape(r, k)  # this chunk's windows
         _im2col(x, n0, n1, g, ho, wo, cols)
         _matmul(cols, kernel, o)
     if use_bias:
@@ -180,9 +181,10 @@ def _forward_chunk(x, kernel, bias, use_bias, g, n0, n1, out):
 
 
 @numba.njit(**JIT)
-def _backward_chunk(x, kernel, dy, use_bias, need_dk, need_dx, g, t, spc, dk_parts, db_parts, dx):
+def _backward_chunk(x, kernel, dy, use_bias, need_dk, need_dx, g, t, spc, scratch, dk_parts, db_parts, dx):
     """conv_backward for chunk t (samples t*spc up to (t+1)*spc) on the calling thread: its kernel and bias
-    gradients go to dk_parts[t] (K, F) and db_parts[t] (F,), its input gradient to those samples of dx."""
+    gradients go to dk_parts[t] (K, F) and db_parts[t] (F,), its input gradient to those samples of dx.
+    scratch (>= rows * K,) holds its windows, then their gradients."""
     n_, ho, wo, f = dy.shape
     c_ = dx.shape[3]
     k = kernel.shape[0]
@@ -200,36 +202,36 @@ def _backward_chunk(x, kernel, dy, use_bias, need_dk, need_dx, g, t, spc, dk_par
                 db[q] += d[i, q]
     if need_dk:
         if tap_major:
-            cols_t = np.empty((k, r), dy.dtype)  # this chunk's windows
+            cols_t = scratch[: k * r].reshape(k, r)  # this chunk's windows
             _im2col_t(x, n0, n1, g, ho, wo, cols_t)
             _matmul(cols_t, d, dk_parts[t])
         else:
-            cols = np.empty((r, k), dy.dtype)  # this chunk's windows
+            cols = scratch[: r * k].reshape(r, k)  # this chunk's windows
             _im2col(x, n0, n1, g, ho, wo, cols)
             _matmul(cols.T, d, dk_parts[t])
     if need_dx:
         if tap_major:
-            dcols_t = np.empty((k, r), dy.dtype)  # gradients of this chunk's windows
+            dcols_t = scratch[: k * r].reshape(k, r)  # gradients of this chunk's windows
             _matmul(kernel, d.T, dcols_t)
             _col2im_t(dcols_t, n0, n1, g, ho, wo, dx)
         else:
-            dcols = np.empty((r, k), dy.dtype)  # gradients of this chunk's windows
+            dcols = scratch[: r * k].reshape(r, k)  # gradients of this chunk's windows
             _matmul(d, kernel.T, dcols)
             _col2im(dcols, n0, n1, g, ho, wo, dx)
 
 
 @numba.njit(**JIT)
-def _forward_range(x, kernel, bias, use_bias, g, spc, t0, t1, out):
-    """_forward_chunk for chunks t0:t1 of spc samples each."""
+def _forward_range(x, kernel, bias, use_bias, g, spc, t0, t1, scratch, out):
+    """_forward_chunk for chunks t0:t1 of spc samples each, with this thread's scratch."""
     for t in range(t0, t1):
-        _forward_chunk(x, kernel, bias, use_bias, g, t * spc, min(t * spc + spc, x.shape[0]), out)
+        _forward_chunk(x, kernel, bias, use_bias, g, t * spc, min(t * spc + spc, x.shape[0]), scratch, out)
 
 
 @numba.njit(**JIT)
-def _backward_range(x, kernel, dy, use_bias, need_dk, need_dx, g, spc, t0, t1, dk_parts, db_parts, dx):
-    """_backward_chunk for chunks t0:t1 of spc samples each."""
+def _backward_range(x, kernel, dy, use_bias, need_dk, need_dx, g, spc, t0, t1, scratch, dk_parts, db_parts, dx):
+    """_backward_chunk for chunks t0:t1 of spc samples each, with this thread's scratch."""
     for t in range(t0, t1):
-        _backward_chunk(x, kernel, dy, use_bias, need_dk, need_dx, g, t, spc, dk_parts, db_parts, dx)
+        _backward_chunk(x, kernel, dy, use_bias, need_dk, need_dx, g, t, spc, scratch, dk_parts, db_parts, dx)
 
 
 @numba.njit(**JIT)
@@ -262,8 +264,10 @@ def conv_forward(x, kernel, bias, use_bias, g, out):
     """
     n, ho, wo, f = out.shape
     spc, chunks = _chunking(n, ho * wo, kernel.shape[0], f, x.itemsize)
+    scratch = _scratch(chunks, spc * ho * wo * kernel.shape[0], x.dtype)
     with one_blas_thread():
-        in_threads(chunks, lambda t0, t1: _forward_range(x, kernel, bias, use_bias, g, spc, t0, t1, out))
+        in_threads(chunks, lambda share, t0, t1: _forward_range(x, kernel, bias, use_bias, g, spc, t0, t1,
+                                                                scratch[share], out))
 
 
 def conv_backward(x, kernel, dy, use_bias, need_dk, need_dx, g, dkernel, dbias, dx):
@@ -280,16 +284,22 @@ def conv_backward(x, kernel, dy, use_bias, need_dk, need_dx, g, dkernel, dbias, 
     n, ho, wo, f = dy.shape
     k = kernel.shape[0]
     spc, chunks = _chunking(n, ho * wo, k, f, dy.itemsize)
-    dk_parts = np.empty((chunks if need_dk else 0, k, f), dy.dtype)
-    db_parts = np.empty((chunks if use_bias else 0, f), dy.dtype)
+    dk_parts = empty("kernel gradient parts", (chunks if need_dk else 0, k, f), dy.dtype)
+    db_parts = empty("bias gradient parts", (chunks if use_bias else 0, f), dy.dtype)
+    scratch = _scratch(chunks, spc * ho * wo * k, dy.dtype)
     with one_blas_thread():
         in_threads(
             chunks,
-            lambda t0, t1: _backward_range(
-                x, kernel, dy, use_bias, need_dk, need_dx, g, spc, t0, t1, dk_parts, db_parts, dx
+            lambda share, t0, t1: _backward_range(
+                x, kernel, dy, use_bias, need_dk, need_dx, g, spc, t0, t1, scratch[share], dk_parts, db_parts, dx
             ),
         )
     _sum_parts(dk_parts, dbias, db_parts, need_dk, use_bias, dkernel)
+
+
+def _scratch(chunks, size, dtype):
+    """One window buffer of `size` elements per thread share, reused across steps in a workspace."""
+    return empty("windows", (share_count(chunks), size), dtype)
 
 
 def _chunking(n, rows_per_sample, k, f, itemsize):
@@ -301,16 +311,22 @@ def _chunking(n, rows_per_sample, k, f, itemsize):
     return spc, -(-n // spc)
 
 
+def share_count(chunks):
+    """How many shares in_threads splits `chunks` into."""
+    return max(1, min(numba.get_num_threads(), chunks))
+
+
 def in_threads(chunks, run):
-    """run(t0, t1) over contiguous, equal shares of range(chunks), one per Numba thread (the count
-    `configure_threads` set); the calling thread takes the first share."""
-    threads = min(numba.get_num_threads(), chunks)
+    """run(share, t0, t1) over contiguous, equal shares of range(chunks), one per Numba thread (the count
+    `configure_threads` set; share indexes 0 .. share_count(chunks) - 1, e.g. for per-thread scratch);
+    the calling thread takes the first share."""
+    threads = share_count(chunks)
     if threads <= 1:
-        run(0, chunks)
+        run(0, 0, chunks)
         return
     bounds = [chunks * i // threads for i in range(threads + 1)]
-    futures = [_pool().submit(run, bounds[i], bounds[i + 1]) for i in range(1, threads)]
-    run(bounds[0], bounds[1])
+    futures = [_pool().submit(run, i, bounds[i], bounds[i + 1]) for i in range(1, threads)]
+    run(0, bounds[0], bounds[1])
     for future in futures:
         future.result()
 

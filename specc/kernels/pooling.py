@@ -134,16 +134,16 @@ def _avg_backward(dy, g, n0, n1, dx):
 
 def max_forward(x, g, out, argmax):
     """_max_forward over the whole batch, samples shared between threads."""
-    in_threads(x.shape[0], lambda n0, n1: _max_forward(x, g, n0, n1, out, argmax))
+    in_threads(x.shape[0], lambda share, n0, n1: _max_forward(x, g, n0, n1, out, argmax))
 
 
 def max_backward(dy, argmax, g, dx):
-    in_threads(dx.shape[0], lambda n0, n1: _max_backward(dy, argmax, g, n0, n1, dx))
+    in_threads(dx.shape[0], lambda share, n0, n1: _max_backward(dy, argmax, g, n0, n1, dx))
 
 
 def avg_forward(x, g, out):
-    in_threads(x.shape[0], lambda n0, n1: _avg_forward(x, g, n0, n1, out))
+    in_threads(x.shape[0], lambda share, n0, n1: _avg_forward(x, g, n0, n1, out))
 
 
 def avg_backward(dy, g, dx):
-    in_threads(dx.shape[0], lambda n0, n1: _avg_backward(dy, g, n0, n1, dx))
+    in_threads(dx.shape[0], lambda share, n0, n1: _avg_backward(dy, g, n0, n1, dx))

@@ -12,6 +12,7 @@ from ..spec.types import Bool, PositiveInt, choice, int_tuple
 from .activations import ActivationName
 from .base import LayerSpec, ShapeError, WeightSpec, fmt_shape, register, require_rank, spatial_axes
 from .initializers import Initializer
+from ..workspace import empty
 
 Padding = choice(("valid", "same"), "padding")
 
@@ -139,7 +140,7 @@ class _Conv(_Windowed):
         f = self.filters
         kernel = w[0].reshape(-1, f)  # (kh*kw*C, F), a view
         bias = w[1] if self.use_bias else np.zeros(f, x4.dtype)
-        out = np.empty((n, ho, wo, f), x4.dtype)
+        out = empty("out", (n, ho, wo, f), x4.dtype)
         conv.conv_forward(x4, kernel, bias, self.use_bias, g, out)
         return out.reshape((n,) + out_spatial + (f,)), (x4, out.shape, x.shape, g)
 
@@ -151,7 +152,7 @@ class _Conv(_Windowed):
         x4, out_shape, in_shape, geom = saved
         f = self.filters
         dy4 = np.ascontiguousarray(dy).reshape(out_shape)  # (N, Ho, Wo, F)
-        dx = np.empty_like(x4)  # (N, H, W, C)
+        dx = empty("dx", x4.shape, x4.dtype)  # (N, H, W, C)
         dbias = g[1] if self.use_bias else np.empty(f, dy4.dtype)
         conv.conv_backward(x4, w[0].reshape(-1, f), dy4, self.use_bias, True, need_dx, geom,
                            g[0].reshape(-1, f), dbias, dx)
@@ -230,9 +231,9 @@ class Conv2DTranspose(_Conv):
         f = self.filters
         (ho, wo), g = self._geometry(x4.shape)
         kernel = w[0].reshape(-1, c)  # (kh*kw*F, C), a view
-        y = np.empty((n, ho, wo, f), x4.dtype)
-        no_dk = np.empty((0, 0), x4.dtype)
-        no_db = np.empty(0, x4.dtype)
+        y = empty("y", (n, ho, wo, f), x4.dtype)
+        no_dk = empty("no_dk", (0, 0), x4.dtype)
+        no_db = empty("no_db", 0, x4.dtype)
         # y stands in for the unread x: only its shape matters.
         conv.conv_backward(y, kernel, x4, False, False, True, g, no_dk, no_db, y)
         if self.use_bias:
@@ -249,7 +250,7 @@ class Conv2DTranspose(_Conv):
         f = self.filters
         dy4 = np.ascontiguousarray(dy)  # (N, Ho, Wo, F)
         kernel = w[0].reshape(-1, c)
-        dx = np.empty_like(x4)
+        dx = empty("dx", x4.shape, x4.dtype)
         conv.conv_forward(dy4, kernel, np.zeros(c, dy4.dtype), False, geom, dx)  # dx = im2col(dy) @ K
         # d(kernel) = im2col(dy).T @ x: Conv2D's weight gradient with x in the place of its dy.
         conv.conv_backward(dy4, kernel, x4, False, True, False, geom, g[0].reshape(-1, c),
@@ -298,7 +299,7 @@ class DepthwiseConv2D(_Windowed):
         x4 = np.ascontiguousarray(x)  # (N, H, W, C)
         out_spatial, g = self._window(x4.shape[1:])
         cm = x4.shape[3] * self.depth_multiplier
-        out = np.empty((x4.shape[0],) + out_spatial + (cm,), x4.dtype)  # (N, Ho, Wo, C*m)
+        out = empty("out", (x4.shape[0],) + out_spatial + (cm,), x4.dtype)  # (N, Ho, Wo, C*m)
         bias = w[1] if self.use_bias else np.zeros(cm, x4.dtype)
         conv.depthwise_forward(x4, w[0], bias, self.use_bias, g, out)
         return out, (x4, g)
@@ -310,7 +311,7 @@ class DepthwiseConv2D(_Windowed):
 
         x4, geom = saved
         dy4 = np.ascontiguousarray(dy)
-        dx = np.empty_like(x4)
+        dx = empty("dx", x4.shape, x4.dtype)
         dbias = g[1] if self.use_bias else np.empty(dy4.shape[3], dy4.dtype)
         conv.depthwise_backward(x4, w[0], dy4, self.use_bias, geom, g[0], dbias, dx)
         return dx
@@ -362,9 +363,9 @@ class SeparableConv2D(_Windowed):
         x4 = np.ascontiguousarray(x)  # (N, H, W, C)
         out_spatial, g = self._window(x4.shape[1:])
         n, cm, f = x4.shape[0], x4.shape[3] * self.depth_multiplier, self.filters
-        z = np.empty((n,) + out_spatial + (cm,), x4.dtype)
+        z = empty("z", (n,) + out_spatial + (cm,), x4.dtype)
         conv.depthwise_forward(x4, w[0], np.zeros(cm, x4.dtype), False, g, z)
-        out = np.empty((n,) + out_spatial + (f,), x4.dtype)
+        out = empty("out", (n,) + out_spatial + (f,), x4.dtype)
         bias = w[2] if self.use_bias else np.zeros(f, x4.dtype)
         conv.conv_forward(z, w[1].reshape(cm, f), bias, self.use_bias, POINTWISE, out)
         return out, (x4, z, g)
@@ -377,11 +378,11 @@ class SeparableConv2D(_Windowed):
         x4, z, geom = saved
         cm, f = z.shape[3], self.filters
         dy4 = np.ascontiguousarray(dy)  # (N, Ho, Wo, F)
-        dz = np.empty_like(z)
+        dz = empty("dz", z.shape, z.dtype)
         dbias = g[2] if self.use_bias else np.empty(f, dy4.dtype)
         conv.conv_backward(z, w[1].reshape(cm, f), dy4, self.use_bias, True, True, POINTWISE,
                            g[1].reshape(cm, f), dbias, dz)
-        dx = np.empty_like(x4)
+        dx = empty("dx", x4.shape, x4.dtype)
         conv.depthwise_backward(x4, w[0], dz, False, geom, g[0], np.empty(cm, dy4.dtype), dx)
         return dx
 

@@ -8,6 +8,7 @@ from ..spec.types import Bool, PositiveInt, Rate, StrictInt
 from .activations import ActivationName
 from .base import LayerSpec, ShapeError, WeightSpec, fmt_shape, prod, register
 from .initializers import Initializer
+from ..workspace import empty
 
 
 @register
@@ -48,7 +49,7 @@ class Dense(LayerSpec):
         from ..kernels import dense
 
         x2 = np.ascontiguousarray(x.reshape(-1, x.shape[-1]))  # (rows, in)
-        out = np.empty((x2.shape[0], self.units), x.dtype)
+        out = empty("out", (x2.shape[0], self.units), x.dtype)
         bias = w[1] if self.use_bias else w[0][0]
         dense.forward(x2, w[0], bias, self.use_bias, out)
         return out.reshape(x.shape[:-1] + (self.units,)), (x2, x.shape)
@@ -60,7 +61,7 @@ class Dense(LayerSpec):
 
         x2, in_shape = saved
         dz = np.ascontiguousarray(dy.reshape(-1, self.units))
-        dx = np.empty_like(x2) if need_dx else x2[:0]  # the first layer's dx is a third of its backward
+        dx = empty("dx", x2.shape, x2.dtype) if need_dx else x2[:0]  # the first layer's dx: a third of backward
         dbias = g[1] if self.use_bias else np.empty(self.units, dy.dtype)
         dense.backward(x2, w[0], dz, self.use_bias, need_dx, g[0], dbias, dx)
         return dx.reshape(in_shape) if need_dx else None
@@ -102,7 +103,7 @@ class Embedding(LayerSpec):
                              f"of shape {x.shape}")
         ids = flat.astype(np.int64)
         table = w[0]
-        out = np.empty((ids.size, self.output_dim), table.dtype)
+        out = empty("out", (ids.size, self.output_dim), table.dtype)
         embedding.gather(ids, table, out)
         return out.reshape(x.shape + (self.output_dim,)), (ids, x.shape, x.dtype)
 

@@ -11,6 +11,7 @@ from typing import Literal
 from ..spec.types import Bool, OpenFraction, PositiveFloat, StrictInt
 from .base import LayerSpec, ShapeError, WeightSpec, fmt_shape, register
 from .initializers import Initializer
+from ..workspace import empty
 
 
 def _to_rows(x, axis):
@@ -102,7 +103,7 @@ class BatchNormalization(LayerSpec):
         gamma, beta, _, _ = _affine(self, w, c, dt)
         moving_mean, moving_var = w[-2], w[-1]
         if training:
-            mean, var = np.empty(c, dt), np.empty(c, dt)
+            mean, var = empty("mean", c, dt), empty("var", c, dt)
             norm.channel_moments(x2, mean, var)
             m = dt.type(self.momentum)
             moving_mean[...] = moving_mean * m + mean * (1 - m)
@@ -110,7 +111,7 @@ class BatchNormalization(LayerSpec):
         else:
             mean, var = moving_mean, moving_var
         inv = (1 / np.sqrt(var + dt.type(self.epsilon))).astype(dt)
-        xhat, out = np.empty_like(x2), np.empty_like(x2)
+        xhat, out = empty("xhat", x2.shape, x2.dtype), empty("out", x2.shape, x2.dtype)
         norm.channel_normalize(x2, np.ascontiguousarray(mean), inv, gamma, beta, xhat, out)
         return _from_rows(out, layout), (xhat, inv, bool(training), layout)
 
@@ -124,7 +125,7 @@ class BatchNormalization(LayerSpec):
         c, dt = xhat.shape[1], xhat.dtype
         gamma, _, gi, bi = _affine(self, w, c, dt)
         dgamma, dbeta = _affine_grads(g, gi, bi, c, dt)
-        dx = np.empty_like(xhat)
+        dx = empty("dx", xhat.shape, xhat.dtype)
         norm.channel_backward(dy2, xhat, gamma, inv, training, dgamma, dbeta, dx)
         return _from_rows(dx, layout)
 
@@ -162,8 +163,8 @@ class LayerNormalization(LayerSpec):
         x2, layout = _to_rows(x, self.axis)
         c, dt = x2.shape[1], x2.dtype
         gamma, beta, _, _ = _affine(self, w, c, dt)
-        xhat, out = np.empty_like(x2), np.empty_like(x2)
-        inv = np.empty(x2.shape[0], dt)
+        xhat, out = empty("xhat", x2.shape, x2.dtype), empty("out", x2.shape, x2.dtype)
+        inv = empty("inv", x2.shape[0], dt)
         norm.row_normalize(x2, gamma, beta, dt.type(self.epsilon), xhat, inv, out)
         return _from_rows(out, layout), (xhat, inv, layout)
 
@@ -177,6 +178,6 @@ class LayerNormalization(LayerSpec):
         c, dt = xhat.shape[1], xhat.dtype
         gamma, _, gi, bi = _affine(self, w, c, dt)
         dgamma, dbeta = _affine_grads(g, gi, bi, c, dt)
-        dx = np.empty_like(xhat)
+        dx = empty("dx", xhat.shape, xhat.dtype)
         norm.row_backward(dy2, xhat, gamma, inv, dgamma, dbeta, dx)
         return _from_rows(dx, layout)

@@ -7,6 +7,7 @@ from typing import ClassVar, Literal
 from ..spec.types import Bool, choice, int_tuple
 from .base import LayerSpec, ShapeError, fmt_shape, register, require_rank, spatial_axes
 from .conv import as_image, conv_length, geometry
+from ..workspace import empty
 
 Padding = choice(("valid", "same"), "padding")
 
@@ -39,9 +40,9 @@ class _Pool(LayerSpec):
         g = geometry(x.shape[1:-1], out_spatial, self.pool_size, self.strides or self.pool_size,
                      (1,) * len(self.pool_size), self.padding)
         n, ho, wo, c = (x4.shape[0],) + ((1,) + out_spatial)[-2:] + (x4.shape[3],)
-        out = np.empty((n, ho, wo, c), x4.dtype)
+        out = empty("out", (n, ho, wo, c), x4.dtype)
         if self._max:
-            argmax = np.empty((n, ho, wo, c), np.int32)  # winner's index ih*W + iw, for backward
+            argmax = empty("argmax", (n, ho, wo, c), np.int32)  # winner's index ih*W + iw, for backward
             pooling.max_forward(x4, g, out, argmax)
         else:
             argmax = None
@@ -105,9 +106,9 @@ class _Global(LayerSpec):
         x4 = as_image(x)  # (N, H, W, C)
         n, h, wd, c = x4.shape
         g = (h, wd, 1, 1, 1, 1, 0, 0)
-        out = np.empty((n, 1, 1, c), x4.dtype)
+        out = empty("out", (n, 1, 1, c), x4.dtype)
         if self._max:
-            argmax = np.empty((n, 1, 1, c), np.int32)
+            argmax = empty("argmax", (n, 1, 1, c), np.int32)
             pooling.max_forward(x4, g, out, argmax)
         else:
             argmax = None
@@ -152,7 +153,7 @@ def _pool_backward(saved, dy):
 
     argmax, g, img_shape, in_shape, out_shape = saved
     dy4 = np.ascontiguousarray(dy).reshape(out_shape)  # (N, Ho, Wo, C)
-    dx = np.empty(img_shape, dy4.dtype)  # (N, H, W, C)
+    dx = empty("dx", img_shape, dy4.dtype)  # (N, H, W, C)
     if argmax is not None:
         pooling.max_backward(dy4, argmax, g, dx)
     else:

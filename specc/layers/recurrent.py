@@ -12,6 +12,7 @@ from ..spec.types import Bool, PositiveInt, Rate
 from .activations import ActivationName
 from .base import LayerSpec, ShapeError, WeightSpec, fmt_shape, register, require_rank
 from .initializers import Initializer
+from ..workspace import empty
 
 
 class _RNN(LayerSpec):
@@ -103,7 +104,7 @@ class _RNN(LayerSpec):
         kernel, bias = w[0], self._input_bias(w)
         use_bias = bias is not None
         bias = bias if use_bias else kernel[0]
-        xp = np.empty((t * n, gu), x.dtype)
+        xp = empty("xp", (t * n, gu), x.dtype)
         if xmask is None:
             xins = [xt.reshape(t * n, f)]
         else:
@@ -112,7 +113,7 @@ class _RNN(LayerSpec):
             dense.forward(xins[0], kernel, bias, use_bias, xp)
         else:
             u = self.units
-            out = np.empty((t * n, u), x.dtype)
+            out = empty("out", (t * n, u), x.dtype)
             for k, xi in enumerate(xins):
                 cols = slice(k * u, (k + 1) * u)
                 dense.forward(xi, np.ascontiguousarray(kernel[:, cols]), bias[cols], use_bias, out)
@@ -163,7 +164,7 @@ class _RNN(LayerSpec):
         dz2 = dz.reshape(t * n, gu)
         use_bias = dbias is not None
         dbias = dbias if use_bias else np.empty(gu, dz.dtype)
-        dxt = np.empty((t * n, f), dz.dtype)
+        dxt = empty("dxt", (t * n, f), dz.dtype)
         if len(xins) == 1:
             dense.backward(xins[0], w[0], dz2, use_bias, True, g[0], dbias, dxt)
             if xmask is not None:
@@ -171,8 +172,8 @@ class _RNN(LayerSpec):
         else:
             u = self.units
             dxt[...] = 0
-            dk = np.empty((f, u), dz.dtype)
-            dxk = np.empty((t * n, f), dz.dtype)
+            dk = empty("dk", (f, u), dz.dtype)
+            dxk = empty("dxk", (t * n, f), dz.dtype)
             for k, xi in enumerate(xins):
                 cols = slice(k * u, (k + 1) * u)
                 dense.backward(xi, np.ascontiguousarray(w[0][:, cols]), np.ascontiguousarray(dz2[:, cols]),
@@ -197,8 +198,8 @@ class SimpleRNN(_RNN):
         xp, xins, xmask, rmask = self._project(w, x, training, rng)
         t, n, u = xp.shape
         rg, rm, use_rmask = self._split(w[1], rmask)
-        hs = np.empty((t + 1, n, u), x.dtype)
-        pre = np.empty((t, n, u), x.dtype)
+        hs = empty("hs", (t + 1, n, u), x.dtype)
+        pre = empty("pre", (t, n, u), x.dtype)
         recurrent.simple_forward(xp, w[1], rg, rm, use_rmask, act, hs, pre)
         return self._output(hs), (xins, xmask, rmask, rg, hs, pre)
 
@@ -210,7 +211,7 @@ class SimpleRNN(_RNN):
         xins, xmask, rmask, rg, hs, pre = saved
         act, _ = self._codes()
         rm = rg if rmask is None else rmask
-        dz = np.empty_like(pre)
+        dz = empty("dz", pre.shape, pre.dtype)
         recurrent.simple_backward(w[1], rg, rm, rmask is not None, act, hs, pre, self._dy(dy),
                                   self.return_sequences, dz)
         _linear_grads(self._state_groups(hs, rmask), dz, g[1], None)
@@ -242,11 +243,11 @@ class LSTM(_RNN):
         t, n, gu = xp.shape
         u = self.units
         rg, rm, use_rmask = self._split(w[1], rmask)
-        hs = np.empty((t + 1, n, u), x.dtype)
-        cs = np.empty((t + 1, n, u), x.dtype)
-        acs = np.empty((t, n, u), x.dtype)
-        pre = np.empty((t, n, gu), x.dtype)
-        gates = np.empty((t, n, gu), x.dtype)
+        hs = empty("hs", (t + 1, n, u), x.dtype)
+        cs = empty("cs", (t + 1, n, u), x.dtype)
+        acs = empty("acs", (t, n, u), x.dtype)
+        pre = empty("pre", (t, n, gu), x.dtype)
+        gates = empty("gates", (t, n, gu), x.dtype)
         recurrent.lstm_forward(xp, w[1], rg, rm, use_rmask, act, ract, hs, cs, acs, pre, gates)
         return self._output(hs), (xins, xmask, rmask, rg, hs, cs, acs, pre, gates)
 
@@ -258,7 +259,7 @@ class LSTM(_RNN):
         xins, xmask, rmask, rg, hs, cs, acs, pre, gates = saved
         act, ract = self._codes()
         rm = rg if rmask is None else rmask
-        dz = np.empty_like(pre)
+        dz = empty("dz", pre.shape, pre.dtype)
         recurrent.lstm_backward(w[1], rg, rm, rmask is not None, act, ract, cs, acs, pre, gates, self._dy(dy),
                                 self.return_sequences, dz)
         _linear_grads(self._state_groups(hs, rmask), dz, g[1], None)
@@ -291,14 +292,14 @@ class GRU(_RNN):
         u = self.units
         r = w[1]
         rg = np.ascontiguousarray(r.reshape(u, 3, u).transpose(1, 0, 2))  # per gate; Rg[2] is the candidate's
-        r2 = np.empty((1, 1), x.dtype) if self.reset_after else np.ascontiguousarray(r[:, : 2 * u])
+        r2 = empty("r2", (1, 1), x.dtype) if self.reset_after else np.ascontiguousarray(r[:, : 2 * u])
         use_rb = self.use_bias and self.reset_after
         rb = w[2][1] if use_rb else np.empty(1, x.dtype)
-        rm = np.empty((1, 1, 1), x.dtype) if rmask is None else rmask
-        hs = np.empty((t + 1, n, u), x.dtype)
-        pre = np.empty((t, n, gu), x.dtype)
-        gates = np.empty((t, n, gu), x.dtype)
-        aux = np.empty((t, n, u), x.dtype)
+        rm = empty("rm", (1, 1, 1), x.dtype) if rmask is None else rmask
+        hs = empty("hs", (t + 1, n, u), x.dtype)
+        pre = empty("pre", (t, n, gu), x.dtype)
+        gates = empty("gates", (t, n, gu), x.dtype)
+        aux = empty("aux", (t, n, u), x.dtype)
         recurrent.gru_forward(xp, r, r2, rg, rb, use_rb, rm, rmask is not None, self.reset_after, act, ract,
                               hs, pre, gates, aux)
         return self._output(hs), (xins, xmask, rmask, rm, rg, r2, hs, pre, gates, aux)
@@ -311,7 +312,7 @@ class GRU(_RNN):
         xins, xmask, rmask, rm, rg, r2, hs, pre, gates, aux = saved
         act, ract = self._codes()
         u = self.units
-        dz = np.empty_like(pre)
+        dz = empty("dz", pre.shape, pre.dtype)
         da = np.empty_like(pre) if self.reset_after else np.empty((1, 1, 1), pre.dtype)
         recurrent.gru_backward(w[1], r2, rg, rm, rmask is not None, self.reset_after, act, ract, hs, pre, gates,
                                aux, self._dy(dy), self.return_sequences, dz, da)
@@ -339,14 +340,14 @@ def _linear_grads(groups, d, dw, db):
     t, n, gu = d.shape
     d2 = d.reshape(t * n, gu)
     use_bias = db is not None
-    dummy_x = np.empty((1, 1), d.dtype)
+    dummy_x = empty("dummy_x", (1, 1), d.dtype)
     for left, lo, hi in groups:
         left2 = np.ascontiguousarray(left).reshape(t * n, -1)
         if lo == 0 and hi == gu:
             dense.backward(left2, dw, d2, use_bias, False, dw, db if use_bias else np.empty(gu, d.dtype), dummy_x)
             continue
-        dk = np.empty((left2.shape[1], hi - lo), d.dtype)
-        dbk = np.empty(hi - lo, d.dtype)
+        dk = empty("recurrent dk", (left2.shape[1], hi - lo), d.dtype)
+        dbk = empty("recurrent dbk", hi - lo, d.dtype)
         dense.backward(left2, dk, np.ascontiguousarray(d2[:, lo:hi]), use_bias, False, dk, dbk, dummy_x)
         dw[:, lo:hi] = dk
         if use_bias:

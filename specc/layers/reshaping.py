@@ -14,6 +14,7 @@ from pydantic import field_validator
 
 from ..spec.types import PositiveInt, choice, int_tuple, pad_pairs
 from .base import LayerSpec, ShapeError, fmt_shape, prod, register, require_rank, spatial_axes
+from ..workspace import empty
 
 
 def _add(n, k):
@@ -262,7 +263,7 @@ def _upsample(x, sh, sw, interpolation):
 
     x = np.ascontiguousarray(x)
     b, h, w, c = x.shape
-    out = np.empty((b, h * sh, w * sw, c), x.dtype)
+    out = empty("out", (b, h * sh, w * sw, c), x.dtype)
     if interpolation == "nearest":
         reshape.nearest_forward(x, sh, sw, out)
         return out, (x.shape, sh, sw, None)
@@ -278,7 +279,7 @@ def _upsample_backward(dy, saved):
 
     shape, sh, sw, taps = saved
     dy = np.ascontiguousarray(dy)
-    dx = np.empty(shape, dy.dtype)
+    dx = empty("dx", shape, dy.dtype)
     if taps is None:
         reshape.nearest_backward(dy, sh, sw, dx)
     else:
