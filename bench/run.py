@@ -197,8 +197,20 @@ def compare_predictions(a: dict, b: dict) -> dict:
             "sum_rel": abs(a["pred_sum"] - b["pred_sum"]) / max(abs(b["pred_sum"]), 1e-12)}
 
 
-def check_row(kind: str, runs_fw: list[dict], runs_ref: list[dict], tol: float, pred_tol: float) -> dict:
-    """Every paired run must agree; the worst pair is reported."""
+def thread_noise(runs_ref_n: list[dict], runs_ref_1: list[dict]) -> float | None:
+    """How far the reference framework's own loss trajectory moves between 1 and n threads (worst pair):
+    float32 sums taken in another order, compounded over hundreds of optimizer steps. A trajectory cannot
+    be expected to match another framework's more closely than that framework matches itself."""
+    pairs = [(a, b) for a, b in zip(runs_ref_n, runs_ref_1) if "error" not in a and "error" not in b]
+    rels = [compare_losses(a["step_losses"], b["step_losses"]).get("max_rel") for a, b in pairs]
+    rels = [r for r in rels if r is not None]
+    return max(rels) if rels else None
+
+
+def check_row(kind: str, runs_fw: list[dict], runs_ref: list[dict], tol: float, pred_tol: float,
+              noise: float | None = None) -> dict:
+    """Every paired run must agree; the worst pair is reported. With more than one thread the tolerance is
+    the larger of `tol` and twice the reference's own 1-thread vs n-thread difference (`noise`)."""
     pairs = [(a, b) for a, b in zip(runs_fw, runs_ref) if "error" not in a and "error" not in b]
     if not pairs:
         return {"status": "n/a"}
@@ -211,8 +223,9 @@ def check_row(kind: str, runs_fw: list[dict], runs_ref: list[dict], tol: float, 
     if any("why" in c for c in cmp):
         return {"status": "FAIL", "pairs": cmp}
     worst = max(c["max_rel"] for c in cmp)
-    return {"status": "PASS" if worst <= tol else "FAIL", "max_rel": worst, "tol": tol,
-            "step1_rel": max(c["step1_rel"] for c in cmp), "pairs": cmp}
+    allowed = max(tol, 2 * noise) if noise is not None else tol
+    return {"status": "PASS" if worst <= allowed else "FAIL", "max_rel": worst, "tol": allowed, "base_tol": tol,
+            "reference_thread_noise": noise, "step1_rel": max(c["step1_rel"] for c in cmp), "pairs": cmp}
 
 
 # --- start-up, compile time ---------------------------------------------------------------------------------
@@ -430,7 +443,13 @@ def main() -> None:
                     paired = [a["samples_per_s"] / b["samples_per_s"] for a, b in zip(by_fw[fw], by_fw["torch"])
                               if "error" not in a and "error" not in b]
                     row["ratio_vs_torch"] = stats(paired)
-                    row["check_vs_torch"] = check_row(kind, by_fw[fw], by_fw["torch"], args.tol, args.pred_tol)
+                    noise = None
+                    if kind == "train" and threads != 1 and 1 in threads_list:
+                        torch_1t = sorted([r for r in raw if r["workload"] == name and r["threads"] == 1 and
+                                           r["framework"] == "torch"], key=lambda r: r["run"])
+                        noise = thread_noise(by_fw["torch"], torch_1t)
+                    row["check_vs_torch"] = check_row(kind, by_fw[fw], by_fw["torch"], args.tol, args.pred_tol,
+                                                      noise)
                 if fw == "specc" and kind == "train" and len(ok) > 1:
                     row["specc_repeatable"] = all(r["step_losses"] == ok[0]["step_losses"] for r in ok[1:])
                 if fw == "specc" and kind == "train" and ok and "step_alloc_bytes" in ok[0]:
@@ -451,7 +470,10 @@ def main() -> None:
         if chk is None or chk["status"] == "n/a":
             check = ""
         elif "max_rel" in chk:
-            check = f"{chk['status']} (max rel {chk['max_rel']:.1e}, step 1 {chk['step1_rel']:.0e})"
+            check = f"{chk['status']} (max rel {chk['max_rel']:.1e}, step 1 {chk['step1_rel']:.0e}"
+            if chk.get("reference_thread_noise") is not None:
+                check += f", torch 1t vs {row['threads']}t {chk['reference_thread_noise']:.0e}"
+            check += ")"
         elif "max_abs" in chk:
             check = f"{chk['status']} (max |Δp| {chk['max_abs']:.1e})"
         else:

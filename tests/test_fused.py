@@ -8,17 +8,16 @@ with it (float64: to rounding) is what proves the fused kernel.
 
 from __future__ import annotations
 
-import tracemalloc
-
 import numpy as np
 import pytest
 
 from specc.engine import Engine
 from specc.kernels import configure_threads
 from specc.spec import load_spec_text
-from specc.train.callbacks import Callback
 from specc.train.fit import Trainer
 from specc.train.fused import DenseChain
+
+from .stepmemory import StepPeak
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -178,24 +177,8 @@ def test_steady_state_allocates_no_arrays(shuffle):
     x, y = x.astype(np.float32), y.astype(np.int64)
     trainer = Trainer(engine, spec.compile, 0)
 
-    class StepPeak(Callback):
-        def __init__(self):
-            self.peaks, self.base = [], 0
-
-        def on_batch_end(self, step, logs):
-            """The most memory held during the step beyond what was held when the previous step ended."""
-            current, peak = tracemalloc.get_traced_memory()
-            self.peaks.append(peak - self.base)
-            tracemalloc.reset_peak()
-            self.base = current
-
-    record = StepPeak()
-    tracemalloc.start()
-    record.base = tracemalloc.get_traced_memory()[0]
-    try:
+    with StepPeak() as record:
         trainer.fit(x, y, batch_size=256, epochs=3, shuffle=shuffle, verbose=0, callbacks=[record])
-    finally:
-        tracemalloc.stop()
     assert trainer.fused_step is not None
     steps = len(record.peaks) // 3
     first_epoch, steady = record.peaks[:steps], record.peaks[steps:]

@@ -4,17 +4,16 @@ of the general engine path allocate no array once every batch size has its set; 
 
 from __future__ import annotations
 
-import tracemalloc
-
 import numpy as np
 import pytest
 
 from specc.engine import Engine
 from specc.kernels import configure_threads
 from specc.spec import load_spec_text
-from specc.train.callbacks import Callback
 from specc.train.fit import Trainer
 from specc.workspace import Workspace, empty
+
+from .stepmemory import StepPeak
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -70,23 +69,8 @@ def test_general_path_steady_state_allocates_no_arrays():
     x = rng.standard_normal((32 * 6 + 10, 12, 12, 3)).astype(np.float32)
     y = rng.integers(0, 4, len(x))
 
-    class StepPeak(Callback):
-        def __init__(self):
-            self.peaks, self.base = [], 0
-
-        def on_batch_end(self, step, logs):
-            current, peak = tracemalloc.get_traced_memory()
-            self.peaks.append(peak - self.base)
-            tracemalloc.reset_peak()
-            self.base = current
-
-    record = StepPeak()
-    tracemalloc.start()
-    record.base = tracemalloc.get_traced_memory()[0]
-    try:
+    with StepPeak() as record:
         _fit(engine, spec, x, y, [record])
-    finally:
-        tracemalloc.stop()
     steps = len(record.peaks) // 3
     smallest_buffer = 32 * 10 * 10 * 8 * 4  # the first convolution's output, 100 KB
     assert max(record.peaks[:steps]) > smallest_buffer  # the sets are made in the first epoch: seen here
