@@ -427,7 +427,7 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
     # --- the table
-    rows, checks = [], []
+    rows = []
     for threads in threads_list:
         for name in workloads:
             kind = configs[name]["kind"]

@@ -92,8 +92,8 @@ def test_reuse_changes_no_result():
         engine.initialize(0)
         if not reuse:
             forward, backward = engine.forward, engine.backward
-            engine.forward = lambda *a, reuse=False, **k: forward(*a, reuse=False, **k)
-            engine.backward = lambda *a, reuse=False, **k: backward(*a, reuse=False, **k)
+            engine.forward = lambda *a, f=forward, reuse=False, **k: f(*a, reuse=False, **k)
+            engine.backward = lambda *a, b=backward, reuse=False, **k: b(*a, reuse=False, **k)
         history = _fit(engine, spec, x, y, epochs=2)
         results.append((history.history["loss"], engine.params.copy(), engine.workspace.nbytes))
     assert results[0][2] > 100_000 > results[1][2]  # without reuse only the losses' small arrays are kept

@@ -9,10 +9,10 @@ from typing import Literal
 from pydantic import model_validator
 
 from ..spec.types import Bool, PositiveInt, choice, int_tuple
+from ..workspace import empty
 from .activations import ActivationName
 from .base import LayerSpec, ShapeError, WeightSpec, fmt_shape, register, require_rank, spatial_axes
 from .initializers import Initializer
-from ..workspace import empty
 
 Padding = choice(("valid", "same"), "padding")
 

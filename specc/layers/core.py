@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Literal
 
 from ..spec.types import Bool, PositiveInt, Rate, StrictInt
+from ..workspace import empty
 from .activations import ActivationName
 from .base import LayerSpec, ShapeError, WeightSpec, fmt_shape, prod, register
 from .initializers import Initializer
-from ..workspace import empty
 
 
 @register

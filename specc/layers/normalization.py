@@ -9,9 +9,9 @@ from __future__ import annotations
 from typing import Literal
 
 from ..spec.types import Bool, OpenFraction, PositiveFloat, StrictInt
+from ..workspace import empty
 from .base import LayerSpec, ShapeError, WeightSpec, fmt_shape, register
 from .initializers import Initializer
-from ..workspace import empty
 
 
 def _to_rows(x, axis):
@@ -156,7 +156,6 @@ class LayerNormalization(LayerSpec):
         return w
 
     def forward(self, w, x, training, rng):
-        import numpy as np
 
         from ..kernels import norm
 

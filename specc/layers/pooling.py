@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import ClassVar, Literal
 
 from ..spec.types import Bool, choice, int_tuple
+from ..workspace import empty
 from .base import LayerSpec, ShapeError, fmt_shape, register, require_rank, spatial_axes
 from .conv import as_image, conv_length, geometry
-from ..workspace import empty
 
 Padding = choice(("valid", "same"), "padding")
 

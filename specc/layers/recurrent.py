@@ -9,10 +9,10 @@ from typing import ClassVar, Literal
 from pydantic import field_validator
 
 from ..spec.types import Bool, PositiveInt, Rate
+from ..workspace import empty
 from .activations import ActivationName
 from .base import LayerSpec, ShapeError, WeightSpec, fmt_shape, register, require_rank
 from .initializers import Initializer
-from ..workspace import empty
 
 
 class _RNN(LayerSpec):
@@ -190,7 +190,6 @@ class SimpleRNN(_RNN):
     type: Literal["SimpleRNN"] = "SimpleRNN"
 
     def forward(self, w, x, training, rng):
-        import numpy as np
 
         from ..kernels import recurrent
 
@@ -204,7 +203,6 @@ class SimpleRNN(_RNN):
         return self._output(hs), (xins, xmask, rmask, rg, hs, pre)
 
     def backward(self, w, g, saved, dy, need_dx=True):
-        import numpy as np
 
         from ..kernels import recurrent
 
@@ -234,7 +232,6 @@ class LSTM(_RNN):
         return value
 
     def forward(self, w, x, training, rng):
-        import numpy as np
 
         from ..kernels import recurrent
 
@@ -252,7 +249,6 @@ class LSTM(_RNN):
         return self._output(hs), (xins, xmask, rmask, rg, hs, cs, acs, pre, gates)
 
     def backward(self, w, g, saved, dy, need_dx=True):
-        import numpy as np
 
         from ..kernels import recurrent
 

@@ -13,8 +13,8 @@ from typing import Literal
 from pydantic import field_validator
 
 from ..spec.types import PositiveInt, choice, int_tuple, pad_pairs
-from .base import LayerSpec, ShapeError, fmt_shape, prod, register, require_rank, spatial_axes
 from ..workspace import empty
+from .base import LayerSpec, ShapeError, fmt_shape, prod, register, require_rank, spatial_axes
 
 
 def _add(n, k):

@@ -21,8 +21,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..kernels import losses as K
-from ..workspace import empty
 from ..spec.schema import LOSS_ALIASES, LOSSES
+from ..workspace import empty
 
 EPSILON = 1e-7  # keras.backend.epsilon()
 
