@@ -49,9 +49,6 @@ class Workspace:
             array = self._arrays[key] = np.empty(shape, dtype)
         return array
 
-    def clear(self) -> None:
-        self._arrays.clear()
-
     @property
     def nbytes(self) -> int:
         return sum(a.nbytes for a in self._arrays.values())

@@ -21,7 +21,7 @@ from ..engine import Engine
 from ..kernels import activations as A
 from ..kernels import fused as K
 from ..kernels import losses as KL
-from .losses import _ELEMENTWISE, Loss, _bounds
+from .losses import _ELEMENTWISE, Loss, _bounds, check_label_range
 
 
 class DenseChain:
@@ -108,8 +108,7 @@ class FusedStep:
             if y.size != len(y) or (y.ndim > 1 and y.shape[-1] != 1):
                 raise ValueError(f"sparse labels of shape {y.shape} do not match y_pred of shape (batch, {n_out})")
             y = np.ascontiguousarray(y.astype(np.int64, copy=False))  # truncates, as Keras's cast
-            if y.size and (y.min() < 0 or y.max() >= n_out):
-                raise ValueError(f"labels must be in [0, {n_out}), got values in [{y.min()}, {y.max()}]")
+            check_label_range(y, n_out)
             return y
         y = np.ascontiguousarray(y, self.chain.engine.dtype)
         if y.size != len(y) * n_out or (self.kind == K.CATEGORICAL and y.shape[1:] != (n_out,)):

@@ -74,6 +74,12 @@ def _row_weights(sample_weight, values_shape: tuple) -> np.ndarray:
 
 
 
+def check_label_range(labels: np.ndarray, classes: int) -> None:
+    """Sparse labels must be class indices of the output."""
+    if labels.size and (labels.min() < 0 or labels.max() >= classes):
+        raise ValueError(f"labels must be in [0, {classes}), got values in [{labels.min()}, {labels.max()}]")
+
+
 class Loss:
     def __init__(self, name: str, from_logits: bool = False, delta: float = 1.0):
         self.name = name
@@ -144,9 +150,7 @@ class Loss:
                 if labels.size != len(pred):
                     raise ValueError(f"sparse labels of shape {labels.shape} do not match y_pred of shape {shape}")
                 labels = np.ascontiguousarray(labels.reshape(-1).astype(np.int64))  # truncates, as Keras's cast
-                if labels.size and (labels.min() < 0 or labels.max() >= shape[-1]):
-                    raise ValueError(f"labels must be in [0, {shape[-1]}), got values in "
-                                     f"[{labels.min()}, {labels.max()}]")
+                check_label_range(labels, shape[-1])
                 value = K.sparse_categorical(labels, pred, weights, inv, from_logits, lo, hi, grad)
             return float(value), grad.reshape(shape)
 
