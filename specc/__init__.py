@@ -6,6 +6,18 @@ Python API with Keras 3's semantics on the same schema, graph, engine and traini
 `callbacks`. Heavy runtime modules (Numba) are imported lazily, when a model first runs.
 """
 
+import os as _os
+import sys as _sys
+
+# OpenBLAS's idle workers spin for ~0.1 s after each call before they sleep, holding a core that the
+# convolutions' own threads then need (the CNN step at 2 threads ran at 1-thread speed). OpenBLAS reads
+# this when it loads, i.e. when NumPy is first imported, so it is set here, before anything imports NumPy
+# (the CLI imports specc first); 2^4 cycles lets the workers sleep at once. A value the user set wins.
+# If NumPy came first, its OpenBLAS keeps spinning, and kernels.configure_threads routes multi-threaded
+# products to SciPy's OpenBLAS instead (loaded later, with this setting; see kernels/gemm.matmul_blas).
+_numpy_blas_sleeps = "numpy" not in _sys.modules or "OPENBLAS_THREAD_TIMEOUT" in _os.environ
+_os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+
 # Everything here loads on first use (PEP 562): `import specc.cli` runs this file before any command, and
 # the command decides what it needs — `specc --help` needs neither pydantic nor YAML, `specc summary` not
 # the Python API.

@@ -160,3 +160,56 @@ def test_dense_forward_backward(rows, fan_in, units, dtype, use_bias, compiled, 
     dx_untouched = np.full_like(x, np.nan)
     backward(x, np.empty((0, 0), dtype), dz, use_bias, False, dw, db, dx_untouched)
     assert np.isnan(dx_untouched).all()
+
+
+_ORDER_SCRIPT = """
+import sys
+if sys.argv[1] == "numpy-first":
+    import numpy
+import specc
+import numpy as np
+from threadpoolctl import threadpool_info
+from specc.kernels import configure_threads
+from specc.kernels.gemm import HAVE_NUMPY_BLAS
+configure_threads(2)
+threads = {("numpy" if "numpy.libs" in i["filepath"] else "scipy"): i["num_threads"]
+           for i in threadpool_info() if i["internal_api"] == "openblas" and ".libs" in i["filepath"]}
+print(specc._numpy_blas_sleeps, HAVE_NUMPY_BLAS, threads.get("numpy"), threads.get("scipy"))
+"""
+
+
+@pytest.mark.parametrize("order", ["specc-first", "numpy-first"])
+def test_blas_thread_pools_follow_the_import_order(order):
+    # specc sets OPENBLAS_THREAD_TIMEOUT before NumPy's OpenBLAS loads when it is imported first; then both
+    # OpenBLAS get the 2 threads. If NumPy came first its workers would keep spinning after each call, so
+    # NumPy's OpenBLAS is held at 1 thread and matmul_blas sends 2-thread products to SciPy's.
+    import os
+    import subprocess
+    import sys
+
+    if os.cpu_count() < 2:
+        pytest.skip("needs 2 cores")
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+    out = subprocess.run([sys.executable, "-c", _ORDER_SCRIPT, order], capture_output=True, text=True, env=env,
+                         check=True).stdout.split()
+    sleeps, have_numpy_blas, numpy_threads, scipy_threads = out
+    assert sleeps == str(order == "specc-first")
+    if have_numpy_blas == "True":
+        assert numpy_threads == ("2" if order == "specc-first" else "1")
+        assert scipy_threads == "2"
+
+
+@pytest.mark.parametrize("numpy_threads", [1, 2])
+def test_matmul_blas_is_right_whichever_openblas_it_picks(numpy_threads):
+    # with NumPy's OpenBLAS capped below SciPy's, the compiled product goes to SciPy's (np.dot)
+    if not gemm.HAVE_NUMPY_BLAS:
+        pytest.skip("NumPy has no bundled OpenBLAS")
+    a, b = _operands(130, 70, 65, np.float64)
+    out = np.empty((130, 65))
+    with _threads(2):
+        gemm.set_numpy_blas_threads(numpy_threads)
+        try:
+            _matmul_blas_compiled(a, b, out)
+        finally:
+            configure_threads(2)
+    _check(out, a, b, np.float64)

@@ -36,12 +36,7 @@ def configure_threads(n: int | None = None) -> int:
         n = int(os.environ["SPECC_THREADS"])
     n = max(1, min(n or available_cores(), numba.config.NUMBA_NUM_THREADS))
     numba.set_num_threads(n)
-    # OpenBLAS's idle workers spin for ~2^28 cycles (~0.1 s) after each call before they sleep. A Dense
-    # product on 2 BLAS threads followed by the convolutions' own threads then has a spinning worker
-    # holding one of the 2 cores: the CNN step took 42 ms at 2 threads instead of 24. 2^4 cycles lets
-    # them sleep at once; read when the library loads, so set before SciPy's BLAS (the one Numba's
-    # np.dot and every multi-threaded product use) is loaded. A value set by the user wins.
-    os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+    os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")  # in case specc/__init__ did not run first
     try:
         load_scipy_blas()  # the BLAS Numba's np.dot calls: loaded now, so it is limited too
         from threadpoolctl import threadpool_limits
@@ -49,6 +44,15 @@ def configure_threads(n: int | None = None) -> int:
         threadpool_limits(limits=n, user_api="blas")
     except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
         pass
+    from .. import _numpy_blas_sleeps
+
+    if n > 1 and not _numpy_blas_sleeps:
+        # NumPy's OpenBLAS loaded before OPENBLAS_THREAD_TIMEOUT was set (NumPy imported before specc), so
+        # its idle workers would spin: keep it at one thread, and gemm.matmul_blas sends multi-threaded
+        # products to SciPy's (at n threads), as it does whenever SciPy's may use more threads.
+        from .gemm import set_numpy_blas_threads
+
+        set_numpy_blas_threads(1)
     return n
 
 

@@ -26,10 +26,10 @@ import contextlib
 import functools
 
 import numba
-import numpy as np
 
 from ..workspace import empty
 from . import JIT
+from .gemm import matmul_blas
 
 # Samples per chunk: as many as keep a chunk's windows and outputs ((rows, K) + (rows, F)) within about
 # CHUNK_BYTES, so the GEMM reads windows that were just written and the bias pass finds the GEMM's output
@@ -154,7 +154,7 @@ def _col2im_t(cols_t, n0, n1, g, ho, wo, x):
 def _matmul(a, b, out):
     """out = a @ b through BLAS. One function for every product here, so each combination of layouts
     compiles once rather than at every call site (compile time)."""
-    np.dot(a, b, out)
+    matmul_blas(a, b, out)
 
 
 @numba.njit(**JIT)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import glob
+import importlib.util
 import os
 
 import llvmlite.binding
@@ -148,34 +149,58 @@ def matmul_scipy_blas(a, b, out):
 
 # NumPy's wheels bundle their own OpenBLAS (libscipy_openblas64_, 0.3.31 here), which bench/gemm.py measured
 # 5-12% faster than the one in SciPy's wheels (0.3.30) that np.dot inside Numba reaches through
-# scipy.linalg.cython_blas, at the Dense sizes on this Zen 3. Its CBLAS ?gemm is registered with LLVM under a
-# name of our own, so compiled kernels call it by symbol name and stay cacheable (the address is resolved
-# when the cached code is loaded, after this module has registered it). 64-bit integer interface.
-def _register_numpy_blas() -> bool:
-    libs = glob.glob(os.path.join(os.path.dirname(np.__file__), "..", "numpy.libs", "libscipy_openblas64_*.so"))
-    symbols = (("specc_numpy_sgemm", "scipy_cblas_sgemm64_"), ("specc_numpy_dgemm", "scipy_cblas_dgemm64_"),
-               ("specc_numpy_blas_threads", "scipy_openblas_get_num_threads64_"))
+# scipy.linalg.cython_blas at the Dense sizes on a Zen 3, and twice as fast on 2 threads of an AVX-512 Xeon.
+# Its CBLAS ?gemm is registered with LLVM under a name of our own, so compiled kernels call it by symbol
+# name and stay cacheable (the address is resolved when the cached code is loaded, after this module has
+# registered it). 64-bit integer interface. SciPy's thread count is registered too: matmul_blas compares
+# the two (see there).
+def _openblas(package: str, pattern: str):
+    """ctypes handle of the OpenBLAS a wheel bundles in <site-packages>/<package>.libs, or None."""
+    spec = importlib.util.find_spec(package)
+    for directory in (spec.submodule_search_locations or []) if spec else []:
+        for path in glob.glob(os.path.join(directory, "..", package + ".libs", pattern)):
+            try:
+                return ctypes.CDLL(path)  # loaded already (NumPy) or now: the same handle threadpoolctl limits
+            except OSError:
+                pass
+    return None
+
+
+def _register(lib, symbols, stand_ins) -> bool:
+    """Registers lib's functions under our names, or the stand-ins if lib lacks any of them."""
     try:
-        lib = ctypes.CDLL(libs[0])  # already loaded by NumPy: the same handle, so threadpoolctl limits it too
         addresses = [ctypes.cast(getattr(lib, theirs), ctypes.c_void_p).value for _, theirs in symbols]
-    except (IndexError, OSError, AttributeError):  # another NumPy build (MKL, Accelerate, system BLAS)
-        # Stand-ins, so machine code cached while NumPy had its OpenBLAS still links: a thread count of 0
-        # sends every call to np.dot, and the gemm stand-ins are never reached.
-        addresses = [ctypes.cast(_NO_GEMM, ctypes.c_void_p).value] * 2 + [ctypes.cast(_NO_THREADS, ctypes.c_void_p).value]
-        for (ours, _), address in zip(symbols, addresses):
-            llvmlite.binding.add_symbol(ours, address)
-        return False
+        found = lib is not None
+    except AttributeError:
+        found = False
+    if not found:
+        addresses = [ctypes.cast(fn, ctypes.c_void_p).value for fn in stand_ins]
     for (ours, _), address in zip(symbols, addresses):
         llvmlite.binding.add_symbol(ours, address)
-    return True
+    return found
 
 
+# Stand-ins for a NumPy or SciPy built without its own OpenBLAS (MKL, Accelerate, system BLAS), so machine
+# code cached while they had it still links: a NumPy thread count of 0 sends every call to np.dot, so the
+# gemm stand-ins are never reached; a SciPy thread count of 0 never wins the comparison in matmul_blas.
 _NO_GEMM = ctypes.CFUNCTYPE(None)(lambda: None)
 _NO_THREADS = ctypes.CFUNCTYPE(ctypes.c_int32)(lambda: 0)
 
-
-HAVE_NUMPY_BLAS = _register_numpy_blas()
+_NUMPY_OPENBLAS = _openblas("numpy", "libscipy_openblas64_*.so")
+HAVE_NUMPY_BLAS = _register(
+    _NUMPY_OPENBLAS,
+    (("specc_numpy_sgemm", "scipy_cblas_sgemm64_"), ("specc_numpy_dgemm", "scipy_cblas_dgemm64_"),
+     ("specc_numpy_blas_threads", "scipy_openblas_get_num_threads64_")),
+    (_NO_GEMM, _NO_GEMM, _NO_THREADS))
+_register(_openblas("scipy", "libscipy_openblas-*.so"),
+          (("specc_scipy_blas_threads", "scipy_openblas_get_num_threads"),), (_NO_THREADS,))
 _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
+
+
+def set_numpy_blas_threads(n: int) -> None:
+    """Caps the threads of NumPy's own OpenBLAS only (threadpoolctl would cap every BLAS)."""
+    if HAVE_NUMPY_BLAS:
+        _NUMPY_OPENBLAS.scipy_openblas_set_num_threads64_(ctypes.c_int(n))
 
 
 def _cblas_signature(real):
@@ -187,15 +212,22 @@ def _cblas_signature(real):
 _numpy_sgemm = types.ExternalFunction("specc_numpy_sgemm", _cblas_signature(types.float32))
 _numpy_dgemm = types.ExternalFunction("specc_numpy_dgemm", _cblas_signature(types.float64))
 _numpy_blas_threads = types.ExternalFunction("specc_numpy_blas_threads", types.int32())
+_scipy_blas_threads = types.ExternalFunction("specc_scipy_blas_threads", types.int32())
 
 
 def matmul_blas(a, b, out):
     """out (m, n) = a (m, k) @ b (k, n) by BLAS; a and b may be transposed views.
 
-    Compiled (the overload below): NumPy's OpenBLAS when it runs on one thread, else SciPy's (np.dot inside
-    Numba). Not NumPy's at more threads: every OpenBLAS keeps its worker threads spinning for a while after
-    a call, so alternating two of them (Dense on NumPy's, convolutions on SciPy's) made a CNN-sized pair
-    of products 3.6x slower on 2 cores. From Python (eager mode runs this) it is np.dot, as before."""
+    Compiled (the overload below): NumPy's OpenBLAS, for every product in specc (Dense, the convolutions'
+    per-chunk GEMMs, the recurrent kernels), unless SciPy's is allowed more threads than NumPy's; then
+    SciPy's (np.dot inside Numba). NumPy's is the faster one: on the 2-core AVX-512 Xeon the benchmark ran
+    on, the 1024x784 @ 784x256 product took 313 GFLOP/s on 2 threads through it against 154 through
+    SciPy's (bench/gemm.py). But its idle workers must sleep at once after a call, or they hold a core the
+    convolutions' own threads need (the CNN step ran at 1-thread speed on 2 threads): OpenBLAS reads
+    OPENBLAS_THREAD_TIMEOUT once, when it loads, and specc/__init__.py sets it, which is too late when
+    NumPy was imported before specc. kernels.configure_threads then keeps NumPy's OpenBLAS at one thread
+    and SciPy's (loaded after the setting) at n, and the comparison sends multi-threaded products there.
+    From Python (eager mode runs this) it is np.dot, as before."""
     np.dot(a, b, out)
 
 
@@ -232,7 +264,9 @@ def _matmul_blas_njit(a, b, out):
         trans_a, lda = _blas_operand(a)
         trans_b, ldb = _blas_operand(b)
         trans_c, ldc = _blas_operand(out)
-        if _numpy_blas_threads() != 1 or lda < 0 or ldb < 0 or ldc < 0 or trans_c or m == 0 or n == 0 or k == 0:
+        threads = _numpy_blas_threads()
+        if (threads < 1 or threads < _scipy_blas_threads() or lda < 0 or ldb < 0 or ldc < 0 or trans_c
+                or m == 0 or n == 0 or k == 0):
             np.dot(a, b, out)
             return
         gemm(_ROW_MAJOR, _TRANS if trans_a else _NO_TRANS, _TRANS if trans_b else _NO_TRANS, m, n, k,
