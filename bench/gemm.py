@@ -10,7 +10,8 @@ leave the cores alone, is run again (up to --attempts) if they did not, and reco
 cores.
 
 Peak: `fma_probe` runs 8 independent chains of 16 dependent FMAs per float32 element, vectorised over the
-elements, so it is bound by FMA throughput alone (2 x 8-lane FMA pipes per Zen 3 core = 32 FLOP/cycle);
+elements, so it is bound by FMA throughput alone (2 FMA pipes x 8 lanes x 2 = 32 FLOP/cycle per core with
+AVX2, as on Zen 3; 64 with AVX-512 on 2 pipes, as on Xeons since Skylake-SP);
 `clock_probe` runs one dependent scalar FMA chain, whose time per step is the FMA latency (4 cycles on
 Zen 3/Zen 4, Intel Skylake and later), which gives the clock. Both are reported; "% of peak" uses the
 measured FMA throughput at the same thread count.
@@ -25,16 +26,21 @@ import statistics
 import sys
 import time
 
-import numba
-import numpy as np
-
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+# specc before NumPy (see bench/kernels.py): both OpenBLAS then let their idle workers sleep at once, so
+# timing one does not leave the other's workers spinning on the cores.
+import specc  # noqa: E402, F401, I001
+import numba  # noqa: E402
+import numpy as np  # noqa: E402
 
 from specc.kernels import configure_threads, dense, gemm  # noqa: E402
 
-PROBE = dict(fastmath=True, nogil=True, error_model="numpy")  # no cache: a parallel kernel in a script cannot be cached
+# No cache: a parallel kernel in a script cannot be cached. Only "contract" (a * c + d -> one FMA) of the
+# fast-math flags: with reassociation LLVM may fold a chain of FMAs by constants into fewer (it did, with
+# 512-bit vectors, and "measured" 430 GFLOP/s on one core).
+PROBE = dict(fastmath={"contract"}, nogil=True, error_model="numpy")
 FMA_LATENCY_CYCLES = 4
-FLOPS_PER_CYCLE = 32  # float32 per core: 2 FMA pipes x 8 lanes (AVX2) x 2 (multiply + add); Zen 3, Skylake
 PROBE_STEPS = 16  # dependent FMAs per chain per element in fma_probe
 PROBE_CHAINS = 8
 
@@ -85,7 +91,31 @@ def clock_probe(n, c, d):
     return y
 
 
+def _cpu_features() -> str:
+    import llvmlite.binding
+
+    return llvmlite.binding.get_host_cpu_features().flatten()
+
+
 def measure_peak(threads: int) -> dict:
+    """The probes in a fresh process (`--peak-probe`), compiled for the widest vectors the CPU has: LLVM
+    prefers 256-bit vectors on AVX-512 Intel CPUs (against frequency drops), so the probe is compiled with
+    that preference turned off there, or it would report the AVX2 peak. specc's own kernels keep LLVM's
+    default, which is why the probe does not run in this process."""
+    import subprocess
+
+    env = dict(os.environ)
+    if "+avx512f" in _cpu_features():
+        env["NUMBA_CPU_FEATURES"] = _cpu_features() + ",-prefer-256-bit"
+    out = subprocess.run([sys.executable, __file__, "--peak-probe", str(threads)], env=env, check=True,
+                         capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def _probe_peak(threads: int) -> dict:
+    numba.set_num_threads(threads)
+    lanes = 16 if "+avx512f" in _cpu_features() else 8
+    flops_per_cycle = 2 * lanes * 2  # float32 per core: 2 FMA pipes x lanes x 2 (multiply + add)
     c, d = np.float32(0.9999), np.float32(1e-5)
     clock_probe(10, c, d)
     steps = 100_000_000
@@ -96,7 +126,7 @@ def measure_peak(threads: int) -> dict:
     reps = 4000
     fma_probe(x, out, 1, c, d)
     flops = 2 * PROBE_CHAINS * PROBE_STEPS * reps * x.shape[0]
-    theoretical = ghz * FLOPS_PER_CYCLE * threads
+    theoretical = ghz * flops_per_cycle * threads
     times = []
     for _ in range(20):  # spaced bursts until one reaches 85% of the theoretical peak: a busy moment
         time.sleep(0.2)  # elsewhere stalls a multi-threaded probe at its barrier
@@ -108,8 +138,8 @@ def measure_peak(threads: int) -> dict:
         print(f"warning: the peak probe reached only {flops / min(times) / 1e9:.0f} of {theoretical:.0f} GFLOP/s "
               "(other processes?): % of peak is overstated")
     return {"disturbed": disturbed,
-            "method": "fma_probe: 8 independent chains x 16 dependent FMAs per element, vectorised, L1-resident; "
-                      "clock_probe: one dependent FMA chain, 4-cycle FMA latency",
+            "method": f"fma_probe: 8 independent chains x 16 dependent FMAs per element, vectorised ({lanes} "
+                      "float32 lanes), L1-resident; clock_probe: one dependent FMA chain, 4-cycle FMA latency",
             "clock_ghz": ghz, "theoretical_gflops": theoretical,
             "measured_gflops": flops / min(times) / 1e9, "measured_gflops_median": flops / statistics.median(times) / 1e9}
 
@@ -302,6 +332,9 @@ def dense_cases(rng, torch):
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["--peak-probe"]:  # measure_peak's child process
+        print(json.dumps(_probe_peak(int(sys.argv[2]))))
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", default="1,2", help="comma-separated thread counts (default 1,2)")
     parser.add_argument("--repeats", type=int, default=31)

@@ -20,25 +20,29 @@ import subprocess
 import sys
 import time
 
-import numpy as np
-
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
+# specc before NumPy, as `specc train` does (specc/__init__.py sets OPENBLAS_THREAD_TIMEOUT before NumPy's
+# OpenBLAS loads, and specc then uses that OpenBLAS on 2 threads too; see specc/kernels/gemm.matmul_blas).
+import specc  # noqa: E402, F401, I001
+import numpy as np  # noqa: E402
 from gemm import measure_peak  # noqa: E402 - bench/gemm.py: this machine's float32 FMA peak, measured
 
 from specc.engine import Engine  # noqa: E402
 from specc.kernels import configure_threads  # noqa: E402
 from specc.spec import load_spec_text  # noqa: E402
 
-# name, layer spec, input shape (no batch), batch, forward multiply-adds per sample
+# name, layer spec, input shape (no batch), batch, forward multiply-adds per sample, and whether the
+# input gradient is computed: as in the benchmark networks, where a first layer needs none (both
+# frameworks skip it then) and the CNN's second convolution and pooling layers do.
 CASES = [
-    ("Dense 784->256", {"type": "Dense", "units": 256}, (784,), 128, 784 * 256),
+    ("Dense 784->256", {"type": "Dense", "units": 256}, (784,), 128, 784 * 256, False),
     ("Conv2D 28x28x1->32 3x3", {"type": "Conv2D", "filters": 32, "kernel_size": 3}, (28, 28, 1), 128,
-     26 * 26 * 9 * 1 * 32),
+     26 * 26 * 9 * 1 * 32, False),
     ("Conv2D 13x13x32->64 3x3", {"type": "Conv2D", "filters": 64, "kernel_size": 3}, (13, 13, 32), 128,
-     11 * 11 * 9 * 32 * 64),
-    ("MaxPooling2D 2 on 26x26x32", {"type": "MaxPooling2D", "pool_size": 2}, (26, 26, 32), 128, 0),
-    ("LSTM 64 on 40x32", {"type": "LSTM", "units": 64}, (40, 32), 64, 40 * 4 * 64 * (32 + 64)),
+     11 * 11 * 9 * 32 * 64, True),
+    ("MaxPooling2D 2 on 26x26x32", {"type": "MaxPooling2D", "pool_size": 2}, (26, 26, 32), 128, 0, True),
+    ("LSTM 64 on 40x32", {"type": "LSTM", "units": 64}, (40, 32), 64, 40 * 4 * 64 * (32 + 64), False),
 ]
 
 
@@ -61,7 +65,7 @@ def median_time(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def specc_case(layer: dict, shape, batch: int):
+def specc_case(layer: dict, shape, batch: int, need_dx: bool):
     import yaml
 
     text = yaml.safe_dump({"specc": 1, "model": {"input": list(shape), "layers": [layer]}})
@@ -70,29 +74,31 @@ def specc_case(layer: dict, shape, batch: int):
     engine = Engine(spec.graph)
     engine.initialize(0)
     x = np.random.default_rng(0).standard_normal((batch, *shape)).astype(np.float32)
+    engine.input_gradients = need_dx
     out = engine.forward([x], training=True)[0]
     dy = np.ones_like(out)
 
-    def step():
-        engine.forward([x], training=True)
-        engine.backward([dy])
+    def step():  # buffers reused across steps, as the Trainer does
+        engine.forward([x], training=True, reuse=True)
+        engine.backward([dy], reuse=True)
 
     return step
 
 
-def torch_case(layer: dict, shape, batch: int):
+def torch_case(layer: dict, shape, batch: int, need_dx: bool):
     import torch
 
-    x = torch.randn(batch, *shape, requires_grad=True)
+    x = torch.randn(batch, *shape, requires_grad=need_dx)
     if layer["type"] == "Dense":
         mod = torch.nn.Linear(shape[-1], layer["units"])
         fwd = mod
     elif layer["type"] == "Conv2D":
         mod = torch.nn.Conv2d(shape[-1], layer["filters"], layer["kernel_size"])
-        x = torch.randn(batch, shape[-1], *shape[:2], requires_grad=True)  # torch is channels_first
+        x = torch.randn(batch, shape[-1], *shape[:2], requires_grad=need_dx)  # torch is channels_first
         fwd = mod
     elif layer["type"] == "MaxPooling2D":
-        x = torch.randn(batch, shape[-1], *shape[:2], requires_grad=True)
+        mod = None
+        x = torch.randn(batch, shape[-1], *shape[:2], requires_grad=need_dx)
         fwd = torch.nn.MaxPool2d(layer["pool_size"])
     elif layer["type"] == "LSTM":
         mod = torch.nn.LSTM(shape[-1], layer["units"], batch_first=True)
@@ -106,6 +112,8 @@ def torch_case(layer: dict, shape, batch: int):
 
     def step():
         x.grad = None
+        if mod is not None:
+            mod.zero_grad(set_to_none=True)  # the weight gradients are written, not accumulated, as in specc
         fwd(x).backward(dy)
 
     return step
@@ -133,11 +141,12 @@ def main() -> None:
     header = f"{'layer (forward+backward)':30} {'batch':>5} {'specc ms':>9} {'torch ms':>9} {'ratio':>6} {'GFLOP/s':>8} {'% peak':>6}"
     print(header)
     print("-" * len(header))
-    for name, layer, shape, batch, macs in CASES:
-        t_specc = median_time(specc_case(layer, shape, batch), args.repeats)
-        t_torch = median_time(torch_case(layer, shape, batch), args.repeats) if torch else None
-        # forward + weight gradient + input gradient: three products of the same size
-        gflops = 3 * 2 * macs * batch / t_specc / 1e9 if macs else None
+    for name, layer, shape, batch, macs, need_dx in CASES:
+        t_specc = median_time(specc_case(layer, shape, batch, need_dx), args.repeats)
+        t_torch = median_time(torch_case(layer, shape, batch, need_dx), args.repeats) if torch else None
+        # forward + weight gradient (+ input gradient): products of the same size (for the LSTM this leaves
+        # out its gradient through the recurrent state, which it computes either way)
+        gflops = (2 + need_dx) * 2 * macs * batch / t_specc / 1e9 if macs else None
         ratio = t_torch / t_specc if t_torch else None
         rows.append({"layer": name, "batch": batch, "specc_s": t_specc, "torch_s": t_torch, "ratio": ratio,
                      "gflops": gflops, "peak_fraction": gflops / peak_gflops if gflops else None})
