@@ -197,20 +197,25 @@ def compare_predictions(a: dict, b: dict) -> dict:
             "sum_rel": abs(a["pred_sum"] - b["pred_sum"]) / max(abs(b["pred_sum"]), 1e-12)}
 
 
-def thread_noise(runs_ref_n: list[dict], runs_ref_1: list[dict]) -> float | None:
-    """How far the reference framework's own loss trajectory moves between 1 and n threads (worst pair):
-    float32 sums taken in another order, compounded over hundreds of optimizer steps. A trajectory cannot
-    be expected to match another framework's more closely than that framework matches itself."""
-    pairs = [(a, b) for a, b in zip(runs_ref_n, runs_ref_1) if "error" not in a and "error" not in b]
+def reference_noise(runs_ref: list[dict], runs_other: list[dict]) -> float | None:
+    """How far the reference framework's own loss trajectory moves (worst pair) between runs that differ only
+    in rounding: 1 vs n threads (float32 sums in another order), or float32 vs float64. Compounded over
+    hundreds of optimizer steps, rounding differences grow: on the full MLP workload PyTorch's float32 and
+    float64 trajectories differ by ~3e-3 of the loss (bench/README.md). Two correct float32 implementations
+    can differ by as much, so a trajectory is not expected to match another framework's more closely than
+    that framework's float32 matches its own float64."""
+    pairs = [(a, b) for a, b in zip(runs_ref, runs_other) if "error" not in a and "error" not in b]
     rels = [compare_losses(a["step_losses"], b["step_losses"]).get("max_rel") for a, b in pairs]
     rels = [r for r in rels if r is not None]
     return max(rels) if rels else None
 
 
 def check_row(kind: str, runs_fw: list[dict], runs_ref: list[dict], tol: float, pred_tol: float,
-              noise: float | None = None) -> dict:
-    """Every paired run must agree; the worst pair is reported. With more than one thread the tolerance is
-    the larger of `tol` and twice the reference's own 1-thread vs n-thread difference (`noise`)."""
+              noise: dict | None = None) -> dict:
+    """Every paired run must agree; the worst pair is reported. The tolerance is the larger of `tol` and
+    twice the reference's own noise (`noise`: its 1-thread vs n-thread difference, and its float32 vs
+    float64 difference; see reference_noise). The first step is held to `tol` regardless: nothing has
+    compounded yet, so a forward pass or loss that differs shows there."""
     pairs = [(a, b) for a, b in zip(runs_fw, runs_ref) if "error" not in a and "error" not in b]
     if not pairs:
         return {"status": "n/a"}
@@ -223,9 +228,14 @@ def check_row(kind: str, runs_fw: list[dict], runs_ref: list[dict], tol: float, 
     if any("why" in c for c in cmp):
         return {"status": "FAIL", "pairs": cmp}
     worst = max(c["max_rel"] for c in cmp)
-    allowed = max(tol, 2 * noise) if noise is not None else tol
-    return {"status": "PASS" if worst <= allowed else "FAIL", "max_rel": worst, "tol": allowed, "base_tol": tol,
-            "reference_thread_noise": noise, "step1_rel": max(c["step1_rel"] for c in cmp), "pairs": cmp}
+    noise = noise or {}
+    known = [v for v in noise.values() if v is not None]
+    allowed = max([tol] + [2 * v for v in known])
+    step1 = max(c["step1_rel"] for c in cmp)
+    ok = worst <= allowed and step1 <= tol
+    return {"status": "PASS" if ok else "FAIL", "max_rel": worst, "tol": allowed, "base_tol": tol,
+            "reference_thread_noise": noise.get("threads"), "reference_float64_noise": noise.get("float64"),
+            "step1_rel": step1, "pairs": cmp}
 
 
 # --- start-up, compile time ---------------------------------------------------------------------------------
@@ -397,6 +407,14 @@ def main() -> None:
                             (f"{r['samples_per_s']:>10,.0f} samples/s  ({r['seconds']:.2f} s timed, "
                              f"{r['wall_s']:.1f} s process, RSS {r['peak_rss_mb']:.0f} MB)"
                              if "error" not in r else "FAILED:\n" + r["error"]))
+                if "torch" in frameworks and configs[name]["kind"] == "train" and threads == threads_list[0]:
+                    # one more PyTorch run, in float64: how far float32 rounding alone moves PyTorch's own
+                    # loss trajectory over the whole job (see reference_noise and check_row)
+                    r = run_child("torch", dict(configs[name], float64=True), threads, tmp, args.timeout)
+                    r.update(run=0, framework="torch-float64")
+                    raw.append(r)
+                    log(f"{name:15} {threads}t reference noise: torch in float64" +
+                        ("" if "error" not in r else " FAILED:\n" + r["error"]))
 
         extras: dict = {}
         if not args.no_startup:
@@ -443,11 +461,14 @@ def main() -> None:
                     paired = [a["samples_per_s"] / b["samples_per_s"] for a, b in zip(by_fw[fw], by_fw["torch"])
                               if "error" not in a and "error" not in b]
                     row["ratio_vs_torch"] = stats(paired)
-                    noise = None
+                    noise = {}
                     if kind == "train" and threads != 1 and 1 in threads_list:
                         torch_1t = sorted([r for r in raw if r["workload"] == name and r["threads"] == 1 and
                                            r["framework"] == "torch"], key=lambda r: r["run"])
-                        noise = thread_noise(by_fw["torch"], torch_1t)
+                        noise["threads"] = reference_noise(by_fw["torch"], torch_1t)
+                    if kind == "train":
+                        wide = [r for r in raw if r["workload"] == name and r["framework"] == "torch-float64"]
+                        noise["float64"] = reference_noise(by_fw["torch"][:1], wide)
                     row["check_vs_torch"] = check_row(kind, by_fw[fw], by_fw["torch"], args.tol, args.pred_tol,
                                                       noise)
                 if fw == "specc" and kind == "train" and len(ok) > 1:
@@ -473,6 +494,8 @@ def main() -> None:
             check = f"{chk['status']} (max rel {chk['max_rel']:.1e}, step 1 {chk['step1_rel']:.0e}"
             if chk.get("reference_thread_noise") is not None:
                 check += f", torch 1t vs {row['threads']}t {chk['reference_thread_noise']:.0e}"
+            if chk.get("reference_float64_noise") is not None:
+                check += f", torch f32 vs f64 {chk['reference_float64_noise']:.0e}"
             check += ")"
         elif "max_abs" in chk:
             check = f"{chk['status']} (max |Δp| {chk['max_abs']:.1e})"

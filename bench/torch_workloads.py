@@ -98,6 +98,11 @@ def main() -> None:
         x_np = np.ascontiguousarray(x_np.transpose(0, 3, 1, 2))  # NHWC -> NCHW, once, outside the timing
     x, y = torch.from_numpy(x_np), torch.from_numpy(y_np)
     model = build_model(torch, config["model"], weights)
+    if config.get("float64"):  # bench/run.py's reference-noise run: the same job in float64
+        model = model.double()
+        x = x.double()
+        if y.is_floating_point():
+            y = y.double()
     batch = config["batch_size"]
     n = len(x)
     result = {"framework": "torch", "version": torch.__version__, "threads": torch.get_num_threads(),
