@@ -28,8 +28,8 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-# specc before NumPy (see bench/kernels.py): both OpenBLAS then let their idle workers sleep at once, so
-# timing one does not leave the other's workers spinning on the cores.
+# specc before NumPy (see bench/kernels.py): both OpenBLAS then let their idle workers sleep after ~1 ms
+# instead of ~70, so timing one does not leave the other's workers spinning on the cores.
 import specc  # noqa: E402, F401, I001
 import numba  # noqa: E402
 import numpy as np  # noqa: E402

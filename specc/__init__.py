@@ -9,14 +9,17 @@ Python API with Keras 3's semantics on the same schema, graph, engine and traini
 import os as _os
 import sys as _sys
 
-# OpenBLAS's idle workers spin for ~0.1 s after each call before they sleep, holding a core that the
-# convolutions' own threads then need (the CNN step at 2 threads ran at 1-thread speed). OpenBLAS reads
-# this when it loads, i.e. when NumPy is first imported, so it is set here, before anything imports NumPy
-# (the CLI imports specc first); 2^4 cycles lets the workers sleep at once. A value the user set wins.
-# If NumPy came first, its OpenBLAS keeps spinning, and kernels.configure_threads routes multi-threaded
-# products to SciPy's OpenBLAS instead (loaded later, with this setting; see kernels/gemm.matmul_blas).
-_numpy_blas_sleeps = "numpy" not in _sys.modules or "OPENBLAS_THREAD_TIMEOUT" in _os.environ
-_os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+# OpenBLAS's idle workers spin for 2^28 cycles (~0.07 s) after each multi-threaded call before they sleep.
+# Between the products of an MLP step that is what you want (no wake-up per product), but so long a spin
+# holds a core that other work needs: the convolutions' own threads (engine.Engine._buffers keeps BLAS on
+# one thread in such models), the user's code. 2^22 cycles (~1 ms) kept the MLP's gain (2 threads: 93k ->
+# 111k samples/s against 2^4, which sleeps at once) at no cost to the CNN. OpenBLAS reads the variable
+# once, when it loads, i.e. when NumPy is first imported, so it is set here, before anything imports NumPy
+# (the CLI imports specc first). A value the user set wins. If NumPy came first, its OpenBLAS spins for
+# the default time, and kernels.configure_threads routes multi-threaded products to SciPy's OpenBLAS
+# instead (loaded later, with this setting; see kernels/gemm.matmul_blas).
+_numpy_blas_timeout_set = "numpy" not in _sys.modules or "OPENBLAS_THREAD_TIMEOUT" in _os.environ
+_os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "22")
 
 # Everything here loads on first use (PEP 562): `import specc.cli` runs this file before any command, and
 # the command decides what it needs — `specc --help` needs neither pydantic nor YAML, `specc summary` not

@@ -73,6 +73,7 @@ class Engine:
         self.steps, self._alias = _flatten(graph)
         self.input_names = [n.name for n in graph.inputs]
         self.output_names = [self._resolve(n) for n in graph.outputs]
+        self._own_threads = any(s.layer.runs_own_threads for s in self.steps)
 
         # Layout: trainable weights first, so the optimizer sees one contiguous range.
         placed = [(s, i, w) for s in self.steps for i, w in enumerate(s.specs)]
@@ -144,7 +145,22 @@ class Engine:
     # --- execution -----------------------------------------------------------------------------------
 
     def _buffers(self, reuse: bool):
-        return self.workspace.active() if reuse else contextlib.nullcontext()
+        """The context of one forward or backward pass: the workspace (reuse=True), and BLAS on one thread
+        when a layer splits its batch over threads of its own (convolutions, pooling) and there are several.
+        OpenBLAS's idle workers spin for a while after a multi-threaded product (OPENBLAS_THREAD_TIMEOUT,
+        specc/__init__.py), which suits a chain of products (an MLP) but holds a core that those layers'
+        threads need next: a CNN at 2 threads ran 8% slower with its one small Dense on 2 BLAS threads."""
+        stack = contextlib.ExitStack()
+        if reuse:
+            stack.enter_context(self.workspace.active())
+        if self._own_threads:
+            import numba
+
+            from .kernels.conv import one_blas_thread
+
+            if numba.get_num_threads() > 1:
+                stack.enter_context(one_blas_thread())
+        return stack
 
     def forward(self, inputs: list[np.ndarray], training: bool = False, rng: Any = None,
                 reuse: bool = False) -> list[np.ndarray]:

@@ -174,7 +174,7 @@ from specc.kernels.gemm import HAVE_NUMPY_BLAS
 configure_threads(2)
 threads = {("numpy" if "numpy.libs" in i["filepath"] else "scipy"): i["num_threads"]
            for i in threadpool_info() if i["internal_api"] == "openblas" and ".libs" in i["filepath"]}
-print(specc._numpy_blas_sleeps, HAVE_NUMPY_BLAS, threads.get("numpy"), threads.get("scipy"))
+print(specc._numpy_blas_timeout_set, HAVE_NUMPY_BLAS, threads.get("numpy"), threads.get("scipy"))
 """
 
 
@@ -213,3 +213,30 @@ def test_matmul_blas_is_right_whichever_openblas_it_picks(numpy_threads):
         finally:
             configure_threads(2)
     _check(out, a, b, np.float64)
+
+
+@pytest.mark.parametrize("layers,expected", [
+    ([{"type": "Conv2D", "filters": 2, "kernel_size": 3}, {"type": "Flatten"}, {"type": "Dense", "units": 3}], 1),
+    ([{"type": "Flatten"}, {"type": "Dense", "units": 3}], 2),
+])
+def test_models_with_threaded_layers_run_blas_on_one_thread(layers, expected):
+    # Convolutions and pooling split the batch over threads of their own; a multi-threaded BLAS product
+    # before them would leave OpenBLAS workers spinning on those cores, so such a model's passes keep
+    # BLAS at one thread. A Dense-only model keeps the configured count.
+    from threadpoolctl import threadpool_info
+
+    from specc.engine import Engine
+    from specc.spec import load_spec_text
+
+    text = "specc: 1\nmodel:\n  input: [6, 6, 1]\n  layers:\n" + "".join(f"    - {layer}\n" for layer in layers)
+    spec, errors = load_spec_text(text.replace("'", ""), "t.yaml")
+    assert not errors, errors
+    engine = Engine(spec.graph)
+    with _threads(2):
+        with engine._buffers(reuse=True):
+            inside = {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+        after = {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+    # (NumPy's own OpenBLAS may be held at 1 anyway when NumPy was imported before specc: see
+    # kernels.configure_threads; the most threads any BLAS may use is what decides.)
+    assert max(inside) == expected
+    assert max(after) == 2  # restored on leaving

@@ -36,7 +36,7 @@ def configure_threads(n: int | None = None) -> int:
         n = int(os.environ["SPECC_THREADS"])
     n = max(1, min(n or available_cores(), numba.config.NUMBA_NUM_THREADS))
     numba.set_num_threads(n)
-    os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")  # in case specc/__init__ did not run first
+    os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "22")  # in case specc/__init__ did not run first
     try:
         load_scipy_blas()  # the BLAS Numba's np.dot calls: loaded now, so it is limited too
         from threadpoolctl import threadpool_limits
@@ -44,11 +44,11 @@ def configure_threads(n: int | None = None) -> int:
         threadpool_limits(limits=n, user_api="blas")
     except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
         pass
-    from .. import _numpy_blas_sleeps
+    from .. import _numpy_blas_timeout_set
 
-    if n > 1 and not _numpy_blas_sleeps:
+    if n > 1 and not _numpy_blas_timeout_set:
         # NumPy's OpenBLAS loaded before OPENBLAS_THREAD_TIMEOUT was set (NumPy imported before specc), so
-        # its idle workers would spin: keep it at one thread, and gemm.matmul_blas sends multi-threaded
+        # its idle workers would spin for ~0.07 s after each product: keep it at one thread, and gemm.matmul_blas sends multi-threaded
         # products to SciPy's (at n threads), as it does whenever SciPy's may use more threads.
         from .gemm import set_numpy_blas_threads
 

@@ -149,7 +149,7 @@ def matmul_scipy_blas(a, b, out):
 
 # NumPy's wheels bundle their own OpenBLAS (libscipy_openblas64_, 0.3.31 here), which bench/gemm.py measured
 # 5-12% faster than the one in SciPy's wheels (0.3.30) that np.dot inside Numba reaches through
-# scipy.linalg.cython_blas at the Dense sizes on a Zen 3, and twice as fast on 2 threads of an AVX-512 Xeon.
+# scipy.linalg.cython_blas at the Dense sizes on a Zen 3 (0-12% on an AVX-512 Xeon).
 # Its CBLAS ?gemm is registered with LLVM under a name of our own, so compiled kernels call it by symbol
 # name and stay cacheable (the address is resolved when the cached code is loaded, after this module has
 # registered it). 64-bit integer interface. SciPy's thread count is registered too: matmul_blas compares
@@ -220,13 +220,15 @@ def matmul_blas(a, b, out):
 
     Compiled (the overload below): NumPy's OpenBLAS, for every product in specc (Dense, the convolutions'
     per-chunk GEMMs, the recurrent kernels), unless SciPy's is allowed more threads than NumPy's; then
-    SciPy's (np.dot inside Numba). NumPy's is the faster one: on the 2-core AVX-512 Xeon the benchmark ran
-    on, the 1024x784 @ 784x256 product took 313 GFLOP/s on 2 threads through it against 154 through
-    SciPy's (bench/gemm.py). But its idle workers must sleep at once after a call, or they hold a core the
-    convolutions' own threads need (the CNN step ran at 1-thread speed on 2 threads): OpenBLAS reads
-    OPENBLAS_THREAD_TIMEOUT once, when it loads, and specc/__init__.py sets it, which is too late when
-    NumPy was imported before specc. kernels.configure_threads then keeps NumPy's OpenBLAS at one thread
-    and SciPy's (loaded after the setting) at n, and the comparison sends multi-threaded products there.
+    SciPy's (np.dot inside Numba). One library for everything, because two thread pools get in each
+    other's way: after a multi-threaded product OpenBLAS's workers spin for a while, holding cores that
+    the other library's workers (or the convolutions' own threads) then need; timed next to NumPy's, the
+    1024x784 @ 784x256 product ran at 154 GFLOP/s on 2 threads through SciPy's, against 310 alone. NumPy's
+    is also the newer build, 0-12% faster at the benchmark's sizes (bench/gemm.py). How long the workers
+    spin is OPENBLAS_THREAD_TIMEOUT, which OpenBLAS reads once, when it loads; specc/__init__.py sets it,
+    which is too late when NumPy was imported before specc: kernels.configure_threads then keeps NumPy's
+    OpenBLAS at one thread and SciPy's (loaded after the setting) at n, and the comparison sends
+    multi-threaded products there.
     From Python (eager mode runs this) it is np.dot, as before."""
     np.dot(a, b, out)
 

@@ -4,7 +4,7 @@ SeparableConv2D. Output sizes follow Keras 3's conv arithmetic exactly."""
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import model_validator
 
@@ -73,6 +73,8 @@ def as_image(x):
 
 class _Windowed(LayerSpec):
     """Shared by layers that slide a kernel: subclasses define kernel_size, strides, padding, dilation_rate."""
+
+    runs_own_threads: ClassVar[bool] = True
 
     def _window(self, sample_shape):
         """(output spatial shape, kernel geometry) for samples of `sample_shape` (no batch axis)."""

@@ -15,6 +15,8 @@ Padding = choice(("valid", "same"), "padding")
 class _Pool(LayerSpec):
     """strides default to pool_size, as in Keras."""
 
+    runs_own_threads: ClassVar[bool] = True
+
     def compute_output_shape(self, s):
         rank = len(self.pool_size)
         require_rank(self.type, s, spatial_axes(rank))
@@ -89,6 +91,7 @@ class AveragePooling2D(_Pool):
 
 class _Global(LayerSpec):
     keepdims: Bool = False
+    runs_own_threads: ClassVar[bool] = True
 
     def compute_output_shape(self, s):
         rank = self._rank
