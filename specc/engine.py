@@ -183,7 +183,7 @@ class Engine:
             # Batch statistics are used in training unless the layer is frozen (Keras's BN rule).
             y, saved = s.layer.forward(s.weights, x, training and s.trainable, rng)
             act = s.layer.output_activation()
-            if act != "linear":
+            if act != "linear" and not s.layer.applies_activation():
                 z = np.ascontiguousarray(y)
                 y = empty("activation", z.shape, z.dtype)
                 activations.forward(activations.CODE[act], activations.as_rows(z), activations.as_rows(y))

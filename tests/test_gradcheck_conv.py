@@ -64,6 +64,12 @@ CASES = [
     ("conv2d_pointwise", conv2d(kernel_size=[1, 1]), IMG, {}),
     ("conv2d_1x1_strided", conv2d(kernel_size=[1, 1], strides=[2, 2]), IMG, {}),
     ("conv2d_relu", conv2d(activation="relu", padding="same"), IMG, {}),
+    # ReLU is applied inside the convolution's chunks (forward and backward), with and without a bias, on
+    # the tap-major path (one channel) and through a stride
+    ("conv2d_relu_no_bias", conv2d(activation="relu", use_bias=False), IMG, {}),
+    ("conv2d_relu_one_channel", conv2d(activation="relu"), [[6, 7, 1]], {}),
+    ("conv2d_relu_strided", conv2d(activation="relu", strides=[2, 2], padding="same"), IMG, {}),
+    ("conv1d_relu", conv1d(activation="relu"), SEQ, {}),
     ("deconv_valid", deconv(), IMG, {}),
     ("deconv_same", deconv(padding="same"), IMG, {}),
     ("deconv_valid_strides_2", deconv(strides=[2, 2]), IMG, {}),

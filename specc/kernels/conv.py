@@ -158,7 +158,7 @@ def _matmul(a, b, out):
 
 
 @numba.njit(**JIT)
-def _forward_chunk(x, kernel, bias, use_bias, g, n0, n1, scratch, out):
+def _forward_chunk(x, kernel, bias, use_bias, relu, g, n0, n1, scratch, out):
     """conv_forward for samples n0:n1 on the calling thread; scratch (>= rows * K,) holds its windows."""
     n_, h_, w_, c_ = x.shape
     _, ho, wo, f = out.shape
@@ -174,17 +174,29 @@ def _forward_chunk(x, kernel, bias, use_bias, g, n0, n1, scratch, out):
         cols = scratch[: r * k].reshape(r, k)  # this chunk's windows
         _im2col(x, n0, n1, g, ho, wo, cols)
         _matmul(cols, kernel, o)
-    if use_bias:
+    if use_bias and relu:
+        zero = o.dtype.type(0)
+        for i in range(r):
+            for q in range(f):
+                o[i, q] = max(o[i, q] + bias[q], zero)
+    elif use_bias:
         for i in range(r):
             for q in range(f):
                 o[i, q] += bias[q]
+    elif relu:
+        zero = o.dtype.type(0)
+        for i in range(r):
+            for q in range(f):
+                o[i, q] = max(o[i, q], zero)
 
 
 @numba.njit(**JIT)
-def _backward_chunk(x, kernel, dy, use_bias, need_dk, need_dx, g, t, spc, scratch, dk_parts, db_parts, dx):
+def _backward_chunk(x, kernel, dy, relu_out, relu, use_bias, need_dk, need_dx, g, t, spc, scratch, dz_scratch,
+                    dk_parts, db_parts, dx):
     """conv_backward for chunk t (samples t*spc up to (t+1)*spc) on the calling thread: its kernel and bias
     gradients go to dk_parts[t] (K, F) and db_parts[t] (F,), its input gradient to those samples of dx.
-    scratch (>= rows * K,) holds its windows, then their gradients."""
+    scratch (>= rows * K,) holds its windows, then their gradients; with relu, dz_scratch (>= rows * F,)
+    holds the chunk's dy through the ReLU (relu_out, the layer's output, is > 0 where it passes)."""
     n_, ho, wo, f = dy.shape
     c_ = dx.shape[3]
     k = kernel.shape[0]
@@ -193,6 +205,14 @@ def _backward_chunk(x, kernel, dy, use_bias, need_dk, need_dx, g, t, spc, scratc
     n1 = min(n0 + spc, n_)
     r = (n1 - n0) * per
     d = dy.reshape(n_ * per, f)[n0 * per : n1 * per]
+    if relu:
+        a = relu_out.reshape(n_ * per, f)[n0 * per : n1 * per]
+        dz = dz_scratch[: r * f].reshape(r, f)
+        zero = dz.dtype.type(0)
+        for i in range(r):
+            for q in range(f):
+                dz[i, q] = d[i, q] if a[i, q] > zero else zero
+        d = dz
     tap_major = c_ < TAP_MAJOR_BELOW_C
     if use_bias:
         db = db_parts[t]
@@ -221,17 +241,19 @@ def _backward_chunk(x, kernel, dy, use_bias, need_dk, need_dx, g, t, spc, scratc
 
 
 @numba.njit(**JIT)
-def _forward_range(x, kernel, bias, use_bias, g, spc, t0, t1, scratch, out):
+def _forward_range(x, kernel, bias, use_bias, relu, g, spc, t0, t1, scratch, out):
     """_forward_chunk for chunks t0:t1 of spc samples each, with this thread's scratch."""
     for t in range(t0, t1):
-        _forward_chunk(x, kernel, bias, use_bias, g, t * spc, min(t * spc + spc, x.shape[0]), scratch, out)
+        _forward_chunk(x, kernel, bias, use_bias, relu, g, t * spc, min(t * spc + spc, x.shape[0]), scratch, out)
 
 
 @numba.njit(**JIT)
-def _backward_range(x, kernel, dy, use_bias, need_dk, need_dx, g, spc, t0, t1, scratch, dk_parts, db_parts, dx):
+def _backward_range(x, kernel, dy, relu_out, relu, use_bias, need_dk, need_dx, g, spc, t0, t1, scratch,
+                    dz_scratch, dk_parts, db_parts, dx):
     """_backward_chunk for chunks t0:t1 of spc samples each, with this thread's scratch."""
     for t in range(t0, t1):
-        _backward_chunk(x, kernel, dy, use_bias, need_dk, need_dx, g, t, spc, scratch, dk_parts, db_parts, dx)
+        _backward_chunk(x, kernel, dy, relu_out, relu, use_bias, need_dk, need_dx, g, t, spc, scratch, dz_scratch,
+                        dk_parts, db_parts, dx)
 
 
 @numba.njit(**JIT)
@@ -254,25 +276,28 @@ def _sum_parts(dk_parts, dbias, db_parts, need_dk, use_bias, dkernel):
 # budget; pooling's prange versions cost another 2 s).
 
 
-def conv_forward(x, kernel, bias, use_bias, g, out):
-    """x (N, H, W, C), kernel (kh*kw*C, F), bias (F,) -> out (N, Ho, Wo, F), all C-contiguous.
+def conv_forward(x, kernel, bias, use_bias, g, out, relu=False):
+    """x (N, H, W, C), kernel (kh*kw*C, F), bias (F,) -> out (N, Ho, Wo, F), all C-contiguous; with relu,
+    max(out, 0).
 
     Chunks of samples in parallel: each chunk lays its windows out in its own scratch (rows, kh*kw*C),
     tap-major for few channels, and multiplies them by the kernel with one single-threaded BLAS GEMM;
-    the bias is added while the chunk's output is in cache.
+    the bias (and the ReLU) is applied while the chunk's output is in cache.
     Conv2DTranspose's backward uses this too, for d(input) = im2col(dy) @ kernel.
     """
     n, ho, wo, f = out.shape
     spc, chunks = _chunking(n, ho * wo, kernel.shape[0], f, x.itemsize)
     scratch = _scratch(chunks, spc * ho * wo * kernel.shape[0], x.dtype)
     with one_blas_thread():
-        in_threads(chunks, lambda share, t0, t1: _forward_range(x, kernel, bias, use_bias, g, spc, t0, t1,
+        in_threads(chunks, lambda share, t0, t1: _forward_range(x, kernel, bias, use_bias, relu, g, spc, t0, t1,
                                                                 scratch[share], out))
 
 
-def conv_backward(x, kernel, dy, use_bias, need_dk, need_dx, g, dkernel, dbias, dx):
+def conv_backward(x, kernel, dy, use_bias, need_dk, need_dx, g, dkernel, dbias, dx, relu_out=None):
     """dy (N, Ho, Wo, F) -> dkernel (kh*kw*C, F) = im2col(x).T @ dy, dbias (F,) = the sum of dy over
-    positions, dx (N, H, W, C) = col2im(dy @ kernel.T); all C-contiguous.
+    positions, dx (N, H, W, C) = col2im(dy @ kernel.T); all C-contiguous. With relu_out (the output of a
+    conv_forward with relu), dy is the gradient of that output and is taken through the ReLU first, chunk
+    by chunk.
 
     Chunks of samples as in conv_forward: each chunk recomputes its windows of x (cheaper than keeping
     every window from forward: they are kh*kw times the input) and writes its own partial kernel and
@@ -287,11 +312,16 @@ def conv_backward(x, kernel, dy, use_bias, need_dk, need_dx, g, dkernel, dbias, 
     dk_parts = empty("kernel gradient parts", (chunks if need_dk else 0, k, f), dy.dtype)
     db_parts = empty("bias gradient parts", (chunks if use_bias else 0, f), dy.dtype)
     scratch = _scratch(chunks, spc * ho * wo * k, dy.dtype)
+    relu = relu_out is not None
+    dz_scratch = empty("relu gradient", (share_count(chunks) if relu else 1, spc * ho * wo * f if relu else 0),
+                       dy.dtype)
+    relu_out = relu_out if relu else dy  # unread without relu
     with one_blas_thread():
         in_threads(
             chunks,
             lambda share, t0, t1: _backward_range(
-                x, kernel, dy, use_bias, need_dk, need_dx, g, spc, t0, t1, scratch[share], dk_parts, db_parts, dx
+                x, kernel, dy, relu_out, relu, use_bias, need_dk, need_dx, g, spc, t0, t1, scratch[share],
+                dz_scratch[share if relu else 0], dk_parts, db_parts, dx
             ),
         )
     _sum_parts(dk_parts, dbias, db_parts, need_dk, use_bias, dkernel)

@@ -93,6 +93,11 @@ class LayerSpec(BaseModel):
         """Activation the engine applies to this layer's output (fused with the loss when it can)."""
         return "linear"
 
+    def applies_activation(self) -> bool:
+        """True when forward already applied `output_activation` and backward takes the gradient of the
+        activated output (the engine then does neither)."""
+        return False
+
     def forward(self, w: list, x: Any, training: bool, rng: Any) -> tuple[Any, Any]:
         """(y, saved): the output before `output_activation`, and what backward needs.
         `w` are this layer's weights in `weight_specs` order (views into the model's flat buffer)."""
