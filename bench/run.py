@@ -550,7 +550,11 @@ def main() -> None:
     with open(path, "w", encoding="utf-8") as fh:
         json.dump(doc, fh, indent=1)
     print(f"\nwritten {os.path.relpath(path, os.getcwd())}")
-    failed = [r for r in rows if r["failed_runs"] or r.get("check_vs_torch", {}).get("status") == "FAIL"]
+    # Exit 1 when a run failed, or when specc's loss check failed; Keras's check is reported, not enforced
+    # (it is a second reference: on the full MLP job its float32 trajectory is further from PyTorch's than
+    # PyTorch's own float32 is from its float64, and that says nothing about specc).
+    failed = [r for r in rows if r["failed_runs"] or
+              (r["framework"] == "specc" and r.get("check_vs_torch", {}).get("status") == "FAIL")]
     sys.exit(1 if failed else 0)
 
 
