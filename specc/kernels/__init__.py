@@ -48,8 +48,9 @@ def configure_threads(n: int | None = None) -> int:
 
     if n > 1 and not _numpy_blas_timeout_set:
         # NumPy's OpenBLAS loaded before OPENBLAS_THREAD_TIMEOUT was set (NumPy imported before specc), so
-        # its idle workers would spin for ~0.07 s after each product: keep it at one thread, and gemm.matmul_blas sends multi-threaded
-        # products to SciPy's (at n threads), as it does whenever SciPy's may use more threads.
+        # its idle workers would spin for ~0.07 s after each product: keep it at one thread, and
+        # gemm.matmul_blas sends multi-threaded products to SciPy's (at n threads), as it does whenever
+        # SciPy's may use more threads.
         from .gemm import set_numpy_blas_threads
 
         set_numpy_blas_threads(1)

@@ -1,8 +1,8 @@
 """Dense: y = x @ kernel + bias over rows, and its gradients. The products go through gemm.matmul_blas
-(NumPy's OpenBLAS on one thread, SciPy's otherwise; see there). The register-blocked Numba kernels in
-`gemm` are not used: BLAS was faster for every Dense product at the benchmark sizes on 1 and 2 threads of
-this AVX2 machine once their transposes are counted (bench/gemm.py). Every function here is njit and
-allocates nothing, so a fused kernel can call them."""
+(NumPy's OpenBLAS; see there). The register-blocked Numba kernels in `gemm` are not used: BLAS was faster
+for every Dense product at the benchmark sizes on 1 and 2 threads, on an AVX2 Zen 3 and on an AVX-512
+Xeon, once their transposes are counted (bench/gemm.py). Every function here is njit and allocates
+nothing, so a fused kernel can call them."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Matrix products for Dense: BLAS dispatch (`matmul_blas`), and register-blocked Numba kernels for
+"""Matrix products: BLAS dispatch (`matmul_blas`, used by Dense, the convolutions and the recurrent
+layers), and register-blocked Numba kernels for
 out = a @ b.T (`matmul_nt`, `matmul_nt_parallel`) with a transpose, kept as a measured alternative.
 
 `matmul_nt` computes out (m, n) = a (m, k) @ b (n, k).T with both operands contiguous along k, so each
@@ -9,7 +10,9 @@ loses to BLAS's broadcast ("outer product") micro-kernel, most at small k; and a
 quarter of a 128-row product. Numba cannot express the broadcast form: its C tile would have to live in
 vector registers, which LLVM builds neither from scalar accumulators (SLP does not vectorise them) nor from
 a tile kept in memory (too many runtime alias checks to vectorise). bench/gemm.py has the numbers: BLAS
-won every Dense product of the benchmark MLP on 1 and 2 threads, so Dense uses `matmul_blas` only.
+won every Dense product of the benchmark MLP on 1 and 2 threads, on an AVX2 Zen 3 and on an AVX-512 Xeon
+(there a 4x4 block with 512-bit vectors reached ~100 GFLOP/s per core against OpenBLAS's 135-165), so
+Dense uses `matmul_blas` only.
 """
 
 from __future__ import annotations
@@ -149,7 +152,7 @@ def matmul_scipy_blas(a, b, out):
 
 # NumPy's wheels bundle their own OpenBLAS (libscipy_openblas64_, 0.3.31 here), which bench/gemm.py measured
 # 5-12% faster than the one in SciPy's wheels (0.3.30) that np.dot inside Numba reaches through
-# scipy.linalg.cython_blas at the Dense sizes on a Zen 3 (0-12% on an AVX-512 Xeon).
+# scipy.linalg.cython_blas at the Dense sizes on a Zen 3 (within 10% either way on an AVX-512 Xeon).
 # Its CBLAS ?gemm is registered with LLVM under a name of our own, so compiled kernels call it by symbol
 # name and stay cacheable (the address is resolved when the cached code is loaded, after this module has
 # registered it). 64-bit integer interface. SciPy's thread count is registered too: matmul_blas compares
@@ -224,7 +227,8 @@ def matmul_blas(a, b, out):
     other's way: after a multi-threaded product OpenBLAS's workers spin for a while, holding cores that
     the other library's workers (or the convolutions' own threads) then need; timed next to NumPy's, the
     1024x784 @ 784x256 product ran at 154 GFLOP/s on 2 threads through SciPy's, against 310 alone. NumPy's
-    is also the newer build, 0-12% faster at the benchmark's sizes (bench/gemm.py). How long the workers
+    is also the newer build (bench/gemm.py: 5-12% faster on a Zen 3, within 10% either way on the Xeon).
+    How long the workers
     spin is OPENBLAS_THREAD_TIMEOUT, which OpenBLAS reads once, when it loads; specc/__init__.py sets it,
     which is too late when NumPy was imported before specc: kernels.configure_threads then keeps NumPy's
     OpenBLAS at one thread and SciPy's (loaded after the setting) at n, and the comparison sends
