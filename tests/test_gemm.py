@@ -192,8 +192,8 @@ def test_blas_thread_pools_follow_the_import_order(order):
     env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
     out = subprocess.run([sys.executable, "-c", _ORDER_SCRIPT, order], capture_output=True, text=True, env=env,
                          check=True).stdout.split()
-    sleeps, have_numpy_blas, numpy_threads, scipy_threads = out
-    assert sleeps == str(order == "specc-first")
+    timeout_set, have_numpy_blas, numpy_threads, scipy_threads = out
+    assert timeout_set == str(order == "specc-first")
     if have_numpy_blas == "True":
         assert numpy_threads == ("2" if order == "specc-first" else "1")
         assert scipy_threads == "2"

@@ -36,7 +36,6 @@ def configure_threads(n: int | None = None) -> int:
         n = int(os.environ["SPECC_THREADS"])
     n = max(1, min(n or available_cores(), numba.config.NUMBA_NUM_THREADS))
     numba.set_num_threads(n)
-    os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "22")  # in case specc/__init__ did not run first
     try:
         load_scipy_blas()  # the BLAS Numba's np.dot calls: loaded now, so it is limited too
         from threadpoolctl import threadpool_limits

@@ -132,7 +132,7 @@ class _Conv(_Windowed):
         # ReLU is applied to each chunk of the output while it is in cache, and its derivative to each
         # chunk of dy (from the output: y > 0 exactly where z > 0). Done by the engine instead, it was two
         # more passes over the largest tensors of a CNN: 18% of the benchmark CNN's step on one thread.
-        return self.activation == "relu" and type(self) is not Conv2DTranspose
+        return self.activation == "relu"
 
     # Conv1D and Conv2D: im2col + GEMM per chunk of samples (kernels.conv); Conv1D runs as an image of
     # height 1. Backward recomputes the windows from x, so forward keeps only x (and, with a ReLU, its
@@ -197,6 +197,9 @@ class Conv2DTranspose(_Conv):
     padding: Padding = "valid"
     output_padding: int_tuple(2, minimum=0, what="non-negative integer") | None = None
     dilation_rate: int_tuple(2) = (1, 1)
+
+    def applies_activation(self):
+        return False  # its own forward and backward (below) leave the activation to the engine
 
     @model_validator(mode="after")
     def _output_padding_below_stride(self):
