@@ -30,12 +30,15 @@ def available_cores() -> int:
 
 
 def configure_threads(n: int | None = None) -> int:
-    """Use `n` threads for Numba and for BLAS; default: $SPECC_THREADS, else the cores this process may
+    """Use `n` threads for Numba, sgemm and BLAS; default: $SPECC_THREADS, else the cores this process may
     run on (its CPU affinity, which is what a container or `taskset` gives it)."""
     if n is None and os.environ.get("SPECC_THREADS", "").isdigit():
         n = int(os.environ["SPECC_THREADS"])
     n = max(1, min(n or available_cores(), numba.config.NUMBA_NUM_THREADS))
     numba.set_num_threads(n)
+    from .sgemm import set_threads
+
+    set_threads(n)
     try:
         load_scipy_blas()  # the BLAS Numba's np.dot calls: loaded now, so it is limited too
         from threadpoolctl import threadpool_limits

@@ -163,24 +163,37 @@ def backward(code, z, y, dy, dz):
             for j in range(n):
                 dz[r, j] = dy[r, j] - math.exp(y[r, j]) * total
         return
+    if dy.ctypes.data != dz.ctypes.data:
+        for r in range(rows):
+            for j in range(n):
+                dz[r, j] = dy[r, j]
+    scale_by_derivative(code, z, y, dz)
+
+
+@numba.njit(**JIT)
+def scale_by_derivative(code, z, y, dz):
+    """dz *= act'(z) in place, for the elementwise activations. In place on purpose: a loop that reads dy
+    and writes dz, when they are the same array, fails LLVM's run-time overlap check and runs scalar (the
+    ReLU's branch then mispredicts half the time: 128 x 256 values took ~90 us instead of ~6)."""
+    rows, n = z.shape
     zero = z.dtype.type(0)
     one = z.dtype.type(1)
     if code == RELU:
         for r in range(rows):
             for j in range(n):
-                dz[r, j] = dy[r, j] if z[r, j] > zero else zero
+                dz[r, j] = dz[r, j] if z[r, j] > zero else zero
     elif code == SIGMOID:
         for r in range(rows):
             for j in range(n):
-                dz[r, j] = dy[r, j] * y[r, j] * (one - y[r, j])
+                dz[r, j] = dz[r, j] * y[r, j] * (one - y[r, j])
     elif code == TANH:
         for r in range(rows):
             for j in range(n):
-                dz[r, j] = dy[r, j] * (one - y[r, j] * y[r, j])
+                dz[r, j] = dz[r, j] * (one - y[r, j] * y[r, j])
     else:
         for r in range(rows):
             for j in range(n):
-                dz[r, j] = dy[r, j] * _scalar_derivative(code, z[r, j], y[r, j])
+                dz[r, j] = dz[r, j] * _scalar_derivative(code, z[r, j], y[r, j])
 
 
 def as_rows(a: np.ndarray) -> np.ndarray:

@@ -29,7 +29,7 @@ import numba
 
 from ..workspace import empty
 from . import JIT
-from .gemm import matmul_blas
+from .gemm import affine, matmul_serial
 
 # Samples per chunk: as many as keep a chunk's windows and outputs ((rows, K) + (rows, F)) within about
 # CHUNK_BYTES, so the GEMM reads windows that were just written and the bias pass finds the GEMM's output
@@ -156,9 +156,16 @@ def _col2im_t(cols_t, n0, n1, g, ho, wo, x):
 
 @numba.njit(**JIT)
 def _matmul(a, b, out):
-    """out = a @ b through BLAS. One function for every product here, so each combination of layouts
-    compiles once rather than at every call site (compile time)."""
-    matmul_blas(a, b, out)
+    """out = a @ b on the calling thread (sgemm in float32 where it takes the layouts, else BLAS). One
+    function for every product here, so each combination of layouts compiles once rather than at every
+    call site (compile time)."""
+    matmul_serial(a, b, out)
+
+
+@numba.njit(**JIT)
+def _affine(a, b, bias, use_bias, relu, out):
+    """out = a @ b (+ bias) (then max(., 0)) on the calling thread, in one pass over out in float32."""
+    affine(a, b, bias, use_bias, relu, out, False)
 
 
 @numba.njit(**JIT)
@@ -173,25 +180,11 @@ def _forward_chunk(x, kernel, bias, use_bias, relu, g, n0, n1, scratch, out):
     if c_ < TAP_MAJOR_BELOW_C:
         cols_t = scratch[: k * r].reshape(k, r)  # this chunk's windows
         _im2col_t(x, n0, n1, g, ho, wo, cols_t)
-        _matmul(cols_t.T, kernel, o)
+        _affine(cols_t.T, kernel, bias, use_bias, relu, o)
     else:
         cols = scratch[: r * k].reshape(r, k)  # this chunk's windows
         _im2col(x, n0, n1, g, ho, wo, cols)
-        _matmul(cols, kernel, o)
-    if use_bias and relu:
-        zero = o.dtype.type(0)
-        for i in range(r):
-            for q in range(f):
-                o[i, q] = max(o[i, q] + bias[q], zero)
-    elif use_bias:
-        for i in range(r):
-            for q in range(f):
-                o[i, q] += bias[q]
-    elif relu:
-        zero = o.dtype.type(0)
-        for i in range(r):
-            for q in range(f):
-                o[i, q] = max(o[i, q], zero)
+        _affine(cols, kernel, bias, use_bias, relu, o)
 
 
 @numba.njit(**JIT)

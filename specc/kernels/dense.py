@@ -1,32 +1,27 @@
-"""Dense: y = x @ kernel + bias over rows, and its gradients. The products go through gemm.matmul_blas
-(NumPy's OpenBLAS; see there). The register-blocked Numba kernels in `gemm` are not used: BLAS was faster
-for every Dense product at the benchmark sizes on 1 and 2 threads, on an AVX2 Zen 3 and on an AVX-512
-Xeon, once their transposes are counted (bench/gemm.py). Every function here is njit and allocates
-nothing, so a fused kernel can call them."""
+"""Dense: y = x @ kernel + bias over rows, and its gradients. In float32 the forward product and the
+kernel gradient (x.T @ dz, a transposed view sgemm reads in place) run on sgemm, the forward with the
+bias (and a ReLU, for callers that fuse it) added in the product's epilogue; the input gradient
+(dz @ kernel.T, whose b is not contiguous along n) and other dtypes go to BLAS (gemm.matmul decides).
+Every function here is njit and allocates nothing, so a fused kernel can call them."""
 
 from __future__ import annotations
 
 import numba
 
 from . import JIT
-from .gemm import matmul_blas
-
-
-@numba.njit(**JIT)
-def add_bias(out, bias):
-    """out (rows, units) += bias (units,) on every row."""
-    rows, units = out.shape
-    for r in range(rows):
-        for j in range(units):
-            out[r, j] += bias[j]
+from .gemm import affine, matmul
 
 
 @numba.njit(**JIT)
 def forward(x, kernel, bias, use_bias, out):
     """x (rows, in), kernel (in, units), bias (units,) -> out (rows, units)."""
-    matmul_blas(x, kernel, out)
-    if use_bias:
-        add_bias(out, bias)
+    affine(x, kernel, bias, use_bias, False, out)
+
+
+@numba.njit(**JIT)
+def forward_relu(x, kernel, bias, use_bias, out):
+    """max(forward, 0) in one pass over out."""
+    affine(x, kernel, bias, use_bias, True, out)
 
 
 @numba.njit(**JIT)
@@ -45,8 +40,8 @@ def column_sums(a, out):
 def backward(x, kernel, dz, use_bias, need_dx, dkernel, dbias, dx):
     """dz (rows, units) -> dkernel (in, units) = x.T @ dz, dbias = sum over rows, dx = dz @ kernel.T.
     `kernel` is read only when need_dx (callers without an input gradient may pass any array)."""
-    matmul_blas(x.T, dz, dkernel)
+    matmul(x.T, dz, dkernel)
     if use_bias:
         column_sums(dz, dbias)
     if need_dx:
-        matmul_blas(dz, kernel.T, dx)
+        matmul(dz, kernel.T, dx)

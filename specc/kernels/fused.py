@@ -9,8 +9,9 @@ so a step allocates nothing.
 `layout` (layers, 5) int64, one row per Dense layer in order:
     [kernel offset, bias offset (-1: no bias), units in, units out, activation code]
 `plan(layout, batch)` (layers + 1, 7) adds to each row where the layer's z (batch, out) and a (batch, out;
-    a is z for a linear activation) start in the workspace `work`; its last row holds the starts of two
-    (batch, widest) scratch buffers for backward and the workspace size. One plan per batch size.
+    a is z for a linear activation, and z is a for ReLU, which the product applies itself) start in the
+    workspace `work`; its last row holds the starts of two (batch, widest) scratch buffers for backward
+    and the workspace size. One plan per batch size.
 `loss` (9,) float64, the loss as numbers (see specc/train/fused.py, which builds it):
     [kind, elementwise code, from_logits, lo, hi, delta, row scale, hinge_binary, reads logits]
     kind: 0 elementwise (targets), 1 categorical (targets), 2 sparse categorical (labels)
@@ -47,7 +48,7 @@ def plan(layout, batch):
         out[k, Z_AT] = off
         out[k, A_AT] = off
         off += batch * units
-        if layout[k, ACTIVATION] != A.LINEAR:
+        if layout[k, ACTIVATION] not in (A.LINEAR, A.RELU):  # ReLU: forward writes a only (z > 0 iff a > 0)
             out[k, A_AT] = off
             off += batch * units
     out[n, 0] = off
@@ -71,6 +72,10 @@ def forward(x, params, plan, work):
         w_at, b_at, n_in, n_out, act, z_at, a_at = plan[k]
         z = _view(work, z_at, batch, n_out)
         bias = params[b_at: b_at + n_out] if b_at >= 0 else params[:0]
+        if act == A.RELU:  # bias and ReLU in the product's epilogue; z is a, which backward reads as z
+            D.forward_relu(h, _view(params, w_at, n_in, n_out), bias, b_at >= 0, z)
+            h = z
+            continue
         D.forward(h, _view(params, w_at, n_in, n_out), bias, b_at >= 0, z)
         h = z
         if act != A.LINEAR:

@@ -28,7 +28,7 @@ import numpy as np
 from numba import types
 from numba.extending import overload
 
-from . import JIT
+from . import JIT, sgemm
 
 MR = 6  # rows of a per register block
 NR = 2  # rows of b per register block
@@ -279,3 +279,75 @@ def _matmul_blas_njit(a, b, out):
              out.dtype.type(1), a.ctypes.data, lda, b.ctypes.data, ldb, out.dtype.type(0), out.ctypes.data, ldc)
 
     return impl
+
+
+
+def affine(a, b, bias, use_bias, relu, out, threaded=True):
+    """out (m, n) = a (m, k) @ b (k, n) (+ bias (n,) if use_bias), then max(out, 0) if relu; a and b may be
+    transposed views.
+
+    Compiled (the overload below): float32 products whose layouts sgemm takes (b and out contiguous
+    along n; a any) run there in one pass: the epilogue adds the bias and clips while the tile is in
+    registers. With `threaded`, on the threads sgemm.set_threads allows; without, on the calling thread
+    (the convolutions call it from their own threads). Everything else: matmul_blas, then a pass over out.
+    From Python (eager mode runs this) it is NumPy."""
+    np.dot(a, b, out)
+    if use_bias:
+        out += bias
+    if relu:
+        np.maximum(out, 0, out)
+
+
+def matmul(a, b, out):
+    """out (m, n) = a (m, k) @ b (k, n): affine without bias or ReLU, threaded."""
+    np.dot(a, b, out)
+
+
+def matmul_serial(a, b, out):
+    """matmul on the calling thread only."""
+    np.dot(a, b, out)
+
+
+@numba.njit(**JIT)
+def _bias_relu(out, bias, use_bias, relu):
+    """out (rows, units) += bias (units,) on every row if use_bias, then max(out, 0) if relu."""
+    rows, units = out.shape
+    zero = out.dtype.type(0)
+    for r in range(rows):
+        for j in range(units):
+            v = out[r, j] + bias[j] if use_bias else out[r, j]
+            out[r, j] = max(v, zero) if relu else v
+
+
+@overload(affine, jit_options=JIT)
+def _affine_njit(a, b, bias, use_bias, relu, out, threaded=True):
+    if not all(x.dtype == types.float32 for x in (a, b, bias, out)):
+        def generic(a, b, bias, use_bias, relu, out, threaded=True):
+            matmul_blas(a, b, out)
+            if use_bias or relu:
+                _bias_relu(out, bias, use_bias, relu)
+
+        return generic
+
+    def impl(a, b, bias, use_bias, relu, out, threaded=True):
+        if sgemm.supports(a, b, out) and (not use_bias or bias.strides[0] == 4 or bias.shape[0] <= 1):
+            if threaded:
+                sgemm.matmul(a, b, out, False, bias, use_bias, relu)
+            else:
+                sgemm.matmul_rows(a, b, out, 0, a.shape[0], False, bias, use_bias, relu)
+        else:
+            matmul_blas(a, b, out)
+            if use_bias or relu:
+                _bias_relu(out, bias, use_bias, relu)
+
+    return impl
+
+
+@overload(matmul, jit_options=JIT)
+def _matmul_njit(a, b, out):
+    return lambda a, b, out: affine(a, b, out[0], False, False, out)  # out[0]: a bias that is not read
+
+
+@overload(matmul_serial, jit_options=JIT)
+def _matmul_serial_njit(a, b, out):
+    return lambda a, b, out: affine(a, b, out[0], False, False, out, False)

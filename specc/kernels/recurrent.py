@@ -28,7 +28,7 @@ import numpy as np
 
 from . import JIT
 from .activations import CODE, _scalar_derivative, _scalar_forward
-from .gemm import matmul_blas
+from .gemm import matmul
 
 SIGMOID, TANH = CODE["sigmoid"], CODE["tanh"]
 
@@ -66,14 +66,14 @@ def _dact(code, x, y):
 def _rec_fwd(h, R, Rg, rmask, use_rmask, out, hm, tmp):
     """out (N, G*u) = h @ R, or per gate k: out[:, k] = (h * rmask[k]) @ Rg[k]."""
     if not use_rmask:
-        matmul_blas(h, R, out)
+        matmul(h, R, out)
         return
     n_rows, u = h.shape
     for k in range(out.shape[1] // u):
         for n in range(n_rows):
             for j in range(u):
                 hm[n, j] = h[n, j] * rmask[k, n, j]
-        matmul_blas(hm, Rg[k], tmp)
+        matmul(hm, Rg[k], tmp)
         for n in range(n_rows):
             for j in range(u):
                 out[n, k * u + j] = tmp[n, j]
@@ -84,7 +84,7 @@ def _rec_back(da, R, Rg, rmask, use_rmask, out, tmp, tmp2):
     """out (N, u) = d(loss)/dh for out-of-`_rec_fwd` gradient da (N, G*u): da @ R.T, or per gate
     sum_k (da[:, k] @ Rg[k].T) * rmask[k]. Overwrites `out`."""
     if not use_rmask:
-        matmul_blas(da, R.T, out)
+        matmul(da, R.T, out)
         return
     n_rows, u = out.shape
     for n in range(n_rows):
@@ -94,7 +94,7 @@ def _rec_back(da, R, Rg, rmask, use_rmask, out, tmp, tmp2):
         for n in range(n_rows):
             for j in range(u):
                 tmp[n, j] = da[n, k * u + j]
-        matmul_blas(tmp, Rg[k].T, tmp2)
+        matmul(tmp, Rg[k].T, tmp2)
         for n in range(n_rows):
             for j in range(u):
                 out[n, j] += tmp2[n, j] * rmask[k, n, j]
@@ -274,7 +274,7 @@ def gru_forward(xp, R, R2, Rg, rb, use_rb, rmask, use_rmask, reset_after, act, r
                     if use_rmask:
                         hv *= rmask[2, n, j]
                     q[n, j] = r * hv
-            matmul_blas(q, Rg[2], tmp)
+            matmul(q, Rg[2], tmp)
             for n in range(N):
                 for j in range(u):
                     ph = xp[s, n, 2 * u + j] + tmp[n, j]
@@ -329,7 +329,7 @@ def gru_backward(R, R2, Rg, rmask, use_rmask, reset_after, act, ract, hs, pre, g
                     ds[n, 2 * u + j] = dph[n, j] * r
             _rec_back(ds, R, Rg, rmask, use_rmask, back, tmp, tmp2)
         else:
-            matmul_blas(dph, Rg[2].T, dq)  # d(loss)/dq
+            matmul(dph, Rg[2].T, dq)  # d(loss)/dq
             for n in range(N):
                 for j in range(u):
                     r = gates[s, n, u + j]

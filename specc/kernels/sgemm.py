@@ -1,0 +1,445 @@
+"""float32 matrix products on AVX-512 vectors written as LLVM IR: out (m, n) (+)= a (m, k) @ b (k, n).
+
+Why not BLAS. NumPy's OpenBLAS runs its SkylakeX kernels on this Xeon at 150-165 GFLOP/s per core on the
+benchmark MLP's products (the machine's FMA peak is ~220), and PyTorch's MKL is no faster. The broadcast
+("outer product") micro-kernel below reached 175-195 on the same products (bench/gemm.py).
+
+Why LLVM IR. The micro-kernel keeps a 12 x 32 tile of `out` in 24 vector registers while it walks k: per
+step it loads one 32-wide row of b (two <16 x float> vectors), broadcasts each of the 12 values of a's
+column and issues 24 FMAs. Numba has no vector type and LLVM builds neither the tile from scalar
+accumulators nor from a tile in memory (see gemm.py), so `_micro_kernel` emits the loop itself through a
+Numba intrinsic; it inlines into the njit drivers and caches with them.
+
+Layouts. b and out must be contiguous along n (b's rows are vector loads); a may have any strides: its
+values are broadcast one at a time, so `x.T` (Dense's weight gradient) costs nothing. `supports` says
+whether a product qualifies; gemm.matmul sends the others to BLAS.
+
+Blocking. The drivers walk row blocks of 12 outer and 32-column strips of b inner, so a's 12 rows
+(12 x k x 4 B: 37 KB at k = 784) stay in L1 while b streams from L2: b is taken in panels of NC columns
+that fit in L2 (k x NC x 4 B <= 768 KB), and in slices of KC rows when k is very large. Edges: the last
+strip loads and stores through a lane mask, the last < 12 rows run 8-, 4-, 2- and 1-row kernels.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import llvmlite.binding
+import numba
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from . import JIT, load_scipy_blas
+
+MR = 12  # rows of a per micro-kernel: 12 x 2 accumulators + 2 vectors of b + 1 broadcast <= 32 registers
+LANES = 16  # float32 per 512-bit vector
+NR = 2 * LANES  # columns of b per micro-kernel
+KC = 1024  # rows of b per slice when k is larger (a's 12 x KC block then still fits in L1)
+KC_PACKED = 256  # rows per packed strip of a transposed b: 256 x 32 x 4 B = 32 KB, within L1
+L2_PANEL_BYTES = 1024 * 1024  # b's panel, k x NC floats, at most half of L2
+PARALLEL_MIN_FLOPS = 4_000_000  # below this a product runs on the calling thread: ~20 us at 200 GFLOP/s,
+# against ~10 us to wake Numba's workers
+
+# Threads for `matmul`, read by compiled code at run time: a global our kernels load (registered with LLVM
+# under our name, so the machine code caches and finds it on load). configure_threads sets it.
+_THREADS = ctypes.c_int64(1)
+llvmlite.binding.add_symbol("specc_sgemm_threads", ctypes.addressof(_THREADS))
+
+
+def set_threads(n: int) -> None:
+    _THREADS.value = max(1, int(n))
+
+
+_F32 = ir.FloatType()
+_I1, _I32, _I64 = ir.IntType(1), ir.IntType(32), ir.IntType(64)
+_V = ir.VectorType(_F32, LANES)
+_VP = _V.as_pointer()
+_MASK = ir.VectorType(_I1, LANES)
+
+
+@intrinsic
+def _threads(typingctx):
+    def codegen(context, builder, signature, args):
+        module = builder.module
+        g = module.globals.get("specc_sgemm_threads")
+        if g is None:
+            g = ir.GlobalVariable(module, _I64, "specc_sgemm_threads")
+            g.linkage = "external"
+        return builder.load(g)
+
+    return types.int64(), codegen
+
+
+def _declare(module, name, fn_type):
+    return module.globals.get(name) or ir.Function(module, fn_type, name=name)
+
+
+def _micro_kernel(rows: int, vectors: int, masked: bool):
+    """An intrinsic for one tile, on float32 arrays given by address:
+        out[r*ldo + j] = (out[r*ldo + j] if accumulate) + sum_p a[r*ars + p*acs] * b[p*ldb + j]
+                         (+ bias[j] if use_bias), then max(0, .) if relu
+    for r < rows, j < 16 * vectors (masked: in the last vector only j < cols - 16 * (vectors - 1)).
+    Arguments (a, ars, acs, b, ldb, out, ldo, k, cols, accumulate, bias, use_bias, relu); strides count
+    elements. Addresses (int64), not arrays, so the drivers compile once whatever the callers' layouts."""
+
+    @intrinsic
+    def tile(typingctx, a, ars, acs, b, ldb, out, ldo, k, cols, accumulate, bias, use_bias, relu):
+        i64, boolean = types.int64, types.boolean
+        sig = types.void(i64, i64, i64, i64, i64, i64, i64, i64, i64, boolean, i64, boolean, boolean)
+
+        def codegen(context, builder, signature, args):
+            a_, ars_, acs_, b_, ldb_, out_, ldo_, k_, cols_, acc_, bias_, use_bias_, relu_ = args
+            module = builder.module
+            a_base, b_base, o_base, bias_base = (builder.inttoptr(x, _F32.as_pointer()) for x in (a_, b_, out_, bias_))
+            fma = _declare(module, "llvm.fma.v16f32", ir.FunctionType(_V, [_V, _V, _V]))
+            load_masked = _declare(module, "llvm.masked.load.v16f32.p0",
+                                   ir.FunctionType(_V, [_VP, _I32, _MASK, _V]))
+            store_masked = _declare(module, "llvm.masked.store.v16f32.p0",
+                                    ir.FunctionType(ir.VoidType(), [_V, _VP, _I32, _MASK]))
+            zero = ir.Constant(_V, [0.0] * LANES)
+            splat_index = ir.Constant(ir.VectorType(_I32, LANES), [0] * LANES)
+
+            def const(v):
+                return ir.Constant(_I64, v)
+
+            def splat(value, vector_type):
+                v = builder.insert_element(ir.Constant(vector_type, ir.Undefined), value, ir.Constant(_I32, 0))
+                return builder.shuffle_vector(v, v, splat_index)
+
+            mask = None
+            if masked:  # lanes < cols - 16 * (vectors - 1) of the last vector
+                left = builder.sub(cols_, const(LANES * (vectors - 1)))
+                lanes = ir.Constant(ir.VectorType(_I64, LANES), list(range(LANES)))
+                mask = builder.icmp_signed("<", lanes, splat(left, ir.VectorType(_I64, LANES)))
+
+            def load(ptr, v):
+                ptr = builder.bitcast(ptr, _VP)
+                if mask is not None and v == vectors - 1:
+                    return builder.call(load_masked, [ptr, ir.Constant(_I32, 4), mask, zero])
+                return builder.load(ptr, align=4)
+
+            def store(value, ptr, v):
+                ptr = builder.bitcast(ptr, _VP)
+                if mask is not None and v == vectors - 1:
+                    builder.call(store_masked, [value, ptr, ir.Constant(_I32, 4), mask])
+                else:
+                    builder.store(value, ptr, align=4)
+
+            def step(p, acc):
+                """One k step: acc[r][v] + a[r, p] * b[p, 16v:16v+16] for every r, v."""
+                b_row = builder.gep(b_base, [builder.mul(p, ldb_)])
+                bv = [load(builder.gep(b_row, [const(LANES * v)]), v) for v in range(vectors)]
+                a_col = builder.gep(a_base, [builder.mul(p, acs_)])
+                out = []
+                for r in range(rows):
+                    xv = splat(builder.load(builder.gep(a_col, [builder.mul(ars_, const(r))]), align=4), _V)
+                    out.append([builder.call(fma, [xv, bv[v], acc[r][v]]) for v in range(vectors)])
+                return out
+
+            def phis(incoming):
+                """Phi nodes for p and the accumulators, from [(block, p, acc), ...]."""
+                p = builder.phi(_I64)
+                acc = [[builder.phi(_V) for _ in range(vectors)] for _ in range(rows)]
+                for block, p_in, acc_in in incoming:
+                    p.add_incoming(p_in, block)
+                    for r in range(rows):
+                        for v in range(vectors):
+                            acc[r][v].add_incoming(acc_in[r][v], block)
+                return p, acc
+
+            # The k loop. The accumulators are phi nodes, so they stay in registers across iterations.
+            # (Unrolling it by 4 measured no faster and doubled the compile time.)
+            zeros = [[zero] * vectors for _ in range(rows)]
+            entry = builder.block
+            loop = builder.append_basic_block("tile.loop")
+            done = builder.append_basic_block("tile.done")
+            builder.cbranch(builder.icmp_signed(">", k_, const(0)), loop, done)
+            builder.position_at_end(loop)
+            p, acc = phis([(entry, const(0), zeros)])
+            new = step(p, acc)
+            p_next = builder.add(p, const(1))
+            loop_end = builder.block
+            p.add_incoming(p_next, loop_end)
+            for r in range(rows):
+                for v in range(vectors):
+                    acc[r][v].add_incoming(new[r][v], loop_end)
+            builder.cbranch(builder.icmp_signed("<", p_next, k_), loop, done)
+
+            builder.position_at_end(done)
+            _, totals = phis([(entry, const(0), zeros), (loop_end, p_next, new)])  # phi nodes come first
+
+            # Epilogue: (+ out) (+ bias) (max 0). The flags are run-time values: selects cost nothing next to
+            # the k loop; the bias is read only when used (an empty array may come with use_bias false).
+            before = builder.block
+            with builder.if_then(use_bias_):
+                loaded = [load(builder.gep(bias_base, [const(LANES * v)]), v) for v in range(vectors)]
+                bias_end = builder.block
+            bias_v = []
+            for v in range(vectors):
+                phi = builder.phi(_V)
+                phi.add_incoming(loaded[v], bias_end)
+                phi.add_incoming(zero, before)
+                bias_v.append(phi)
+            for r in range(rows):
+                o_row = builder.gep(o_base, [builder.mul(ldo_, const(r))])
+                for v in range(vectors):
+                    ptr = builder.gep(o_row, [const(LANES * v)])
+                    value = builder.select(acc_, builder.fadd(totals[r][v], load(ptr, v)), totals[r][v])
+                    value = builder.fadd(value, bias_v[v])
+                    clipped = builder.select(builder.fcmp_ordered("<", value, zero), zero, value)  # NaN stays NaN
+                    value = builder.select(relu_, clipped, value)
+                    store(value, ptr, v)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return tile
+
+
+# Instantiated once each: a 12-row block and the 8-, 4-, 2- and 1-row blocks below it, each as full
+# 32-column strips, a masked 17-32-column strip and a masked 1-16-column strip.
+_f12, _f8, _f4, _f2, _f1 = (_micro_kernel(rows, 2, False) for rows in (12, 8, 4, 2, 1))
+_m12, _m8, _m4, _m2, _m1 = (_micro_kernel(rows, 2, True) for rows in (12, 8, 4, 2, 1))
+_s12, _s8, _s4, _s2, _s1 = (_micro_kernel(rows, 1, True) for rows in (12, 8, 4, 2, 1))
+
+
+@numba.njit(**JIT)
+def _tile(rows, vectors, masked, args):
+    """The micro-kernel for (rows, vectors, masked) on args (its 13 arguments); each is inlined here."""
+    if not masked:
+        if rows == 12:
+            _f12(*args)
+        elif rows == 8:
+            _f8(*args)
+        elif rows == 4:
+            _f4(*args)
+        elif rows == 2:
+            _f2(*args)
+        else:
+            _f1(*args)
+    elif vectors == 2:
+        if rows == 12:
+            _m12(*args)
+        elif rows == 8:
+            _m8(*args)
+        elif rows == 4:
+            _m4(*args)
+        elif rows == 2:
+            _m2(*args)
+        else:
+            _m1(*args)
+    else:
+        if rows == 12:
+            _s12(*args)
+        elif rows == 8:
+            _s8(*args)
+        elif rows == 4:
+            _s4(*args)
+        elif rows == 2:
+            _s2(*args)
+        else:
+            _s1(*args)
+
+
+@numba.njit(**JIT)
+def _strip(rows, a, ars, acs, b, ldb, out, ldo, cols, k, acc, bias, use_bias, relu):
+    """One tile of `rows` rows and `cols` <= 32 columns (the micro-kernel's arguments, addresses in bytes
+    and strides in elements)."""
+    args = (a, ars, acs, b, ldb, out, ldo, k, cols, acc, bias, use_bias, relu)
+    if cols == NR:
+        _tile(rows, 2, False, args)
+    else:
+        _tile(rows, 2 if cols > LANES else 1, True, args)
+
+
+@numba.njit(**JIT)
+def _row_block(rows, a, ars, acs, b, ldb, out, ldo, width, k, acc, bias, use_bias, relu):
+    """`rows` rows of out over `width` columns, strip by strip."""
+    for j in range(0, width, NR):
+        _strip(rows, a, ars, acs, b + 4 * j, ldb, out + 4 * j, ldo, min(NR, width - j), k, acc, bias + 4 * j,
+               use_bias, relu)
+
+
+@intrinsic
+def _stack_strip(typingctx):
+    """A KC_PACKED x NR float32 buffer in the calling function's stack frame (allocated once, in its entry
+    block), as a pointer: where `_rows_bt` packs one strip of b."""
+    def codegen(context, builder, signature, args):
+        buffer = cgutils.alloca_once(builder, ir.ArrayType(_F32, KC_PACKED * NR))
+        buffer.align = 64
+        return builder.bitcast(buffer, _F32.as_pointer())
+
+    return types.CPointer(types.float32)(), codegen
+
+
+@intrinsic
+def _float32_at(typingctx, address):
+    """The int64 address as a float32 pointer (for numba.carray)."""
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], _F32.as_pointer())
+
+    return types.CPointer(types.float32)(types.int64), codegen
+
+
+@numba.njit(**JIT)
+def _rows(a, ars, acs, b, ldb, out, ldo, n, k, i0, i1, accumulate, bias, use_bias, relu):
+    """matmul_rows on addresses and element strides: rows i0:i1."""
+    kc = max(1, min(k, KC))
+    panels = (n * kc * 4 + L2_PANEL_BYTES - 1) // L2_PANEL_BYTES  # equal panels of b, in whole strips
+    nc = ((n + panels - 1) // panels + NR - 1) // NR * NR
+    for j0 in range(0, n, nc):
+        width = min(nc, n - j0)
+        p0 = 0
+        while True:  # k slices; with k = 0 one pass, which still writes the epilogue
+            kk = min(KC, k - p0)
+            last = p0 + kk >= k
+            acc = accumulate or p0 > 0
+            b_at = b + 4 * (p0 * ldb + j0)
+            i = i0
+            while i < i1:
+                rows = MR if i + MR <= i1 else 8 if i + 8 <= i1 else 4 if i + 4 <= i1 else 2 if i + 2 <= i1 else 1
+                _row_block(rows, a + 4 * (i * ars + p0 * acs), ars, acs, b_at, ldb, out + 4 * (i * ldo + j0), ldo,
+                           width, kk, acc, bias + 4 * j0, use_bias and last, relu and last)
+                i += rows
+            p0 += kk
+            if last:
+                break
+
+
+@numba.njit(**JIT)
+def _rows_bt(a, ars, acs, b, ldb, out, ldo, n, k, i0, i1, accumulate, bias, use_bias, relu):
+    """_rows for a b stored transposed, b[p, j] at element j * ldb + p (Dense's input gradient, dz @ W.T):
+    each 32-column strip of b, KC_PACKED rows at a time, is first copied into a stack buffer laid out as
+    the micro-kernel reads it (32 KB, so it stays in L1 while every row block passes over it)."""
+    strip = numba.carray(_stack_strip(), (KC_PACKED, NR))
+    strip_at = strip.ctypes.data
+    for j0 in range(0, n, NR):
+        cols = min(NR, n - j0)
+        p0 = 0
+        while True:  # k slices; with k = 0 one pass, which still writes the epilogue
+            kk = min(KC_PACKED, k - p0)
+            last = p0 + kk >= k
+            src = numba.carray(_float32_at(b + 4 * (j0 * ldb + p0)), ((cols - 1) * ldb + kk,))
+            for q in range(cols):  # reads b along k (contiguous), writes strip columns
+                for p in range(kk):
+                    strip[p, q] = src[q * ldb + p]
+            i = i0
+            while i < i1:
+                rows = MR if i + MR <= i1 else 8 if i + 8 <= i1 else 4 if i + 4 <= i1 else 2 if i + 2 <= i1 else 1
+                _strip(rows, a + 4 * (i * ars + p0 * acs), ars, acs, strip_at, NR, out + 4 * (i * ldo + j0), ldo,
+                       cols, kk, accumulate or p0 > 0, bias + 4 * j0, use_bias and last, relu and last)
+                i += rows
+            p0 += kk
+            if last:
+                break
+
+
+load_scipy_blas()  # before the C callable below starts Numba's CPU target, which would import all of scipy.linalg
+
+# The driver is compiled once, as a C callable, and kernels call it by a symbol name registered with LLVM
+# (like the BLAS functions in gemm.py). A plain njit call would link its IR, with all 15 inlined
+# micro-kernels, into every caller, and Numba optimises each caller's linked module again: cold compiles
+# took several seconds more per call site and per array layout.
+_I64_ARGS = (types.int64,) * 16
+
+
+@numba.cfunc(types.void(*_I64_ARGS), cache=True, fastmath=True, nogil=True, error_model="numpy")
+def _range_c(a, ars, acs, b, ldb, bt, out, ldo, n, k, i0, i1, accumulate, bias, use_bias, relu):
+    """Rows i0:i1 by _rows, or by _rows_bt when b is stored transposed (bt); flags are 0/1."""
+    if bt:
+        _rows_bt(a, ars, acs, b, ldb, out, ldo, n, k, i0, i1, accumulate != 0, bias, use_bias != 0, relu != 0)
+    else:
+        _rows(a, ars, acs, b, ldb, out, ldo, n, k, i0, i1, accumulate != 0, bias, use_bias != 0, relu != 0)
+
+
+llvmlite.binding.add_symbol("specc_sgemm_range", _range_c.address)
+_range_ext = types.ExternalFunction("specc_sgemm_range", types.void(*_I64_ARGS))
+
+
+@numba.njit(**JIT)
+def _range(a, ars, acs, b, ldb, bt, out, ldo, n, k, i0, i1, accumulate, bias, use_bias, relu):
+    _range_ext(a, ars, acs, b, ldb, int(bt), out, ldo, n, k, i0, i1, int(accumulate), bias, int(use_bias),
+               int(relu))
+
+
+@numba.njit(parallel=True, **JIT)
+def _range_parallel(a, ars, acs, b, ldb, bt, out, ldo, m, n, k, accumulate, bias, use_bias, relu, parts,
+                    by_columns):
+    """_range over `parts` threads, each on a contiguous range of 12-row blocks of out, or (by_columns) of
+    its 32-column strips, which also gives each thread only its part of b."""
+    blocks = (m + MR - 1) // MR
+    strips = (n + NR - 1) // NR
+    for t in numba.prange(parts):
+        if by_columns:
+            j0 = min(n, strips * t // parts * NR)
+            j1 = min(n, strips * (t + 1) // parts * NR)
+            b_at = b + 4 * j0 * (ldb if bt else 1)
+            _range(a, ars, acs, b_at, ldb, bt, out + 4 * j0, ldo, j1 - j0, k, 0, m, accumulate, bias + 4 * j0,
+                   use_bias, relu)
+        else:
+            i0 = min(m, blocks * t // parts * MR)
+            i1 = min(m, blocks * (t + 1) // parts * MR)
+            _range(a, ars, acs, b, ldb, bt, out, ldo, n, k, i0, i1, accumulate, bias, use_bias, relu)
+
+
+@numba.njit(**JIT)
+def _b_layout(b):
+    """How the micro-kernel reads b (k, n): (False, row stride) when contiguous along n, (True, column
+    stride) when contiguous along k (a transposed view: packed strip by strip), else (False, -1)."""
+    item = 4
+    k, n = b.shape
+    if (b.strides[1] == item or n == 1) and (b.strides[0] >= 0 or k == 1):
+        return False, b.strides[0] // item if k > 1 else n
+    if (b.strides[0] == item or k == 1) and (b.strides[1] >= 0 or n == 1):
+        return True, b.strides[1] // item if n > 1 else k
+    return False, -1
+
+
+@numba.njit(**JIT)
+def supports(a, b, out):
+    """Whether matmul can run this product (float32 is the caller's check): out contiguous along n, b
+    contiguous along n or along k, no negative strides, no empty side."""
+    item = 4
+    m, k = a.shape
+    n = b.shape[1]
+    if m == 0 or n == 0 or (out.strides[1] != item and n > 1) or (out.strides[0] < 0 and m > 1):
+        return False
+    if k == 0:  # nothing is read
+        return True
+    return _b_layout(b)[1] >= 0 and (a.strides[0] >= 0 or m == 1) and (a.strides[1] >= 0 or k == 1)
+
+
+@numba.njit(**JIT)
+def matmul_rows(a, b, out, i0, i1, accumulate, bias, use_bias, relu):
+    """out[i0:i1] = (out[i0:i1] if accumulate) + a[i0:i1] @ b (+ bias (n,) if use_bias), then max(0, .) if
+    relu; float32, on the calling thread (safe inside a prange body or any thread). a (m, k) any strides;
+    b (k, n) and out (m, n) as `supports` says."""
+    item = 4
+    bt, ldb = _b_layout(b)
+    _range(a.ctypes.data, a.strides[0] // item, a.strides[1] // item, b.ctypes.data, ldb, bt, out.ctypes.data,
+           out.strides[0] // item, b.shape[1], a.shape[1], i0, i1, accumulate, bias.ctypes.data, use_bias, relu)
+
+
+@numba.njit(**JIT)
+def matmul(a, b, out, accumulate, bias, use_bias, relu):
+    """matmul_rows over all rows, on the threads set by set_threads when the product is large enough to
+    pay for waking them. Not from inside a prange body (matmul_rows is for that)."""
+    m, k = a.shape
+    n = b.shape[1]
+    threads = _threads()
+    if threads > 1 and 2 * m * n * k >= PARALLEL_MIN_FLOPS:
+        # Split the rows or the columns, whichever gives the threads the most equal shares (the rows on a
+        # tie): 128 rows are 11 blocks, 6 + 5, while 256 columns are 8 strips, 4 + 4.
+        blocks = (m + MR - 1) // MR
+        strips = (n + NR - 1) // NR
+        by_columns = -(-strips // threads) * blocks < -(-blocks // threads) * strips
+        parts = min(threads, strips if by_columns else blocks)
+        item = 4
+        bt, ldb = _b_layout(b)
+        _range_parallel(a.ctypes.data, a.strides[0] // item, a.strides[1] // item, b.ctypes.data, ldb, bt,
+                        out.ctypes.data, out.strides[0] // item, m, n, k, accumulate, bias.ctypes.data, use_bias,
+                        relu, parts, by_columns)
+    else:
+        matmul_rows(a, b, out, 0, m, accumulate, bias, use_bias, relu)
