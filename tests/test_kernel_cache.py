@@ -56,3 +56,18 @@ def test_unwritable_package_cache_falls_back_to_the_user_cache(tmp_path):
     second = _run(env, tmp_path, copy)
     assert first["misses"] > 0 and second["misses"] == 0
     assert list(home.rglob("*.nbi")), "expected the fallback cache under the user's cache directory"
+
+
+def test_an_edited_kernel_source_drops_the_cache_of_every_kernel(tmp_path):
+    # Numba checks a cached function against its own file only; fused/dense code inlines callees from
+    # other files, so an edit anywhere in specc/kernels must drop the whole package's cache.
+    copy = tmp_path / "site"
+    shutil.copytree(ROOT / "specc", copy / "specc", ignore=shutil.ignore_patterns("__pycache__", "*.nbi", "*.nbc"))
+    env = {"NUMBA_CACHE_DIR": str(tmp_path / "cache")}
+    first = _run(env, tmp_path, copy)
+    assert first["misses"] > 0 and _run(env, tmp_path, copy)["misses"] == 0
+    edited = copy / "specc" / "kernels" / "losses.py"  # none of the four kernels counted lives here
+    stat = edited.stat()
+    os.utime(edited, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    after = _run(env, tmp_path, copy)
+    assert after["misses"] == first["misses"] and after["hits"] == 0

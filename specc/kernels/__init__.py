@@ -22,6 +22,52 @@ import numba
 JIT = dict(cache=True, fastmath=True, nogil=True, error_model="numpy")
 
 
+def _drop_stale_caches() -> None:
+    """Delete this package's Numba cache when any kernel source changed since it was written.
+
+    Numba checks a cached function against its own source file only, and a kernel's machine code
+    includes the callees it inlined from other modules: after an edit to activations.py, fused.py's
+    cached train step would keep running the old activation code. So a stamp of every source here
+    (name, size, mtime, as Numba's own check uses) is kept in the directory Numba caches them in; when it
+    differs, that directory's cache files go. A stat of each file: well under a millisecond."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    sources = sorted(name for name in os.listdir(here) if name.endswith(".py"))
+    stamp = repr([numba.__version__] + [(name, os.stat(os.path.join(here, name)).st_size,
+                                        os.stat(os.path.join(here, name)).st_mtime_ns) for name in sources])
+    try:  # the directory Numba will cache these modules in: the first of its locators that applies
+        from numba.core.caching import CacheImpl
+
+        for locator_class in CacheImpl._locator_classes:
+            locator = locator_class.from_function(_drop_stale_caches, __file__)
+            if locator is not None:
+                directory = locator.get_cache_path()
+                break
+        else:
+            return
+    except Exception:  # pragma: no cover - Numba's internals moved: its own per-file check still applies
+        return
+    path = os.path.join(directory, "specc-sources.stamp")
+    try:
+        with open(path) as f:
+            if f.read() == stamp:
+                return
+    except OSError:
+        pass
+    try:
+        for name in os.listdir(directory):
+            if name.endswith((".nbi", ".nbc")):
+                os.remove(os.path.join(directory, name))
+        temporary = f"{path}.{os.getpid()}.tmp"
+        with open(temporary, "w") as f:
+            f.write(stamp)
+        os.replace(temporary, path)
+    except OSError:  # pragma: no cover - a directory Numba can write to, so unlikely
+        pass
+
+
+_drop_stale_caches()
+
+
 def available_cores() -> int:
     try:
         return len(os.sched_getaffinity(0))

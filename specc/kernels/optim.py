@@ -27,9 +27,10 @@ import math
 
 import numba
 
-from . import JIT
+from . import JIT, sgemm
 
 NO_CLIP, CLIPNORM, CLIPVALUE, GLOBAL_CLIPNORM = range(4)
+PARALLEL_MIN_SIZE = 1 << 16  # elements of a variable below which its update stays on one thread
 
 # "No clip" bound: finite (fastmath assumes there are no infinities) in float32 as well as float64, since
 # the element loops compute in the parameters' dtype.
@@ -116,6 +117,15 @@ def _adam(w, grad, scale, lo, hi, decay, alpha, beta_1, beta_2, epsilon, m, v):
         w[i] = w[i] * decay - mi * alpha / (math.sqrt(vi) + epsilon)
 
 
+@numba.njit(parallel=True, **JIT)
+def _adam_parallel(w, grad, scale, lo, hi, decay, alpha, beta_1, beta_2, epsilon, m, v, parts):
+    """_adam over `parts` threads, each on a contiguous slice."""
+    n = w.shape[0]
+    for t in numba.prange(parts):
+        a, b = n * t // parts, n * (t + 1) // parts
+        _adam(w[a:b], grad[a:b], scale, lo, hi, decay, alpha, beta_1, beta_2, epsilon, m[a:b], v[a:b])
+
+
 @numba.njit(**JIT)
 def _amsgrad(w, grad, scale, lo, hi, decay, alpha, beta_1, beta_2, epsilon, m, v, v_hat):
     t = w.dtype.type
@@ -138,12 +148,16 @@ def _amsgrad(w, grad, scale, lo, hi, decay, alpha, beta_1, beta_2, epsilon, m, v
 def adam(params, grads, offsets, clip_mode, clip, decay, alpha, beta_1, beta_2, epsilon, amsgrad, m, v, v_hat):
     """alpha = lr * sqrt(1 - beta_2^t) / (1 - beta_1^t); w -= alpha * m / (sqrt(v) + epsilon)."""
     gs = _global_scale(clip_mode, clip, grads)
+    threads = sgemm.threads()
     for k in range(offsets.shape[0] - 1):
         a, b = offsets[k], offsets[k + 1]
         scale, lo, hi = _clipping(clip_mode, clip, gs, grads[a:b])
         if amsgrad:
             _amsgrad(params[a:b], grads[a:b], scale, lo, hi, decay, alpha, beta_1, beta_2, epsilon, m[a:b], v[a:b],
                      v_hat[a:b])
+        elif threads > 1 and b - a >= PARALLEL_MIN_SIZE:
+            _adam_parallel(params[a:b], grads[a:b], scale, lo, hi, decay, alpha, beta_1, beta_2, epsilon, m[a:b],
+                           v[a:b], threads)
         else:
             _adam(params[a:b], grads[a:b], scale, lo, hi, decay, alpha, beta_1, beta_2, epsilon, m[a:b], v[a:b])
 

@@ -33,6 +33,11 @@ from numba.extending import intrinsic
 
 from . import JIT, load_scipy_blas
 
+# Used where the CPU has AVX-512 and Numba compiles for it (not when NUMBA_CPU_NAME asks for portable
+# code): on AVX2 the 24 accumulators would not fit in its 16 registers. The kernels themselves are
+# correct on any CPU (LLVM splits the vectors), which the tests rely on.
+AVAILABLE = bool(llvmlite.binding.get_host_cpu_features().get("avx512f")) and numba.config.CPU_NAME in (None, "host")
+
 MR = 12  # rows of a per micro-kernel: 12 x 2 accumulators + 2 vectors of b + 1 broadcast <= 32 registers
 LANES = 16  # float32 per 512-bit vector
 NR = 2 * LANES  # columns of b per micro-kernel
@@ -42,8 +47,10 @@ L2_PANEL_BYTES = 1024 * 1024  # b's panel, k x NC floats, at most half of L2
 PARALLEL_MIN_FLOPS = 4_000_000  # below this a product runs on the calling thread: ~20 us at 200 GFLOP/s,
 # against ~10 us to wake Numba's workers
 
-# Threads for `matmul`, read by compiled code at run time: a global our kernels load (registered with LLVM
-# under our name, so the machine code caches and finds it on load). configure_threads sets it.
+# The thread count for `matmul` (and the optimizers), read by compiled code at run time: a global our
+# kernels load (registered with LLVM under our name, so the machine code caches and finds it on load).
+# configure_threads sets it. (numba.get_num_threads() inside a kernel compiles to a pointer constant,
+# which Numba cannot cache.)
 _THREADS = ctypes.c_int64(1)
 llvmlite.binding.add_symbol("specc_sgemm_threads", ctypes.addressof(_THREADS))
 
@@ -60,7 +67,8 @@ _MASK = ir.VectorType(_I1, LANES)
 
 
 @intrinsic
-def _threads(typingctx):
+def threads(typingctx):
+    """In compiled code: the thread count set_threads last set."""
     def codegen(context, builder, signature, args):
         module = builder.module
         g = module.globals.get("specc_sgemm_threads")
@@ -399,12 +407,12 @@ def _b_layout(b):
 
 @numba.njit(**JIT)
 def supports(a, b, out):
-    """Whether matmul can run this product (float32 is the caller's check): out contiguous along n, b
-    contiguous along n or along k, no negative strides, no empty side."""
+    """Whether matmul should run this product (float32 is the caller's check): an AVX-512 CPU, out
+    contiguous along n, b contiguous along n or along k, no negative strides, no empty side."""
     item = 4
     m, k = a.shape
     n = b.shape[1]
-    if m == 0 or n == 0 or (out.strides[1] != item and n > 1) or (out.strides[0] < 0 and m > 1):
+    if not AVAILABLE or m == 0 or n == 0 or (out.strides[1] != item and n > 1) or (out.strides[0] < 0 and m > 1):
         return False
     if k == 0:  # nothing is read
         return True
@@ -428,14 +436,14 @@ def matmul(a, b, out, accumulate, bias, use_bias, relu):
     pay for waking them. Not from inside a prange body (matmul_rows is for that)."""
     m, k = a.shape
     n = b.shape[1]
-    threads = _threads()
-    if threads > 1 and 2 * m * n * k >= PARALLEL_MIN_FLOPS:
+    count = threads()
+    if count > 1 and 2 * m * n * k >= PARALLEL_MIN_FLOPS:
         # Split the rows or the columns, whichever gives the threads the most equal shares (the rows on a
         # tie): 128 rows are 11 blocks, 6 + 5, while 256 columns are 8 strips, 4 + 4.
         blocks = (m + MR - 1) // MR
         strips = (n + NR - 1) // NR
-        by_columns = -(-strips // threads) * blocks < -(-blocks // threads) * strips
-        parts = min(threads, strips if by_columns else blocks)
+        by_columns = -(-strips // count) * blocks < -(-blocks // count) * strips
+        parts = min(count, strips if by_columns else blocks)
         item = 4
         bt, ldb = _b_layout(b)
         _range_parallel(a.ctypes.data, a.strides[0] // item, a.strides[1] // item, b.ctypes.data, ldb, bt,

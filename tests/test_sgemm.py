@@ -1,0 +1,151 @@
+"""The float32 micro-kernel products (specc.kernels.sgemm) against float64 NumPy: every tile shape
+(12/8/4/2/1 rows; full, 17-32 and 1-16 column strips), k = 0, k slices (> KC, and > KC_PACKED when b is
+transposed), a as a transposed or strided view, b plain or transposed, the epilogue (accumulate, bias,
+ReLU), on 1 and 2 threads with the rows or the columns split, and that nothing outside `out` is written.
+
+The kernels are called directly, so they are checked on any CPU (LLVM splits the 512-bit vectors where
+AVX-512 is missing); whether Dense uses them (`supports`) also depends on the CPU.
+
+Tolerance: 1e-5 of sum_k |a_ik| |b_kj| (the scale of a float32 k-term sum's rounding error, as in
+test_gemm.py)."""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import pytest
+
+from specc.kernels import configure_threads, gemm, sgemm
+
+SHAPES = [  # (m, k, n)
+    (1, 1, 1), (3, 5, 7), (11, 3, 16), (12, 7, 32), (13, 9, 33), (25, 17, 47), (8, 0, 20), (2, 4, 64),
+    (130, 200, 100),  # >= 4 MFLOP: parallel, 4 strips split better than 11 row blocks
+    (300, 100, 70),  # parallel by rows
+    (20, 1100, 40),  # k beyond KC: two slices, the second accumulating
+    (40, 600, 70),  # with b transposed, three packed slices of KC_PACKED
+]
+
+
+@pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
+def threads(request):
+    before = numba.get_num_threads()
+    yield configure_threads(request.param)
+    configure_threads(before)
+
+
+def _a_view(a, how):
+    """a (m, k) as the caller may hold it: contiguous, a transposed view (Dense's x.T), every other column."""
+    if how == "C":
+        return a
+    if how == "T":
+        return np.ascontiguousarray(a.T).T
+    wide = np.zeros((a.shape[0], 2 * a.shape[1]), a.dtype)
+    wide[:, ::2] = a
+    return wide[:, ::2]
+
+
+def _reference(a, b, out0, bias, accumulate, use_bias, relu):
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    want = a64 @ b64 + (out0 if accumulate else 0) + (bias if use_bias else 0)
+    scale = np.abs(a64) @ np.abs(b64) + np.abs(out0 if accumulate else 0) + np.abs(bias if use_bias else 0) + 1e-30
+    return (np.maximum(want, 0) if relu else want), scale
+
+
+def _check(got, want, scale):
+    err = np.abs(got.astype(np.float64) - want) / scale
+    assert err.size == 0 or err.max() <= 1e-5, f"max relative error {err.max():.2e}"
+
+
+@pytest.mark.parametrize("m,k,n", SHAPES)
+@pytest.mark.parametrize("a_how", ["C", "T", "strided"])
+@pytest.mark.parametrize("b_transposed", [False, True], ids=["b", "bT"])
+def test_products_match_float64(m, k, n, a_how, b_transposed, threads):
+    rng = np.random.default_rng(m * 1000 + k * 10 + n)
+    a = rng.standard_normal((m, k)).astype(np.float32)
+    b = rng.standard_normal((k, n)).astype(np.float32)
+    bias = rng.standard_normal(n).astype(np.float32)
+    b_view = np.ascontiguousarray(b.T).T if b_transposed else b
+    for accumulate, use_bias, relu in [(False, False, False), (True, True, True), (False, True, False),
+                                       (True, False, True)]:
+        out0 = rng.standard_normal((m, n)).astype(np.float32)
+        out = out0.copy()
+        sgemm.matmul(_a_view(a, a_how), b_view, out, accumulate, bias, use_bias, relu)
+        _check(out, *_reference(a, b, out0, bias, accumulate, use_bias, relu))
+
+
+@pytest.mark.parametrize("b_transposed", [False, True], ids=["b", "bT"])
+def test_writes_nothing_outside_out(b_transposed, threads):
+    # out is a window of a larger NaN array: the masked strips and the last rows stay inside it
+    rng = np.random.default_rng(5)
+    m, k, n = 27, 30, 41
+    a = rng.standard_normal((m, k)).astype(np.float32)
+    b = rng.standard_normal((k, n)).astype(np.float32)
+    canvas = np.full((m + 4, n + 9), np.nan, np.float32)
+    out = canvas[2:2 + m, 3:3 + n]
+    sgemm.matmul(a, np.ascontiguousarray(b.T).T if b_transposed else b, out, False, np.zeros(0, np.float32),
+                 False, False)
+    _check(out, *_reference(a, b, 0, 0, False, False, False))
+    outside = np.ones(canvas.shape, bool)
+    outside[2:2 + m, 3:3 + n] = False
+    assert np.isnan(canvas[outside]).all()
+
+
+def test_matmul_rows_computes_only_its_rows():
+    rng = np.random.default_rng(6)
+    a = rng.standard_normal((40, 19)).astype(np.float32)
+    b = rng.standard_normal((19, 35)).astype(np.float32)
+    out = np.full((40, 35), np.nan, np.float32)
+    sgemm.matmul_rows(a, b, out, 5, 31, False, out[0], False, False)
+    want, scale = _reference(a, b, 0, 0, False, False, False)
+    _check(out[5:31], want[5:31], scale[5:31])
+    assert np.isnan(out[:5]).all() and np.isnan(out[31:]).all()
+
+
+def test_relu_keeps_nan():
+    # as np.maximum(x, 0): NaN stays NaN (a NaN bias reaches every row of its column), negatives become 0
+    a = np.array([[1.0, -1.0], [-1.0, 2.0]], np.float32)
+    bias = np.array([np.nan, 0.0], np.float32)
+    out = np.empty((2, 2), np.float32)
+    sgemm.matmul(a, np.eye(2, dtype=np.float32), out, False, bias, True, True)
+    assert np.isnan(out[:, 0]).all()
+    np.testing.assert_array_equal(out[:, 1], [0, 2])
+
+
+@pytest.mark.skipif(not sgemm.AVAILABLE, reason="sgemm is used on AVX-512 CPUs only")
+def test_supports_takes_the_layouts_it_can_read():
+    a = np.ones((6, 5), np.float32)
+    b = np.ones((5, 4), np.float32)
+    out = np.ones((6, 4), np.float32)
+    assert sgemm.supports(a, b, out)
+    assert sgemm.supports(a.T.copy().T, b.T.copy().T, out)  # a transposed, b transposed
+    assert sgemm.supports(a[:, :0], b[:0], out)  # k = 0: nothing is read
+    assert not sgemm.supports(a, b, np.ones((6, 8), np.float32)[:, ::2])  # out not contiguous along n
+    assert not sgemm.supports(a, np.ones((10, 8), np.float32)[::2, ::2], out)  # b contiguous along neither
+    assert not sgemm.supports(a[::-1], b, out)  # negative strides
+    assert not sgemm.supports(a[:0], b, out[:0])
+
+
+@numba.njit(cache=True)
+def _affine_compiled(a, b, bias, use_bias, relu, out):
+    gemm.affine(a, b, bias, use_bias, relu, out)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("b_how", ["C", "T", "neither"])
+def test_affine_dispatch_gives_the_same_numbers(dtype, b_how, threads):
+    # float32 on readable layouts runs sgemm; b contiguous along neither axis and float64 go to BLAS
+    rng = np.random.default_rng(7)
+    a = rng.standard_normal((30, 20)).astype(dtype)
+    b = rng.standard_normal((20, 25)).astype(dtype)
+    bias = rng.standard_normal(25).astype(dtype)
+    if b_how == "T":
+        b_view = np.ascontiguousarray(b.T).T
+    elif b_how == "neither":
+        wide = np.zeros((40, 50), dtype)
+        wide[::2, ::2] = b
+        b_view = wide[::2, ::2]
+    else:
+        b_view = b
+    out = np.full((30, 25), np.nan, dtype)
+    _affine_compiled(a, b_view, bias, True, True, out)
+    _check(out, *_reference(a, b, 0, bias, False, True, True))
