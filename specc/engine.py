@@ -20,7 +20,7 @@ import numpy as np
 
 from .graph import Graph, Node
 from .layers.base import LayerSpec, WeightSpec
-from .workspace import Workspace, empty
+from .workspace import Workspace, aligned_zeros, empty
 
 
 @dataclass
@@ -81,8 +81,8 @@ class Engine:
         frozen = [(s, i, w) for s, i, w in placed if not (s.trainable and w.trainable)]
         self.n_trainable = sum(w.size for _, _, w in trainable)
         self.n_params = self.n_trainable + sum(w.size for _, _, w in frozen)
-        self.params = np.zeros(self.n_params, self.dtype)
-        self.grads = np.zeros(self.n_trainable, self.dtype)
+        self.params = aligned_zeros(self.n_params, self.dtype)  # 64-byte aligned: sgemm's vectors (workspace.py)
+        self.grads = aligned_zeros(self.n_trainable, self.dtype)
         for s in self.steps:
             s.weights = [None] * len(s.specs)
             s.grads = [None] * len(s.specs)
@@ -145,21 +145,25 @@ class Engine:
     # --- execution -----------------------------------------------------------------------------------
 
     def _buffers(self, reuse: bool):
-        """The context of one forward or backward pass: the workspace (reuse=True), and BLAS on one thread
-        when a layer splits its batch over threads of its own (convolutions, pooling) and there are several.
-        OpenBLAS's idle workers spin for a while after a multi-threaded product (OPENBLAS_THREAD_TIMEOUT,
-        specc/__init__.py), which suits a chain of products (an MLP) but holds a core that those layers'
-        threads need next: a CNN at 2 threads ran 8% slower with its one small Dense on 2 BLAS threads."""
+        """The context of one forward or backward pass: the workspace (reuse=True), and BLAS and sgemm on one
+        thread when a layer splits its batch over threads of its own (convolutions, pooling) and there are
+        several. OpenBLAS's idle workers spin for a while after a multi-threaded product
+        (OPENBLAS_THREAD_TIMEOUT, specc/__init__.py), and so do Numba's OpenMP workers after sgemm's
+        parallel products, which suits a chain of products (an MLP) but holds a core that those layers'
+        threads need next: the benchmark CNN at 2 threads ran 8% slower with its one small Dense on 2 BLAS
+        threads, and 20% slower with it on 2 sgemm threads."""
         stack = contextlib.ExitStack()
         if reuse:
             stack.enter_context(self.workspace.active())
         if self._own_threads:
             import numba
 
+            from .kernels import sgemm
             from .kernels.conv import one_blas_thread
 
             if numba.get_num_threads() > 1:
                 stack.enter_context(one_blas_thread())
+                stack.enter_context(sgemm.one_thread())
         return stack
 
     def forward(self, inputs: list[np.ndarray], training: bool = False, rng: Any = None,

@@ -22,6 +22,7 @@ strip loads and stores through a lane mask, the last < 12 rows run 8-, 4-, 2- an
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 
 import llvmlite.binding
@@ -57,6 +58,17 @@ llvmlite.binding.add_symbol("specc_sgemm_threads", ctypes.addressof(_THREADS))
 
 def set_threads(n: int) -> None:
     _THREADS.value = max(1, int(n))
+
+
+@contextlib.contextmanager
+def one_thread():
+    """A context in which matmul and the optimizers run on the calling thread (a store to one integer)."""
+    before = _THREADS.value
+    _THREADS.value = 1
+    try:
+        yield
+    finally:
+        _THREADS.value = before
 
 
 _F32 = ir.FloatType()

@@ -21,6 +21,7 @@ from ..engine import Engine
 from ..kernels import activations as A
 from ..kernels import fused as K
 from ..kernels import losses as KL
+from ..workspace import aligned_empty
 from .losses import _ELEMENTWISE, Loss, _bounds, check_label_range
 
 
@@ -60,7 +61,7 @@ class DenseChain:
         found = self._plans.get(batch)
         if found is None:
             plan = K.plan(self.layout, batch)
-            found = self._plans[batch] = (plan, np.empty(plan[-1, 2], self.engine.dtype))
+            found = self._plans[batch] = (plan, aligned_empty(plan[-1, 2], self.engine.dtype))
         return found
 
     def predict(self, x: np.ndarray) -> np.ndarray:
