@@ -1,5 +1,5 @@
 """The float32 micro-kernel products (specc.kernels.sgemm) against float64 NumPy: every tile shape
-(12/8/4/2/1 rows; full, 17-32 and 1-16 column strips), k = 0, k slices (> KC, and > KC_PACKED when b is
+(14/8/4/2/1 rows; full, 17-32 and 1-16 column strips), k = 0, k slices (> KC, and > KC_PACKED when b is
 transposed), a as a transposed or strided view, b plain or transposed, the epilogue (accumulate, bias,
 ReLU), on 1 and 2 threads with the rows or the columns split, and that nothing outside `out` is written.
 
@@ -19,7 +19,7 @@ from specc.kernels import configure_threads, gemm, sgemm
 
 SHAPES = [  # (m, k, n)
     (1, 1, 1), (3, 5, 7), (11, 3, 16), (12, 7, 32), (13, 9, 33), (25, 17, 47), (8, 0, 20), (2, 4, 64),
-    (130, 200, 100),  # >= 4 MFLOP: parallel, 4 strips split better than 11 row blocks
+    (128, 200, 256),  # >= 4 MFLOP: parallel by columns (4 + 4 strips; the rows would split 70 + 58)
     (300, 100, 70),  # parallel by rows
     (20, 1100, 40),  # k beyond KC: two slices, the second accumulating
     (40, 600, 70),  # with b transposed, three packed slices of KC_PACKED
