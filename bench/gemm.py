@@ -1,6 +1,7 @@
-"""GFLOP/s of the matrix products behind Dense, custom Numba kernels (specc.kernels.gemm) against BLAS
-(np.dot inside Numba, which calls SciPy's OpenBLAS; and NumPy's own np.dot) and PyTorch, at the sizes of
-the benchmark MLP, and of whole Dense forward+backward steps; plus this machine's measured float32 peak.
+"""GFLOP/s of the matrix products behind Dense: sgemm's micro-kernels (through gemm.matmul, as Dense calls
+them) against BLAS (NumPy's OpenBLAS from compiled code, and NumPy's own np.dot) and PyTorch, at the sizes
+of the benchmark MLP, and of whole Dense forward+backward steps (specc's against Dense on BLAS alone); plus
+this machine's measured float32 peak. Operands are 64-byte aligned, as the engine allocates them.
 
     python bench/gemm.py [--threads 1,2] [--repeats 31]
 
@@ -35,6 +36,7 @@ import numba  # noqa: E402
 import numpy as np  # noqa: E402
 
 from specc.kernels import configure_threads, dense, gemm  # noqa: E402
+from specc.workspace import aligned_empty  # noqa: E402
 
 # No cache: a parallel kernel in a script cannot be cached. Only "contract" (a * c + d -> one FMA) of the
 # fast-math flags: with reassociation LLVM may fold a chain of FMAs by constants into fewer (it did, with
@@ -197,28 +199,45 @@ def round_robin(candidates: dict, repeats: int, rounds: int = 3, pause: float = 
 
 
 MLP = [(784, 256), (256, 128), (128, 10)]
-BASELINE = "scipy blas (njit np.dot)"  # what Dense called before: the "x" column is speed-up over it
+BASELINE = "blas (gemm.matmul_blas)"  # NumPy's OpenBLAS from compiled code: the "x" column is speed-up over it
+SGEMM = "sgemm (gemm.matmul)"
 
 
 @numba.njit(**PROBE)
 def matmul_blas_njit(a, b, out):
-    """gemm.matmul_blas as compiled code (dense.forward/backward) sees it; from Python it is np.dot."""
+    """gemm.matmul_blas as compiled code sees it; from Python it is np.dot."""
     gemm.matmul_blas(a, b, out)
 
 
 @numba.njit(**PROBE)
-def old_dense_forward(x, kernel, bias, out):
-    """Dense before this benchmark: np.dot in Numba (SciPy's OpenBLAS), then the bias."""
-    np.dot(x, kernel, out)
-    dense.add_bias(out, bias)
+def matmul_njit(a, b, out):
+    """gemm.matmul as Dense's kernels call it: sgemm where it takes the layouts (on AVX-512), else BLAS."""
+    gemm.matmul(a, b, out)
 
 
 @numba.njit(**PROBE)
-def old_dense_backward(x, kernel, dz, need_dx, dkernel, dbias, dx):
-    np.dot(x.T, dz, dkernel)
+def blas_dense_forward(x, kernel, bias, out):
+    """Dense on BLAS alone (before sgemm): the product, then the bias."""
+    gemm.matmul_blas(x, kernel, out)
+    for r in range(out.shape[0]):
+        for j in range(out.shape[1]):
+            out[r, j] += bias[j]
+
+
+@numba.njit(**PROBE)
+def blas_dense_backward(x, kernel, dz, need_dx, dkernel, dbias, dx):
+    gemm.matmul_blas(x.T, dz, dkernel)
     dense.column_sums(dz, dbias)
     if need_dx:
-        np.dot(dz, kernel.T, dx)
+        gemm.matmul_blas(dz, kernel.T, dx)
+
+
+def _aligned(shape, rng=None):
+    """A float32 array on a 64-byte boundary, as the engine allocates its weights and workspace."""
+    a = aligned_empty(shape, np.float32)
+    if rng is not None:
+        a[...] = rng.standard_normal(shape)
+    return a
 
 
 def product_cases(rng, torch):
@@ -226,24 +245,18 @@ def product_cases(rng, torch):
     cases = []
     for batch, products in ((128, ("x@W", "x.T@dz", "dz@W.T")), (1024, ("x@W",))):
         for fan_in, units in MLP:
-            x = rng.standard_normal((batch, fan_in), dtype=np.float32)
-            w = rng.standard_normal((fan_in, units), dtype=np.float32)
-            dz = rng.standard_normal((batch, units), dtype=np.float32)
-            wt = np.ascontiguousarray(w.T)
-            xt = np.ascontiguousarray(x.T)
-            dzt = np.ascontiguousarray(dz.T)
+            x, w, dz = _aligned((batch, fan_in), rng), _aligned((fan_in, units), rng), _aligned((batch, units), rng)
             for form in products:
                 if form == "x@W":
-                    a, b, out = x, w, np.empty((batch, units), np.float32)
+                    a, b, out = x, w, _aligned((batch, units))
                 elif form == "x.T@dz":
-                    a, b, out = x.T, dz, np.empty((fan_in, units), np.float32)
+                    a, b, out = x.T, dz, _aligned((fan_in, units))
                 else:
-                    a, b, out = dz, w.T, np.empty((batch, fan_in), np.float32)
+                    a, b, out = dz, w.T, _aligned((batch, fan_in))
                 flops = 2 * a.shape[0] * a.shape[1] * b.shape[1]
-                cands = {"scipy blas (njit np.dot)": lambda a=a, b=b, o=out: gemm.matmul_scipy_blas(a, b, o),
-                         "gemm.matmul_blas (njit)": lambda a=a, b=b, o=out: matmul_blas_njit(a, b, o),
+                cands = {BASELINE: lambda a=a, b=b, o=out: matmul_blas_njit(a, b, o),
+                         SGEMM: lambda a=a, b=b, o=out: matmul_njit(a, b, o),
                          "numpy np.dot (Python)": lambda a=a, b=b, o=out: np.dot(a, b, o)}
-                cands.update(_custom_for_threads(form, x, w, dz, xt, wt, dzt, out))
                 if torch is not None:
                     ta, tb, to = torch.from_numpy(a), torch.from_numpy(b), torch.from_numpy(out)
                     cands["torch"] = lambda ta=ta, tb=tb, to=to: torch.mm(ta, tb, out=to)
@@ -252,36 +265,18 @@ def product_cases(rng, torch):
     return cases
 
 
-def _custom_for_threads(form, x, w, dz, xt, wt, dzt, out) -> dict:
-    """The custom candidates: the serial kernel, and at >1 thread also the prange one."""
-    variants = {"custom": gemm.matmul_nt}
-    if numba.get_num_threads() > 1:
-        variants["custom par"] = gemm.matmul_nt_parallel
-    cands = {}
-    wt_buf, xt_buf, dzt_buf = np.empty_like(wt), np.empty_like(xt), np.empty_like(dzt)  # transpose targets
-    for label, kern in variants.items():
-        if form == "x@W":
-            cands[f"{label} (W.T kept)"] = lambda k=kern, o=out: k(x, wt, o)
-            cands[f"{label} + transpose"] = lambda k=kern, o=out: (gemm.transpose(w, wt_buf), k(x, wt_buf, o))
-        elif form == "x.T@dz":
-            cands[f"{label} (x.T, dz.T kept)"] = lambda k=kern, o=out: k(xt, dzt, o)
-            cands[f"{label} + transposes"] = lambda k=kern, o=out: (
-                gemm.transpose(x, xt_buf), gemm.transpose(dz, dzt_buf), k(xt_buf, dzt_buf, o))
-        else:
-            cands[label] = lambda k=kern, o=out: k(dz, w, o)
-    return cands
-
-
 def dense_cases(rng, torch):
     """Whole Dense steps as the engine runs them: MLP training (forward + backward of each layer at batch
     128, no input gradient for the first layer, as the engine skips it) and prediction (forwards, 1024)."""
     layers = []
     for fan_in, units in MLP:
-        x = rng.standard_normal((1024, fan_in), dtype=np.float32)
-        w = (rng.standard_normal((fan_in, units)) / np.sqrt(fan_in)).astype(np.float32)
-        bias = np.zeros(units, np.float32)
-        layers.append((x, w, bias, rng.standard_normal((128, units), dtype=np.float32)))
-    bufs = [(np.empty((1024, w.shape[1]), np.float32), np.empty_like(w), np.empty_like(b), np.empty((128, w.shape[0]), np.float32))
+        x = _aligned((1024, fan_in), rng)
+        w = _aligned((fan_in, units))
+        w[...] = rng.standard_normal((fan_in, units)) / np.sqrt(fan_in)
+        bias = _aligned(units)
+        bias[...] = 0
+        layers.append((x, w, bias, _aligned((128, units), rng)))
+    bufs = [(_aligned((1024, w.shape[1])), _aligned(w.shape), _aligned(b.shape), _aligned((128, w.shape[0])))
             for _, w, b, _ in layers]
 
     def train(fwd, bwd):
@@ -299,12 +294,10 @@ def dense_cases(rng, torch):
                 fwd(x, w, b, y)
         return step
 
-    old_f = old_dense_forward
     new_f = lambda x, w, b, y: dense.forward(x, w, b, True, y)  # noqa: E731
-    old_b = old_dense_backward
     new_b = lambda x, w, dz, need_dx, dw, db, dx: dense.backward(x, w, dz, True, need_dx, dw, db, dx)  # noqa: E731
-    train_cands = {BASELINE: train(old_f, old_b), "specc dense (new)": train(new_f, new_b)}
-    predict_cands = {BASELINE: predict(old_f), "specc dense (new)": predict(new_f)}
+    train_cands = {BASELINE: train(blas_dense_forward, blas_dense_backward), "specc dense": train(new_f, new_b)}
+    predict_cands = {BASELINE: predict(blas_dense_forward), "specc dense": predict(new_f)}
     if torch is not None:
         mods = [torch.nn.Linear(fan_in, units) for fan_in, units in MLP]
         tx = [torch.from_numpy(x[:128].copy()).requires_grad_(i > 0) for i, (x, *_ ) in enumerate(layers)]

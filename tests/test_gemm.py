@@ -1,6 +1,6 @@
-"""The matrix-product kernels (specc.kernels.gemm) and Dense's kernels against np.dot in float64 and
-float32, on shapes that leave a remainder after every block (6 rows, 2 columns, 64-row panels, 8-lane
-vectors), zero-size axes, transposed and strided operands, on 1 and 2 threads, compiled and as Python.
+"""The BLAS dispatch (specc.kernels.gemm) and Dense's kernels against np.dot in float64 and float32, on
+odd shapes, zero-size axes, transposed and strided operands, on 1 and 2 threads, compiled and as Python
+(sgemm's own kernels: test_sgemm.py).
 
 Tolerances: float64 1e-12 relative to sum(|a||b|) (the scale of the rounding error of a k-term sum);
 float32 1e-5 of the same scale (fastmath reorders the sums, so float32 results differ from NumPy's in
@@ -47,36 +47,6 @@ def _check(got, a, b, dtype):
     err = np.abs(got.astype(np.float64) - a64 @ b64) / scale
     assert got.shape == (a.shape[0], b.shape[1])
     assert err.size == 0 or err.max() <= DTYPES[dtype], f"max relative error {err.max():.2e}"
-
-
-@pytest.mark.parametrize("dtype", list(DTYPES), ids=lambda d: d.__name__)
-@pytest.mark.parametrize("m,k,n", SHAPES + ZERO_SHAPES)
-def test_matmul_nt_serial_and_parallel(m, k, n, dtype, threads):
-    a, b = _operands(m, k, n, dtype)
-    bt = np.ascontiguousarray(b.T)  # (n, k): the kernel's layout
-    for kernel in (gemm.matmul_nt, gemm.matmul_nt_parallel):
-        out = np.full((m, n), np.nan, dtype)  # every output must be written, zeros included (k = 0)
-        kernel(a, bt, out)
-        _check(out, a, b, dtype)
-
-
-@pytest.mark.parametrize("dtype", list(DTYPES), ids=lambda d: d.__name__)
-def test_matmul_nt_reads_strided_operands(dtype):
-    a, b = _operands(14, 9, 7, dtype)
-    a_wide = np.zeros((14, 20), dtype)
-    a_wide[:, ::2][:, :9] = a  # every other column: k-stride 2
-    bt = np.asfortranarray(b.T)  # (n, k) with stride n along k
-    out = np.empty((14, 7), dtype)
-    gemm.matmul_nt(a_wide[:, ::2][:, :9], bt, out)
-    _check(out, a, b, dtype)
-
-
-@pytest.mark.parametrize("m,n", [(0, 3), (3, 0), (1, 1), (1, 17), (17, 1), (16, 16), (33, 70), (784, 256)])
-def test_transpose(m, n):
-    a = np.arange(m * n, dtype=np.float32).reshape(m, n)
-    out = np.full((n, m), -1, np.float32)
-    gemm.transpose(a, out)
-    np.testing.assert_array_equal(out, a.T)
 
 
 @pytest.mark.parametrize("dtype", list(DTYPES), ids=lambda d: d.__name__)

@@ -71,3 +71,16 @@ def test_an_edited_kernel_source_drops_the_cache_of_every_kernel(tmp_path):
     os.utime(edited, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
     after = _run(env, tmp_path, copy)
     assert after["misses"] == first["misses"] and after["hits"] == 0
+
+
+
+def test_importing_the_kernels_starts_numbas_thread_pool():
+    # Cached machine code that links a parallel loop (sgemm's products, Adam) calls the pool's entry points,
+    # which Numba registers with LLVM only when it starts the pool; a kernel loaded from the cache before
+    # that (here dense.forward, cached by a process whose pool was running) segfaulted on its first call.
+    code = ("import numba.np.ufunc.parallel as p; import specc.kernels.dense; import specc.kernels.optim; "
+            "print(p._is_initialized)")
+    proc = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "True"

@@ -1,18 +1,10 @@
-"""Matrix products: BLAS dispatch (`matmul_blas`, used by Dense, the convolutions and the recurrent
-layers), and register-blocked Numba kernels for
-out = a @ b.T (`matmul_nt`, `matmul_nt_parallel`) with a transpose, kept as a measured alternative.
+"""Matrix products: `affine` / `matmul` / `matmul_serial` (what Dense, the convolutions and the recurrent
+kernels call), which send float32 products to sgemm's AVX-512 micro-kernels where their layouts allow,
+and everything else to BLAS through `matmul_blas`.
 
-`matmul_nt` computes out (m, n) = a (m, k) @ b (n, k).T with both operands contiguous along k, so each
-output is a dot product and LLVM vectorises the k loop (fastmath lets it reassociate the sums). On AVX2
-(16 ymm registers) a 6x2 block is the largest that stays in registers: 12 accumulators + 2 rows of b +
-1 row of a; 4x4 (the AVX-512 choice) spills. Every output then needs a horizontal sum, so the kernel
-loses to BLAS's broadcast ("outer product") micro-kernel, most at small k; and a transpose costs about a
-quarter of a 128-row product. Numba cannot express the broadcast form: its C tile would have to live in
-vector registers, which LLVM builds neither from scalar accumulators (SLP does not vectorise them) nor from
-a tile kept in memory (too many runtime alias checks to vectorise). bench/gemm.py has the numbers: BLAS
-won every Dense product of the benchmark MLP on 1 and 2 threads, on an AVX2 Zen 3 and on an AVX-512 Xeon
-(there a 4x4 block with 512-bit vectors reached ~100 GFLOP/s per core against OpenBLAS's 135-165), so
-Dense uses `matmul_blas` only.
+The register-blocked Numba kernels that used to live here (dot-product form over a transposed operand)
+were removed once sgemm existed: Numba could not keep a tile of the output in vector registers, so they
+reached ~100 GFLOP/s per core against OpenBLAS's 150-165; sgemm writes that loop in LLVM IR instead.
 """
 
 from __future__ import annotations
@@ -29,125 +21,6 @@ from numba import types
 from numba.extending import overload
 
 from . import JIT, sgemm
-
-MR = 6  # rows of a per register block
-NR = 2  # rows of b per register block
-NC = 64  # rows of b per panel: a 64 x k panel of b stays in L2 (784 x 64 x 4 B = 200 KB) while all rows of
-# a stream past it; without panels b (256 x 784 x 4 B = 800 KB) falls out of L2 for every row block
-
-
-@numba.njit(**JIT)
-def _block_6x2(a, b, out, i, j):
-    """out[i:i+6, j:j+2] = a[i:i+6] @ b[j:j+2].T."""
-    z = out.dtype.type(0)
-    s00 = z; s01 = z; s10 = z; s11 = z; s20 = z; s21 = z  # noqa: E702
-    s30 = z; s31 = z; s40 = z; s41 = z; s50 = z; s51 = z  # noqa: E702
-    for p in range(a.shape[1]):
-        y0 = b[j, p]
-        y1 = b[j + 1, p]
-        x = a[i, p]
-        s00 += x * y0; s01 += x * y1  # noqa: E702
-        x = a[i + 1, p]
-        s10 += x * y0; s11 += x * y1  # noqa: E702
-        x = a[i + 2, p]
-        s20 += x * y0; s21 += x * y1  # noqa: E702
-        x = a[i + 3, p]
-        s30 += x * y0; s31 += x * y1  # noqa: E702
-        x = a[i + 4, p]
-        s40 += x * y0; s41 += x * y1  # noqa: E702
-        x = a[i + 5, p]
-        s50 += x * y0; s51 += x * y1  # noqa: E702
-    out[i, j] = s00; out[i, j + 1] = s01  # noqa: E702
-    out[i + 1, j] = s10; out[i + 1, j + 1] = s11  # noqa: E702
-    out[i + 2, j] = s20; out[i + 2, j + 1] = s21  # noqa: E702
-    out[i + 3, j] = s30; out[i + 3, j + 1] = s31  # noqa: E702
-    out[i + 4, j] = s40; out[i + 4, j + 1] = s41  # noqa: E702
-    out[i + 5, j] = s50; out[i + 5, j + 1] = s51  # noqa: E702
-
-
-@numba.njit(**JIT)
-def _block_1x2(a, b, out, i, j):
-    """out[i, j:j+2] = a[i] @ b[j:j+2].T (the rows left over below the 6-row blocks)."""
-    z = out.dtype.type(0)
-    s0 = z
-    s1 = z
-    for p in range(a.shape[1]):
-        x = a[i, p]
-        s0 += x * b[j, p]
-        s1 += x * b[j + 1, p]
-    out[i, j] = s0
-    out[i, j + 1] = s1
-
-
-@numba.njit(**JIT)
-def _block_1x1(a, b, out, i, j):
-    """out[i, j] = a[i] @ b[j] (the last column when n is odd)."""
-    s = out.dtype.type(0)
-    for p in range(a.shape[1]):
-        s += a[i, p] * b[j, p]
-    out[i, j] = s
-
-
-@numba.njit(**JIT)
-def _tile_nt(a, b, out, i0, i1, j0, j1):
-    """out[i0:i1, j0:j1] = a[i0:i1] @ b[j0:j1].T, in panels of NC rows of b; any sizes."""
-    j_even = j0 + (j1 - j0) // NR * NR
-    i_blocked = i0 + (i1 - i0) // MR * MR
-    for p0 in range(j0, j_even, NC):
-        p1 = min(p0 + NC, j_even)
-        for i in range(i0, i_blocked, MR):
-            for j in range(p0, p1, NR):
-                _block_6x2(a, b, out, i, j)
-        for i in range(i_blocked, i1):
-            for j in range(p0, p1, NR):
-                _block_1x2(a, b, out, i, j)
-    if j_even < j1:
-        for i in range(i0, i1):
-            _block_1x1(a, b, out, i, j1 - 1)
-
-
-@numba.njit(**JIT)
-def matmul_nt(a, b, out):
-    """out (m, n) = a (m, k) @ b (n, k).T on one thread; fastest when a and b are contiguous along k."""
-    _tile_nt(a, b, out, 0, a.shape[0], 0, b.shape[0])
-
-
-@numba.njit(parallel=True, **JIT)
-def matmul_nt_parallel(a, b, out):
-    """matmul_nt over threads. prange hands each thread a contiguous range of iterations, so no two threads
-    write the same outputs: panels of NC rows of b (each stays in its core's L2) when there are at least
-    two, else blocks of MR rows of a. (No numba.get_num_threads() here: it compiles to a pointer constant,
-    which Numba cannot cache.)"""
-    m = a.shape[0]
-    n = b.shape[0]
-    if n >= 2 * NC:
-        panels = (n + NC - 1) // NC
-        for t in numba.prange(panels):
-            _tile_nt(a, b, out, 0, m, t * NC, min(n, (t + 1) * NC))
-    else:
-        blocks = max(1, m // MR)
-        for t in numba.prange(blocks):
-            _tile_nt(a, b, out, t * MR, m if t == blocks - 1 else (t + 1) * MR, 0, n)
-
-
-@numba.njit(**JIT)
-def transpose(a, out):
-    """out (n, m) = a (m, n).T in 16 x 16 tiles, so the strided side stays within a few cache lines."""
-    m, n = a.shape
-    for i0 in range(0, m, 16):
-        i1 = min(i0 + 16, m)
-        for j0 in range(0, n, 16):
-            j1 = min(j0 + 16, n)
-            for j in range(j0, j1):
-                for i in range(i0, i1):
-                    out[j, i] = a[i, j]
-
-
-@numba.njit(**JIT)
-def matmul_scipy_blas(a, b, out):
-    """out (m, n) = a (m, k) @ b (k, n) by np.dot inside Numba, which calls SciPy's OpenBLAS (what Dense
-    used before; kept for the benchmark)."""
-    np.dot(a, b, out)
 
 
 # NumPy's wheels bundle their own OpenBLAS (libscipy_openblas64_, 0.3.31 here), which bench/gemm.py measured
@@ -221,15 +94,14 @@ _scipy_blas_threads = types.ExternalFunction("specc_scipy_blas_threads", types.i
 def matmul_blas(a, b, out):
     """out (m, n) = a (m, k) @ b (k, n) by BLAS; a and b may be transposed views.
 
-    Compiled (the overload below): NumPy's OpenBLAS, for every product in specc (Dense, the convolutions'
-    per-chunk GEMMs, the recurrent kernels), unless SciPy's is allowed more threads than NumPy's; then
-    SciPy's (np.dot inside Numba). One library for everything, because two thread pools get in each
-    other's way: after a multi-threaded product OpenBLAS's workers spin for a while, holding cores that
+    Compiled (the overload below): NumPy's OpenBLAS, for every product sgemm does not take (float64, and
+    float32 layouts it cannot read or CPUs without AVX-512), unless SciPy's is allowed more threads than
+    NumPy's; then SciPy's (np.dot inside Numba). One BLAS for everything, because two thread pools get in
+    each other's way: after a multi-threaded product OpenBLAS's workers spin for a while, holding cores that
     the other library's workers (or the convolutions' own threads) then need; timed next to NumPy's, the
     1024x784 @ 784x256 product ran at 154 GFLOP/s on 2 threads through SciPy's, against 310 alone. NumPy's
     is also the newer build (bench/gemm.py: 5-12% faster on a Zen 3, within 10% either way on the Xeon).
-    How long the workers
-    spin is OPENBLAS_THREAD_TIMEOUT, which OpenBLAS reads once, when it loads; specc/__init__.py sets it,
+    How long the workers spin is OPENBLAS_THREAD_TIMEOUT, which OpenBLAS reads once, when it loads; specc/__init__.py sets it,
     which is too late when NumPy was imported before specc: kernels.configure_threads then keeps NumPy's
     OpenBLAS at one thread and SciPy's (loaded after the setting) at n, and the comparison sends
     multi-threaded products there.

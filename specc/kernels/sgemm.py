@@ -30,7 +30,7 @@ import numba
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
 from . import JIT, load_scipy_blas
 
@@ -79,9 +79,14 @@ _VP = _V.as_pointer()
 _MASK = ir.VectorType(_I1, LANES)
 
 
+def threads() -> int:
+    """The thread count set_threads last set. Compiled code reads it at run time (the overload below);
+    eager mode (kernels run as Python) reads it here."""
+    return _THREADS.value
+
+
 @intrinsic
-def threads(typingctx):
-    """In compiled code: the thread count set_threads last set."""
+def _threads_now(typingctx):
     def codegen(context, builder, signature, args):
         module = builder.module
         g = module.globals.get("specc_sgemm_threads")
@@ -91,6 +96,11 @@ def threads(typingctx):
         return builder.load(g)
 
     return types.int64(), codegen
+
+
+@overload(threads, jit_options=JIT)
+def _threads_njit():
+    return lambda: _threads_now()
 
 
 def _declare(module, name, fn_type):
@@ -358,6 +368,10 @@ def _rows_bt(a, ars, acs, b, ldb, out, ldo, n, k, i0, i1, accumulate, bias, use_
 
 
 load_scipy_blas()  # before the C callable below starts Numba's CPU target, which would import all of scipy.linalg
+# Start Numba's thread pool before any cached kernel is loaded: machine code that links sgemm's (or the
+# optimizers') parallel loops calls the pool's entry points, which Numba registers with LLVM only when it
+# starts the pool; a kernel loaded from the cache before that called address 0. (~15 ms.)
+numba.get_num_threads()
 
 # The driver is compiled once, as a C callable, and kernels call it by a symbol name registered with LLVM
 # (like the BLAS functions in gemm.py). A plain njit call would link its IR, with all 15 inlined
