@@ -1,23 +1,29 @@
-"""float32 matrix products on AVX-512 vectors written as LLVM IR: out (m, n) (+)= a (m, k) @ b (k, n).
+"""float32 matrix products on AVX-512 vectors written as LLVM IR: out (m, n) (+)= a (m, k) @ b (k, n),
+with an optional bias and ReLU applied while the tile is in registers.
 
-Why not BLAS. NumPy's OpenBLAS runs its SkylakeX kernels on this Xeon at 150-165 GFLOP/s per core on the
-benchmark MLP's products (the machine's FMA peak is ~220), and PyTorch's MKL is no faster. The broadcast
-("outer product") micro-kernel below reached 175-195 on the same products (bench/gemm.py).
+Why not BLAS. On this Xeon NumPy's OpenBLAS (SkylakeX kernels) runs the benchmark MLP's products at
+130-160 GFLOP/s per core; the micro-kernel below runs them at 165-185 (bench/gemm.py; the FMA peak is
+~220), about what PyTorch's MKL reaches, and its epilogue saves Dense a pass over the output for the bias
+and ReLU.
 
 Why LLVM IR. The micro-kernel keeps a 14 x 32 tile of `out` in 28 vector registers while it walks k: per
 step it loads one 32-wide row of b (two <16 x float> vectors), broadcasts each of the 14 values of a's
-column and issues 24 FMAs. Numba has no vector type and LLVM builds neither the tile from scalar
-accumulators nor from a tile in memory (see gemm.py), so `_micro_kernel` emits the loop itself through a
-Numba intrinsic; it inlines into the njit drivers and caches with them.
+column and issues 28 FMAs. Numba has no vector type, and LLVM builds the tile neither from scalar
+accumulators (SLP does not vectorise them) nor from a tile kept in memory (too many run-time alias checks),
+so `_micro_kernel` emits the loop itself through a Numba intrinsic. The drivers around it are compiled once
+as a C callable (`_range_c`), which kernels call by symbol name.
 
-Layouts. b and out must be contiguous along n (b's rows are vector loads); a may have any strides: its
-values are broadcast one at a time, so `x.T` (Dense's weight gradient) costs nothing. `supports` says
-whether a product qualifies; gemm.matmul sends the others to BLAS.
+Layouts. out must be contiguous along n; b contiguous along n (its rows are vector loads) or along k (a
+transposed view such as Dense's W.T, packed strip by strip); a may have any strides: its values are
+broadcast one at a time, so `x.T` (Dense's weight gradient) costs nothing. `supports` says whether a
+product qualifies; gemm.affine sends the others to BLAS. Arrays should start on a 64-byte boundary
+(workspace.aligned_empty): a 512-bit load across two cache lines costs ~10% here.
 
 Blocking. The drivers walk row blocks of 14 outer and 32-column strips of b inner, so a's 14 rows
-(14 x k x 4 B: 44 KB at k = 784) stay in L1 while b streams from L2: b is taken in panels of NC columns
-that fit in L2 (k x NC x 4 B <= 768 KB), and in slices of KC rows when k is very large. Edges: the last
-strip loads and stores through a lane mask, the last < 14 rows run 8-, 4-, 2- and 1-row kernels.
+(14 x k x 4 B: 44 KB at k = 784) stay in L1/L2 while b streams from L2: b is taken in panels of columns
+that fit in 1 MB, and in slices of KC rows when k is very large. Edges: the last strip loads and stores
+through a lane mask, the last < 14 rows run 8-, 4-, 2- and 1-row kernels. Threads (`matmul`) split the
+rows or the columns, whichever shares out more evenly.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ from numba.extending import intrinsic, overload
 from . import JIT, load_scipy_blas
 
 # Used where the CPU has AVX-512 and Numba compiles for it (not when NUMBA_CPU_NAME asks for portable
-# code): on AVX2 the 24 accumulators would not fit in its 16 registers. The kernels themselves are
+# code): on AVX2 the 28 accumulators would not fit in its 16 registers. The kernels themselves are
 # correct on any CPU (LLVM splits the vectors), which the tests rely on.
 AVAILABLE = bool(llvmlite.binding.get_host_cpu_features().get("avx512f")) and numba.config.CPU_NAME in (None, "host")
 
