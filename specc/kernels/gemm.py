@@ -202,12 +202,13 @@ def _affine_njit(a, b, bias, use_bias, relu, out, threaded=True):
         return generic
 
     def impl(a, b, bias, use_bias, relu, out, threaded=True):
-        if sgemm.supports(a, b, out) and (not use_bias or bias.strides[0] == 4 or bias.shape[0] <= 1):
-            if threaded:
-                sgemm.matmul(a, b, out, False, bias, use_bias, relu)
-            else:
-                sgemm.matmul_rows(a, b, out, 0, a.shape[0], False, bias, use_bias, relu)
-        else:
+        item = 4
+        done = sgemm.product(a.ctypes.data, a.strides[0] // item, a.strides[1] // item, a.shape[0], a.shape[1],
+                             b.ctypes.data, b.strides[0] // item, b.strides[1] // item, b.shape[1],
+                             out.ctypes.data, out.strides[0] // item, out.strides[1] // item,
+                             bias.ctypes.data, use_bias, relu, False, 0, a.shape[0], threaded) \
+            if (not use_bias or bias.strides[0] == item or bias.shape[0] <= 1) else False
+        if not done:
             matmul_blas(a, b, out)
             if use_bias or relu:
                 _bias_relu(out, bias, use_bias, relu)

@@ -22,8 +22,8 @@ product qualifies; gemm.affine sends the others to BLAS. Arrays should start on 
 Blocking. The drivers walk row blocks of 14 outer and 32-column strips of b inner, so a's 14 rows
 (14 x k x 4 B: 44 KB at k = 784) stay in L1/L2 while b streams from L2: b is taken in panels of columns
 that fit in 1 MB, and in slices of KC rows when k is very large. Edges: the last strip loads and stores
-through a lane mask, the last < 14 rows run 8-, 4-, 2- and 1-row kernels. Threads (`matmul`) split the
-rows or the columns, whichever shares out more evenly.
+through lane masks, the last < 14 rows run 4-, 2- and 1-row kernels. Threads (`product`) split the
+rows, or the columns when those share out clearly more evenly.
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def one_thread():
 
 
 _F32 = ir.FloatType()
-_I1, _I32, _I64 = ir.IntType(1), ir.IntType(32), ir.IntType(64)
+_I1, _I8, _I32, _I64 = ir.IntType(1), ir.IntType(8), ir.IntType(32), ir.IntType(64)
 _V = ir.VectorType(_F32, LANES)
 _VP = _V.as_pointer()
 _MASK = ir.VectorType(_I1, LANES)
@@ -113,11 +113,11 @@ def _declare(module, name, fn_type):
     return module.globals.get(name) or ir.Function(module, fn_type, name=name)
 
 
-def _micro_kernel(rows: int, vectors: int, masked: bool):
+def _micro_kernel(rows: int, masked: bool, vectors: int = 2):
     """An intrinsic for one tile, on float32 arrays given by address:
         out[r*ldo + j] = (out[r*ldo + j] if accumulate) + sum_p a[r*ars + p*acs] * b[p*ldb + j]
                          (+ bias[j] if use_bias), then max(0, .) if relu
-    for r < rows, j < 16 * vectors (masked: in the last vector only j < cols - 16 * (vectors - 1)).
+    for r < rows, j < 16 * vectors (masked: only j < cols).
     Arguments (a, ars, acs, b, ldb, out, ldo, k, cols, accumulate, bias, use_bias, relu); strides count
     elements. Addresses (int64), not arrays, so the drivers compile once whatever the callers' layouts."""
 
@@ -145,22 +145,23 @@ def _micro_kernel(rows: int, vectors: int, masked: bool):
                 v = builder.insert_element(ir.Constant(vector_type, ir.Undefined), value, ir.Constant(_I32, 0))
                 return builder.shuffle_vector(v, v, splat_index)
 
-            mask = None
-            if masked:  # lanes < cols - 16 * (vectors - 1) of the last vector
-                left = builder.sub(cols_, const(LANES * (vectors - 1)))
-                lanes = ir.Constant(ir.VectorType(_I64, LANES), list(range(LANES)))
-                mask = builder.icmp_signed("<", lanes, splat(left, ir.VectorType(_I64, LANES)))
+            masks = None
+            if masked:  # vector v: lanes j with 16 v + j < cols
+                columns = splat(cols_, ir.VectorType(_I64, LANES))
+                masks = [builder.icmp_signed("<", ir.Constant(ir.VectorType(_I64, LANES),
+                                                             list(range(LANES * v, LANES * (v + 1)))), columns)
+                         for v in range(vectors)]
 
             def load(ptr, v):
                 ptr = builder.bitcast(ptr, _VP)
-                if mask is not None and v == vectors - 1:
-                    return builder.call(load_masked, [ptr, ir.Constant(_I32, 4), mask, zero])
+                if masks is not None:
+                    return builder.call(load_masked, [ptr, ir.Constant(_I32, 4), masks[v], zero])
                 return builder.load(ptr, align=4)
 
             def store(value, ptr, v):
                 ptr = builder.bitcast(ptr, _VP)
-                if mask is not None and v == vectors - 1:
-                    builder.call(store_masked, [value, ptr, ir.Constant(_I32, 4), mask])
+                if masks is not None:
+                    builder.call(store_masked, [value, ptr, ir.Constant(_I32, 4), masks[v]])
                 else:
                     builder.store(value, ptr, align=4)
 
@@ -235,60 +236,35 @@ def _micro_kernel(rows: int, vectors: int, masked: bool):
     return tile
 
 
-# Instantiated once each: a 14-row block and the 8-, 4-, 2- and 1-row blocks below it, each as full
-# 32-column strips, a masked 17-32-column strip and a masked 1-16-column strip.
-_f14, _f8, _f4, _f2, _f1 = (_micro_kernel(rows, 2, False) for rows in (MR, 8, 4, 2, 1))
-_m14, _m8, _m4, _m2, _m1 = (_micro_kernel(rows, 2, True) for rows in (MR, 8, 4, 2, 1))
-_s14, _s8, _s4, _s2, _s1 = (_micro_kernel(rows, 1, True) for rows in (MR, 8, 4, 2, 1))
+# Instantiated once each: a 14-row block and the 4-, 2- and 1-row blocks the last rows take, each for a
+# full 32-column strip and for a narrower last strip (masked loads and stores). Few variants on purpose:
+# each is a large function for LLVM, and the cold compile pays for every one.
+_f14, _f4, _f2, _f1 = (_micro_kernel(rows, False) for rows in (MR, 4, 2, 1))
+_m14, _m4, _m2, _m1 = (_micro_kernel(rows, True) for rows in (MR, 4, 2, 1))
 
 
 @numba.njit(**JIT)
-def _tile(rows, vectors, masked, args):
-    """The micro-kernel for (rows, vectors, masked) on args (its 13 arguments); each is inlined here."""
-    if not masked:
+def _strip(rows, a, ars, acs, b, ldb, out, ldo, cols, k, acc, bias, use_bias, relu):
+    """One tile of `rows` (14, 4, 2 or 1) rows and `cols` <= 32 columns: the micro-kernel's arguments,
+    addresses in bytes and strides in elements."""
+    args = (a, ars, acs, b, ldb, out, ldo, k, cols, acc, bias, use_bias, relu)
+    if cols == NR:
         if rows == MR:
             _f14(*args)
-        elif rows == 8:
-            _f8(*args)
         elif rows == 4:
             _f4(*args)
         elif rows == 2:
             _f2(*args)
         else:
             _f1(*args)
-    elif vectors == 2:
-        if rows == MR:
-            _m14(*args)
-        elif rows == 8:
-            _m8(*args)
-        elif rows == 4:
-            _m4(*args)
-        elif rows == 2:
-            _m2(*args)
-        else:
-            _m1(*args)
+    elif rows == MR:
+        _m14(*args)
+    elif rows == 4:
+        _m4(*args)
+    elif rows == 2:
+        _m2(*args)
     else:
-        if rows == MR:
-            _s14(*args)
-        elif rows == 8:
-            _s8(*args)
-        elif rows == 4:
-            _s4(*args)
-        elif rows == 2:
-            _s2(*args)
-        else:
-            _s1(*args)
-
-
-@numba.njit(**JIT)
-def _strip(rows, a, ars, acs, b, ldb, out, ldo, cols, k, acc, bias, use_bias, relu):
-    """One tile of `rows` rows and `cols` <= 32 columns (the micro-kernel's arguments, addresses in bytes
-    and strides in elements)."""
-    args = (a, ars, acs, b, ldb, out, ldo, k, cols, acc, bias, use_bias, relu)
-    if cols == NR:
-        _tile(rows, 2, False, args)
-    else:
-        _tile(rows, 2 if cols > LANES else 1, True, args)
+        _m1(*args)
 
 
 @numba.njit(**JIT)
@@ -301,23 +277,26 @@ def _row_block(rows, a, ars, acs, b, ldb, out, ldo, width, k, acc, bias, use_bia
 
 @intrinsic
 def _stack_strip(typingctx):
-    """A KC_PACKED x NR float32 buffer in the calling function's stack frame (allocated once, in its entry
-    block), as a pointer: where `_rows_bt` packs one strip of b."""
+    """The address of a KC_PACKED x NR float32 buffer in the calling function's stack frame (allocated
+    once, in its entry block): where `_rows_bt` packs one strip of b."""
     def codegen(context, builder, signature, args):
-        buffer = cgutils.alloca_once(builder, ir.ArrayType(_F32, KC_PACKED * NR))
+        buffer = cgutils.alloca_once(builder, _I8, size=ir.Constant(_I64, 4 * KC_PACKED * NR))
         buffer.align = 64
-        return builder.bitcast(buffer, _F32.as_pointer())
+        return builder.ptrtoint(buffer, _I64)
 
-    return types.CPointer(types.float32)(), codegen
+    return types.int64(), codegen
 
 
 @intrinsic
-def _float32_at(typingctx, address):
-    """The int64 address as a float32 pointer (for numba.carray)."""
+def _copy_float(typingctx, dst, src):
+    """*dst = *src for float32 addresses."""
     def codegen(context, builder, signature, args):
-        return builder.inttoptr(args[0], _F32.as_pointer())
+        fp = _F32.as_pointer()
+        value = builder.load(builder.inttoptr(args[1], fp), align=4)
+        builder.store(value, builder.inttoptr(args[0], fp), align=4)
+        return context.get_dummy_value()
 
-    return types.CPointer(types.float32)(types.int64), codegen
+    return types.void(types.int64, types.int64), codegen
 
 
 @numba.njit(**JIT)
@@ -336,7 +315,7 @@ def _rows(a, ars, acs, b, ldb, out, ldo, n, k, i0, i1, accumulate, bias, use_bia
             b_at = b + 4 * (p0 * ldb + j0)
             i = i0
             while i < i1:
-                rows = MR if i + MR <= i1 else 8 if i + 8 <= i1 else 4 if i + 4 <= i1 else 2 if i + 2 <= i1 else 1
+                rows = MR if i + MR <= i1 else 4 if i + 4 <= i1 else 2 if i + 2 <= i1 else 1
                 _row_block(rows, a + 4 * (i * ars + p0 * acs), ars, acs, b_at, ldb, out + 4 * (i * ldo + j0), ldo,
                            width, kk, acc, bias + 4 * j0, use_bias and last, relu and last)
                 i += rows
@@ -350,21 +329,20 @@ def _rows_bt(a, ars, acs, b, ldb, out, ldo, n, k, i0, i1, accumulate, bias, use_
     """_rows for a b stored transposed, b[p, j] at element j * ldb + p (Dense's input gradient, dz @ W.T):
     each 32-column strip of b, KC_PACKED rows at a time, is first copied into a stack buffer laid out as
     the micro-kernel reads it (32 KB, so it stays in L1 while every row block passes over it)."""
-    strip = numba.carray(_stack_strip(), (KC_PACKED, NR))
-    strip_at = strip.ctypes.data
+    strip_at = _stack_strip()
     for j0 in range(0, n, NR):
         cols = min(NR, n - j0)
         p0 = 0
         while True:  # k slices; with k = 0 one pass, which still writes the epilogue
             kk = min(KC_PACKED, k - p0)
             last = p0 + kk >= k
-            src = numba.carray(_float32_at(b + 4 * (j0 * ldb + p0)), ((cols - 1) * ldb + kk,))
-            for q in range(cols):  # reads b along k (contiguous), writes strip columns
+            src = b + 4 * (j0 * ldb + p0)
+            for q in range(cols):  # reads b along k (contiguous), writes strip column q
                 for p in range(kk):
-                    strip[p, q] = src[q * ldb + p]
+                    _copy_float(strip_at + 4 * (p * NR + q), src + 4 * (q * ldb + p))
             i = i0
             while i < i1:
-                rows = MR if i + MR <= i1 else 8 if i + 8 <= i1 else 4 if i + 4 <= i1 else 2 if i + 2 <= i1 else 1
+                rows = MR if i + MR <= i1 else 4 if i + 4 <= i1 else 2 if i + 2 <= i1 else 1
                 _strip(rows, a + 4 * (i * ars + p0 * acs), ars, acs, strip_at, NR, out + 4 * (i * ldo + j0), ldo,
                        cols, kk, accumulate or p0 > 0, bias + 4 * j0, use_bias and last, relu and last)
                 i += rows
@@ -379,14 +357,16 @@ load_scipy_blas()  # before the C callable below starts Numba's CPU target, whic
 # starts the pool; a kernel loaded from the cache before that called address 0. (~15 ms.)
 numba.get_num_threads()
 
-# The driver is compiled once, as a C callable, and kernels call it by a symbol name registered with LLVM
-# (like the BLAS functions in gemm.py). A plain njit call would link its IR, with all 15 inlined
-# micro-kernels, into every caller, and Numba optimises each caller's linked module again: cold compiles
-# took several seconds more per call site and per array layout.
-_I64_ARGS = (types.int64,) * 16
+# The drivers are compiled once, as C callables, and kernels call them by symbol names registered with
+# LLVM (like the BLAS functions in gemm.py). A plain njit call would link their IR, with the inlined
+# micro-kernels (and the parallel loop's), into every caller, and Numba optimises each caller's linked
+# module again: the benchmark CNN's cold compile took 20 s instead of 8.
+_CFUNC = dict(cache=True, fastmath=True, nogil=True, error_model="numpy")
+_RANGE_SIG = types.void(*(types.int64,) * 16)
+_PARALLEL_SIG = types.void(*(types.int64,) * 17)
 
 
-@numba.cfunc(types.void(*_I64_ARGS), cache=True, fastmath=True, nogil=True, error_model="numpy")
+@numba.cfunc(_RANGE_SIG, **_CFUNC)
 def _range_c(a, ars, acs, b, ldb, bt, out, ldo, n, k, i0, i1, accumulate, bias, use_bias, relu):
     """Rows i0:i1 by _rows, or by _rows_bt when b is stored transposed (bt); flags are 0/1."""
     if bt:
@@ -396,93 +376,113 @@ def _range_c(a, ars, acs, b, ldb, bt, out, ldo, n, k, i0, i1, accumulate, bias, 
 
 
 llvmlite.binding.add_symbol("specc_sgemm_range", _range_c.address)
-_range_ext = types.ExternalFunction("specc_sgemm_range", types.void(*_I64_ARGS))
+_range_ext = types.ExternalFunction("specc_sgemm_range", _RANGE_SIG)
 
 
-@numba.njit(**JIT)
-def _range(a, ars, acs, b, ldb, bt, out, ldo, n, k, i0, i1, accumulate, bias, use_bias, relu):
-    _range_ext(a, ars, acs, b, ldb, int(bt), out, ldo, n, k, i0, i1, int(accumulate), bias, int(use_bias),
-               int(relu))
-
-
-@numba.njit(parallel=True, **JIT)
-def _range_parallel(a, ars, acs, b, ldb, bt, out, ldo, m, n, k, accumulate, bias, use_bias, relu, parts,
-                    by_columns):
-    """_range over `parts` threads, each on a contiguous range of 14-row blocks of out, or (by_columns) of
-    its 32-column strips, which also gives each thread only its part of b."""
+@numba.cfunc(_PARALLEL_SIG, parallel=True, **_CFUNC)
+def _range_parallel_c(a, ars, acs, b, ldb, bt, out, ldo, m, n, k, accumulate, bias, use_bias, relu, parts,
+                      by_columns):
+    """_range_c over `parts` threads, each on a contiguous range of 14-row blocks of out, or (by_columns)
+    of its 32-column strips, which also gives each thread only its part of b."""
     blocks = (m + MR - 1) // MR
     strips = (n + NR - 1) // NR
     for t in numba.prange(parts):
         if by_columns:
             j0 = min(n, strips * t // parts * NR)
             j1 = min(n, strips * (t + 1) // parts * NR)
-            b_at = b + 4 * j0 * (ldb if bt else 1)
-            _range(a, ars, acs, b_at, ldb, bt, out + 4 * j0, ldo, j1 - j0, k, 0, m, accumulate, bias + 4 * j0,
-                   use_bias, relu)
+            _range_ext(a, ars, acs, b + 4 * j0 * (ldb if bt else 1), ldb, bt, out + 4 * j0, ldo, j1 - j0, k, 0, m,
+                       accumulate, bias + 4 * j0, use_bias, relu)
         else:
             i0 = min(m, blocks * t // parts * MR)
             i1 = min(m, blocks * (t + 1) // parts * MR)
-            _range(a, ars, acs, b, ldb, bt, out, ldo, n, k, i0, i1, accumulate, bias, use_bias, relu)
+            _range_ext(a, ars, acs, b, ldb, bt, out, ldo, n, k, i0, i1, accumulate, bias, use_bias, relu)
+
+
+llvmlite.binding.add_symbol("specc_sgemm_range_parallel", _range_parallel_c.address)
+_range_parallel_ext = types.ExternalFunction("specc_sgemm_range_parallel", _PARALLEL_SIG)
 
 
 @numba.njit(**JIT)
-def _b_layout(b):
-    """How the micro-kernel reads b (k, n): (False, row stride) when contiguous along n, (True, column
-    stride) when contiguous along k (a transposed view: packed strip by strip), else (False, -1)."""
-    item = 4
-    k, n = b.shape
-    if (b.strides[1] == item or n == 1) and (b.strides[0] >= 0 or k == 1):
-        return False, b.strides[0] // item if k > 1 else n
-    if (b.strides[0] == item or k == 1) and (b.strides[1] >= 0 or n == 1):
-        return True, b.strides[1] // item if n > 1 else k
+def _b_layout(k, n, row_step, col_step):
+    """How the micro-kernel reads b (k, n) with these strides (elements): (False, row stride) when
+    contiguous along n, (True, column stride) when contiguous along k (a transposed view: packed strip by
+    strip), else (False, -1)."""
+    if (col_step == 1 or n == 1) and (row_step >= 0 or k == 1):
+        return False, row_step if k > 1 else n
+    if (row_step == 1 or k == 1) and (col_step >= 0 or n == 1):
+        return True, col_step if n > 1 else k
     return False, -1
 
 
 @numba.njit(**JIT)
+def product(a, a_rows, a_cols, m, k, b, b_rows, b_cols, n, out, out_rows, out_cols, bias, use_bias, relu,
+            accumulate, first_row, last_row, threaded):
+    """out[first_row:last_row] = (out if accumulate) + a @ b (+ bias if use_bias), then max(0, .) if relu,
+    for float32 arrays given by address and strides in elements: a (m, k), b (k, n), out (m, n), bias (n,)
+    contiguous. Returns False, having done nothing, where the micro-kernels should not run it (no
+    AVX-512, out not contiguous along n, b contiguous along neither axis, negative strides, an empty side);
+    the caller then uses BLAS. `threaded`: on the threads set_threads allows when the product is large
+    enough to pay for waking them (never from inside a prange body or a thread of in_threads).
+    All integers, so it compiles once whatever the callers' array layouts."""
+    bt, ldb = _b_layout(k, n, b_rows, b_cols)
+    if not AVAILABLE or m == 0 or n == 0 or (out_cols != 1 and n > 1) or (out_rows < 0 and m > 1):
+        return False
+    if k > 0 and (ldb < 0 or (a_rows < 0 and m > 1) or (a_cols < 0 and k > 1)):
+        return False
+    count = threads() if threaded else 1
+    if count > 1 and 2 * m * n * k >= PARALLEL_MIN_FLOPS and last_row - first_row == m:
+        # Split the rows, unless the columns share out more than 5% more evenly: 128 rows in 14-row blocks
+        # split 70 + 58, while 256 columns split into 4 + 4 strips. Rows otherwise, because then each
+        # thread reads only its part of a (predicting 1024 rows: 650k samples/s against 600k by columns).
+        blocks = (m + MR - 1) // MR
+        strips = (n + NR - 1) // NR
+        most_rows = min(m, -(-blocks // count) * MR)
+        most_columns = min(n, -(-strips // count) * NR)
+        by_columns = 20 * n * most_rows > 21 * m * most_columns  # columns' largest share 5% smaller
+        parts = min(count, strips if by_columns else blocks)
+        _range_parallel_ext(a, a_rows, a_cols, b, ldb, int(bt), out, out_rows, m, n, k, int(accumulate), bias,
+                            int(use_bias), int(relu), parts, int(by_columns))
+    else:
+        _range_ext(a, a_rows, a_cols, b, ldb, int(bt), out, out_rows, n, k, first_row, last_row, int(accumulate),
+                   bias, int(use_bias), int(relu))
+    return True
+
+
+@numba.njit(**JIT)
+def _run(a, b, out, accumulate, bias, use_bias, relu, first_row, last_row, threaded):
+    """product on arrays; False when it does not take them (a strided bias included)."""
+    item = 4
+    if use_bias and bias.strides[0] != item and bias.shape[0] > 1:
+        return False
+    return product(a.ctypes.data, a.strides[0] // item, a.strides[1] // item, a.shape[0], a.shape[1],
+                   b.ctypes.data, b.strides[0] // item, b.strides[1] // item, b.shape[1],
+                   out.ctypes.data, out.strides[0] // item, out.strides[1] // item,
+                   bias.ctypes.data, use_bias, relu,
+                   accumulate, first_row, last_row, threaded)
+
+
+@numba.njit(**JIT)
 def supports(a, b, out):
-    """Whether matmul should run this product (float32 is the caller's check): an AVX-512 CPU, out
-    contiguous along n, b contiguous along n or along k, no negative strides, no empty side."""
+    """Whether the micro-kernels take this float32 product (see `product`), without running it."""
     item = 4
     m, k = a.shape
     n = b.shape[1]
+    bt, ldb = _b_layout(k, n, b.strides[0] // item, b.strides[1] // item)
     if not AVAILABLE or m == 0 or n == 0 or (out.strides[1] != item and n > 1) or (out.strides[0] < 0 and m > 1):
         return False
-    if k == 0:  # nothing is read
-        return True
-    return _b_layout(b)[1] >= 0 and (a.strides[0] >= 0 or m == 1) and (a.strides[1] >= 0 or k == 1)
+    return k == 0 or (ldb >= 0 and (a.strides[0] >= 0 or m == 1) and (a.strides[1] >= 0 or k == 1))
 
 
 @numba.njit(**JIT)
 def matmul_rows(a, b, out, i0, i1, accumulate, bias, use_bias, relu):
     """out[i0:i1] = (out[i0:i1] if accumulate) + a[i0:i1] @ b (+ bias (n,) if use_bias), then max(0, .) if
-    relu; float32, on the calling thread (safe inside a prange body or any thread). a (m, k) any strides;
-    b (k, n) and out (m, n) as `supports` says."""
-    item = 4
-    bt, ldb = _b_layout(b)
-    _range(a.ctypes.data, a.strides[0] // item, a.strides[1] // item, b.ctypes.data, ldb, bt, out.ctypes.data,
-           out.strides[0] // item, b.shape[1], a.shape[1], i0, i1, accumulate, bias.ctypes.data, use_bias, relu)
+    relu; float32 arrays, on the calling thread. Requires `supports` (it raises otherwise)."""
+    if not _run(a, b, out, accumulate, bias, use_bias, relu, i0, i1, False):
+        raise ValueError("sgemm does not take these operands (see supports)")
 
 
 @numba.njit(**JIT)
 def matmul(a, b, out, accumulate, bias, use_bias, relu):
-    """matmul_rows over all rows, on the threads set by set_threads when the product is large enough to
-    pay for waking them. Not from inside a prange body (matmul_rows is for that)."""
-    m, k = a.shape
-    n = b.shape[1]
-    count = threads()
-    if count > 1 and 2 * m * n * k >= PARALLEL_MIN_FLOPS:
-        # Split the rows or the columns, whichever gives the threads the most equal shares (the rows on a
-        # tie): 128 rows in 14-row blocks split 70 + 58, while 256 columns split into 4 + 4 strips.
-        blocks = (m + MR - 1) // MR
-        strips = (n + NR - 1) // NR
-        most_rows = min(m, -(-blocks // count) * MR)
-        most_columns = min(n, -(-strips // count) * NR)
-        by_columns = n * most_rows > m * most_columns  # columns' share smaller, relative to the whole
-        parts = min(count, strips if by_columns else blocks)
-        item = 4
-        bt, ldb = _b_layout(b)
-        _range_parallel(a.ctypes.data, a.strides[0] // item, a.strides[1] // item, b.ctypes.data, ldb, bt,
-                        out.ctypes.data, out.strides[0] // item, m, n, k, accumulate, bias.ctypes.data, use_bias,
-                        relu, parts, by_columns)
-    else:
-        matmul_rows(a, b, out, 0, m, accumulate, bias, use_bias, relu)
+    """matmul_rows over all rows, on the threads set_threads allows when the product is large enough."""
+    if not _run(a, b, out, accumulate, bias, use_bias, relu, 0, a.shape[0], True):
+        raise ValueError("sgemm does not take these operands (see supports)")
