@@ -1,10 +1,10 @@
 """float32 matrix products on AVX-512 vectors written as LLVM IR: out (m, n) (+)= a (m, k) @ b (k, n),
 with an optional bias and ReLU applied while the tile is in registers.
 
-Why not BLAS. On this Xeon NumPy's OpenBLAS (SkylakeX kernels) runs the benchmark MLP's products at
-130-160 GFLOP/s per core; the micro-kernel below runs them at 165-185 (bench/gemm.py; the FMA peak is
-~220), about what PyTorch's MKL reaches, and its epilogue saves Dense a pass over the output for the bias
-and ReLU.
+Why not BLAS. On this Xeon NumPy's OpenBLAS (SkylakeX kernels) runs the benchmark MLP's large products
+at 135-185 GFLOP/s on one core; the micro-kernel below runs them at 160-215 (bench/gemm.py; the FMA peak
+is ~225), close to PyTorch's MKL, and its epilogue saves Dense a pass over the output for the bias and
+ReLU.
 
 Why LLVM IR. The micro-kernel keeps a 14 x 32 tile of `out` in 28 vector registers while it walks k: per
 step it loads one 32-wide row of b (two <16 x float> vectors), broadcasts each of the 14 values of a's
