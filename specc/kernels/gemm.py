@@ -202,13 +202,7 @@ def _affine_njit(a, b, bias, use_bias, relu, out, threaded=True):
         return generic
 
     def impl(a, b, bias, use_bias, relu, out, threaded=True):
-        item = 4
-        done = sgemm.product(a.ctypes.data, a.strides[0] // item, a.strides[1] // item, a.shape[0], a.shape[1],
-                             b.ctypes.data, b.strides[0] // item, b.strides[1] // item, b.shape[1],
-                             out.ctypes.data, out.strides[0] // item, out.strides[1] // item,
-                             bias.ctypes.data, use_bias, relu, False, 0, a.shape[0], threaded) \
-            if (not use_bias or bias.strides[0] == item or bias.shape[0] <= 1) else False
-        if not done:
+        if not sgemm.run(a, b, out, False, bias, use_bias, relu, 0, a.shape[0], threaded):
             matmul_blas(a, b, out)
             if use_bias or relu:
                 _bias_relu(out, bias, use_bias, relu)

@@ -415,6 +415,15 @@ def _b_layout(k, n, row_step, col_step):
 
 
 @numba.njit(**JIT)
+def _takes(m, k, n, a_rows, a_cols, ldb, out_rows, out_cols):
+    """Whether the micro-kernels run a product with these shapes and strides (elements; ldb from
+    _b_layout, -1 when b is contiguous along neither axis)."""
+    if not AVAILABLE or m == 0 or n == 0 or (out_cols != 1 and n > 1) or (out_rows < 0 and m > 1):
+        return False
+    return k == 0 or (ldb >= 0 and (a_rows >= 0 or m == 1) and (a_cols >= 0 or k == 1))
+
+
+@numba.njit(**JIT)
 def product(a, a_rows, a_cols, m, k, b, b_rows, b_cols, n, out, out_rows, out_cols, bias, use_bias, relu,
             accumulate, first_row, last_row, threaded):
     """out[first_row:last_row] = (out if accumulate) + a @ b (+ bias if use_bias), then max(0, .) if relu,
@@ -425,9 +434,7 @@ def product(a, a_rows, a_cols, m, k, b, b_rows, b_cols, n, out, out_rows, out_co
     enough to pay for waking them (never from inside a prange body or a thread of in_threads).
     All integers, so it compiles once whatever the callers' array layouts."""
     bt, ldb = _b_layout(k, n, b_rows, b_cols)
-    if not AVAILABLE or m == 0 or n == 0 or (out_cols != 1 and n > 1) or (out_rows < 0 and m > 1):
-        return False
-    if k > 0 and (ldb < 0 or (a_rows < 0 and m > 1) or (a_cols < 0 and k > 1)):
+    if not _takes(m, k, n, a_rows, a_cols, ldb, out_rows, out_cols):
         return False
     count = threads() if threaded else 1
     if count > 1 and 2 * m * n * k >= PARALLEL_MIN_FLOPS and last_row - first_row == m:
@@ -449,40 +456,39 @@ def product(a, a_rows, a_cols, m, k, b, b_rows, b_cols, n, out, out_rows, out_co
 
 
 @numba.njit(**JIT)
-def _run(a, b, out, accumulate, bias, use_bias, relu, first_row, last_row, threaded):
-    """product on arrays; False when it does not take them (a strided bias included)."""
+def run(a, b, out, accumulate, bias, use_bias, relu, first_row, last_row, threaded):
+    """`product` on float32 arrays; False, having done nothing, when the micro-kernels do not take them
+    (see `supports`; a strided bias too)."""
     item = 4
     if use_bias and bias.strides[0] != item and bias.shape[0] > 1:
         return False
     return product(a.ctypes.data, a.strides[0] // item, a.strides[1] // item, a.shape[0], a.shape[1],
                    b.ctypes.data, b.strides[0] // item, b.strides[1] // item, b.shape[1],
                    out.ctypes.data, out.strides[0] // item, out.strides[1] // item,
-                   bias.ctypes.data, use_bias, relu,
-                   accumulate, first_row, last_row, threaded)
+                   bias.ctypes.data, use_bias, relu, accumulate, first_row, last_row, threaded)
 
 
 @numba.njit(**JIT)
 def supports(a, b, out):
-    """Whether the micro-kernels take this float32 product (see `product`), without running it."""
+    """Whether the micro-kernels take this float32 product, without running it."""
     item = 4
     m, k = a.shape
     n = b.shape[1]
-    bt, ldb = _b_layout(k, n, b.strides[0] // item, b.strides[1] // item)
-    if not AVAILABLE or m == 0 or n == 0 or (out.strides[1] != item and n > 1) or (out.strides[0] < 0 and m > 1):
-        return False
-    return k == 0 or (ldb >= 0 and (a.strides[0] >= 0 or m == 1) and (a.strides[1] >= 0 or k == 1))
+    ldb = _b_layout(k, n, b.strides[0] // item, b.strides[1] // item)[1]
+    return _takes(m, k, n, a.strides[0] // item, a.strides[1] // item, ldb, out.strides[0] // item,
+                  out.strides[1] // item)
 
 
 @numba.njit(**JIT)
 def matmul_rows(a, b, out, i0, i1, accumulate, bias, use_bias, relu):
     """out[i0:i1] = (out[i0:i1] if accumulate) + a[i0:i1] @ b (+ bias (n,) if use_bias), then max(0, .) if
     relu; float32 arrays, on the calling thread. Requires `supports` (it raises otherwise)."""
-    if not _run(a, b, out, accumulate, bias, use_bias, relu, i0, i1, False):
+    if not run(a, b, out, accumulate, bias, use_bias, relu, i0, i1, False):
         raise ValueError("sgemm does not take these operands (see supports)")
 
 
 @numba.njit(**JIT)
 def matmul(a, b, out, accumulate, bias, use_bias, relu):
     """matmul_rows over all rows, on the threads set_threads allows when the product is large enough."""
-    if not _run(a, b, out, accumulate, bias, use_bias, relu, 0, a.shape[0], True):
+    if not run(a, b, out, accumulate, bias, use_bias, relu, 0, a.shape[0], True):
         raise ValueError("sgemm does not take these operands (see supports)")
