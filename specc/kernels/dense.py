@@ -1,8 +1,8 @@
-"""Dense: y = x @ kernel + bias over rows, and its gradients. In float32 the forward product and the
-kernel gradient (x.T @ dz, a transposed view sgemm reads in place) run on sgemm, the forward with the
-bias (and a ReLU, for callers that fuse it) added in the product's epilogue; the input gradient
-(dz @ kernel.T, whose b is not contiguous along n) and other dtypes go to BLAS (gemm.matmul decides).
-Every function here is njit and allocates nothing, so a fused kernel can call them."""
+"""Dense: y = x @ kernel + bias over rows, and its gradients. In float32 on an AVX-512 CPU all three
+products run on sgemm: the forward with the bias (and a ReLU, for callers that fuse it) added in the
+product's epilogue, the kernel gradient reading x.T in place, the input gradient packing kernel.T strip by
+strip; other dtypes go to BLAS (gemm.affine decides). Every function here is njit and allocates nothing,
+so a fused kernel can call them."""
 
 from __future__ import annotations
 
