@@ -149,3 +149,14 @@ def test_affine_dispatch_gives_the_same_numbers(dtype, b_how, threads):
     out = np.full((30, 25), np.nan, dtype)
     _affine_compiled(a, b_view, bias, True, True, out)
     _check(out, *_reference(a, b, 0, bias, False, True, True))
+
+
+def test_products_use_numbas_threads_until_configured():
+    # the Python API never calls configure_threads: sgemm starts at Numba's count, as BLAS does at its own
+    import subprocess
+    import sys
+
+    code = "import numba; from specc.kernels import sgemm; print(sgemm.threads() == numba.get_num_threads())"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "True"

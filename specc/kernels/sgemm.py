@@ -354,8 +354,9 @@ def _rows_bt(a, ars, acs, b, ldb, out, ldo, n, k, i0, i1, accumulate, bias, use_
 load_scipy_blas()  # before the C callable below starts Numba's CPU target, which would import all of scipy.linalg
 # Start Numba's thread pool before any cached kernel is loaded: machine code that links sgemm's (or the
 # optimizers') parallel loops calls the pool's entry points, which Numba registers with LLVM only when it
-# starts the pool; a kernel loaded from the cache before that called address 0. (~15 ms.)
-numba.get_num_threads()
+# starts the pool; a kernel loaded from the cache before that called address 0. (~15 ms.) Until
+# configure_threads says otherwise, sgemm uses as many threads as Numba (and BLAS) do by default.
+set_threads(numba.get_num_threads())
 
 # The drivers are compiled once, as C callables, and kernels call them by symbol names registered with
 # LLVM (like the BLAS functions in gemm.py). A plain njit call would link their IR, with the inlined
