@@ -561,3 +561,32 @@ def test_adam_matches_torch(torch, kind, amsgrad):
     ours = specc_run(kind, kwargs, variables, grads)
     theirs = torch_run(torch, torch.optim.Adam if kind == "adam" else torch.optim.AdamW, tkw, variables, grads)
     np.testing.assert_allclose(ours, theirs, rtol=1e-10, atol=1e-11)
+
+
+@pytest.mark.parametrize("kwargs", [{"type": "adam"}, {"type": "adamw", "weight_decay": 0.01},
+                                    {"type": "sgd"}, {"type": "sgd", "momentum": 0.9, "nesterov": True}],
+                         ids=["adam", "adamw", "sgd", "sgd-nesterov"])
+def test_large_variables_update_the_same_on_two_threads(kwargs):
+    # variables of >= PARALLEL_MIN_SIZE elements are updated in slices on several threads: elementwise,
+    # so the result must be the same bits as on one thread, clipping included
+    from specc.kernels import configure_threads, optim
+
+    sizes = [optim.PARALLEL_MIN_SIZE + 37, 5, 3 * optim.PARALLEL_MIN_SIZE]
+    offsets = np.cumsum([0] + sizes).astype(np.int64)
+    rng = np.random.default_rng(3)
+    params0 = rng.standard_normal(offsets[-1]).astype(np.float32)
+    grads = [rng.standard_normal(offsets[-1]).astype(np.float32) for _ in range(3)]
+    results = []
+    before = configure_threads(None)
+    try:
+        for threads in (1, 2):
+            configure_threads(threads)
+            opt = make_optimizer(OptimizerDef(learning_rate=0.01, clipnorm=50.0, **kwargs), offsets, np.float32)
+            params = params0.copy()
+            for g in grads:
+                opt.step(params, g.copy())
+            results.append(params)
+    finally:
+        configure_threads(before)
+    assert not np.array_equal(results[0], params0)
+    np.testing.assert_array_equal(results[0], results[1])

@@ -30,7 +30,7 @@ import numba
 from . import JIT, sgemm
 
 NO_CLIP, CLIPNORM, CLIPVALUE, GLOBAL_CLIPNORM = range(4)
-PARALLEL_MIN_SIZE = 1 << 16  # elements of a variable below which its update stays on one thread
+PARALLEL_MIN_SIZE = 1 << 16  # elements of a variable below which SGD's and Adam's updates stay on one thread
 
 # "No clip" bound: finite (fastmath assumes there are no infinities) in float32 as well as float64, since
 # the element loops compute in the parameters' dtype.
@@ -89,13 +89,27 @@ def _sgd(w, grad, scale, lo, hi, decay, lr, momentum, nesterov, m):
             w[i] = w[i] * decay - g * lr
 
 
+@numba.njit(parallel=True, **JIT)
+def _sgd_parallel(w, grad, scale, lo, hi, decay, lr, momentum, nesterov, m, parts):
+    """_sgd over `parts` threads, each on a contiguous slice (m is empty without momentum)."""
+    n = w.shape[0]
+    for t in numba.prange(parts):
+        a, b = n * t // parts, n * (t + 1) // parts
+        _sgd(w[a:b], grad[a:b], scale, lo, hi, decay, lr, momentum, nesterov, m[a:b] if momentum != 0.0 else m)
+
+
 @numba.njit(**JIT)
 def sgd(params, grads, offsets, clip_mode, clip, decay, lr, momentum, nesterov, m):
     gs = _global_scale(clip_mode, clip, grads)
+    threads = sgemm.threads()
     for k in range(offsets.shape[0] - 1):
         a, b = offsets[k], offsets[k + 1]
         scale, lo, hi = _clipping(clip_mode, clip, gs, grads[a:b])
-        _sgd(params[a:b], grads[a:b], scale, lo, hi, decay, lr, momentum, nesterov, m[a:b] if momentum != 0.0 else m)
+        mk = m[a:b] if momentum != 0.0 else m
+        if threads > 1 and b - a >= PARALLEL_MIN_SIZE:
+            _sgd_parallel(params[a:b], grads[a:b], scale, lo, hi, decay, lr, momentum, nesterov, mk, threads)
+        else:
+            _sgd(params[a:b], grads[a:b], scale, lo, hi, decay, lr, momentum, nesterov, mk)
 
 
 # --- Adam / AdamW -----------------------------------------------------------------------------------------
