@@ -9,7 +9,7 @@ the same compiled code serves both.
 im2col lays the window of output position (n, oh, ow) out as one row of `cols`, taps in (i, j, c) order,
 which is exactly the order of a Keras kernel (kh, kw, C, F) reshaped to (kh*kw*C, F). Reading x[n, ih, iw, :]
 copies C contiguous values, so the copy is cache friendly in channels_last; the convolution itself is then
-a BLAS GEMM (np.dot inside njit calls BLAS through SciPy).
+one matrix product (gemm.affine: sgemm in float32 on AVX-512, else BLAS).
 
 The batch is cut into chunks of whole samples, shared between threads: each chunk lays out only its own
 windows, in a scratch that stays in cache, and runs its own single-threaded GEMM, instead of one im2col of
@@ -278,8 +278,8 @@ def conv_forward(x, kernel, bias, use_bias, g, out, relu=False):
     max(out, 0).
 
     Chunks of samples in parallel: each chunk lays its windows out in its own scratch (rows, kh*kw*C),
-    tap-major for few channels, and multiplies them by the kernel with one single-threaded BLAS GEMM;
-    the bias (and the ReLU) is applied while the chunk's output is in cache.
+    tap-major for few channels, and multiplies them by the kernel with one single-threaded product whose
+    epilogue adds the bias (and applies the ReLU) while each tile is in registers (gemm.affine).
     Conv2DTranspose's backward uses this too, for d(input) = im2col(dy) @ kernel.
     """
     n, ho, wo, f = out.shape
