@@ -113,11 +113,11 @@ def _declare(module, name, fn_type):
     return module.globals.get(name) or ir.Function(module, fn_type, name=name)
 
 
-def _micro_kernel(rows: int, masked: bool, vectors: int = 2):
+def _micro_kernel(rows: int, masked: bool):
     """An intrinsic for one tile, on float32 arrays given by address:
         out[r*ldo + j] = (out[r*ldo + j] if accumulate) + sum_p a[r*ars + p*acs] * b[p*ldb + j]
                          (+ bias[j] if use_bias), then max(0, .) if relu
-    for r < rows, j < 16 * vectors (masked: only j < cols).
+    for r < rows, j < 32 (masked: only j < cols).
     Arguments (a, ars, acs, b, ldb, out, ldo, k, cols, accumulate, bias, use_bias, relu); strides count
     elements. Addresses (int64), not arrays, so the drivers compile once whatever the callers' layouts."""
 
@@ -136,6 +136,7 @@ def _micro_kernel(rows: int, masked: bool, vectors: int = 2):
             store_masked = _declare(module, "llvm.masked.store.v16f32.p0",
                                     ir.FunctionType(ir.VoidType(), [_V, _VP, _I32, _MASK]))
             zero = ir.Constant(_V, [0.0] * LANES)
+            vectors = NR // LANES
             splat_index = ir.Constant(ir.VectorType(_I32, LANES), [0] * LANES)
 
             def const(v):
@@ -268,6 +269,12 @@ def _strip(rows, a, ars, acs, b, ldb, out, ldo, cols, k, acc, bias, use_bias, re
 
 
 @numba.njit(**JIT)
+def _block_rows(i, i1):
+    """Rows of the next block from row i of i0:i1: 14, then 4, 2, 1 for the last few."""
+    return MR if i + MR <= i1 else 4 if i + 4 <= i1 else 2 if i + 2 <= i1 else 1
+
+
+@numba.njit(**JIT)
 def _row_block(rows, a, ars, acs, b, ldb, out, ldo, width, k, acc, bias, use_bias, relu):
     """`rows` rows of out over `width` columns, strip by strip."""
     for j in range(0, width, NR):
@@ -315,7 +322,7 @@ def _rows(a, ars, acs, b, ldb, out, ldo, n, k, i0, i1, accumulate, bias, use_bia
             b_at = b + 4 * (p0 * ldb + j0)
             i = i0
             while i < i1:
-                rows = MR if i + MR <= i1 else 4 if i + 4 <= i1 else 2 if i + 2 <= i1 else 1
+                rows = _block_rows(i, i1)
                 _row_block(rows, a + 4 * (i * ars + p0 * acs), ars, acs, b_at, ldb, out + 4 * (i * ldo + j0), ldo,
                            width, kk, acc, bias + 4 * j0, use_bias and last, relu and last)
                 i += rows
@@ -342,7 +349,7 @@ def _rows_bt(a, ars, acs, b, ldb, out, ldo, n, k, i0, i1, accumulate, bias, use_
                     _copy_float(strip_at + 4 * (p * NR + q), src + 4 * (q * ldb + p))
             i = i0
             while i < i1:
-                rows = MR if i + MR <= i1 else 4 if i + 4 <= i1 else 2 if i + 2 <= i1 else 1
+                rows = _block_rows(i, i1)
                 _strip(rows, a + 4 * (i * ars + p0 * acs), ars, acs, strip_at, NR, out + 4 * (i * ldo + j0), ldo,
                        cols, kk, accumulate or p0 > 0, bias + 4 * j0, use_bias and last, relu and last)
                 i += rows
@@ -361,13 +368,12 @@ set_threads(numba.get_num_threads())
 # The drivers are compiled once, as C callables, and kernels call them by symbol names registered with
 # LLVM (like the BLAS functions in gemm.py). A plain njit call would link their IR, with the inlined
 # micro-kernels (and the parallel loop's), into every caller, and Numba optimises each caller's linked
-# module again: the benchmark CNN's cold compile took 20 s instead of 8.
-_CFUNC = dict(cache=True, fastmath=True, nogil=True, error_model="numpy")
+# module again: the benchmark CNN's cold start took 20 s instead of 14.
 _RANGE_SIG = types.void(*(types.int64,) * 16)
 _PARALLEL_SIG = types.void(*(types.int64,) * 17)
 
 
-@numba.cfunc(_RANGE_SIG, **_CFUNC)
+@numba.cfunc(_RANGE_SIG, **JIT)
 def _range_c(a, ars, acs, b, ldb, bt, out, ldo, n, k, i0, i1, accumulate, bias, use_bias, relu):
     """Rows i0:i1 by _rows, or by _rows_bt when b is stored transposed (bt); flags are 0/1."""
     if bt:
@@ -380,7 +386,7 @@ llvmlite.binding.add_symbol("specc_sgemm_range", _range_c.address)
 _range_ext = types.ExternalFunction("specc_sgemm_range", _RANGE_SIG)
 
 
-@numba.cfunc(_PARALLEL_SIG, parallel=True, **_CFUNC)
+@numba.cfunc(_PARALLEL_SIG, parallel=True, **JIT)
 def _range_parallel_c(a, ars, acs, b, ldb, bt, out, ldo, m, n, k, accumulate, bias, use_bias, relu, parts,
                       by_columns):
     """_range_c over `parts` threads, each on a contiguous range of 14-row blocks of out, or (by_columns)
