@@ -66,8 +66,32 @@ def _flatten(graph: Graph) -> tuple[list[Step], dict[str, str]]:
     return steps, alias
 
 
+def _plan(steps: list[Step], output_names: list[str]) -> list[Step]:
+    """The steps as forward runs them: a convolution whose output only a max pooling reads (and that is
+    not a model output) runs with it as one step (layers/fusion.py), under the pooling's name."""
+    from .layers.fusion import ConvPool, fusable
+
+    readers: dict[str, list[Step]] = {}
+    for s in steps:
+        for name in s.inbound:
+            readers.setdefault(name, []).append(s)
+    plan: list[Step] = []
+    absorbed: set[str] = set()
+    for s in steps:
+        if s.name in absorbed:
+            continue
+        after = readers.get(s.name, [])
+        pool = after[0] if len(after) == 1 and after[0].inbound == [s.name] else None
+        if pool is not None and s.name not in output_names and fusable(s.layer, pool.layer):
+            absorbed.add(pool.name)
+            s = Step(pool.name, ConvPool(s.layer, pool.layer), s.inbound, s.trainable, s.specs, s.input_shape,
+                     pool.output_shape, s.weights, s.grads)
+        plan.append(s)
+    return plan
+
+
 class Engine:
-    def __init__(self, graph: Graph, dtype: Any = np.float32):
+    def __init__(self, graph: Graph, dtype: Any = np.float32, fuse: bool = True):
         self.graph = graph
         self.dtype = np.dtype(dtype)
         self.steps, self._alias = _flatten(graph)
@@ -99,6 +123,10 @@ class Engine:
             for i, w in enumerate(s.specs):
                 if s.grads[i] is None and w.trainable:
                     s.grads[i] = np.zeros(w.shape, self.dtype)
+        # What forward and backward run: the steps, with fusable pairs as one (after the weights are placed:
+        # a fused step shares its convolution's views). fuse=False runs every layer apart (the tests
+        # compare the two).
+        self.plan = _plan(self.steps, self.output_names) if fuse else list(self.steps)
         # Gradients w.r.t. the model inputs (`_input_grads` after backward): the gradient checks want them,
         # training does not (the Trainer turns them off, saving the first layer's largest product).
         self.input_gradients = True
@@ -181,7 +209,7 @@ class Engine:
         values = {n: np.asarray(x, self.dtype) for n, x in zip(self.input_names, inputs)}
         self._saved.clear()
         self._pre.clear()
-        for s in self.steps:
+        for s in self.plan:
             self.workspace.owner = s.name
             x = [values[n] for n in s.inbound] if s.layer.is_merge else values[s.inbound[0]]
             # Batch statistics are used in training unless the layer is frozen (Keras's BN rule).
@@ -217,7 +245,7 @@ class Engine:
             _accumulate(grads, name, np.asarray(d, self.dtype))
             if pre:
                 fused.add(name)
-        for s in reversed(self.steps):
+        for s in reversed(self.plan):
             dy = grads.pop(s.name, None)
             if dy is None:
                 continue  # does not reach any output

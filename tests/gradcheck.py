@@ -18,10 +18,10 @@ H = 1e-6
 RTOL, ATOL = 1e-5, 1e-7
 
 
-def build(layer: dict, input_shapes: list[list[int]]) -> Engine:
+def build(layer: dict | list[dict], input_shapes: list[list[int]], fuse: bool = True) -> Engine:
     spec, errors = load_spec_text(model_yaml(layer, input_shapes), "gradcheck.yaml")
     assert not errors, [e.text() for e in errors]
-    engine = Engine(spec.graph, np.float64)
+    engine = Engine(spec.graph, np.float64, fuse=fuse)
     engine.initialize(0)
     return engine
 
@@ -37,7 +37,7 @@ def make_inputs(engine: Engine, batch: int, rng, int_high: int | None = None) ->
     return xs
 
 
-def check(layer: dict, input_shapes: list[list[int]], batch: int = 3, training: bool = False,
+def check(layer: dict | list[dict], input_shapes: list[list[int]], batch: int = 3, training: bool = False,
           integer_inputs: int | None = None, samples: int = 40, perturb_weights: bool = True) -> None:
     rng = np.random.default_rng(1)
     engine = build(layer, input_shapes)

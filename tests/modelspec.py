@@ -5,8 +5,12 @@ from __future__ import annotations
 import yaml
 
 
-def model_yaml(layer: dict, input_shapes: list[list[int]], name: str = "under_test") -> str:
-    """A spec with one layer: Sequential for one input, Functional (inputs in0, in1, ...) for merges."""
+def model_yaml(layer: dict | list[dict], input_shapes: list[list[int]], name: str = "under_test") -> str:
+    """A spec with one layer: Sequential for one input, Functional (inputs in0, in1, ...) for merges. A
+    list of layers is a Sequential stack of them on one input."""
+    if isinstance(layer, list):
+        model = {"input": input_shapes[0], "layers": layer}
+        return yaml.safe_dump({"specc": 1, "seed": 0, "model": model}, sort_keys=False)
     layer = dict(layer, name=name)
     if len(input_shapes) == 1:
         model = {"input": input_shapes[0], "layers": [layer]}

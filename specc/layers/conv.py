@@ -76,7 +76,7 @@ class _Windowed(LayerSpec):
 
     runs_own_threads: ClassVar[bool] = True
 
-    def _window(self, sample_shape):
+    def window(self, sample_shape):
         """(output spatial shape, kernel geometry) for samples of `sample_shape` (no batch axis)."""
         out_spatial = self._spatial(sample_shape)
         return out_spatial, geometry(sample_shape[:-1], out_spatial, self.kernel_size, self.strides,
@@ -143,7 +143,7 @@ class _Conv(_Windowed):
         from ..kernels import conv
 
         x4 = as_image(x)  # (N, H, W, C)
-        out_spatial, g = self._window(x.shape[1:])
+        out_spatial, g = self.window(x.shape[1:])
         n = x4.shape[0]
         ho, wo = ((1,) + out_spatial)[-2:]
         f = self.filters
@@ -310,7 +310,7 @@ class DepthwiseConv2D(_Windowed):
         from ..kernels import conv
 
         x4 = np.ascontiguousarray(x)  # (N, H, W, C)
-        out_spatial, g = self._window(x4.shape[1:])
+        out_spatial, g = self.window(x4.shape[1:])
         cm = x4.shape[3] * self.depth_multiplier
         out = empty("out", (x4.shape[0],) + out_spatial + (cm,), x4.dtype)  # (N, Ho, Wo, C*m)
         bias = w[1] if self.use_bias else np.zeros(cm, x4.dtype)
@@ -374,7 +374,7 @@ class SeparableConv2D(_Windowed):
         from ..kernels import conv
 
         x4 = np.ascontiguousarray(x)  # (N, H, W, C)
-        out_spatial, g = self._window(x4.shape[1:])
+        out_spatial, g = self.window(x4.shape[1:])
         n, cm, f = x4.shape[0], x4.shape[3] * self.depth_multiplier, self.filters
         z = empty("z", (n,) + out_spatial + (cm,), x4.dtype)
         conv.depthwise_forward(x4, w[0], np.zeros(cm, x4.dtype), False, g, z)

@@ -31,6 +31,12 @@ class _Pool(LayerSpec):
 
     _max: ClassVar[bool] = False  # max or average
 
+    def window(self, sample_shape):
+        """(output spatial shape, window geometry for kernels.pooling) for samples of `sample_shape`."""
+        out_spatial = self.compute_output_shape(sample_shape)[:-1]
+        return out_spatial, geometry(sample_shape[:-1], out_spatial, self.pool_size, self.strides or self.pool_size,
+                                     (1,) * len(self.pool_size), self.padding)
+
     # 1-D pooling runs as 2-D over an image of height 1 (kernels.pooling).
     def forward(self, w, x, training, rng):
         import numpy as np
@@ -38,9 +44,7 @@ class _Pool(LayerSpec):
         from ..kernels import pooling
 
         x4 = as_image(x)  # (N, H, W, C)
-        out_spatial = self.compute_output_shape(x.shape[1:])[:-1]
-        g = geometry(x.shape[1:-1], out_spatial, self.pool_size, self.strides or self.pool_size,
-                     (1,) * len(self.pool_size), self.padding)
+        out_spatial, g = self.window(x.shape[1:])
         n, ho, wo, c = (x4.shape[0],) + ((1,) + out_spatial)[-2:] + (x4.shape[3],)
         out = empty("out", (n, ho, wo, c), x4.dtype)
         if self._max:

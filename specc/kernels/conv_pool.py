@@ -1,0 +1,112 @@
+"""A convolution (linear or ReLU) and the max pooling that takes its output, run as one step chunk by chunk
+(the engine fuses the two layers when nothing else reads the convolution's output: specc/layers/fusion.py).
+
+Why. Run as two layers, the convolution's output is the largest tensor of a CNN, and it crosses memory
+five times per training step: written by the convolution, read by the pooling, its gradient written by the
+pooling's backward, then read by the convolution's backward along with the output itself (the ReLU's
+mask). The benchmark CNN's first layer (28x28x1 -> 32, 9 multiply-adds per output value) was bound by that
+traffic: 5.7 ms per step of 128 on one core, for 0.1 GFLOP. Here each chunk of samples goes through the
+convolution into a per-thread scratch that stays in L2, and is pooled from there; backward routes the
+pooled gradient back into that scratch and takes the kernel gradient from it. Only the pooled output, its
+winners and x go to memory.
+
+The pieces are the layers' own kernels (conv._forward_rows / _backward_rows, pooling._max_forward /
+_max_backward) on the same chunks conv_forward uses, so the results are bit-for-bit those of the two
+layers run apart (tests/test_fusion.py).
+"""
+
+from __future__ import annotations
+
+import numba
+
+from ..workspace import empty
+from . import JIT
+from .conv import (
+    _backward_rows,
+    _chunking,
+    _forward_rows,
+    _scratch,
+    _sum_parts,
+    in_threads,
+    one_blas_thread,
+    share_count,
+)
+from .pooling import _max_backward, _max_forward
+
+
+@numba.njit(**JIT)
+def _forward_range(x, kernel, bias, use_bias, relu, g, pg, ho, wo, spc, t0, t1, scratch, z_scratch, out, argmax):
+    """Chunks t0:t1 of spc samples each, on the calling thread: the chunk's convolution (Ho, Wo, F) per
+    sample, into z_scratch, then max-pooled by window geometry pg into out and argmax (N, Po, Qo, F)."""
+    n_ = x.shape[0]
+    f = kernel.shape[1]
+    per = ho * wo
+    for t in range(t0, t1):
+        n0 = t * spc
+        n1 = min(n0 + spc, n_)
+        z = z_scratch[: (n1 - n0) * per * f].reshape(n1 - n0, ho, wo, f)
+        _forward_rows(x, kernel, bias, use_bias, relu, g, n0, n1, ho, wo, scratch, z.reshape((n1 - n0) * per, f))
+        _max_forward(z, pg, 0, n1 - n0, out[n0:n1], argmax[n0:n1])
+
+
+@numba.njit(**JIT)
+def _backward_range(x, kernel, dp, pooled, argmax, relu, use_bias, need_dk, need_dx, g, pg, ho, wo, spc, t0, t1,
+                    scratch, dz_scratch, dp_scratch, dk_parts, db_parts, dx):
+    """Chunks t0:t1, on the calling thread: the pooled gradient dp (N, Po, Qo, F), through the ReLU, is
+    routed to the pooling's winners in dz_scratch (the chunk's convolution output gradient), from which
+    _backward_rows takes the chunk's kernel, bias and input gradients."""
+    n_ = x.shape[0]
+    f = kernel.shape[1]
+    per = ho * wo
+    zero = dp.dtype.type(0)
+    for t in range(t0, t1):
+        n0 = t * spc
+        n1 = min(n0 + spc, n_)
+        # The ReLU passed the winner's gradient where the pooled output is > 0: the maximum of a ReLU's
+        # outputs is the ReLU of the maximum, and its winner is the same position.
+        src = dp[n0:n1]
+        d = dp_scratch[: src.size].reshape(src.shape)  # (n1 - n0, Po, Qo, F)
+        kept = pooled[n0:n1]
+        for a in range(src.shape[0]):
+            for b in range(src.shape[1]):
+                for c in range(src.shape[2]):
+                    for q in range(f):
+                        d[a, b, c, q] = src[a, b, c, q] if kept[a, b, c, q] > zero or not relu else zero
+        dz = dz_scratch[: (n1 - n0) * per * f].reshape(n1 - n0, ho, wo, f)
+        _max_backward(d, argmax[n0:n1], pg, 0, n1 - n0, dz)
+        _backward_rows(x, kernel, dz.reshape((n1 - n0) * per, f), use_bias, need_dk, need_dx, g, n0, n1, ho, wo, t,
+                       scratch, dk_parts, db_parts, dx)
+
+
+def conv_pool_forward(x, kernel, bias, use_bias, relu, g, pg, ho, wo, out, argmax):
+    """x (N, H, W, C), kernel (kh*kw*C, F), bias (F,) -> out and argmax (N, Po, Qo, F): the max pooling
+    (geometry pg) of the convolution (geometry g, output Ho x Wo, then max(., 0) with relu), as
+    conv.conv_forward followed by pooling.max_forward compute them, without the convolution's full output."""
+    n = x.shape[0]
+    f = kernel.shape[1]
+    spc, chunks = _chunking(n, ho * wo, kernel.shape[0], f, x.itemsize)
+    scratch = _scratch(chunks, spc * ho * wo * kernel.shape[0], x.dtype)
+    z_scratch = empty("conv output", (share_count(chunks), spc * ho * wo * f), x.dtype)
+    with one_blas_thread():
+        in_threads(chunks, lambda share, t0, t1: _forward_range(x, kernel, bias, use_bias, relu, g, pg, ho, wo, spc,
+                                                                t0, t1, scratch[share], z_scratch[share], out, argmax))
+
+
+def conv_pool_backward(x, kernel, dp, pooled, argmax, relu, use_bias, need_dx, g, pg, ho, wo, dkernel, dbias, dx):
+    """The gradients of conv_pool_forward from dp (N, Po, Qo, F), the gradient of its output `pooled`:
+    dkernel (kh*kw*C, F), dbias (F,) and, with need_dx, dx (N, H, W, C). Per-chunk partial sums in chunk
+    order, as conv.conv_backward."""
+    n = x.shape[0]
+    k, f = kernel.shape
+    spc, chunks = _chunking(n, ho * wo, k, f, x.itemsize)
+    dk_parts = empty("kernel gradient parts", (chunks, k, f), x.dtype)
+    db_parts = empty("bias gradient parts", (chunks if use_bias else 0, f), x.dtype)
+    shares = share_count(chunks)
+    scratch = _scratch(chunks, spc * ho * wo * k, x.dtype)
+    dz_scratch = empty("conv output gradient", (shares, spc * ho * wo * f), x.dtype)
+    dp_scratch = empty("pooled gradient", (shares, spc * dp[0].size), x.dtype)
+    with one_blas_thread():
+        in_threads(chunks, lambda share, t0, t1: _backward_range(
+            x, kernel, dp, pooled, argmax, relu, use_bias, True, need_dx, g, pg, ho, wo, spc, t0, t1, scratch[share],
+            dz_scratch[share], dp_scratch[share], dk_parts, db_parts, dx))
+    _sum_parts(dk_parts, dbias, db_parts, True, use_bias, dkernel)

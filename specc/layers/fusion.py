@@ -1,0 +1,69 @@
+"""Pairs of layers the engine runs as one step: a Conv1D/Conv2D (linear or ReLU) whose output only a
+MaxPooling1D/2D of the same rank reads. The pair computes exactly what the two layers compute apart
+(kernels/conv_pool.py says why it is faster); the model, its summary, weights and layer names do not change,
+since this exists only in the engine's execution plan (Engine.plan)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..workspace import empty
+from .conv import Conv1D, Conv2D, as_image
+from .pooling import MaxPooling1D, MaxPooling2D
+
+_PAIRS = ((Conv2D, MaxPooling2D), (Conv1D, MaxPooling1D))
+
+
+def fusable(conv: Any, pool: Any) -> bool:
+    """Whether ConvPool runs conv followed by pool (the engine checks that nothing else reads conv's output)."""
+    return (any(type(conv) is c and type(pool) is p for c, p in _PAIRS)
+            and conv.activation in ("linear", "relu"))
+
+
+class ConvPool:
+    """The runtime side of a layer (see LayerSpec) for conv then pool; its weights are the convolution's."""
+
+    is_merge = False
+    runs_own_threads = True
+
+    def __init__(self, conv: Any, pool: Any):
+        self.conv, self.pool = conv, pool
+
+    def output_activation(self) -> str:
+        return "linear"
+
+    def applies_activation(self) -> bool:
+        return False
+
+    def forward(self, w, x, training, rng):
+        import numpy as np
+
+        from ..kernels import conv_pool
+
+        conv, f = self.conv, self.conv.filters
+        x4 = as_image(x)  # (N, H, W, C)
+        conv_spatial, g = conv.window(x.shape[1:])
+        pooled_spatial, pg = self.pool.window(conv_spatial + (f,))
+        ho, wo = ((1,) + conv_spatial)[-2:]
+        n = x4.shape[0]
+        shape = (n,) + ((1,) + pooled_spatial)[-2:] + (f,)  # (N, Po, Qo, F)
+        out = empty("out", shape, x4.dtype)
+        argmax = empty("argmax", shape, np.int32)  # the winner's index oh*Wo + ow in the convolution's output
+        bias = w[1] if conv.use_bias else np.zeros(f, x4.dtype)
+        relu = conv.activation == "relu"
+        conv_pool.conv_pool_forward(x4, w[0].reshape(-1, f), bias, conv.use_bias, relu, g, pg, ho, wo, out, argmax)
+        return out.reshape((n,) + pooled_spatial + (f,)), (x4, x.shape, g, pg, ho, wo, out, argmax, relu)
+
+    def backward(self, w, g, saved, dy, need_dx=True):
+        import numpy as np
+
+        from ..kernels import conv_pool
+
+        x4, in_shape, geom, pg, ho, wo, out, argmax, relu = saved
+        f = self.conv.filters
+        dp = np.ascontiguousarray(dy).reshape(out.shape)  # (N, Po, Qo, F)
+        dx = empty("dx", x4.shape, x4.dtype)  # (N, H, W, C)
+        dbias = g[1] if self.conv.use_bias else np.empty(f, dp.dtype)
+        conv_pool.conv_pool_backward(x4, w[0].reshape(-1, f), dp, out, argmax, relu, self.conv.use_bias, need_dx,
+                                     geom, pg, ho, wo, g[0].reshape(-1, f), dbias, dx)
+        return dx.reshape(in_shape) if need_dx else None

@@ -1,0 +1,142 @@
+"""A convolution and the max pooling that reads it, run as one step (specc/layers/fusion.py): the engine
+fuses them only where nothing else reads the convolution's output, the pair gives bit for bit what the
+two layers give apart (outputs, weight and input gradients; batches of several chunks, ReLU ties
+included), the same at 1 and 2 threads, and its gradients match finite differences in float64."""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import pytest
+import yaml
+
+from specc.engine import Engine
+from specc.layers.fusion import ConvPool
+from specc.spec import load_spec_text
+
+from .gradcheck import build, check
+
+IMG1, IMG5 = [[12, 11, 1]], [[9, 8, 5]]  # one channel (tap-major windows) and five (row-major windows)
+
+
+def conv2d(**kw):
+    return {"type": "Conv2D", "filters": 4, "kernel_size": [3, 3], **kw}
+
+
+def pool2d(**kw):
+    return {"type": "MaxPooling2D", **kw}
+
+
+# (id, [conv, pool], input shapes)
+CASES = [
+    ("c1_relu_pool2", [conv2d(activation="relu"), pool2d()], IMG1),
+    ("c5_linear_pool2_odd", [conv2d(), pool2d()], IMG5),  # 7 x 6 -> 3 x 3: the last row is in no window
+    ("c1_same_strided_pool3_same", [conv2d(activation="relu", padding="same", strides=2),
+                                    pool2d(pool_size=3, strides=2, padding="same")], IMG1),
+    ("c5_no_bias_dilated_overlapping", [conv2d(use_bias=False, dilation_rate=2, activation="relu"),
+                                        pool2d(pool_size=2, strides=1)], IMG5),
+    ("c5_pool_non_square", [conv2d(activation="relu", kernel_size=[2, 3]), pool2d(pool_size=[2, 3])], IMG5),
+    ("conv1d_causal", [{"type": "Conv1D", "filters": 3, "kernel_size": 3, "padding": "causal",
+                        "activation": "relu"}, {"type": "MaxPooling1D", "pool_size": 3, "strides": 2}], [[12, 2]]),
+]
+BATCH = 37  # odd, and large enough for several chunks
+
+
+def engine_for(layers, shapes, fuse, dtype=np.float32):
+    engine = build(layers, shapes, fuse)
+    if dtype != np.float64:
+        params = engine.params
+        engine = Engine(engine.graph, dtype, fuse=fuse)
+        engine.params[...] = params
+    return engine
+
+
+def run(engine, x, threads=None):
+    """Output, parameter gradients and input gradient of loss = sum(R * y)."""
+    previous = numba.get_num_threads()
+    numba.set_num_threads(threads or previous)
+    try:
+        out = engine.forward([x], training=True)[0].copy()
+        r = np.random.default_rng(4).standard_normal(out.shape).astype(x.dtype)
+        engine.backward([r])
+    finally:
+        numba.set_num_threads(previous)
+    return out, engine.grads.copy(), engine._input_grads[engine.input_names[0]].copy()
+
+
+def sample(shapes, dtype=np.float32):
+    return np.random.default_rng(3).standard_normal((BATCH, *shapes[0])).astype(dtype)
+
+
+@pytest.mark.parametrize("layers,shapes", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_the_pair_runs_as_one_step(layers, shapes):
+    engine = engine_for(layers, shapes, True)
+    assert [type(s.layer) for s in engine.plan] == [ConvPool]
+    assert engine.plan[0].name == engine.steps[1].name  # the pooling's output, under its name
+    assert len(engine_for(layers, shapes, False).plan) == 2
+
+
+@pytest.mark.parametrize("layers,shapes", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_same_bits_as_the_layers_apart(layers, shapes):
+    x = sample(shapes)
+    fused = run(engine_for(layers, shapes, True), x)
+    apart = run(engine_for(layers, shapes, False), x)
+    for a, b in zip(fused, apart):
+        assert np.array_equal(a, b)
+
+
+def test_relu_ties_route_no_gradient():
+    """A kernel and bias that make every convolution output negative: each window is a tie of ReLU zeros,
+    through which no gradient may pass, to the weights or to the input."""
+    layers, shapes = CASES[0][1:]
+    x = np.abs(sample(shapes))
+    results = []
+    for fuse in (True, False):
+        engine = engine_for(layers, shapes, fuse)
+        engine.params[...] = -1.0  # kernel and bias
+        results.append(run(engine, x))
+    for a, b in zip(*results):
+        assert np.array_equal(a, b)
+    assert not results[0][0].any() and not results[0][1].any() and not results[0][2].any()
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs two Numba threads")
+@pytest.mark.parametrize("layers,shapes", [CASES[0][1:], CASES[2][1:]], ids=[CASES[0][0], CASES[2][0]])
+def test_same_bits_at_one_and_two_threads(layers, shapes):
+    x = sample(shapes)
+    one = run(engine_for(layers, shapes, True), x, threads=1)
+    two = run(engine_for(layers, shapes, True), x, threads=2)
+    for a, b in zip(one, two):
+        assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("layers,shapes", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_gradient_matches_finite_differences(layers, shapes):
+    check(layers, shapes, batch=3, training=True)
+
+
+def _plan_types(model: dict) -> list[str]:
+    spec, errors = load_spec_text(yaml.safe_dump({"specc": 1, "model": model}), "m.yaml")
+    assert not errors, [e.text() for e in errors]
+    return [type(s.layer).__name__ for s in Engine(spec.graph).plan]
+
+
+@pytest.mark.parametrize("model,expected", [
+    # the convolution's output is also a model output
+    ({"inputs": {"x": [8, 8, 1]}, "layers": [dict(conv2d(), name="c", inputs="x"), dict(pool2d(), name="p", inputs="c")],
+      "outputs": ["c", "p"]}, ["Conv2D", "MaxPooling2D"]),
+    # read by a second layer
+    ({"inputs": {"x": [8, 8, 1]}, "layers": [dict(conv2d(), name="c", inputs="x"), dict(pool2d(), name="p", inputs="c"),
+                                             {"type": "Flatten", "name": "f", "inputs": "c"}],
+      "outputs": ["p", "f"]}, ["Conv2D", "MaxPooling2D", "Flatten"]),
+    # an activation the engine applies after the layer, and average pooling
+    ({"input": [8, 8, 1], "layers": [conv2d(activation="tanh"), pool2d()]}, ["Conv2D", "MaxPooling2D"]),
+    ({"input": [8, 8, 1], "layers": [conv2d(), {"type": "AveragePooling2D", "pool_size": 2}]},
+     ["Conv2D", "AveragePooling2D"]),
+    # a functional graph where the pair is not adjacent in the layer list
+    ({"inputs": {"x": [8, 8, 1]}, "layers": [dict(conv2d(), name="c", inputs="x"), dict(conv2d(), name="d", inputs="x"),
+                                             dict(pool2d(), name="p", inputs="c")],
+      "outputs": ["p", "d"]}, ["ConvPool", "Conv2D"]),
+], ids=["conv_is_an_output", "conv_read_twice", "tanh", "average_pooling", "functional"])
+def test_fused_only_where_nothing_else_reads_the_convolution(model, expected):
+    assert _plan_types(model) == expected
