@@ -42,6 +42,11 @@ CASES = [
     ("Conv2D 13x13x32->64 3x3", {"type": "Conv2D", "filters": 64, "kernel_size": 3}, (13, 13, 32), 128,
      11 * 11 * 9 * 32 * 64, True),
     ("MaxPooling2D 2 on 26x26x32", {"type": "MaxPooling2D", "pool_size": 2}, (26, 26, 32), 128, 0, True),
+    # The CNN's first block as its training step runs it: the engine fuses the pair (specc/layers/fusion.py).
+    # GFLOP/s counts the convolution's products only.
+    ("Conv2D 28x28x1->32 relu+MaxPool", [{"type": "Conv2D", "filters": 32, "kernel_size": 3, "activation": "relu"},
+                                         {"type": "MaxPooling2D", "pool_size": 2}], (28, 28, 1), 128,
+     26 * 26 * 9 * 1 * 32, False),
     ("LSTM 64 on 40x32", {"type": "LSTM", "units": 64}, (40, 32), 64, 40 * 4 * 64 * (32 + 64), False),
 ]
 
@@ -68,7 +73,8 @@ def median_time(fn, repeats: int) -> float:
 def specc_case(layer: dict, shape, batch: int, need_dx: bool):
     import yaml
 
-    text = yaml.safe_dump({"specc": 1, "model": {"input": list(shape), "layers": [layer]}})
+    layers = layer if isinstance(layer, list) else [layer]
+    text = yaml.safe_dump({"specc": 1, "model": {"input": list(shape), "layers": layers}})
     spec, errors = load_spec_text(text, "bench.yaml")
     assert not errors, errors
     engine = Engine(spec.graph)
@@ -89,7 +95,13 @@ def torch_case(layer: dict, shape, batch: int, need_dx: bool):
     import torch
 
     x = torch.randn(batch, *shape, requires_grad=need_dx)
-    if layer["type"] == "Dense":
+    if isinstance(layer, list):  # Conv2D (relu) then MaxPooling2D
+        conv, pool = layer
+        mod = torch.nn.Sequential(torch.nn.Conv2d(shape[-1], conv["filters"], conv["kernel_size"]), torch.nn.ReLU(),
+                                  torch.nn.MaxPool2d(pool["pool_size"]))
+        x = torch.randn(batch, shape[-1], *shape[:2], requires_grad=need_dx)  # torch is channels_first
+        fwd = mod
+    elif layer["type"] == "Dense":
         mod = torch.nn.Linear(shape[-1], layer["units"])
         fwd = mod
     elif layer["type"] == "Conv2D":
@@ -138,7 +150,7 @@ def main() -> None:
     peak_gflops = peak["measured_gflops"]
     print(f"threads={threads}  cpu={lscpu_model()}  median of {args.repeats}  float32 peak {peak_gflops:.0f} GFLOP/s "
           f"(measured by bench/gemm.py's FMA probe; {peak['clock_ghz']:.2f} GHz)")
-    header = f"{'layer (forward+backward)':30} {'batch':>5} {'specc ms':>9} {'torch ms':>9} {'ratio':>6} {'GFLOP/s':>8} {'% peak':>6}"
+    header = f"{'layer (forward+backward)':32} {'batch':>5} {'specc ms':>9} {'torch ms':>9} {'ratio':>6} {'GFLOP/s':>8} {'% peak':>6}"
     print(header)
     print("-" * len(header))
     for name, layer, shape, batch, macs, need_dx in CASES:
@@ -150,7 +162,7 @@ def main() -> None:
         ratio = t_torch / t_specc if t_torch else None
         rows.append({"layer": name, "batch": batch, "specc_s": t_specc, "torch_s": t_torch, "ratio": ratio,
                      "gflops": gflops, "peak_fraction": gflops / peak_gflops if gflops else None})
-        print(f"{name:30} {batch:>5} {t_specc * 1e3:>9.2f} "
+        print(f"{name:32} {batch:>5} {t_specc * 1e3:>9.2f} "
               f"{(t_torch * 1e3 if t_torch else float('nan')):>9.2f} {(ratio or float('nan')):>6.2f} "
               f"{(gflops or float('nan')):>8.1f} {(100 * gflops / peak_gflops if gflops else float('nan')):>5.1f}%")
     os.makedirs(os.path.join(os.path.dirname(__file__), "results"), exist_ok=True)
