@@ -17,10 +17,13 @@ layers run apart (tests/test_fusion.py).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numba
+import numpy as np
 
 from ..workspace import empty
-from . import JIT
+from . import JIT, sgemm
 from .conv import (
     _backward_rows,
     _chunking,
@@ -31,7 +34,19 @@ from .conv import (
     one_blas_thread,
     share_count,
 )
+from .conv_pool_tiles import (
+    WINDOWS,
+    forward_full,
+    forward_masked,
+    grad1,
+    grad1_masked,
+    grad4,
+    grad4_masked,
+    grad9,
+    grad9_masked,
+)
 from .pooling import _max_backward, _max_forward
+from .sgemm import NR
 
 
 @numba.njit(**JIT)
@@ -78,28 +93,173 @@ def _backward_range(x, kernel, dp, pooled, argmax, relu, use_bias, need_dk, need
                        scratch, dk_parts, db_parts, dx)
 
 
-def conv_pool_forward(x, kernel, bias, use_bias, relu, g, pg, ho, wo, out, argmax):
-    """x (N, H, W, C), kernel (kh*kw*C, F), bias (F,) -> out and argmax (N, Po, Qo, F): the max pooling
-    (geometry pg) of the convolution (geometry g, output Ho x Wo, then max(., 0) with relu), as
-    conv.conv_forward followed by pooling.max_forward compute them, without the convolution's full output."""
+@numba.njit(**JIT)
+def _address(a):
+    """An array's data address, as the tiles take it."""
+    return np.int64(a.ctypes.data)
+
+
+@numba.njit(**JIT)
+def _direct_forward_range(x, kernel, bias, use_bias, relu, g, taps, spc, t0, t1, out, code):
+    """conv_pool_forward by conv_pool_tiles for chunks t0:t1 of spc samples, on the calling thread (see
+    `direct` for when): out (N, Po, Qo, F) and each window's winner code (N, Po, Qo, F) int8. Windows go
+    three at a time along each pooled row; a row's last tile ends at its last window (overlapping the tile
+    before it, whose values it writes again) or, in rows of fewer than 3, repeats it."""
+    n_, h_, w_, c_ = x.shape
+    _, po, qo, f = out.shape
+    sh, sw = g[2], g[3]
+    cs, rs = sw * c_, sh * w_ * c_  # elements between the windows of horizontally / vertically adjacent outputs
+    ws = 2 * sw * c_  # ... of adjacent windows
+    xa, ka, ba, ta = _address(x), _address(kernel), _address(bias), _address(taps)
+    oa, ca = _address(out), _address(code)
+    k = np.int64(kernel.shape[0])
+    for t in range(t0, t1):
+        for n in range(t * spc, min(t * spc + spc, n_)):
+            for p in range(po):
+                x_row = xa + 4 * (n * h_ + 2 * p * sh) * w_ * c_  # the row's first window's first output's taps
+                row = (n * po + p) * qo * f  # elements into out and code
+                for q in range(0, qo, WINDOWS):
+                    q0 = max(0, min(q, qo - WINDOWS))
+                    q1, q2 = min(q0 + 1, qo - 1), min(q0 + 2, qo - 1)
+                    for j in range(0, f, NR):
+                        cols = min(NR, f - j)
+                        args = (x_row + 4 * q0 * ws, x_row + 4 * q1 * ws, x_row + 4 * q2 * ws, cs, rs, ta, k, ka + 4 * j,
+                                f, ba + 4 * j, use_bias, relu,
+                                oa + 4 * (row + q0 * f + j), oa + 4 * (row + q1 * f + j), oa + 4 * (row + q2 * f + j),
+                                ca + row + q0 * f + j, ca + row + q1 * f + j, ca + row + q2 * f + j, cols)
+                        if cols == NR:
+                            forward_full(*args)
+                        else:
+                            forward_masked(*args)
+
+
+@numba.njit(**JIT)
+def _direct_backward_range(x, dp, code, use_bias, g, taps, spc, t0, t1, dk_parts, db_parts):
+    """The kernel and bias gradients of _direct_forward_range's pairs for chunks t0:t1, into dk_parts[t]
+    (K, F) and db_parts[t] (F,): per pooled row, taps in tiles of 9, 4 and 1."""
+    n_, h_, w_, c_ = x.shape
+    _, po, qo, f = dp.shape
+    sh, sw = g[2], g[3]
+    cs, rs = sw * c_, sh * w_ * c_
+    k = taps.shape[0]
+    xa, da, ca, ta = _address(x), _address(dp), _address(code), _address(taps)
+    for t in range(t0, t1):
+        dk, db = dk_parts[t], db_parts[t]
+        dk[...] = 0
+        db[:] = 0
+        dka, dba = _address(dk), _address(db)
+        for n in range(t * spc, min(t * spc + spc, n_)):
+            for p in range(po):
+                x0 = xa + 4 * ((n * h_ + 2 * p * sh) * w_ * c_)  # the row's first window's first output's taps
+                row = (n * po + p) * qo * f
+                for j in range(0, f, NR):
+                    cols = min(NR, f - j)
+                    r = 0
+                    while r < k:
+                        rows = 9 if r + 9 <= k else 4 if r + 4 <= k else 1
+                        args = (x0, 2 * sw * c_, cs, rs, ta + 8 * r, da + 4 * (row + j), ca + row + j, f, qo,
+                                dka + 4 * (r * f + j), f, dba + 4 * j, use_bias and r == 0, cols)
+                        _grad_strip(rows, cols == NR, args)
+                        r += rows
+
+
+@numba.njit(**JIT)
+def _grad_strip(rows, full, args):
+    """The gradient tile for `rows` (9, 4 or 1) taps, full or masked (a tuple of its arguments)."""
+    if full:
+        if rows == 9:
+            grad9(*args)
+        elif rows == 4:
+            grad4(*args)
+        else:
+            grad1(*args)
+    elif rows == 9:
+        grad9_masked(*args)
+    elif rows == 4:
+        grad4_masked(*args)
+    else:
+        grad1_masked(*args)
+
+
+@numba.njit(**JIT)
+def _codes_to_argmax(code, wo, argmax):
+    """Winner codes (N, Po, Qo, F) of 2 x 2 windows with stride 2 -> the flat index oh*Wo + ow of each
+    winner in the convolution's output, as pooling._max_forward gives it (a blocked window's gradient is
+    stopped by the pooled output instead, so it may point anywhere in its window)."""
+    n_, po, qo, f = code.shape
+    for n in range(n_):
+        for p in range(po):
+            for q in range(qo):
+                first = 2 * p * wo + 2 * q
+                for j in range(f):
+                    c = code[n, p, q, j] & 3
+                    argmax[n, p, q, j] = first + (c & 1) + (c >> 1) * wo
+
+
+class Pair(NamedTuple):
+    """A convolution + pooling pair's geometry for one input shape (see `pair`)."""
+
+    g: tuple  # the convolution's window geometry (kernels/conv.py)
+    pg: tuple  # the pooling's, over the convolution's output
+    ho: int  # the convolution's output height and width
+    wo: int
+    taps: np.ndarray | None  # for the direct path: the kernel's taps as offsets into x; None: the chunked path
+
+
+def pair(sample_shape, dtype, g, pg, conv_hw, pooled_hw) -> Pair:
+    """The Pair for samples (H, W, C) of `dtype`. The direct path (conv_pool_tiles) takes float32 on AVX-512,
+    a convolution without padding and 2 x 2 pooling windows with stride 2, all inside the convolution's
+    output (Ho, Wo) -> (Po, Qo); its taps are (i, j, channel) in the kernel's row order."""
+    (ho, wo), (po, qo) = conv_hw, pooled_hw
+    direct = (sgemm.AVAILABLE and np.dtype(dtype) == np.float32 and g[6] == 0 and g[7] == 0
+              and tuple(pg) == (2, 2, 2, 2, 1, 1, 0, 0) and 0 < 2 * po <= ho and 0 < 2 * qo <= wo)
+    taps = None
+    if direct:
+        (_, w, c), (kh, kw, dh, dw) = sample_shape, (g[0], g[1], g[4], g[5])
+        taps = np.array([(i * dh * w + j * dw) * c + ch for i in range(kh) for j in range(kw) for ch in range(c)],
+                        np.int64)
+    return Pair(tuple(g), tuple(pg), ho, wo, taps)
+
+
+def conv_pool_forward(x, kernel, bias, use_bias, relu, geometry: Pair, out, winners):
+    """x (N, H, W, C), kernel (kh*kw*C, F), bias (F,) -> out and winners (N, Po, Qo, F): the max pooling
+    of the convolution (then max(., 0) with relu), as conv.conv_forward followed by pooling.max_forward
+    compute them, without the convolution's full output. winners: int8 codes from conv_pool_tiles on the
+    direct path (geometry.taps), else int32, each winner's flat index oh*Wo + ow in the convolution's output."""
+    g, pg, ho, wo, taps = geometry
     n = x.shape[0]
     f = kernel.shape[1]
     spc, chunks = _chunking(n, ho * wo, kernel.shape[0], f, x.itemsize)
+    if taps is not None:
+        in_threads(chunks, lambda share, t0, t1: _direct_forward_range(x, kernel, bias, use_bias, relu, g, taps, spc,
+                                                                       t0, t1, out, winners))
+        return
     scratch = _scratch(chunks, spc * ho * wo * kernel.shape[0], x.dtype)
     z_scratch = empty("conv output", (share_count(chunks), spc * ho * wo * f), x.dtype)
     with one_blas_thread():
         in_threads(chunks, lambda share, t0, t1: _forward_range(x, kernel, bias, use_bias, relu, g, pg, ho, wo, spc,
-                                                                t0, t1, scratch[share], z_scratch[share], out, argmax))
+                                                                t0, t1, scratch[share], z_scratch[share], out, winners))
 
 
-def conv_pool_backward(x, kernel, dp, pooled, argmax, relu, use_bias, need_dx, g, pg, ho, wo, dkernel, dbias, dx):
+def conv_pool_backward(x, kernel, dp, pooled, winners, relu, use_bias, need_dx, geometry: Pair, dkernel, dbias, dx):
     """The gradients of conv_pool_forward from dp (N, Po, Qo, F), the gradient of its output `pooled`:
     dkernel (kh*kw*C, F), dbias (F,) and, with need_dx, dx (N, H, W, C). Per-chunk partial sums in chunk
-    order, as conv.conv_backward."""
+    order, as conv.conv_backward. The direct path's kernels when forward took it, unless dx is needed."""
+    g, pg, ho, wo, taps = geometry
+    argmax = winners  # int32 flat indexes for the chunked path
     n = x.shape[0]
     k, f = kernel.shape
     spc, chunks = _chunking(n, ho * wo, k, f, x.itemsize)
     dk_parts = empty("kernel gradient parts", (chunks, k, f), x.dtype)
+    if taps is not None and not need_dx:
+        db_parts = empty("bias gradient parts", (chunks, f), x.dtype)
+        in_threads(chunks, lambda share, t0, t1: _direct_backward_range(x, dp, argmax, use_bias, g, taps, spc, t0, t1,
+                                                                        dk_parts, db_parts))
+        _sum_parts(dk_parts, dbias, db_parts, True, use_bias, dkernel)
+        return
+    if taps is not None:  # the input gradient too: the chunked path, from the winners' flat indexes
+        argmax = empty("argmax", winners.shape, np.int32)
+        _codes_to_argmax(winners, wo, argmax)
     db_parts = empty("bias gradient parts", (chunks if use_bias else 0, f), x.dtype)
     shares = share_count(chunks)
     scratch = _scratch(chunks, spc * ho * wo * k, x.dtype)
