@@ -29,7 +29,7 @@ import numba
 
 from ..workspace import empty
 from . import JIT
-from .gemm import affine, matmul_serial
+from .gemm import HAVE_NUMPY_BLAS, HAVE_SCIPY_BLAS, OneOpenblasThread, affine, matmul_serial
 
 # Samples per chunk: as many as keep a chunk's windows and outputs ((rows, K) + (rows, F)) within about
 # CHUNK_BYTES, so the GEMM reads windows that were just written and the bias pass finds the GEMM's output
@@ -393,10 +393,12 @@ def _pool():
 
 
 def one_blas_thread():
-    """A context in which BLAS runs on one thread (about 20 us to enter and leave): the convolutions call
-    BLAS from every thread at once, and a multi-threaded BLAS would then oversubscribe the cores (and
-    serialise on OpenBLAS's lock). Limited at one thread too, so every GEMM is computed the same way at
-    any thread count."""
+    """A context in which BLAS runs on one thread: the convolutions call BLAS from every thread at once, and
+    a multi-threaded BLAS would then oversubscribe the cores (and serialise on OpenBLAS's lock). Limited at
+    one thread too, so every GEMM is computed the same way at any thread count. NumPy's and SciPy's own
+    OpenBLAS directly (~1 us); any other BLAS through threadpoolctl (~25 us)."""
+    if HAVE_NUMPY_BLAS and HAVE_SCIPY_BLAS:
+        return OneOpenblasThread()
     controller = _blas_controller()
     return contextlib.nullcontext() if controller is None else controller.limit(limits=1, user_api="blas")
 

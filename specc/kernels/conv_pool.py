@@ -23,7 +23,7 @@ import numba
 import numpy as np
 
 from ..workspace import empty
-from . import JIT, sgemm
+from . import JIT, conv_pool_tiles, sgemm
 from .conv import (
     _backward_rows,
     _chunking,
@@ -34,19 +34,7 @@ from .conv import (
     one_blas_thread,
     share_count,
 )
-from .conv_pool_tiles import (
-    WINDOWS,
-    forward_full,
-    forward_masked,
-    grad1,
-    grad1_masked,
-    grad4,
-    grad4_masked,
-    grad9,
-    grad9_masked,
-)
 from .pooling import _max_backward, _max_forward
-from .sgemm import NR
 
 
 @numba.njit(**JIT)
@@ -91,94 +79,6 @@ def _backward_range(x, kernel, dp, pooled, argmax, relu, use_bias, need_dk, need
         _max_backward(d, argmax[n0:n1], pg, 0, n1 - n0, dz)
         _backward_rows(x, kernel, dz.reshape((n1 - n0) * per, f), use_bias, need_dk, need_dx, g, n0, n1, ho, wo, t,
                        scratch, dk_parts, db_parts, dx)
-
-
-@numba.njit(**JIT)
-def _address(a):
-    """An array's data address, as the tiles take it."""
-    return np.int64(a.ctypes.data)
-
-
-@numba.njit(**JIT)
-def _direct_forward_range(x, kernel, bias, use_bias, relu, g, taps, spc, t0, t1, out, code):
-    """conv_pool_forward by conv_pool_tiles for chunks t0:t1 of spc samples, on the calling thread (see
-    `direct` for when): out (N, Po, Qo, F) and each window's winner code (N, Po, Qo, F) int8. Windows go
-    three at a time along each pooled row; a row's last tile ends at its last window (overlapping the tile
-    before it, whose values it writes again) or, in rows of fewer than 3, repeats it."""
-    n_, h_, w_, c_ = x.shape
-    _, po, qo, f = out.shape
-    sh, sw = g[2], g[3]
-    cs, rs = sw * c_, sh * w_ * c_  # elements between the windows of horizontally / vertically adjacent outputs
-    ws = 2 * sw * c_  # ... of adjacent windows
-    xa, ka, ba, ta = _address(x), _address(kernel), _address(bias), _address(taps)
-    oa, ca = _address(out), _address(code)
-    k = np.int64(kernel.shape[0])
-    for t in range(t0, t1):
-        for n in range(t * spc, min(t * spc + spc, n_)):
-            for p in range(po):
-                x_row = xa + 4 * (n * h_ + 2 * p * sh) * w_ * c_  # the row's first window's first output's taps
-                row = (n * po + p) * qo * f  # elements into out and code
-                for q in range(0, qo, WINDOWS):
-                    q0 = max(0, min(q, qo - WINDOWS))
-                    q1, q2 = min(q0 + 1, qo - 1), min(q0 + 2, qo - 1)
-                    for j in range(0, f, NR):
-                        cols = min(NR, f - j)
-                        args = (x_row + 4 * q0 * ws, x_row + 4 * q1 * ws, x_row + 4 * q2 * ws, cs, rs, ta, k, ka + 4 * j,
-                                f, ba + 4 * j, use_bias, relu,
-                                oa + 4 * (row + q0 * f + j), oa + 4 * (row + q1 * f + j), oa + 4 * (row + q2 * f + j),
-                                ca + row + q0 * f + j, ca + row + q1 * f + j, ca + row + q2 * f + j, cols)
-                        if cols == NR:
-                            forward_full(*args)
-                        else:
-                            forward_masked(*args)
-
-
-@numba.njit(**JIT)
-def _direct_backward_range(x, dp, code, use_bias, g, taps, spc, t0, t1, dk_parts, db_parts):
-    """The kernel and bias gradients of _direct_forward_range's pairs for chunks t0:t1, into dk_parts[t]
-    (K, F) and db_parts[t] (F,): per pooled row, taps in tiles of 9, 4 and 1."""
-    n_, h_, w_, c_ = x.shape
-    _, po, qo, f = dp.shape
-    sh, sw = g[2], g[3]
-    cs, rs = sw * c_, sh * w_ * c_
-    k = taps.shape[0]
-    xa, da, ca, ta = _address(x), _address(dp), _address(code), _address(taps)
-    for t in range(t0, t1):
-        dk, db = dk_parts[t], db_parts[t]
-        dk[...] = 0
-        db[:] = 0
-        dka, dba = _address(dk), _address(db)
-        for n in range(t * spc, min(t * spc + spc, n_)):
-            for p in range(po):
-                x0 = xa + 4 * ((n * h_ + 2 * p * sh) * w_ * c_)  # the row's first window's first output's taps
-                row = (n * po + p) * qo * f
-                for j in range(0, f, NR):
-                    cols = min(NR, f - j)
-                    r = 0
-                    while r < k:
-                        rows = 9 if r + 9 <= k else 4 if r + 4 <= k else 1
-                        args = (x0, 2 * sw * c_, cs, rs, ta + 8 * r, da + 4 * (row + j), ca + row + j, f, qo,
-                                dka + 4 * (r * f + j), f, dba + 4 * j, use_bias and r == 0, cols)
-                        _grad_strip(rows, cols == NR, args)
-                        r += rows
-
-
-@numba.njit(**JIT)
-def _grad_strip(rows, full, args):
-    """The gradient tile for `rows` (9, 4 or 1) taps, full or masked (a tuple of its arguments)."""
-    if full:
-        if rows == 9:
-            grad9(*args)
-        elif rows == 4:
-            grad4(*args)
-        else:
-            grad1(*args)
-    elif rows == 9:
-        grad9_masked(*args)
-    elif rows == 4:
-        grad4_masked(*args)
-    else:
-        grad1_masked(*args)
 
 
 @numba.njit(**JIT)
@@ -231,8 +131,7 @@ def conv_pool_forward(x, kernel, bias, use_bias, relu, geometry: Pair, out, winn
     f = kernel.shape[1]
     spc, chunks = _chunking(n, ho * wo, kernel.shape[0], f, x.itemsize)
     if taps is not None:
-        in_threads(chunks, lambda share, t0, t1: _direct_forward_range(x, kernel, bias, use_bias, relu, g, taps, spc,
-                                                                       t0, t1, out, winners))
+        conv_pool_tiles.forward(x, kernel, bias, use_bias, relu, g[2], g[3], taps, spc, share_count(chunks), out, winners)
         return
     scratch = _scratch(chunks, spc * ho * wo * kernel.shape[0], x.dtype)
     z_scratch = empty("conv output", (share_count(chunks), spc * ho * wo * f), x.dtype)
@@ -253,8 +152,7 @@ def conv_pool_backward(x, kernel, dp, pooled, winners, relu, use_bias, need_dx, 
     dk_parts = empty("kernel gradient parts", (chunks, k, f), x.dtype)
     if taps is not None and not need_dx:
         db_parts = empty("bias gradient parts", (chunks, f), x.dtype)
-        in_threads(chunks, lambda share, t0, t1: _direct_backward_range(x, dp, argmax, use_bias, g, taps, spc, t0, t1,
-                                                                        dk_parts, db_parts))
+        conv_pool_tiles.backward(x, dp, winners, use_bias, g[2], g[3], taps, spc, share_count(chunks), dk_parts, db_parts)
         _sum_parts(dk_parts, dbias, db_parts, True, use_bias, dkernel)
         return
     if taps is not None:  # the input gradient too: the chunked path, from the winners' flat indexes

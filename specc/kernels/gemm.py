@@ -68,8 +68,9 @@ HAVE_NUMPY_BLAS = _register(
     (("specc_numpy_sgemm", "scipy_cblas_sgemm64_"), ("specc_numpy_dgemm", "scipy_cblas_dgemm64_"),
      ("specc_numpy_blas_threads", "scipy_openblas_get_num_threads64_")),
     (_NO_GEMM, _NO_GEMM, _NO_THREADS))
-_register(_openblas("scipy", "libscipy_openblas-*.so"),
-          (("specc_scipy_blas_threads", "scipy_openblas_get_num_threads"),), (_NO_THREADS,))
+_SCIPY_OPENBLAS = _openblas("scipy", "libscipy_openblas-*.so")
+HAVE_SCIPY_BLAS = _register(_SCIPY_OPENBLAS, (("specc_scipy_blas_threads", "scipy_openblas_get_num_threads"),),
+                            (_NO_THREADS,))
 _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
 
 
@@ -77,6 +78,24 @@ def set_numpy_blas_threads(n: int) -> None:
     """Caps the threads of NumPy's own OpenBLAS only (threadpoolctl would cap every BLAS)."""
     if HAVE_NUMPY_BLAS:
         _NUMPY_OPENBLAS.scipy_openblas_set_num_threads64_(ctypes.c_int(n))
+
+
+class OneOpenblasThread:
+    """A context in which NumPy's and SciPy's bundled OpenBLAS run on one thread, restored on exit: four
+    calls into them (~1 us), where threadpoolctl's limit took ~25 us to enter and leave (it inspects every
+    loaded library each time), twice per training step of a convolutional model. Only where both are
+    found (conv.one_blas_thread falls back to threadpoolctl)."""
+
+    def __enter__(self):
+        self._before = (_NUMPY_OPENBLAS.scipy_openblas_get_num_threads64_(),
+                        _SCIPY_OPENBLAS.scipy_openblas_get_num_threads())
+        _NUMPY_OPENBLAS.scipy_openblas_set_num_threads64_(ctypes.c_int(1))
+        _SCIPY_OPENBLAS.scipy_openblas_set_num_threads(ctypes.c_int(1))
+        return self
+
+    def __exit__(self, *exc):
+        _NUMPY_OPENBLAS.scipy_openblas_set_num_threads64_(ctypes.c_int(self._before[0]))
+        _SCIPY_OPENBLAS.scipy_openblas_set_num_threads(ctypes.c_int(self._before[1]))
 
 
 def _cblas_signature(real):
