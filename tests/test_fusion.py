@@ -61,7 +61,8 @@ def run(engine, x, threads=None):
         engine.backward([r])
     finally:
         numba.set_num_threads(previous)
-    return out, engine.grads.copy(), engine._input_grads[engine.input_names[0]].copy()
+    dx = engine._input_grads[engine.input_names[0]]
+    return out, engine.grads.copy(), None if dx is None else dx.copy()
 
 
 def sample(shapes, dtype=np.float32):
@@ -95,7 +96,7 @@ def test_relu_ties_route_no_gradient():
         engine = engine_for(layers, shapes, fuse)
         engine.params[...] = -1.0  # kernel and bias
         results.append(run(engine, x))
-    for a, b in zip(*results):
+    for a, b in zip(results[0][:2], results[1][:2]):
         assert np.array_equal(a, b)
     assert not results[0][0].any() and not results[0][1].any() and not results[0][2].any()
 
@@ -140,3 +141,71 @@ def _plan_types(model: dict) -> list[str]:
 ], ids=["conv_is_an_output", "conv_read_twice", "tanh", "average_pooling", "functional"])
 def test_fused_only_where_nothing_else_reads_the_convolution(model, expected):
     assert _plan_types(model) == expected
+
+
+# The direct path (kernels/conv_pool_tiles.py): float32 on AVX-512, a convolution without padding and 2 x 2
+# pooling with stride 2. Its forward gives the layers' bits; its kernel and bias gradients (taken when no
+# input gradient is needed, as for a model's first layer in training) sum the same products in another order.
+DIRECT = [
+    ("c1_f32", [conv2d(filters=32, activation="relu"), pool2d()], [[14, 13, 1]]),  # full 32-filter strips
+    ("c3_f20_linear", [conv2d(filters=20), pool2d()], [[10, 11, 3]]),  # a masked strip; 27 taps: 9 + 9 + 9
+    ("c1_f48_5x5_strided", [conv2d(filters=48, kernel_size=5, strides=2, activation="relu"), pool2d()],
+     [[17, 16, 1]]),  # 32 + 16 filters; 25 taps: 9 + 9 + 4 + 1 + 1 + 1
+    ("c2_f16_dilated_no_bias_one_window", [conv2d(filters=16, dilation_rate=2, use_bias=False, activation="relu"),
+                                           pool2d()], [[8, 7, 2]]),  # a pooled row of 1 window (< 3 per tile)
+]
+needs_avx512 = pytest.mark.skipif(not __import__("specc.kernels.sgemm").kernels.sgemm.AVAILABLE,
+                                  reason="the direct path needs AVX-512")
+
+
+def apart_float64(layers, shapes, fused):
+    """The two layers apart in float64, with the float32 engine's weights."""
+    engine = engine_for(layers, shapes, False, np.float64)
+    engine.params[...] = fused.params
+    engine.input_gradients = fused.input_gradients
+    return engine
+
+
+@needs_avx512
+@pytest.mark.parametrize("layers,shapes", [c[1:] for c in DIRECT], ids=[c[0] for c in DIRECT])
+def test_direct_path_forward_bits_and_gradients(layers, shapes):
+    x = sample(shapes)
+    fused = engine_for(layers, shapes, True)
+    fused.params[...] += np.random.default_rng(5).standard_normal(fused.params.shape).astype(np.float32) * 0.1
+    assert fused.plan[0].layer._pair(x)[0].taps is not None  # the direct path
+    fused.input_gradients = False
+    apart = engine_for(layers, shapes, False)
+    apart.params[...] = fused.params
+    apart.input_gradients = False
+    out, grads, _ = run(fused, x)
+    out_apart, grads_apart, _ = run(apart, x)
+    assert np.array_equal(out, out_apart)
+    reference = run(apart_float64(layers, shapes, fused), x.astype(np.float64))[1]
+    scale = np.abs(reference).max()
+    np.testing.assert_allclose(grads, reference, rtol=1e-4, atol=1e-5 * scale)
+    np.testing.assert_allclose(grads_apart, reference, rtol=1e-4, atol=1e-5 * scale)  # the same bar for both
+
+
+@needs_avx512
+@pytest.mark.parametrize("layers,shapes", [c[1:] for c in DIRECT], ids=[c[0] for c in DIRECT])
+def test_direct_path_with_input_gradient_matches_the_layers_apart(layers, shapes):
+    """Winner codes turned into the chunked path's indexes: the same bits as the layers apart."""
+    x = sample(shapes)
+    fused = run(engine_for(layers, shapes, True), x)
+    apart = run(engine_for(layers, shapes, False), x)
+    for a, b in zip(fused, apart):
+        assert np.array_equal(a, b)
+
+
+@needs_avx512
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs two Numba threads")
+@pytest.mark.parametrize("layers,shapes", [c[1:] for c in DIRECT[:2]], ids=[c[0] for c in DIRECT[:2]])
+def test_direct_path_same_bits_at_one_and_two_threads(layers, shapes):
+    x = sample(shapes)
+    results = []
+    for threads in (1, 2):
+        engine = engine_for(layers, shapes, True)
+        engine.input_gradients = False
+        results.append(run(engine, x, threads=threads))
+    for a, b in zip(results[0][:2], results[1][:2]):
+        assert np.array_equal(a, b)
