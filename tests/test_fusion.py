@@ -209,3 +209,38 @@ def test_direct_path_same_bits_at_one_and_two_threads(layers, shapes):
         results.append(run(engine, x, threads=threads))
     for a, b in zip(results[0][:2], results[1][:2]):
         assert np.array_equal(a, b)
+
+
+@needs_avx512
+@pytest.mark.parametrize("c,f,k,stride,relu", [(1, 32, 3, 1, True), (3, 20, 3, 1, False), (1, 48, 5, 2, True),
+                                               (2, 16, 2, 1, True)])
+def test_tiles_match_their_numpy_version(c, f, k, stride, relu):
+    """conv_pool_tiles' compiled kernels against the NumPy code eager mode runs (an independent reference:
+    im2col, a matrix product, argmax)."""
+    from specc.kernels import conv_pool, conv_pool_tiles
+
+    rng = np.random.default_rng(7)
+    n, h, w = 9, 15, 12
+    x = rng.standard_normal((n, h, w, c)).astype(np.float32)
+    kernel = rng.standard_normal((k * k * c, f)).astype(np.float32)
+    bias = rng.standard_normal(f).astype(np.float32)
+    ho, wo = (h - k) // stride + 1, (w - k) // stride + 1
+    po, qo = ho // 2, wo // 2
+    geometry = conv_pool.pair((h, w, c), np.float32, (k, k, stride, stride, 1, 1, 0, 0), (2, 2, 2, 2, 1, 1, 0, 0),
+                              (ho, wo), (po, qo))
+    taps, spc, chunks = geometry.taps, 2, 5
+    results = []
+    for run_forward, run_backward in ((conv_pool_tiles.run_forward, conv_pool_tiles.run_backward),
+                                      (conv_pool_tiles.forward, conv_pool_tiles.backward)):
+        out, code = np.empty((n, po, qo, f), np.float32), np.empty((n, po, qo, f), np.int8)
+        run_forward(x, kernel, bias, True, relu, stride, stride, taps, spc, 2, out, code)
+        dp = np.random.default_rng(8).standard_normal(out.shape).astype(np.float32)
+        dk, db = np.empty((chunks, k * k * c, f), np.float32), np.empty((chunks, f), np.float32)
+        run_backward(x, dp, code, True, stride, stride, taps, spc, 2, dk, db)
+        results.append((out, code, dk.sum(axis=0), db.sum(axis=0)))
+    (out, code, dk, db), (out_np, code_np, dk_np, db_np) = results
+    np.testing.assert_allclose(out, out_np, rtol=1e-5, atol=1e-5)
+    assert (code == code_np).mean() > 0.999  # winners differ only on near ties
+    assert (code == conv_pool_tiles.BLOCKED).any() == relu
+    np.testing.assert_allclose(dk, dk_np, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(db, db_np, rtol=1e-4, atol=1e-4)

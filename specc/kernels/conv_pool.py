@@ -131,7 +131,7 @@ def conv_pool_forward(x, kernel, bias, use_bias, relu, geometry: Pair, out, winn
     f = kernel.shape[1]
     spc, chunks = _chunking(n, ho * wo, kernel.shape[0], f, x.itemsize)
     if taps is not None:
-        conv_pool_tiles.forward(x, kernel, bias, use_bias, relu, g[2], g[3], taps, spc, share_count(chunks), out, winners)
+        conv_pool_tiles.run_forward(x, kernel, bias, use_bias, relu, g[2], g[3], taps, spc, share_count(chunks), out, winners)
         return
     scratch = _scratch(chunks, spc * ho * wo * kernel.shape[0], x.dtype)
     z_scratch = empty("conv output", (share_count(chunks), spc * ho * wo * f), x.dtype)
@@ -152,7 +152,7 @@ def conv_pool_backward(x, kernel, dp, pooled, winners, relu, use_bias, need_dx, 
     dk_parts = empty("kernel gradient parts", (chunks, k, f), x.dtype)
     if taps is not None and not need_dx:
         db_parts = empty("bias gradient parts", (chunks, f), x.dtype)
-        conv_pool_tiles.backward(x, dp, winners, use_bias, g[2], g[3], taps, spc, share_count(chunks), dk_parts, db_parts)
+        conv_pool_tiles.run_backward(x, dp, winners, use_bias, g[2], g[3], taps, spc, share_count(chunks), dk_parts, db_parts)
         _sum_parts(dk_parts, dbias, db_parts, True, use_bias, dkernel)
         return
     if taps is not None:  # the input gradient too: the chunked path, from the winners' flat indexes

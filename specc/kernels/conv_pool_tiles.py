@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import llvmlite.binding
 import numba
+import numpy as np
 from llvmlite import ir
 from numba import types
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
 from . import JIT
 from .sgemm import _F32, _I32, _I64, _MASK, _V, _VP, LANES, NR, _declare
@@ -385,36 +386,92 @@ llvmlite.binding.add_symbol("specc_conv_pool_backward_parallel", _backward_paral
 _backward_parallel_ext = types.ExternalFunction("specc_conv_pool_backward_parallel", _BACKWARD_SIG)
 
 
-@numba.njit(**JIT)
+def _windows_of(x, sh, sw, taps, po, qo):
+    """The taps of every output of every pooling window, (N, 2 Po, 2 Qo, K), for the NumPy versions."""
+    n, h, w, c = x.shape
+    origin = (np.arange(2 * po)[:, None] * sh * w + np.arange(2 * qo)[None, :] * sw) * c  # (2 Po, 2 Qo)
+    return x.reshape(n, -1)[:, origin[..., None] + taps]
+
+
 def forward(x, kernel, bias, use_bias, relu, sh, sw, taps, spc, threads, out, code):
     """x (N, H, W, C), kernel (K, F), bias (F,), float32 -> out (N, Po, Qo, F) and winner codes (N, Po, Qo,
     F) int8, for a convolution without padding (strides sh, sw; taps: the kernel's offsets into x) and
-    2 x 2 pooling windows with stride 2, in chunks of spc samples over `threads` threads."""
-    n, h, w, c = x.shape
-    _, po, qo, f = out.shape
-    chunks = -(-n // spc)
-    parts = min(threads, chunks)
-    args = (x.ctypes.data, n, h, w, c, kernel.ctypes.data, kernel.shape[0], f, bias.ctypes.data, int(use_bias),
-            int(relu), sh, sw, taps.ctypes.data, spc)
-    if parts > 1:
-        _forward_parallel_ext(*args, chunks, parts, out.ctypes.data, po, qo, code.ctypes.data)
-    else:
-        _forward_ext(*args, 0, chunks, out.ctypes.data, po, qo, code.ctypes.data)
+    2 x 2 pooling windows with stride 2, in chunks of spc samples over `threads` threads.
+
+    Compiled (the overload below): the tiles above. From Python (eager mode runs this) it is NumPy: the
+    same results up to float rounding."""
+    n, po, qo, f = out.shape
+    z = _windows_of(x, sh, sw, taps, po, qo) @ kernel  # (N, 2 Po, 2 Qo, F)
+    z = z.reshape(n, po, 2, qo, 2, f).transpose(0, 1, 3, 2, 4, 5).reshape(n, po, qo, PIXELS, f)  # scan order
+    if use_bias:
+        z = z + bias
+    if relu:
+        z = np.maximum(z, 0)
+    out[...] = z.max(axis=3)
+    code[...] = z.argmax(axis=3)
+    if relu:
+        code[~(out > 0)] = BLOCKED
+
+
+def backward(x, dp, code, use_bias, sh, sw, taps, spc, threads, dk_parts, db_parts):
+    """The kernel and bias gradients of `forward` from dp (N, Po, Qo, F), the gradient of its output, per
+    chunk: dk_parts (chunks, K, F) and db_parts (chunks, F).
+
+    Compiled (the overload below): the tiles above. From Python (eager mode runs this) it is NumPy, with
+    the whole sum in the first chunk's part."""
+    n, po, qo, f = dp.shape
+    dz = np.zeros((n, 2 * po, 2 * qo, f), dp.dtype)
+    for q in range(PIXELS):
+        dz[:, q // 2 :: 2, q % 2 :: 2][:, :po, :qo] = np.where(code == q, dp, 0)
+    dk_parts[...] = 0
+    db_parts[...] = 0
+    dk_parts[0] = np.einsum("nhwk,nhwf->kf", _windows_of(x, sh, sw, taps, po, qo), dz)
+    if use_bias:
+        db_parts[0] = np.where(code != BLOCKED, dp, 0).sum(axis=(0, 1, 2))
+
+
+@overload(forward, jit_options=JIT)
+def _forward_njit(x, kernel, bias, use_bias, relu, sh, sw, taps, spc, threads, out, code):
+    def impl(x, kernel, bias, use_bias, relu, sh, sw, taps, spc, threads, out, code):
+        n, h, w, c = x.shape
+        _, po, qo, f = out.shape
+        chunks = -(-n // spc)
+        parts = min(threads, chunks)
+        args = (x.ctypes.data, n, h, w, c, kernel.ctypes.data, kernel.shape[0], f, bias.ctypes.data, int(use_bias),
+                int(relu), sh, sw, taps.ctypes.data, spc)
+        if parts > 1:
+            _forward_parallel_ext(*args, chunks, parts, out.ctypes.data, po, qo, code.ctypes.data)
+        else:
+            _forward_ext(*args, 0, chunks, out.ctypes.data, po, qo, code.ctypes.data)
+
+    return impl
+
+
+@overload(backward, jit_options=JIT)
+def _backward_njit(x, dp, code, use_bias, sh, sw, taps, spc, threads, dk_parts, db_parts):
+    def impl(x, dp, code, use_bias, sh, sw, taps, spc, threads, dk_parts, db_parts):
+        n, h, w, c = x.shape
+        _, po, qo, f = dp.shape
+        chunks = dk_parts.shape[0]
+        parts = min(threads, chunks)
+        dk_parts[...] = 0
+        db_parts[...] = 0
+        args = (x.ctypes.data, n, h, w, c, dp.ctypes.data, code.ctypes.data, po, qo, f, int(use_bias), sh, sw,
+                taps.ctypes.data, taps.shape[0], spc)
+        if parts > 1:
+            _backward_parallel_ext(*args, chunks, parts, dk_parts.ctypes.data, db_parts.ctypes.data)
+        else:
+            _backward_ext(*args, 0, chunks, dk_parts.ctypes.data, db_parts.ctypes.data)
+
+    return impl
+
+
+# What conv_pool calls: compiled, these run the overloads; in eager mode (their py_func), the NumPy versions.
+@numba.njit(**JIT)
+def run_forward(x, kernel, bias, use_bias, relu, sh, sw, taps, spc, threads, out, code):
+    forward(x, kernel, bias, use_bias, relu, sh, sw, taps, spc, threads, out, code)
 
 
 @numba.njit(**JIT)
-def backward(x, dp, code, use_bias, sh, sw, taps, spc, threads, dk_parts, db_parts):
-    """The kernel and bias gradients of `forward` from dp (N, Po, Qo, F), the gradient of its output, per
-    chunk: dk_parts (chunks, K, F) and db_parts (chunks, F)."""
-    n, h, w, c = x.shape
-    _, po, qo, f = dp.shape
-    chunks = dk_parts.shape[0]
-    parts = min(threads, chunks)
-    dk_parts[...] = 0
-    db_parts[...] = 0
-    args = (x.ctypes.data, n, h, w, c, dp.ctypes.data, code.ctypes.data, po, qo, f, int(use_bias), sh, sw,
-            taps.ctypes.data, taps.shape[0], spc)
-    if parts > 1:
-        _backward_parallel_ext(*args, chunks, parts, dk_parts.ctypes.data, db_parts.ctypes.data)
-    else:
-        _backward_ext(*args, 0, chunks, dk_parts.ctypes.data, db_parts.ctypes.data)
+def run_backward(x, dp, code, use_bias, sh, sw, taps, spc, threads, dk_parts, db_parts):
+    backward(x, dp, code, use_bias, sh, sw, taps, spc, threads, dk_parts, db_parts)
