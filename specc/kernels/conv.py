@@ -26,8 +26,6 @@ import contextlib
 import functools
 
 import numba
-from numba import types
-from numba.extending import overload
 
 from ..workspace import empty
 from . import JIT
@@ -203,7 +201,7 @@ def _forward_rows(x, kernel, bias, use_bias, relu, g, n0, n1, ho, wo, scratch, o
 
 @numba.njit(**JIT)
 def _backward_chunk(x, kernel, dy, relu_out, relu, use_bias, need_dk, need_dx, g, t, spc, scratch, dz_scratch,
-                    dk_parts, db_parts, dx, tap_major):
+                    dk_parts, db_parts, dx):
     """conv_backward for chunk t (samples t*spc up to (t+1)*spc) on the calling thread (see _backward_rows);
     with relu, dz_scratch (>= rows * F,) holds the chunk's dy through the ReLU (relu_out, the layer's
     output, is > 0 where it passes)."""
@@ -221,21 +219,21 @@ def _backward_chunk(x, kernel, dy, relu_out, relu, use_bias, need_dk, need_dx, g
             for q in range(f):
                 dz[i, q] = d[i, q] if a[i, q] > zero else zero
         d = dz
-    _backward_rows(x, kernel, d, use_bias, need_dk, need_dx, g, n0, n1, ho, wo, t, scratch, dk_parts, db_parts, dx,
-                   tap_major)
+    _backward_rows(x, kernel, d, use_bias, need_dk, need_dx, g, n0, n1, ho, wo, t, scratch, dk_parts, db_parts, dx)
 
 
 @numba.njit(**JIT)
 def _backward_rows(x, kernel, d, use_bias, need_dk, need_dx, g, n0, n1, ho, wo, t, scratch, dk_parts, db_parts,
-                   dx, tap_major):
+                   dx):
     """From d ((n1 - n0)*Ho*Wo, F), the gradient of the convolution's output for samples n0:n1 (rows as
     _forward_rows writes them), on the calling thread: their kernel and bias gradients to dk_parts[t] (K, F)
     and db_parts[t] (F,), their input gradient to those samples of dx. scratch (>= rows * K,) holds their
-    windows, then the windows' gradients. tap_major (C < TAP_MAJOR_BELOW_C): the windows' layout, a
-    compile-time constant (numba.literally in the callers), so a model compiles only the layout it uses."""
+    windows, then the windows' gradients."""
+    c_ = dx.shape[3]
     f = d.shape[1]
     k = kernel.shape[0]
     r = (n1 - n0) * ho * wo
+    tap_major = c_ < TAP_MAJOR_BELOW_C
     if use_bias:
         db = db_parts[t]
         db[:] = 0
@@ -243,9 +241,23 @@ def _backward_rows(x, kernel, d, use_bias, need_dk, need_dx, g, n0, n1, ho, wo, 
             for q in range(f):
                 db[q] += d[i, q]
     if need_dk:
-        _kernel_gradient(tap_major, x, d, n0, n1, g, ho, wo, scratch[: k * r], dk_parts[t])
+        if tap_major:
+            cols_t = scratch[: k * r].reshape(k, r)  # this chunk's windows
+            _im2col_t(x, n0, n1, g, ho, wo, cols_t)
+            _matmul(cols_t, d, dk_parts[t])
+        else:
+            cols = scratch[: r * k].reshape(r, k)  # this chunk's windows
+            _im2col(x, n0, n1, g, ho, wo, cols)
+            _matmul(cols.T, d, dk_parts[t])
     if need_dx:
-        _input_gradient(tap_major, kernel, d, n0, n1, g, ho, wo, scratch[: k * r], dx)
+        if tap_major:
+            dcols_t = scratch[: k * r].reshape(k, r)  # gradients of this chunk's windows
+            _matmul(kernel, d.T, dcols_t)
+            _col2im_t(dcols_t, n0, n1, g, ho, wo, dx)
+        else:
+            dcols = scratch[: r * k].reshape(r, k)  # gradients of this chunk's windows
+            _matmul(d, kernel.T, dcols)
+            _col2im(dcols, n0, n1, g, ho, wo, dx)
 
 
 @numba.njit(**JIT)
@@ -261,71 +273,12 @@ def _forward_range(x, kernel, bias, use_bias, relu, g, spc, t0, t1, scratch, out
 
 
 @numba.njit(**JIT)
-def _kernel_gradient_tap_major(x, d, n0, n1, g, ho, wo, scratch, dk):
-    """dk (K, F) = the windows of samples n0:n1 of x, laid out tap-major in scratch, times d (rows, F)."""
-    cols_t = scratch.reshape(dk.shape[0], d.shape[0])  # (K, rows)
-    _im2col_t(x, n0, n1, g, ho, wo, cols_t)
-    _matmul(cols_t, d, dk)
-
-
-@numba.njit(**JIT)
-def _kernel_gradient_row_major(x, d, n0, n1, g, ho, wo, scratch, dk):
-    cols = scratch.reshape(d.shape[0], dk.shape[0])  # (rows, K)
-    _im2col(x, n0, n1, g, ho, wo, cols)
-    _matmul(cols.T, d, dk)
-
-
-@numba.njit(**JIT)
-def _input_gradient_tap_major(kernel, d, n0, n1, g, ho, wo, scratch, dx):
-    """Samples n0:n1 of dx (N, H, W, C) = the windows' gradients d (rows, F) times kernel.T, laid out
-    tap-major in scratch, summed back into place."""
-    dcols_t = scratch.reshape(kernel.shape[0], d.shape[0])  # (K, rows)
-    _matmul(kernel, d.T, dcols_t)
-    _col2im_t(dcols_t, n0, n1, g, ho, wo, dx)
-
-
-@numba.njit(**JIT)
-def _input_gradient_row_major(kernel, d, n0, n1, g, ho, wo, scratch, dx):
-    dcols = scratch.reshape(d.shape[0], kernel.shape[0])  # (rows, K)
-    _matmul(d, kernel.T, dcols)
-    _col2im(dcols, n0, n1, g, ho, wo, dx)
-
-
-def _kernel_gradient(tap_major, *args):
-    """The tap- or row-major _kernel_gradient_*. Compiled, tap_major must be a literal and only that layout
-    compiles (with its own im2col and product layouts: ~2 s of the benchmark CNN's cold start)."""
-    (_kernel_gradient_tap_major if tap_major else _kernel_gradient_row_major)(*args)
-
-
-def _input_gradient(tap_major, *args):
-    """The tap- or row-major _input_gradient_*, as _kernel_gradient."""
-    (_input_gradient_tap_major if tap_major else _input_gradient_row_major)(*args)
-
-
-@overload(_kernel_gradient, jit_options=JIT)
-def _kernel_gradient_njit(tap_major, *args):
-    if not isinstance(tap_major, types.BooleanLiteral):
-        return None  # typed again with the literal
-    impl = _kernel_gradient_tap_major if tap_major.literal_value else _kernel_gradient_row_major
-    return lambda tap_major, *args: impl(*args)
-
-
-@overload(_input_gradient, jit_options=JIT)
-def _input_gradient_njit(tap_major, *args):
-    if not isinstance(tap_major, types.BooleanLiteral):
-        return None
-    impl = _input_gradient_tap_major if tap_major.literal_value else _input_gradient_row_major
-    return lambda tap_major, *args: impl(*args)
-
-
-@numba.njit(**JIT)
 def _backward_range(x, kernel, dy, relu_out, relu, use_bias, need_dk, need_dx, g, spc, t0, t1, scratch,
-                    dz_scratch, dk_parts, db_parts, dx, tap_major):
+                    dz_scratch, dk_parts, db_parts, dx):
     """_backward_chunk for chunks t0:t1 of spc samples each, with this thread's scratch."""
-    numba.literally(tap_major)
     for t in range(t0, t1):
         _backward_chunk(x, kernel, dy, relu_out, relu, use_bias, need_dk, need_dx, g, t, spc, scratch, dz_scratch,
-                        dk_parts, db_parts, dx, tap_major)
+                        dk_parts, db_parts, dx)
 
 
 @numba.njit(**JIT)
@@ -393,7 +346,7 @@ def conv_backward(x, kernel, dy, use_bias, need_dk, need_dx, g, dkernel, dbias, 
             chunks,
             lambda share, t0, t1: _backward_range(
                 x, kernel, dy, relu_out, relu, use_bias, need_dk, need_dx, g, spc, t0, t1, scratch[share],
-                dz_scratch[share if relu else 0], dk_parts, db_parts, dx, x.shape[3] < TAP_MAJOR_BELOW_C
+                dz_scratch[share if relu else 0], dk_parts, db_parts, dx
             ),
         )
     _sum_parts(dk_parts, dbias, db_parts, need_dk, use_bias, dkernel)

@@ -25,7 +25,6 @@ import numpy as np
 from ..workspace import empty
 from . import JIT, conv_pool_tiles, sgemm
 from .conv import (
-    TAP_MAJOR_BELOW_C,
     _backward_rows,
     _chunking,
     _forward_rows,
@@ -55,12 +54,10 @@ def _forward_range(x, kernel, bias, use_bias, relu, g, pg, ho, wo, spc, t0, t1, 
 
 @numba.njit(**JIT)
 def _backward_range(x, kernel, dp, pooled, argmax, relu, use_bias, need_dk, need_dx, g, pg, ho, wo, spc, t0, t1,
-                    scratch, dz_scratch, dp_scratch, dk_parts, db_parts, dx, tap_major):
+                    scratch, dz_scratch, dp_scratch, dk_parts, db_parts, dx):
     """Chunks t0:t1, on the calling thread: the pooled gradient dp (N, Po, Qo, F), through the ReLU, is
     routed to the pooling's winners in dz_scratch (the chunk's convolution output gradient), from which
-    _backward_rows takes the chunk's kernel, bias and input gradients (windows laid out tap_major, a
-    compile-time constant)."""
-    numba.literally(tap_major)
+    _backward_rows takes the chunk's kernel, bias and input gradients."""
     n_ = x.shape[0]
     f = kernel.shape[1]
     per = ho * wo
@@ -81,7 +78,7 @@ def _backward_range(x, kernel, dp, pooled, argmax, relu, use_bias, need_dk, need
         dz = dz_scratch[: (n1 - n0) * per * f].reshape(n1 - n0, ho, wo, f)
         _max_backward(d, argmax[n0:n1], pg, 0, n1 - n0, dz)
         _backward_rows(x, kernel, dz.reshape((n1 - n0) * per, f), use_bias, need_dk, need_dx, g, n0, n1, ho, wo, t,
-                       scratch, dk_parts, db_parts, dx, tap_major)
+                       scratch, dk_parts, db_parts, dx)
 
 
 @numba.njit(**JIT)
@@ -169,5 +166,5 @@ def conv_pool_backward(x, kernel, dp, pooled, winners, relu, use_bias, need_dx, 
     with one_blas_thread():
         in_threads(chunks, lambda share, t0, t1: _backward_range(
             x, kernel, dp, pooled, argmax, relu, use_bias, True, need_dx, g, pg, ho, wo, spc, t0, t1, scratch[share],
-            dz_scratch[share], dp_scratch[share], dk_parts, db_parts, dx, x.shape[3] < TAP_MAJOR_BELOW_C))
+            dz_scratch[share], dp_scratch[share], dk_parts, db_parts, dx))
     _sum_parts(dk_parts, dbias, db_parts, True, use_bias, dkernel)
