@@ -20,6 +20,12 @@ import sys as _sys
 # instead (loaded later, with this setting; see kernels/gemm.matmul_blas).
 _numpy_blas_timeout_set = "numpy" not in _sys.modules or "OPENBLAS_THREAD_TIMEOUT" in _os.environ
 _os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "22")
+# The same for Numba's OpenMP workers (GNU libgomp, read when Numba first starts its thread pool): by
+# default they spin 300,000 rounds (several ms) after each parallel loop. The convolution + pooling
+# kernels run on them, and the layers that follow split their work over Python threads, which then found
+# the second core taken: the benchmark CNN's second convolution's backward took 7.2 ms on 2 threads
+# instead of 4.4 ms with 20,000 rounds (which is still long enough for the gaps between an MLP's products).
+_os.environ.setdefault("GOMP_SPINCOUNT", "20000")
 
 # Everything here loads on first use (PEP 562): `import specc.cli` runs this file before any command, and
 # the command decides what it needs — `specc --help` needs neither pydantic nor YAML, `specc summary` not
