@@ -284,32 +284,45 @@ _FORWARD_SIG = types.void(*(_I64T,) * 21)
 _BACKWARD_SIG = types.void(*(_I64T,) * 20)
 
 
+@numba.njit(**JIT)
+def _next_window(n, p, q, po, qo):
+    """The window after (sample n, pooled row p, column q), in out's order."""
+    if q + 1 < qo:
+        return n, p, q + 1
+    if p + 1 < po:
+        return n, p + 1, 0
+    return n + 1, 0, 0
+
+
 @numba.cfunc(_FORWARD_SIG, **JIT)
 def _forward_c(x, n_, h_, w_, c_, kernel, k, f, bias, use_bias, relu, sh, sw, taps, spc, t0, t1, out, po, qo, code):
     """The pairs' forward for chunks t0:t1 of spc samples on the calling thread: x (N, H, W, C) ->
     out (N, Po, Qo, F) float32 and each window's winner code (N, Po, Qo, F) int8, all by address. Windows
-    go three at a time along each pooled row; a row's last tile ends at its last window (overlapping the
-    tile before it, whose values it writes again) or, in rows of fewer than 3, repeats it."""
+    go three at a time in out's order, across rows and samples (per row, 13 windows took 5 tiles); the
+    chunk's last tile repeats its last window when fewer than 3 are left."""
     cs, rs = sw * c_, sh * w_ * c_  # elements between the windows of horizontally / vertically adjacent outputs
-    ws = 2 * sw * c_  # ... of adjacent windows
     for t in range(t0, t1):
-        for n in range(t * spc, min(t * spc + spc, n_)):
-            for p in range(po):
-                x_row = x + 4 * (n * h_ + 2 * p * sh) * w_ * c_  # the row's first window's first output's taps
-                row = (n * po + p) * qo * f  # elements into out and code
-                for q in range(0, qo, WINDOWS):
-                    q0 = max(0, min(q, qo - WINDOWS))
-                    q1, q2 = min(q0 + 1, qo - 1), min(q0 + 2, qo - 1)
-                    for j in range(0, f, NR):
-                        cols = min(NR, f - j)
-                        args = (x_row + 4 * q0 * ws, x_row + 4 * q1 * ws, x_row + 4 * q2 * ws, cs, rs, taps, k,
-                                kernel + 4 * j, f, bias + 4 * j, use_bias != 0, relu != 0,
-                                out + 4 * (row + q0 * f + j), out + 4 * (row + q1 * f + j), out + 4 * (row + q2 * f + j),
-                                code + row + q0 * f + j, code + row + q1 * f + j, code + row + q2 * f + j, cols)
-                        if cols == NR:
-                            forward_full(*args)
-                        else:
-                            forward_masked(*args)
+        n, p, q = t * spc, 0, 0
+        w = t * spc * po * qo
+        end = min(t * spc + spc, n_) * po * qo
+        while w < end:
+            x0 = x + 4 * (((n * h_ + 2 * p * sh) * w_ + 2 * q * sw) * c_)  # window w's first output's taps
+            n, p, q = _next_window(n, p, q, po, qo) if w + 1 < end else (n, p, q)
+            x1 = x + 4 * (((n * h_ + 2 * p * sh) * w_ + 2 * q * sw) * c_)
+            n, p, q = _next_window(n, p, q, po, qo) if w + 2 < end else (n, p, q)
+            x2 = x + 4 * (((n * h_ + 2 * p * sh) * w_ + 2 * q * sw) * c_)
+            w1, w2 = min(w + 1, end - 1), min(w + 2, end - 1)
+            for j in range(0, f, NR):
+                cols = min(NR, f - j)
+                args = (x0, x1, x2, cs, rs, taps, k, kernel + 4 * j, f, bias + 4 * j, use_bias != 0, relu != 0,
+                        out + 4 * (w * f + j), out + 4 * (w1 * f + j), out + 4 * (w2 * f + j),
+                        code + w * f + j, code + w1 * f + j, code + w2 * f + j, cols)
+                if cols == NR:
+                    forward_full(*args)
+                else:
+                    forward_masked(*args)
+            n, p, q = _next_window(n, p, q, po, qo)
+            w += WINDOWS
 
 
 llvmlite.binding.add_symbol("specc_conv_pool_forward", _forward_c.address)
