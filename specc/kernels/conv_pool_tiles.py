@@ -208,19 +208,22 @@ def _forward_tile(masked: bool):
 
 
 def _grad_tile(rows: int, masked: bool):
-    """An intrinsic for `rows` taps x one 32-filter strip of the kernel gradient over one row of n pooling
-    windows, arrays given by address:
-        dk[r*ldk + j] += sum_{w, q where code[w*ldw + j] == q} x[x0 + w*wstep + pix_q + toff[r]] * dp[w*ldw + j]
-        db[j]         += sum_w dp[w*ldw + j] where code[w*ldw + j] != BLOCKED   (with_db)
-    for r < rows, j < 32 (masked: j < cols), pixel offsets pix = (0, cs, rs, rs + cs)."""
+    """An intrinsic for `rows` taps x one 32-filter strip of the kernel gradient over m rows of n pooling
+    windows (one sample's), arrays given by address; with i = a*ldr + w*ldw + j, window (a, w)'s gradient
+    and winner code:
+        dk[r*ldk + j] += sum_{a, w, q where code[i] == q} x[x0 + a*xrow + w*wstep + pix_q + toff[r]] * dp[i]
+        db[j]         += sum_{a, w} dp[i] where code[i] != BLOCKED   (with_db)
+    for r < rows, j < 32 (masked: j < cols), pixel offsets pix = (0, cs, rs, rs + cs). The tile stays in
+    registers over all m * n windows."""
 
     @intrinsic
-    def tile(typingctx, x0, wstep, cs, rs, toff, dp, code, ldw, n, dk, ldk, db, with_db, cols):
+    def tile(typingctx, x0, xrow, wstep, cs, rs, toff, dp, code, ldr, ldw, m, n, dk, ldk, db, with_db, cols):
         i64, boolean = types.int64, types.boolean
-        sig = types.void(*(i64,) * 12, boolean, i64)
+        sig = types.void(*(i64,) * 15, boolean, i64)
 
         def codegen(context, builder, signature, args):
-            x0_, wstep_, cs_, rs_, toff_, dp_, code_, ldw_, n_, dk_, ldk_, db_, with_db_, cols_ = args
+            (x0_, xrow_, wstep_, cs_, rs_, toff_, dp_, code_, ldr_, ldw_, m_, n_, dk_, ldk_, db_, with_db_,
+             cols_) = args
             e = _Emitter(builder, masked, cols_)
             vectors = NR // LANES
             pix = (e.const(0), cs_, rs_, builder.add(rs_, cs_))
@@ -232,14 +235,18 @@ def _grad_tile(rows: int, masked: bool):
             acc0.append([e.zero] * vectors)  # the bias gradient's partial sums
             blocked = ir.Constant(_VI, [BLOCKED] * LANES)
 
-            def window(w, acc):
-                row = builder.mul(w, ldw_)
+            def row(a, acc_a):
+                x_a = builder.add(x0_, builder.mul(a, builder.mul(xrow_, e.const(4))))  # byte address
+                return e.loop(n_, acc_a, lambda w, acc: window(a, x_a, w, acc))
+
+            def window(a, x_a, w, acc):
+                row = builder.add(builder.mul(a, ldr_), builder.mul(w, ldw_))
                 d, codes = [], []
                 for v in range(vectors):
                     at = builder.add(row, e.const(LANES * v))
                     d.append(e.load(e.at(dp_, at), v))
                     codes.append(e.load(e.at(code_, at, _I8), v, codes=True))
-                x_w = builder.add(x0_, builder.mul(w, builder.mul(wstep_, e.const(4))))  # byte address
+                x_w = builder.add(x_a, builder.mul(w, builder.mul(wstep_, e.const(4))))  # byte address
                 new = [list(r) for r in acc]
                 # Each output's lanes where it is the winner, as masks: the FMAs below are masked ones (LLVM
                 # folds the select into the FMA), which needs no register for the routed gradient.
@@ -254,7 +261,7 @@ def _grad_tile(rows: int, masked: bool):
                 new[rows] = [builder.fadd(acc[rows][v], passed[v]) for v in range(vectors)]
                 return new
 
-            totals = e.loop(n_, acc0, window)
+            totals = e.loop(m_, acc0, row)
             for r in range(rows):
                 for v in range(vectors):
                     e.store(totals[r][v], dk_ptr[r][v], v)
@@ -363,23 +370,23 @@ def _grad_strip(rows, full, args):
 @numba.cfunc(_BACKWARD_SIG, **JIT)
 def _backward_c(x, n_, h_, w_, c_, dp, code, po, qo, f, use_bias, sh, sw, taps, k, spc, t0, t1, dk_parts, db_parts):
     """The kernel and bias gradients of _forward_c's pairs for chunks t0:t1, added into dk_parts[t] (K, F)
-    and db_parts[t] (F,) (zeroed by the caller): per pooled row, taps in tiles of 9, 4 and 1."""
+    and db_parts[t] (F,) (zeroed by the caller): per sample, taps in tiles of 9, 4 and 1."""
     cs, rs = sw * c_, sh * w_ * c_
     for t in range(t0, t1):
         dk, db = dk_parts + 4 * t * k * f, db_parts + 4 * t * f
         for n in range(t * spc, min(t * spc + spc, n_)):
-            for p in range(po):
-                x0 = x + 4 * ((n * h_ + 2 * p * sh) * w_ * c_)  # the row's first window's first output's taps
-                row = (n * po + p) * qo * f
-                for j in range(0, f, NR):
-                    cols = min(NR, f - j)
-                    r = 0
-                    while r < k:
-                        rows = 9 if r + 9 <= k else 4 if r + 4 <= k else 1
-                        args = (x0, 2 * sw * c_, cs, rs, taps + 8 * r, dp + 4 * (row + j), code + row + j, f, qo,
-                                dk + 4 * (r * f + j), f, db + 4 * j, use_bias != 0 and r == 0, cols)
-                        _grad_strip(rows, cols == NR, args)
-                        r += rows
+            x0 = x + 4 * (n * h_ * w_ * c_)  # the sample's first window's first output's taps
+            first = n * po * qo * f  # its first window in dp and code
+            for j in range(0, f, NR):
+                cols = min(NR, f - j)
+                r = 0
+                while r < k:
+                    rows = 9 if r + 9 <= k else 4 if r + 4 <= k else 1
+                    args = (x0, 2 * sh * w_ * c_, 2 * sw * c_, cs, rs, taps + 8 * r, dp + 4 * (first + j),
+                            code + first + j, qo * f, f, po, qo, dk + 4 * (r * f + j), f, db + 4 * j,
+                            use_bias != 0 and r == 0, cols)
+                    _grad_strip(rows, cols == NR, args)
+                    r += rows
 
 
 llvmlite.binding.add_symbol("specc_conv_pool_backward", _backward_c.address)
