@@ -98,6 +98,7 @@ class Engine:
         self.input_names = [n.name for n in graph.inputs]
         self.output_names = [self._resolve(n) for n in graph.outputs]
         self._own_threads = any(s.layer.runs_own_threads for s in self.steps)
+        self._holding = 0  # held_threads depth
 
         # Layout: trainable weights first, so the optimizer sees one contiguous range.
         placed = [(s, i, w) for s in self.steps for i, w in enumerate(s.specs)]
@@ -173,16 +174,23 @@ class Engine:
     # --- execution -----------------------------------------------------------------------------------
 
     def _buffers(self, reuse: bool):
-        """The context of one forward or backward pass: the workspace (reuse=True), and BLAS and sgemm on one
-        thread when a layer splits its batch over threads of its own (convolutions, pooling) and there are
-        several. OpenBLAS's idle workers spin for a while after a multi-threaded product
-        (OPENBLAS_THREAD_TIMEOUT, specc/__init__.py), and so do Numba's OpenMP workers after sgemm's
+        """The context of one forward or backward pass: the workspace (reuse=True), and the thread limits
+        (see _thread_limits) unless a loop holds them (held_threads)."""
+        stack = contextlib.ExitStack()
+        if reuse:
+            stack.enter_context(self.workspace.active())
+        if not self._holding:
+            stack.enter_context(self._thread_limits())
+        return stack
+
+    def _thread_limits(self):
+        """BLAS and sgemm on one thread when a layer splits its batch over threads of its own (convolutions,
+        pooling) and there are several. OpenBLAS's idle workers spin for a while after a multi-threaded
+        product (OPENBLAS_THREAD_TIMEOUT, specc/__init__.py), and so do Numba's OpenMP workers after sgemm's
         parallel products, which suits a chain of products (an MLP) but holds a core that those layers'
         threads need next: the benchmark CNN at 2 threads ran 8% slower with its one small Dense on 2 BLAS
         threads, and 20% slower with it on 2 sgemm threads."""
         stack = contextlib.ExitStack()
-        if reuse:
-            stack.enter_context(self.workspace.active())
         if self._own_threads:
             import numba
 
@@ -193,6 +201,18 @@ class Engine:
                 stack.enter_context(one_blas_thread())
                 stack.enter_context(sgemm.one_thread())
         return stack
+
+    @contextlib.contextmanager
+    def held_threads(self):
+        """The thread limits for a whole loop of passes (the Trainer's steps) instead of each pass: setting
+        and restoring OpenBLAS's thread count took ~30 us a pass, 8% of the benchmark CNN's first block on
+        2 threads. Code run inside (callbacks) sees BLAS on one thread in such models."""
+        with self._thread_limits():
+            self._holding += 1
+            try:
+                yield
+            finally:
+                self._holding -= 1
 
     def forward(self, inputs: list[np.ndarray], training: bool = False, rng: Any = None,
                 reuse: bool = False) -> list[np.ndarray]:

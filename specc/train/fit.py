@@ -213,36 +213,37 @@ class Trainer:
                 order = self.rng.permutation(n) if shuffle else np.arange(n)
                 start, total_sum, out_sums, seen = 0, 0.0, [0.0] * len(self.losses), 0
             self.progress.epoch_begin(epoch, epochs, steps)
-            for step in range(start, steps):
-                if shuffle:
-                    idx = order[step * batch_size: (step + 1) * batch_size]
-                    xb, yb = self._gather(x, idx, "x"), self._gather(y, idx, "y")
-                else:  # batches in order are views: no copy
-                    xb = [a[step * batch_size: (step + 1) * batch_size] for a in x]
-                    yb = [a[step * batch_size: (step + 1) * batch_size] for a in y]
-                sw = _class_weights(class_weight, yb[0]) if class_weight else None
-                total, values, preds = self.train_step(xb, yb, sw)
-                if not np.isfinite(total):
-                    raise Diverged(epoch, step + 1, total)
-                b = len(xb[0])
-                total_sum += total * b
-                out_sums = [s + v * b for s, v in zip(out_sums, values)]
-                seen += b
-                for k, ms in enumerate(metrics):
-                    for m in ms:
-                        m.update(yb[k], preds[k], sw)
-                logs = self._epoch_logs(total_sum / seen, [s / seen for s in out_sums], metrics)
-                self.progress.step(step + 1, logs)
-                for cb in callbacks:
-                    cb.on_batch_end(step, logs)
-                if self.stop_training:
-                    break
-                if self.interrupt_requested and step + 1 < steps:
-                    # Everything needed to continue this epoch from the next step.
-                    self.loop_state = {"epoch": epoch, "step": step + 1, "order": order.tolist(),
-                                       "total_sum": total_sum, "out_sums": out_sums, "seen": seen,
-                                       "metrics": [[m.state() for m in ms] for ms in metrics]}
-                    raise Interrupted()
+            with self.engine.held_threads():  # the thread limits once per epoch, not per pass
+                for step in range(start, steps):
+                    if shuffle:
+                        idx = order[step * batch_size: (step + 1) * batch_size]
+                        xb, yb = self._gather(x, idx, "x"), self._gather(y, idx, "y")
+                    else:  # batches in order are views: no copy
+                        xb = [a[step * batch_size: (step + 1) * batch_size] for a in x]
+                        yb = [a[step * batch_size: (step + 1) * batch_size] for a in y]
+                    sw = _class_weights(class_weight, yb[0]) if class_weight else None
+                    total, values, preds = self.train_step(xb, yb, sw)
+                    if not np.isfinite(total):
+                        raise Diverged(epoch, step + 1, total)
+                    b = len(xb[0])
+                    total_sum += total * b
+                    out_sums = [s + v * b for s, v in zip(out_sums, values)]
+                    seen += b
+                    for k, ms in enumerate(metrics):
+                        for m in ms:
+                            m.update(yb[k], preds[k], sw)
+                    logs = self._epoch_logs(total_sum / seen, [s / seen for s in out_sums], metrics)
+                    self.progress.step(step + 1, logs)
+                    for cb in callbacks:
+                        cb.on_batch_end(step, logs)
+                    if self.stop_training:
+                        break
+                    if self.interrupt_requested and step + 1 < steps:
+                        # Everything needed to continue this epoch from the next step.
+                        self.loop_state = {"epoch": epoch, "step": step + 1, "order": order.tolist(),
+                                           "total_sum": total_sum, "out_sums": out_sums, "seen": seen,
+                                           "metrics": [[m.state() for m in ms] for ms in metrics]}
+                        raise Interrupted()
             if validation_data is not None:
                 logs.update({f"val_{k}": v for k, v in
                              self.evaluate(*validation_data, batch_size=batch_size).items()})
@@ -289,15 +290,16 @@ class Trainer:
         n = len(x[0])
         metrics = self._make_metrics(y)
         total_sum, out_sums = 0.0, [0.0] * len(self.losses)
-        for start in range(0, n, batch_size):
-            xb, yb = [a[start: start + batch_size] for a in x], [a[start: start + batch_size] for a in y]
-            values, _, preds = self._losses(xb, yb, None, training=False)
-            b = len(xb[0])
-            total_sum += sum(w * v for w, v in zip(self.loss_weights, values)) * b
-            out_sums = [s + v * b for s, v in zip(out_sums, values)]
-            for k, ms in enumerate(metrics):
-                for m in ms:
-                    m.update(yb[k], preds[k])
+        with self.engine.held_threads():
+            for start in range(0, n, batch_size):
+                xb, yb = [a[start: start + batch_size] for a in x], [a[start: start + batch_size] for a in y]
+                values, _, preds = self._losses(xb, yb, None, training=False)
+                b = len(xb[0])
+                total_sum += sum(w * v for w, v in zip(self.loss_weights, values)) * b
+                out_sums = [s + v * b for s, v in zip(out_sums, values)]
+                for k, ms in enumerate(metrics):
+                    for m in ms:
+                        m.update(yb[k], preds[k])
         return self._epoch_logs(total_sum / max(n, 1), [s / max(n, 1) for s in out_sums], metrics)
 
     def predict(self, x, batch_size: int = 32) -> list[np.ndarray]:
@@ -315,10 +317,11 @@ class Trainer:
                 out[start: start + batch_size] = chain.predict(x[0][start: start + batch_size])
             return [out]
         parts: list[list[np.ndarray]] = [[] for _ in engine.output_names]
-        for start in range(0, n, batch_size):
-            outs = engine.forward([a[start: start + batch_size] for a in x], training=False)
-            for k, o in enumerate(outs):
-                parts[k].append(o.copy())
+        with engine.held_threads():
+            for start in range(0, n, batch_size):
+                outs = engine.forward([a[start: start + batch_size] for a in x], training=False)
+                for k, o in enumerate(outs):
+                    parts[k].append(o.copy())
         return [np.concatenate(p) for p in parts]
 
 
