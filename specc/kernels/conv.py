@@ -26,6 +26,9 @@ import contextlib
 import functools
 
 import numba
+import numpy as np
+from numba import types
+from numba.extending import overload
 
 from ..workspace import empty
 from . import JIT
@@ -46,6 +49,16 @@ MIN_CHUNKS = 16
 # Below this many channels the windows are laid out tap-major, cols_t (K, rows): each tap's row is then a
 # contiguous copy of an input row (for C = 1) instead of C-element pieces; BLAS reads it transposed.
 TAP_MAJOR_BELOW_C = 4
+# The two layouts as tags whose types differ (a kernel specialises on its arguments' types): kernels that
+# take one compile only that layout's code, and Python calls dispatch on it as on any argument. (A bool
+# would be a run-time value, and both layouts would compile.)
+TAP_MAJOR = np.zeros(0, np.int8)
+ROW_MAJOR = np.zeros(0, np.int16)
+
+
+def layout_for(channels: int):
+    """The window layout for inputs of this many channels."""
+    return TAP_MAJOR if channels < TAP_MAJOR_BELOW_C else ROW_MAJOR
 
 
 @numba.njit(**JIT)
@@ -201,7 +214,7 @@ def _forward_rows(x, kernel, bias, use_bias, relu, g, n0, n1, ho, wo, scratch, o
 
 @numba.njit(**JIT)
 def _backward_chunk(x, kernel, dy, relu_out, relu, use_bias, need_dk, need_dx, g, t, spc, scratch, dz_scratch,
-                    dk_parts, db_parts, dx):
+                    dk_parts, db_parts, dx, layout):
     """conv_backward for chunk t (samples t*spc up to (t+1)*spc) on the calling thread (see _backward_rows);
     with relu, dz_scratch (>= rows * F,) holds the chunk's dy through the ReLU (relu_out, the layer's
     output, is > 0 where it passes)."""
@@ -219,21 +232,20 @@ def _backward_chunk(x, kernel, dy, relu_out, relu, use_bias, need_dk, need_dx, g
             for q in range(f):
                 dz[i, q] = d[i, q] if a[i, q] > zero else zero
         d = dz
-    _backward_rows(x, kernel, d, use_bias, need_dk, need_dx, g, n0, n1, ho, wo, t, scratch, dk_parts, db_parts, dx)
+    _backward_rows(x, kernel, d, use_bias, need_dk, need_dx, g, n0, n1, ho, wo, t, scratch, dk_parts, db_parts, dx,
+                   layout)
 
 
 @numba.njit(**JIT)
 def _backward_rows(x, kernel, d, use_bias, need_dk, need_dx, g, n0, n1, ho, wo, t, scratch, dk_parts, db_parts,
-                   dx):
+                   dx, layout):
     """From d ((n1 - n0)*Ho*Wo, F), the gradient of the convolution's output for samples n0:n1 (rows as
     _forward_rows writes them), on the calling thread: their kernel and bias gradients to dk_parts[t] (K, F)
     and db_parts[t] (F,), their input gradient to those samples of dx. scratch (>= rows * K,) holds their
-    windows, then the windows' gradients."""
-    c_ = dx.shape[3]
+    windows, then the windows' gradients, laid out as `layout` says."""
     f = d.shape[1]
     k = kernel.shape[0]
     r = (n1 - n0) * ho * wo
-    tap_major = c_ < TAP_MAJOR_BELOW_C
     if use_bias:
         db = db_parts[t]
         db[:] = 0
@@ -241,23 +253,9 @@ def _backward_rows(x, kernel, d, use_bias, need_dk, need_dx, g, n0, n1, ho, wo, 
             for q in range(f):
                 db[q] += d[i, q]
     if need_dk:
-        if tap_major:
-            cols_t = scratch[: k * r].reshape(k, r)  # this chunk's windows
-            _im2col_t(x, n0, n1, g, ho, wo, cols_t)
-            _matmul(cols_t, d, dk_parts[t])
-        else:
-            cols = scratch[: r * k].reshape(r, k)  # this chunk's windows
-            _im2col(x, n0, n1, g, ho, wo, cols)
-            _matmul(cols.T, d, dk_parts[t])
+        _kernel_gradient(layout, x, d, n0, n1, g, ho, wo, scratch[: k * r], dk_parts[t])
     if need_dx:
-        if tap_major:
-            dcols_t = scratch[: k * r].reshape(k, r)  # gradients of this chunk's windows
-            _matmul(kernel, d.T, dcols_t)
-            _col2im_t(dcols_t, n0, n1, g, ho, wo, dx)
-        else:
-            dcols = scratch[: r * k].reshape(r, k)  # gradients of this chunk's windows
-            _matmul(d, kernel.T, dcols)
-            _col2im(dcols, n0, n1, g, ho, wo, dx)
+        _input_gradient(layout, kernel, d, n0, n1, g, ho, wo, scratch[: k * r], dx)
 
 
 @numba.njit(**JIT)
@@ -273,12 +271,67 @@ def _forward_range(x, kernel, bias, use_bias, relu, g, spc, t0, t1, scratch, out
 
 
 @numba.njit(**JIT)
+def _kernel_gradient_tap_major(x, d, n0, n1, g, ho, wo, scratch, dk):
+    """dk (K, F) = the windows of samples n0:n1 of x, laid out tap-major in scratch, times d (rows, F)."""
+    cols_t = scratch.reshape(dk.shape[0], d.shape[0])  # (K, rows)
+    _im2col_t(x, n0, n1, g, ho, wo, cols_t)
+    _matmul(cols_t, d, dk)
+
+
+@numba.njit(**JIT)
+def _kernel_gradient_row_major(x, d, n0, n1, g, ho, wo, scratch, dk):
+    cols = scratch.reshape(d.shape[0], dk.shape[0])  # (rows, K)
+    _im2col(x, n0, n1, g, ho, wo, cols)
+    _matmul(cols.T, d, dk)
+
+
+@numba.njit(**JIT)
+def _input_gradient_tap_major(kernel, d, n0, n1, g, ho, wo, scratch, dx):
+    """Samples n0:n1 of dx (N, H, W, C) = the windows' gradients d (rows, F) times kernel.T, laid out
+    tap-major in scratch, summed back into place."""
+    dcols_t = scratch.reshape(kernel.shape[0], d.shape[0])  # (K, rows)
+    _matmul(kernel, d.T, dcols_t)
+    _col2im_t(dcols_t, n0, n1, g, ho, wo, dx)
+
+
+@numba.njit(**JIT)
+def _input_gradient_row_major(kernel, d, n0, n1, g, ho, wo, scratch, dx):
+    dcols = scratch.reshape(d.shape[0], kernel.shape[0])  # (rows, K)
+    _matmul(d, kernel.T, dcols)
+    _col2im(dcols, n0, n1, g, ho, wo, dx)
+
+
+def _kernel_gradient(layout, *args):
+    """The tap- or row-major _kernel_gradient_*, by the layout tag's type: compiled, only that layout
+    compiles (its im2col and its product's operand layouts were ~2 s of the benchmark CNN's cold start)."""
+    (_kernel_gradient_tap_major if layout.dtype == TAP_MAJOR.dtype else _kernel_gradient_row_major)(*args)
+
+
+def _input_gradient(layout, *args):
+    """The tap- or row-major _input_gradient_*, as _kernel_gradient."""
+    (_input_gradient_tap_major if layout.dtype == TAP_MAJOR.dtype else _input_gradient_row_major)(*args)
+
+
+@overload(_kernel_gradient, jit_options=JIT)
+def _kernel_gradient_njit(layout, *args):
+    impl = _kernel_gradient_tap_major if layout.dtype == types.int8 else _kernel_gradient_row_major
+    return lambda layout, *args: impl(*args)
+
+
+@overload(_input_gradient, jit_options=JIT)
+def _input_gradient_njit(layout, *args):
+    impl = _input_gradient_tap_major if layout.dtype == types.int8 else _input_gradient_row_major
+    return lambda layout, *args: impl(*args)
+
+
+@numba.njit(**JIT)
 def _backward_range(x, kernel, dy, relu_out, relu, use_bias, need_dk, need_dx, g, spc, t0, t1, scratch,
-                    dz_scratch, dk_parts, db_parts, dx):
-    """_backward_chunk for chunks t0:t1 of spc samples each, with this thread's scratch."""
+                    dz_scratch, dk_parts, db_parts, dx, layout):
+    """_backward_chunk for chunks t0:t1 of spc samples each, with this thread's scratch, windows laid out as
+    `layout` says (TAP_MAJOR or ROW_MAJOR)."""
     for t in range(t0, t1):
         _backward_chunk(x, kernel, dy, relu_out, relu, use_bias, need_dk, need_dx, g, t, spc, scratch, dz_scratch,
-                        dk_parts, db_parts, dx)
+                        dk_parts, db_parts, dx, layout)
 
 
 @numba.njit(**JIT)
@@ -341,12 +394,13 @@ def conv_backward(x, kernel, dy, use_bias, need_dk, need_dx, g, dkernel, dbias, 
     dz_scratch = empty("relu gradient", (share_count(chunks) if relu else 1, spc * ho * wo * f if relu else 0),
                        dy.dtype)
     relu_out = relu_out if relu else dy  # unread without relu
+    layout = layout_for(x.shape[3])
     with one_blas_thread():
         in_threads(
             chunks,
             lambda share, t0, t1: _backward_range(
                 x, kernel, dy, relu_out, relu, use_bias, need_dk, need_dx, g, spc, t0, t1, scratch[share],
-                dz_scratch[share if relu else 0], dk_parts, db_parts, dx
+                dz_scratch[share if relu else 0], dk_parts, db_parts, dx, layout
             ),
         )
     _sum_parts(dk_parts, dbias, db_parts, need_dk, use_bias, dkernel)

@@ -31,6 +31,7 @@ from .conv import (
     _scratch,
     _sum_parts,
     in_threads,
+    layout_for,
     one_blas_thread,
     share_count,
 )
@@ -54,10 +55,10 @@ def _forward_range(x, kernel, bias, use_bias, relu, g, pg, ho, wo, spc, t0, t1, 
 
 @numba.njit(**JIT)
 def _backward_range(x, kernel, dp, pooled, argmax, relu, use_bias, need_dk, need_dx, g, pg, ho, wo, spc, t0, t1,
-                    scratch, dz_scratch, dp_scratch, dk_parts, db_parts, dx):
+                    scratch, dz_scratch, dp_scratch, dk_parts, db_parts, dx, layout):
     """Chunks t0:t1, on the calling thread: the pooled gradient dp (N, Po, Qo, F), through the ReLU, is
     routed to the pooling's winners in dz_scratch (the chunk's convolution output gradient), from which
-    _backward_rows takes the chunk's kernel, bias and input gradients."""
+    _backward_rows takes the chunk's kernel, bias and input gradients (windows laid out as `layout` says)."""
     n_ = x.shape[0]
     f = kernel.shape[1]
     per = ho * wo
@@ -78,7 +79,7 @@ def _backward_range(x, kernel, dp, pooled, argmax, relu, use_bias, need_dk, need
         dz = dz_scratch[: (n1 - n0) * per * f].reshape(n1 - n0, ho, wo, f)
         _max_backward(d, argmax[n0:n1], pg, 0, n1 - n0, dz)
         _backward_rows(x, kernel, dz.reshape((n1 - n0) * per, f), use_bias, need_dk, need_dx, g, n0, n1, ho, wo, t,
-                       scratch, dk_parts, db_parts, dx)
+                       scratch, dk_parts, db_parts, dx, layout)
 
 
 @numba.njit(**JIT)
@@ -163,8 +164,9 @@ def conv_pool_backward(x, kernel, dp, pooled, winners, relu, use_bias, need_dx, 
     scratch = _scratch(chunks, spc * ho * wo * k, x.dtype)
     dz_scratch = empty("conv output gradient", (shares, spc * ho * wo * f), x.dtype)
     dp_scratch = empty("pooled gradient", (shares, spc * dp[0].size), x.dtype)
+    layout = layout_for(x.shape[3])
     with one_blas_thread():
         in_threads(chunks, lambda share, t0, t1: _backward_range(
             x, kernel, dp, pooled, argmax, relu, use_bias, True, need_dx, g, pg, ho, wo, spc, t0, t1, scratch[share],
-            dz_scratch[share], dp_scratch[share], dk_parts, db_parts, dx))
+            dz_scratch[share], dp_scratch[share], dk_parts, db_parts, dx, layout))
     _sum_parts(dk_parts, dbias, db_parts, True, use_bias, dkernel)
