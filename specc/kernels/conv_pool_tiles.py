@@ -230,7 +230,10 @@ def _grad_tile(rows: int, masked: bool):
             taps = [builder.load(e.at(toff_, e.const(r), _I64), align=8) for r in range(rows)]
             dk_ptr = [[e.at(dk_, builder.add(builder.mul(ldk_, e.const(r)), e.const(LANES * v))) for v in range(vectors)]
                       for r in range(rows)]
-            acc0 = [[e.load(dk_ptr[r][v], v) for v in range(vectors)] for r in range(rows)]
+            # Sums start from zero and are added to dk at the end: a sample's ~700 products per lane summed
+            # on their own, then added to the chunk's total (blocked summation rounds less than one long
+            # running sum).
+            acc0 = [[e.zero] * vectors for _ in range(rows)]
             db_ptr = [e.at(db_, e.const(LANES * v)) for v in range(vectors)]
             acc0.append([e.zero] * vectors)  # the bias gradient's partial sums
             blocked = ir.Constant(_VI, [BLOCKED] * LANES)
@@ -264,7 +267,7 @@ def _grad_tile(rows: int, masked: bool):
             totals = e.loop(m_, acc0, row)
             for r in range(rows):
                 for v in range(vectors):
-                    e.store(totals[r][v], dk_ptr[r][v], v)
+                    e.store(builder.fadd(e.load(dk_ptr[r][v], v), totals[r][v]), dk_ptr[r][v], v)
             with builder.if_then(with_db_):
                 for v in range(vectors):
                     e.store(builder.fadd(e.load(db_ptr[v], v), totals[rows][v]), db_ptr[v], v)
