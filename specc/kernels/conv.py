@@ -336,15 +336,22 @@ def _backward_range(x, kernel, dy, relu_out, relu, use_bias, need_dk, need_dx, g
 
 @numba.njit(**JIT)
 def _sum_parts(dk_parts, dbias, db_parts, need_dk, use_bias, dkernel):
-    """dkernel (K, F) and dbias (F,) = their per-chunk partials summed in chunk order."""
+    """dkernel (K, F) and dbias (F,) = their per-chunk partials summed in chunk order. (Loops: the array
+    expressions `dkernel += dk_parts[t]` compiled to twice the code.)"""
     if need_dk:
-        dkernel[...] = 0
-        for t in range(dk_parts.shape[0]):
-            dkernel += dk_parts[t]
+        k, f = dkernel.shape
+        for i in range(k):
+            for j in range(f):
+                total = dkernel.dtype.type(0)
+                for t in range(dk_parts.shape[0]):
+                    total += dk_parts[t, i, j]
+                dkernel[i, j] = total
     if use_bias:
-        dbias[:] = 0
-        for t in range(db_parts.shape[0]):
-            dbias += db_parts[t]
+        for j in range(dbias.shape[0]):
+            total = dbias.dtype.type(0)
+            for t in range(db_parts.shape[0]):
+                total += db_parts[t, j]
+            dbias[j] = total
 
 
 # The two entry points split the chunks between threads in Python (in_threads, also used by pooling):
