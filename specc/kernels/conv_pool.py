@@ -10,9 +10,14 @@ convolution into a per-thread scratch that stays in L2, and is pooled from there
 pooled gradient back into that scratch and takes the kernel gradient from it. Only the pooled output, its
 winners and x go to memory.
 
-The pieces are the layers' own kernels (conv._forward_rows / _backward_rows, pooling._max_forward /
-_max_backward) on the same chunks conv_forward uses, so the results are bit-for-bit those of the two
-layers run apart (tests/test_fusion.py).
+Two paths. Where `pair` allows (float32 on AVX-512, no convolution padding, 2 x 2 pooling with stride
+2: the usual CNN block), conv_pool_tiles computes the pair with the convolution's outputs in registers
+only, and keeps each window's winner as an int8 code; its outputs are the layers' bits, its kernel and bias
+gradients the same sums in another order (within float32 rounding of float64: tests/test_fusion.py). When
+the input gradient is needed too, backward routes the codes chunk by chunk into the layers' own kernels.
+Elsewhere the pieces are the layers' own kernels (conv._forward_rows / _backward_rows,
+pooling._max_forward / _max_backward) on the same chunks conv_forward uses, and every result is
+bit-for-bit that of the two layers run apart.
 """
 
 from __future__ import annotations

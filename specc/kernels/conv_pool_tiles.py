@@ -8,16 +8,18 @@ the windows are never laid out and the convolution's output never leaves the reg
 
 - forward (`_forward_tile`): three pooling windows at a time, 12 convolution outputs x 32 filters in 24
   vector registers. Per tap, one 32-wide row of the kernel and 12 broadcasts of x, read in place through
-  a table of the taps' offsets in x; then bias, ReLU and the 2 x 2 maximum with its winner's index, and
-  only the pooled values and indexes are stored.
-- backward (`_grad_tile`): the kernel gradient, a row of taps x 32 filters held in registers while one
-  row of pooling windows streams through: each window's pooled gradient goes through the ReLU and to its
-  winner (a compare and select per output, in registers), and is multiplied by the winner's taps of x.
-  The bias gradient rides along.
+  a table of the taps' offsets in x; then the 2 x 2 maximum with its winner, the bias and the ReLU, and
+  only the pooled values and the winners' int8 codes are stored (a code marks the windows whose gradient
+  the ReLU stops, so backward needs no copy of the output).
+- backward (`_grad_tile`): the kernel gradient, up to 9 taps x 32 filters held in registers while a
+  sample's pooling windows stream through: each window's gradient is multiplied by its winner's taps of x
+  (FMAs masked to the lanes each output wins). The bias gradient rides along.
 
-Each convolution output is the same chain of FMAs as sgemm's (taps in the same order, from zero, then the
-bias), so the forward results are bit-for-bit those of conv_pool's chunked path and of the two layers run
-apart; the kernel gradient sums the same products in another order.
+Each convolution output is the same chain of FMAs as sgemm's (taps in the same order, from zero), and the
+bias and ReLU are applied to the maximum, which gives the same value as applying them first (both are
+non-decreasing): the pooled outputs are bit-for-bit those of the two layers run apart. Two outputs that
+differ only until the bias rounds them equal keep the larger as winner where the layers apart keep the first.
+The kernel gradient sums the same products in another order.
 """
 
 from __future__ import annotations

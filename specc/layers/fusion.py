@@ -1,7 +1,9 @@
 """Pairs of layers the engine runs as one step: a Conv1D/Conv2D (linear or ReLU) whose output only a
-MaxPooling1D/2D of the same rank reads. The pair computes exactly what the two layers compute apart
-(kernels/conv_pool.py says why it is faster); the model, its summary, weights and layer names do not change,
-since this exists only in the engine's execution plan (Engine.plan)."""
+MaxPooling1D/2D of the same rank reads. The pair computes what the two layers compute apart, to the bit or
+(the kernel and bias gradients on the AVX-512 path) within float32 rounding, with ties between equal maxima
+going to the first in scan order as in the pooling layer; kernels/conv_pool.py says why it is faster. The
+model, its summary, weights and layer names do not change: this exists only in the engine's execution plan
+(Engine.plan)."""
 
 from __future__ import annotations
 
