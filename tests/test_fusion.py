@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from specc.engine import Engine
+from specc.kernels import sgemm
 from specc.layers.fusion import ConvPool
 from specc.spec import load_spec_text
 
@@ -40,6 +41,19 @@ CASES = [
                         "activation": "relu"}, {"type": "MaxPooling1D", "pool_size": 3, "strides": 2}], [[12, 2]]),
 ]
 BATCH = 37  # odd, and large enough for several chunks
+
+# The direct path (kernels/conv_pool_tiles.py): float32 on AVX-512, a convolution without padding and 2 x 2
+# pooling with stride 2. Its forward gives the layers' bits; its kernel and bias gradients (taken when no
+# input gradient is needed, as for a model's first layer in training) sum the same products in another order.
+DIRECT = [
+    ("c1_f32", [conv2d(filters=32, activation="relu"), pool2d()], [[14, 13, 1]]),  # full 32-filter strips
+    ("c3_f20_linear", [conv2d(filters=20), pool2d()], [[10, 11, 3]]),  # a masked strip; 27 taps: 9 + 9 + 9
+    ("c1_f48_5x5_strided", [conv2d(filters=48, kernel_size=5, strides=2, activation="relu"), pool2d()],
+     [[17, 16, 1]]),  # 32 + 16 filters; 25 taps: 9 + 9 + 4 + 1 + 1 + 1
+    ("c2_f16_dilated_no_bias_one_window", [conv2d(filters=16, dilation_rate=2, use_bias=False, activation="relu"),
+                                           pool2d()], [[8, 7, 2]]),  # a pooled row of 1 window (< 3 per tile)
+]
+needs_avx512 = pytest.mark.skipif(not sgemm.AVAILABLE, reason="the direct path needs AVX-512")
 
 
 def engine_for(layers, shapes, fuse, dtype=np.float32):
@@ -77,8 +91,10 @@ def test_the_pair_runs_as_one_step(layers, shapes):
     assert len(engine_for(layers, shapes, False).plan) == 2
 
 
-@pytest.mark.parametrize("layers,shapes", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("layers,shapes", [c[1:] for c in CASES + DIRECT], ids=[c[0] for c in CASES + DIRECT])
 def test_same_bits_as_the_layers_apart(layers, shapes):
+    """With the input gradient (as the gradient checks run), the direct path's winner codes route the
+    gradient through the chunked kernels: every result is the layers' bits, on either path."""
     x = sample(shapes)
     fused = run(engine_for(layers, shapes, True), x)
     apart = run(engine_for(layers, shapes, False), x)
@@ -143,20 +159,6 @@ def test_fused_only_where_nothing_else_reads_the_convolution(model, expected):
     assert _plan_types(model) == expected
 
 
-# The direct path (kernels/conv_pool_tiles.py): float32 on AVX-512, a convolution without padding and 2 x 2
-# pooling with stride 2. Its forward gives the layers' bits; its kernel and bias gradients (taken when no
-# input gradient is needed, as for a model's first layer in training) sum the same products in another order.
-DIRECT = [
-    ("c1_f32", [conv2d(filters=32, activation="relu"), pool2d()], [[14, 13, 1]]),  # full 32-filter strips
-    ("c3_f20_linear", [conv2d(filters=20), pool2d()], [[10, 11, 3]]),  # a masked strip; 27 taps: 9 + 9 + 9
-    ("c1_f48_5x5_strided", [conv2d(filters=48, kernel_size=5, strides=2, activation="relu"), pool2d()],
-     [[17, 16, 1]]),  # 32 + 16 filters; 25 taps: 9 + 9 + 4 + 1 + 1 + 1
-    ("c2_f16_dilated_no_bias_one_window", [conv2d(filters=16, dilation_rate=2, use_bias=False, activation="relu"),
-                                           pool2d()], [[8, 7, 2]]),  # a pooled row of 1 window (< 3 per tile)
-]
-needs_avx512 = pytest.mark.skipif(not __import__("specc.kernels.sgemm").kernels.sgemm.AVAILABLE,
-                                  reason="the direct path needs AVX-512")
-
 
 def apart_float64(layers, shapes, fused):
     """The two layers apart in float64, with the float32 engine's weights."""
@@ -184,17 +186,6 @@ def test_direct_path_forward_bits_and_gradients(layers, shapes):
     scale = np.abs(reference).max()
     np.testing.assert_allclose(grads, reference, rtol=1e-4, atol=1e-5 * scale)
     np.testing.assert_allclose(grads_apart, reference, rtol=1e-4, atol=1e-5 * scale)  # the same bar for both
-
-
-@needs_avx512
-@pytest.mark.parametrize("layers,shapes", [c[1:] for c in DIRECT], ids=[c[0] for c in DIRECT])
-def test_direct_path_with_input_gradient_matches_the_layers_apart(layers, shapes):
-    """Winner codes turned into the chunked path's indexes: the same bits as the layers apart."""
-    x = sample(shapes)
-    fused = run(engine_for(layers, shapes, True), x)
-    apart = run(engine_for(layers, shapes, False), x)
-    for a, b in zip(fused, apart):
-        assert np.array_equal(a, b)
 
 
 @needs_avx512
