@@ -32,107 +32,13 @@ from numba import types
 from numba.extending import intrinsic, overload
 
 from . import JIT
-from .sgemm import _F32, _I32, _I64, _MASK, _V, _VP, LANES, NR, _declare
+from .sgemm import _F32, _I8, _I64, _V, _VI, LANES, NR, _Emitter
 
-_I8 = ir.IntType(8)
-_VI = ir.VectorType(_I8, LANES)  # 16 winner codes
-_VIP = _VI.as_pointer()
 WINDOWS = 3  # pooling windows per forward tile: 3 x 4 outputs x 2 vectors = 24 accumulators
 PIXELS = 4  # convolution outputs per 2 x 2 window, in scan order: (0, 0), (0, 1), (1, 0), (1, 1)
-GRAD_ROWS = (9, 4, 1)
+GRAD_ROWS = (9, 4, 1)  # taps per backward tile (a 3 x 3 kernel on one channel is 9): 2 x 9 accumulators
 BLOCKED = 4  # the winner code of a window whose gradient the ReLU stops
-_LOWEST = -3.4028234663852886e38  # the lowest float32  # taps per backward tile (a 3 x 3 kernel on one channel is 9): 2 x 9 accumulators
-
-
-class _Emitter:
-    """IR helpers shared by the tiles: address arithmetic on float32/int32 addresses given as int64,
-    masked or plain 16-lane loads and stores (masked: lanes j < cols of a 32-column strip)."""
-
-    def __init__(self, builder, masked, cols):
-        self.b = builder
-        module = builder.module
-        self.fma = _declare(module, "llvm.fma.v16f32", ir.FunctionType(_V, [_V, _V, _V]))
-        self.load_masked = _declare(module, "llvm.masked.load.v16f32.p0", ir.FunctionType(_V, [_VP, _I32, _MASK, _V]))
-        self.store_masked = _declare(module, "llvm.masked.store.v16f32.p0",
-                                     ir.FunctionType(ir.VoidType(), [_V, _VP, _I32, _MASK]))
-        self.load_masked_i = _declare(module, "llvm.masked.load.v16i8.p0",
-                                      ir.FunctionType(_VI, [_VIP, _I32, _MASK, _VI]))
-        self.store_masked_i = _declare(module, "llvm.masked.store.v16i8.p0",
-                                       ir.FunctionType(ir.VoidType(), [_VI, _VIP, _I32, _MASK]))
-        self.zero = ir.Constant(_V, [0.0] * LANES)
-        self.zero_i = ir.Constant(_VI, [0] * LANES)
-        self.masks = None
-        if masked:
-            columns = self.splat(cols, ir.VectorType(_I64, LANES))
-            self.masks = [builder.icmp_signed("<", ir.Constant(ir.VectorType(_I64, LANES),
-                                                               list(range(LANES * v, LANES * (v + 1)))), columns)
-                          for v in range(NR // LANES)]
-
-    def const(self, v):
-        return ir.Constant(_I64, v)
-
-    def splat(self, value, vector_type):
-        b = self.b
-        v = b.insert_element(ir.Constant(vector_type, ir.Undefined), value, ir.Constant(_I32, 0))
-        return b.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, LANES), [0] * LANES))
-
-    def at(self, address, elements, element_type=_F32):
-        """Pointer to element `elements` (an i64 value) of the array at `address` (an i64 byte address)."""
-        base = self.b.inttoptr(address, element_type.as_pointer())
-        return self.b.gep(base, [elements])
-
-    def load(self, ptr, v, codes=False):
-        """16 floats (or, with codes, 16 int8 winner codes) at ptr, lanes past cols read as 0."""
-        b = self.b
-        ptr = b.bitcast(ptr, _VIP if codes else _VP)
-        align = 1 if codes else 4
-        if self.masks is not None:
-            fn, fill = (self.load_masked_i, self.zero_i) if codes else (self.load_masked, self.zero)
-            return b.call(fn, [ptr, ir.Constant(_I32, align), self.masks[v], fill])
-        return b.load(ptr, align=align)
-
-    def store(self, value, ptr, v, codes=False):
-        b = self.b
-        ptr = b.bitcast(ptr, _VIP if codes else _VP)
-        align = 1 if codes else 4
-        if self.masks is not None:
-            b.call(self.store_masked_i if codes else self.store_masked, [value, ptr, ir.Constant(_I32, align), self.masks[v]])
-        else:
-            b.store(value, ptr, align=align)
-
-    def broadcast(self, address, elements):
-        return self.splat(self.b.load(self.at(address, elements), align=4), _V)
-
-    def loop(self, count, state, body):
-        """A counted loop for i in 0..count-1 whose `state` (list of lists of vectors) lives in phi nodes;
-        body(i, state) returns the next state. Returns the final state."""
-        b = self.b
-        entry = b.block
-        head = b.append_basic_block("loop")
-        done = b.append_basic_block("loop.done")
-        b.cbranch(b.icmp_signed(">", count, self.const(0)), head, done)
-        b.position_at_end(head)
-        i = b.phi(_I64)
-        i.add_incoming(self.const(0), entry)
-        phis = [[b.phi(v.type) for v in row] for row in state]
-        for row, values in zip(phis, state):
-            for phi, value in zip(row, values):
-                phi.add_incoming(value, entry)
-        new = body(i, phis)
-        i_next = b.add(i, self.const(1))
-        end = b.block
-        i.add_incoming(i_next, end)
-        for row, values in zip(phis, new):
-            for phi, value in zip(row, values):
-                phi.add_incoming(value, end)
-        b.cbranch(b.icmp_signed("<", i_next, count), head, done)
-        b.position_at_end(done)
-        out = [[b.phi(v.type) for v in row] for row in state]
-        for row, before, after in zip(out, state, new):
-            for phi, v0, v1 in zip(row, before, after):
-                phi.add_incoming(v0, entry)
-                phi.add_incoming(v1, end)
-        return out
+_LOWEST = -3.4028234663852886e38  # the lowest float32
 
 
 def _forward_tile(masked: bool):

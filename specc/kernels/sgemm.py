@@ -83,6 +83,8 @@ _I1, _I8, _I32, _I64 = ir.IntType(1), ir.IntType(8), ir.IntType(32), ir.IntType(
 _V = ir.VectorType(_F32, LANES)
 _VP = _V.as_pointer()
 _MASK = ir.VectorType(_I1, LANES)
+_VI = ir.VectorType(_I8, LANES)  # 16 int8 lanes
+_VIP = _VI.as_pointer()
 
 
 def threads() -> int:
@@ -113,6 +115,99 @@ def _declare(module, name, fn_type):
     return module.globals.get(name) or ir.Function(module, fn_type, name=name)
 
 
+class _Emitter:
+    """IR helpers for micro-kernels on AVX-512 vectors (this module's and conv_pool_tiles'): element
+    pointers from int64 addresses, 16-lane loads and stores of float32 (or of int8 codes), plain or masked
+    to the lanes j < cols of a 32-column strip, broadcasts, and counted loops whose state lives in phi
+    nodes (so it stays in registers)."""
+
+    def __init__(self, builder, masked, cols):
+        self.b = builder
+        module = builder.module
+        self.fma = _declare(module, "llvm.fma.v16f32", ir.FunctionType(_V, [_V, _V, _V]))
+        self.load_masked = _declare(module, "llvm.masked.load.v16f32.p0", ir.FunctionType(_V, [_VP, _I32, _MASK, _V]))
+        self.store_masked = _declare(module, "llvm.masked.store.v16f32.p0",
+                                     ir.FunctionType(ir.VoidType(), [_V, _VP, _I32, _MASK]))
+        self.load_masked_i = _declare(module, "llvm.masked.load.v16i8.p0",
+                                      ir.FunctionType(_VI, [_VIP, _I32, _MASK, _VI]))
+        self.store_masked_i = _declare(module, "llvm.masked.store.v16i8.p0",
+                                       ir.FunctionType(ir.VoidType(), [_VI, _VIP, _I32, _MASK]))
+        self.zero = ir.Constant(_V, [0.0] * LANES)
+        self.zero_i = ir.Constant(_VI, [0] * LANES)
+        self.masks = None
+        if masked:
+            columns = self.splat(cols, ir.VectorType(_I64, LANES))
+            self.masks = [builder.icmp_signed("<", ir.Constant(ir.VectorType(_I64, LANES),
+                                                               list(range(LANES * v, LANES * (v + 1)))), columns)
+                          for v in range(NR // LANES)]
+
+    def const(self, v):
+        return ir.Constant(_I64, v)
+
+    def splat(self, value, vector_type):
+        b = self.b
+        v = b.insert_element(ir.Constant(vector_type, ir.Undefined), value, ir.Constant(_I32, 0))
+        return b.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, LANES), [0] * LANES))
+
+    def at(self, address, elements, element_type=_F32):
+        """Pointer to element `elements` (an i64 value) of the array at `address` (an i64 byte address)."""
+        base = self.b.inttoptr(address, element_type.as_pointer())
+        return self.b.gep(base, [elements])
+
+    def load(self, ptr, v, codes=False):
+        """16 floats (or, with codes, 16 int8 winner codes) at ptr, lanes past cols read as 0."""
+        b = self.b
+        ptr = b.bitcast(ptr, _VIP if codes else _VP)
+        align = 1 if codes else 4
+        if self.masks is not None:
+            fn, fill = (self.load_masked_i, self.zero_i) if codes else (self.load_masked, self.zero)
+            return b.call(fn, [ptr, ir.Constant(_I32, align), self.masks[v], fill])
+        return b.load(ptr, align=align)
+
+    def store(self, value, ptr, v, codes=False):
+        b = self.b
+        ptr = b.bitcast(ptr, _VIP if codes else _VP)
+        align = 1 if codes else 4
+        if self.masks is not None:
+            b.call(self.store_masked_i if codes else self.store_masked, [value, ptr, ir.Constant(_I32, align), self.masks[v]])
+        else:
+            b.store(value, ptr, align=align)
+
+    def broadcast(self, address, elements):
+        return self.splat(self.b.load(self.at(address, elements), align=4), _V)
+
+    def loop(self, count, state, body):
+        """A counted loop for i in 0..count-1 whose `state` (list of lists of vectors) lives in phi nodes;
+        body(i, state) returns the next state. Returns the final state."""
+        b = self.b
+        entry = b.block
+        head = b.append_basic_block("loop")
+        done = b.append_basic_block("loop.done")
+        b.cbranch(b.icmp_signed(">", count, self.const(0)), head, done)
+        b.position_at_end(head)
+        i = b.phi(_I64)
+        i.add_incoming(self.const(0), entry)
+        phis = [[b.phi(v.type) for v in row] for row in state]
+        for row, values in zip(phis, state):
+            for phi, value in zip(row, values):
+                phi.add_incoming(value, entry)
+        new = body(i, phis)
+        i_next = b.add(i, self.const(1))
+        end = b.block
+        i.add_incoming(i_next, end)
+        for row, values in zip(phis, new):
+            for phi, value in zip(row, values):
+                phi.add_incoming(value, end)
+        b.cbranch(b.icmp_signed("<", i_next, count), head, done)
+        b.position_at_end(done)
+        out = [[b.phi(v.type) for v in row] for row in state]
+        for row, before, after in zip(out, state, new):
+            for phi, v0, v1 in zip(row, before, after):
+                phi.add_incoming(v0, entry)
+                phi.add_incoming(v1, end)
+        return out
+
+
 def _micro_kernel(rows: int, masked: bool):
     """An intrinsic for one tile, on float32 arrays given by address:
         out[r*ldo + j] = (out[r*ldo + j] if accumulate) + sum_p a[r*ars + p*acs] * b[p*ldb + j]
@@ -128,108 +223,44 @@ def _micro_kernel(rows: int, masked: bool):
 
         def codegen(context, builder, signature, args):
             a_, ars_, acs_, b_, ldb_, out_, ldo_, k_, cols_, acc_, bias_, use_bias_, relu_ = args
-            module = builder.module
-            a_base, b_base, o_base, bias_base = (builder.inttoptr(x, _F32.as_pointer()) for x in (a_, b_, out_, bias_))
-            fma = _declare(module, "llvm.fma.v16f32", ir.FunctionType(_V, [_V, _V, _V]))
-            load_masked = _declare(module, "llvm.masked.load.v16f32.p0",
-                                   ir.FunctionType(_V, [_VP, _I32, _MASK, _V]))
-            store_masked = _declare(module, "llvm.masked.store.v16f32.p0",
-                                    ir.FunctionType(ir.VoidType(), [_V, _VP, _I32, _MASK]))
-            zero = ir.Constant(_V, [0.0] * LANES)
+            e = _Emitter(builder, masked, cols_)
             vectors = NR // LANES
-            splat_index = ir.Constant(ir.VectorType(_I32, LANES), [0] * LANES)
-
-            def const(v):
-                return ir.Constant(_I64, v)
-
-            def splat(value, vector_type):
-                v = builder.insert_element(ir.Constant(vector_type, ir.Undefined), value, ir.Constant(_I32, 0))
-                return builder.shuffle_vector(v, v, splat_index)
-
-            masks = None
-            if masked:  # vector v: lanes j with 16 v + j < cols
-                columns = splat(cols_, ir.VectorType(_I64, LANES))
-                masks = [builder.icmp_signed("<", ir.Constant(ir.VectorType(_I64, LANES),
-                                                             list(range(LANES * v, LANES * (v + 1)))), columns)
-                         for v in range(vectors)]
-
-            def load(ptr, v):
-                ptr = builder.bitcast(ptr, _VP)
-                if masks is not None:
-                    return builder.call(load_masked, [ptr, ir.Constant(_I32, 4), masks[v], zero])
-                return builder.load(ptr, align=4)
-
-            def store(value, ptr, v):
-                ptr = builder.bitcast(ptr, _VP)
-                if masks is not None:
-                    builder.call(store_masked, [value, ptr, ir.Constant(_I32, 4), masks[v]])
-                else:
-                    builder.store(value, ptr, align=4)
 
             def step(p, acc):
                 """One k step: acc[r][v] + a[r, p] * b[p, 16v:16v+16] for every r, v."""
-                b_row = builder.gep(b_base, [builder.mul(p, ldb_)])
-                bv = [load(builder.gep(b_row, [const(LANES * v)]), v) for v in range(vectors)]
-                a_col = builder.gep(a_base, [builder.mul(p, acs_)])
+                bv = [e.load(e.at(b_, builder.add(builder.mul(p, ldb_), e.const(LANES * v))), v) for v in range(vectors)]
+                a_col = builder.mul(p, acs_)
                 out = []
                 for r in range(rows):
-                    xv = splat(builder.load(builder.gep(a_col, [builder.mul(ars_, const(r))]), align=4), _V)
-                    out.append([builder.call(fma, [xv, bv[v], acc[r][v]]) for v in range(vectors)])
+                    xv = e.broadcast(a_, builder.add(a_col, builder.mul(ars_, e.const(r))))
+                    out.append([builder.call(e.fma, [xv, bv[v], acc[r][v]]) for v in range(vectors)])
                 return out
-
-            def phis(incoming):
-                """Phi nodes for p and the accumulators, from [(block, p, acc), ...]."""
-                p = builder.phi(_I64)
-                acc = [[builder.phi(_V) for _ in range(vectors)] for _ in range(rows)]
-                for block, p_in, acc_in in incoming:
-                    p.add_incoming(p_in, block)
-                    for r in range(rows):
-                        for v in range(vectors):
-                            acc[r][v].add_incoming(acc_in[r][v], block)
-                return p, acc
 
             # The k loop. The accumulators are phi nodes, so they stay in registers across iterations.
             # (Unrolling it by 4 measured no faster and doubled the compile time.)
-            zeros = [[zero] * vectors for _ in range(rows)]
-            entry = builder.block
-            loop = builder.append_basic_block("tile.loop")
-            done = builder.append_basic_block("tile.done")
-            builder.cbranch(builder.icmp_signed(">", k_, const(0)), loop, done)
-            builder.position_at_end(loop)
-            p, acc = phis([(entry, const(0), zeros)])
-            new = step(p, acc)
-            p_next = builder.add(p, const(1))
-            loop_end = builder.block
-            p.add_incoming(p_next, loop_end)
-            for r in range(rows):
-                for v in range(vectors):
-                    acc[r][v].add_incoming(new[r][v], loop_end)
-            builder.cbranch(builder.icmp_signed("<", p_next, k_), loop, done)
-
-            builder.position_at_end(done)
-            _, totals = phis([(entry, const(0), zeros), (loop_end, p_next, new)])  # phi nodes come first
+            totals = e.loop(k_, [[e.zero] * vectors for _ in range(rows)], step)
 
             # Epilogue: (+ out) (+ bias) (max 0). The flags are run-time values: selects cost nothing next to
             # the k loop; the bias is read only when used (an empty array may come with use_bias false).
             before = builder.block
             with builder.if_then(use_bias_):
-                loaded = [load(builder.gep(bias_base, [const(LANES * v)]), v) for v in range(vectors)]
+                loaded = [e.load(e.at(bias_, e.const(LANES * v)), v) for v in range(vectors)]
                 bias_end = builder.block
             bias_v = []
             for v in range(vectors):
                 phi = builder.phi(_V)
                 phi.add_incoming(loaded[v], bias_end)
-                phi.add_incoming(zero, before)
+                phi.add_incoming(e.zero, before)
                 bias_v.append(phi)
             for r in range(rows):
-                o_row = builder.gep(o_base, [builder.mul(ldo_, const(r))])
+                o_row = builder.mul(ldo_, e.const(r))
                 for v in range(vectors):
-                    ptr = builder.gep(o_row, [const(LANES * v)])
-                    value = builder.select(acc_, builder.fadd(totals[r][v], load(ptr, v)), totals[r][v])
+                    ptr = e.at(out_, builder.add(o_row, e.const(LANES * v)))
+                    value = builder.select(acc_, builder.fadd(totals[r][v], e.load(ptr, v)), totals[r][v])
                     value = builder.fadd(value, bias_v[v])
-                    clipped = builder.select(builder.fcmp_ordered("<", value, zero), zero, value)  # NaN stays NaN
+                    clipped = builder.select(builder.fcmp_ordered("<", value, e.zero), e.zero, value)  # NaN stays NaN
                     value = builder.select(relu_, clipped, value)
-                    store(value, ptr, v)
+                    e.store(value, ptr, v)
             return context.get_dummy_value()
 
         return sig, codegen
