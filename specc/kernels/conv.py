@@ -28,7 +28,7 @@ import functools
 import numba
 import numpy as np
 from numba import types
-from numba.extending import overload
+from numba.extending import lower_builtin, type_callable
 
 from ..workspace import empty
 from . import JIT
@@ -182,20 +182,6 @@ def _col2im_t(cols_t, n0, n1, g, ho, wo, x):
 
 
 @numba.njit(**JIT)
-def _matmul(a, b, out):
-    """out = a @ b on the calling thread (sgemm in float32 where it takes the layouts, else BLAS). One
-    function for every product here, so each combination of layouts compiles once rather than at every
-    call site (compile time)."""
-    matmul_serial(a, b, out)
-
-
-@numba.njit(**JIT)
-def _affine(a, b, bias, use_bias, relu, out):
-    """out = a @ b (+ bias) (then max(., 0)) on the calling thread, in one pass over out in float32."""
-    affine(a, b, bias, use_bias, relu, out, False)
-
-
-@numba.njit(**JIT)
 def _forward_rows(x, kernel, bias, use_bias, relu, g, n0, n1, ho, wo, scratch, o):
     """The convolution of samples n0:n1 of x (N, H, W, C) on the calling thread -> o ((n1 - n0)*Ho*Wo, F),
     row (n - n0)*Ho*Wo + oh*Wo + ow; scratch (>= rows * K,) holds their windows."""
@@ -205,11 +191,11 @@ def _forward_rows(x, kernel, bias, use_bias, relu, g, n0, n1, ho, wo, scratch, o
     if c_ < TAP_MAJOR_BELOW_C:
         cols_t = scratch[: k * r].reshape(k, r)  # this chunk's windows
         _im2col_t(x, n0, n1, g, ho, wo, cols_t)
-        _affine(cols_t.T, kernel, bias, use_bias, relu, o)
+        affine(cols_t.T, kernel, bias, use_bias, relu, o, False)
     else:
         cols = scratch[: r * k].reshape(r, k)  # this chunk's windows
         _im2col(x, n0, n1, g, ho, wo, cols)
-        _affine(cols, kernel, bias, use_bias, relu, o)
+        affine(cols, kernel, bias, use_bias, relu, o, False)
 
 
 @numba.njit(**JIT)
@@ -275,14 +261,14 @@ def _kernel_gradient_tap_major(x, d, n0, n1, g, ho, wo, scratch, dk):
     """dk (K, F) = the windows of samples n0:n1 of x, laid out tap-major in scratch, times d (rows, F)."""
     cols_t = scratch.reshape(dk.shape[0], d.shape[0])  # (K, rows)
     _im2col_t(x, n0, n1, g, ho, wo, cols_t)
-    _matmul(cols_t, d, dk)
+    matmul_serial(cols_t, d, dk)
 
 
 @numba.njit(**JIT)
 def _kernel_gradient_row_major(x, d, n0, n1, g, ho, wo, scratch, dk):
     cols = scratch.reshape(d.shape[0], dk.shape[0])  # (rows, K)
     _im2col(x, n0, n1, g, ho, wo, cols)
-    _matmul(cols.T, d, dk)
+    matmul_serial(cols.T, d, dk)
 
 
 @numba.njit(**JIT)
@@ -290,38 +276,48 @@ def _input_gradient_tap_major(kernel, d, n0, n1, g, ho, wo, scratch, dx):
     """Samples n0:n1 of dx (N, H, W, C) = the windows' gradients d (rows, F) times kernel.T, laid out
     tap-major in scratch, summed back into place."""
     dcols_t = scratch.reshape(kernel.shape[0], d.shape[0])  # (K, rows)
-    _matmul(kernel, d.T, dcols_t)
+    matmul_serial(kernel, d.T, dcols_t)
     _col2im_t(dcols_t, n0, n1, g, ho, wo, dx)
 
 
 @numba.njit(**JIT)
 def _input_gradient_row_major(kernel, d, n0, n1, g, ho, wo, scratch, dx):
     dcols = scratch.reshape(d.shape[0], kernel.shape[0])  # (rows, K)
-    _matmul(d, kernel.T, dcols)
+    matmul_serial(d, kernel.T, dcols)
     _col2im(dcols, n0, n1, g, ho, wo, dx)
 
 
-def _kernel_gradient(layout, *args):
-    """The tap- or row-major _kernel_gradient_*, by the layout tag's type: compiled, only that layout
-    compiles (its im2col and its product's operand layouts were ~2 s of the benchmark CNN's cold start)."""
-    (_kernel_gradient_tap_major if layout.dtype == TAP_MAJOR.dtype else _kernel_gradient_row_major)(*args)
+def _by_layout(tap_major, row_major):
+    """A function (layout, 9 arguments) that runs tap_major or row_major on the arguments, by the layout
+    tag's type: compiled, only the chosen one compiles (its im2col and its product's operand layouts were
+    ~2 s of the benchmark CNN's cold start). The choice is made while typing the call, and the call goes
+    straight to the chosen kernel: an overload would put a function of its own in between, ~70 ms more
+    to compile per caller."""
+
+    def call(layout, a1, a2, a3, a4, a5, a6, a7, a8, a9):
+        (tap_major if layout.dtype == TAP_MAJOR.dtype else row_major)(a1, a2, a3, a4, a5, a6, a7, a8, a9)
+
+    def chosen(typing_context, layout):
+        return typing_context.resolve_value_type(tap_major if layout.dtype == types.int8 else row_major)
+
+    @type_callable(call)
+    def _typer(context):
+        def typer(layout, a1, a2, a3, a4, a5, a6, a7, a8, a9):
+            return chosen(context, layout).get_call_type(context, (a1, a2, a3, a4, a5, a6, a7, a8, a9), {}).return_type
+
+        return typer
+
+    @lower_builtin(call, types.Array, *(types.Any,) * 9)
+    def _lower(context, builder, sig, args):
+        fnty = chosen(context.typing_context, sig.args[0])
+        call_sig = fnty.get_call_type(context.typing_context, sig.args[1:], {})
+        return context.get_function(fnty, call_sig)(builder, args[1:])
+
+    return call
 
 
-def _input_gradient(layout, *args):
-    """The tap- or row-major _input_gradient_*, as _kernel_gradient."""
-    (_input_gradient_tap_major if layout.dtype == TAP_MAJOR.dtype else _input_gradient_row_major)(*args)
-
-
-@overload(_kernel_gradient, jit_options=JIT)
-def _kernel_gradient_njit(layout, *args):
-    impl = _kernel_gradient_tap_major if layout.dtype == types.int8 else _kernel_gradient_row_major
-    return lambda layout, *args: impl(*args)
-
-
-@overload(_input_gradient, jit_options=JIT)
-def _input_gradient_njit(layout, *args):
-    impl = _input_gradient_tap_major if layout.dtype == types.int8 else _input_gradient_row_major
-    return lambda layout, *args: impl(*args)
+_kernel_gradient = _by_layout(_kernel_gradient_tap_major, _kernel_gradient_row_major)
+_input_gradient = _by_layout(_input_gradient_tap_major, _input_gradient_row_major)
 
 
 @numba.njit(**JIT)

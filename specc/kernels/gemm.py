@@ -2,6 +2,10 @@
 kernels call), which send float32 products to sgemm's AVX-512 micro-kernels where their layouts allow,
 and everything else to BLAS through `matmul_blas`.
 
+All of them end in one C callable per dtype (`_affine_f32_c`, `_affine_f64_c`) that takes addresses and
+strides: a kernel calling a product compiles only the few instructions that pass its arrays' addresses,
+whatever their layouts, and the dispatch behind them compiles once.
+
 The register-blocked Numba kernels that used to live here (dot-product form over a transposed operand)
 were removed once sgemm existed: Numba could not keep a tile of the output in vector registers, so they
 reached ~100 GFLOP/s per core against OpenBLAS's 150-165; sgemm writes that loop in LLVM IR instead.
@@ -17,10 +21,12 @@ import os
 import llvmlite.binding
 import numba
 import numpy as np
+from llvmlite import ir
 from numba import types
-from numba.extending import overload
+from numba.core import cgutils
+from numba.extending import get_cython_function_address, intrinsic, lower_builtin, overload, type_callable
 
-from . import JIT, sgemm
+from . import JIT, load_scipy_blas, sgemm
 
 
 # NumPy's wheels bundle their own OpenBLAS (libscipy_openblas64_, 0.3.31 here), which bench/gemm.py measured
@@ -109,32 +115,101 @@ _numpy_dgemm = types.ExternalFunction("specc_numpy_dgemm", _cblas_signature(type
 _numpy_blas_threads = types.ExternalFunction("specc_numpy_blas_threads", types.int32())
 _scipy_blas_threads = types.ExternalFunction("specc_scipy_blas_threads", types.int32())
 
+# SciPy's BLAS as Numba's own np.dot reaches it: the Fortran ?gemm of scipy.linalg.cython_blas (SciPy's
+# bundled OpenBLAS in its wheels, whatever BLAS SciPy was built against elsewhere), registered like the
+# symbols above. It takes every argument by pointer; `_fortran_gemm` passes them.
+load_scipy_blas()
+for _name in ("sgemm", "dgemm"):
+    llvmlite.binding.add_symbol("specc_scipy_" + _name, get_cython_function_address("scipy.linalg.cython_blas", _name))
 
-def matmul_blas(a, b, out):
-    """out (m, n) = a (m, k) @ b (k, n) by BLAS; a and b may be transposed views.
 
-    Compiled (the overload below): NumPy's OpenBLAS, for every product sgemm does not take (float64, and
-    float32 layouts it cannot read or CPUs without AVX-512), unless SciPy's is allowed more threads than
-    NumPy's; then SciPy's (np.dot inside Numba). One BLAS for everything, because two thread pools get in
-    each other's way: after a multi-threaded product OpenBLAS's workers spin for a while, holding cores that
-    the other library's workers (or the convolutions' own threads) then need; timed next to NumPy's, the
-    1024x784 @ 784x256 product ran at 154 GFLOP/s on 2 threads through SciPy's, against 310 alone. NumPy's
-    is also the newer build (bench/gemm.py: 5-12% faster on a Zen 3, within 10% either way on the Xeon).
-    How long the workers spin is OPENBLAS_THREAD_TIMEOUT, which OpenBLAS reads once, when it loads; specc/__init__.py sets it,
-    which is too late when NumPy was imported before specc: kernels.configure_threads then keeps NumPy's
-    OpenBLAS at one thread and SciPy's (loaded after the setting) at n, and the comparison sends
-    multi-threaded products there.
-    From Python (eager mode runs this) it is np.dot, as before."""
-    np.dot(a, b, out)
+def _fortran_gemm(symbol: str, real: ir.Type):
+    """An intrinsic (trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc), all int64 (flags 0/1, addresses):
+    c = op(a) @ op(b) in column-major order by the Fortran ?gemm registered as `symbol` (alpha 1, beta 0),
+    its scalars stored in the caller's stack frame and passed by address."""
+
+    @intrinsic
+    def call(typingctx, trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc):
+        sig = types.void(*(types.int64,) * 11)
+
+        def codegen(context, builder, signature, args):
+            i8, i32 = ir.IntType(8), ir.IntType(32)
+            ptr_real, ptr_i8, ptr_i32 = real.as_pointer(), i8.as_pointer(), i32.as_pointer()
+            fn = builder.module.globals.get(symbol) or ir.Function(builder.module, ir.FunctionType(
+                ir.VoidType(), [ptr_i8, ptr_i8] + [ptr_i32] * 3 + [ptr_real] * 2 + [ptr_i32, ptr_real, ptr_i32]
+                + [ptr_real] * 2 + [ptr_i32]), name=symbol)
+
+            def slot(value_type, value):
+                where = cgutils.alloca_once(builder, value_type)
+                builder.store(value, where)
+                return where
+
+            def trans(flag):  # 'T' or 'N'
+                return slot(i8, builder.select(builder.trunc(flag, ir.IntType(1)), ir.Constant(i8, ord("T")),
+                                               ir.Constant(i8, ord("N"))))
+
+            ta, tb, m_, n_, k_, a_, lda_, b_, ldb_, c_, ldc_ = args
+            as_int = [slot(i32, builder.trunc(v, i32)) for v in (m_, n_, k_, lda_, ldb_, ldc_)]
+            a_p, b_p, c_p = (builder.inttoptr(v, ptr_real) for v in (a_, b_, c_))
+            builder.call(fn, [trans(ta), trans(tb), as_int[0], as_int[1], as_int[2], slot(real, ir.Constant(real, 1.0)),
+                              a_p, as_int[3], b_p, as_int[4], slot(real, ir.Constant(real, 0.0)), c_p, as_int[5]])
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return call
+
+
+_scipy_sgemm = _fortran_gemm("specc_scipy_sgemm", ir.FloatType())
+_scipy_dgemm = _fortran_gemm("specc_scipy_dgemm", ir.DoubleType())
+
+
+@intrinsic
+def _pointer(typingctx, real, address):
+    """The int64 `address` as a pointer to `real` (a dtype such as np.float32), for indexing."""
+    pointer_type = types.CPointer(real.instance_type)
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[1], context.get_value_type(pointer_type))
+
+    return pointer_type(real, address), codegen
+
+
+def _numpy_gemm(real, *args):
+    """NumPy's CBLAS ?gemm for `real` (args as _numpy_sgemm's); compiled only (the overload below)."""
+
+
+@overload(_numpy_gemm, jit_options=JIT)
+def _numpy_gemm_njit(real, *args):
+    gemm = _numpy_sgemm if real.instance_type == types.float32 else _numpy_dgemm
+    return lambda real, *args: gemm(*args)
+
+
+def _scipy_gemm(real, *args):
+    """SciPy's Fortran ?gemm for `real` (args as _fortran_gemm's); compiled only."""
+
+
+@overload(_scipy_gemm, jit_options=JIT)
+def _scipy_gemm_njit(real, *args):
+    gemm = _scipy_sgemm if real.instance_type == types.float32 else _scipy_dgemm
+    return lambda real, *args: gemm(*args)
+
+
+def _sgemm(real, *args):
+    """sgemm.product for float32 (args as its); False (not run) for other dtypes. Compiled only."""
+
+
+@overload(_sgemm, jit_options=JIT)
+def _sgemm_njit(real, *args):
+    if real.instance_type == types.float32:
+        return lambda real, *args: sgemm.product(*args)
+    return lambda real, *args: False
 
 
 @numba.njit(**JIT)
-def _blas_operand(x):
-    """How CBLAS (row-major) can read a 2-D operand in place: (transposed?, leading dimension), or
-    (False, -1) when neither axis is contiguous (then the caller falls back to np.dot, which copies)."""
-    rows, cols = x.shape
-    row_step = x.strides[0] // x.itemsize
-    col_step = x.strides[1] // x.itemsize
+def _blas_operand(rows, cols, row_step, col_step):
+    """How CBLAS (row-major) can read a (rows, cols) operand with these strides (elements) in place:
+    (transposed?, leading dimension), or (False, -1) when neither axis is contiguous."""
     if (col_step == 1 or cols == 1) and (row_step >= cols or rows == 1):
         return False, row_step if rows > 1 else max(cols, 1)
     if (row_step == 1 or rows == 1) and (col_step >= rows or cols == 1):
@@ -143,34 +218,123 @@ def _blas_operand(x):
 
 
 @numba.njit(**JIT)
-def _assign(out, value):
-    out[:, :] = value
+def _blas(real, a, ars, acs, m, k, b, brs, bcs, n, out, ors, ocs):
+    """out = a @ b by BLAS, on addresses and element strides; False, having done nothing, when BLAS cannot
+    read the operands in place. NumPy's OpenBLAS, unless SciPy's is allowed more threads (see
+    matmul_blas) or NumPy has none of its own: then SciPy's BLAS."""
+    if ors == 1 and ocs != 1 and m > 1:  # out stored transposed: out.T = b.T @ a.T, with the roles swapped
+        a, ars, acs, b, brs, bcs = b, bcs, brs, a, acs, ars
+        m, n, ors, ocs = n, m, ocs, ors
+    trans_a, lda = _blas_operand(m, k, ars, acs)
+    trans_b, ldb = _blas_operand(k, n, brs, bcs)
+    trans_c, ldc = _blas_operand(m, n, ors, ocs)
+    if lda < 0 or ldb < 0 or ldc < 0 or trans_c:
+        return False
+    threads = _numpy_blas_threads()
+    if threads >= 1 and threads >= _scipy_blas_threads():
+        one = real(1)
+        _numpy_gemm(real, _ROW_MAJOR, _TRANS if trans_a else _NO_TRANS, _TRANS if trans_b else _NO_TRANS, m, n, k,
+                    one, a, lda, b, ldb, one - one, out, ldc)
+    elif max(m, n, k, lda, ldb, ldc) < 2**31:  # the Fortran interface's integers are 32-bit
+        # column-major: out.T (n, m) = op(b memory) @ op(a memory)
+        _scipy_gemm(real, int(trans_b), int(trans_a), n, m, k, b, ldb, a, lda, out, ldc)
+    else:
+        return False
+    return True
 
 
-@overload(matmul_blas, jit_options=JIT)
-def _matmul_blas_njit(a, b, out):
-    if out.layout != "C":  # Numba's np.dot(a, b, out) needs a C-contiguous out: a temporary (no caller of ours)
-        return lambda a, b, out: _assign(out, np.dot(a, b))
-    if not HAVE_NUMPY_BLAS or a.dtype != b.dtype or a.dtype != out.dtype or a.dtype not in (types.float32, types.float64):
-        return lambda a, b, out: np.dot(a, b, out)
-    gemm = _numpy_sgemm if a.dtype == types.float32 else _numpy_dgemm
+@numba.njit(**JIT)
+def _loops(real, a, ars, acs, m, k, b, brs, bcs, n, out, ors, ocs):
+    """out = a @ b by plain loops, on addresses and element strides: for operands BLAS cannot read in
+    place (no specc kernel passes such views; np.dot would copy them)."""
+    pa, pb, po = _pointer(real, a), _pointer(real, b), _pointer(real, out)
+    for i in range(m):
+        for j in range(n):
+            total = real(0)
+            for p in range(k):
+                total += pa[i * ars + p * acs] * pb[p * brs + j * bcs]
+            po[i * ors + j * ocs] = total
 
-    def impl(a, b, out):
-        m, k = a.shape
-        n = b.shape[1]
-        trans_a, lda = _blas_operand(a)
-        trans_b, ldb = _blas_operand(b)
-        trans_c, ldc = _blas_operand(out)
-        threads = _numpy_blas_threads()
-        if (threads < 1 or threads < _scipy_blas_threads() or lda < 0 or ldb < 0 or ldc < 0 or trans_c
-                or m == 0 or n == 0 or k == 0):
-            np.dot(a, b, out)
-            return
-        gemm(_ROW_MAJOR, _TRANS if trans_a else _NO_TRANS, _TRANS if trans_b else _NO_TRANS, m, n, k,
-             out.dtype.type(1), a.ctypes.data, lda, b.ctypes.data, ldb, out.dtype.type(0), out.ctypes.data, ldc)
 
-    return impl
+@numba.njit(**JIT)
+def _bias_relu(real, out, ors, ocs, m, n, bias, bias_step, use_bias, relu):
+    """out (m, n) += bias (n,) on every row if use_bias, then max(out, 0) if relu; addresses, element strides."""
+    po, pbias = _pointer(real, out), _pointer(real, bias)
+    zero = real(0)
+    for i in range(m):
+        for j in range(n):
+            v = po[i * ors + j * ocs]
+            if use_bias:
+                v += pbias[j * bias_step]
+            po[i * ors + j * ocs] = max(v, zero) if relu else v
 
+
+@numba.njit(**JIT)
+def _affine_at(real, a, ars, acs, m, k, b, brs, bcs, n, out, ors, ocs, bias, bias_step, use_bias, relu, threaded,
+               blas_only):
+    """`affine` on addresses and element strides (see there); `blas_only` skips sgemm (matmul_blas)."""
+    if m == 0 or n == 0:
+        return
+    if not blas_only and (bias_step == 1 or not use_bias or n == 1) and _sgemm(
+            real, a, ars, acs, m, k, b, brs, bcs, n, out, ors, ocs, bias, use_bias, relu, False, 0, m, threaded):
+        return
+    if k == 0:  # an empty sum: BLAS implementations differ on what they accept here
+        po = _pointer(real, out)
+        for i in range(m):
+            for j in range(n):
+                po[i * ors + j * ocs] = real(0)
+    elif not _blas(real, a, ars, acs, m, k, b, brs, bcs, n, out, ors, ocs):
+        _loops(real, a, ars, acs, m, k, b, brs, bcs, n, out, ors, ocs)
+    if use_bias or relu:
+        _bias_relu(real, out, ors, ocs, m, n, bias, bias_step, use_bias, relu)
+
+
+# One C callable per dtype, compiled once (at import, or loaded from the cache), which every kernel calls
+# by symbol name: the products' callers pass addresses and strides, so none of them compiles the
+# dispatch above again for its own array layouts, and none links its code (Numba optimises a caller
+# together with all it links, so each njit layer in between was compiled again at every call site:
+# ~3.5 s of the benchmark CNN's cold start). Flags are 0/1.
+_AFFINE_SIG = types.void(*(types.int64,) * 18)
+
+
+@numba.cfunc(_AFFINE_SIG, **JIT)
+def _affine_f32_c(a, ars, acs, m, k, b, brs, bcs, n, out, ors, ocs, bias, bias_step, use_bias, relu, threaded,
+                  blas_only):
+    _affine_at(np.float32, a, ars, acs, m, k, b, brs, bcs, n, out, ors, ocs, bias, bias_step, use_bias != 0,
+               relu != 0, threaded != 0, blas_only != 0)
+
+
+@numba.cfunc(_AFFINE_SIG, **JIT)
+def _affine_f64_c(a, ars, acs, m, k, b, brs, bcs, n, out, ors, ocs, bias, bias_step, use_bias, relu, threaded,
+                  blas_only):
+    _affine_at(np.float64, a, ars, acs, m, k, b, brs, bcs, n, out, ors, ocs, bias, bias_step, use_bias != 0,
+               relu != 0, threaded != 0, blas_only != 0)
+
+
+llvmlite.binding.add_symbol("specc_affine_f32", _affine_f32_c.address)
+llvmlite.binding.add_symbol("specc_affine_f64", _affine_f64_c.address)
+_affine_f32 = types.ExternalFunction("specc_affine_f32", _AFFINE_SIG)
+_affine_f64 = types.ExternalFunction("specc_affine_f64", _AFFINE_SIG)
+
+
+def matmul_blas(a, b, out):
+    """out (m, n) = a (m, k) @ b (k, n) by BLAS; a and b may be transposed views.
+
+    Compiled (the overload below): NumPy's OpenBLAS, for every product sgemm does not take (float64, and
+    float32 layouts it cannot read or CPUs without AVX-512), unless SciPy's is allowed more threads than
+    NumPy's; then SciPy's (the Fortran ?gemm that np.dot inside Numba calls). One BLAS for everything,
+    because two thread pools get in each other's way: after a multi-threaded product OpenBLAS's workers
+    spin for a while, holding cores that the other library's workers (or the convolutions' own threads)
+    then need; timed next to NumPy's, the 1024x784 @ 784x256 product ran at 154 GFLOP/s on 2 threads
+    through SciPy's, against 310 alone. NumPy's is also the newer build (bench/gemm.py: 5-12% faster on a
+    Zen 3, within 10% either way on the Xeon).
+    How long the workers spin is OPENBLAS_THREAD_TIMEOUT, which OpenBLAS reads once, when it loads;
+    specc/__init__.py sets it, which is too late when NumPy was imported before specc:
+    kernels.configure_threads then keeps NumPy's OpenBLAS at one thread and SciPy's (loaded after the
+    setting) at n, and the comparison sends multi-threaded products there.
+    Operands that BLAS cannot read in place (neither axis contiguous) are multiplied by plain loops.
+    From Python (eager mode runs this) it is np.dot."""
+    np.dot(a, b, out)
 
 
 def affine(a, b, bias, use_bias, relu, out, threaded=True):
@@ -199,41 +363,88 @@ def matmul_serial(a, b, out):
     np.dot(a, b, out)
 
 
-@numba.njit(**JIT)
-def _bias_relu(out, bias, use_bias, relu):
-    """out (rows, units) += bias (units,) on every row if use_bias, then max(out, 0) if relu."""
-    rows, units = out.shape
-    zero = out.dtype.type(0)
-    for r in range(rows):
-        for j in range(units):
-            v = out[r, j] + bias[j] if use_bias else out[r, j]
-            out[r, j] = max(v, zero) if relu else v
+# Compiled, the four functions above are not functions of their own but a few instructions in each
+# caller (typed and lowered here, as an intrinsic is): a check of the shapes, then a call of the dtype's C
+# callable with the arrays' addresses and strides. An overload would compile a function per layout of
+# the operands at every call site (~0.1 s each; 2 s of the benchmark CNN's cold start).
+def _typer(with_bias):
+    def check(a, b, out, bias):
+        arrays = (a, b, out, bias)
+        if not all(isinstance(x, types.Array) for x in arrays):
+            return None
+        if a.ndim != 2 or b.ndim != 2 or out.ndim != 2 or bias.ndim != 1:
+            raise numba.core.errors.TypingError("matrix products take 2-D operands (and a 1-D bias)")
+        if any(x.dtype != a.dtype for x in arrays) or a.dtype not in (types.float32, types.float64):
+            raise numba.core.errors.TypingError(
+                f"matrix products take float32 or float64 arrays of one dtype, not {[x.dtype for x in arrays]}")
+        return types.void
+
+    if with_bias:
+        return lambda context: lambda a, b, bias, use_bias, relu, out, threaded=None: check(a, b, out, bias)
+    return lambda context: lambda a, b, out: check(a, b, out, out.copy(ndim=1, layout="A")
+                                                   if isinstance(out, types.Array) else out)
 
 
-@overload(affine, jit_options=JIT)
-def _affine_njit(a, b, bias, use_bias, relu, out, threaded=True):
-    if not all(x.dtype == types.float32 for x in (a, b, bias, out)):
-        def generic(a, b, bias, use_bias, relu, out, threaded=True):
-            matmul_blas(a, b, out)
-            if use_bias or relu:
-                _bias_relu(out, bias, use_bias, relu)
+def _lower_product(context, builder, a, b, bias, out, flags):
+    """The call of `_affine_f32_c` / `_affine_f64_c` for these arrays ((type, value) pairs); flags are
+    (use_bias, relu, threaded, blas_only) as (type, value) pairs. Raises ValueError when the shapes do not
+    match."""
+    i64 = ir.IntType(64)
+    real = a[0].dtype
+    item = ir.Constant(i64, real.bitwidth // 8)
+    views = [context.make_array(t)(context, builder, v) for t, v in (a, b, bias, out)]
+    shapes = [cgutils.unpack_tuple(builder, x.shape) for x in views]
+    strides = [[builder.sdiv(s, item) for s in cgutils.unpack_tuple(builder, x.strides)] for x in views]
+    data = [builder.ptrtoint(x.data, i64) for x in views]
+    (m, k), (k_b, n), (n_bias,), (m_out, n_out) = shapes
+    flag_values = [context.cast(builder, v, t, types.int64) for t, v in flags]
+    use_bias = builder.icmp_signed("!=", flag_values[0], ir.Constant(i64, 0))
+    mismatch = builder.or_(builder.or_(builder.icmp_signed("!=", k_b, k), builder.icmp_signed("!=", m_out, m)),
+                           builder.or_(builder.icmp_signed("!=", n_out, n),
+                                       builder.and_(use_bias, builder.icmp_signed("!=", n_bias, n))))
+    with cgutils.if_unlikely(builder, mismatch):
+        context.call_conv.return_user_exc(builder, ValueError, ("matrix product: the operands' shapes do not match",))
+    symbol = "specc_affine_f32" if real == types.float32 else "specc_affine_f64"
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i64] * 18), symbol)
+    builder.call(fn, [data[0], *strides[0], m, k, data[1], *strides[1], n, data[3], *strides[3],
+                      data[2], strides[2][0], *flag_values])
+    return context.get_dummy_value()
 
-        return generic
 
-    def impl(a, b, bias, use_bias, relu, out, threaded=True):
-        if not sgemm.run(a, b, out, False, bias, use_bias, relu, 0, a.shape[0], threaded):
-            matmul_blas(a, b, out)
-            if use_bias or relu:
-                _bias_relu(out, bias, use_bias, relu)
-
-    return impl
+def _constant(value):
+    return types.boolean, ir.Constant(ir.IntType(1), int(value))
 
 
-@overload(matmul, jit_options=JIT)
-def _matmul_njit(a, b, out):
-    return lambda a, b, out: affine(a, b, out[0], False, False, out)  # out[0]: a bias that is not read
+type_callable(affine)(_typer(True))
+type_callable(matmul)(_typer(False))
+type_callable(matmul_serial)(_typer(False))
+type_callable(matmul_blas)(_typer(False))
 
 
-@overload(matmul_serial, jit_options=JIT)
-def _matmul_serial_njit(a, b, out):
-    return lambda a, b, out: affine(a, b, out[0], False, False, out, False)
+@lower_builtin(affine, types.Array, types.Array, types.Array, types.Any, types.Any, types.Array)
+@lower_builtin(affine, types.Array, types.Array, types.Array, types.Any, types.Any, types.Array, types.Any)
+def _lower_affine(context, builder, sig, args):
+    t, v = sig.args, args
+    threaded = (t[6], v[6]) if len(args) > 6 else _constant(True)
+    return _lower_product(context, builder, (t[0], v[0]), (t[1], v[1]), (t[2], v[2]), (t[5], v[5]),
+                          [(t[3], v[3]), (t[4], v[4]), threaded, _constant(False)])
+
+
+def _lower_matmul(threaded: bool, blas_only: bool):
+    def lower(context, builder, sig, args):
+        a, b, out = zip(sig.args, args)
+        row = context.make_array(out[0])(context, builder, out[1])  # a 1-D view of out's data: a bias not read
+        bias_type = out[0].copy(ndim=1, layout="A")
+        bias = context.make_array(bias_type)(context, builder)
+        stride = cgutils.unpack_tuple(builder, row.strides)[1]
+        context.populate_array(bias, data=row.data, shape=cgutils.pack_array(builder, [ir.Constant(ir.IntType(64), 0)]),
+                               strides=cgutils.pack_array(builder, [stride]), itemsize=row.itemsize, meminfo=None)
+        return _lower_product(context, builder, a, b, (bias_type, bias._getvalue()), out,
+                              [_constant(False), _constant(False), _constant(threaded), _constant(blas_only)])
+
+    return lower
+
+
+lower_builtin(matmul, types.Array, types.Array, types.Array)(_lower_matmul(True, False))
+lower_builtin(matmul_serial, types.Array, types.Array, types.Array)(_lower_matmul(False, False))
+lower_builtin(matmul_blas, types.Array, types.Array, types.Array)(_lower_matmul(False, True))

@@ -275,11 +275,25 @@ _f14, _f4, _f2, _f1 = (_micro_kernel(rows, False) for rows in (MR, 4, 2, 1))
 _m14, _m4, _m2, _m1 = (_micro_kernel(rows, True) for rows in (MR, 4, 2, 1))
 
 
-@numba.njit(**JIT)
-def _strip(rows, a, ars, acs, b, ldb, out, ldo, cols, k, acc, bias, use_bias, relu):
+load_scipy_blas()  # before the C callables below starts Numba's CPU target, which would import all of scipy.linalg
+# Start Numba's thread pool before any cached kernel is loaded: machine code that links sgemm's (or the
+# optimizers') parallel loops calls the pool's entry points, which Numba registers with LLVM only when it
+# starts the pool; a kernel loaded from the cache before that called address 0. (~15 ms.) Until
+# configure_threads says otherwise, sgemm uses as many threads as Numba (and BLAS) do by default.
+set_threads(numba.get_num_threads())
+
+
+# One tile as a C callable of its own, which the drivers call by symbol name: the eight micro-kernels are
+# large functions for LLVM, and linked into each driver they were optimised again in every one (~0.8 s of
+# a cold start). A call per tile costs a few ns against the tile's 14 x 32 x k multiply-adds.
+_STRIP_SIG = types.void(*(types.int64,) * 14)
+
+
+@numba.cfunc(_STRIP_SIG, **JIT)
+def _strip_c(rows, a, ars, acs, b, ldb, out, ldo, cols, k, acc, bias, use_bias, relu):
     """One tile of `rows` (14, 4, 2 or 1) rows and `cols` <= 32 columns: the micro-kernel's arguments,
-    addresses in bytes and strides in elements."""
-    args = (a, ars, acs, b, ldb, out, ldo, k, cols, acc, bias, use_bias, relu)
+    addresses in bytes and strides in elements; flags 0/1."""
+    args = (a, ars, acs, b, ldb, out, ldo, k, cols, acc != 0, bias, use_bias != 0, relu != 0)
     if cols == NR:
         if rows == MR:
             _f14(*args)
@@ -299,6 +313,10 @@ def _strip(rows, a, ars, acs, b, ldb, out, ldo, cols, k, acc, bias, use_bias, re
         _m1(*args)
 
 
+llvmlite.binding.add_symbol("specc_sgemm_strip", _strip_c.address)
+_strip_ext = types.ExternalFunction("specc_sgemm_strip", _STRIP_SIG)
+
+
 @numba.njit(**JIT)
 def _block_rows(i, i1):
     """Rows of the next block from row i of i0:i1: 14, then 4, 2, 1 for the last few."""
@@ -309,8 +327,8 @@ def _block_rows(i, i1):
 def _row_block(rows, a, ars, acs, b, ldb, out, ldo, width, k, acc, bias, use_bias, relu):
     """`rows` rows of out over `width` columns, strip by strip."""
     for j in range(0, width, NR):
-        _strip(rows, a, ars, acs, b + 4 * j, ldb, out + 4 * j, ldo, min(NR, width - j), k, acc, bias + 4 * j,
-               use_bias, relu)
+        _strip_ext(rows, a, ars, acs, b + 4 * j, ldb, out + 4 * j, ldo, min(NR, width - j), k, int(acc), bias + 4 * j,
+                   int(use_bias), int(relu))
 
 
 @intrinsic
@@ -381,20 +399,15 @@ def _rows_bt(a, ars, acs, b, ldb, out, ldo, n, k, i0, i1, accumulate, bias, use_
             i = i0
             while i < i1:
                 rows = _block_rows(i, i1)
-                _strip(rows, a + 4 * (i * ars + p0 * acs), ars, acs, strip_at, NR, out + 4 * (i * ldo + j0), ldo,
-                       cols, kk, accumulate or p0 > 0, bias + 4 * j0, use_bias and last, relu and last)
+                _strip_ext(rows, a + 4 * (i * ars + p0 * acs), ars, acs, strip_at, NR, out + 4 * (i * ldo + j0), ldo,
+                           cols, kk, int(accumulate or p0 > 0), bias + 4 * j0, int(use_bias and last),
+                           int(relu and last))
                 i += rows
             p0 += kk
             if last:
                 break
 
 
-load_scipy_blas()  # before the C callable below starts Numba's CPU target, which would import all of scipy.linalg
-# Start Numba's thread pool before any cached kernel is loaded: machine code that links sgemm's (or the
-# optimizers') parallel loops calls the pool's entry points, which Numba registers with LLVM only when it
-# starts the pool; a kernel loaded from the cache before that called address 0. (~15 ms.) Until
-# configure_threads says otherwise, sgemm uses as many threads as Numba (and BLAS) do by default.
-set_threads(numba.get_num_threads())
 
 # The drivers are compiled once, as C callables, and kernels call them by symbol names registered with
 # LLVM (like the BLAS functions in gemm.py). A plain njit call would link their IR, with the inlined
