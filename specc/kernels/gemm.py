@@ -2,9 +2,9 @@
 kernels call), which send float32 products to sgemm's AVX-512 micro-kernels where their layouts allow,
 and everything else to BLAS through `matmul_blas`.
 
-All of them end in one C callable per dtype (`_affine_f32_c`, `_affine_f64_c`) that takes addresses and
-strides: a kernel calling a product compiles only the few instructions that pass its arrays' addresses,
-whatever their layouts, and the dispatch behind them compiles once.
+All of them end in one function on addresses and strides (`_affine_at`): a kernel calling a product
+compiles only the few instructions that pass its arrays' addresses, whatever their layouts, and the
+dispatch behind them compiles once per dtype (float32: a C callable, `_affine_f32_c`).
 
 The register-blocked Numba kernels that used to live here (dot-product form over a transposed operand)
 were removed once sgemm existed: Numba could not keep a tile of the output in vector registers, so they
@@ -289,11 +289,12 @@ def _affine_at(real, a, ars, acs, m, k, b, brs, bcs, n, out, ors, ocs, bias, bia
         _bias_relu(real, out, ors, ocs, m, n, bias, bias_step, use_bias, relu)
 
 
-# One C callable per dtype, compiled once (at import, or loaded from the cache), which every kernel calls
-# by symbol name: the products' callers pass addresses and strides, so none of them compiles the
-# dispatch above again for its own array layouts, and none links its code (Numba optimises a caller
-# together with all it links, so each njit layer in between was compiled again at every call site:
-# ~3.5 s of the benchmark CNN's cold start). Flags are 0/1.
+# float32 products, in every model, go through a C callable compiled once (at import, or loaded from
+# the cache), which kernels call by symbol name: none of them links the dispatch above, so none
+# optimises it again (Numba optimises a caller together with all it links, so each njit layer between
+# the kernels and sgemm was compiled again at every call site: ~3.5 s of the benchmark CNN's cold
+# start). float64 products, which few models use, call _affine_at itself, compiled when first needed
+# (a C callable compiles at import whether it is used or not: ~0.9 s more for every cold start).
 _AFFINE_SIG = types.void(*(types.int64,) * 18)
 
 
@@ -304,17 +305,7 @@ def _affine_f32_c(a, ars, acs, m, k, b, brs, bcs, n, out, ors, ocs, bias, bias_s
                relu != 0, threaded != 0, blas_only != 0)
 
 
-@numba.cfunc(_AFFINE_SIG, **JIT)
-def _affine_f64_c(a, ars, acs, m, k, b, brs, bcs, n, out, ors, ocs, bias, bias_step, use_bias, relu, threaded,
-                  blas_only):
-    _affine_at(np.float64, a, ars, acs, m, k, b, brs, bcs, n, out, ors, ocs, bias, bias_step, use_bias != 0,
-               relu != 0, threaded != 0, blas_only != 0)
-
-
 llvmlite.binding.add_symbol("specc_affine_f32", _affine_f32_c.address)
-llvmlite.binding.add_symbol("specc_affine_f64", _affine_f64_c.address)
-_affine_f32 = types.ExternalFunction("specc_affine_f32", _AFFINE_SIG)
-_affine_f64 = types.ExternalFunction("specc_affine_f64", _AFFINE_SIG)
 
 
 def matmul_blas(a, b, out):
@@ -386,7 +377,7 @@ def _typer(with_bias):
 
 
 def _lower_product(context, builder, a, b, bias, out, flags):
-    """The call of `_affine_f32_c` / `_affine_f64_c` for these arrays ((type, value) pairs); flags are
+    """The call of `_affine_f32_c` (float32) or `_affine_at` (float64) for these arrays ((type, value) pairs); flags are
     (use_bias, relu, threaded, blas_only) as (type, value) pairs. Raises ValueError when the shapes do not
     match."""
     i64 = ir.IntType(64)
@@ -404,10 +395,17 @@ def _lower_product(context, builder, a, b, bias, out, flags):
                                        builder.and_(use_bias, builder.icmp_signed("!=", n_bias, n))))
     with cgutils.if_unlikely(builder, mismatch):
         context.call_conv.return_user_exc(builder, ValueError, ("matrix product: the operands' shapes do not match",))
-    symbol = "specc_affine_f32" if real == types.float32 else "specc_affine_f64"
-    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i64] * 18), symbol)
-    builder.call(fn, [data[0], *strides[0], m, k, data[1], *strides[1], n, data[3], *strides[3],
-                      data[2], strides[2][0], *flag_values])
+    values = [data[0], *strides[0], m, k, data[1], *strides[1], n, data[3], *strides[3], data[2], strides[2][0]]
+    if real == types.float32:
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i64] * 18),
+                                            "specc_affine_f32")
+        builder.call(fn, values + flag_values)
+    else:
+        typing = context.typing_context
+        fnty = typing.resolve_value_type(_affine_at)
+        call_sig = fnty.get_call_type(typing, (types.NumberClass(real),) + (types.int64,) * 14 + (types.boolean,) * 4, {})
+        flags_bool = [builder.icmp_signed("!=", v, ir.Constant(i64, 0)) for v in flag_values]
+        context.get_function(fnty, call_sig)(builder, [context.get_dummy_value()] + values + flags_bool)
     return context.get_dummy_value()
 
 
