@@ -8,6 +8,8 @@ the last bits; 1e-5 is about 100 ulps at k = 100)."""
 
 from __future__ import annotations
 
+import contextlib
+
 import numba
 import numpy as np
 import pytest
@@ -210,3 +212,201 @@ def test_models_with_threaded_layers_run_blas_on_one_thread(layers, expected):
     # kernels.configure_threads; the most threads any BLAS may use is what decides.)
     assert max(inside) == expected
     assert max(after) == 2  # restored on leaving
+
+
+# --- The compiled products' dispatch (gemm._affine_at): BLAS routes, the transposed output, k == 0, the
+# bias/ReLU pass, the loops, and the checks made where the product is called.
+
+@numba.njit(cache=True)
+def _affine_compiled(a, b, bias, use_bias, relu, out):
+    gemm.affine(a, b, bias, use_bias, relu, out)
+
+
+def _transposed(x):
+    """x's values in a column-contiguous (transposed) view."""
+    return np.ascontiguousarray(x.T).T
+
+
+def _nan_out(m, n, dtype, transposed=False):
+    """An (m, n) output filled with NaN, stored row by row or (transposed) column by column."""
+    return np.full((n, m), np.nan, dtype).T if transposed else np.full((m, n), np.nan, dtype)
+
+
+def _check_affine(got, a, b, bias, use_bias, relu, dtype):
+    """_check for affine: got against relu(a @ b + bias) in float64, the bias's size added to the scale."""
+    a64, b64, bias64 = a.astype(np.float64), b.astype(np.float64), bias.astype(np.float64)
+    ref = a64 @ b64 + (bias64 if use_bias else 0)
+    ref = np.maximum(ref, 0) if relu else ref
+    scale = np.abs(a64) @ np.abs(b64) + (np.abs(bias64) if use_bias else 0) + np.finfo(np.float64).tiny
+    err = np.abs(got.astype(np.float64) - ref) / scale
+    assert got.shape == (a.shape[0], b.shape[1])
+    assert err.size == 0 or err.max() <= DTYPES[dtype], f"max relative error {err.max():.2e}"
+
+
+def _blas_threads():
+    """(NumPy's OpenBLAS threads, SciPy's OpenBLAS threads)."""
+    return (gemm._NUMPY_OPENBLAS.scipy_openblas_get_num_threads64_(),
+            gemm._SCIPY_OPENBLAS.scipy_openblas_get_num_threads())
+
+
+@contextlib.contextmanager
+def _route(name):
+    """Products that reach BLAS in the block go to NumPy's CBLAS ("numpy": one thread each) or to SciPy's
+    Fortran ?gemm ("scipy": NumPy's capped at 1 thread below SciPy's 2), as gemm._blas chooses."""
+    if not (gemm.HAVE_NUMPY_BLAS and gemm.HAVE_SCIPY_BLAS):
+        pytest.skip("needs NumPy's and SciPy's bundled OpenBLAS")
+    if name == "scipy" and numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("needs 2 threads")
+    with _threads(1 if name == "numpy" else 2):
+        try:
+            if name == "scipy":
+                gemm.set_numpy_blas_threads(1)
+            numpy_threads, scipy_threads = _blas_threads()
+            assert (numpy_threads >= scipy_threads) == (name == "numpy"), _blas_threads()
+            yield
+        finally:
+            configure_threads(2 if name == "scipy" else 1)  # as test_matmul_blas_is_right_whichever_openblas_it_picks
+
+
+ROUTES = ["numpy", "scipy"]
+ROUTE_SHAPES = [(1, 5, 7), (7, 5, 1), (9, 1, 6), (13, 17, 29), (65, 70, 33)]  # (m, k, n)
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES), ids=lambda d: d.__name__)
+@pytest.mark.parametrize("m,k,n", ROUTE_SHAPES)
+@pytest.mark.parametrize("route", ROUTES)
+def test_matmul_blas_layouts_on_each_blas_route(route, m, k, n, dtype):
+    # the trans flags and the column-major role swap of the Fortran call (SciPy) and the CBLAS call (NumPy),
+    # and _blas's swap for an output stored transposed, for every mix of transposed a, b and out
+    a, b = _operands(m, k, n, dtype, seed=2)
+    with _route(route):
+        for a_view in (a, _transposed(a)):
+            for b_view in (b, _transposed(b)):
+                for out_transposed in (False, True):
+                    out = _nan_out(m, n, dtype, out_transposed)
+                    _matmul_blas_compiled(a_view, b_view, out)
+                    _check(out, a, b, dtype)
+
+
+BIAS_LAYOUTS = {"contiguous": lambda full, n: full[:n], "strided": lambda full, n: full[::2],
+                "reversed": lambda full, n: full[n - 1::-1], "broadcast": lambda full, n: np.broadcast_to(full[:1], n)}
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES), ids=lambda d: d.__name__)
+@pytest.mark.parametrize("bias_layout", list(BIAS_LAYOUTS))
+@pytest.mark.parametrize("out_transposed", [False, True], ids=["out", "out_T"])
+@pytest.mark.parametrize("use_bias,relu", [(True, True), (True, False), (False, True), (False, False)])
+@pytest.mark.parametrize("route", ROUTES)
+def test_affine_bias_relu_pass_after_blas(route, use_bias, relu, out_transposed, bias_layout, dtype):
+    # _bias_relu after a BLAS product (float32 too: sgemm refuses a transposed out and a strided bias; with
+    # a plain out and a contiguous bias it is sgemm's epilogue), the bias read at its stride (bias_step,
+    # negative too) and out at its own strides
+    m, k, n = 13, 17, 29
+    a, b = _operands(m, k, n, dtype, seed=3)
+    bias = BIAS_LAYOUTS[bias_layout](np.random.default_rng(4).standard_normal(2 * n).astype(dtype), n)
+    assert bias.shape == (n,)
+    out = _nan_out(m, n, dtype, out_transposed)
+    with _route(route):
+        _affine_compiled(a, b, bias, use_bias, relu, out)
+    _check_affine(out, a, b, bias, use_bias, relu, dtype)
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES), ids=lambda d: d.__name__)
+@pytest.mark.parametrize("m,n", [(1, 1), (5, 7), (1, 9), (9, 1)])
+@pytest.mark.parametrize("bias_layout", ["contiguous", "strided"])
+@pytest.mark.parametrize("out_transposed", [False, True], ids=["out", "out_T"])
+@pytest.mark.parametrize("use_bias,relu", [(True, True), (True, False), (False, True), (False, False)])
+def test_affine_with_k_zero_is_the_bias(use_bias, relu, out_transposed, bias_layout, m, n, dtype):
+    # an empty sum: out is zeros, then the bias and the ReLU (float32 on sgemm's k == 0 path where it takes
+    # the layout, the rest on _affine_at's own), never BLAS and never what out held before
+    bias = BIAS_LAYOUTS[bias_layout](np.resize(np.array([-1.5, 2.5, 0.5], dtype), 2 * n), n)  # both signs
+    out = _nan_out(m, n, dtype, out_transposed)
+    _affine_compiled(np.ones((m, 0), dtype), np.ones((0, n), dtype), bias, use_bias, relu, out)
+    expected = bias if use_bias else np.zeros(n, dtype)
+    np.testing.assert_array_equal(out, np.broadcast_to(np.maximum(expected, 0) if relu else expected, (m, n)))
+
+
+def _neither_axis_contiguous(x):
+    """x's values in a view with neither axis contiguous."""
+    spread = np.zeros((2 * x.shape[0], 3 * x.shape[1]), x.dtype)
+    spread[::2, ::3] = x
+    return spread[::2, ::3]
+
+
+LOOP_VIEWS = {  # (a, b, out) views of (m, k), (k, n), (m, n) arrays that BLAS cannot read in place
+    "both_strided": lambda a, b, out: (_neither_axis_contiguous(a), _neither_axis_contiguous(b), out),
+    "a_reversed_rows": lambda a, b, out: (a[::-1], b, out),
+    "a_reversed_columns": lambda a, b, out: (a[:, ::-1], b, out),
+    "b_reversed_rows": lambda a, b, out: (a, b[::-1], out),
+    "out_reversed_rows": lambda a, b, out: (a, b, out[::-1]),
+    "all_reversed": lambda a, b, out: (a[::-1, ::-1], _transposed(b)[::-1], out[::-1, ::-1]),
+}
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES), ids=lambda d: d.__name__)
+@pytest.mark.parametrize("m,k,n", [(1, 1, 1), (7, 9, 3), (13, 17, 29)])
+@pytest.mark.parametrize("views", list(LOOP_VIEWS))
+def test_operands_blas_cannot_read_fall_to_the_loops(views, m, k, n, dtype):
+    # _loops on views with neither axis contiguous or negative strides (matmul_blas; affine adds the
+    # bias/ReLU pass), and every element of out written
+    a, b = _operands(m, k, n, dtype, seed=5)
+    bias = np.random.default_rng(6).standard_normal(n).astype(dtype)
+    for product in ("matmul_blas", "affine"):
+        a_view, b_view, out = LOOP_VIEWS[views](a, b, np.full((m, n), np.nan, dtype))
+        with _threads(1):
+            if product == "matmul_blas":
+                _matmul_blas_compiled(a_view, b_view, out)
+            else:
+                _affine_compiled(a_view, b_view, bias, True, True, out)
+        _check_affine(out, a_view, b_view, bias, product == "affine", product == "affine", dtype)
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES), ids=lambda d: d.__name__)
+@pytest.mark.parametrize("a_shape,b_shape,out_shape", [
+    ((3, 4), (5, 2), (3, 2)),  # inner dimensions
+    ((3, 4), (4, 2), (4, 2)),  # out's rows
+    ((3, 4), (4, 2), (3, 3)),  # out's columns
+    ((3, 0), (4, 2), (3, 2)),  # an empty a against b
+])
+def test_shape_mismatch_raises_before_writing(a_shape, b_shape, out_shape, dtype):
+    # the shape check lowered at the call site: ValueError from compiled code, out left as it was
+    a, b = np.ones(a_shape, dtype), np.ones(b_shape, dtype)
+    bias = np.zeros(out_shape[1], dtype)
+    for call in (lambda out: _matmul_blas_compiled(a, b, out), lambda out: _affine_compiled(a, b, bias, True, False, out)):
+        out = np.full(out_shape, np.nan, dtype)
+        with pytest.raises(ValueError, match="the operands' shapes do not match"):
+            call(out)
+        assert np.isnan(out).all()
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES), ids=lambda d: d.__name__)
+@pytest.mark.parametrize("bias_length", [0, 4, 6])
+def test_bias_length_is_checked_only_when_used(bias_length, dtype):
+    # a bias of the wrong length raises ValueError with use_bias; without, it is not read, so any will do
+    a, b = _operands(3, 4, 5, dtype, seed=7)
+    bias = np.ones(bias_length, dtype)
+    out = np.full((3, 5), np.nan, dtype)
+    with pytest.raises(ValueError, match="the operands' shapes do not match"):
+        _affine_compiled(a, b, bias, True, False, out)
+    assert np.isnan(out).all()
+    _affine_compiled(a, b, bias, False, False, out)
+    _check(out, a, b, dtype)
+
+
+@pytest.mark.parametrize("dtypes", [
+    (np.float32, np.float64, np.float32, np.float32),  # a, b, out, bias
+    (np.float64, np.float32, np.float64, np.float64),
+    (np.float32, np.float32, np.float64, np.float32),
+    (np.float64, np.float64, np.float64, np.float32),
+    (np.int64, np.int64, np.int64, np.int64),
+], ids=["a32_b64", "a64_b32", "out64", "bias32", "int64"])
+def test_dtypes_other_than_one_float_are_typing_errors(dtypes):
+    # the typer's check: products take float32 or float64 arrays of a single dtype, rejected at compile time
+    from numba.core.errors import TypingError
+
+    a, b, out, bias = (np.ones(shape, dt) for shape, dt in zip(((3, 4), (4, 2), (3, 2), (2,)), dtypes))
+    if dtypes[3] == dtypes[0]:  # the bias is not an argument of matmul_blas
+        with pytest.raises(TypingError, match="float32 or float64"):
+            _matmul_blas_compiled(a, b, out)
+    with pytest.raises(TypingError, match="float32 or float64"):
+        _affine_compiled(a, b, bias, True, False, out)
