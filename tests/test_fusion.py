@@ -202,12 +202,26 @@ def test_direct_path_same_bits_at_one_and_two_threads(layers, shapes):
         assert np.array_equal(a, b)
 
 
+def _tile_outputs(shape, aligned):
+    """(out float32, code int8) of `shape`, starting on 64-byte boundaries (the forward tiles then use
+    streaming stores) or just past one (plain stores)."""
+    from specc.workspace import aligned_empty
+
+    size = int(np.prod(shape))
+    out, code = aligned_empty(size + 16, np.float32), aligned_empty(size + 64, np.int8)
+    if aligned:
+        return out[:size].reshape(shape), code[:size].reshape(shape)
+    return out[4 : 4 + size].reshape(shape), code[16 : 16 + size].reshape(shape)
+
+
 @needs_avx512
+@pytest.mark.parametrize("aligned", [True, False], ids=["aligned", "unaligned"])
 @pytest.mark.parametrize("c,f,k,stride,relu", [(1, 32, 3, 1, True), (3, 20, 3, 1, False), (1, 48, 5, 2, True),
-                                               (2, 16, 2, 1, True)])
-def test_tiles_match_their_numpy_version(c, f, k, stride, relu):
+                                               (2, 16, 2, 1, True), (2, 64, 3, 1, False)])
+def test_tiles_match_their_numpy_version(c, f, k, stride, relu, aligned):
     """conv_pool_tiles' compiled kernels against the NumPy code eager mode runs (an independent reference:
-    im2col, a matrix product, argmax)."""
+    im2col, a matrix product, argmax), with outputs where the forward tiles stream their stores (aligned,
+    f a multiple of 32) and where they do not."""
     from specc.kernels import conv_pool, conv_pool_tiles
 
     rng = np.random.default_rng(7)
@@ -223,7 +237,7 @@ def test_tiles_match_their_numpy_version(c, f, k, stride, relu):
     results = []
     for run_forward, run_backward in ((conv_pool_tiles.run_forward, conv_pool_tiles.run_backward),
                                       (conv_pool_tiles.forward, conv_pool_tiles.backward)):
-        out, code = np.empty((n, po, qo, f), np.float32), np.empty((n, po, qo, f), np.int8)
+        out, code = _tile_outputs((n, po, qo, f), aligned)
         run_forward(x, kernel, bias, True, relu, stride, stride, taps, spc, 2, out, code)
         dp = np.random.default_rng(8).standard_normal(out.shape).astype(np.float32)
         dk, db = np.empty((chunks, k * k * c, f), np.float32), np.empty((chunks, f), np.float32)

@@ -11,7 +11,7 @@ the windows are never laid out and the convolution's output never leaves the reg
   a table of the taps' offsets in x; then the 2 x 2 maximum with its winner, the bias and the ReLU, and
   only the pooled values and the winners' int8 codes are stored (a code marks the windows whose gradient
   the ReLU stops, so backward needs no copy of the output).
-- backward (`_grad_tile`): the kernel gradient, up to 9 taps x 32 filters held in registers while a
+- backward (`_grad_tile`): the kernel gradient, up to 9 taps x 16 filters held in registers while a
   sample's pooling windows stream through: each window's gradient is multiplied by its winner's taps of x
   (FMAs masked to the lanes each output wins). The bias gradient rides along.
 
@@ -36,9 +36,27 @@ from .sgemm import _F32, _I8, _I64, _V, _VI, LANES, NR, _Emitter
 
 WINDOWS = 3  # pooling windows per forward tile: 3 x 4 outputs x 2 vectors = 24 accumulators
 PIXELS = 4  # convolution outputs per 2 x 2 window, in scan order: (0, 0), (0, 1), (1, 0), (1, 1)
-GRAD_ROWS = (9, 4, 1)  # taps per backward tile (a 3 x 3 kernel on one channel is 9): 2 x 9 accumulators
+GRAD_ROWS = (9, 4, 1)  # taps per backward tile (a 3 x 3 kernel on one channel is 9): 9 accumulators
+# Filters per backward tile: one vector. Each broadcast of x then feeds one FMA, which takes it as an
+# embedded-broadcast operand; over two vectors (32 filters) the 36 broadcasts of a window were each
+# loaded into a register and shared by two FMAs, and LLVM hoisted them all and spilled them to the stack
+# (the first block's backward went from 0.62 to 0.53 ms on one core, batch 128).
+GRAD_COLS = LANES
 BLOCKED = 4  # the winner code of a window whose gradient the ReLU stops
 _LOWEST = -3.4028234663852886e38  # the lowest float32
+
+
+@intrinsic
+def _store_fence(typingctx):
+    """sfence: the streaming stores above are visible before anything stored after (another thread's
+    reads, once it has synchronised with this one)."""
+    def codegen(context, builder, signature, args):
+        fence = builder.module.globals.get("llvm.x86.sse.sfence") or ir.Function(
+            builder.module, ir.FunctionType(ir.VoidType(), []), "llvm.x86.sse.sfence")
+        builder.call(fence, [])
+        return context.get_dummy_value()
+
+    return types.void(), codegen
 
 
 def _forward_tile(masked: bool):
@@ -50,13 +68,14 @@ def _forward_tile(masked: bool):
     j < 32 (masked: j < cols). Offsets and strides count elements; toff is an int64 table of k taps."""
 
     @intrinsic
-    def tile(typingctx, x0, x1, x2, cs, rs, toff, k, b, ldb, bias, use_bias, relu, o0, o1, o2, c0, c1, c2, cols):
+    def tile(typingctx, x0, x1, x2, cs, rs, toff, k, b, ldb, bias, use_bias, relu, o0, o1, o2, c0, c1, c2, cols,
+             streaming):
         i64, boolean = types.int64, types.boolean
-        sig = types.void(*(i64,) * 10, boolean, boolean, *(i64,) * 7)
+        sig = types.void(*(i64,) * 10, boolean, boolean, *(i64,) * 7, boolean)
 
         def codegen(context, builder, signature, args):
             (x0_, x1_, x2_, cs_, rs_, toff_, k_, b_, ldb_, bias_, use_bias_, relu_, o0_, o1_, o2_, c0_, c1_, c2_,
-             cols_) = args
+             cols_, streaming_) = args
             e = _Emitter(builder, masked, cols_)
             vectors = NR // LANES
             xs, outs, codes = (x0_, x1_, x2_), (o0_, o1_, o2_), (c0_, c1_, c2_)
@@ -92,6 +111,7 @@ def _forward_tile(masked: bool):
             # The maximum first, then the bias and the ReLU, once per window: both are non-decreasing (in
             # float32 too), so the pooled values are those of adding and clipping first, with 4x fewer
             # operations. The first maximum in scan order wins, as in pooling._max_forward.
+            results = []
             for w in range(WINDOWS):
                 for v in range(vectors):
                     best, code = totals[w * PIXELS][v], code_of[0]
@@ -106,8 +126,30 @@ def _forward_tile(masked: bool):
                     # needs no copy of the output.
                     code = builder.select(relu_, builder.select(builder.fcmp_ordered(">", best, e.zero), code, blocked),
                                           code)
-                    e.store(best, e.at(outs[w], e.const(LANES * v)), v)
-                    e.store(code, e.at(codes[w], e.const(LANES * v), _I8), v, codes=True)
+                    results.append((best, e.at(outs[w], e.const(LANES * v)), code,
+                                    e.at(codes[w], e.const(LANES * v), _I8), v))
+            if masked:
+                for best, out_at, code, code_at, v in results:
+                    e.store(best, out_at, v)
+                    e.store(code, code_at, v, codes=True)
+            else:
+                # Streaming (non-temporal) stores where the caller found the outputs aligned: the lines are
+                # written without being read first, and the caches keep what they hold (x, the kernel,
+                # Python's own objects) instead of 3.5 MB of outputs per step of 128. The first block's
+                # forward went from 0.53 to 0.45 ms on one core. They need aligned addresses, hence the
+                # flag; the masked tile (a last strip of < 32 filters) stores as usual.
+                with builder.if_else(streaming_) as (streamed, cached):
+                    with streamed:
+                        flag = builder.module.add_metadata([ir.Constant(ir.IntType(32), 1)])
+                        for best, out_at, code, code_at, _v in results:
+                            builder.store(best, builder.bitcast(out_at, _V.as_pointer()),
+                                          align=64).set_metadata("nontemporal", flag)
+                            builder.store(code, builder.bitcast(code_at, _VI.as_pointer()),
+                                          align=16).set_metadata("nontemporal", flag)
+                    with cached:
+                        for best, out_at, code, code_at, v in results:
+                            e.store(best, out_at, v)
+                            e.store(code, code_at, v, codes=True)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -116,12 +158,12 @@ def _forward_tile(masked: bool):
 
 
 def _grad_tile(rows: int, masked: bool):
-    """An intrinsic for `rows` taps x one 32-filter strip of the kernel gradient over m rows of n pooling
+    """An intrinsic for `rows` taps x one 16-filter strip of the kernel gradient over m rows of n pooling
     windows (one sample's), arrays given by address; with i = a*ldr + w*ldw + j, window (a, w)'s gradient
     and winner code:
         dk[r*ldk + j] += sum_{a, w, q where code[i] == q} x[x0 + a*xrow + w*wstep + pix_q + toff[r]] * dp[i]
         db[j]         += sum_{a, w} dp[i] where code[i] != BLOCKED   (with_db)
-    for r < rows, j < 32 (masked: j < cols), pixel offsets pix = (0, cs, rs, rs + cs). The tile stays in
+    for r < rows, j < 16 (masked: j < cols), pixel offsets pix = (0, cs, rs, rs + cs). The tile stays in
     registers over all m * n windows."""
 
     @intrinsic
@@ -133,7 +175,7 @@ def _grad_tile(rows: int, masked: bool):
             (x0_, xrow_, wstep_, cs_, rs_, toff_, dp_, code_, ldr_, ldw_, m_, n_, dk_, ldk_, db_, with_db_,
              cols_) = args
             e = _Emitter(builder, masked, cols_)
-            vectors = NR // LANES
+            vectors = GRAD_COLS // LANES
             pix = (e.const(0), cs_, rs_, builder.add(rs_, cs_))
             taps = [builder.load(e.at(toff_, e.const(r), _I64), align=8) for r in range(rows)]
             dk_ptr = [[e.at(dk_, builder.add(builder.mul(ldk_, e.const(r)), e.const(LANES * v))) for v in range(vectors)]
@@ -219,6 +261,9 @@ def _forward_c(x, n_, h_, w_, c_, kernel, k, f, bias, use_bias, relu, sh, sw, ta
     go three at a time in out's order, across rows and samples (per row, 13 windows took 5 tiles); the
     chunk's last tile repeats its last window when fewer than 3 are left."""
     cs, rs = sw * c_, sh * w_ * c_  # elements between the windows of horizontally / vertically adjacent outputs
+    # Streaming stores (see _forward_tile) when every window's 32-filter strips start 64 (out) and 16 (code)
+    # bytes aligned: the workspace's arrays start on 64-byte boundaries, and f is a multiple of 32.
+    streaming = out % 64 == 0 and code % 64 == 0 and f % NR == 0
     for t in range(t0, t1):
         n, p, q = t * spc, 0, 0
         w = t * spc * po * qo
@@ -234,13 +279,15 @@ def _forward_c(x, n_, h_, w_, c_, kernel, k, f, bias, use_bias, relu, sh, sw, ta
                 cols = min(NR, f - j)
                 args = (x0, x1, x2, cs, rs, taps, k, kernel + 4 * j, f, bias + 4 * j, use_bias != 0, relu != 0,
                         out + 4 * (w * f + j), out + 4 * (w1 * f + j), out + 4 * (w2 * f + j),
-                        code + w * f + j, code + w1 * f + j, code + w2 * f + j, cols)
+                        code + w * f + j, code + w1 * f + j, code + w2 * f + j, cols, streaming)
                 if cols == NR:
                     forward_full(*args)
                 else:
                     forward_masked(*args)
             n, p, q = _next_window(n, p, q, po, qo)
             w += WINDOWS
+    if streaming:
+        _store_fence()
 
 
 llvmlite.binding.add_symbol("specc_conv_pool_forward", _forward_c.address)
@@ -288,15 +335,15 @@ def _backward_c(x, n_, h_, w_, c_, dp, code, po, qo, f, use_bias, sh, sw, taps, 
         for n in range(t * spc, min(t * spc + spc, n_)):
             x0 = x + 4 * (n * h_ * w_ * c_)  # the sample's first window's first output's taps
             first = n * po * qo * f  # its first window in dp and code
-            for j in range(0, f, NR):
-                cols = min(NR, f - j)
+            for j in range(0, f, GRAD_COLS):
+                cols = min(GRAD_COLS, f - j)
                 r = 0
                 while r < k:
                     rows = 9 if r + 9 <= k else 4 if r + 4 <= k else 1
                     args = (x0, 2 * sh * w_ * c_, 2 * sw * c_, cs, rs, taps + 8 * r, dp + 4 * (first + j),
                             code + first + j, qo * f, f, po, qo, dk + 4 * (r * f + j), f, db + 4 * j,
                             use_bias != 0 and r == 0, cols)
-                    _grad_strip(rows, cols == NR, args)
+                    _grad_strip(rows, cols == GRAD_COLS, args)
                     r += rows
 
 
