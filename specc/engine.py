@@ -238,7 +238,11 @@ class Engine:
             if act != "linear" and not s.layer.applies_activation():
                 z = np.ascontiguousarray(y)
                 y = empty("activation", z.shape, z.dtype)
-                activations.forward(activations.CODE[act], activations.as_rows(z), activations.as_rows(y))
+                code = activations.CODE[act]
+                if code in (activations.SOFTMAX, activations.LOG_SOFTMAX):  # compiles without the others
+                    activations.softmax(code == activations.LOG_SOFTMAX, activations.as_rows(z), activations.as_rows(y))
+                else:
+                    activations.forward(code, activations.as_rows(z), activations.as_rows(y))
                 self._pre[s.name] = z
             self._saved[s.name] = saved
             values[s.name] = y

@@ -27,7 +27,9 @@ import math
 
 import numba
 
-from . import JIT, sgemm
+# sgemm is imported for its side effect: it starts Numba's thread pool, which the cached machine code of
+# the parallel loops below needs before it loads (see sgemm.py).
+from . import JIT, sgemm  # noqa: F401
 
 NO_CLIP, CLIPNORM, CLIPVALUE, GLOBAL_CLIPNORM = range(4)
 PARALLEL_MIN_SIZE = 1 << 16  # elements of a variable below which SGD's and Adam's updates stay on one thread
@@ -100,16 +102,33 @@ def _sgd_parallel(w, grad, scale, lo, hi, decay, lr, momentum, nesterov, m, part
 
 @numba.njit(**JIT)
 def sgd(params, grads, offsets, clip_mode, clip, decay, lr, momentum, nesterov, m):
+    """On the calling thread; sgd_threaded splits large variables between threads."""
     gs = _global_scale(clip_mode, clip, grads)
-    threads = sgemm.threads()
+    for k in range(offsets.shape[0] - 1):
+        a, b = offsets[k], offsets[k + 1]
+        scale, lo, hi = _clipping(clip_mode, clip, gs, grads[a:b])
+        _sgd(params[a:b], grads[a:b], scale, lo, hi, decay, lr, momentum, nesterov, m[a:b] if momentum != 0.0 else m)
+
+
+@numba.njit(**JIT)
+def sgd_threaded(params, grads, offsets, clip_mode, clip, decay, lr, momentum, nesterov, m, threads):
+    """sgd with each variable of >= PARALLEL_MIN_SIZE elements split between `threads` threads. A kernel
+    of its own (the caller picks one, see uses_threads) so models without such variables, or one thread,
+    never compile the parallel loop (~0.7 s of a cold start)."""
+    gs = _global_scale(clip_mode, clip, grads)
     for k in range(offsets.shape[0] - 1):
         a, b = offsets[k], offsets[k + 1]
         scale, lo, hi = _clipping(clip_mode, clip, gs, grads[a:b])
         mk = m[a:b] if momentum != 0.0 else m
-        if threads > 1 and b - a >= PARALLEL_MIN_SIZE:
+        if b - a >= PARALLEL_MIN_SIZE:
             _sgd_parallel(params[a:b], grads[a:b], scale, lo, hi, decay, lr, momentum, nesterov, mk, threads)
         else:
             _sgd(params[a:b], grads[a:b], scale, lo, hi, decay, lr, momentum, nesterov, mk)
+
+
+def uses_threads(largest: int, threads: int) -> bool:
+    """Whether the *_threaded kernels would split a variable, the largest having `largest` elements."""
+    return threads > 1 and largest >= PARALLEL_MIN_SIZE
 
 
 # --- Adam / AdamW -----------------------------------------------------------------------------------------
@@ -159,21 +178,41 @@ def _amsgrad(w, grad, scale, lo, hi, decay, alpha, beta_1, beta_2, epsilon, m, v
 
 
 @numba.njit(**JIT)
-def adam(params, grads, offsets, clip_mode, clip, decay, alpha, beta_1, beta_2, epsilon, amsgrad, m, v, v_hat):
-    """alpha = lr * sqrt(1 - beta_2^t) / (1 - beta_1^t); w -= alpha * m / (sqrt(v) + epsilon)."""
+def adam(params, grads, offsets, clip_mode, clip, decay, alpha, beta_1, beta_2, epsilon, m, v):
+    """alpha = lr * sqrt(1 - beta_2^t) / (1 - beta_1^t); w -= alpha * m / (sqrt(v) + epsilon). On the
+    calling thread; adam_threaded splits large variables, amsgrad is the AMSGrad variant (each compiles
+    only when used)."""
     gs = _global_scale(clip_mode, clip, grads)
-    threads = sgemm.threads()
     for k in range(offsets.shape[0] - 1):
         a, b = offsets[k], offsets[k + 1]
         scale, lo, hi = _clipping(clip_mode, clip, gs, grads[a:b])
-        if amsgrad:
-            _amsgrad(params[a:b], grads[a:b], scale, lo, hi, decay, alpha, beta_1, beta_2, epsilon, m[a:b], v[a:b],
-                     v_hat[a:b])
-        elif threads > 1 and b - a >= PARALLEL_MIN_SIZE:
+        _adam(params[a:b], grads[a:b], scale, lo, hi, decay, alpha, beta_1, beta_2, epsilon, m[a:b], v[a:b])
+
+
+@numba.njit(**JIT)
+def adam_threaded(params, grads, offsets, clip_mode, clip, decay, alpha, beta_1, beta_2, epsilon, m, v, threads):
+    """adam with each variable of >= PARALLEL_MIN_SIZE elements split between `threads` threads (see
+    sgd_threaded)."""
+    gs = _global_scale(clip_mode, clip, grads)
+    for k in range(offsets.shape[0] - 1):
+        a, b = offsets[k], offsets[k + 1]
+        scale, lo, hi = _clipping(clip_mode, clip, gs, grads[a:b])
+        if b - a >= PARALLEL_MIN_SIZE:
             _adam_parallel(params[a:b], grads[a:b], scale, lo, hi, decay, alpha, beta_1, beta_2, epsilon, m[a:b],
                            v[a:b], threads)
         else:
             _adam(params[a:b], grads[a:b], scale, lo, hi, decay, alpha, beta_1, beta_2, epsilon, m[a:b], v[a:b])
+
+
+@numba.njit(**JIT)
+def amsgrad(params, grads, offsets, clip_mode, clip, decay, alpha, beta_1, beta_2, epsilon, m, v, v_hat):
+    """adam with AMSGrad's running maximum of v, v_hat, in the denominator."""
+    gs = _global_scale(clip_mode, clip, grads)
+    for k in range(offsets.shape[0] - 1):
+        a, b = offsets[k], offsets[k + 1]
+        scale, lo, hi = _clipping(clip_mode, clip, gs, grads[a:b])
+        _amsgrad(params[a:b], grads[a:b], scale, lo, hi, decay, alpha, beta_1, beta_2, epsilon, m[a:b], v[a:b],
+                 v_hat[a:b])
 
 
 # --- RMSprop ------------------------------------------------------------------------------------------------

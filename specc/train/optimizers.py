@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..kernels import optim as K
+from ..kernels import sgemm
 from ..spec.schema import OPTIMIZER_DEFAULTS
 
 # --- learning-rate schedules ----------------------------------------------------------------------------
@@ -123,6 +124,7 @@ class Optimizer:
         self.offsets = _normalize_offsets(offsets)
         self.dtype = np.dtype(dtype)
         self.size = int(self.offsets[-1])
+        self._largest = int(np.diff(self.offsets).max(initial=0))  # elements of the largest variable
         self._iterations = np.zeros((), np.int64)
         self.state = {name: np.zeros(self.size, self.dtype) for name in self.active_slots()}
         self._empty = np.zeros(0, self.dtype)
@@ -195,7 +197,12 @@ class SGD(Optimizer):
 
     def _update(self, params, grads, lr, decay, t):
         m = self.state.get("momentum", self._empty)
-        K.sgd(params, grads, *self._args(decay), lr, float(self.momentum), bool(self.nesterov), m)
+        args = (params, grads, *self._args(decay), lr, float(self.momentum), bool(self.nesterov), m)
+        threads = sgemm.threads()
+        if K.uses_threads(self._largest, threads):
+            K.sgd_threaded(*args, threads)
+        else:
+            K.sgd(*args)
 
 
 class Adam(Optimizer):
@@ -208,9 +215,15 @@ class Adam(Optimizer):
 
     def _update(self, params, grads, lr, decay, t):
         alpha = lr * math.sqrt(1.0 - self.beta_2 ** t) / (1.0 - self.beta_1 ** t)
-        K.adam(params, grads, *self._args(decay), alpha, float(self.beta_1), float(self.beta_2), float(self.epsilon),
-               bool(self.amsgrad), self.state["momentum"], self.state["velocity"],
-               self.state.get("velocity_hat", self._empty))
+        args = (params, grads, *self._args(decay), alpha, float(self.beta_1), float(self.beta_2), float(self.epsilon),
+                self.state["momentum"], self.state["velocity"])
+        threads = sgemm.threads()
+        if self.amsgrad:
+            K.amsgrad(*args, self.state["velocity_hat"])
+        elif K.uses_threads(self._largest, threads):
+            K.adam_threaded(*args, threads)
+        else:
+            K.adam(*args)
 
 
 class AdamW(Adam):
