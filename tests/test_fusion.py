@@ -203,8 +203,8 @@ def test_direct_path_same_bits_at_one_and_two_threads(layers, shapes):
 
 
 def _tile_outputs(shape, aligned):
-    """(out float32, code int8) of `shape`, starting on 64-byte boundaries (the forward tiles then use
-    streaming stores) or just past one (plain stores)."""
+    """(out float32, code int8) of `shape`, starting on a 64-byte boundary (as the workspace's arrays do)
+    or just past one."""
     from specc.workspace import aligned_empty
 
     size = int(np.prod(shape))
@@ -220,8 +220,7 @@ def _tile_outputs(shape, aligned):
                                                (2, 16, 2, 1, True), (2, 64, 3, 1, False)])
 def test_tiles_match_their_numpy_version(c, f, k, stride, relu, aligned):
     """conv_pool_tiles' compiled kernels against the NumPy code eager mode runs (an independent reference:
-    im2col, a matrix product, argmax), with outputs where the forward tiles stream their stores (aligned,
-    f a multiple of 32) and where they do not."""
+    im2col, a matrix product, argmax), with outputs aligned as the engine's are and not."""
     from specc.kernels import conv_pool, conv_pool_tiles
 
     rng = np.random.default_rng(7)

@@ -46,19 +46,6 @@ BLOCKED = 4  # the winner code of a window whose gradient the ReLU stops
 _LOWEST = -3.4028234663852886e38  # the lowest float32
 
 
-@intrinsic
-def _store_fence(typingctx):
-    """sfence: the streaming stores above are visible before anything stored after (another thread's
-    reads, once it has synchronised with this one)."""
-    def codegen(context, builder, signature, args):
-        fence = builder.module.globals.get("llvm.x86.sse.sfence") or ir.Function(
-            builder.module, ir.FunctionType(ir.VoidType(), []), "llvm.x86.sse.sfence")
-        builder.call(fence, [])
-        return context.get_dummy_value()
-
-    return types.void(), codegen
-
-
 def _forward_tile(masked: bool):
     """An intrinsic for three 2 x 2 pooling windows over one 32-filter strip, arrays given by address:
         z[w, q, j]  = sum_p x[x_w + pix_q + toff[p]] * b[p*ldb + j]  (+ bias[j]), then max(0, .) if relu
@@ -68,14 +55,13 @@ def _forward_tile(masked: bool):
     j < 32 (masked: j < cols). Offsets and strides count elements; toff is an int64 table of k taps."""
 
     @intrinsic
-    def tile(typingctx, x0, x1, x2, cs, rs, toff, k, b, ldb, bias, use_bias, relu, o0, o1, o2, c0, c1, c2, cols,
-             streaming):
+    def tile(typingctx, x0, x1, x2, cs, rs, toff, k, b, ldb, bias, use_bias, relu, o0, o1, o2, c0, c1, c2, cols):
         i64, boolean = types.int64, types.boolean
-        sig = types.void(*(i64,) * 10, boolean, boolean, *(i64,) * 7, boolean)
+        sig = types.void(*(i64,) * 10, boolean, boolean, *(i64,) * 7)
 
         def codegen(context, builder, signature, args):
             (x0_, x1_, x2_, cs_, rs_, toff_, k_, b_, ldb_, bias_, use_bias_, relu_, o0_, o1_, o2_, c0_, c1_, c2_,
-             cols_, streaming_) = args
+             cols_) = args
             e = _Emitter(builder, masked, cols_)
             vectors = NR // LANES
             xs, outs, codes = (x0_, x1_, x2_), (o0_, o1_, o2_), (c0_, c1_, c2_)
@@ -111,7 +97,6 @@ def _forward_tile(masked: bool):
             # The maximum first, then the bias and the ReLU, once per window: both are non-decreasing (in
             # float32 too), so the pooled values are those of adding and clipping first, with 4x fewer
             # operations. The first maximum in scan order wins, as in pooling._max_forward.
-            results = []
             for w in range(WINDOWS):
                 for v in range(vectors):
                     best, code = totals[w * PIXELS][v], code_of[0]
@@ -126,30 +111,8 @@ def _forward_tile(masked: bool):
                     # needs no copy of the output.
                     code = builder.select(relu_, builder.select(builder.fcmp_ordered(">", best, e.zero), code, blocked),
                                           code)
-                    results.append((best, e.at(outs[w], e.const(LANES * v)), code,
-                                    e.at(codes[w], e.const(LANES * v), _I8), v))
-            if masked:
-                for best, out_at, code, code_at, v in results:
-                    e.store(best, out_at, v)
-                    e.store(code, code_at, v, codes=True)
-            else:
-                # Streaming (non-temporal) stores where the caller found the outputs aligned: the lines are
-                # written without being read first, and the caches keep what they hold (x, the kernel,
-                # Python's own objects) instead of 3.5 MB of outputs per step of 128. The first block's
-                # forward went from 0.53 to 0.45 ms on one core. They need aligned addresses, hence the
-                # flag; the masked tile (a last strip of < 32 filters) stores as usual.
-                with builder.if_else(streaming_) as (streamed, cached):
-                    with streamed:
-                        flag = builder.module.add_metadata([ir.Constant(ir.IntType(32), 1)])
-                        for best, out_at, code, code_at, _v in results:
-                            builder.store(best, builder.bitcast(out_at, _V.as_pointer()),
-                                          align=64).set_metadata("nontemporal", flag)
-                            builder.store(code, builder.bitcast(code_at, _VI.as_pointer()),
-                                          align=16).set_metadata("nontemporal", flag)
-                    with cached:
-                        for best, out_at, code, code_at, v in results:
-                            e.store(best, out_at, v)
-                            e.store(code, code_at, v, codes=True)
+                    e.store(best, e.at(outs[w], e.const(LANES * v)), v)
+                    e.store(code, e.at(codes[w], e.const(LANES * v), _I8), v, codes=True)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -261,9 +224,6 @@ def _forward_c(x, n_, h_, w_, c_, kernel, k, f, bias, use_bias, relu, sh, sw, ta
     go three at a time in out's order, across rows and samples (per row, 13 windows took 5 tiles); the
     chunk's last tile repeats its last window when fewer than 3 are left."""
     cs, rs = sw * c_, sh * w_ * c_  # elements between the windows of horizontally / vertically adjacent outputs
-    # Streaming stores (see _forward_tile) when every window's 32-filter strips start 64 (out) and 16 (code)
-    # bytes aligned: the workspace's arrays start on 64-byte boundaries, and f is a multiple of 32.
-    streaming = out % 64 == 0 and code % 64 == 0 and f % NR == 0
     for t in range(t0, t1):
         n, p, q = t * spc, 0, 0
         w = t * spc * po * qo
@@ -279,15 +239,13 @@ def _forward_c(x, n_, h_, w_, c_, kernel, k, f, bias, use_bias, relu, sh, sw, ta
                 cols = min(NR, f - j)
                 args = (x0, x1, x2, cs, rs, taps, k, kernel + 4 * j, f, bias + 4 * j, use_bias != 0, relu != 0,
                         out + 4 * (w * f + j), out + 4 * (w1 * f + j), out + 4 * (w2 * f + j),
-                        code + w * f + j, code + w1 * f + j, code + w2 * f + j, cols, streaming)
+                        code + w * f + j, code + w1 * f + j, code + w2 * f + j, cols)
                 if cols == NR:
                     forward_full(*args)
                 else:
                     forward_masked(*args)
             n, p, q = _next_window(n, p, q, po, qo)
             w += WINDOWS
-    if streaming:
-        _store_fence()
 
 
 llvmlite.binding.add_symbol("specc_conv_pool_forward", _forward_c.address)

@@ -136,10 +136,16 @@ class _Emitter:
         self.zero_i = ir.Constant(_VI, [0] * LANES)
         self.masks = None
         if masked:
-            columns = self.splat(cols, ir.VectorType(_I64, LANES))
-            self.masks = [builder.icmp_signed("<", ir.Constant(ir.VectorType(_I64, LANES),
-                                                               list(range(LANES * v, LANES * (v + 1)))), columns)
-                          for v in range(NR // LANES)]
+            # Lane j of vector v is live when 16 v + j < cols: the low min(max(cols - 16 v, 0), 16) bits of an
+            # integer, bitcast to a mask. (As a vector compare of lane numbers with cols, LLVM redid the
+            # compares inside the k loop: 6 more instructions per step, sgemm's masked strip 25% slower.)
+            self.masks = []
+            for v in range(NR // LANES):
+                live = builder.sub(cols, self.const(LANES * v))
+                live = builder.select(builder.icmp_signed("<", live, self.const(0)), self.const(0), live)
+                live = builder.select(builder.icmp_signed(">", live, self.const(LANES)), self.const(LANES), live)
+                bits = builder.sub(builder.shl(self.const(1), live), self.const(1))
+                self.masks.append(builder.bitcast(builder.trunc(bits, ir.IntType(LANES)), _MASK))
 
     def const(self, v):
         return ir.Constant(_I64, v)
@@ -283,52 +289,54 @@ load_scipy_blas()  # before the C callables below starts Numba's CPU target, whi
 set_threads(numba.get_num_threads())
 
 
-# One tile as a C callable of its own, which the drivers call by symbol name: the eight micro-kernels are
-# large functions for LLVM, and linked into each driver they were optimised again in every one (~0.8 s of
-# a cold start). A call per tile costs a few ns against the tile's 14 x 32 x k multiply-adds.
-_STRIP_SIG = types.void(*(types.int64,) * 14)
-
-
-@numba.cfunc(_STRIP_SIG, **JIT)
-def _strip_c(rows, a, ars, acs, b, ldb, out, ldo, cols, k, acc, bias, use_bias, relu):
-    """One tile of `rows` (14, 4, 2 or 1) rows and `cols` <= 32 columns: the micro-kernel's arguments,
-    addresses in bytes and strides in elements; flags 0/1."""
-    args = (a, ars, acs, b, ldb, out, ldo, k, cols, acc != 0, bias, use_bias != 0, relu != 0)
-    if cols == NR:
-        if rows == MR:
-            _f14(*args)
-        elif rows == 4:
-            _f4(*args)
-        elif rows == 2:
-            _f2(*args)
-        else:
-            _f1(*args)
-    elif rows == MR:
-        _m14(*args)
-    elif rows == 4:
-        _m4(*args)
-    elif rows == 2:
-        _m2(*args)
-    else:
-        _m1(*args)
-
-
-llvmlite.binding.add_symbol("specc_sgemm_strip", _strip_c.address)
-_strip_ext = types.ExternalFunction("specc_sgemm_strip", _STRIP_SIG)
-
-
 @numba.njit(**JIT)
 def _block_rows(i, i1):
     """Rows of the next block from row i of i0:i1: 14, then 4, 2, 1 for the last few."""
     return MR if i + MR <= i1 else 4 if i + 4 <= i1 else 2 if i + 2 <= i1 else 1
 
 
-@numba.njit(**JIT)
-def _row_block(rows, a, ars, acs, b, ldb, out, ldo, width, k, acc, bias, use_bias, relu):
-    """`rows` rows of out over `width` columns, strip by strip."""
-    for j in range(0, width, NR):
-        _strip_ext(rows, a, ars, acs, b + 4 * j, ldb, out + 4 * j, ldo, min(NR, width - j), k, int(acc), bias + 4 * j,
-                   int(use_bias), int(relu))
+# The tiles of a block of out as a C callable of its own, which the drivers call by symbol name: the
+# eight micro-kernels are large functions for LLVM, and linked into each driver they were optimised again
+# in every one (~0.8 s of a cold start). One call covers rows i0:i1 of a panel: a call per tile cost up
+# to 30% on products with a short k (Dense's input gradient, k = units).
+_GRID_SIG = types.void(*(types.int64,) * 15)
+
+
+@numba.cfunc(_GRID_SIG, **JIT)
+def _grid_c(a, ars, acs, b, ldb, out, ldo, i0, i1, width, k, acc, bias, use_bias, relu):
+    """out[i0:i1, :width] (+)= a[i0:i1, :k] @ b[:k, :width] (+ bias, ReLU): blocks of 14 rows (then 4, 2,
+    1), each over the 32-column strips of the panel (a's rows stay in L1 while b's strips stream from L2).
+    Addresses in bytes, strides in elements; flags 0/1."""
+    accumulate, with_bias, clip = acc != 0, use_bias != 0, relu != 0
+    i = i0
+    while i < i1:
+        rows = _block_rows(i, i1)
+        for j in range(0, width, NR):
+            cols = min(NR, width - j)
+            args = (a + 4 * i * ars, ars, acs, b + 4 * j, ldb, out + 4 * (i * ldo + j), ldo, k, cols, accumulate,
+                    bias + 4 * j, with_bias, clip)
+            if cols == NR:
+                if rows == MR:
+                    _f14(*args)
+                elif rows == 4:
+                    _f4(*args)
+                elif rows == 2:
+                    _f2(*args)
+                else:
+                    _f1(*args)
+            elif rows == MR:
+                _m14(*args)
+            elif rows == 4:
+                _m4(*args)
+            elif rows == 2:
+                _m2(*args)
+            else:
+                _m1(*args)
+        i += rows
+
+
+llvmlite.binding.add_symbol("specc_sgemm_grid", _grid_c.address)
+_grid_ext = types.ExternalFunction("specc_sgemm_grid", _GRID_SIG)
 
 
 @intrinsic
@@ -367,14 +375,8 @@ def _rows(a, ars, acs, b, ldb, out, ldo, n, k, i0, i1, accumulate, bias, use_bia
         while True:  # k slices; with k = 0 one pass, which still writes the epilogue
             kk = min(KC, k - p0)
             last = p0 + kk >= k
-            acc = accumulate or p0 > 0
-            b_at = b + 4 * (p0 * ldb + j0)
-            i = i0
-            while i < i1:
-                rows = _block_rows(i, i1)
-                _row_block(rows, a + 4 * (i * ars + p0 * acs), ars, acs, b_at, ldb, out + 4 * (i * ldo + j0), ldo,
-                           width, kk, acc, bias + 4 * j0, use_bias and last, relu and last)
-                i += rows
+            _grid_ext(a + 4 * p0 * acs, ars, acs, b + 4 * (p0 * ldb + j0), ldb, out + 4 * j0, ldo, i0, i1, width, kk,
+                      int(accumulate or p0 > 0), bias + 4 * j0, int(use_bias and last), int(relu and last))
             p0 += kk
             if last:
                 break
@@ -396,13 +398,8 @@ def _rows_bt(a, ars, acs, b, ldb, out, ldo, n, k, i0, i1, accumulate, bias, use_
             for q in range(cols):  # reads b along k (contiguous), writes strip column q
                 for p in range(kk):
                     _copy_float(strip_at + 4 * (p * NR + q), src + 4 * (q * ldb + p))
-            i = i0
-            while i < i1:
-                rows = _block_rows(i, i1)
-                _strip_ext(rows, a + 4 * (i * ars + p0 * acs), ars, acs, strip_at, NR, out + 4 * (i * ldo + j0), ldo,
-                           cols, kk, int(accumulate or p0 > 0), bias + 4 * j0, int(use_bias and last),
-                           int(relu and last))
-                i += rows
+            _grid_ext(a + 4 * p0 * acs, ars, acs, strip_at, NR, out + 4 * j0, ldo, i0, i1, cols, kk,
+                      int(accumulate or p0 > 0), bias + 4 * j0, int(use_bias and last), int(relu and last))
             p0 += kk
             if last:
                 break
