@@ -79,16 +79,7 @@ def _forward_tile(masked: bool):
 
             totals = e.loop(k_, [[e.zero] * vectors for _ in range(WINDOWS * PIXELS)], step)
 
-            before = builder.block
-            with builder.if_then(use_bias_):
-                loaded = [e.load(e.at(bias_, e.const(LANES * v)), v) for v in range(vectors)]
-                bias_end = builder.block
-            bias_v = []
-            for v in range(vectors):
-                phi = builder.phi(_V)
-                phi.add_incoming(loaded[v], bias_end)
-                phi.add_incoming(e.zero, before)
-                bias_v.append(phi)
+            bias_v = e.bias(bias_, use_bias_, vectors)
             # The ReLU as max(z, floor) with floor 0, or the lowest float for no ReLU: a compare and a blend
             # (select(relu, ...) per value became a branch per value). NaN stays NaN, as in sgemm's epilogue.
             floor = e.splat(builder.select(relu_, ir.Constant(_F32, 0.0), ir.Constant(_F32, _LOWEST)), _V)

@@ -179,6 +179,22 @@ class _Emitter:
         else:
             b.store(value, ptr, align=align)
 
+    def bias(self, address, use_bias, vectors):
+        """`vectors` vectors of the bias at `address`, read only when use_bias (an empty array may come with
+        use_bias false), else zeros."""
+        b = self.b
+        before = b.block
+        with b.if_then(use_bias):
+            loaded = [self.load(self.at(address, self.const(LANES * v)), v) for v in range(vectors)]
+            end = b.block
+        values = []
+        for v in range(vectors):
+            phi = b.phi(_V)
+            phi.add_incoming(loaded[v], end)
+            phi.add_incoming(self.zero, before)
+            values.append(phi)
+        return values
+
     def broadcast(self, address, elements):
         return self.splat(self.b.load(self.at(address, elements), align=4), _V)
 
@@ -247,17 +263,8 @@ def _micro_kernel(rows: int, masked: bool):
             totals = e.loop(k_, [[e.zero] * vectors for _ in range(rows)], step)
 
             # Epilogue: (+ out) (+ bias) (max 0). The flags are run-time values: selects cost nothing next to
-            # the k loop; the bias is read only when used (an empty array may come with use_bias false).
-            before = builder.block
-            with builder.if_then(use_bias_):
-                loaded = [e.load(e.at(bias_, e.const(LANES * v)), v) for v in range(vectors)]
-                bias_end = builder.block
-            bias_v = []
-            for v in range(vectors):
-                phi = builder.phi(_V)
-                phi.add_incoming(loaded[v], bias_end)
-                phi.add_incoming(e.zero, before)
-                bias_v.append(phi)
+            # the k loop.
+            bias_v = e.bias(bias_, use_bias_, vectors)
             for r in range(rows):
                 o_row = builder.mul(ldo_, e.const(r))
                 for v in range(vectors):
