@@ -287,18 +287,19 @@ def _input_gradient_row_major(kernel, d, n0, n1, g, ho, wo, scratch, dx):
     _col2im(dcols, n0, n1, g, ho, wo, dx)
 
 
-def _by_layout(tap_major, row_major):
-    """A function (layout, 9 arguments) that runs tap_major or row_major on the arguments, by the layout
-    tag's type: compiled, only the chosen one compiles (its im2col and its product's operand layouts were
-    ~2 s of the benchmark CNN's cold start). The choice is made while typing the call, and the call goes
-    straight to the chosen kernel: an overload would put a function of its own in between, ~70 ms more
-    to compile per caller."""
+def _by_layout(tap_major: str, row_major: str):
+    """A function (layout, 9 arguments) that runs the kernel named tap_major or row_major (in this module)
+    on the arguments, by the layout tag's type: compiled, only the chosen one compiles (its im2col and its
+    product's operand layouts were ~2 s of the benchmark CNN's cold start). The choice is made while
+    typing the call, and the call goes straight to the chosen kernel: an overload would put a function of
+    its own in between, ~70 ms more to compile per caller. Looked up by name when called, so that eager
+    mode (api/eager.py, which swaps this module's kernels for their Python functions) runs Python."""
 
     def call(layout, a1, a2, a3, a4, a5, a6, a7, a8, a9):
-        (tap_major if layout.dtype == TAP_MAJOR.dtype else row_major)(a1, a2, a3, a4, a5, a6, a7, a8, a9)
+        globals()[tap_major if layout.dtype == TAP_MAJOR.dtype else row_major](a1, a2, a3, a4, a5, a6, a7, a8, a9)
 
     def chosen(typing_context, layout):
-        return typing_context.resolve_value_type(tap_major if layout.dtype == types.int8 else row_major)
+        return typing_context.resolve_value_type(globals()[tap_major if layout.dtype == types.int8 else row_major])
 
     @type_callable(call)
     def _typer(context):
@@ -316,8 +317,8 @@ def _by_layout(tap_major, row_major):
     return call
 
 
-_kernel_gradient = _by_layout(_kernel_gradient_tap_major, _kernel_gradient_row_major)
-_input_gradient = _by_layout(_input_gradient_tap_major, _input_gradient_row_major)
+_kernel_gradient = _by_layout("_kernel_gradient_tap_major", "_kernel_gradient_row_major")
+_input_gradient = _by_layout("_input_gradient_tap_major", "_input_gradient_row_major")
 
 
 @numba.njit(**JIT)
