@@ -36,6 +36,9 @@ class Step:
     output_shape: tuple
     weights: list[np.ndarray] = field(default_factory=list)
     grads: list[np.ndarray | None] = field(default_factory=list)
+    # The activation the engine applies after the layer's forward (and whose derivative before its
+    # backward), or None: worked out once (Engine.__init__), not asked of the layer at every pass.
+    activation: str | None = None
 
 
 def _resolve(alias: dict[str, str], name: str) -> str:
@@ -128,6 +131,9 @@ class Engine:
         # a fused step shares its convolution's views). fuse=False runs every layer apart (the tests
         # compare the two).
         self.plan = _plan(self.steps, self.output_names) if fuse else list(self.steps)
+        for s in self.plan:
+            act = s.layer.output_activation()
+            s.activation = act if act != "linear" and not s.layer.applies_activation() else None
         # Gradients w.r.t. the model inputs (`_input_grads` after backward): the gradient checks want them,
         # training does not (the Trainer turns them off, saving the first layer's largest product).
         self.input_gradients = True
@@ -173,15 +179,25 @@ class Engine:
 
     # --- execution -----------------------------------------------------------------------------------
 
-    def _buffers(self, reuse: bool):
-        """The context of one forward or backward pass: the workspace (reuse=True), and the thread limits
-        (see _thread_limits) unless a loop holds them (held_threads)."""
-        stack = contextlib.ExitStack()
-        if reuse:
-            stack.enter_context(self.workspace.active())
-        if not self._holding:
-            stack.enter_context(self._thread_limits())
-        return stack
+    def _enter(self, reuse: bool):
+        """Opens one forward or backward pass: the workspace (reuse=True), and the thread limits (see
+        _thread_limits) unless a loop holds them (held_threads). Returns what _leave closes. Plain calls,
+        not a `with` of an ExitStack: right after a kernel has streamed megabytes through the caches, each
+        Python call on the way to the next kernel costs a microsecond or more, and the ExitStack's dozen
+        were ~10 us of the ~80 us a pass of the benchmark CNN's first block spent outside its kernels."""
+        token = self.workspace.enter() if reuse else None
+        limits = None
+        if not self._holding and self._own_threads:
+            limits = self._thread_limits()
+            limits.__enter__()
+        return token, limits
+
+    def _leave(self, opened) -> None:
+        token, limits = opened
+        if limits is not None:
+            limits.__exit__(None, None, None)
+        if token is not None:
+            self.workspace.leave(token)
 
     def _thread_limits(self):
         """BLAS and sgemm on one thread when a layer splits its batch over threads of its own (convolutions,
@@ -192,12 +208,10 @@ class Engine:
         threads, and 20% slower with it on 2 sgemm threads."""
         stack = contextlib.ExitStack()
         if self._own_threads:
-            import numba
-
-            from .kernels import sgemm
+            from .kernels import sgemm, thread_count
             from .kernels.conv import one_blas_thread
 
-            if numba.get_num_threads() > 1:
+            if thread_count() > 1:
                 stack.enter_context(one_blas_thread())
                 stack.enter_context(sgemm.one_thread())
         return stack
@@ -220,12 +234,13 @@ class Engine:
         outputs and everything saved for backward are then only valid until the next step."""
         if len(inputs) != len(self.input_names):
             raise ValueError(f"model takes {len(self.input_names)} inputs, got {len(inputs)}")
-        with self._buffers(reuse):
+        opened = self._enter(reuse)
+        try:
             return self._forward(inputs, training, rng)
+        finally:
+            self._leave(opened)
 
     def _forward(self, inputs, training, rng) -> list[np.ndarray]:
-        from .kernels import activations
-
         values = {n: np.asarray(x, self.dtype) for n, x in zip(self.input_names, inputs)}
         self._saved.clear()
         self._pre.clear()
@@ -234,11 +249,12 @@ class Engine:
             x = [values[n] for n in s.inbound] if s.layer.is_merge else values[s.inbound[0]]
             # Batch statistics are used in training unless the layer is frozen (Keras's BN rule).
             y, saved = s.layer.forward(s.weights, x, training and s.trainable, rng)
-            act = s.layer.output_activation()
-            if act != "linear" and not s.layer.applies_activation():
+            if s.activation is not None:
+                from .kernels import activations
+
                 z = np.ascontiguousarray(y)
                 y = empty("activation", z.shape, z.dtype)
-                code = activations.CODE[act]
+                code = activations.CODE[s.activation]
                 if code in (activations.SOFTMAX, activations.LOG_SOFTMAX):  # compiles without the others
                     activations.softmax(code == activations.LOG_SOFTMAX, activations.as_rows(z), activations.as_rows(y))
                 else:
@@ -256,12 +272,13 @@ class Engine:
         pre_activation[i] says d_outputs[i] is already the gradient w.r.t. the output layer's
         pre-activation (the fused softmax + cross-entropy path).
         """
-        with self._buffers(reuse):
+        opened = self._enter(reuse)
+        try:
             self._backward(d_outputs, pre_activation)
+        finally:
+            self._leave(opened)
 
     def _backward(self, d_outputs, pre_activation) -> None:
-        from .kernels import activations
-
         pre_activation = pre_activation or [False] * len(d_outputs)
         grads: dict[str, np.ndarray] = {}
         fused: set[str] = set()
@@ -275,9 +292,11 @@ class Engine:
                 continue  # does not reach any output
             self.workspace.owner = s.name
             if s.name in self._pre and s.name not in fused:
+                from .kernels import activations
+
                 z, y = self._pre[s.name], self._values[s.name]
                 dz = empty("d_activation", z.shape, z.dtype)
-                activations.backward(activations.CODE[s.layer.output_activation()], activations.as_rows(z),
+                activations.backward(activations.CODE[s.activation], activations.as_rows(z),
                                      activations.as_rows(y), activations.as_rows(np.ascontiguousarray(dy)),
                                      activations.as_rows(dz))
                 dy = dz

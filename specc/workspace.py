@@ -34,20 +34,20 @@ class Workspace:
 
     @contextlib.contextmanager
     def active(self) -> Iterator[Workspace]:
-        token = _active.set(self)
+        token = self.enter()
         try:
             yield self
         finally:
-            _active.reset(token)
+            self.leave(token)
 
-    def get(self, role: str, shape: tuple, dtype: Any) -> np.ndarray:
-        import numpy as np
+    def enter(self) -> contextvars.Token:
+        """Makes this the active workspace until leave(token): `active` as two plain calls, for the engine's
+        passes (Engine._enter says why)."""
+        return _active.set(self)
 
-        key = (self.owner, role, shape, np.dtype(dtype).str)
-        array = self._arrays.get(key)
-        if array is None:
-            array = self._arrays[key] = aligned_empty(shape, dtype)
-        return array
+    @staticmethod
+    def leave(token: contextvars.Token) -> None:
+        _active.reset(token)
 
     @property
     def nbytes(self) -> int:
@@ -62,7 +62,13 @@ def empty(role: str, shape: tuple, dtype: Any) -> np.ndarray:
     workspace = _active.get()
     if workspace is None:
         return aligned_empty(shape, dtype)
-    return workspace.get(role, (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape), dtype)
+    # Layers call this at every pass, where each Python call costs (Engine._enter): the lookup is inline.
+    shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
+    key = (workspace.owner, role, shape, np.dtype(dtype).str)
+    array = workspace._arrays.get(key)
+    if array is None:
+        array = workspace._arrays[key] = aligned_empty(shape, dtype)
+    return array
 
 
 ALIGN = 64  # bytes: one cache line, one 512-bit vector

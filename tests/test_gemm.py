@@ -205,8 +205,9 @@ def test_models_with_threaded_layers_run_blas_on_one_thread(layers, expected):
     assert not errors, errors
     engine = Engine(spec.graph)
     with _threads(2):
-        with engine._buffers(reuse=True):
-            inside = {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+        opened = engine._enter(reuse=True)  # what a forward or backward pass runs in
+        inside = {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+        engine._leave(opened)
         after = {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
     # (NumPy's own OpenBLAS may be held at 1 anyway when NumPy was imported before specc: see
     # kernels.configure_threads; the most threads any BLAS may use is what decides.)

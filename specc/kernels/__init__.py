@@ -14,6 +14,7 @@ import os
 import sys
 
 import numba
+import numba.np.ufunc.parallel as _numba_parallel
 
 # Compiled with fastmath so float32 loops vectorise; no kernel relies on NaN/inf propagation through
 # reassociated sums (losses check for NaN explicitly). error_model="numpy": a division by zero gives inf
@@ -73,6 +74,16 @@ def available_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
         return os.cpu_count() or 1
+
+
+def thread_count() -> int:
+    """numba.get_num_threads(), for code run between kernels at every pass: Numba's own takes its
+    process-wide lock on every call (~0.7 us warm, several after a kernel has flushed the caches); this
+    reads the calling thread's count straight from the threading layer once Numba has started it."""
+    read = getattr(_numba_parallel, "_get_num_threads", None)
+    if read is None or not _numba_parallel._is_initialized:
+        return numba.get_num_threads()  # starts the threading layer
+    return read()
 
 
 def configure_threads(n: int | None = None) -> int:

@@ -31,7 +31,7 @@ from numba import types
 from numba.extending import lower_builtin, type_callable
 
 from ..workspace import empty
-from . import JIT
+from . import JIT, thread_count
 from .gemm import HAVE_NUMPY_BLAS, HAVE_SCIPY_BLAS, OneOpenblasThread, affine, matmul_serial
 
 # Samples per chunk: as many as keep a chunk's windows and outputs ((rows, K) + (rows, F)) within about
@@ -427,7 +427,7 @@ def _chunking(n, rows_per_sample, k, f, itemsize):
 
 def share_count(chunks):
     """How many shares in_threads splits `chunks` into."""
-    return max(1, min(numba.get_num_threads(), chunks))
+    return max(1, min(thread_count(), chunks))
 
 
 def in_threads(chunks, run):

@@ -28,7 +28,7 @@ import numba
 import numpy as np
 
 from ..workspace import empty
-from . import JIT, conv_pool_tiles, sgemm
+from . import JIT, conv_pool_tiles, sgemm, thread_count
 from .conv import (
     _backward_rows,
     _chunking,
@@ -38,7 +38,6 @@ from .conv import (
     in_threads,
     layout_for,
     one_blas_thread,
-    share_count,
 )
 from .pooling import _max_backward, _max_forward
 
@@ -117,44 +116,51 @@ def _codes_backward_range(x, kernel, dp, code, use_bias, need_dx, g, ho, wo, spc
 
 
 class Pair(NamedTuple):
-    """A convolution + pooling pair's geometry for one input shape (see `pair`)."""
+    """A convolution + pooling pair's geometry and chunking for one input shape (see `pair`)."""
 
     g: tuple  # the convolution's window geometry (kernels/conv.py)
     pg: tuple  # the pooling's, over the convolution's output
     ho: int  # the convolution's output height and width
     wo: int
     taps: np.ndarray | None  # for the direct path: the kernel's taps as offsets into x; None: the chunked path
+    spc: int  # samples per chunk (conv._chunking)
+    chunks: int
 
 
-def pair(sample_shape, dtype, g, pg, conv_hw, pooled_hw) -> Pair:
-    """The Pair for samples (H, W, C) of `dtype`. The direct path (conv_pool_tiles) takes float32 on AVX-512,
-    a convolution without padding and 2 x 2 pooling windows with stride 2, all inside the convolution's
-    output (Ho, Wo) -> (Po, Qo); its taps are (i, j, channel) in the kernel's row order."""
+def pair(x_shape, dtype, g, pg, conv_hw, pooled_hw, filters) -> Pair:
+    """The Pair for x (N, H, W, C) of `dtype` and a kernel of `filters`. The direct path (conv_pool_tiles)
+    takes float32 on AVX-512, a convolution without padding and 2 x 2 pooling windows with stride 2, all
+    inside the convolution's output (Ho, Wo) -> (Po, Qo); its taps are (i, j, channel) in the kernel's row
+    order."""
     (ho, wo), (po, qo) = conv_hw, pooled_hw
+    n, _, w, c = x_shape
+    kh, kw, dh, dw = g[0], g[1], g[4], g[5]
     direct = (sgemm.AVAILABLE and np.dtype(dtype) == np.float32 and g[6] == 0 and g[7] == 0
               and tuple(pg) == (2, 2, 2, 2, 1, 1, 0, 0) and 0 < 2 * po <= ho and 0 < 2 * qo <= wo)
     taps = None
     if direct:
-        (_, w, c), (kh, kw, dh, dw) = sample_shape, (g[0], g[1], g[4], g[5])
         taps = np.array([(i * dh * w + j * dw) * c + ch for i in range(kh) for j in range(kw) for ch in range(c)],
                         np.int64)
-    return Pair(tuple(g), tuple(pg), ho, wo, taps)
+    spc, chunks = _chunking(n, ho * wo, kh * kw * c, filters, np.dtype(dtype).itemsize)
+    return Pair(tuple(g), tuple(pg), ho, wo, taps, spc, chunks)
 
 
+# The two entry points run at every training step, right after a kernel that streamed megabytes through
+# the caches, where each Python call costs a microsecond or more: what depends on the shapes only is in
+# the Pair, worked out once per shape (layers/fusion.py keeps them).
 def conv_pool_forward(x, kernel, bias, use_bias, relu, geometry: Pair, out, winners):
     """x (N, H, W, C), kernel (kh*kw*C, F), bias (F,) -> out and winners (N, Po, Qo, F): the max pooling
     of the convolution (then max(., 0) with relu), as conv.conv_forward followed by pooling.max_forward
     compute them, without the convolution's full output. winners: int8 codes from conv_pool_tiles on the
     direct path (geometry.taps), else int32, each winner's flat index oh*Wo + ow in the convolution's output."""
-    g, pg, ho, wo, taps = geometry
-    n = x.shape[0]
-    f = kernel.shape[1]
-    spc, chunks = _chunking(n, ho * wo, kernel.shape[0], f, x.itemsize)
+    g, pg, ho, wo, taps, spc, chunks = geometry
+    shares = max(1, min(thread_count(), chunks))  # conv.share_count, inline
     if taps is not None:
-        conv_pool_tiles.run_forward(x, kernel, bias, use_bias, relu, g[2], g[3], taps, spc, share_count(chunks), out, winners)
+        conv_pool_tiles.run_forward(x, kernel, bias, use_bias, relu, g[2], g[3], taps, spc, shares, out, winners)
         return
+    f = kernel.shape[1]
     scratch = _scratch(chunks, spc * ho * wo * kernel.shape[0], x.dtype)
-    z_scratch = empty("conv output", (share_count(chunks), spc * ho * wo * f), x.dtype)
+    z_scratch = empty("conv output", (shares, spc * ho * wo * f), x.dtype)
     with one_blas_thread():
         in_threads(chunks, lambda share, t0, t1: _forward_range(x, kernel, bias, use_bias, relu, g, pg, ho, wo, spc,
                                                                 t0, t1, scratch[share], z_scratch[share], out, winners))
@@ -164,18 +170,15 @@ def conv_pool_backward(x, kernel, dp, pooled, winners, relu, use_bias, need_dx, 
     """The gradients of conv_pool_forward from dp (N, Po, Qo, F), the gradient of its output `pooled`:
     dkernel (kh*kw*C, F), dbias (F,) and, with need_dx, dx (N, H, W, C). Per-chunk partial sums in chunk
     order, as conv.conv_backward. The direct path's kernels when forward took it, unless dx is needed."""
-    g, pg, ho, wo, taps = geometry
-    n = x.shape[0]
+    g, pg, ho, wo, taps, spc, chunks = geometry
     k, f = kernel.shape
-    spc, chunks = _chunking(n, ho * wo, k, f, x.itemsize)
-    dk_parts = empty("kernel gradient parts", (chunks, k, f), x.dtype)
+    shares = max(1, min(thread_count(), chunks))  # conv.share_count, inline
     if taps is not None and not need_dx:
-        db_parts = empty("bias gradient parts", (chunks, f), x.dtype)
-        conv_pool_tiles.run_backward(x, dp, winners, use_bias, g[2], g[3], taps, spc, share_count(chunks), dk_parts, db_parts)
-        _sum_parts(dk_parts, dbias, db_parts, True, use_bias, dkernel)
+        parts = empty("gradient parts", (chunks, k + 1, f), x.dtype)  # per chunk: the kernel's rows, the bias
+        conv_pool_tiles.run_backward(x, dp, winners, use_bias, g[2], g[3], taps, spc, shares, parts, dkernel, dbias)
         return
+    dk_parts = empty("kernel gradient parts", (chunks, k, f), x.dtype)
     db_parts = empty("bias gradient parts", (chunks if use_bias else 0, f), x.dtype)
-    shares = share_count(chunks)
     scratch = _scratch(chunks, spc * ho * wo * k, x.dtype)
     dz_scratch = empty("conv output gradient", (shares, spc * ho * wo * f), x.dtype)
     layout = layout_for(x.shape[3])

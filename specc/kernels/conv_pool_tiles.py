@@ -195,7 +195,7 @@ grad9_masked, grad4_masked, grad1_masked = (_grad_tile(r, True) for r in GRAD_RO
 # pair's forward on two threads.
 _I64T = types.int64
 _FORWARD_SIG = types.void(*(_I64T,) * 21)
-_BACKWARD_SIG = types.void(*(_I64T,) * 20)
+_BACKWARD_SIG = types.void(*(_I64T,) * 19)
 
 
 @numba.njit(**JIT)
@@ -275,12 +275,13 @@ def _grad_strip(rows, full, args):
 
 
 @numba.cfunc(_BACKWARD_SIG, **JIT)
-def _backward_c(x, n_, h_, w_, c_, dp, code, po, qo, f, use_bias, sh, sw, taps, k, spc, t0, t1, dk_parts, db_parts):
-    """The kernel and bias gradients of _forward_c's pairs for chunks t0:t1, added into dk_parts[t] (K, F)
-    and db_parts[t] (F,) (zeroed by the caller): per sample, taps in tiles of 9, 4 and 1."""
+def _backward_c(x, n_, h_, w_, c_, dp, code, po, qo, f, use_bias, sh, sw, taps, k, spc, t0, t1, parts):
+    """The kernel and bias gradients of _forward_c's pairs for chunks t0:t1, added into parts[t, :K] (K, F)
+    and parts[t, K] (F,) (zeroed by the caller): per sample, taps in tiles of 9, 4 and 1."""
     cs, rs = sw * c_, sh * w_ * c_
     for t in range(t0, t1):
-        dk, db = dk_parts + 4 * t * k * f, db_parts + 4 * t * f
+        dk = parts + 4 * t * (k + 1) * f
+        db = dk + 4 * k * f
         for n in range(t * spc, min(t * spc + spc, n_)):
             x0 = x + 4 * (n * h_ * w_ * c_)  # the sample's first window's first output's taps
             first = n * po * qo * f  # its first window in dp and code
@@ -301,12 +302,12 @@ _backward_ext = types.ExternalFunction("specc_conv_pool_backward", _BACKWARD_SIG
 
 
 @numba.cfunc(_BACKWARD_SIG, parallel=True, **JIT)
-def _backward_parallel_c(x, n_, h_, w_, c_, dp, code, po, qo, f, use_bias, sh, sw, taps, k, spc, chunks, parts,
-                         dk_parts, db_parts):
-    """_backward_c over all chunks, in `parts` contiguous ranges, one per thread."""
-    for i in numba.prange(parts):
-        _backward_ext(x, n_, h_, w_, c_, dp, code, po, qo, f, use_bias, sh, sw, taps, k, spc, chunks * i // parts,
-                      chunks * (i + 1) // parts, dk_parts, db_parts)
+def _backward_parallel_c(x, n_, h_, w_, c_, dp, code, po, qo, f, use_bias, sh, sw, taps, k, spc, chunks, ranges,
+                         parts):
+    """_backward_c over all chunks, in `ranges` contiguous ranges, one per thread."""
+    for i in numba.prange(ranges):
+        _backward_ext(x, n_, h_, w_, c_, dp, code, po, qo, f, use_bias, sh, sw, taps, k, spc, chunks * i // ranges,
+                      chunks * (i + 1) // ranges, parts)
 
 
 llvmlite.binding.add_symbol("specc_conv_pool_backward_parallel", _backward_parallel_c.address)
@@ -340,21 +341,20 @@ def forward(x, kernel, bias, use_bias, relu, sh, sw, taps, spc, threads, out, co
         code[~(out > 0)] = BLOCKED
 
 
-def backward(x, dp, code, use_bias, sh, sw, taps, spc, threads, dk_parts, db_parts):
-    """The kernel and bias gradients of `forward` from dp (N, Po, Qo, F), the gradient of its output, per
-    chunk: dk_parts (chunks, K, F) and db_parts (chunks, F).
+def backward(x, dp, code, use_bias, sh, sw, taps, spc, threads, parts, dkernel, dbias):
+    """dkernel (K, F) and, with use_bias, dbias (F,): the kernel and bias gradients of `forward` from dp
+    (N, Po, Qo, F), the gradient of its output. parts (chunks, K + 1, F) is scratch: each chunk's sums
+    (kernel rows, then the bias), added up in chunk order at the end, in the same call (a kernel call
+    from Python costs several microseconds right after this one has streamed dp through the caches).
 
-    Compiled (the overload below): the tiles above. From Python (eager mode runs this) it is NumPy, with
-    the whole sum in the first chunk's part."""
+    Compiled (the overload below): the tiles above. From Python (eager mode runs this) it is NumPy."""
     n, po, qo, f = dp.shape
     dz = np.zeros((n, 2 * po, 2 * qo, f), dp.dtype)
     for q in range(PIXELS):
         dz[:, q // 2 :: 2, q % 2 :: 2][:, :po, :qo] = np.where(code == q, dp, 0)
-    dk_parts[...] = 0
-    db_parts[...] = 0
-    dk_parts[0] = np.einsum("nhwk,nhwf->kf", _windows_of(x, sh, sw, taps, po, qo), dz)
+    dkernel[...] = np.einsum("nhwk,nhwf->kf", _windows_of(x, sh, sw, taps, po, qo), dz)
     if use_bias:
-        db_parts[0] = np.where(code != BLOCKED, dp, 0).sum(axis=(0, 1, 2))
+        dbias[...] = np.where(code != BLOCKED, dp, 0).sum(axis=(0, 1, 2))
 
 
 @overload(forward, jit_options=JIT)
@@ -375,20 +375,27 @@ def _forward_njit(x, kernel, bias, use_bias, relu, sh, sw, taps, spc, threads, o
 
 
 @overload(backward, jit_options=JIT)
-def _backward_njit(x, dp, code, use_bias, sh, sw, taps, spc, threads, dk_parts, db_parts):
-    def impl(x, dp, code, use_bias, sh, sw, taps, spc, threads, dk_parts, db_parts):
+def _backward_njit(x, dp, code, use_bias, sh, sw, taps, spc, threads, parts, dkernel, dbias):
+    def impl(x, dp, code, use_bias, sh, sw, taps, spc, threads, parts, dkernel, dbias):
         n, h, w, c = x.shape
         _, po, qo, f = dp.shape
-        chunks = dk_parts.shape[0]
-        parts = min(threads, chunks)
-        dk_parts[...] = 0
-        db_parts[...] = 0
+        k = taps.shape[0]
+        chunks = parts.shape[0]
+        ranges = min(threads, chunks)
+        parts[...] = 0
         args = (x.ctypes.data, n, h, w, c, dp.ctypes.data, code.ctypes.data, po, qo, f, int(use_bias), sh, sw,
-                taps.ctypes.data, taps.shape[0], spc)
-        if parts > 1:
-            _backward_parallel_ext(*args, chunks, parts, dk_parts.ctypes.data, db_parts.ctypes.data)
+                taps.ctypes.data, k, spc)
+        if ranges > 1:
+            _backward_parallel_ext(*args, chunks, ranges, parts.ctypes.data)
         else:
-            _backward_ext(*args, 0, chunks, dk_parts.ctypes.data, db_parts.ctypes.data)
+            _backward_ext(*args, 0, chunks, parts.ctypes.data)
+        for i in range(k + 1 if use_bias else k):  # the chunks' sums in chunk order: the bias is row K
+            out = dkernel[i] if i < k else dbias
+            for j in range(f):
+                total = parts.dtype.type(0)
+                for t in range(chunks):
+                    total += parts[t, i, j]
+                out[j] = total
 
     return impl
 
@@ -400,5 +407,5 @@ def run_forward(x, kernel, bias, use_bias, relu, sh, sw, taps, spc, threads, out
 
 
 @numba.njit(**JIT)
-def run_backward(x, dp, code, use_bias, sh, sw, taps, spc, threads, dk_parts, db_parts):
-    backward(x, dp, code, use_bias, sh, sw, taps, spc, threads, dk_parts, db_parts)
+def run_backward(x, dp, code, use_bias, sh, sw, taps, spc, threads, parts, dkernel, dbias):
+    backward(x, dp, code, use_bias, sh, sw, taps, spc, threads, parts, dkernel, dbias)

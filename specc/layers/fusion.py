@@ -7,7 +7,7 @@ model, its summary, weights and layer names do not change: this exists only in t
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..workspace import empty
 from .conv import Conv1D, Conv2D, as_image
@@ -22,29 +22,59 @@ def fusable(conv: Any, pool: Any) -> bool:
             and conv.activation in ("linear", "relu"))
 
 
+class _Shapes(NamedTuple):
+    """What a ConvPool works out once per input shape and dtype (ConvPool._shapes_of)."""
+
+    geometry: Any  # kernels.conv_pool.Pair
+    image: tuple  # x as an image (N, H, W, C)
+    pooled: tuple  # (N, Po, Qo, F): the pooled output and its winners
+    y: tuple  # the output's shape as the pooling layer gives it
+    winners: Any  # the winners' dtype: int8 codes on the direct path, else int32 indexes
+    kernel: tuple  # the kernel as a matrix (kh*kw*C, F)
+    no_bias: Any  # zeros (F,): the bias of a convolution without one
+
+
+# kernels.conv_pool, imported when a ConvPool first meets an input shape: `specc summary` and `specc
+# validate` load this module without Numba. (Not a `from ..kernels import` in forward: that runs a
+# Python function of importlib at every call.)
+conv_pool: Any = None
+
+
 class ConvPool:
-    """The runtime side of a layer (see LayerSpec) for conv then pool; its weights are the convolution's."""
+    """The runtime side of a layer (see LayerSpec) for conv then pool; its weights are the convolution's.
+
+    Its forward and backward run at every training step right after kernels that stream megabytes through
+    the caches, where each Python call on the way to the next kernel costs a microsecond or more (~80 us a
+    pass on the benchmark CNN's first block, 15% of its time, before this was trimmed): what depends only
+    on the input's shape is worked out once per shape, and each pass is a few lookups and one kernel call."""
 
     is_merge = False
     runs_own_threads = True
 
     def __init__(self, conv: Any, pool: Any):
         self.conv, self.pool = conv, pool
-        self._pairs: dict = {}  # (sample shape, dtype) -> conv_pool.Pair: geometry worked out once per shape
+        self._shapes: dict = {}  # (x.shape, x.dtype) -> _Shapes
 
-    def _pair(self, x):
-        """(conv_pool.Pair, pooled output shape per sample) for this input."""
-        key = (x.shape[1:], x.dtype)
-        if key not in self._pairs:
+    def _shapes_of(self, x) -> _Shapes:
+        global conv_pool
+        key = (x.shape, x.dtype)
+        shapes = self._shapes.get(key)
+        if shapes is None:
+            import numpy as np
+
             from ..kernels import conv_pool
 
             f = self.conv.filters
             conv_spatial, g = self.conv.window(x.shape[1:])
             pooled_spatial, pg = self.pool.window(conv_spatial + (f,))
             image = as_image(x[:0]).shape[1:]  # (H, W, C)
-            self._pairs[key] = (conv_pool.pair(image, x.dtype, g, pg, ((1,) + conv_spatial)[-2:],
-                                               ((1,) + pooled_spatial)[-2:]), pooled_spatial)
-        return self._pairs[key]
+            n = x.shape[0]
+            geometry = conv_pool.pair((n,) + image, x.dtype, g, pg, ((1,) + conv_spatial)[-2:],
+                                      ((1,) + pooled_spatial)[-2:], f)
+            shapes = self._shapes[key] = _Shapes(
+                geometry, (n,) + image, (n,) + ((1,) + pooled_spatial)[-2:] + (f,), (n,) + pooled_spatial + (f,),
+                np.int32 if geometry.taps is None else np.int8, (-1, f), np.zeros(f, x.dtype))
+        return shapes
 
     def output_activation(self) -> str:
         return "linear"
@@ -53,34 +83,21 @@ class ConvPool:
         return False
 
     def forward(self, w, x, training, rng):
-        import numpy as np
-
-        from ..kernels import conv_pool
-
-        conv, f = self.conv, self.conv.filters
-        x4 = as_image(x)  # (N, H, W, C)
-        geometry, pooled_spatial = self._pair(x)
-        n = x4.shape[0]
-        shape = (n,) + ((1,) + pooled_spatial)[-2:] + (f,)  # (N, Po, Qo, F)
-        out = empty("out", shape, x4.dtype)
-        # Each window's winner: an int8 code (0-3 in the window, or blocked by the ReLU) on the direct path,
-        # else its index oh*Wo + ow in the convolution's output.
-        winners = empty("winners", shape, np.int32 if geometry.taps is None else np.int8)
-        bias = w[1] if conv.use_bias else np.zeros(f, x4.dtype)
+        conv, shapes = self.conv, self._shapes_of(x)
+        x4 = (x if x.flags.c_contiguous else x.copy()).reshape(shapes.image)  # (N, H, W, C)
+        out = empty("out", shapes.pooled, x.dtype)
+        winners = empty("winners", shapes.pooled, shapes.winners)
         relu = conv.activation == "relu"
-        conv_pool.conv_pool_forward(x4, w[0].reshape(-1, f), bias, conv.use_bias, relu, geometry, out, winners)
-        return out.reshape((n,) + pooled_spatial + (f,)), (x4, x.shape, geometry, out, winners, relu)
+        conv_pool.conv_pool_forward(x4, w[0].reshape(shapes.kernel), w[1] if conv.use_bias else shapes.no_bias,
+                                    conv.use_bias, relu, shapes.geometry, out, winners)
+        return out.reshape(shapes.y), (x4, x.shape, shapes, out, winners, relu)
 
     def backward(self, w, g, saved, dy, need_dx=True):
-        import numpy as np
-
-        from ..kernels import conv_pool
-
-        x4, in_shape, geometry, out, winners, relu = saved
-        f = self.conv.filters
-        dp = np.ascontiguousarray(dy).reshape(out.shape)  # (N, Po, Qo, F)
-        dx = empty("dx", x4.shape, x4.dtype)  # (N, H, W, C)
-        dbias = g[1] if self.conv.use_bias else np.empty(f, dp.dtype)
-        conv_pool.conv_pool_backward(x4, w[0].reshape(-1, f), dp, out, winners, relu, self.conv.use_bias, need_dx,
-                                     geometry, g[0].reshape(-1, f), dbias, dx)
+        x4, in_shape, shapes, out, winners, relu = saved
+        conv = self.conv
+        dp = (dy if dy.flags.c_contiguous else dy.copy()).reshape(shapes.pooled)  # (N, Po, Qo, F)
+        dx = empty("dx", shapes.image, x4.dtype)  # (N, H, W, C); the chunked path's kernels take it either way
+        dbias = g[1] if conv.use_bias else shapes.no_bias  # (written only with a bias)
+        conv_pool.conv_pool_backward(x4, w[0].reshape(shapes.kernel), dp, out, winners, relu, conv.use_bias, need_dx,
+                                     shapes.geometry, g[0].reshape(shapes.kernel), dbias, dx)
         return dx.reshape(in_shape) if need_dx else None
