@@ -202,6 +202,30 @@ def test_direct_path_same_bits_at_one_and_two_threads(layers, shapes):
         assert np.array_equal(a, b)
 
 
+@pytest.mark.parametrize("input_gradients", [False, True], ids=["no_dx", "dx"])
+@pytest.mark.parametrize("layers,shapes", [CASES[0][1:], CASES[5][1:], DIRECT[0][1:]],
+                         ids=[CASES[0][0], CASES[5][0], DIRECT[0][0]])
+def test_inputs_and_gradients_in_other_layouts(layers, shapes, input_gradients):
+    """The pair takes its input and its output's gradient as they come (the kernels copy what is not
+    C-contiguous): a reversed view of x and a transposed-back dy give what contiguous copies give."""
+    x = sample(shapes)
+    x_view = np.ascontiguousarray(x[::-1])[::-1]  # the same values, negative strides
+    results = []
+    for x_in, view in ((x, False), (x_view, True)):
+        engine = engine_for(layers, shapes, True)
+        engine.input_gradients = input_gradients
+        out = engine.forward([x_in], training=True)[0].copy()
+        r = np.random.default_rng(4).standard_normal(out.shape).astype(np.float32)
+        if view:
+            r = np.asfortranarray(r)  # not C-contiguous for any batch of several samples
+            assert not r.flags.c_contiguous and not x_in.flags.c_contiguous
+        engine.backward([r])
+        dx = engine._input_grads[engine.input_names[0]]
+        results.append((out, engine.grads.copy(), None if dx is None else dx.copy()))
+    for a, b in zip(*results):
+        assert (a is None and b is None) or np.array_equal(a, b)
+
+
 def _tile_outputs(shape, aligned):
     """(out float32, code int8) of `shape`, starting on a 64-byte boundary (as the workspace's arrays do)
     or just past one."""
@@ -237,11 +261,11 @@ def test_tiles_match_their_numpy_version(c, f, k, stride, relu, aligned):
     for run_forward, run_backward in ((conv_pool_tiles.run_forward, conv_pool_tiles.run_backward),
                                       (conv_pool_tiles.forward, conv_pool_tiles.backward)):
         out, code = _tile_outputs((n, po, qo, f), aligned)
-        run_forward(x, kernel, bias, True, relu, stride, stride, taps, spc, 2, out, code)
+        run_forward(x, kernel, bias, True, relu, stride, stride, taps, spc, out, code)
         dp = np.random.default_rng(8).standard_normal(out.shape).astype(np.float32)
         parts = np.full((chunks, k * k * c + 1, f), np.nan, np.float32)  # scratch: its contents must not matter
         dk, db = np.full((k * k * c, f), np.nan, np.float32), np.full(f, np.nan, np.float32)
-        run_backward(x, dp, code, True, stride, stride, taps, spc, 2, parts, dk, db)
+        run_backward(x, dp, code, True, stride, stride, taps, spc, parts, dk, db)
         results.append((out, code, dk, db))
     (out, code, dk, db), (out_np, code_np, dk_np, db_np) = results
     np.testing.assert_allclose(out, out_np, rtol=1e-5, atol=1e-5)

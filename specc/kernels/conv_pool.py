@@ -28,7 +28,7 @@ import numba
 import numpy as np
 
 from ..workspace import empty
-from . import JIT, conv_pool_tiles, sgemm, thread_count
+from . import JIT, conv_pool_tiles, sgemm
 from .conv import (
     _backward_rows,
     _chunking,
@@ -38,6 +38,7 @@ from .conv import (
     in_threads,
     layout_for,
     one_blas_thread,
+    share_count,
 )
 from .pooling import _max_backward, _max_forward
 
@@ -149,34 +150,35 @@ def pair(x_shape, dtype, g, pg, conv_hw, pooled_hw, filters) -> Pair:
 # the caches, where each Python call costs a microsecond or more: what depends on the shapes only is in
 # the Pair, worked out once per shape (layers/fusion.py keeps them).
 def conv_pool_forward(x, kernel, bias, use_bias, relu, geometry: Pair, out, winners):
-    """x (N, H, W, C), kernel (kh*kw*C, F), bias (F,) -> out and winners (N, Po, Qo, F): the max pooling
+    """x (N, H, W, C) in any layout, kernel (kh*kw*C, F), bias (F,) -> out and winners (N, Po, Qo, F), C-contiguous
+    but for x: the max pooling
     of the convolution (then max(., 0) with relu), as conv.conv_forward followed by pooling.max_forward
     compute them, without the convolution's full output. winners: int8 codes from conv_pool_tiles on the
     direct path (geometry.taps), else int32, each winner's flat index oh*Wo + ow in the convolution's output."""
     g, pg, ho, wo, taps, spc, chunks = geometry
-    shares = max(1, min(thread_count(), chunks))  # conv.share_count, inline
     if taps is not None:
-        conv_pool_tiles.run_forward(x, kernel, bias, use_bias, relu, g[2], g[3], taps, spc, shares, out, winners)
+        conv_pool_tiles.run_forward(x, kernel, bias, use_bias, relu, g[2], g[3], taps, spc, out, winners)
         return
+    x = np.ascontiguousarray(x)
     f = kernel.shape[1]
     scratch = _scratch(chunks, spc * ho * wo * kernel.shape[0], x.dtype)
-    z_scratch = empty("conv output", (shares, spc * ho * wo * f), x.dtype)
+    z_scratch = empty("conv output", (share_count(chunks), spc * ho * wo * f), x.dtype)
     with one_blas_thread():
         in_threads(chunks, lambda share, t0, t1: _forward_range(x, kernel, bias, use_bias, relu, g, pg, ho, wo, spc,
                                                                 t0, t1, scratch[share], z_scratch[share], out, winners))
 
 
 def conv_pool_backward(x, kernel, dp, pooled, winners, relu, use_bias, need_dx, geometry: Pair, dkernel, dbias, dx):
-    """The gradients of conv_pool_forward from dp (N, Po, Qo, F), the gradient of its output `pooled`:
+    """The gradients of conv_pool_forward from dp (N, Po, Qo, F, any layout), the gradient of its output `pooled`:
     dkernel (kh*kw*C, F), dbias (F,) and, with need_dx, dx (N, H, W, C). Per-chunk partial sums in chunk
     order, as conv.conv_backward. The direct path's kernels when forward took it, unless dx is needed."""
     g, pg, ho, wo, taps, spc, chunks = geometry
     k, f = kernel.shape
-    shares = max(1, min(thread_count(), chunks))  # conv.share_count, inline
     if taps is not None and not need_dx:
         parts = empty("gradient parts", (chunks, k + 1, f), x.dtype)  # per chunk: the kernel's rows, the bias
-        conv_pool_tiles.run_backward(x, dp, winners, use_bias, g[2], g[3], taps, spc, shares, parts, dkernel, dbias)
+        conv_pool_tiles.run_backward(x, dp, winners, use_bias, g[2], g[3], taps, spc, parts, dkernel, dbias)
         return
+    x, dp, shares = np.ascontiguousarray(x), np.ascontiguousarray(dp), share_count(chunks)
     dk_parts = empty("kernel gradient parts", (chunks, k, f), x.dtype)
     db_parts = empty("bias gradient parts", (chunks if use_bias else 0, f), x.dtype)
     scratch = _scratch(chunks, spc * ho * wo * k, x.dtype)

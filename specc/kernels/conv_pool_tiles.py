@@ -24,8 +24,11 @@ The kernel gradient sums the same products in another order.
 
 from __future__ import annotations
 
+import ctypes
+
 import llvmlite.binding
 import numba
+import numba.np.ufunc.parallel
 import numpy as np
 from llvmlite import ir
 from numba import types
@@ -189,6 +192,22 @@ grad9, grad4, grad1 = (_grad_tile(r, False) for r in GRAD_ROWS)
 grad9_masked, grad4_masked, grad1_masked = (_grad_tile(r, True) for r in GRAD_ROWS)
 
 
+def _register_thread_count():
+    """Numba's thread count for the calling thread (numba.get_num_threads()), callable from compiled code
+    under our own symbol, so the entry points below read it where they run rather than take it from
+    Python (where the call cost ~5 us a pass right after these kernels: engine.Engine._enter) and the
+    machine code still caches (Numba's own compiles to a pointer constant: see sgemm._THREADS)."""
+    numba.get_num_threads()  # starts the threading layer, which provides the function
+    read = getattr(numba.np.ufunc.parallel, "_get_num_threads", None)
+    if read is None:  # pragma: no cover - Numba's internals moved: a callback into Numba's public function
+        read = _register_thread_count.callback = ctypes.CFUNCTYPE(ctypes.c_int)(numba.get_num_threads)
+    llvmlite.binding.add_symbol("specc_numba_threads", ctypes.cast(read, ctypes.c_void_p).value)
+
+
+_register_thread_count()
+_numba_threads = types.ExternalFunction("specc_numba_threads", types.intc())
+
+
 # The drivers, compiled once as C callables over addresses (as sgemm's), with a parallel version of each
 # whose prange hands contiguous ranges of chunks to Numba's threads. Numba's workers wake in a few
 # microseconds where conv.in_threads's Python pool took ~80 us per call on this VM, a fifth of this
@@ -321,10 +340,12 @@ def _windows_of(x, sh, sw, taps, po, qo):
     return x.reshape(n, -1)[:, origin[..., None] + taps]
 
 
-def forward(x, kernel, bias, use_bias, relu, sh, sw, taps, spc, threads, out, code):
+def forward(x, kernel, bias, use_bias, relu, sh, sw, taps, spc, out, code):
     """x (N, H, W, C), kernel (K, F), bias (F,), float32 -> out (N, Po, Qo, F) and winner codes (N, Po, Qo,
     F) int8, for a convolution without padding (strides sh, sw; taps: the kernel's offsets into x) and
-    2 x 2 pooling windows with stride 2, in chunks of spc samples over `threads` threads.
+    2 x 2 pooling windows with stride 2, in chunks of spc samples over Numba's threads (as many as the
+    calling thread's numba.get_num_threads(), at most one per chunk). x and dp (below) may be any layout;
+    the other arrays are C-contiguous.
 
     Compiled (the overload below): the tiles above. From Python (eager mode runs this) it is NumPy: the
     same results up to float rounding."""
@@ -341,7 +362,7 @@ def forward(x, kernel, bias, use_bias, relu, sh, sw, taps, spc, threads, out, co
         code[~(out > 0)] = BLOCKED
 
 
-def backward(x, dp, code, use_bias, sh, sw, taps, spc, threads, parts, dkernel, dbias):
+def backward(x, dp, code, use_bias, sh, sw, taps, spc, parts, dkernel, dbias):
     """dkernel (K, F) and, with use_bias, dbias (F,): the kernel and bias gradients of `forward` from dp
     (N, Po, Qo, F), the gradient of its output. parts (chunks, K + 1, F) is scratch: each chunk's sums
     (kernel rows, then the bias), added up in chunk order at the end, in the same call (a kernel call
@@ -358,12 +379,13 @@ def backward(x, dp, code, use_bias, sh, sw, taps, spc, threads, parts, dkernel, 
 
 
 @overload(forward, jit_options=JIT)
-def _forward_njit(x, kernel, bias, use_bias, relu, sh, sw, taps, spc, threads, out, code):
-    def impl(x, kernel, bias, use_bias, relu, sh, sw, taps, spc, threads, out, code):
+def _forward_njit(x, kernel, bias, use_bias, relu, sh, sw, taps, spc, out, code):
+    def impl(x, kernel, bias, use_bias, relu, sh, sw, taps, spc, out, code):
+        x = np.ascontiguousarray(x)  # no copy when it is (decided when compiled, from the type's layout)
         n, h, w, c = x.shape
         _, po, qo, f = out.shape
         chunks = -(-n // spc)
-        parts = min(threads, chunks)
+        parts = min(_numba_threads(), chunks)
         args = (x.ctypes.data, n, h, w, c, kernel.ctypes.data, kernel.shape[0], f, bias.ctypes.data, int(use_bias),
                 int(relu), sh, sw, taps.ctypes.data, spc)
         if parts > 1:
@@ -375,13 +397,14 @@ def _forward_njit(x, kernel, bias, use_bias, relu, sh, sw, taps, spc, threads, o
 
 
 @overload(backward, jit_options=JIT)
-def _backward_njit(x, dp, code, use_bias, sh, sw, taps, spc, threads, parts, dkernel, dbias):
-    def impl(x, dp, code, use_bias, sh, sw, taps, spc, threads, parts, dkernel, dbias):
+def _backward_njit(x, dp, code, use_bias, sh, sw, taps, spc, parts, dkernel, dbias):
+    def impl(x, dp, code, use_bias, sh, sw, taps, spc, parts, dkernel, dbias):
+        x, dp = np.ascontiguousarray(x), np.ascontiguousarray(dp)
         n, h, w, c = x.shape
         _, po, qo, f = dp.shape
         k = taps.shape[0]
         chunks = parts.shape[0]
-        ranges = min(threads, chunks)
+        ranges = min(_numba_threads(), chunks)
         parts[...] = 0
         args = (x.ctypes.data, n, h, w, c, dp.ctypes.data, code.ctypes.data, po, qo, f, int(use_bias), sh, sw,
                 taps.ctypes.data, k, spc)
@@ -402,10 +425,10 @@ def _backward_njit(x, dp, code, use_bias, sh, sw, taps, spc, threads, parts, dke
 
 # What conv_pool calls: compiled, these run the overloads; in eager mode (their py_func), the NumPy versions.
 @numba.njit(**JIT)
-def run_forward(x, kernel, bias, use_bias, relu, sh, sw, taps, spc, threads, out, code):
-    forward(x, kernel, bias, use_bias, relu, sh, sw, taps, spc, threads, out, code)
+def run_forward(x, kernel, bias, use_bias, relu, sh, sw, taps, spc, out, code):
+    forward(x, kernel, bias, use_bias, relu, sh, sw, taps, spc, out, code)
 
 
 @numba.njit(**JIT)
-def run_backward(x, dp, code, use_bias, sh, sw, taps, spc, threads, parts, dkernel, dbias):
-    backward(x, dp, code, use_bias, sh, sw, taps, spc, threads, parts, dkernel, dbias)
+def run_backward(x, dp, code, use_bias, sh, sw, taps, spc, parts, dkernel, dbias):
+    backward(x, dp, code, use_bias, sh, sw, taps, spc, parts, dkernel, dbias)

@@ -23,14 +23,14 @@ def fusable(conv: Any, pool: Any) -> bool:
 
 
 class _Shapes(NamedTuple):
-    """What a ConvPool works out once per input shape and dtype (ConvPool._shapes_of)."""
+    """What a ConvPool works out once per input shape (ConvPool._shapes_of)."""
 
+    dtype: Any  # the input's dtype these are for
     geometry: Any  # kernels.conv_pool.Pair
-    image: tuple  # x as an image (N, H, W, C)
+    image: tuple | None  # x as an image (N, H, W, C), when x has another shape (Conv1D's (N, steps, C))
     pooled: tuple  # (N, Po, Qo, F): the pooled output and its winners
-    y: tuple  # the output's shape as the pooling layer gives it
+    y: tuple | None  # the output's shape as the pooling layer gives it, when not `pooled`
     winners: Any  # the winners' dtype: int8 codes on the direct path, else int32 indexes
-    kernel: tuple  # the kernel as a matrix (kh*kw*C, F)
     no_bias: Any  # zeros (F,): the bias of a convolution without one
 
 
@@ -44,37 +44,53 @@ class ConvPool:
     """The runtime side of a layer (see LayerSpec) for conv then pool; its weights are the convolution's.
 
     Its forward and backward run at every training step right after kernels that stream megabytes through
-    the caches, where each Python call on the way to the next kernel costs a microsecond or more (~80 us a
-    pass on the benchmark CNN's first block, 15% of its time, before this was trimmed): what depends only
-    on the input's shape is worked out once per shape, and each pass is a few lookups and one kernel call."""
+    the caches, where each Python or NumPy call on the way to the next kernel costs one to several
+    microseconds (before this was trimmed, ~80 us a pass on the benchmark CNN's first block, 15% of its
+    time): what depends only on the input's shape is worked out once per shape, the kernel's matrix views
+    once per weight array, and the kernels take inputs in any layout. A pass is a few lookups, the
+    workspace's arrays and one kernel call."""
 
     is_merge = False
     runs_own_threads = True
 
     def __init__(self, conv: Any, pool: Any):
         self.conv, self.pool = conv, pool
-        self._shapes: dict = {}  # (x.shape, x.dtype) -> _Shapes
+        self._shapes: dict = {}  # x.shape -> _Shapes, or (x.shape, dtype) -> _Shapes for other dtypes
+        self._views = [(None, None), (None, None)]  # (array, its matrix view): see _as_matrix
 
     def _shapes_of(self, x) -> _Shapes:
-        global conv_pool
-        key = (x.shape, x.dtype)
+        shapes = self._shapes.get(x.shape)
+        if shapes is not None and shapes.dtype is x.dtype:
+            return shapes
+        key = (x.shape, x.dtype) if shapes is not None else x.shape  # the first dtype seen has the short key
         shapes = self._shapes.get(key)
         if shapes is None:
-            import numpy as np
-
-            from ..kernels import conv_pool
-
-            f = self.conv.filters
-            conv_spatial, g = self.conv.window(x.shape[1:])
-            pooled_spatial, pg = self.pool.window(conv_spatial + (f,))
-            image = as_image(x[:0]).shape[1:]  # (H, W, C)
-            n = x.shape[0]
-            geometry = conv_pool.pair((n,) + image, x.dtype, g, pg, ((1,) + conv_spatial)[-2:],
-                                      ((1,) + pooled_spatial)[-2:], f)
-            shapes = self._shapes[key] = _Shapes(
-                geometry, (n,) + image, (n,) + ((1,) + pooled_spatial)[-2:] + (f,), (n,) + pooled_spatial + (f,),
-                np.int32 if geometry.taps is None else np.int8, (-1, f), np.zeros(f, x.dtype))
+            shapes = self._shapes[key] = self._work_out(x)
         return shapes
+
+    def _work_out(self, x) -> _Shapes:
+        global conv_pool
+        import numpy as np
+
+        from ..kernels import conv_pool
+
+        f = self.conv.filters
+        conv_spatial, g = self.conv.window(x.shape[1:])
+        pooled_spatial, pg = self.pool.window(conv_spatial + (f,))
+        n, image = x.shape[0], as_image(x[:0]).shape[1:]  # (H, W, C)
+        geometry = conv_pool.pair((n,) + image, x.dtype, g, pg, ((1,) + conv_spatial)[-2:],
+                                  ((1,) + pooled_spatial)[-2:], f)
+        pooled, y = (n,) + ((1,) + pooled_spatial)[-2:] + (f,), (n,) + pooled_spatial + (f,)
+        return _Shapes(x.dtype, geometry, None if x.ndim == 4 else (n,) + image, pooled, None if y == pooled else y,
+                       np.int32 if geometry.taps is None else np.int8, np.zeros(f, x.dtype))
+
+    def _as_matrix(self, slot: int, kernel):
+        """The kernel (slot 0) or its gradient (slot 1), (kh, kw, C, F), as a (kh*kw*C, F) matrix view, made
+        again only when the array changes."""
+        cached = self._views[slot]
+        if cached[0] is not kernel:
+            cached = self._views[slot] = (kernel, kernel.reshape(-1, kernel.shape[-1]))
+        return cached[1]
 
     def output_activation(self) -> str:
         return "linear"
@@ -84,20 +100,21 @@ class ConvPool:
 
     def forward(self, w, x, training, rng):
         conv, shapes = self.conv, self._shapes_of(x)
-        x4 = (x if x.flags.c_contiguous else x.copy()).reshape(shapes.image)  # (N, H, W, C)
-        out = empty("out", shapes.pooled, x.dtype)
+        x4 = x if shapes.image is None else x.reshape(shapes.image)  # (N, H, W, C), any layout
+        out = empty("out", shapes.pooled, shapes.dtype)
         winners = empty("winners", shapes.pooled, shapes.winners)
         relu = conv.activation == "relu"
-        conv_pool.conv_pool_forward(x4, w[0].reshape(shapes.kernel), w[1] if conv.use_bias else shapes.no_bias,
-                                    conv.use_bias, relu, shapes.geometry, out, winners)
-        return out.reshape(shapes.y), (x4, x.shape, shapes, out, winners, relu)
+        conv_pool.conv_pool_forward(x4, self._as_matrix(0, w[0]), w[1] if conv.use_bias else shapes.no_bias, conv.use_bias,
+                                    relu, shapes.geometry, out, winners)
+        return (out if shapes.y is None else out.reshape(shapes.y)), (x4, x.shape, shapes, out, winners, relu)
 
     def backward(self, w, g, saved, dy, need_dx=True):
         x4, in_shape, shapes, out, winners, relu = saved
         conv = self.conv
-        dp = (dy if dy.flags.c_contiguous else dy.copy()).reshape(shapes.pooled)  # (N, Po, Qo, F)
-        dx = empty("dx", shapes.image, x4.dtype)  # (N, H, W, C); the chunked path's kernels take it either way
+        dp = dy if shapes.y is None else dy.reshape(shapes.pooled)  # (N, Po, Qo, F), any layout
+        dx = empty("dx", in_shape if shapes.image is None else shapes.image, shapes.dtype)  # (N, H, W, C): the
+        # chunked path's kernels take it either way
         dbias = g[1] if conv.use_bias else shapes.no_bias  # (written only with a bias)
-        conv_pool.conv_pool_backward(x4, w[0].reshape(shapes.kernel), dp, out, winners, relu, conv.use_bias, need_dx,
-                                     shapes.geometry, g[0].reshape(shapes.kernel), dbias, dx)
-        return dx.reshape(in_shape) if need_dx else None
+        conv_pool.conv_pool_backward(x4, self._as_matrix(0, w[0]), dp, out, winners, relu, conv.use_bias, need_dx,
+                                     shapes.geometry, self._as_matrix(1, g[0]), dbias, dx)
+        return (dx if shapes.image is None else dx.reshape(in_shape)) if need_dx else None
