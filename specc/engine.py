@@ -39,6 +39,7 @@ class Step:
     # The activation the engine applies after the layer's forward (and whose derivative before its
     # backward), or None: worked out once (Engine.__init__), not asked of the layer at every pass.
     activation: str | None = None
+    inputs_only: bool = False  # fed only by model inputs: its input gradient is needed only when asked for
 
 
 def _resolve(alias: dict[str, str], name: str) -> str:
@@ -131,13 +132,14 @@ class Engine:
         # a fused step shares its convolution's views). fuse=False runs every layer apart (the tests
         # compare the two).
         self.plan = _plan(self.steps, self.output_names) if fuse else list(self.steps)
+        input_set = set(self.input_names)
         for s in self.plan:
             act = s.layer.output_activation()
             s.activation = act if act != "linear" and not s.layer.applies_activation() else None
+            s.inputs_only = all(n in input_set for n in s.inbound)
         # Gradients w.r.t. the model inputs (`_input_grads` after backward): the gradient checks want them,
         # training does not (the Trainer turns them off, saving the first layer's largest product).
         self.input_gradients = True
-        self._input_set = set(self.input_names)
         # Arrays a training step reuses at the next step (see workspace.py): forward/backward(reuse=True).
         self.workspace = Workspace()
         self._saved: dict[str, Any] = {}
@@ -241,7 +243,11 @@ class Engine:
             self._leave(opened)
 
     def _forward(self, inputs, training, rng) -> list[np.ndarray]:
-        values = {n: np.asarray(x, self.dtype) for n, x in zip(self.input_names, inputs)}
+        # Loops rather than comprehensions here and in _backward: each comprehension is a function call,
+        # which costs a microsecond or more right after a kernel (_enter).
+        values = {}
+        for n, x in zip(self.input_names, inputs):
+            values[n] = np.asarray(x, self.dtype)
         self._saved.clear()
         self._pre.clear()
         for s in self.plan:
@@ -263,7 +269,10 @@ class Engine:
             self._saved[s.name] = saved
             values[s.name] = y
         self._values = values
-        return [values[n] for n in self.output_names]
+        outputs = []
+        for n in self.output_names:
+            outputs.append(values[n])
+        return outputs
 
     def backward(self, d_outputs: list[np.ndarray], pre_activation: list[bool] | None = None,
                  reuse: bool = False) -> None:
@@ -301,8 +310,7 @@ class Engine:
                                      activations.as_rows(dz))
                 dy = dz
             # A layer fed only by model inputs need not compute its input gradient in training.
-            need_dx = self.input_gradients or any(n not in self._input_set for n in s.inbound)
-            dx = s.layer.backward(s.weights, s.grads, self._saved[s.name], dy, need_dx)
+            dx = s.layer.backward(s.weights, s.grads, self._saved[s.name], dy, self.input_gradients or not s.inputs_only)
             if dx is None:
                 continue
             if s.layer.is_merge:
@@ -310,7 +318,9 @@ class Engine:
                     _accumulate(grads, n, d)
             else:
                 _accumulate(grads, s.inbound[0], dx)
-        self._input_grads = {n: grads.get(n) for n in self.input_names}
+        self._input_grads = {}
+        for n in self.input_names:
+            self._input_grads[n] = grads.get(n)
 
 
 def _accumulate(grads: dict[str, np.ndarray], name: str, d: np.ndarray) -> None:
