@@ -241,10 +241,13 @@ def _tile_outputs(shape, aligned):
 @needs_avx512
 @pytest.mark.parametrize("aligned", [True, False], ids=["aligned", "unaligned"])
 @pytest.mark.parametrize("c,f,k,stride,relu", [(1, 32, 3, 1, True), (3, 20, 3, 1, False), (1, 48, 5, 2, True),
-                                               (2, 16, 2, 1, True), (2, 64, 3, 1, False)])
+                                               (2, 16, 2, 1, True), (2, 64, 3, 1, False),
+                                               (1, 20, 3, 1, False), (1, 36, 3, 2, True)])
 def test_tiles_match_their_numpy_version(c, f, k, stride, relu, aligned):
     """conv_pool_tiles' compiled kernels against the NumPy code eager mode runs (an independent reference:
-    im2col, a matrix product, argmax), with outputs aligned as the engine's are and not."""
+    im2col, a matrix product, argmax), with outputs aligned as the engine's are and not. A 3 x 3 kernel on
+    one channel at stride 1 takes the backward tile on a patch (full and masked strips); at stride 2 it
+    may not (its taps are not on the pixels' grid)."""
     from specc.kernels import conv_pool, conv_pool_tiles
 
     rng = np.random.default_rng(7)

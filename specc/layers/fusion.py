@@ -99,22 +99,30 @@ class ConvPool:
         return False
 
     def forward(self, w, x, training, rng):
-        conv, shapes = self.conv, self._shapes_of(x)
+        # (_shapes_of and _as_matrix's usual case inline: a call each costs more than the lookups)
+        shapes = self._shapes.get(x.shape)
+        if shapes is None or shapes.dtype is not x.dtype:
+            shapes = self._shapes_of(x)
+        kernel = self._views[0]
+        kernel = kernel[1] if kernel[0] is w[0] else self._as_matrix(0, w[0])
+        conv = self.conv
         x4 = x if shapes.image is None else x.reshape(shapes.image)  # (N, H, W, C), any layout
         out = empty("out", shapes.pooled, shapes.dtype)
         winners = empty("winners", shapes.pooled, shapes.winners)
         relu = conv.activation == "relu"
-        conv_pool.conv_pool_forward(x4, self._as_matrix(0, w[0]), w[1] if conv.use_bias else shapes.no_bias, conv.use_bias,
-                                    relu, shapes.geometry, out, winners)
-        return (out if shapes.y is None else out.reshape(shapes.y)), (x4, x.shape, shapes, out, winners, relu)
+        conv_pool.conv_pool_forward(x4, kernel, w[1] if conv.use_bias else shapes.no_bias, conv.use_bias, relu,
+                                    shapes.geometry, out, winners)
+        return (out if shapes.y is None else out.reshape(shapes.y)), (x4, x.shape, shapes, out, winners, relu, kernel)
 
     def backward(self, w, g, saved, dy, need_dx=True):
-        x4, in_shape, shapes, out, winners, relu = saved
+        x4, in_shape, shapes, out, winners, relu, kernel = saved
         conv = self.conv
+        dkernel = self._views[1]
+        dkernel = dkernel[1] if dkernel[0] is g[0] else self._as_matrix(1, g[0])
         dp = dy if shapes.y is None else dy.reshape(shapes.pooled)  # (N, Po, Qo, F), any layout
         dx = empty("dx", in_shape if shapes.image is None else shapes.image, shapes.dtype)  # (N, H, W, C): the
         # chunked path's kernels take it either way
         dbias = g[1] if conv.use_bias else shapes.no_bias  # (written only with a bias)
-        conv_pool.conv_pool_backward(x4, self._as_matrix(0, w[0]), dp, out, winners, relu, conv.use_bias, need_dx,
-                                     shapes.geometry, self._as_matrix(1, g[0]), dbias, dx)
+        conv_pool.conv_pool_backward(x4, kernel, dp, out, winners, relu, conv.use_bias, need_dx, shapes.geometry,
+                                     dkernel, dbias, dx)
         return (dx if shapes.image is None else dx.reshape(in_shape)) if need_dx else None
