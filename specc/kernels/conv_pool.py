@@ -150,11 +150,11 @@ def pair(x_shape, dtype, g, pg, conv_hw, pooled_hw, filters) -> Pair:
 # the caches, where each Python call costs a microsecond or more: what depends on the shapes only is in
 # the Pair, worked out once per shape (layers/fusion.py keeps them).
 def conv_pool_forward(x, kernel, bias, use_bias, relu, geometry: Pair, out, winners):
-    """x (N, H, W, C) in any layout, kernel (kh*kw*C, F), bias (F,) -> out and winners (N, Po, Qo, F), C-contiguous
-    but for x: the max pooling
-    of the convolution (then max(., 0) with relu), as conv.conv_forward followed by pooling.max_forward
-    compute them, without the convolution's full output. winners: int8 codes from conv_pool_tiles on the
-    direct path (geometry.taps), else int32, each winner's flat index oh*Wo + ow in the convolution's output."""
+    """x (N, H, W, C) in any layout, kernel (kh*kw*C, F), bias (F,) -> out and winners (N, Po, Qo, F),
+    C-contiguous: the max pooling of the convolution (then max(., 0) with relu), as conv.conv_forward
+    followed by pooling.max_forward compute them, without the convolution's full output. winners: int8
+    codes from conv_pool_tiles on the direct path (geometry.taps), else int32, each winner's flat index
+    oh*Wo + ow in the convolution's output."""
     g, pg, ho, wo, taps, spc, chunks = geometry
     if taps is not None:
         conv_pool_tiles.run_forward(x, kernel, bias, use_bias, relu, g[2], g[3], taps, spc, out, winners)
@@ -169,9 +169,10 @@ def conv_pool_forward(x, kernel, bias, use_bias, relu, geometry: Pair, out, winn
 
 
 def conv_pool_backward(x, kernel, dp, pooled, winners, relu, use_bias, need_dx, geometry: Pair, dkernel, dbias, dx):
-    """The gradients of conv_pool_forward from dp (N, Po, Qo, F, any layout), the gradient of its output `pooled`:
-    dkernel (kh*kw*C, F), dbias (F,) and, with need_dx, dx (N, H, W, C). Per-chunk partial sums in chunk
-    order, as conv.conv_backward. The direct path's kernels when forward took it, unless dx is needed."""
+    """The gradients of conv_pool_forward from dp (N, Po, Qo, F) in any layout, the gradient of its output
+    `pooled`: dkernel (kh*kw*C, F), dbias (F,) and, with need_dx, dx (N, H, W, C). Per-chunk partial sums
+    in chunk order, as conv.conv_backward. The direct path's kernels when forward took it, unless dx is
+    needed."""
     g, pg, ho, wo, taps, spc, chunks = geometry
     k, f = kernel.shape
     if taps is not None and not need_dx:

@@ -13,7 +13,8 @@ the windows are never laid out and the convolution's output never leaves the reg
   the ReLU stops, so backward needs no copy of the output).
 - backward (`_grad_tile`): the kernel gradient, up to 9 taps x 16 filters held in registers while a
   sample's pooling windows stream through: each window's gradient is multiplied by its winner's taps of x
-  (FMAs masked to the lanes each output wins). The bias gradient rides along.
+  (FMAs masked to the lanes each output wins), read from one 4 x 4 patch for a 3 x 3 kernel on one
+  channel. The bias gradient rides along.
 
 Each convolution output is the same chain of FMAs as sgemm's (taps in the same order, from zero), and the
 bias and ReLU are applied to the maximum, which gives the same value as applying them first (both are
@@ -140,7 +141,8 @@ def _grad_tile(rows: int, masked: bool, patch: bool = False):
     With `patch` (9 taps only), the taps must be those of a 3 x 3 kernel on one channel whose steps are
     the pixels' (dilation = stride), toff[r] = (r // 3) rs + (r % 3) cs: the 36 products of a window then
     take their x from the 16 values of one 4 x 4 patch, each broadcast once, where the general tile loads
-    36 (two loads per FMA-pair cycle bound the tile: 15.4 -> 13.4 ns per window of 32 filters in cache)."""
+    36, one per FMA, and its loads rather than its FMAs set its pace (15.4 -> 13.4 ns per window of 32
+    filters in cache)."""
 
     @intrinsic
     def tile(typingctx, x0, xrow, wstep, cs, rs, toff, dp, code, ldr, ldw, m, n, dk, ldk, db, with_db, cols):
