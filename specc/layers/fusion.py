@@ -55,17 +55,13 @@ class ConvPool:
 
     def __init__(self, conv: Any, pool: Any):
         self.conv, self.pool = conv, pool
-        self._shapes: dict = {}  # x.shape -> _Shapes, or (x.shape, dtype) -> _Shapes for other dtypes
+        self._shapes: dict = {}  # x.shape -> _Shapes (an engine runs one dtype)
         self._views = [(None, None), (None, None)]  # (array, its matrix view): see _as_matrix
 
     def _shapes_of(self, x) -> _Shapes:
         shapes = self._shapes.get(x.shape)
-        if shapes is not None and shapes.dtype is x.dtype:
-            return shapes
-        key = (x.shape, x.dtype) if shapes is not None else x.shape  # the first dtype seen has the short key
-        shapes = self._shapes.get(key)
-        if shapes is None:
-            shapes = self._shapes[key] = self._work_out(x)
+        if shapes is None or shapes.dtype != x.dtype:
+            shapes = self._shapes[x.shape] = self._work_out(x)
         return shapes
 
     def _work_out(self, x) -> _Shapes:
@@ -99,13 +95,7 @@ class ConvPool:
         return False
 
     def forward(self, w, x, training, rng):
-        # (_shapes_of and _as_matrix's usual case inline: a call each costs more than the lookups)
-        shapes = self._shapes.get(x.shape)
-        if shapes is None or shapes.dtype is not x.dtype:
-            shapes = self._shapes_of(x)
-        kernel = self._views[0]
-        kernel = kernel[1] if kernel[0] is w[0] else self._as_matrix(0, w[0])
-        conv = self.conv
+        conv, shapes, kernel = self.conv, self._shapes_of(x), self._as_matrix(0, w[0])
         x4 = x if shapes.image is None else x.reshape(shapes.image)  # (N, H, W, C), any layout
         out = empty("out", shapes.pooled, shapes.dtype)
         winners = empty("winners", shapes.pooled, shapes.winners)
@@ -116,9 +106,7 @@ class ConvPool:
 
     def backward(self, w, g, saved, dy, need_dx=True):
         x4, in_shape, shapes, out, winners, relu, kernel = saved
-        conv = self.conv
-        dkernel = self._views[1]
-        dkernel = dkernel[1] if dkernel[0] is g[0] else self._as_matrix(1, g[0])
+        conv, dkernel = self.conv, self._as_matrix(1, g[0])
         dp = dy if shapes.y is None else dy.reshape(shapes.pooled)  # (N, Po, Qo, F), any layout
         dx = empty("dx", in_shape if shapes.image is None else shapes.image, shapes.dtype)  # (N, H, W, C): the
         # chunked path's kernels take it either way
