@@ -11,7 +11,7 @@ import sys as _sys
 
 # OpenBLAS's idle workers spin for 2^28 cycles (~0.07 s) after each multi-threaded call before they sleep.
 # Between the products of an MLP step that is what you want (no wake-up per product), but so long a spin
-# holds a core that other work needs: the convolutions' own threads (engine.Engine._buffers keeps BLAS on
+# holds a core that other work needs: the convolutions' own threads (engine.Engine._thread_limits keeps BLAS on
 # one thread in such models), the user's code. 2^22 cycles (~1 ms) kept the MLP's gain (2 threads: 93k ->
 # 111k samples/s against 2^4, which sleeps at once) at no cost to the CNN. OpenBLAS reads the variable
 # once, when it loads, i.e. when NumPy is first imported, so it is set here, before anything imports NumPy

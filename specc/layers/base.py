@@ -56,7 +56,7 @@ class LayerSpec(BaseModel):
     min_inputs: ClassVar[int] = 1
     max_inputs: ClassVar[int | None] = 1
     # Whether the layer's kernels split the batch over threads of their own (kernels.conv.in_threads); the
-    # engine then runs every product of the model (BLAS and sgemm) on one thread (see Engine._buffers).
+    # engine then runs every product of the model (BLAS and sgemm) on one thread (see Engine._thread_limits).
     runs_own_threads: ClassVar[bool] = False
 
     @field_validator("inputs", mode="before")
