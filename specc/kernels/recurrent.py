@@ -27,7 +27,7 @@ import numba
 import numpy as np
 from llvmlite import ir
 from numba import types
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
 from . import JIT
 from .activations import CODE, _scalar_derivative, _scalar_forward
@@ -65,14 +65,25 @@ def _act(code, x):
 # LSTM's forward (40 steps x 64 samples x 64 units, one core). _exp is exp as arithmetic: 2^k from its
 # bits times a degree-12 polynomial of the remainder, relative error below 1e-13 in float64 (fastmath
 # lets LLVM merge the two-part ln 2 of the reduction; float32 rounds at 6e-8).
+def _float64_from_bits(bits):
+    """The float64 whose bits are the int64 `bits`: a bitcast in compiled code (the overload below); a
+    NumPy view when _exp runs as Python (run_eagerly)."""
+    return np.int64(bits).view(np.float64)
+
+
 @intrinsic
-def _float64_from_bits(typingctx, bits):
+def _bitcast_float64(typingctx, bits):
     sig = types.float64(types.int64)
 
     def codegen(context, builder, signature, args):
         return builder.bitcast(args[0], ir.DoubleType())
 
     return sig, codegen
+
+
+@overload(_float64_from_bits, jit_options=JIT)
+def _float64_from_bits_compiled(bits):
+    return lambda bits: _bitcast_float64(bits)
 
 
 _LOG2E, _LN2_HI, _LN2_LO = 1.4426950408889634, 6.93147180369123816490e-01, 1.90821492927058770002e-10
