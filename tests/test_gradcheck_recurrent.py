@@ -55,3 +55,27 @@ def test_lstm_unit_forget_bias():
     assert np.array_equal(bias, [0, 0, 0, 1, 1, 1, 0, 0, 0, 0, 0, 0])
     bias = build({"type": "LSTM", "units": 3, "unit_forget_bias": False}, SHAPE).get_weights()[2]
     assert not bias.any()
+
+
+NO_DX = [c for c in CASES if c[0].endswith(("-activations", "-recurrent-dropout", "-seq-bias-back"))]
+
+
+@pytest.mark.parametrize("layer,options", [c[1:] for c in NO_DX], ids=[c[0] for c in NO_DX])
+def test_weight_gradients_without_the_input_gradient(layer, options):
+    """As a model's first layer in training (Engine.input_gradients off), the layers skip the input
+    gradient's product: the weight gradients are the same bits, and no input gradient comes back."""
+    import numpy as np
+
+    from .gradcheck import build, make_inputs
+
+    results = []
+    for input_gradients in (True, False):
+        engine = build(layer, SHAPE)
+        engine.params += np.random.default_rng(2).standard_normal(engine.params.shape) * 0.1
+        engine.input_gradients = input_gradients
+        xs = make_inputs(engine, 3, np.random.default_rng(3))
+        out = engine.forward(xs, training=options.get("training", False), rng=np.random.default_rng(7))[0]
+        engine.backward([np.random.default_rng(4).standard_normal(out.shape)])
+        results.append((engine.grads.copy(), engine._input_grads[engine.input_names[0]]))
+    assert np.array_equal(results[0][0], results[1][0])
+    assert results[0][1] is not None and results[1][1] is None

@@ -153,8 +153,10 @@ class _RNN(LayerSpec):
             return np.ascontiguousarray(dy.transpose(1, 0, 2))
         return np.ascontiguousarray(dy).reshape(1, *dy.shape)
 
-    def _input_backward(self, w, g, dz, xins, xmask, dbias):
-        """d(kernel) into g[0], d(input bias) into dbias (or nowhere), and d(x) (N, T, F) from dz (T, N, G*u)."""
+    def _input_backward(self, w, g, dz, xins, xmask, dbias, need_dx):
+        """d(kernel) into g[0], d(input bias) into dbias (or nowhere), and with need_dx d(x) (N, T, F) from dz
+        (T, N, G*u), else None (a model's first layer in training: its product is a third of the layer's
+        weight-gradient work)."""
         import numpy as np
 
         from ..kernels import dense
@@ -166,7 +168,9 @@ class _RNN(LayerSpec):
         dbias = dbias if use_bias else np.empty(gu, dz.dtype)
         dxt = empty("dxt", (t * n, f), dz.dtype)
         if len(xins) == 1:
-            dense.backward(xins[0], w[0], dz2, use_bias, True, g[0], dbias, dxt)
+            dense.backward(xins[0], w[0], dz2, use_bias, need_dx, g[0], dbias, dxt)
+            if not need_dx:
+                return None
             if xmask is not None:
                 dxt = (dxt.reshape(t, n, f) * xmask[0]).reshape(t * n, f)
         else:
@@ -177,9 +181,12 @@ class _RNN(LayerSpec):
             for k, xi in enumerate(xins):
                 cols = slice(k * u, (k + 1) * u)
                 dense.backward(xi, np.ascontiguousarray(w[0][:, cols]), np.ascontiguousarray(dz2[:, cols]),
-                               use_bias, True, dk, dbias[cols], dxk)
+                               use_bias, need_dx, dk, dbias[cols], dxk)
                 g[0][:, cols] = dk
-                dxt += (dxk.reshape(t, n, f) * xmask[k]).reshape(t * n, f)
+                if need_dx:
+                    dxt += (dxk.reshape(t, n, f) * xmask[k]).reshape(t * n, f)
+            if not need_dx:
+                return None
         dx = dxt.reshape(t, n, f).transpose(1, 0, 2)
         return np.ascontiguousarray(dx[:, ::-1] if self.go_backwards else dx)
 
@@ -213,7 +220,7 @@ class SimpleRNN(_RNN):
         recurrent.simple_backward(w[1], rg, rm, rmask is not None, act, hs, pre, self._dy(dy),
                                   self.return_sequences, dz)
         _linear_grads(self._state_groups(hs, rmask), dz, g[1], None)
-        return self._input_backward(w, g, dz, xins, xmask, g[2] if self.use_bias else None)
+        return self._input_backward(w, g, dz, xins, xmask, g[2] if self.use_bias else None, need_dx)
 
 
 @register
@@ -259,7 +266,7 @@ class LSTM(_RNN):
         recurrent.lstm_backward(w[1], rg, rm, rmask is not None, act, ract, cs, acs, pre, gates, self._dy(dy),
                                 self.return_sequences, dz)
         _linear_grads(self._state_groups(hs, rmask), dz, g[1], None)
-        return self._input_backward(w, g, dz, xins, xmask, g[2] if self.use_bias else None)
+        return self._input_backward(w, g, dz, xins, xmask, g[2] if self.use_bias else None, need_dx)
 
 
 @register
@@ -318,7 +325,7 @@ class GRU(_RNN):
             groups = self._state_groups(hs, rmask, 2 * u) + [(aux, 2 * u, 3 * u)]
             _linear_grads(groups, dz, g[1], None)
         dbias = None if not self.use_bias else g[2][0] if self.reset_after else g[2]
-        return self._input_backward(w, g, dz, xins, xmask, dbias)
+        return self._input_backward(w, g, dz, xins, xmask, dbias, need_dx)
 
 
 def _keep(rng, shape, rate, dtype):
