@@ -331,6 +331,28 @@ def lstm_backward(R, Rg, rmask, use_rmask, act, ract, cs, acs, pre, gates, dy, s
 
 
 @numba.njit(**JIT)
+def _gru_cells(x, a, rb, use_rb, h_prev, pre, gates, aux, h, u):
+    """One sample's GRU step (reset_after) with the default activations, as _lstm_cells: from its input
+    projection x (3u,) and a (3u,) = h_prev @ R (its recurrent bias added here, in place), the gates'
+    pre-activations, the gates, aux (the candidate's recurrent term) and h, each in a loop of its own."""
+    if use_rb:
+        for j in range(3 * u):
+            a[j] += rb[j]
+    for j in range(2 * u):  # z, r
+        pre[j] = x[j] + a[j]
+    for j in range(2 * u):
+        gates[j] = _sigmoid_v(pre[j])
+    for j in range(u):
+        pre[2 * u + j] = x[2 * u + j] + gates[u + j] * a[2 * u + j]
+    for j in range(u):
+        gates[2 * u + j] = _tanh_v(pre[2 * u + j])
+    for j in range(u):
+        aux[j] = a[2 * u + j]
+    for j in range(u):
+        h[j] = gates[j] * h_prev[j] + (1 - gates[j]) * gates[2 * u + j]
+
+
+@numba.njit(**JIT)
 def gru_forward(xp, R, R2, Rg, rb, use_rb, rmask, use_rmask, reset_after, act, ract, hs, pre, gates, aux):
     """R (u, 3u); R2 (u, 2u) = R[:, :2u] (only when not reset_after); Rg (3, u, u) R split per gate
     (always: Rg[2] is the candidate's kernel when not reset_after)."""
@@ -343,11 +365,15 @@ def gru_forward(xp, R, R2, Rg, rb, use_rb, rmask, use_rmask, reset_after, act, r
     for n in range(N):
         for j in range(u):
             hs[0, n, j] = 0
+    default = act == TANH and ract == SIGMOID
     for s in range(T):
         hp = hs[s]
         if reset_after:
             _rec_fwd(hp, R, Rg, rmask, use_rmask, a, hm, tmp)
             for n in range(N):
+                if default:
+                    _gru_cells(xp[s, n], a[n], rb, use_rb, hp[n], pre[s, n], gates[s, n], aux[s, n], hs[s + 1, n], u)
+                    continue
                 for j in range(u):
                     az = a[n, j]
                     ar = a[n, u + j]
