@@ -74,6 +74,36 @@ def test_an_edited_kernel_source_drops_the_cache_of_every_kernel(tmp_path):
 
 
 
+RUN_FUSED = r"""
+import hashlib, numpy as np
+from specc.kernels import configure_threads
+from specc.spec import load_spec_text
+from specc.engine import Engine
+configure_threads(1)
+text = ("specc: 1\nmodel:\n  input: [28, 28, 1]\n  layers:\n"
+        "    - {type: Conv2D, filters: 32, kernel_size: 3, activation: relu}\n    - {type: MaxPooling2D}\n")
+spec, _ = load_spec_text(text, "m.yaml")
+engine = Engine(spec.graph); engine.initialize(0)
+engine.input_gradients = False  # the direct path's own backward
+x = np.random.default_rng(0).standard_normal((128, 28, 28, 1)).astype(np.float32)  # the benchmark CNN's
+out = engine.forward([x], training=True)[0]
+engine.backward([np.random.default_rng(1).standard_normal(out.shape).astype(np.float32)])
+print(hashlib.md5(out.tobytes() + engine.grads.tobytes()).hexdigest())
+"""
+
+
+def test_kernels_give_the_same_bits_compiled_and_loaded_from_the_cache(tmp_path):
+    """The first process compiles the fused convolution + pooling kernels, the second loads them. With
+    fastmath reassociation, one of their sums once came out in other bits each way (kernels/conv.py,
+    _sum_parts), so a benchmark's first run after a cache wipe trained differently from the rest."""
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT)}
+    runs = [subprocess.run([sys.executable, "-c", RUN_FUSED], env=env, cwd=tmp_path, capture_output=True, text=True,
+                           timeout=300) for _ in range(2)]
+    for run in runs:
+        assert run.returncode == 0, run.stderr[-2000:]
+    assert runs[0].stdout.split()[-1] == runs[1].stdout.split()[-1]
+
+
 def test_importing_the_kernels_starts_numbas_thread_pool():
     # Cached machine code that links a parallel loop (sgemm's products, Adam) calls the pool's entry points,
     # which Numba registers with LLVM only when it starts the pool; a kernel loaded from the cache before

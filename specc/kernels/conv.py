@@ -331,7 +331,11 @@ def _backward_range(x, kernel, dy, relu_out, relu, use_bias, need_dk, need_dx, g
                         dk_parts, db_parts, dx, layout)
 
 
-@numba.njit(**JIT)
+# Without fastmath: its reassociation let LLVM reorder these sums, and not always the same way. The same
+# source gave other bits when compiled in the running process than when loaded from Numba's cache (the
+# benchmark CNN's first-layer gradients; its losses then differed between the first run after a cache
+# wipe and the others). Summed strictly in chunk order, the result is the same bits whatever compiled it.
+@numba.njit(**dict(JIT, fastmath=False))
 def _sum_parts(dk_parts, dbias, db_parts, need_dk, use_bias, dkernel):
     """dkernel (K, F) and dbias (F,) = their per-chunk partials summed in chunk order. (Loops: the array
     expressions `dkernel += dk_parts[t]` compiled to twice the code.)"""

@@ -36,6 +36,7 @@ from numba import types
 from numba.extending import intrinsic, overload
 
 from . import JIT
+from .conv import _sum_parts
 from .sgemm import _F32, _I8, _I64, _V, _VI, LANES, NR, _declare, _Emitter
 
 WINDOWS = 3  # pooling windows per forward tile: 3 x 4 outputs x 2 vectors = 24 accumulators
@@ -448,13 +449,7 @@ def _backward_njit(x, dp, code, use_bias, sh, sw, taps, spc, parts, dkernel, dbi
             _backward_parallel_ext(*args, chunks, ranges, parts.ctypes.data)
         else:
             _backward_ext(*args, 0, chunks, parts.ctypes.data)
-        for i in range(k + 1 if use_bias else k):  # the chunks' sums in chunk order: the bias is row K
-            out = dkernel[i] if i < k else dbias
-            for j in range(f):
-                total = parts.dtype.type(0)
-                for t in range(chunks):
-                    total += parts[t, i, j]
-                out[j] = total
+        _sum_parts(parts[:, :k], dbias, parts[:, k], True, use_bias, dkernel)  # in chunk order; the bias is row K
 
     return impl
 
