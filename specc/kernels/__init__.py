@@ -8,6 +8,7 @@ the same count, so the two never oversubscribe the cores.
 
 from __future__ import annotations
 
+import ctypes
 import importlib.machinery
 import importlib.util
 import os
@@ -76,14 +77,25 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def thread_count() -> int:
-    """numba.get_num_threads(), for code run between kernels at every pass: Numba's own takes its
-    process-wide lock on every call (~0.7 us warm, several after a kernel has flushed the caches); this
-    reads the calling thread's count straight from the threading layer once Numba has started it."""
+def _thread_count_function():
+    """The C function behind numba.get_num_threads() (the calling thread's count), for thread_count and for
+    compiled code (conv_pool_tiles registers it under our own symbol). Numba's Python function takes its
+    process-wide lock on every call (~0.7 us warm, several right after a kernel has flushed the caches).
+    It is private to Numba: where it moved, a callback into the public function stands in. Starts Numba's
+    threading layer, which provides it."""
+    numba.get_num_threads()
     read = getattr(_numba_parallel, "_get_num_threads", None)
-    if read is None or not _numba_parallel._is_initialized:
-        return numba.get_num_threads()  # starts the threading layer
-    return read()
+    if read is None:  # pragma: no cover - Numba's internals moved
+        read = ctypes.CFUNCTYPE(ctypes.c_int)(numba.get_num_threads)
+    return read
+
+
+THREAD_COUNT_FUNCTION = _thread_count_function()  # kept here: compiled code calls it by address
+
+
+def thread_count() -> int:
+    """numba.get_num_threads(), for code run between kernels at every pass (see _thread_count_function)."""
+    return THREAD_COUNT_FUNCTION()
 
 
 def configure_threads(n: int | None = None) -> int:

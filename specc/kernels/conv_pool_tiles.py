@@ -29,13 +29,12 @@ import ctypes
 
 import llvmlite.binding
 import numba
-import numba.np.ufunc.parallel
 import numpy as np
 from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic, overload
 
-from . import JIT
+from . import JIT, THREAD_COUNT_FUNCTION
 from .conv import _sum_parts
 from .sgemm import _F32, _I8, _I64, _V, _VI, LANES, NR, _declare, _Emitter
 
@@ -220,19 +219,11 @@ grad9_masked, grad4_masked, grad1_masked = (_grad_tile(r, True) for r in GRAD_RO
 grad9_patch, grad9_patch_masked = _grad_tile(9, False, True), _grad_tile(9, True, True)
 
 
-def _register_thread_count():
-    """Numba's thread count for the calling thread (numba.get_num_threads()), callable from compiled code
-    under our own symbol, so the entry points below read it where they run rather than take it from
-    Python (where the call cost ~5 us a pass right after these kernels: engine.Engine._enter) and the
-    machine code still caches (Numba's own compiles to a pointer constant: see sgemm._THREADS)."""
-    numba.get_num_threads()  # starts the threading layer, which provides the function
-    read = getattr(numba.np.ufunc.parallel, "_get_num_threads", None)
-    if read is None:  # pragma: no cover - Numba's internals moved: a callback into Numba's public function
-        read = _register_thread_count.callback = ctypes.CFUNCTYPE(ctypes.c_int)(numba.get_num_threads)
-    llvmlite.binding.add_symbol("specc_numba_threads", ctypes.cast(read, ctypes.c_void_p).value)
-
-
-_register_thread_count()
+# Numba's thread count for the calling thread, callable from compiled code under our own symbol, so the
+# entry points below read it where they run rather than take it from Python (where the call cost ~5 us a
+# pass right after these kernels: engine.Engine._enter) and the machine code still caches (Numba's own
+# compiles to a pointer constant: see sgemm._THREADS).
+llvmlite.binding.add_symbol("specc_numba_threads", ctypes.cast(THREAD_COUNT_FUNCTION, ctypes.c_void_p).value)
 _numba_threads = types.ExternalFunction("specc_numba_threads", types.intc())
 
 
