@@ -204,18 +204,18 @@ class Engine:
     def _thread_limits(self):
         """BLAS and sgemm on one thread when a layer splits its batch over threads of its own (convolutions,
         pooling) and there are several. OpenBLAS's idle workers spin for a while after a multi-threaded
-        product (OPENBLAS_THREAD_TIMEOUT, specc/__init__.py), and so do Numba's OpenMP workers after sgemm's
+        product (OPENBLAS_THREAD_TIMEOUT, specc/runtime.py), and so do Numba's OpenMP workers after sgemm's
         parallel products, which suits a chain of products (an MLP) but holds a core that those layers'
         threads need next: the benchmark CNN at 2 threads ran 8% slower with its one small Dense on 2 BLAS
         threads, and 20% slower with it on 2 sgemm threads."""
         stack = contextlib.ExitStack()
         if self._own_threads:
-            from .kernels import sgemm, thread_count
+            from .kernels import one_product_thread, thread_count
             from .kernels.conv import one_blas_thread
 
             if thread_count() > 1:
                 stack.enter_context(one_blas_thread())
-                stack.enter_context(sgemm.one_thread())
+                stack.enter_context(one_product_thread())
         return stack
 
     @contextlib.contextmanager

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from specc.engine import Engine
-from specc.kernels import sgemm
+from specc.kernels import native
 from specc.layers.fusion import ConvPool
 from specc.spec import load_spec_text
 
@@ -42,7 +42,7 @@ CASES = [
 ]
 BATCH = 37  # odd, and large enough for several chunks
 
-# The direct path (kernels/conv_pool_tiles.py): float32 on AVX-512, a convolution without padding and 2 x 2
+# The direct path (kernels/native/conv_pool_tiles.py): float32 on AVX-512, a convolution without padding and 2 x 2
 # pooling with stride 2. Its forward gives the layers' bits; its kernel and bias gradients (taken when no
 # input gradient is needed, as for a model's first layer in training) sum the same products in another order.
 DIRECT = [
@@ -53,7 +53,7 @@ DIRECT = [
     ("c2_f16_dilated_no_bias_one_window", [conv2d(filters=16, dilation_rate=2, use_bias=False, activation="relu"),
                                            pool2d()], [[8, 7, 2]]),  # a pooled row of 1 window (< 3 per tile)
 ]
-needs_avx512 = pytest.mark.skipif(not sgemm.AVAILABLE, reason="the direct path needs AVX-512")
+needs_avx512 = pytest.mark.skipif(native.conv_pool_tiles is None, reason="the direct path needs AVX-512 (native kernels)")
 
 
 def engine_for(layers, shapes, fuse, dtype=np.float32):
@@ -248,7 +248,9 @@ def test_tiles_match_their_numpy_version(c, f, k, stride, relu, aligned):
     im2col, a matrix product, argmax), with outputs aligned as the engine's are and not. A 3 x 3 kernel on
     one channel at stride 1 takes the backward tile on a patch (full and masked strips); at stride 2 it
     may not (its taps are not on the pixels' grid)."""
-    from specc.kernels import conv_pool, conv_pool_tiles
+    from specc.kernels import conv_pool
+
+    conv_pool_tiles = native.conv_pool_tiles
 
     rng = np.random.default_rng(7)
     n, h, w = 9, 15, 12

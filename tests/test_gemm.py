@@ -14,7 +14,7 @@ import numba
 import numpy as np
 import pytest
 
-from specc.kernels import configure_threads, dense, gemm
+from specc.kernels import blas, configure_threads, dense, gemm
 
 SHAPES = [  # (m, k, n)
     (1, 1, 1), (1, 3, 17), (3, 17, 1), (17, 3, 5), (6, 8, 2), (7, 9, 3), (12, 16, 4), (13, 17, 129),
@@ -82,7 +82,7 @@ def test_numpy_blas_is_registered_on_numpy_wheels():
     import os
 
     bundled = glob.glob(os.path.join(os.path.dirname(np.__file__), "..", "numpy.libs", "libscipy_openblas64_*"))
-    assert gemm.HAVE_NUMPY_BLAS == bool(bundled)
+    assert blas.HAVE_NUMPY_BLAS == bool(bundled)
 
 
 class _threads:
@@ -139,20 +139,21 @@ import sys
 if sys.argv[1] == "numpy-first":
     import numpy
 import specc
+specc.runtime.prepare_process()  # as the CLI does before anything loads NumPy
 import numpy as np
 from threadpoolctl import threadpool_info
 from specc.kernels import configure_threads
-from specc.kernels.gemm import HAVE_NUMPY_BLAS
+from specc.kernels.blas import HAVE_NUMPY_BLAS
 configure_threads(2)
 threads = {("numpy" if "numpy.libs" in i["filepath"] else "scipy"): i["num_threads"]
            for i in threadpool_info() if i["internal_api"] == "openblas" and ".libs" in i["filepath"]}
-print(specc._numpy_blas_timeout_set, HAVE_NUMPY_BLAS, threads.get("numpy"), threads.get("scipy"))
+print(not specc.runtime.numpy_blas_spins_long(), HAVE_NUMPY_BLAS, threads.get("numpy"), threads.get("scipy"))
 """
 
 
 @pytest.mark.parametrize("order", ["specc-first", "numpy-first"])
 def test_blas_thread_pools_follow_the_import_order(order):
-    # specc sets OPENBLAS_THREAD_TIMEOUT before NumPy's OpenBLAS loads when it is imported first; then both
+    # specc.runtime sets OPENBLAS_THREAD_TIMEOUT before NumPy's OpenBLAS loads when it runs first; then both
     # OpenBLAS get the 2 threads. If NumPy came first its workers would keep spinning after each call, so
     # NumPy's OpenBLAS is held at 1 thread and matmul_blas sends 2-thread products to SciPy's.
     import os
@@ -174,12 +175,12 @@ def test_blas_thread_pools_follow_the_import_order(order):
 @pytest.mark.parametrize("numpy_threads", [1, 2])
 def test_matmul_blas_is_right_whichever_openblas_it_picks(numpy_threads):
     # with NumPy's OpenBLAS capped below SciPy's, the compiled product goes to SciPy's (np.dot)
-    if not gemm.HAVE_NUMPY_BLAS:
+    if not blas.HAVE_NUMPY_BLAS:
         pytest.skip("NumPy has no bundled OpenBLAS")
     a, b = _operands(130, 70, 65, np.float64)
     out = np.empty((130, 65))
     with _threads(2):
-        gemm.set_numpy_blas_threads(numpy_threads)
+        blas.set_numpy_blas_threads(numpy_threads)
         try:
             _matmul_blas_compiled(a, b, out)
         finally:
@@ -215,7 +216,7 @@ def test_models_with_threaded_layers_run_blas_on_one_thread(layers, expected):
     assert max(after) == 2  # restored on leaving
 
 
-# --- The compiled products' dispatch (gemm._affine_at): BLAS routes, the transposed output, k == 0, the
+# --- The compiled products' dispatch (native/products._affine_at, or the portable np.dot path): BLAS routes, the transposed output, k == 0, the
 # bias/ReLU pass, the loops, and the checks made where the product is called.
 
 @numba.njit(cache=True)
@@ -246,22 +247,22 @@ def _check_affine(got, a, b, bias, use_bias, relu, dtype):
 
 def _blas_threads():
     """(NumPy's OpenBLAS threads, SciPy's OpenBLAS threads)."""
-    return (gemm._NUMPY_OPENBLAS.scipy_openblas_get_num_threads64_(),
-            gemm._SCIPY_OPENBLAS.scipy_openblas_get_num_threads())
+    return (blas.NUMPY_OPENBLAS.scipy_openblas_get_num_threads64_(),
+            blas.SCIPY_OPENBLAS.scipy_openblas_get_num_threads())
 
 
 @contextlib.contextmanager
 def _route(name):
     """Products that reach BLAS in the block go to NumPy's CBLAS ("numpy": one thread each) or to SciPy's
     Fortran ?gemm ("scipy": NumPy's capped at 1 thread below SciPy's 2), as gemm._blas chooses."""
-    if not (gemm.HAVE_NUMPY_BLAS and gemm.HAVE_SCIPY_BLAS):
+    if not (blas.HAVE_NUMPY_BLAS and blas.HAVE_SCIPY_BLAS):
         pytest.skip("needs NumPy's and SciPy's bundled OpenBLAS")
     if name == "scipy" and numba.config.NUMBA_NUM_THREADS < 2:
         pytest.skip("needs 2 threads")
     with _threads(1 if name == "numpy" else 2):
         try:
             if name == "scipy":
-                gemm.set_numpy_blas_threads(1)
+                blas.set_numpy_blas_threads(1)
             numpy_threads, scipy_threads = _blas_threads()
             assert (numpy_threads >= scipy_threads) == (name == "numpy"), _blas_threads()
             yield

@@ -1,10 +1,10 @@
-"""The float32 micro-kernel products (specc.kernels.sgemm) against float64 NumPy: every tile shape
+"""The float32 micro-kernel products (specc.kernels.native.sgemm) against float64 NumPy: every tile shape
 (14/8/4/2/1 rows; full, 17-32 and 1-16 column strips), k = 0, k slices (> KC, and > KC_PACKED when b is
 transposed), a as a transposed or strided view, b plain or transposed, the epilogue (accumulate, bias,
 ReLU), on 1 and 2 threads with the rows or the columns split, and that nothing outside `out` is written.
 
-The kernels are called directly, so they are checked on any CPU (LLVM splits the 512-bit vectors where
-AVX-512 is missing); whether Dense uses them (`supports`) also depends on the CPU.
+sgemm loads only where the CPU has AVX-512 (and Numba compiles for it): its own tests skip elsewhere. The
+products' dispatch (gemm.affine) and the thread count are checked on every path.
 
 Tolerance: 1e-5 of sum_k |a_ik| |b_kj| (the scale of a float32 k-term sum's rounding error, as in
 test_gemm.py)."""
@@ -15,7 +15,10 @@ import numba
 import numpy as np
 import pytest
 
-from specc.kernels import configure_threads, gemm, sgemm
+from specc.kernels import configure_threads, gemm, native, product_threads
+
+sgemm = native.sgemm
+needs_sgemm = pytest.mark.skipif(sgemm is None, reason="sgemm loads on AVX-512 CPUs only (native kernels)")
 
 SHAPES = [  # (m, k, n)
     (1, 1, 1), (3, 5, 7), (11, 3, 16), (12, 7, 32), (13, 9, 33), (25, 17, 47), (8, 0, 20), (2, 4, 64),
@@ -56,6 +59,7 @@ def _check(got, want, scale):
     assert err.size == 0 or err.max() <= 1e-5, f"max relative error {err.max():.2e}"
 
 
+@needs_sgemm
 @pytest.mark.parametrize("m,k,n", SHAPES)
 @pytest.mark.parametrize("a_how", ["C", "T", "strided"])
 @pytest.mark.parametrize("b_transposed", [False, True], ids=["b", "bT"])
@@ -73,6 +77,7 @@ def test_products_match_float64(m, k, n, a_how, b_transposed, threads):
         _check(out, *_reference(a, b, out0, bias, accumulate, use_bias, relu))
 
 
+@needs_sgemm
 @pytest.mark.parametrize("b_transposed", [False, True], ids=["b", "bT"])
 def test_writes_nothing_outside_out(b_transposed, threads):
     # out is a window of a larger NaN array: the masked strips and the last rows stay inside it
@@ -90,6 +95,7 @@ def test_writes_nothing_outside_out(b_transposed, threads):
     assert np.isnan(canvas[outside]).all()
 
 
+@needs_sgemm
 def test_matmul_rows_computes_only_its_rows():
     rng = np.random.default_rng(6)
     a = rng.standard_normal((40, 19)).astype(np.float32)
@@ -101,6 +107,7 @@ def test_matmul_rows_computes_only_its_rows():
     assert np.isnan(out[:5]).all() and np.isnan(out[31:]).all()
 
 
+@needs_sgemm
 def test_relu_keeps_nan():
     # as np.maximum(x, 0): NaN stays NaN (a NaN bias reaches every row of its column), negatives become 0
     a = np.array([[1.0, -1.0], [-1.0, 2.0]], np.float32)
@@ -111,7 +118,7 @@ def test_relu_keeps_nan():
     np.testing.assert_array_equal(out[:, 1], [0, 2])
 
 
-@pytest.mark.skipif(not sgemm.AVAILABLE, reason="sgemm is used on AVX-512 CPUs only")
+@needs_sgemm
 def test_supports_takes_the_layouts_it_can_read():
     a = np.ones((6, 5), np.float32)
     b = np.ones((5, 4), np.float32)
@@ -152,11 +159,12 @@ def test_affine_dispatch_gives_the_same_numbers(dtype, b_how, threads):
 
 
 def test_products_use_numbas_threads_until_configured():
-    # the Python API never calls configure_threads: sgemm starts at Numba's count, as BLAS does at its own
+    # the Python API never calls configure_threads: products start at Numba's count, as BLAS does at its own
     import subprocess
     import sys
 
-    code = "import numba; from specc.kernels import sgemm; print(sgemm.threads() == numba.get_num_threads())"
+    code = ("import numba; from specc.kernels import native, product_threads; n = numba.get_num_threads(); "
+            "print(product_threads() == n and (native.sgemm is None or native.sgemm.threads() == n))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "True"

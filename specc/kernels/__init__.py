@@ -4,128 +4,26 @@ Kernels are array-in, array-out functions over preallocated outputs, decorated a
 `cache=True`, so a warm start loads machine code from the cache instead of compiling. Each module covers
 one topic (activations, dense, conv, ...). `configure_threads` caps Numba's and BLAS's thread pools to
 the same count, so the two never oversubscribe the cores.
+
+Hand-written LLVM IR and Numba's private names live in `native/` only; every module here runs without it
+(`SPECC_NATIVE=0`, or a CPU or Numba it does not support).
 """
 
 from __future__ import annotations
 
-import ctypes
+import contextlib
 import importlib.machinery
 import importlib.util
 import os
 import sys
 
 import numba
-import numba.np.ufunc.parallel as _numba_parallel
 
 # Compiled with fastmath so float32 loops vectorise; no kernel relies on NaN/inf propagation through
 # reassociated sums (losses check for NaN explicitly). error_model="numpy": a division by zero gives inf
 # as in NumPy instead of a Python exception check inside every loop, which would block vectorisation
 # (about 3x on the optimizer step).
 JIT = dict(cache=True, fastmath=True, nogil=True, error_model="numpy")
-
-
-def _drop_stale_caches() -> None:
-    """Delete this package's Numba cache when any kernel source changed since it was written.
-
-    Numba checks a cached function against its own source file only, and a kernel's machine code
-    includes the callees it inlined from other modules: after an edit to activations.py, fused.py's
-    cached train step would keep running the old activation code. So a stamp of every source here
-    (name, size, mtime, as Numba's own check uses) is kept in the directory Numba caches them in; when it
-    differs, that directory's cache files go. A stat of each file: well under a millisecond."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    sources = sorted(name for name in os.listdir(here) if name.endswith(".py"))
-    stamp = repr([numba.__version__] + [(name, os.stat(os.path.join(here, name)).st_size,
-                                        os.stat(os.path.join(here, name)).st_mtime_ns) for name in sources])
-    try:  # the directory Numba will cache these modules in: the first of its locators that applies
-        from numba.core.caching import CacheImpl
-
-        for locator_class in CacheImpl._locator_classes:
-            locator = locator_class.from_function(_drop_stale_caches, __file__)
-            if locator is not None:
-                directory = locator.get_cache_path()
-                break
-        else:
-            return
-    except Exception:  # pragma: no cover - Numba's internals moved: its own per-file check still applies
-        return
-    path = os.path.join(directory, "specc-sources.stamp")
-    try:
-        with open(path) as f:
-            if f.read() == stamp:
-                return
-    except OSError:
-        pass
-    try:
-        for name in os.listdir(directory):
-            if name.endswith((".nbi", ".nbc")):
-                os.remove(os.path.join(directory, name))
-        temporary = f"{path}.{os.getpid()}.tmp"
-        with open(temporary, "w") as f:
-            f.write(stamp)
-        os.replace(temporary, path)
-    except OSError:  # pragma: no cover - a directory Numba can write to, so unlikely
-        pass
-
-
-_drop_stale_caches()
-
-
-def available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
-
-
-def _thread_count_function():
-    """The C function behind numba.get_num_threads() (the calling thread's count), for thread_count and for
-    compiled code (conv_pool_tiles registers it under our own symbol). Numba's Python function takes its
-    process-wide lock on every call (~0.7 us warm, several right after a kernel has flushed the caches).
-    It is private to Numba: where it moved, a callback into the public function stands in. Starts Numba's
-    threading layer, which provides it."""
-    numba.get_num_threads()
-    read = getattr(_numba_parallel, "_get_num_threads", None)
-    if read is None:  # pragma: no cover - Numba's internals moved
-        read = ctypes.CFUNCTYPE(ctypes.c_int)(numba.get_num_threads)
-    return read
-
-
-THREAD_COUNT_FUNCTION = _thread_count_function()  # kept here: compiled code calls it by address
-
-
-def thread_count() -> int:
-    """numba.get_num_threads(), for code run between kernels at every pass (see _thread_count_function)."""
-    return THREAD_COUNT_FUNCTION()
-
-
-def configure_threads(n: int | None = None) -> int:
-    """Use `n` threads for Numba, sgemm and BLAS; default: $SPECC_THREADS, else the cores this process may
-    run on (its CPU affinity, which is what a container or `taskset` gives it)."""
-    if n is None and os.environ.get("SPECC_THREADS", "").isdigit():
-        n = int(os.environ["SPECC_THREADS"])
-    n = max(1, min(n or available_cores(), numba.config.NUMBA_NUM_THREADS))
-    numba.set_num_threads(n)
-    from .sgemm import set_threads
-
-    set_threads(n)
-    try:
-        load_scipy_blas()  # the BLAS Numba's np.dot calls: loaded now, so it is limited too
-        from threadpoolctl import threadpool_limits
-
-        threadpool_limits(limits=n, user_api="blas")
-    except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
-        pass
-    from .. import _numpy_blas_timeout_set
-
-    if n > 1 and not _numpy_blas_timeout_set:
-        # NumPy's OpenBLAS loaded before OPENBLAS_THREAD_TIMEOUT was set (NumPy imported before specc), so
-        # its idle workers would spin for ~0.07 s after each product: keep it at one thread, and
-        # gemm.matmul_blas sends multi-threaded products to SciPy's (at n threads), as it does whenever
-        # SciPy's may use more threads.
-        from .gemm import set_numpy_blas_threads
-
-        set_numpy_blas_threads(1)
-    return n
 
 
 def load_scipy_blas() -> None:
@@ -156,3 +54,147 @@ def load_scipy_blas() -> None:
                         raise
                     return
     importlib.import_module(name)
+
+
+def _cache_directories() -> list[str]:
+    """Where Numba caches this package's kernels and the native package's (as Numba chooses it where the
+    native internals load; else the __pycache__ beside the sources, Numba's first choice)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    found = []
+    for source in (__file__, native.__file__):
+        directory = None
+        if native.internals is not None:
+            try:
+                directory = native.internals.cache_directory(_cache_directories, source)
+            except Exception:  # pragma: no cover - Numba's internals moved
+                directory = None
+        if directory is None and not os.environ.get("NUMBA_CACHE_DIR"):
+            directory = os.path.join(os.path.dirname(source), "__pycache__")
+        if directory is not None:
+            found.append(directory)
+    return found if found else [os.path.join(here, "__pycache__")]
+
+
+def _drop_stale_caches(mode: str) -> None:
+    """Delete the kernels' Numba caches when any kernel source, Numba, or the native mode changed since
+    they were written.
+
+    Numba checks a cached function against its own source file only, and a kernel's machine code
+    includes the callees it inlined from other modules; and code compiled with the native package calls
+    symbols that only it registers. So a stamp (every source's name, size and mtime, Numba's version and
+    the mode) is kept beside the cache; when it differs, the cache files go."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    sources = []
+    for folder in (here, os.path.join(here, "native")):
+        for name in sorted(os.listdir(folder)):
+            if name.endswith(".py"):
+                info = os.stat(os.path.join(folder, name))
+                sources.append((os.path.relpath(os.path.join(folder, name), here), info.st_size, info.st_mtime_ns))
+    # Only portable vs native matters here: Numba keys each cached function on the CPU it was compiled
+    # for, which already separates the AVX-512 kernels' callers from the others.
+    stamp = repr([numba.__version__, "portable" if mode == "portable" else "native"] + sources)
+    directories = _cache_directories()
+    path = os.path.join(directories[0], "specc-sources.stamp")
+    try:
+        with open(path) as f:
+            if f.read() == stamp:
+                return
+    except OSError:
+        pass
+    try:
+        for directory in directories:
+            if os.path.isdir(directory):
+                for name in os.listdir(directory):
+                    if name.endswith((".nbi", ".nbc")):
+                        os.remove(os.path.join(directory, name))
+        os.makedirs(directories[0], exist_ok=True)
+        temporary = f"{path}.{os.getpid()}.tmp"
+        with open(temporary, "w") as f:
+            f.write(stamp)
+        os.replace(temporary, path)
+    except OSError:  # pragma: no cover - a read-only install: Numba then caches elsewhere or not at all
+        pass
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def thread_count() -> int:
+    """numba.get_num_threads() for the calling thread; through the native internals where they load, since
+    Numba's Python function takes a process-wide lock (microseconds between kernels)."""
+    if native.internals is not None:
+        return native.internals.THREAD_COUNT_FUNCTION()
+    return numba.get_num_threads()
+
+
+_product_threads = 1  # threads a matrix product and an optimizer step may use (configure_threads sets it)
+
+
+def product_threads() -> int:
+    """The thread count for matrix products (gemm.matmul / affine) and the optimizers' update kernels."""
+    return _product_threads
+
+
+def _set_product_threads(n: int) -> None:
+    global _product_threads
+    _product_threads = max(1, int(n))
+    if native.sgemm is not None:
+        native.sgemm.set_threads(_product_threads)
+
+
+@contextlib.contextmanager
+def one_product_thread():
+    """A context in which products and the optimizers run on the calling thread."""
+    before = _product_threads
+    _set_product_threads(1)
+    try:
+        yield
+    finally:
+        _set_product_threads(before)
+
+
+def configure_threads(n: int | None = None) -> int:
+    """Use `n` threads for Numba, matrix products and BLAS; default: $SPECC_THREADS, else the cores this
+    process may run on (its CPU affinity, which is what a container or `taskset` gives it)."""
+    from ..runtime import threads_from_environment
+
+    if n is None:
+        n = threads_from_environment()
+    n = max(1, min(n or available_cores(), numba.config.NUMBA_NUM_THREADS))
+    numba.set_num_threads(n)
+    _set_product_threads(n)
+    try:
+        load_scipy_blas()  # the BLAS Numba's np.dot calls: loaded now, so it is limited too
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=n, user_api="blas")
+    except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
+        pass
+    from ..runtime import numpy_blas_spins_long
+    from .blas import set_numpy_blas_threads
+
+    if n > 1 and numpy_blas_spins_long():
+        # NumPy's OpenBLAS loaded before OPENBLAS_THREAD_TIMEOUT was set (see specc.runtime), so its idle
+        # workers would spin for ~0.07 s after each product: keep it at one thread; gemm.matmul_blas then
+        # sends multi-threaded products to SciPy's, as it does whenever SciPy's may use more threads.
+        set_numpy_blas_threads(1)
+    return n
+
+
+# Start Numba's thread pool before any cached kernel is loaded: machine code that links a parallel loop
+# calls the pool's entry points, which Numba registers with LLVM only when it starts the pool.
+_default_threads = numba.get_num_threads()
+
+# The native package loads last: its modules import the functions above.
+from . import native  # noqa: E402
+
+_drop_stale_caches(native.intended_mode())
+native.load_kernels()
+if native.mode() != native.intended_mode():  # pragma: no cover - the native kernels failed to load
+    _drop_stale_caches(native.mode())
+# Until configure_threads says otherwise, products use as many threads as Numba (and BLAS) do by default.
+_set_product_threads(_default_threads)

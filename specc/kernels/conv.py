@@ -28,11 +28,12 @@ import functools
 import numba
 import numpy as np
 from numba import types
-from numba.extending import lower_builtin, type_callable
+from numba.extending import overload
 
 from ..workspace import empty
 from . import JIT, thread_count
-from .gemm import HAVE_NUMPY_BLAS, HAVE_SCIPY_BLAS, OneOpenblasThread, affine, matmul_serial
+from .blas import HAVE_NUMPY_BLAS, HAVE_SCIPY_BLAS, OneOpenblasThread
+from .gemm import affine, matmul_serial
 
 # Samples per chunk: as many as keep a chunk's windows and outputs ((rows, K) + (rows, F)) within about
 # CHUNK_BYTES, so the GEMM reads windows that were just written and the bias pass finds the GEMM's output
@@ -289,30 +290,17 @@ def _input_gradient_row_major(kernel, d, n0, n1, g, ho, wo, scratch, dx):
 
 def _by_layout(tap_major: str, row_major: str):
     """A function (layout, 9 arguments) that runs the kernel named tap_major or row_major (in this module)
-    on the arguments, by the layout tag's type: compiled, only the chosen one compiles (its im2col and its
-    product's operand layouts were ~2 s of the benchmark CNN's cold start). The choice is made while
-    typing the call, and the call goes straight to the chosen kernel: an overload would put a function of
-    its own in between, ~70 ms more to compile per caller. Looked up by name when called, so that eager
+    on the arguments, by the layout tag's type: compiled, only the chosen one compiles (the other's im2col
+    and product layouts would add seconds to a cold start). Looked up by name when called, so that eager
     mode (api/eager.py, which swaps this module's kernels for their Python functions) runs Python."""
 
     def call(layout, a1, a2, a3, a4, a5, a6, a7, a8, a9):
         globals()[tap_major if layout.dtype == TAP_MAJOR.dtype else row_major](a1, a2, a3, a4, a5, a6, a7, a8, a9)
 
-    def chosen(typing_context, layout):
-        return typing_context.resolve_value_type(globals()[tap_major if layout.dtype == types.int8 else row_major])
-
-    @type_callable(call)
-    def _typer(context):
-        def typer(layout, a1, a2, a3, a4, a5, a6, a7, a8, a9):
-            return chosen(context, layout).get_call_type(context, (a1, a2, a3, a4, a5, a6, a7, a8, a9), {}).return_type
-
-        return typer
-
-    @lower_builtin(call, types.Array, *(types.Any,) * 9)
-    def _lower(context, builder, sig, args):
-        fnty = chosen(context.typing_context, sig.args[0])
-        call_sig = fnty.get_call_type(context.typing_context, sig.args[1:], {})
-        return context.get_function(fnty, call_sig)(builder, args[1:])
+    @overload(call, jit_options=JIT)
+    def _call_njit(layout, a1, a2, a3, a4, a5, a6, a7, a8, a9):
+        kernel = globals()[tap_major if layout.dtype == types.int8 else row_major]
+        return lambda layout, a1, a2, a3, a4, a5, a6, a7, a8, a9: kernel(a1, a2, a3, a4, a5, a6, a7, a8, a9)
 
     return call
 

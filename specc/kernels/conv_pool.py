@@ -28,7 +28,7 @@ import numba
 import numpy as np
 
 from ..workspace import empty
-from . import JIT, conv_pool_tiles, sgemm
+from . import JIT, native
 from .conv import (
     _backward_rows,
     _chunking,
@@ -136,7 +136,7 @@ def pair(x_shape, dtype, g, pg, conv_hw, pooled_hw, filters) -> Pair:
     (ho, wo), (po, qo) = conv_hw, pooled_hw
     n, _, w, c = x_shape
     kh, kw, dh, dw = g[0], g[1], g[4], g[5]
-    direct = (sgemm.AVAILABLE and np.dtype(dtype) == np.float32 and g[6] == 0 and g[7] == 0
+    direct = (native.conv_pool_tiles is not None and np.dtype(dtype) == np.float32 and g[6] == 0 and g[7] == 0
               and tuple(pg) == (2, 2, 2, 2, 1, 1, 0, 0) and 0 < 2 * po <= ho and 0 < 2 * qo <= wo)
     taps = None
     if direct:
@@ -157,7 +157,7 @@ def conv_pool_forward(x, kernel, bias, use_bias, relu, geometry: Pair, out, winn
     oh*Wo + ow in the convolution's output."""
     g, pg, ho, wo, taps, spc, chunks = geometry
     if taps is not None:
-        conv_pool_tiles.run_forward(x, kernel, bias, use_bias, relu, g[2], g[3], taps, spc, out, winners)
+        native.conv_pool_tiles.run_forward(x, kernel, bias, use_bias, relu, g[2], g[3], taps, spc, out, winners)
         return
     x = np.ascontiguousarray(x)
     f = kernel.shape[1]
@@ -177,7 +177,7 @@ def conv_pool_backward(x, kernel, dp, pooled, winners, relu, use_bias, need_dx, 
     k, f = kernel.shape
     if taps is not None and not need_dx:
         parts = empty("gradient parts", (chunks, k + 1, f), x.dtype)  # per chunk: the kernel's rows, the bias
-        conv_pool_tiles.run_backward(x, dp, winners, use_bias, g[2], g[3], taps, spc, parts, dkernel, dbias)
+        native.conv_pool_tiles.run_backward(x, dp, winners, use_bias, g[2], g[3], taps, spc, parts, dkernel, dbias)
         return
     x, dp, shares = np.ascontiguousarray(x), np.ascontiguousarray(dp), share_count(chunks)
     dk_parts = empty("kernel gradient parts", (chunks, k, f), x.dtype)

@@ -27,9 +27,9 @@ import math
 
 import numba
 
-# sgemm is imported for its side effect: it starts Numba's thread pool, which the cached machine code of
-# the parallel loops below needs before it loads (see sgemm.py).
-from . import JIT, sgemm  # noqa: F401
+# kernels/__init__ starts Numba's thread pool, which the cached machine code of the parallel loops below
+# needs before it loads.
+from . import JIT
 
 NO_CLIP, CLIPNORM, CLIPVALUE, GLOBAL_CLIPNORM = range(4)
 PARALLEL_MIN_SIZE = 1 << 16  # elements of a variable below which SGD's and Adam's updates stay on one thread

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..kernels import optim as K
-from ..kernels import sgemm
+from .. import kernels as _kernels
 from ..spec.schema import OPTIMIZER_DEFAULTS
 
 # --- learning-rate schedules ----------------------------------------------------------------------------
@@ -198,7 +198,7 @@ class SGD(Optimizer):
     def _update(self, params, grads, lr, decay, t):
         m = self.state.get("momentum", self._empty)
         args = (params, grads, *self._args(decay), lr, float(self.momentum), bool(self.nesterov), m)
-        threads = sgemm.threads()
+        threads = _kernels.product_threads()
         if K.uses_threads(self._largest, threads):
             K.sgd_threaded(*args, threads)
         else:
@@ -217,7 +217,7 @@ class Adam(Optimizer):
         alpha = lr * math.sqrt(1.0 - self.beta_2 ** t) / (1.0 - self.beta_1 ** t)
         args = (params, grads, *self._args(decay), alpha, float(self.beta_1), float(self.beta_2), float(self.epsilon),
                 self.state["momentum"], self.state["velocity"])
-        threads = sgemm.threads()
+        threads = _kernels.product_threads()
         if self.amsgrad:
             K.amsgrad(*args, self.state["velocity_hat"])
         elif K.uses_threads(self._largest, threads):

@@ -38,13 +38,10 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
-from . import JIT, load_scipy_blas
+from .. import JIT, load_scipy_blas
 
-# Used where the CPU has AVX-512 and Numba compiles for it (not when NUMBA_CPU_NAME asks for portable
-# code): on AVX2 the 28 accumulators would not fit in its 16 registers. The kernels themselves are
-# correct on any CPU (LLVM splits the vectors), which the tests rely on.
-AVAILABLE = bool(llvmlite.binding.get_host_cpu_features().get("avx512f")) and numba.config.CPU_NAME in (None, "host")
-
+# Loaded (native/__init__.py) only where the CPU has AVX-512 and Numba compiles for it: on AVX2 the 28
+# accumulators would not fit in its 16 registers.
 MR = 14  # rows of a per micro-kernel: 14 x 2 accumulators + 2 vectors of b + 1 broadcast <= 32 registers;
 # 4-6% faster than 12 rows (fewer loads of b per FMA), measured on the MLP's products
 LANES = 16  # float32 per 512-bit vector
@@ -473,7 +470,7 @@ def _b_layout(k, n, row_step, col_step):
 def _takes(m, k, n, a_rows, a_cols, ldb, out_rows, out_cols):
     """Whether the micro-kernels run a product with these shapes and strides (elements; ldb from
     _b_layout, -1 when b is contiguous along neither axis)."""
-    if not AVAILABLE or m == 0 or n == 0 or (out_cols != 1 and n > 1) or (out_rows < 0 and m > 1):
+    if m == 0 or n == 0 or (out_cols != 1 and n > 1) or (out_rows < 0 and m > 1):
         return False
     return k == 0 or (ldb >= 0 and (a_rows >= 0 or m == 1) and (a_cols >= 0 or k == 1))
 

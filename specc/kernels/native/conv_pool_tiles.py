@@ -25,8 +25,6 @@ The kernel gradient sums the same products in another order.
 
 from __future__ import annotations
 
-import ctypes
-
 import llvmlite.binding
 import numba
 import numpy as np
@@ -34,8 +32,9 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic, overload
 
-from . import JIT, THREAD_COUNT_FUNCTION
-from .conv import _sum_parts
+from .. import JIT
+from ..conv import _sum_parts
+from .internals import numba_threads as _numba_threads
 from .sgemm import _F32, _I8, _I64, _V, _VI, LANES, NR, _declare, _Emitter
 
 WINDOWS = 3  # pooling windows per forward tile: 3 x 4 outputs x 2 vectors = 24 accumulators
@@ -219,12 +218,6 @@ grad9_masked, grad4_masked, grad1_masked = (_grad_tile(r, True) for r in GRAD_RO
 grad9_patch, grad9_patch_masked = _grad_tile(9, False, True), _grad_tile(9, True, True)
 
 
-# Numba's thread count for the calling thread, callable from compiled code under our own symbol, so the
-# entry points below read it where they run rather than take it from Python (where the call cost ~5 us a
-# pass right after these kernels: engine.Engine._enter) and the machine code still caches (Numba's own
-# compiles to a pointer constant: see sgemm._THREADS).
-llvmlite.binding.add_symbol("specc_numba_threads", ctypes.cast(THREAD_COUNT_FUNCTION, ctypes.c_void_p).value)
-_numba_threads = types.ExternalFunction("specc_numba_threads", types.intc())
 
 
 # The drivers, compiled once as C callables over addresses (as sgemm's), with a parallel version of each

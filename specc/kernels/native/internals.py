@@ -1,0 +1,53 @@
+"""Numba's private entry points that specc relies on, each in one place, and a float64 bitcast as IR."""
+
+from __future__ import annotations
+
+import ctypes
+
+import llvmlite.binding
+import numba
+import numba.np.ufunc.parallel as _numba_parallel
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic
+
+
+def _thread_count_function():
+    """The C function behind numba.get_num_threads() (the calling thread's count). Numba's Python function
+    takes a process-wide lock on every call, which costs microseconds between kernels. Starts Numba's
+    threading layer, which provides it."""
+    numba.get_num_threads()
+    read = getattr(_numba_parallel, "_get_num_threads", None)
+    if read is None:  # pragma: no cover - Numba's internals moved: a callback into the public function
+        read = ctypes.CFUNCTYPE(ctypes.c_int)(numba.get_num_threads)
+    return read
+
+
+THREAD_COUNT_FUNCTION = _thread_count_function()  # kept alive here: compiled code calls it by address
+# Registered under our own name, so compiled code that calls it still caches (Numba's own function would
+# compile to a pointer constant).
+llvmlite.binding.add_symbol("specc_numba_threads", ctypes.cast(THREAD_COUNT_FUNCTION, ctypes.c_void_p).value)
+numba_threads = types.ExternalFunction("specc_numba_threads", types.intc())
+
+
+def cache_directory(function, source_file: str) -> str | None:
+    """The directory Numba caches `function` (defined in `source_file`) in: the first of its cache
+    locators that applies, as Numba chooses it."""
+    from numba.core.caching import CacheImpl
+
+    for locator_class in CacheImpl._locator_classes:
+        locator = locator_class.from_function(function, source_file)
+        if locator is not None:
+            return locator.get_cache_path()
+    return None
+
+
+@intrinsic
+def float64_from_bits(typingctx, bits):
+    """The float64 whose bits are the int64 `bits`, as one bitcast (loops around it still vectorise)."""
+    sig = types.float64(types.int64)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.DoubleType())
+
+    return sig, codegen
