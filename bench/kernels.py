@@ -22,9 +22,10 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-# specc before NumPy, as `specc train` does (specc/__init__.py sets OPENBLAS_THREAD_TIMEOUT before NumPy's
-# OpenBLAS loads, which keeps the products specc leaves to BLAS on that OpenBLAS; see specc/kernels/gemm.py).
-import specc  # noqa: E402, F401, I001
+# specc's process settings before NumPy loads, as `specc train` applies them (specc/runtime.py).
+import specc.runtime  # noqa: E402, I001
+
+specc.runtime.prepare_process()
 import numpy as np  # noqa: E402
 from gemm import measure_peak  # noqa: E402 - bench/gemm.py: this machine's float32 FMA peak, measured
 

@@ -135,8 +135,20 @@ def prepare(name: str, samples: int, epochs: int, tmp: str) -> dict:
 # --- children ----------------------------------------------------------------------------------------------
 
 
+# --isa avx2: every framework restricted to AVX2 (+FMA) on an AVX-512 machine, as on most laptops and AMD
+# Zen 2/3 servers: Numba compiles for Haswell (and specc's BLAS uses its Haswell kernels); PyTorch's ATen
+# dispatch and oneDNN stop at AVX2.
+ISA_ENV = {
+    "native": {},
+    "avx2": {"NUMBA_CPU_NAME": "haswell", "OPENBLAS_CORETYPE": "Haswell", "ATEN_CPU_CAPABILITY": "avx2",
+             "ONEDNN_MAX_CPU_ISA": "AVX2"},
+}
+ISA = "native"  # set by main from --isa
+
+
 def thread_env(threads: int, extra: dict | None = None) -> dict:
     env = dict(os.environ)
+    env.update(ISA_ENV[ISA])
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS"):
         env[var] = str(threads)
     env["KERAS_BACKEND"] = "torch"
@@ -353,7 +365,11 @@ def main() -> None:
     parser.add_argument("--no-startup", action="store_true", help="skip start-up, compile and RSS extras")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per child process")
     parser.add_argument("--out", default=os.path.join(HERE, "results"))
+    parser.add_argument("--isa", choices=sorted(ISA_ENV), default="native",
+                        help="avx2: every framework restricted to AVX2 (see ISA_ENV)")
     args = parser.parse_args()
+    global ISA
+    ISA = args.isa
     runs = args.runs or (2 if args.quick else 6)
     cores = len(os.sched_getaffinity(0))
     threads_list = sorted({int(t) for t in args.threads.split(",")})
@@ -540,13 +556,15 @@ def main() -> None:
             r["loss_first_steps"] = losses[:5]
         r.pop("pred_head", None)
     info["loadavg_end"] = os.getloadavg()
+    info["isa"] = {"name": ISA, "environment": ISA_ENV[ISA]}
     doc = {"created_utc": started.isoformat(timespec="seconds"), "command": " ".join(sys.argv),
            "mode": "quick" if args.quick else "full", "runs": runs, "threads": threads_list,
            "frameworks": frameworks, "tolerance": {"loss_rel": args.tol, "pred_abs": args.pred_tol},
            "machine": info, "workloads": {k: {kk: vv for kk, vv in v.items() if kk != "data_path"}
                                           for k, v in configs.items()},
            "rows": rows, **extras, "raw": raw}
-    path = os.path.join(args.out, f"train-{started:%Y%m%dT%H%M%SZ}{'-quick' if args.quick else ''}.json")
+    path = os.path.join(args.out, f"train-{started:%Y%m%dT%H%M%SZ}{'-' + ISA if ISA != 'native' else ''}"
+                        f"{'-quick' if args.quick else ''}.json")
     with open(path, "w", encoding="utf-8") as fh:
         json.dump(doc, fh, indent=1)
     print(f"\nwritten {os.path.relpath(path, os.getcwd())}")

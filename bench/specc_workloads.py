@@ -20,9 +20,10 @@ import _child  # noqa: E402
 def main() -> None:
     config, result_path = _child.read_args()
     t0 = time.perf_counter()
-    # specc before NumPy, as `specc train` does: specc sets OPENBLAS_THREAD_TIMEOUT before NumPy's OpenBLAS
-    # loads, which lets specc use that (faster) OpenBLAS on 2 threads (see specc/kernels/gemm.matmul_blas).
-    import specc  # isort: skip
+    # specc's process settings before NumPy loads, as `specc train` applies them (specc/runtime.py).
+    import specc.runtime  # isort: skip
+
+    specc.runtime.prepare_process()
     import numpy as np
 
     from specc.engine import Engine

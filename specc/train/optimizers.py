@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from ..kernels import optim as K
 from .. import kernels as _kernels
+from ..kernels import optim as K
 from ..spec.schema import OPTIMIZER_DEFAULTS
 
 # --- learning-rate schedules ----------------------------------------------------------------------------
