@@ -60,8 +60,8 @@ def empty(role: str, shape: tuple, dtype: Any) -> np.ndarray:
 
     Layers call this at every pass, where each Python or NumPy call costs (Engine._enter says why): the
     key takes `shape` and `dtype` as given (np.float32 and np.dtype("float32") are two keys, each with
-    the right array; a caller passes one of them), and only a new array normalises them. Normalising
-    every time (np.dtype(dtype).str) made this 16 us instead of 6 right after a kernel."""
+    the right array; a caller passes one of them), and only a new array normalises them, since
+    normalising (np.dtype(dtype).str) at every call would cost more than the lookup itself."""
     workspace = _active.get()
     if workspace is None:
         return aligned_empty(shape, dtype)
@@ -82,8 +82,8 @@ ALIGN = 64  # bytes: one cache line, one 512-bit vector
 
 def aligned_empty(shape: Any, dtype: Any) -> np.ndarray:
     """np.empty whose data starts on a 64-byte boundary. NumPy's large arrays start 16 bytes past one
-    (malloc's header), so every 512-bit load of sgemm's b and store of its out straddled two cache lines:
-    the 1024x784 @ 784x256 product ran at 166 GFLOP/s on such arrays and at 185 on aligned ones."""
+    (malloc's header), so every 512-bit load of sgemm's b and store of its out would straddle two cache
+    lines."""
     import numpy as np
 
     dtype = np.dtype(dtype)

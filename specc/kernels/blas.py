@@ -42,9 +42,9 @@ def set_numpy_blas_threads(n: int) -> None:
 
 class OneOpenblasThread:
     """A context in which NumPy's and SciPy's bundled OpenBLAS run on one thread, restored on exit: four
-    calls into them (~1 us), where threadpoolctl's limit took ~25 us to enter and leave (it inspects every
-    loaded library each time), twice per training step of a convolutional model. Only where both are
-    found (conv.one_blas_thread falls back to threadpoolctl)."""
+    calls into them, where threadpoolctl's limit inspects every loaded library each time it is entered and
+    left, twice per training step of a convolutional model. Only where both are found
+    (conv.one_blas_thread falls back to threadpoolctl)."""
 
     def __enter__(self):
         self._before = (NUMPY_OPENBLAS.scipy_openblas_get_num_threads64_(),

@@ -37,13 +37,10 @@ from .gemm import affine, matmul_serial
 
 # Samples per chunk: as many as keep a chunk's windows and outputs ((rows, K) + (rows, F)) within about
 # CHUNK_BYTES, so the GEMM reads windows that were just written and the bias pass finds the GEMM's output
-# in cache (1 MB measured a few % faster than 256 or 512 KB on the 13x13x32 -> 64 benchmark layer, and
-# no slower than 2 MB), and whose outputs alone stay within OUT_CHUNK_BYTES: a layer with few input
-# channels has small windows but a wide output, and on the benchmark's 28x28x1 -> 32 layer chunks of 4
-# samples (346 KB of output) took 3.1-3.2 ms forward+backward against 4.0 ms for 8 (692 KB; 1 thread, AVX-512
-# Xeon with 2 MB of L2 per core); but at least MIN_CHUNKS chunks per batch, so two threads share the work
+# in cache, and whose outputs alone stay within OUT_CHUNK_BYTES, since a layer with few input channels has
+# small windows but a wide output; but at least MIN_CHUNKS chunks per batch, so two threads share the work
 # evenly. The chunking depends on the shapes only, never on the thread count, so results are the same at
-# any thread count.
+# any thread count. (How the two sizes were chosen: bench/results/HISTORY.md.)
 CHUNK_BYTES = 1024 * 1024
 OUT_CHUNK_BYTES = 384 * 1024
 MIN_CHUNKS = 16
@@ -124,7 +121,7 @@ def _col2im(cols, n0, n1, g, ho, wo, x):
 def _im2col_t(x, n0, n1, g, ho, wo, cols_t):
     """_im2col tap-major: samples n0:n1 of x (N, H, W, C) -> cols_t (kh*kw*C, rows). Each tap's row is a
     strided copy of x, read through its flat view so that with C = 1 and stride 1 the copy is contiguous
-    and vectorises (2.3x faster than indexing x[n, ih, iw, c] on the benchmark CNN's first layer)."""
+    and vectorises (indexing x[n, ih, iw, c] does not)."""
     kh, kw, sh, sw, dh, dw, ph, pw = g
     n_, h_, w_, c_ = x.shape
     zero = x.dtype.type(0)
@@ -291,7 +288,7 @@ def _input_gradient_row_major(kernel, d, n0, n1, g, ho, wo, scratch, dx):
 def _by_layout(tap_major: str, row_major: str):
     """A function (layout, 9 arguments) that runs the kernel named tap_major or row_major (in this module)
     on the arguments, by the layout tag's type: compiled, only the chosen one compiles (the other's im2col
-    and product layouts would add seconds to a cold start). Looked up by name when called, so that eager
+    and product layouts would lengthen every cold start). Looked up by name when called, so that eager
     mode (api/eager.py, which swaps this module's kernels for their Python functions) runs Python."""
 
     def call(layout, a1, a2, a3, a4, a5, a6, a7, a8, a9):
@@ -319,14 +316,13 @@ def _backward_range(x, kernel, dy, relu_out, relu, use_bias, need_dk, need_dx, g
                         dk_parts, db_parts, dx, layout)
 
 
-# Without fastmath: its reassociation let LLVM reorder these sums, and not always the same way. The same
-# source gave other bits when compiled in the running process than when loaded from Numba's cache (the
-# benchmark CNN's first-layer gradients; its losses then differed between the first run after a cache
-# wipe and the others). Summed strictly in chunk order, the result is the same bits whatever compiled it.
+# Without fastmath: its reassociation lets LLVM reorder these sums, and not always the same way (code
+# compiled in the running process and code loaded from Numba's cache gave different bits). Summed strictly
+# in chunk order, the result is the same bits whatever compiled it, at any thread count.
 @numba.njit(**dict(JIT, fastmath=False))
 def _sum_parts(dk_parts, dbias, db_parts, need_dk, use_bias, dkernel):
     """dkernel (K, F) and dbias (F,) = their per-chunk partials summed in chunk order. (Loops: the array
-    expressions `dkernel += dk_parts[t]` compiled to twice the code.)"""
+    expressions `dkernel += dk_parts[t]` compile to more code.)"""
     if need_dk:
         k, f = dkernel.shape
         for i in range(k):
@@ -345,9 +341,8 @@ def _sum_parts(dk_parts, dbias, db_parts, need_dk, use_bias, dkernel):
 
 # The two entry points split the chunks between threads in Python (in_threads, also used by pooling):
 # each thread runs one jitted call (nogil) over a contiguous range of chunks, as a static prange would.
-# A prange version was measured first: same speed, but its parfor lowering re-optimised every callee
-# (LLVM) and tripled the cold compile of these kernels (about +10 s for the benchmark CNN, over its 15 s
-# budget; pooling's prange versions cost another 2 s).
+# Not prange itself: it runs no faster, and its parfor lowering re-optimises every callee (LLVM), which
+# multiplies the cold compile time of these kernels.
 
 
 def conv_forward(x, kernel, bias, use_bias, g, out, relu=False):
@@ -446,7 +441,8 @@ def one_blas_thread():
     """A context in which BLAS runs on one thread: the convolutions call BLAS from every thread at once, and
     a multi-threaded BLAS would then oversubscribe the cores (and serialise on OpenBLAS's lock). Limited at
     one thread too, so every GEMM is computed the same way at any thread count. NumPy's and SciPy's own
-    OpenBLAS directly (~1 us); any other BLAS through threadpoolctl (~25 us)."""
+    OpenBLAS directly (blas.OneOpenblasThread, a few calls); any other BLAS through threadpoolctl, which
+    is slower to enter and leave."""
     if HAVE_NUMPY_BLAS and HAVE_SCIPY_BLAS:
         return OneOpenblasThread()
     controller = _blas_controller()

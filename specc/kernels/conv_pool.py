@@ -4,8 +4,8 @@
 Why. Run as two layers, the convolution's output is the largest tensor of a CNN, and it crosses memory
 five times per training step: written by the convolution, read by the pooling, its gradient written by the
 pooling's backward, then read by the convolution's backward along with the output itself (the ReLU's
-mask). The benchmark CNN's first layer (28x28x1 -> 32, 9 multiply-adds per output value) was bound by that
-traffic: 5.7 ms per step of 128 on one core, for 0.1 GFLOP. Here each chunk of samples goes through the
+mask). A layer with few multiply-adds per output value, such as a usual first layer (28x28x1 -> 32 with a
+3 x 3 kernel: 9 per output value), is bound by that traffic. Here each chunk of samples goes through the
 convolution into a per-thread scratch that stays in L2, and is pooled from there; backward routes the
 pooled gradient back into that scratch and takes the kernel gradient from it. Only the pooled output, its
 winners and x go to memory.
@@ -92,7 +92,7 @@ def _codes_backward_range(x, kernel, dp, code, use_bias, need_dx, g, ho, wo, spc
                           dk_parts, db_parts, dx, layout):
     """_backward_range from the direct path's winner codes (N, Po, Qo, F) instead of flat indexes: each
     window's gradient goes to the output its code names, unless the code is BLOCKED (the ReLU stopped it).
-    Smaller than routing through pooling._max_backward, which was ~1 s of the benchmark CNN's cold start."""
+    Less code to compile than routing through pooling._max_backward."""
     n_ = x.shape[0]
     _, po, qo, f = dp.shape
     per = ho * wo
@@ -147,8 +147,8 @@ def pair(x_shape, dtype, g, pg, conv_hw, pooled_hw, filters) -> Pair:
 
 
 # The two entry points run at every training step, right after a kernel that streamed megabytes through
-# the caches, where each Python call costs a microsecond or more: what depends on the shapes only is in
-# the Pair, worked out once per shape (layers/fusion.py keeps them).
+# the caches, where every Python call is slow: what depends on the shapes only is in the Pair, worked out
+# once per shape (layers/fusion.py keeps them).
 def conv_pool_forward(x, kernel, bias, use_bias, relu, geometry: Pair, out, winners):
     """x (N, H, W, C) in any layout, kernel (kh*kw*C, F), bias (F,) -> out and winners (N, Po, Qo, F),
     C-contiguous: the max pooling of the convolution (then max(., 0) with relu), as conv.conv_forward

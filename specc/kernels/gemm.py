@@ -27,11 +27,9 @@ def matmul_blas(a, b, out):
     NumPy's; then SciPy's (the Fortran ?gemm that np.dot inside Numba calls). One BLAS for everything,
     because two thread pools get in each other's way: after a multi-threaded product OpenBLAS's workers
     spin for a while, holding cores that the other library's workers (or the convolutions' own threads)
-    then need; timed next to NumPy's, the 1024x784 @ 784x256 product ran at 154 GFLOP/s on 2 threads
-    through SciPy's, against 310 alone. NumPy's is also the newer build (bench/gemm.py: 5-12% faster on a
-    Zen 3, within 10% either way on the Xeon).
+    then need. NumPy's is also the newer build.
     How long the workers spin is OPENBLAS_THREAD_TIMEOUT, which OpenBLAS reads once, when it loads;
-    specc/__init__.py sets it, which is too late when NumPy was imported before specc:
+    specc.runtime.prepare_process sets it, which is too late when NumPy was imported before:
     kernels.configure_threads then keeps NumPy's OpenBLAS at one thread and SciPy's (loaded after the
     setting) at n, and the comparison sends multi-threaded products there.
     Operands that BLAS cannot read in place (neither axis contiguous) are multiplied by plain loops.

@@ -11,13 +11,13 @@ operations for each element:
 
 Each kernel walks the variables and hands each one's slices to an element loop over range(n): loops
 from 0 over a view vectorise, where a loop over range(start, stop) of the flat arrays does not (Numba
-cannot rule out negative indices there), a 4x difference.
+cannot rule out negative indices there).
 
 Scalars that depend only on the step number (bias corrections, the learning rate) are computed by the
 caller in float64 and passed in; pass them as Python floats/bools so each dtype compiles once. The element
 loops cast them to the parameters' dtype first: the update then runs in float32 for a float32 model, as
-Keras's and PyTorch's do, and about 3x faster than float64 arithmetic (vector sqrt and division are 2x
-wider, and there are no conversions). Complements like 1 - beta_2 are taken in float64 and rounded once:
+Keras's and PyTorch's do, and faster than float64 arithmetic (vector sqrt and division are twice as
+wide, and there are no conversions). Complements like 1 - beta_2 are taken in float64 and rounded once:
 float32(1) - float32(0.999) is 1.3e-5 off 0.001, a bias in every step.
 """
 
@@ -114,7 +114,7 @@ def sgd(params, grads, offsets, clip_mode, clip, decay, lr, momentum, nesterov, 
 def sgd_threaded(params, grads, offsets, clip_mode, clip, decay, lr, momentum, nesterov, m, threads):
     """sgd with each variable of >= PARALLEL_MIN_SIZE elements split between `threads` threads. A kernel
     of its own (the caller picks one, see uses_threads) so models without such variables, or one thread,
-    never compile the parallel loop (~0.7 s of a cold start)."""
+    never compile the parallel loop."""
     gs = _global_scale(clip_mode, clip, grads)
     for k in range(offsets.shape[0] - 1):
         a, b = offsets[k], offsets[k + 1]

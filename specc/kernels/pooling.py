@@ -56,8 +56,8 @@ def _max_forward(x, g, n0, n1, out, argmax):
 @numba.njit(**JIT)
 def _max_forward_2x2(x, sh, sw, n0, n1, out, argmax):
     """_max_forward where every window is a full 2 x 2 (the usual MaxPooling2D(2)): one pass over the
-    channels per window where the general loop takes five, 2.1x faster on the benchmark CNN's first
-    pooling. A function of its own: with the general loop beside it, LLVM compiled this one as slowly."""
+    channels per window where the general loop takes five. A function of its own: with the general loop
+    beside it in one function, LLVM compiled this one no faster than that loop."""
     _, h_, w_, c_ = x.shape
     _, ho, wo, _ = out.shape
     for n in range(n0, n1):
@@ -93,7 +93,7 @@ def _max_backward(dy, argmax, g, n0, n1, dx):
     (sums on overlap). Each window position takes dy where it is the winner, 0 elsewhere (a select that
     vectorises, where scattering through argmax would not). Windows that tile the input (stride = pool
     size, no padding before: the usual MaxPooling2D(2)) each own their positions, which are then written
-    once instead of zeroed and added to (1.6x faster on the benchmark CNN's first pooling)."""
+    once instead of zeroed and added to."""
     kh, kw, sh, sw, dh, dw, ph, pw = g
     _, h_, w_, c_ = dx.shape
     _, ho, wo, _ = dy.shape

@@ -59,10 +59,10 @@ def _act(code, x):
 
 
 # The LSTM's default gates (sigmoid, tanh) in loops LLVM vectorises (_lstm_cells). math.exp is a libm call
-# per value, which no loop around it vectorises: the gate maths took 6.3 of the 6.9 ms of the benchmark
-# LSTM's forward (40 steps x 64 samples x 64 units, one core). _exp is exp as arithmetic: 2^k from its
-# bits times a degree-12 polynomial of the remainder, relative error below 1e-13 in float64 (fastmath
-# lets LLVM merge the two-part ln 2 of the reduction; float32 rounds at 6e-8).
+# per value, which no loop around it vectorises, and the gate maths would then dominate a recurrent step.
+# _exp is exp as arithmetic: 2^k from its bits times a degree-12 polynomial of the remainder, relative
+# error below 1e-13 in float64 (fastmath lets LLVM merge the two-part ln 2 of the reduction; float32
+# rounds at 6e-8).
 def _float64_from_bits(bits):
     """The float64 whose bits are the int64 `bits`: a bitcast in compiled code (the overload below); a
     NumPy view when _exp runs as Python (run_eagerly)."""
@@ -107,9 +107,8 @@ def _tanh_v(x):
 @numba.njit(**JIT)
 def _lstm_cells(a, gates, c_prev, c, ac, h, u):
     """One sample's LSTM step with the default activations, from its gate pre-activations a (4u,): gates,
-    the cell c, ac = tanh(c) and h, each in a loop of its own. One loop writing them all compiled to a
-    vector version as well, but ran at the speed of its scalar one (the benchmark LSTM's gate maths: 6 ms
-    that way, 1.2 ms like this)."""
+    the cell c, ac = tanh(c) and h, each in a loop of its own. One loop writing them all compiles to a
+    vector version as well, but runs at the speed of its scalar one."""
     for j in range(2 * u):  # i, f
         gates[j] = _sigmoid_v(a[j])
     for j in range(2 * u, 3 * u):  # g

@@ -44,11 +44,10 @@ class ConvPool:
     """The runtime side of a layer (see LayerSpec) for conv then pool; its weights are the convolution's.
 
     Its forward and backward run at every training step right after kernels that stream megabytes through
-    the caches, where each Python or NumPy call on the way to the next kernel costs one to several
-    microseconds (before this was trimmed, ~80 us a pass on the benchmark CNN's first block, 15% of its
-    time): what depends only on the input's shape is worked out once per shape, the kernel's matrix views
-    once per weight array, and the kernels take inputs in any layout. A pass is a few lookups, the
-    workspace's arrays and one kernel call."""
+    the caches, where each Python or NumPy call on the way to the next kernel is slow: what depends only
+    on the input's shape is worked out once per shape, the kernel's matrix views once per weight array,
+    and the kernels take inputs in any layout. A pass is a few lookups, the workspace's arrays and one
+    kernel call."""
 
     is_merge = False
     runs_own_threads = True

@@ -2,9 +2,9 @@
 LLVM IR (as sgemm.py's micro-kernel), for float32 and convolutions without padding.
 
 Why. conv_pool.py's chunked path lays out im2col windows, multiplies them by the kernel and pools the
-product from a scratch; on the benchmark CNN's first layer (28x28x1 -> 32, a 3 x 3 kernel: K = 9 taps)
-each of those passes costs as much as the multiply-adds themselves, and the products have k = 9. Here
-the windows are never laid out and the convolution's output never leaves the registers:
+product from a scratch; for a layer with few taps, such as a usual first layer (28x28x1 -> 32, a 3 x 3
+kernel: K = 9 taps), each of those passes costs as much as the multiply-adds themselves, and the products
+have k = 9. Here the windows are never laid out and the convolution's output never leaves the registers:
 
 - forward (`_forward_tile`): three pooling windows at a time, 12 convolution outputs x 32 filters in 24
   vector registers. Per tap, one 32-wide row of the kernel and 12 broadcasts of x, read in place through
@@ -41,20 +41,17 @@ WINDOWS = 3  # pooling windows per forward tile: 3 x 4 outputs x 2 vectors = 24 
 PIXELS = 4  # convolution outputs per 2 x 2 window, in scan order: (0, 0), (0, 1), (1, 0), (1, 1)
 GRAD_ROWS = (9, 4, 1)  # taps per backward tile (a 3 x 3 kernel on one channel is 9): 9 accumulators
 # Filters per backward tile: one vector. Each broadcast of x then feeds one FMA, which takes it as an
-# embedded-broadcast operand; over two vectors (32 filters) the 36 broadcasts of a window were each
-# loaded into a register and shared by two FMAs, and LLVM hoisted them all and spilled them to the stack
-# (the first block's backward, batch 128 on one core: 0.62-0.65 ms before, 0.53-0.55 after).
+# embedded-broadcast operand; over two vectors (32 filters) the 36 broadcasts of a window are each loaded
+# into a register and shared by two FMAs, and LLVM hoists them all and spills them to the stack.
 GRAD_COLS = LANES
 BLOCKED = 4  # the winner code of a window whose gradient the ReLU stops
 _LOWEST = -3.4028234663852886e38  # the lowest float32
-# CLDEMOTE (Sapphire Rapids and later) after each line of pooled output the forward tile writes: the line
-# moves from this core's L2 to the shared L3, where the next layer reads it from anyway (2.8 MB of it for
-# the benchmark CNN's batch, more than the 2 MB of L2), instead of pushing out what the core needs next:
-# the Python between kernels and the next kernel's data. The first block's forward + backward through the
-# engine, batch 128 on two threads: 523 -> 494 us (median of five interleaved runs each); the next
-# layer's forward is unchanged. (Streaming stores were tried first: they sent the output to memory, and
-# the next layer took longer to read it than this one saved.) Only where the CPU has it, since LLVM
-# cannot emit it otherwise (on others the encoding is a no-op, but a target without the feature rejects it).
+# CLDEMOTE (Sapphire Rapids and later) each line of pooled output the forward tile writes: the next layer
+# reads it from the shared L3 anyway (a training batch's pooled output can be larger than L2), so it moves there now
+# instead of pushing out of this core's L2 what the core needs next: the Python between kernels and the
+# next kernel's data. Not streaming stores: they send the output to memory, which the next layer reads
+# more slowly than this layer gains. Only where the CPU has it, since LLVM cannot emit it otherwise (on
+# others the encoding is a no-op, but a target without the feature rejects it).
 DEMOTE = bool(llvmlite.binding.get_host_cpu_features().get("cldemote")) and numba.config.CPU_NAME in (None, "host")
 
 
@@ -140,8 +137,7 @@ def _grad_tile(rows: int, masked: bool, patch: bool = False):
     With `patch` (9 taps only), the taps must be those of a 3 x 3 kernel on one channel whose steps are
     the pixels' (dilation = stride), toff[r] = (r // 3) rs + (r % 3) cs: the 36 products of a window then
     take their x from the 16 values of one 4 x 4 patch, each broadcast once, where the general tile loads
-    36, one per FMA, and its loads rather than its FMAs set its pace (15.4 -> 13.4 ns per window of 32
-    filters in cache)."""
+    36, one per FMA, and its loads rather than its FMAs set its pace."""
 
     @intrinsic
     def tile(typingctx, x0, xrow, wstep, cs, rs, toff, dp, code, ldr, ldw, m, n, dk, ldk, db, with_db, cols):
@@ -221,9 +217,8 @@ grad9_patch, grad9_patch_masked = _grad_tile(9, False, True), _grad_tile(9, True
 
 
 # The drivers, compiled once as C callables over addresses (as sgemm's), with a parallel version of each
-# whose prange hands contiguous ranges of chunks to Numba's threads. Numba's workers wake in a few
-# microseconds where conv.in_threads's Python pool took ~80 us per call on this VM, a fifth of this
-# pair's forward on two threads.
+# whose prange hands contiguous ranges of chunks to Numba's threads: Numba's workers wake much sooner than
+# conv.in_threads's Python pool, whose cost per call would be a large share of this short forward.
 _I64T = types.int64
 _FORWARD_SIG = types.void(*(_I64T,) * 21)
 _BACKWARD_SIG = types.void(*(_I64T,) * 20)
@@ -243,7 +238,7 @@ def _next_window(n, p, q, po, qo):
 def _forward_c(x, n_, h_, w_, c_, kernel, k, f, bias, use_bias, relu, sh, sw, taps, spc, t0, t1, out, po, qo, code):
     """The pairs' forward for chunks t0:t1 of spc samples on the calling thread: x (N, H, W, C) ->
     out (N, Po, Qo, F) float32 and each window's winner code (N, Po, Qo, F) int8, all by address. Windows
-    go three at a time in out's order, across rows and samples (per row, 13 windows took 5 tiles); the
+    go three at a time in out's order, across rows and samples (per row, 13 windows would take 5 tiles); the
     chunk's last tile repeats its last window when fewer than 3 are left."""
     cs, rs = sw * c_, sh * w_ * c_  # elements between the windows of horizontally / vertically adjacent outputs
     for t in range(t0, t1):
@@ -383,8 +378,8 @@ def forward(x, kernel, bias, use_bias, relu, sh, sw, taps, spc, out, code):
 def backward(x, dp, code, use_bias, sh, sw, taps, spc, parts, dkernel, dbias):
     """dkernel (K, F) and, with use_bias, dbias (F,): the kernel and bias gradients of `forward` from dp
     (N, Po, Qo, F), the gradient of its output. parts (chunks, K + 1, F) is scratch: each chunk's sums
-    (kernel rows, then the bias), added up in chunk order at the end, in the same call (a kernel call
-    from Python costs several microseconds right after this one has streamed dp through the caches).
+    (kernel rows, then the bias), added up in chunk order at the end, in the same call (a second kernel
+    call from Python would be slow right after this one has streamed dp through the caches).
 
     Compiled (the overload below): the tiles above. From Python (eager mode runs this) it is NumPy."""
     n, po, qo, f = dp.shape

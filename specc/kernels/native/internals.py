@@ -14,8 +14,8 @@ from numba.extending import intrinsic
 
 def _thread_count_function():
     """The C function behind numba.get_num_threads() (the calling thread's count). Numba's Python function
-    takes a process-wide lock on every call, which costs microseconds between kernels. Starts Numba's
-    threading layer, which provides it."""
+    takes a process-wide lock on every call, too slow to call between kernels. Starts Numba's threading
+    layer, which provides it."""
     numba.get_num_threads()
     read = getattr(_numba_parallel, "_get_num_threads", None)
     if read is None:  # pragma: no cover - Numba's internals moved: a callback into the public function

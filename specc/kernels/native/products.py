@@ -249,9 +249,9 @@ def _affine_at(real, a, ars, acs, m, k, b, brs, bcs, n, out, ors, ocs, bias, bia
 # float32 products, in every model, go through a C callable compiled once (at import, or loaded from
 # the cache), which kernels call by symbol name: none of them links the dispatch above, so none
 # optimises it again (Numba optimises a caller together with all it links, so each njit layer between
-# the kernels and sgemm was compiled again at every call site: ~3.5 s of the benchmark CNN's cold
-# start). float64 products, which few models use, call _affine_at itself, compiled when first needed
-# (a C callable compiles at import whether it is used or not: ~0.9 s more for every cold start).
+# the kernels and sgemm would be compiled again at every call site). float64 products, which few models
+# use, call _affine_at itself, compiled when first needed (a C callable compiles at import whether it is
+# used or not, which would lengthen every cold start).
 _AFFINE_SIG = types.void(*(types.int64,) * 18)
 
 
@@ -265,10 +265,10 @@ def _affine_f32_c(a, ars, acs, m, k, b, brs, bcs, n, out, ors, ocs, bias, bias_s
 llvmlite.binding.add_symbol("specc_affine_f32", _affine_f32_c.address)
 
 
-# Compiled, the four functions above are not functions of their own but a few instructions in each
-# caller (typed and lowered here, as an intrinsic is): a check of the shapes, then a call of the dtype's C
-# callable with the arrays' addresses and strides. An overload would compile a function per layout of
-# the operands at every call site (~0.1 s each; 2 s of the benchmark CNN's cold start).
+# Compiled, gemm.py's four product functions are not functions of their own but a few instructions in
+# each caller (typed and lowered here, as an intrinsic is): a check of the shapes, then a call of the
+# dtype's C callable with the arrays' addresses and strides. An overload would compile a function per
+# layout of the operands at every call site.
 def _typer(with_bias):
     def check(a, b, out, bias):
         arrays = (a, b, out, bias)
