@@ -57,9 +57,9 @@ def load_scipy_blas() -> None:
 
 
 def _cache_directories() -> list[str]:
-    """Where Numba caches this package's kernels and the native package's (as Numba chooses it where the
-    native internals load; else the __pycache__ beside the sources, Numba's first choice)."""
-    here = os.path.dirname(os.path.abspath(__file__))
+    """Where Numba caches this package's kernels and the native package's: as Numba chooses it where the
+    native internals load; else the __pycache__ beside the sources (Numba's first choice), unless
+    NUMBA_CACHE_DIR moves the cache: then none is known, and only Numba's own per-file check applies."""
     found = []
     for source in (__file__, native.__file__):
         directory = None
@@ -72,7 +72,7 @@ def _cache_directories() -> list[str]:
             directory = os.path.join(os.path.dirname(source), "__pycache__")
         if directory is not None:
             found.append(directory)
-    return found if found else [os.path.join(here, "__pycache__")]
+    return found
 
 
 def _drop_stale_caches(mode: str) -> None:
@@ -94,6 +94,8 @@ def _drop_stale_caches(mode: str) -> None:
     # for, which already separates the AVX-512 kernels' callers from the others.
     stamp = repr([numba.__version__, "portable" if mode == "portable" else "native"] + sources)
     directories = _cache_directories()
+    if not directories:  # pragma: no cover - see _cache_directories
+        return
     path = os.path.join(directories[0], "specc-sources.stamp")
     try:
         with open(path) as f:
