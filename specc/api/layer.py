@@ -470,9 +470,8 @@ class SpecLayer(Layer):
         return node.outputs[0]
 
     def _call_eager(self, inputs: Any, training: bool) -> np.ndarray:
-        from .functional import claim, layer_plan, make_engine
-
         from ..train.checks import numeric_array
+        from .functional import claim, layer_plan, make_engine
 
         items = flatten(inputs)
         arrays = [numeric_array("x" if len(items) == 1 else f"x[{k}]", a) for k, a in enumerate(items)]

@@ -10,17 +10,17 @@ from __future__ import annotations
 
 import os
 import warnings
+import zipfile
+import zlib
 from typing import Any
 
 import numpy as np
 
+from ..train import checks
 from . import backend
 from .eager import runtime
 from .layer import InputLayer, Layer, check_name
-from ..train import checks
 from .tensors import CallNode, KerasTensor, flatten, shape_str
-
-_compatible = checks.shape_compatible
 
 
 class Model(Layer):
@@ -346,7 +346,7 @@ class Model(Layer):
         if len(tensors) != len(self._inputs):
             raise ValueError(f"model '{self.name}' expects {len(self._inputs)} input(s), got {len(tensors)}")
         for i, (t, x) in enumerate(zip(self._inputs, tensors)):
-            if not _compatible(t.shape, x.shape):
+            if not checks.shape_compatible(t.shape, x.shape):
                 raise ValueError(f"Input {i} of layer \"{self.name}\" is incompatible with the layer: expected "
                                  f"shape={shape_str(t.shape)}, found shape={shape_str(x.shape)}")
         batch = tensors[0].shape[0]
@@ -391,9 +391,6 @@ class Model(Layer):
         auto-names moved on to dense_4, still loads). Nothing is written unless every array fits.
         """
         from ..train.run import weight_keys
-
-        import zipfile
-        import zlib
 
         path = os.fspath(filepath)
         if not os.path.isfile(path):
