@@ -4,8 +4,9 @@ and of the training loop the CLI runs (Trainer.fit / evaluate / predict_with, re
 state) checks shape, rank, dtype and the number of samples, and raises a Keras-style ValueError that
 names the array and shows the expected and found shapes.
 
-The positive cases at the end run each entry point on well-formed data with a partial last batch; the CI's
-bounds-checked pass runs this file (see README) so the kernels behind the checks are exercised too.
+The positive cases at the end run each entry point on well-formed data with partial last batches, so a run
+with NUMBA_BOUNDSCHECK=1 (and a fresh NUMBA_CACHE_DIR: Numba's cache does not key on bounds checking, so a
+cached kernel would run unchecked) exercises the kernels behind the checks too.
 """
 
 from __future__ import annotations

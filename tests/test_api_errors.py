@@ -200,6 +200,17 @@ def test_build_with_a_bare_number(shape):
     assert model.built and model.layers[0].weights[0].shape == (16, 2)
 
 
+def test_layer_build_with_a_bare_number():
+    with pytest.raises(ValueError, match=r"^build\(\) of Dense 'dense' takes the input shape as a tuple with the batch "
+                                         r"axis first, e\.g\. build\(\(None, 16\)\); got 16$"):
+        layers.Dense(2).build(16)
+    with pytest.raises(ValueError, match=r"\(one per input\); got \[4, 4\]$"):
+        layers.Add().build([4, 4])
+    dense = layers.Dense(2)
+    dense.build((None, 16))
+    assert dense.weights[0].shape == (16, 2)
+
+
 def test_get_config_of_an_unbuilt_sequential():
     model = specc.Sequential([layers.Dense(4, activation="relu"), layers.Dense(2, name="head")])
     config = model.get_config()

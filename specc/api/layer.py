@@ -436,6 +436,11 @@ class SpecLayer(Layer):
 
     def build(self, input_shape: Any) -> None:
         """Keras's build: `input_shape` has the batch axis, e.g. (None, 4)."""
+        shapes = input_shape if self._spec.is_merge and isinstance(input_shape, (list, tuple)) else [input_shape]
+        if not all(isinstance(s, (list, tuple)) for s in shapes):
+            raise ValueError(f"build() of {self._spec.type} '{self.name}' takes the input shape as a tuple with the "
+                             f"batch axis first, e.g. build((None, 16)){' (one per input)' if self._spec.is_merge else ''}"
+                             f"; got {input_shape!r}")
         shape = [tuple(s)[1:] for s in input_shape] if self._spec.is_merge else tuple(input_shape)[1:]
         self._output_shape(shape)
         self._build(shape)

@@ -128,9 +128,11 @@ def check_targets(name: str, y: np.ndarray, output_shape: tuple, loss: str, outp
             lo, hi = y.min(), y.max()
             if lo < 0 or hi >= classes:
                 value = lo if lo < 0 else hi
+                hint = "; 0/1 labels for one sigmoid unit take binary_crossentropy" if classes == 1 else ""
                 raise ValueError(f"{name}: received a label value of {value.item()!r} which is outside the valid "
-                                 f"range of [0, {classes}) for output '{output}' ({classes} units): labels must be "
-                                 f"in [0, {classes}), got values in [{lo.item()!r}, {hi.item()!r}]")
+                                 f"range of [0, {classes}) for output '{output}' ({classes} unit"
+                                 f"{'' if classes == 1 else 's'}): labels must be in [0, {classes}), got values in "
+                                 f"[{lo.item()!r}, {hi.item()!r}]{hint}")
         return y if y.dtype == np.int64 else y.astype(np.int64)
     if loss == "categorical_crossentropy":
         if not _matches(y.shape[1:], output_shape):
