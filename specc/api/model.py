@@ -571,7 +571,7 @@ class Model(Layer):
         if steps_per_epoch is not None or validation_steps is not None or validation_freq != 1:
             raise NotImplementedError("steps_per_epoch, validation_steps and validation_freq are not supported: "
                                       "specc trains on whole arrays, one pass per epoch")
-        batch_size = 32 if batch_size is None else checks.check_positive_int("batch_size", batch_size)
+        batch_size = _batch_size(batch_size)
         if validation_batch_size is not None:
             checks.check_positive_int("validation_batch_size", validation_batch_size)
         checks.check_non_negative_int("epochs", epochs)
@@ -611,7 +611,7 @@ class Model(Layer):
         """Keras's evaluate: the loss (a float) if there is nothing else, else values in `metrics_names` order."""
         if sample_weight is not None or steps is not None:
             raise NotImplementedError("sample_weight and steps are not supported by specc's evaluate()")
-        batch_size = 32 if batch_size is None else checks.check_positive_int("batch_size", batch_size)
+        batch_size = _batch_size(batch_size)
         xs = self._prepared_inputs(x)
         checks.check_non_empty(len(xs[0]), "x")
         trainer = self._get_trainer()
@@ -630,7 +630,7 @@ class Model(Layer):
 
         if steps is not None:
             raise NotImplementedError("steps is not supported by specc's predict()")
-        batch_size = 32 if batch_size is None else checks.check_positive_int("batch_size", batch_size)
+        batch_size = _batch_size(batch_size)
         xs = self._prepared_inputs(x)
         checks.check_non_empty(len(xs[0]), "x")
         engine = self._engine()
@@ -654,6 +654,13 @@ class Model(Layer):
         from .io import model_dict
 
         return model_dict(self)["model"]
+
+
+def _batch_size(value: Any) -> int:
+    """Keras's default (the spec's `fit.batch_size` default) for None, else a positive integer."""
+    from ..spec.schema import FitDef
+
+    return FitDef.model_fields["batch_size"].default if value is None else checks.check_positive_int("batch_size", value)
 
 
 def _callback_list(callbacks: Any) -> list:
