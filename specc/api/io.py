@@ -68,6 +68,15 @@ def from_spec(spec: Spec):
     return model
 
 
+def layers_dicts(model: Any) -> list[dict]:
+    """The `layers` entries of a Sequential model's spec; unlike the whole spec they need no input shape."""
+    from .functional import block_spec, leaf_spec
+
+    leaves: dict[str, Any] = {}
+    return [layer_dict(block_spec(layer, layer.name, None, None, leaves, model.name) if layer._is_model
+                       else leaf_spec(layer, layer.name, None, None)) for layer in model.layers]
+
+
 def model_dict(model: Any) -> dict:
     """The spec (format v1) of `model` as a mapping."""
     from .functional import SharedCall

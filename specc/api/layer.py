@@ -167,7 +167,9 @@ class Variable:
         return self._array.copy()
 
     def assign(self, value: Any) -> None:
-        a = np.asarray(value, np.float32)
+        from ..train.checks import numeric_array
+
+        a = numeric_array(f"the value assigned to {self.path}", value)
         if a.shape != self.shape:
             raise ValueError(f"cannot assign a value of shape {a.shape} to variable {self.path} of shape {self.shape}")
         self._array[...] = a
@@ -250,12 +252,18 @@ class Layer:
         return [v.numpy() for v in self.weights]
 
     def set_weights(self, weights: list) -> None:
+        """Every weight from a list of arrays in get_weights() order; all are checked before any is written."""
+        from ..train.checks import numeric_array
+
         variables = self.weights
+        if not isinstance(weights, (list, tuple)):
+            raise ArgumentError(f"set_weights() on layer '{self.name}' takes a list of NumPy arrays, as get_weights() "
+                                f"returns; got {type(weights).__name__}")
         if len(weights) != len(variables):
             raise ValueError(f"You called `set_weights(weights)` on layer '{self.name}' with a weight list of length "
                              f"{len(weights)}, but the layer was expecting {len(variables)} weights "
                              f"({', '.join(v.path for v in variables) or 'none'}).")
-        arrays = [np.asarray(w) for w in weights]
+        arrays = [numeric_array(f"weights[{k}] ({v.path})", w) for k, (v, w) in enumerate(zip(variables, weights))]
         for v, a in zip(variables, arrays):  # check everything before writing anything
             if a.shape != v.shape:
                 raise ValueError(f"Layer '{self.name}' weight shape {v.shape} ({v.path}) is not compatible with "
@@ -428,6 +436,11 @@ class SpecLayer(Layer):
 
     def build(self, input_shape: Any) -> None:
         """Keras's build: `input_shape` has the batch axis, e.g. (None, 4)."""
+        shapes = input_shape if self._spec.is_merge and isinstance(input_shape, (list, tuple)) else [input_shape]
+        if not all(isinstance(s, (list, tuple)) for s in shapes):
+            raise ValueError(f"build() of {self._spec.type} '{self.name}' takes the input shape as a tuple with the "
+                             f"batch axis first, e.g. build((None, 16)){' (one per input)' if self._spec.is_merge else ''}"
+                             f"; got {input_shape!r}")
         shape = [tuple(s)[1:] for s in input_shape] if self._spec.is_merge else tuple(input_shape)[1:]
         self._output_shape(shape)
         self._build(shape)
@@ -462,9 +475,11 @@ class SpecLayer(Layer):
         return node.outputs[0]
 
     def _call_eager(self, inputs: Any, training: bool) -> np.ndarray:
+        from ..train.checks import numeric_array
         from .functional import claim, layer_plan, make_engine
 
-        arrays = [np.asarray(a) for a in flatten(inputs)]
+        items = flatten(inputs)
+        arrays = [numeric_array("x" if len(items) == 1 else f"x[{k}]", a) for k, a in enumerate(items)]
         self._arity(arrays, isinstance(inputs, (list, tuple)))
         if any(a.ndim < 1 for a in arrays):
             raise ValueError(f"{self._spec.type} '{self.name}' needs inputs with a batch axis, got shape "

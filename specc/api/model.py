@@ -10,19 +10,17 @@ from __future__ import annotations
 
 import os
 import warnings
+import zipfile
+import zlib
 from typing import Any
 
 import numpy as np
 
+from ..train import checks
 from . import backend
 from .eager import runtime
 from .layer import InputLayer, Layer, check_name
 from .tensors import CallNode, KerasTensor, flatten, shape_str
-
-
-def _compatible(expected: tuple, found: tuple) -> bool:
-    """Same rank and equal sizes wherever the expected size is known (the batch axis is not compared)."""
-    return len(expected) == len(found) and all(e is None or e == f for e, f in zip(expected[1:], found[1:]))
 
 
 class Model(Layer):
@@ -287,31 +285,35 @@ class Model(Layer):
         claim(hit[1], hit[0])
         return hit
 
-    def _input_arrays(self, x: Any, n_inputs: int) -> list[np.ndarray]:
+    def _input_arrays(self, x: Any, n_inputs: int, what: str = "x") -> list[np.ndarray]:
+        """One array per model input (a dict by input name, a list, or one array), each of real numbers with
+        a batch axis (specc.train.checks); shapes are compared by _check_inputs once the model is built."""
+        names = [layer.name for layer in self._input_layers()]
         if isinstance(x, dict):
-            names = [layer.name for layer in self._input_layers()]
             missing = [n for n in names if n not in x]
             if missing:
-                raise ValueError(f"model '{self.name}' expects inputs {names}; missing {missing}")
+                raise ValueError(f"{what}: model '{self.name}' expects inputs {names}; missing {missing}")
             items = [x[n] for n in names]
         elif isinstance(x, (list, tuple)) and (n_inputs > 1 or all(isinstance(a, np.ndarray) for a in x)):
             items = list(x)  # one array per input (a plain nested list for one input is data, not a list)
         else:
             items = [x]
         if len(items) != n_inputs:
-            raise ValueError(f"model '{self.name}' expects {n_inputs} input(s), but it received {len(items)} "
-                             f"input arrays")
-        arrays = [np.asarray(a) for a in items]
-        for a in arrays:
-            if a.ndim == 0:
-                raise ValueError(f"model '{self.name}' needs inputs with a batch axis, got a scalar")
+            raise ValueError(f"{what}: model '{self.name}' expects {n_inputs} input(s), but it received "
+                             f"{len(items)} input arrays")
+        arrays = []
+        for k, item in enumerate(items):
+            name = what if n_inputs == 1 else f"{what}['{names[k]}']" if names else f"{what}[{k}]"
+            a = checks.numeric_array(name, item)
+            checks.check_batch_axis(name, a)
+            arrays.append(a)
         return arrays
 
-    def _check_inputs(self, arrays: list[np.ndarray]) -> None:
+    def _check_inputs(self, arrays: list[np.ndarray], what: str = "x") -> None:
+        names = [layer.name for layer in self._input_layers()]
         for i, (t, a) in enumerate(zip(self._inputs, arrays)):
-            if not _compatible(t.shape, a.shape):
-                raise ValueError(f"Input {i} of layer \"{self.name}\" is incompatible with the layer: expected "
-                                 f"shape={shape_str(t.shape)}, found shape={shape_str(a.shape)}")
+            name = what if len(arrays) == 1 else f"{what}['{names[i]}']"
+            checks.check_shape(name, a, t.shape, self.name, i)
 
     def _ensure_built(self, arrays: list[np.ndarray], call: bool = False) -> None:
         """Sequential models build on their first data; a Functional model is always built."""
@@ -344,7 +346,7 @@ class Model(Layer):
         if len(tensors) != len(self._inputs):
             raise ValueError(f"model '{self.name}' expects {len(self._inputs)} input(s), got {len(tensors)}")
         for i, (t, x) in enumerate(zip(self._inputs, tensors)):
-            if not _compatible(t.shape, x.shape):
+            if not checks.shape_compatible(t.shape, x.shape):
                 raise ValueError(f"Input {i} of layer \"{self.name}\" is incompatible with the layer: expected "
                                  f"shape={shape_str(t.shape)}, found shape={shape_str(x.shape)}")
         batch = tensors[0].shape[0]
@@ -396,17 +398,28 @@ class Model(Layer):
         self._require_built("load_weights")
         engine = self._engine()
         keys = weight_keys(engine)
-        with np.load(path, allow_pickle=False) as archive:
-            files = list(archive.files)
-            arrays = [archive[k] for k in (keys if sorted(files) == sorted(keys) else files)]
+        try:
+            archive = np.load(path, allow_pickle=False)
+            if not isinstance(archive, np.lib.npyio.NpzFile):  # a bare .npy array, not named weights
+                raise ValueError("it holds one array, not named weights")
+            with archive:
+                files = list(archive.files)
+                names = keys if sorted(files) == sorted(keys) else files
+                arrays = [archive[k] for k in names]
+        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as exc:
+            raise ValueError(f"cannot load {path} into model '{self.name}': it is not a weights file written by "
+                             f"save_weights (an .npz of `layer/weight` arrays) or it is damaged ({exc})") from None
         expected = [w.shape for s in engine.steps for w in s.weights]
         problem = None
         if len(arrays) != len(expected):
             problem = f"the file has {len(arrays)} weight arrays, the model has {len(expected)} ({', '.join(keys)})"
         else:
             for k, (a, shape) in enumerate(zip(arrays, expected)):
+                if a.dtype.kind not in "biuf":
+                    problem = f"array {k} ({names[k]}) has dtype {a.dtype}; weights are real numbers"
+                    break
                 if a.shape != shape:
-                    problem = (f"array {k} ({files[k]}) has shape {a.shape}, but the model's weight {keys[k]} has "
+                    problem = (f"array {k} ({names[k]}) has shape {a.shape}, but the model's weight {keys[k]} has "
                                f"shape {shape}")
                     break
         if problem:
@@ -467,14 +480,12 @@ class Model(Layer):
         if self._trainer is not None:
             self._trainer.stop_training = bool(value)
 
-    def _get_trainer(self, x: Any):
+    def _get_trainer(self):
         from .training import make_trainer, resolve
 
         if self._compiled is None:
             raise RuntimeError("You must call `compile()` before using the model for training or evaluation: "
                                "model.compile(optimizer='adam', loss='mse')")
-        if x is not None:
-            self._ensure_built(self._input_arrays(x, self._n_inputs()))
         self._require_built("fit")
         flags = self._compile_flags
         key = self._signature(flags)
@@ -488,23 +499,41 @@ class Model(Layer):
             self._trainer_key = key
         return self._trainer
 
-    def _targets(self, y: Any) -> list[np.ndarray]:
+    def _prepared_inputs(self, x: Any, what: str = "x") -> list[np.ndarray]:
+        """Input arrays checked against the model (which a deferred Sequential builds from first)."""
+        if x is None:
+            raise ValueError(f"{what} is None; pass the input data (an array, a list or a dict of arrays)")
+        xs = self._input_arrays(x, self._n_inputs(), what)
+        self._ensure_built(xs)
+        self._check_inputs(xs, what)
+        return xs
+
+    def _targets(self, y: Any, what: str = "y") -> list[np.ndarray]:
+        """One target array per output (a dict by output name, a list, or one array), of real numbers;
+        their shapes against the outputs and losses are the Trainer's check (Trainer.check_data)."""
         outputs = self._output_names()
         if y is None:
-            raise ValueError("fit()/evaluate() need targets `y`")
+            raise ValueError(f"{what} is None: fit() and evaluate() need targets, one array per model output "
+                             f"({', '.join(outputs)})")
         if isinstance(y, dict):
             missing = [o for o in outputs if o not in y]
             if missing:
-                raise ValueError(f"targets are missing output(s) {missing}; outputs: {outputs}")
+                raise ValueError(f"{what}: targets are missing output(s) {missing}; outputs: {outputs}")
             items = [y[o] for o in outputs]
         elif isinstance(y, (list, tuple)) and len(outputs) > 1:
             items = list(y)
         else:
             items = [y]
         if len(items) != len(outputs):
-            raise ValueError(f"model '{self.name}' has {len(outputs)} outputs ({', '.join(outputs)}), got "
+            raise ValueError(f"{what}: model '{self.name}' has {len(outputs)} outputs ({', '.join(outputs)}), got "
                              f"{len(items)} target arrays")
-        return [np.asarray(a) for a in items]
+        arrays = []
+        for k, item in enumerate(items):
+            name = what if len(outputs) == 1 else f"{what}['{outputs[k]}']"
+            a = checks.numeric_array(name, item)
+            checks.check_batch_axis(name, a)
+            arrays.append(a)
+        return arrays
 
     def _run(self, trainer: Any):
         """Within fit(): the training engine holds the weights, and eager mode applies."""
@@ -528,51 +557,52 @@ class Model(Layer):
         return live()
 
     def fit(self, x: Any = None, y: Any = None, batch_size: int | None = None, epochs: int = 1,
-            verbose: Any = "auto", callbacks: list | None = None, validation_split: float = 0.0,
+            verbose: Any = "auto", callbacks: Any = None, validation_split: float = 0.0,
             validation_data: Any = None, shuffle: bool = True, class_weight: dict | None = None,
             sample_weight: Any = None, initial_epoch: int = 0, steps_per_epoch: int | None = None,
             validation_steps: int | None = None, validation_batch_size: int | None = None,
             validation_freq: int = 1):
-        """Keras's fit on NumPy arrays; returns a History (`history.history['loss']`, ...)."""
-        from ..train.callbacks import Callback
+        """Keras's fit on NumPy arrays; returns a History (`history.history['loss']`, ...).
 
+        Every array is checked before any work (shapes against the model, targets against the losses, the
+        same number of samples everywhere, at least one), each error naming the array."""
         if sample_weight is not None:
             raise NotImplementedError("sample_weight is not supported by specc's fit(); use class_weight")
         if steps_per_epoch is not None or validation_steps is not None or validation_freq != 1:
             raise NotImplementedError("steps_per_epoch, validation_steps and validation_freq are not supported: "
                                       "specc trains on whole arrays, one pass per epoch")
-        if not 0 <= validation_split < 1:
-            raise ValueError(f"validation_split must be in [0, 1), got {validation_split}")
-        trainer = self._get_trainer(x)
-        xs = self._input_arrays(x, self._n_inputs())
-        self._check_inputs(xs)
+        batch_size = _batch_size(batch_size)
+        if validation_batch_size is not None:
+            checks.check_positive_int("validation_batch_size", validation_batch_size)
+        checks.check_non_negative_int("epochs", epochs)
+        checks.check_non_negative_int("initial_epoch", initial_epoch)
+        if isinstance(validation_split, bool) or not isinstance(validation_split, (int, float)) \
+                or not 0 <= validation_split < 1:
+            raise ValueError(f"validation_split must be a number in [0, 1), got {validation_split!r}")
+        _check_class_weight(class_weight)
+        cbs = _callback_list(callbacks)
+        vx = vy = None
+        if validation_data is not None:
+            vx, vy = _unpack_validation_data(validation_data)
+        xs = self._prepared_inputs(x)
+        checks.check_non_empty(len(xs[0]), "x")
+        trainer = self._get_trainer()
         ys = self._targets(y)
-        n = {len(a) for a in xs + ys}
-        if len(n) != 1:
-            raise ValueError(f"all input and target arrays must have the same number of samples, got "
-                             f"{sorted(n)}")
         val = None
         if validation_data is not None:
-            if len(validation_data) == 3:
-                raise NotImplementedError("validation sample weights are not supported")
-            vx, vy = validation_data
-            val = (self._input_arrays(vx, self._n_inputs()), self._targets(vy))
-        cbs = list(callbacks or [])
+            val = (self._prepared_inputs(vx, "validation_data x"), self._targets(vy, "validation_data y"))
         for cb in cbs:
-            if not isinstance(cb, Callback):
-                raise TypeError(f"callbacks must be specc.callbacks objects (or subclasses of "
-                                f"specc.callbacks.Callback), got {type(cb).__name__}")
             cb.model = self
         if verbose is True:
             verbose = 1
         with self._run(trainer):
-            history = trainer.fit(xs, ys, batch_size=batch_size or 32, epochs=epochs,
+            history = trainer.fit(xs, ys, batch_size=batch_size, epochs=epochs,
                                   validation_split=validation_split, validation_data=val, shuffle=shuffle,
                                   class_weight=class_weight, callbacks=cbs, verbose=verbose,
-                                  initial_epoch=initial_epoch)
+                                  initial_epoch=initial_epoch, validation_batch_size=validation_batch_size)
         history.model = self
         n_train = len(xs[0]) if val is not None else int(len(xs[0]) * (1 - validation_split))
-        history.params = {"verbose": verbose, "epochs": epochs, "steps": -(-n_train // (batch_size or 32))}
+        history.params = {"verbose": verbose, "epochs": epochs, "steps": -(-n_train // batch_size)}
         return history
 
     def evaluate(self, x: Any = None, y: Any = None, batch_size: int | None = None, verbose: Any = "auto",
@@ -581,12 +611,13 @@ class Model(Layer):
         """Keras's evaluate: the loss (a float) if there is nothing else, else values in `metrics_names` order."""
         if sample_weight is not None or steps is not None:
             raise NotImplementedError("sample_weight and steps are not supported by specc's evaluate()")
-        trainer = self._get_trainer(x)
-        xs = self._input_arrays(x, self._n_inputs())
-        self._check_inputs(xs)
+        batch_size = _batch_size(batch_size)
+        xs = self._prepared_inputs(x)
+        checks.check_non_empty(len(xs[0]), "x")
+        trainer = self._get_trainer()
         ys = self._targets(y)
         with self._run(trainer):
-            logs = trainer.evaluate(xs, ys, batch_size=batch_size or 32)
+            logs = trainer.evaluate(xs, ys, batch_size=batch_size)
         if return_dict:
             return logs
         values = list(logs.values())
@@ -599,12 +630,12 @@ class Model(Layer):
 
         if steps is not None:
             raise NotImplementedError("steps is not supported by specc's predict()")
-        xs = self._input_arrays(x, self._n_inputs())
-        self._ensure_built(xs)
-        self._check_inputs(xs)
+        batch_size = _batch_size(batch_size)
+        xs = self._prepared_inputs(x)
+        checks.check_non_empty(len(xs[0]), "x")
         engine = self._engine()
         with runtime(self.run_eagerly):
-            outs = Trainer.predict_with(engine, xs, batch_size or 32)
+            outs = Trainer.predict_with(engine, xs, batch_size)
         return self._structure(outs)
 
     def predict_on_batch(self, x: Any) -> Any:
@@ -623,3 +654,51 @@ class Model(Layer):
         from .io import model_dict
 
         return model_dict(self)["model"]
+
+
+def _batch_size(value: Any) -> int:
+    """Keras's default (the spec's `fit.batch_size` default) for None, else a positive integer."""
+    from ..spec.schema import FitDef
+
+    return FitDef.model_fields["batch_size"].default if value is None else checks.check_positive_int("batch_size", value)
+
+
+def _callback_list(callbacks: Any) -> list:
+    """Keras 3 takes one callback or a list of them (it flattens what it is given)."""
+    from ..train.callbacks import Callback
+
+    if callbacks is None:
+        return []
+    items = [callbacks] if isinstance(callbacks, Callback) else callbacks
+    if not isinstance(items, (list, tuple)):
+        raise TypeError(f"callbacks must be a specc.callbacks object or a list of them, got "
+                        f"{type(callbacks).__name__}")
+    for cb in items:
+        if not isinstance(cb, Callback):
+            raise TypeError(f"callbacks must be specc.callbacks objects (or subclasses of "
+                            f"specc.callbacks.Callback), got {type(cb).__name__}")
+    return list(items)
+
+
+def _unpack_validation_data(data: Any) -> tuple[Any, Any]:
+    """(x_val, y_val) from Keras's `validation_data` forms: (x, y) or (x, y, sample_weight=None)."""
+    if not isinstance(data, (tuple, list)) or len(data) not in (2, 3):
+        got = f"a {type(data).__name__} of {len(data)} item{'' if len(data) == 1 else 's'}" if isinstance(data, (tuple, list)) else \
+            f"a {type(data).__name__}"
+        raise ValueError(f"validation_data must be a tuple (x_val, y_val) or (x_val, y_val, val_sample_weight); got "
+                         f"{got}")
+    if len(data) == 3 and data[2] is not None:
+        raise NotImplementedError("validation sample weights are not supported")
+    return data[0], data[1]
+
+
+def _check_class_weight(class_weight: Any) -> None:
+    if class_weight is None:
+        return
+    if not isinstance(class_weight, dict):
+        raise ValueError(f"class_weight must be a dict mapping class indices to weights, got "
+                         f"{type(class_weight).__name__}")
+    for k, v in class_weight.items():
+        if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)) or \
+                isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
+            raise ValueError(f"class_weight must map integer class indices to numbers, got {k!r}: {v!r}")

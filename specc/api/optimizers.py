@@ -59,10 +59,24 @@ Adadelta = _optimizer_class("Adadelta", "adadelta")
 Nadam = _optimizer_class("Nadam", "nadam")
 
 
+# Keras 3's constructor signatures, in order (`name` only names the schedule).
+_SCHEDULE_POSITIONAL = {"ExponentialDecay": ("initial_learning_rate", "decay_steps", "decay_rate", "staircase", "name"),
+                        "CosineDecay": ("initial_learning_rate", "decay_steps", "alpha", "name"),
+                        "PiecewiseConstantDecay": ("boundaries", "values", "name")}
+
+
 class LearningRateSchedule:
     _type = ""
 
-    def __init__(self, **kwargs: Any):
+    def __init__(self, *args: Any, **kwargs: Any):
+        order = _SCHEDULE_POSITIONAL.get(self._type, ())
+        if len(args) > len(order):
+            raise ArgumentError(f"{self._type}() takes at most {len(order)} positional argument(s) "
+                                f"({', '.join(order)}), got {len(args)}")
+        for key in order[:len(args)]:
+            if key in kwargs:
+                raise ArgumentError(f"{self._type}() got multiple values for argument '{key}'")
+        kwargs = {**dict(zip(order, args)), **kwargs}
         kwargs.pop("name", None)
         self.definition: Schedule = validate(Schedule, {"type": self._type, **kwargs}, type(self).__name__)
 

@@ -162,7 +162,7 @@ class Sequential(Model):
             raise ValueError(f"Sequential model '{self.name}' cannot be built because it has no layers. Call "
                              f"`model.add(layer)`.")
         if self.built:
-            if input_shape is not None and tuple(input_shape)[1:] != self._layers[0]._shape:
+            if isinstance(input_shape, (tuple, list)) and tuple(input_shape)[1:] != self._layers[0]._shape:
                 raise ValueError(f"Sequential model '{self.name}' has already been configured to use input shape "
                                  f"{shape_str(self._layers[0].batch_shape)}; cannot build it for "
                                  f"{shape_str(tuple(input_shape))}.")
@@ -170,6 +170,11 @@ class Sequential(Model):
         if input_shape is None:
             raise ValueError(f"Sequential model '{self.name}' needs an input shape to build: "
                              f"model.build((None, 16)) (the batch axis first)")
+        if not isinstance(input_shape, (tuple, list)):
+            # Keras 3 silently skips building here; an int is ambiguous (batch size or features?), so say so.
+            example = f"(None, {input_shape})" if isinstance(input_shape, int) else "(None, 16)"
+            raise ValueError(f"build() takes the input shape as a tuple with the batch axis first, e.g. "
+                             f"model.build({example}); got {input_shape!r} of type {type(input_shape).__name__}")
         shape = tuple(input_shape)
         if len(shape) < 2:
             raise ValueError(f"build() takes the input shape with the batch axis first, e.g. (None, {shape[0] if shape else 16}); "
@@ -187,6 +192,11 @@ class Sequential(Model):
         if not self.built:
             if len(arrays) != 1:
                 raise ValueError(f"a Sequential model takes one input, got {len(arrays)}")
+            if arrays[0].ndim < 2:
+                raise ValueError(f"Sequential model '{self.name}' has no input shape yet and builds from its first "
+                                 f"data, which needs a batch axis and at least one more, e.g. (samples, features); "
+                                 f"got an array of shape {arrays[0].shape}. Reshape it (x.reshape(-1, 1) for one "
+                                 f"feature per sample) or start the model with specc.Input(shape=...).")
             # Keras: a call builds for that batch's exact shape; fit/evaluate/predict for (None, ...).
             self.build(arrays[0].shape if call else (None, *arrays[0].shape[1:]))
 
@@ -200,7 +210,17 @@ class Sequential(Model):
     def _make_plan(self, flags: dict | None = None):
         from .functional import sequential_plan
 
+        self._require_built("graph")
         return sequential_plan(self, flags)
+
+    def get_config(self) -> dict:
+        """The spec's model section; before the model is built (no input shape yet) only its `layers`, as
+        Keras 3's config of an unbuilt Sequential has no build_input_shape."""
+        if self.built:
+            return super().get_config()
+        from .io import layers_dicts
+
+        return {"layers": layers_dicts(self)}
 
     def _structure_key(self) -> Any:
         shape = self._layers[0]._shape if self.built else None

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..engine import Engine
+from . import checks
 from . import metrics as M
 from .callbacks import Callback
 from .fused import DenseChain
@@ -49,6 +50,30 @@ class History:
 
 def _as_list(a) -> list[np.ndarray]:
     return list(a) if isinstance(a, (list, tuple)) else [a]
+
+
+def _array_name(what: str, names: list[str], k: int) -> str:
+    """`x` for a model's one input, `x['meta']` for one of several (likewise for targets)."""
+    return what if len(names) == 1 else f"{what}['{names[k]}']"
+
+
+def checked_inputs(engine: Engine, x, what: str = "x") -> list[np.ndarray]:
+    """The input arrays `x` (one per model input), each checked against its input's shape: real numbers, a
+    batch axis, the input's rank and known sizes (specc.train.checks)."""
+    x = _as_list(x)
+    graph = engine.graph
+    names = [node.name for node in graph.inputs]
+    if len(x) != len(names):
+        raise ValueError(f"{what}: model '{graph.name}' expects {len(names)} input(s) ({', '.join(names)}), but it "
+                         f"received {len(x)} input arrays")
+    out = []
+    for k, (node, a) in enumerate(zip(graph.inputs, x)):
+        name = _array_name(what, names, k)
+        a = checks.numeric_array(name, a)
+        checks.check_batch_axis(name, a)
+        checks.check_shape(name, a, (None, *node.output_shape), graph.name, k)
+        out.append(a)
+    return out
 
 
 class Trainer:
@@ -135,6 +160,30 @@ class Trainer:
                 logs[f"{prefix}{name}_{m.name}" if multi else f"{prefix}{m.name}"] = m.result()
         return logs
 
+    # --- the data -----------------------------------------------------------------------------------
+
+    def check_data(self, x, y, where: str = "") -> tuple[list[np.ndarray], list[np.ndarray], int]:
+        """(x, y, number of samples) with x checked against the model's inputs and y against its outputs and
+        losses (sparse labels come back as int64), before any of it reaches a kernel. `where` prefixes the
+        names in the errors ("validation_data ")."""
+        x = checked_inputs(self.engine, x, f"{where}x")
+        y = _as_list(y)
+        if len(y) != len(self.output_names):
+            raise ValueError(f"{where}y: model '{self.engine.graph.name}' has {len(self.output_names)} output(s) "
+                             f"({', '.join(self.output_names)}), but it received {len(y)} target arrays")
+        targets = []
+        for k, (a, output, loss) in enumerate(zip(y, self.output_names, self.losses)):
+            name = _array_name(f"{where}y", self.output_names, k)
+            a = checks.numeric_array(name, a)
+            checks.check_batch_axis(name, a)
+            shape = self.engine.graph.node(output).output_shape
+            targets.append(checks.check_targets(name, a, shape, loss.name, output))
+        input_names = [node.name for node in self.engine.graph.inputs]
+        n = checks.check_cardinality(
+            {**{_array_name(f"{where}x", input_names, k): a for k, a in enumerate(x)},
+             **{_array_name(f"{where}y", self.output_names, k): a for k, a in enumerate(targets)}})
+        return x, targets, n
+
     # --- one step -----------------------------------------------------------------------------------
 
     def _losses(self, xb, yb, sw, training: bool) -> tuple[list[float], list[np.ndarray], list[np.ndarray]]:
@@ -174,15 +223,34 @@ class Trainer:
     def fit(self, x, y, batch_size: int = 32, epochs: int = 1, validation_split: float = 0.0,
             validation_data=None, shuffle: bool = True, class_weight: dict | None = None,
             callbacks: list[Callback] | None = None, verbose="auto", initial_epoch: int = 0,
-            history: History | None = None, resume: dict | None = None) -> History:
-        """Keras's fit. `resume` (a `loop_state` saved at an interruption) continues mid-epoch."""
-        x, y = _as_list(x), _as_list(y)
-        n = len(x[0])
-        if validation_data is None and validation_split > 0:
+            history: History | None = None, resume: dict | None = None,
+            validation_batch_size: int | None = None) -> History:
+        """Keras's fit. `resume` (a `loop_state` saved at an interruption) continues mid-epoch.
+
+        Every array is checked (check_data) before anything runs; so are the counts."""
+        batch_size = checks.check_positive_int("batch_size", batch_size)
+        validation_batch_size = checks.check_positive_int("validation_batch_size", validation_batch_size or batch_size)
+        epochs = checks.check_non_negative_int("epochs", epochs)
+        initial_epoch = checks.check_non_negative_int("initial_epoch", initial_epoch)
+        if not 0 <= validation_split < 1:
+            raise ValueError(f"validation_split must be in [0, 1), got {validation_split}")
+        x, y, n = self.check_data(x, y)
+        checks.check_non_empty(n, "x")
+        if validation_data is not None:
+            vx, vy, n_val = self.check_data(*validation_data, where="validation_data ")
+            checks.check_non_empty(n_val, "validation_data")
+            validation_data = (vx, vy)
+        elif validation_split > 0:
             # Keras takes the validation part from the end, before any shuffling.
             split = int(n * (1 - validation_split))
+            if split in (0, n):
+                raise ValueError(f"Training data contains {n} samples, which is not sufficient to split it into a "
+                                 f"validation and training set as specified by `validation_split={validation_split}`. "
+                                 f"Either provide more data, or a different value for the `validation_split` argument.")
             validation_data = ([a[split:] for a in x], [a[split:] for a in y])
             x, y, n = [a[:split] for a in x], [a[:split] for a in y], split
+        if resume is not None:
+            _check_resume(resume, n, math.ceil(n / batch_size))
         self.fused_step = None
         if self.allow_fused and self.chain is not None and len(self.losses) == 1 and self.loss_weights == [1.0]:
             self.fused_step = self.chain.trainer(self.losses[0], self.fused[0])
@@ -246,7 +314,7 @@ class Trainer:
                         raise Interrupted()
             if validation_data is not None:
                 logs.update({f"val_{k}": v for k, v in
-                             self.evaluate(*validation_data, batch_size=batch_size).items()})
+                             self._evaluate(*validation_data, batch_size=validation_batch_size).items()})
             self.progress.epoch_end(logs)
             for cb in callbacks:
                 cb.on_epoch_end(epoch, logs)
@@ -286,7 +354,12 @@ class Trainer:
         return logs
 
     def evaluate(self, x, y, batch_size: int = 32) -> dict:
-        x, y = _as_list(x), _as_list(y)
+        """Loss and metrics over x and y (checked first; no samples give zeros)."""
+        batch_size = checks.check_positive_int("batch_size", batch_size)
+        x, y, _ = self.check_data(x, y)
+        return self._evaluate(x, y, batch_size)
+
+    def _evaluate(self, x, y, batch_size: int) -> dict:
         n = len(x[0])
         metrics = self._make_metrics(y)
         total_sum, out_sums = 0.0, [0.0] * len(self.losses)
@@ -307,9 +380,15 @@ class Trainer:
 
     @staticmethod
     def predict_with(engine: Engine, x, batch_size: int = 32) -> list[np.ndarray]:
-        """Inference in batches; needs no loss or optimizer."""
-        x = _as_list(x)
-        n = len(x[0])
+        """Inference in batches; needs no loss or optimizer. x is checked first; no samples give empty
+        outputs (sizes unknown until run time are 0)."""
+        batch_size = checks.check_positive_int("batch_size", batch_size)
+        x = checked_inputs(engine, x)
+        input_names = [node.name for node in engine.graph.inputs]
+        n = checks.check_cardinality({_array_name("x", input_names, k): a for k, a in enumerate(x)})
+        if n == 0:
+            return [np.zeros((0, *(d or 0 for d in engine.graph.node(name).output_shape)), engine.dtype)
+                    for name in engine.graph.outputs]
         chain = DenseChain.of(engine)
         if chain is not None:  # one jitted call per batch, written straight into the result
             out = np.empty((n, chain.units_out), engine.dtype)
@@ -323,6 +402,18 @@ class Trainer:
                 for k, o in enumerate(outs):
                     parts[k].append(o.copy())
         return [np.concatenate(p) for p in parts]
+
+
+def _check_resume(resume: dict, n: int, steps: int) -> None:
+    """A mid-epoch checkpoint must fit the data: its sample order a permutation of the n samples (the
+    batches are gathered by these indices) and its next step inside the epoch."""
+    order = np.asarray(resume.get("order", ()))
+    if order.shape != (n,) or order.dtype.kind not in "iu" or not np.array_equal(np.sort(order), np.arange(n)):
+        raise ValueError(f"the checkpoint's sample order covers {order.size} samples, but the training data has {n}: "
+                         f"the data changed since the run was interrupted")
+    if not 0 <= int(resume.get("step", 0)) < steps:
+        raise ValueError(f"the checkpoint continues at step {resume.get('step')} of an epoch of {steps} steps: the "
+                         f"data or batch size changed since the run was interrupted")
 
 
 def _class_weights(class_weight: dict, y: np.ndarray) -> np.ndarray:

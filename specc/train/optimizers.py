@@ -174,10 +174,15 @@ class Optimizer:
         own = self.state_arrays()
         if set(arrays) != set(own):
             raise ValueError(f"optimizer state has {sorted(own)}, got {sorted(arrays)}")
-        for key, target in own.items():
+        checked = []
+        for key, target in own.items():  # every array checked before any is written
             a = np.asarray(arrays[key])
+            if a.dtype.kind not in "biuf":
+                raise ValueError(f"optimizer state {key!r} has dtype {a.dtype}; expected real numbers")
             if a.shape != target.shape:
                 raise ValueError(f"optimizer state {key!r} has shape {target.shape}, got {a.shape}")
+            checked.append((target, a))
+        for target, a in checked:
             target[...] = a
 
     def _update(self, params, grads, lr: float, decay: float, t: int) -> None:
