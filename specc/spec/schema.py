@@ -285,7 +285,7 @@ class FitDef(Strict):
     @field_validator("verbose", mode="before")
     @classmethod
     def _as_text(cls, v):
-        return str(v) if isinstance(v, int) and not isinstance(v, bool) else v
+        return str(v) if isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 9 else v
 
 
 SECTIONS: dict[str, type[Strict]] = {"data": DataDef, "compile": CompileDef, "fit": FitDef}
