@@ -81,6 +81,11 @@ CASES = {
                      ["all 40 samples", "none to train on"]),
     "test_split_0999": (spec("{path: good.npz}", ", test_split: 0.999"), "test_split", "data.test_split",
                         ["none to train on"]),
+    "synthetic_classes": (spec("synthetic", ", samples: 32, classes: 2147483647"), "classes", "data.classes",
+                          ["2,147,483,647 classes", "2 units"]),
+    "synthetic_variable_size": ("specc: 1\nmodel:\n  input: [null, 3]\n  layers: [{type: Conv1D, filters: 2, "
+                                "kernel_size: 3}]\ndata: {source: synthetic, samples: 32}\ncompile: {loss: mse}\n",
+                                "synthetic", "data.source", ["(None, None, 2)", "fixed sizes"]),
     "validation_split": (spec("{path: ok.csv}", fit="fit: {epochs: 1, validation_split: 0.999}\n"),
                          "validation_split", "fit.validation_split", ["none to train on"]),
 }

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..layers.base import fmt_shape
 from ..spec.validate import Spec
 from .sources import Arrays, DataError, builtin, from_file, synthetic_inputs
 
@@ -59,10 +60,23 @@ def load(spec: Spec) -> Dataset:
                                                  f"allocate; lower data.samples") from None
         ys = []
         for k, (shape, loss) in enumerate(zip(output_shapes, losses)):
+            if None in shape:
+                raise DataError(("data", "source"), f"synthetic targets need every output size known from the spec, "
+                                                    f"but output '{graph.outputs[k]}' has shape "
+                                                    f"{fmt_shape(shape)}; give model inputs fixed sizes")
             classes = data.classes or (shape[-1] if loss in CLASS_LOSSES and shape[-1] > 1 else None)
             if loss in ("binary_crossentropy", "hinge"):
                 classes = 2
-            ys.append(_teacher_labels(xs[0], shape, loss, classes, seed + 100 + k))
+            elif data.classes and loss in CLASS_LOSSES and data.classes > shape[-1]:
+                raise DataError(("data", "classes"), f"{data.classes:,} classes do not fit output "
+                                                     f"'{graph.outputs[k]}' of {shape[-1]} units; set data.classes "
+                                                     f"to at most {shape[-1]}")
+            try:
+                ys.append(_teacher_labels(xs[0], shape, loss, classes, seed + 100 + k))
+            except (MemoryError, ValueError):  # ValueError: NumPy's "array is too big" before trying
+                raise DataError(("data", "classes") if data.classes else ("data", "samples"),
+                                "the synthetic targets need more memory than this machine can allocate; lower "
+                                "data.samples or data.classes") from None
         name, classification = "synthetic", any(loss in CLASS_LOSSES for loss in losses)
     else:
         if isinstance(data.source, str):
