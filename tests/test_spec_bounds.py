@@ -312,6 +312,17 @@ def test_train_never_writes_outside_out(tmp_path):
     assert not list(tmp_path.rglob("escaped_run")), list(tmp_path.rglob("*"))
 
 
+def test_train_refuses_an_unsafe_name_given_with_set(tmp_path):
+    out = tmp_path / "a" / "b" / "out"
+    text = ("specc: 1\nmodel:\n  input: [4]\n  layers:\n    - {type: Dense, units: 3, activation: softmax}\n"
+            "data: {source: iris}\ncompile: {loss: sparse_categorical_crossentropy}\n")
+    (tmp_path / "plain.yaml").write_text(text)
+    proc = run("train", "plain.yaml", "--set", "name=../../escaped_run", "--out", out, "-q", cwd=tmp_path, timeout=300)
+    assert proc.returncode == 1 and "name: must be a file name" in proc.stderr, output(proc)
+    no_internal_error(proc)
+    assert not list(tmp_path.rglob("escaped_run")), list(tmp_path.rglob("*"))
+
+
 # --- callback files ------------------------------------------------------------------------------------
 
 
