@@ -14,7 +14,7 @@ import re
 from typing import Any
 
 from .errors import Path, SpecError, cut_text, format_path, show_value
-from .yamlpos import Positions, load_yaml
+from .yamlpos import load_yaml
 
 # One segment of a KEY: a name, optionally followed by list indices: `layers`, `layers[0]`, `x[1][2]`.
 _SEGMENT = re.compile(r"(?P<key>[^.\[\]]+)(?P<index>(?:\[-?\d+\])*)")

@@ -15,7 +15,6 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, WithJsonSchema, fie
 from pydantic_core import PydanticCustomError
 
 from .errors import cut_text, show_value
-
 from .types import (
     Bool,
     Fraction,
