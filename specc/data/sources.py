@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import io
 import os
-import stat
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..spec.errors import show_value
+from ..spec.files import NotRegularFile, open_regular_file
 
 
 class DataError(Exception):
@@ -86,29 +86,15 @@ def from_file(source, base_dir: str) -> Arrays:
     if not os.path.exists(path):
         raise DataError(where, f"data file not found: {path} (relative paths start at the spec's folder)")
     try:
-        fh = _open_regular(path)
+        fh = open_regular_file(path)
+    except NotRegularFile as exc:
+        raise DataError(where, f"cannot read {path}: {exc}") from None
     except OSError as exc:
         raise DataError(where, f"cannot read {path}: {exc.strerror or exc}") from None
     with fh:
         if path.endswith(".npz"):
             return _npz(fh, path, source, where)
         return _csv(fh, path, source, where)
-
-
-def _open_regular(path: str):
-    """The file opened for reading in binary; OSError for anything but a regular file (opening a FIFO
-    would wait for a writer forever)."""
-    from ..spec.validate import NotRegularFile
-
-    # O_NONBLOCK: opening a FIFO for reading returns at once, so it can be refused
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise NotRegularFile(f"{path} is not a regular file (a directory, FIFO or device)")
-        return os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
 
 
 def _npz(fh, path: str, source, where: tuple) -> Arrays:

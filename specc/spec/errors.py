@@ -15,6 +15,9 @@ from typing import Any
 PathItem = str | int
 Path = tuple[PathItem, ...]
 
+SHOWN_CHARS = 60  # a longer string from the spec is cut to this in messages
+SHOWN_DIGITS = 20  # an integer with more digits is shown by its size
+
 
 def format_path(path: Sequence[PathItem]) -> str:
     """('model', 'layers', 2, 'units') -> 'model.layers[2].units'."""
@@ -22,16 +25,12 @@ def format_path(path: Sequence[PathItem]) -> str:
     for item in path:
         if isinstance(item, int) and not isinstance(item, bool):
             out += f"[{show_value(item)}]"  # a list index, or an integer mapping key (class_weight)
-        elif isinstance(item, str) and item.replace("_", "").replace("-", "").isalnum() and len(item) <= SHOWN_CHARS:
+        elif isinstance(item, str) and len(item) <= SHOWN_CHARS and item.replace("_", "").replace("-", "").isalnum():
             out += ("." if out else "") + item
         else:  # a key with spaces, dots or newlines: quoted, so one error stays on one line
             text = item if isinstance(item, str) else show_value(item)
             out += f"[{json.dumps(cut_text(text))}]"
     return out or "<root>"
-
-
-SHOWN_CHARS = 60  # a longer string from the spec is cut to this in messages
-SHOWN_DIGITS = 20  # an integer with more digits is shown by its size
 
 
 def cut_text(text: str) -> str:

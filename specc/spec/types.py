@@ -19,6 +19,7 @@ from .errors import show_value, suggest
 # and Numba int64 indices, and Python cannot even print an integer of more than 4,300 digits.
 MAX_SIZE = 2**31 - 1  # a dimension, a count of units, filters, steps, samples, epochs, ...: an int32 index
 MAX_INT64 = 2**63 - 1  # elements of one tensor, parameters of a model, seeds
+MAX_RANK = 31  # axes of a sample: NumPy arrays have at most 32 (its older limit), the batch axis included
 
 
 def _got(value: Any) -> str:
@@ -90,8 +91,6 @@ PositiveInt = Annotated[int, BeforeValidator(_int(1, "a positive integer")), Wit
 NonNegInt = Annotated[int, BeforeValidator(_int(0, "a non-negative integer")), WithJsonSchema(_int_schema(0))]
 StrictInt = Annotated[int, BeforeValidator(_int(-MAX_INT64, "an integer", MAX_INT64)),
                       WithJsonSchema(_int_schema(-MAX_INT64, MAX_INT64))]
-Seed = Annotated[int, BeforeValidator(_int(0, "a non-negative integer", MAX_INT64)),
-                 WithJsonSchema(_int_schema(0, MAX_INT64))]
 Bool = Annotated[bool, BeforeValidator(_check_bool), WithJsonSchema({"type": "boolean"})]
 Number = Annotated[float, BeforeValidator(_float()), WithJsonSchema({"type": "number"})]
 PositiveFloat = Annotated[float, BeforeValidator(_float(0, lo_open=True, expected="a positive number")),
@@ -186,9 +185,6 @@ def choice(options: tuple[str, ...], what: str, aliases: dict[str, str] | None =
     if none_as is not None:
         schema = {"anyOf": [schema, {"type": "null"}]}
     return Annotated[str, BeforeValidator(check), WithJsonSchema(schema)]
-
-
-MAX_RANK = 31  # axes of a sample: NumPy arrays have at most 32 (its older limit), the batch axis included
 
 
 def shape_list(v: Any) -> tuple[int | None, ...]:

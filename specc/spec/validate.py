@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import stat
 import typing
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,7 +20,8 @@ from pydantic import BaseModel, ValidationError
 
 from ..graph import Graph, assign_names, build_functional, build_sequential
 from ..layers import REGISTRY, LayerSpec
-from .errors import Path, SpecError, cut_text, format_path, show_value, suggest
+from .errors import SHOWN_DIGITS, Path, SpecError, cut_text, format_path, show_value, suggest
+from .files import NotRegularFile, open_regular_file
 from .schema import (
     CALLBACKS,
     COMMON_OPTIMIZER_ARGS,
@@ -182,7 +182,7 @@ def _kind(value: Any) -> str:
         return "a list"
     if isinstance(value, str):
         return f"the string {show_value(value)}"
-    if isinstance(value, int) and show_value(value).startswith(("an ", "a ")):
+    if isinstance(value, int) and abs(value) >= 10**SHOWN_DIGITS:
         return show_value(value)  # "an integer of 1,205 digits"
     return f"{type(value).__name__} {show_value(value)}"
 
@@ -207,8 +207,8 @@ def _validate_layer(raw: Any, path: Path, c: Collector) -> LayerSpec | None:
     type_name = raw["type"]
     if not isinstance(type_name, str) or type_name not in REGISTRY:
         hint = suggest(str(type_name), REGISTRY) if isinstance(type_name, str) else ""
-        c.add(path + ("type",), f"unknown layer type {show_value(type_name)}{hint}; see `specc schema` or the README "
-                                f"for the {len(REGISTRY)} layer types")
+        c.add(path + ("type",), f"unknown layer type {show_value(type_name)}{hint}; see `specc schema` or the "
+                                f"README for the {len(REGISTRY)} layer types")
         return None
     cls = REGISTRY[type_name]
     if type_name == "Sequential":
@@ -265,8 +265,9 @@ def validate_data(data: Any, positions: Positions, file: str) -> tuple[Spec | No
 
     for key in data:
         if key not in TOP_LEVEL_KEYS:
-            c.add((key,), f"unknown top-level key {_show(key)}{suggest(key, TOP_LEVEL_KEYS) if isinstance(key, str) else ''}; "
-                          f"expected: {', '.join(TOP_LEVEL_KEYS)}", at_key=True)
+            hint = suggest(key, TOP_LEVEL_KEYS) if isinstance(key, str) else ""
+            c.add((key,), f"unknown top-level key {_show(key)}{hint}; expected: {', '.join(TOP_LEVEL_KEYS)}",
+                  at_key=True)
 
     version = data.get("specc")
     if "specc" not in data:
@@ -423,33 +424,13 @@ def contained(check, data: Any, positions: Positions, file: str) -> tuple[Spec |
                                                 f"{type(exc).__name__}; run with SPECC_DEBUG=1 for the traceback)")]
 
 
-class NotRegularFile(OSError):
-    """The path is a directory, FIFO, device or socket: what it is is the message."""
-
-
-def read_regular_file(path: str, limit: int) -> bytes:
-    """Up to `limit` bytes of a regular file. Raises NotRegularFile for anything else: opening a FIFO blocks
-    until a writer comes (forever, for `mkfifo f.yaml`), and a device can stream without end."""
-    # O_NONBLOCK: opening a FIFO for reading returns at once instead of waiting for a writer
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
-    try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            raise NotRegularFile("a directory" if stat.S_ISDIR(mode) else "a FIFO (named pipe)"
-                                 if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
-                                 else "a socket" if stat.S_ISSOCK(mode) else "a special file")
-        with os.fdopen(fd, "rb", closefd=False) as fh:
-            return fh.read(limit)
-    finally:
-        os.close(fd)
-
-
 def load_spec(path: str | os.PathLike) -> tuple[Spec | None, list[SpecError]]:
     file = os.fspath(path)
     try:
-        text = read_regular_file(file, 4_000_000)
+        with open_regular_file(file) as fh:
+            text = fh.read(4_000_000)
     except NotRegularFile as exc:
-        return None, [SpecError(file, 1, 1, "", f"not a regular file but {exc}; expected a YAML spec file")]
+        return None, [SpecError(file, 1, 1, "", f"{exc}; expected a YAML spec file")]
     except OSError as exc:
         return None, [SpecError(file, 1, 1, "", f"cannot read the file: {exc.strerror or exc}")]
     return load_spec_text(text, file)
