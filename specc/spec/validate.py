@@ -188,11 +188,11 @@ def _kind(value: Any) -> str:
 
 
 MAX_NAME = 100  # characters of a model name: it becomes a directory name under --out
-_SAFE_NAME = re.compile(rf"[A-Za-z0-9_][A-Za-z0-9_.-]{{0,{MAX_NAME - 1}}}")
+SAFE_NAME = re.compile(rf"[A-Za-z0-9_][A-Za-z0-9_.-]{{0,{MAX_NAME - 1}}}")
 
 
 def safe_name(name: str) -> str:
-    """A file stem made into a model name that passes `_SAFE_NAME` (the default of `name`)."""
+    """A file stem made into a model name that passes `SAFE_NAME` (the default of `name`)."""
     name = re.sub(r"[^A-Za-z0-9_.-]", "_", name).lstrip(".-")[:MAX_NAME]
     return name or "model"
 
@@ -281,7 +281,7 @@ def validate_data(data: Any, positions: Positions, file: str) -> tuple[Spec | No
     if not isinstance(name, str) or not name:
         c.add(("name",), f"must be a non-empty string, got {_kind(name)}")
         name = default_name
-    elif not _SAFE_NAME.fullmatch(name):
+    elif not SAFE_NAME.fullmatch(name):
         # `specc train` makes a directory of it under --out: no path separators, no `..`, no hidden file
         c.add(("name",), f"must be a file name of at most {MAX_NAME} ASCII letters, digits, '_', '-' or '.', "
                          f"not starting with '.' or '-', got {show_value(name)}")
