@@ -15,6 +15,7 @@ from typing import Any
 
 from .layers.base import LayerSpec, ShapeError, WeightSpec, fmt_shape, snake_case
 from .spec.errors import Path, suggest
+from .spec.types import MAX_INT64, MAX_RANK, limit_text
 
 Report = Callable[[Path, str], None]
 
@@ -132,11 +133,47 @@ def _infer(node: Node, report: Report, frozen: bool) -> None:
             return
         node.output_shape = tuple(layer.compute_output_shape(node.input_shape))
         node.weights = layer.weight_specs(node.input_shape)
+        _check_sizes(node)
     except ShapeError as exc:
         shown = (" and ".join(fmt_shape(s) for s in node.input_shape) if layer.is_merge
                  else fmt_shape(node.input_shape))
         report(node.path, f"{layer.type} '{layer.name}' cannot take input {shown}: {exc}")
-        node.output_shape = None
+        node.output_shape, node.weights = None, []
+
+
+def _check_sizes(node: Node) -> None:
+    """Raises ShapeError when the layer's output, weights or work per sample exceed what specc counts with
+    (NumPy's int64), so that anything validation accepts can be summarised. Sizes the user writes are
+    bounded by the schema (MAX_SIZE); sizes a layer computes (Flatten's) only by these products."""
+    shape, layer = node.output_shape, node.layer
+    if len(shape) > MAX_RANK:
+        raise ShapeError(f"its output {fmt_shape(shape)} would have {len(shape)} axes besides the batch axis; "
+                         f"at most {MAX_RANK}")
+    values = math.prod(d for d in shape if d is not None)
+    if values > MAX_INT64:
+        raise ShapeError(f"its output {fmt_shape(shape)} would hold {values:,} values per sample; at most "
+                         f"{limit_text(MAX_INT64)}")
+    params = sum(w.size for w in node.weights)
+    if params > MAX_INT64:
+        raise ShapeError(f"it would have {params:,} parameters; a model has at most {limit_text(MAX_INT64)}")
+    try:
+        macs = layer.macs(node.input_shape, shape) or 0
+    except TypeError:  # a size known only at run time
+        macs = 0
+    if macs > MAX_INT64:
+        raise ShapeError(f"it would take {macs:,} multiply-adds per sample; at most {limit_text(MAX_INT64)}")
+
+
+def _check_total_params(nodes: list[Node], report: Report) -> None:
+    """The model's parameter count fits int64 (the engine's flat buffer); reported at the layer that
+    crosses the limit."""
+    total = 0
+    for node in nodes:
+        total += node.params()
+        if total > MAX_INT64:
+            report(node.path, f"with layer '{node.name}' the model would have {total:,} parameters; a model has "
+                              f"at most {limit_text(MAX_INT64)}")
+            return
 
 
 def _check_arity(layer: LayerSpec, n: int, path: Path, report: Report) -> bool:
@@ -169,6 +206,7 @@ def build_sequential(name: str, input_name: str, input_shape: tuple, layers: lis
             continue
         _infer(node, report, frozen=False)
         prev, shape = node, node.output_shape
+    _check_total_params(nodes, report)
     return Graph(name, "sequential", [inp], nodes, [nodes[-1].name] if nodes else [input_name])
 
 
@@ -233,6 +271,7 @@ def build_functional(name: str, inputs: dict[str, tuple], layers: list[LayerSpec
             continue
         node.input_shape = shapes if node.layer.is_merge else shapes[0]
         _infer(node, report, frozen=False)
+    _check_total_params(order, report)
     return Graph(name, "functional", input_nodes, order, outputs)
 
 

@@ -6,11 +6,13 @@ a sparse loss, NaN or inf values) are reported as `DataError`s carrying the spec
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..layers.base import fmt_shape
 from ..spec.validate import Spec
 from .sources import Arrays, DataError, builtin, from_file, synthetic_inputs
 
@@ -49,13 +51,32 @@ def load(spec: Spec) -> Dataset:
 
     if isinstance(data.source, str) and data.source == "synthetic":
         seed = spec.seed or 0
-        xs = [synthetic_inputs(shape, data.samples, seed + k) for k, shape in enumerate(input_shapes)]
+        try:
+            xs = [synthetic_inputs(shape, data.samples, seed + k) for k, shape in enumerate(input_shapes)]
+        except (MemoryError, ValueError):  # ValueError: NumPy's "array is too big" before trying
+            size = sum(math.prod(d or 8 for d in shape) for shape in input_shapes) * data.samples * 4
+            raise DataError(("data", "samples"), f"{data.samples:,} synthetic samples of the model's input size "
+                                                 f"need {size / 2**30:,.1f} GiB, more than this machine can "
+                                                 f"allocate; lower data.samples") from None
         ys = []
         for k, (shape, loss) in enumerate(zip(output_shapes, losses)):
+            if None in shape:
+                raise DataError(("data", "source"), f"synthetic targets need every output size known from the spec, "
+                                                    f"but output '{graph.outputs[k]}' has shape "
+                                                    f"{fmt_shape(shape)}; give model inputs fixed sizes")
             classes = data.classes or (shape[-1] if loss in CLASS_LOSSES and shape[-1] > 1 else None)
             if loss in ("binary_crossentropy", "hinge"):
                 classes = 2
-            ys.append(_teacher_labels(xs[0], shape, loss, classes, seed + 100 + k))
+            elif data.classes and loss in CLASS_LOSSES and data.classes > shape[-1]:
+                raise DataError(("data", "classes"), f"{data.classes:,} classes do not fit output "
+                                                     f"'{graph.outputs[k]}' of {shape[-1]} units; set data.classes "
+                                                     f"to at most {shape[-1]}")
+            try:
+                ys.append(_teacher_labels(xs[0], shape, loss, classes, seed + 100 + k))
+            except (MemoryError, ValueError):  # ValueError: NumPy's "array is too big" before trying
+                raise DataError(("data", "classes") if data.classes else ("data", "samples"),
+                                "the synthetic targets need more memory than this machine can allocate; lower "
+                                "data.samples or data.classes") from None
         name, classification = "synthetic", any(loss in CLASS_LOSSES for loss in losses)
     else:
         if isinstance(data.source, str):
@@ -76,6 +97,7 @@ def load(spec: Spec) -> Dataset:
 
     n = len(xs[0])
     test_idx, train_idx = _split(n, data.test_split, ys[0] if classification and ys[0].ndim == 1 else None, rng)
+    _check_split_sizes(n, len(train_idx), data.test_split, spec.fit.validation_split if spec.fit else 0.0, name)
     ds = Dataset([x[train_idx] for x in xs], [y[train_idx] for y in ys], [x[test_idx] for x in xs],
                  [y[test_idx] for y in ys], name, classification)
     if data.normalize:
@@ -89,6 +111,31 @@ def load(spec: Spec) -> Dataset:
             stats.append({"mean": mean.tolist(), "std": std.tolist()})
         ds.normalization = {"inputs": stats}
     return ds
+
+
+def validation_cut(n: int, fraction: float) -> int:
+    """How many of `n` training samples stay for training when `fraction` is held out for validation:
+    Keras's rule (the last part, before shuffling), which the fit loop applies."""
+    return int(n * (1 - fraction))
+
+
+def _check_split_sizes(n: int, n_train: int, test_split: float, validation_split: float, name: str) -> None:
+    """Each split the spec asks for keeps at least one sample on each side, so no epoch runs on nothing
+    (and no normalisation is fitted on nothing)."""
+    if n_train == 0:
+        raise DataError(("data", "test_split"), f"test_split {test_split} holds out all {n} samples of {name} for "
+                                                f"testing and leaves none to train on; use a smaller fraction, "
+                                                f"e.g. 0.2")
+    if validation_split > 0:
+        kept = validation_cut(n_train, validation_split)
+        if kept == 0:
+            raise DataError(("fit", "validation_split"),
+                            f"validation_split {validation_split} holds out all {n_train} training samples of {name} "
+                            f"for validation and leaves none to train on; use a smaller fraction, e.g. 0.1")
+        if kept == n_train:
+            raise DataError(("fit", "validation_split"),
+                            f"validation_split {validation_split} of {n_train} training samples of {name} is less "
+                            f"than one sample, so there would be no validation data; use a larger fraction or 0")
 
 
 def _teacher_labels(x, shape, loss, classes, seed):

@@ -8,10 +8,16 @@ as `DataError` with the spec path it belongs to, so the CLI can point at the lin
 from __future__ import annotations
 
 import csv
+import io
 import os
+import zipfile
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
+
+from ..spec.errors import show_value
+from ..spec.files import NotRegularFile, open_regular_file
 
 
 class DataError(Exception):
@@ -79,38 +85,82 @@ def from_file(source, base_dir: str) -> Arrays:
     where = ("data", "source", "path")
     if not os.path.exists(path):
         raise DataError(where, f"data file not found: {path} (relative paths start at the spec's folder)")
-    if path.endswith(".npz"):
-        return _npz(path, source, where)
-    return _csv(path, source, where)
-
-
-def _npz(path: str, source, where: tuple) -> Arrays:
     try:
-        archive = np.load(path, allow_pickle=False)
+        fh = open_regular_file(path)
+    except NotRegularFile as exc:
+        raise DataError(where, f"cannot read {path}: {exc}") from None
+    except OSError as exc:
+        raise DataError(where, f"cannot read {path}: {exc.strerror or exc}") from None
+    with fh:
+        if path.endswith(".npz"):
+            return _npz(fh, path, source, where)
+        return _csv(fh, path, source, where)
+
+
+def _npz(fh, path: str, source, where: tuple) -> Arrays:
+    name = os.path.basename(path)
+    try:
+        archive = np.load(fh, allow_pickle=False)
     except Exception as exc:  # a corrupt or non-npz file: numpy raises several types
-        raise DataError(where, f"cannot read {path} as .npz: {exc}") from None
+        raise DataError(where, f"cannot read {name} as .npz: {exc}") from None
+    if not isinstance(archive, np.lib.npyio.NpzFile):  # np.load reads a lone .npy array too
+        raise DataError(where, f"{name} holds a single .npy array, not an .npz archive of named arrays; save it "
+                               f"with np.savez({name!r}, x=..., y=...)")
     with archive:
         arrays = {}
         for key, field in (("x", source.x or "x"), ("y", source.y or "y")):
+            at = ("data", "source", key) if getattr(source, key) else where
             if field not in archive.files:
-                raise DataError(("data", "source", key) if getattr(source, key) else where,
-                                f"{os.path.basename(path)} has no array {field!r}; it has: "
-                                f"{', '.join(archive.files) or 'nothing'}")
-            arrays[key] = archive[field]
+                raise DataError(at, f"{name} has no array {field!r}; it has: {', '.join(archive.files) or 'nothing'}")
+            try:
+                arrays[key] = archive[field]
+            except ValueError as exc:
+                if "allow_pickle" in str(exc):
+                    raise DataError(at, f"{name}: array {field!r} holds Python objects (dtype=object), which "
+                                        f"specc does not load (that would need pickle); save it as a numeric "
+                                        f"array, e.g. np.asarray({field}, dtype=np.float32)") from None
+                raise DataError(at, f"{name}: array {field!r} cannot be read: {exc}") from None
+            except (zipfile.BadZipFile, zlib.error, OSError, EOFError) as exc:
+                raise DataError(at, f"{name}: array {field!r} cannot be read, the file is damaged ({exc})") from None
+            _check_array(arrays[key], name, field, at, "features" if key == "x" else "targets")
     x, y = arrays["x"], arrays["y"]
     if len(x) != len(y):
-        raise DataError(where, f"{os.path.basename(path)}: x has {len(x)} samples but y has {len(y)}")
-    if not np.issubdtype(x.dtype, np.number):
-        raise DataError(where, f"{os.path.basename(path)}: x must be numeric, got dtype {x.dtype}")
+        raise DataError(where, f"{name}: x has {len(x)} samples but y has {len(y)}")
     classification = np.issubdtype(y.dtype, np.integer) or y.dtype == bool
-    return Arrays(x.astype(np.float32), y if classification else y.astype(np.float32), os.path.basename(path),
-                  classification)
+    return Arrays(x.astype(np.float32), y if classification else y.astype(np.float32), name, classification)
 
 
-def _csv(path: str, source, where: tuple) -> Arrays:
+def _check_array(a: np.ndarray, name: str, field: str, at: tuple, role: str) -> None:
+    """One array of an .npz as training data: samples along axis 0, real numbers."""
+    what = f"{name}: array {field!r}"
+    if a.ndim == 0:
+        raise DataError(at, f"{what} is a single value (shape ()); expected one row of {role} per sample")
+    if a.size == 0:
+        raise DataError(at, f"{what} is empty (shape {a.shape}); expected at least one sample")
+    if np.issubdtype(a.dtype, np.complexfloating):
+        raise DataError(at, f"{what} holds complex numbers ({a.dtype}); specc trains on real numbers: save the "
+                            f"real and imaginary parts as separate {role}")
+    if a.dtype.kind in "US":
+        hint = "class labels as integers 0..K-1" if role == "targets" else "numbers"
+        raise DataError(at, f"{what} holds strings ({a.dtype}); save {hint}")
+    if not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
+        raise DataError(at, f"{what} must hold numbers, got dtype {a.dtype}")
+
+
+def _csv(fh, path: str, source, where: tuple) -> Arrays:
     name = os.path.basename(path)
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        rows = list(csv.reader(fh))
+    raw = fh.read()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise DataError(where, f"{name}:{line}: not UTF-8 text (byte 0x{raw[exc.start]:02x}); save the CSV as "
+                               f"UTF-8") from None
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        rows = list(reader)
+    except csv.Error as exc:
+        raise DataError(where, f"{name}:{reader.line_num}: {_csv_problem(exc, text, reader.line_num)}") from None
     if len(rows) < 2:
         raise DataError(where, f"{name} needs a header row and at least one data row")
     header = [h.strip() for h in rows[0]]
@@ -129,16 +179,35 @@ def _csv(path: str, source, where: tuple) -> Arrays:
             features.append([float(c) for j, c in enumerate(row) if j != t])
         except ValueError:
             bad = next(j for j, c in enumerate(row) if j != t and not _is_float(c))
-            raise DataError(where, f"{name}:{i}: column {header[bad]!r} is not a number: {row[bad]!r}") from None
+            raise DataError(where, f"{name}:{i}: column {header[bad]!r} is not a number: "
+                                   f"{show_value(row[bad])}") from None
         labels.append(row[t].strip())
+    if not labels:
+        raise DataError(where, f"{name} has a header but no data rows")
     x = np.asarray(features, np.float32)
     if all(_is_int(v) for v in labels):
-        return Arrays(x, np.asarray([int(float(v)) for v in labels], np.int64), name, classification=True)
+        values = [int(v) for v in labels]  # at most 18 digits (_is_int), so int64 holds them
+        return Arrays(x, np.asarray(values, np.int64), name, classification=True)
     if all(_is_float(v) for v in labels):
         return Arrays(x, np.asarray([float(v) for v in labels], np.float32), name, classification=False)
     classes = sorted(set(labels))  # string labels become class indices in sorted order
     index = {c: k for k, c in enumerate(classes)}
     return Arrays(x, np.asarray([index[v] for v in labels], np.int64), name, classification=True)
+
+
+def _csv_problem(exc: csv.Error, text: str, line: int) -> str:
+    """What csv.reader refused, in the user's terms: an over-long cell names its column when the line
+    splits plainly on commas."""
+    limit = csv.field_size_limit()
+    if "field larger than field limit" not in str(exc):
+        return f"not a valid CSV row ({exc})"
+    header = next(csv.reader(io.StringIO(text.split("\n", 1)[0])), [])
+    lines = text.split("\n")
+    cells = lines[line - 1].split(",") if 0 < line <= len(lines) else []
+    long = [j for j, cell in enumerate(cells) if len(cell) > limit]
+    column = (f"column {header[long[0]].strip()!r}" if long and long[0] < len(header) else
+              f"column {long[0] + 1}" if long else "a cell")
+    return f"{column} has a cell longer than {limit:,} characters; a CSV of numbers has no such cell"
 
 
 def _is_float(s: str) -> bool:
@@ -150,4 +219,5 @@ def _is_float(s: str) -> bool:
 
 
 def _is_int(s: str) -> bool:
-    return s.strip().lstrip("-").isdigit()
+    digits = s.strip().removeprefix("-")
+    return digits.isdigit() and len(digits) <= 18

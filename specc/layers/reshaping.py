@@ -12,7 +12,8 @@ from typing import Literal
 
 from pydantic import field_validator
 
-from ..spec.types import PositiveInt, choice, int_tuple, pad_pairs
+from ..spec.errors import show_value
+from ..spec.types import MAX_RANK, MAX_SIZE, PositiveInt, choice, int_tuple, limit_text, pad_pairs
 from ..workspace import empty
 from .base import LayerSpec, ShapeError, fmt_shape, prod, register, require_rank, spatial_axes
 
@@ -48,7 +49,11 @@ class Reshape(LayerSpec):
         ok = isinstance(v, list) and v and all(isinstance(x, int) and not isinstance(x, bool)
                                                and (x >= 1 or x == -1) for x in v)
         if not ok or v.count(-1) > 1:
-            raise ValueError("must be a list of positive integers with at most one -1, got " + repr(v))
+            raise ValueError("must be a list of positive integers with at most one -1, got " + show_value(v))
+        if len(v) > MAX_RANK:
+            raise ValueError(f"must have at most {MAX_RANK} axes (the batch axis not counted), got {len(v)}")
+        if max(v) > MAX_SIZE:
+            raise ValueError(f"each size must be at most {limit_text(MAX_SIZE)}, got {show_value(max(v))}")
         return v
 
     def compute_output_shape(self, s):

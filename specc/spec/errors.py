@@ -7,24 +7,69 @@ text, JSON or GitHub-annotation form. No check raises a Python exception at the 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 PathItem = str | int
 Path = tuple[PathItem, ...]
+
+SHOWN_CHARS = 60  # a longer string from the spec is cut to this in messages
+SHOWN_DIGITS = 20  # an integer with more digits is shown by its size
 
 
 def format_path(path: Sequence[PathItem]) -> str:
     """('model', 'layers', 2, 'units') -> 'model.layers[2].units'."""
     out = ""
     for item in path:
-        if isinstance(item, int):
-            out += f"[{item}]"
-        elif str(item).replace("_", "").replace("-", "").isalnum():
-            out += ("." if out else "") + str(item)
+        if isinstance(item, int) and not isinstance(item, bool):
+            out += f"[{show_value(item)}]"  # a list index, or an integer mapping key (class_weight)
+        elif isinstance(item, str) and len(item) <= SHOWN_CHARS and item.replace("_", "").replace("-", "").isalnum():
+            out += ("." if out else "") + item
         else:  # a key with spaces, dots or newlines: quoted, so one error stays on one line
-            out += f"[{json.dumps(str(item))}]"
+            text = item if isinstance(item, str) else show_value(item)
+            out += f"[{json.dumps(cut_text(text))}]"
     return out or "<root>"
+
+
+def cut_text(text: str) -> str:
+    """`text`, or its start and its length when it is longer than SHOWN_CHARS."""
+    return text if len(text) <= SHOWN_CHARS else f"{text[:SHOWN_CHARS - 1]}… ({len(text):,} characters)"
+
+
+def _digits(n: int) -> str:
+    """The count of decimal digits of |n|, without str(n) (Python refuses it beyond 4,300 digits)."""
+    n = abs(n)
+    d = max(1, int(n.bit_length() * math.log10(2)))  # the count, or one less
+    if n.bit_length() > 20_000:  # 10**d would take a while; nobody needs the last digit of this
+        return f"about {d:,}"
+    return f"{d + 1 if n >= 10**d else d:,}"
+
+
+def show_value(value: Any) -> str:
+    """A value from the spec for a one-line message: short and never raising, whatever its size (an integer
+    of 10,000 digits cannot even be converted to text by Python)."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if value is None:
+        return "null"
+    if isinstance(value, int):
+        if abs(value) >= 10**SHOWN_DIGITS:
+            return f"{'a negative' if value < 0 else 'an'} integer of {_digits(value)} digits"
+        return str(value)
+    if isinstance(value, str):
+        return repr(cut_text(value))
+    if isinstance(value, (list, tuple)):
+        items = [show_value(v) for v in value[:8]] + ([f"… ({len(value):,} items)"] if len(value) > 8 else [])
+        return "[" + ", ".join(items) + "]"
+    if isinstance(value, dict):
+        items = [f"{show_value(k)}: {show_value(v)}" for k, v in list(value.items())[:8]]
+        return "{" + ", ".join(items + (["…"] if len(value) > 8 else [])) + "}"
+    try:
+        return cut_text(repr(value))
+    except ValueError:
+        return type(value).__name__
 
 
 @dataclass(frozen=True)

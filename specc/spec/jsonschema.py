@@ -9,6 +9,8 @@ from pydantic.json_schema import models_json_schema
 
 from ..layers import REGISTRY
 from .schema import CALLBACKS, SECTIONS, FunctionalModelDef, SequentialModelDef
+from .types import MAX_INT64
+from .validate import SAFE_NAME
 
 _LAYER = {"$ref": "#/$defs/Layer"}
 
@@ -58,8 +60,8 @@ def spec_json_schema() -> dict:
         "required": ["specc", "model"],
         "properties": {
             "specc": {"const": 1, "description": "spec format version"},
-            "name": {"type": "string", "minLength": 1},
-            "seed": {"type": "integer", "minimum": 0},
+            "name": {"type": "string", "pattern": f"^{SAFE_NAME.pattern}$"},
+            "seed": {"type": "integer", "minimum": 0, "maximum": MAX_INT64},
             "model": {"oneOf": [refs[(SequentialModelDef, "validation")], refs[(FunctionalModelDef, "validation")]]},
             **{k: refs[(m, "validation")] for k, m in SECTIONS.items()},
         },

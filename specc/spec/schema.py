@@ -7,10 +7,14 @@ sections are part of v1 so that training specs validate today.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import re
+import string
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, WithJsonSchema, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
+from .errors import cut_text, show_value
 from .types import (
     Bool,
     Fraction,
@@ -226,6 +230,42 @@ class CompileDef(Strict):
 
 Monitor = Name
 
+_PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")  # a file or folder name: no separators, no `..`, not hidden
+_FORMAT_SPEC = re.compile(r"0?\d{0,2}(?:\.\d{1,2})?(?P<kind>[defgEG%]?)")  # {epoch:03d}, {val_loss:.2f}
+MAX_RUN_FILE = 200  # characters
+
+
+def _run_file(v: Any) -> str:
+    """A file a callback writes inside the run directory: a relative path of plain names (letters, digits,
+    '_', '-', '.'; not starting with '.'), which may hold `{epoch}` / `{loss:.2f}` fields. Anything that could
+    leave the run directory (`..`, an absolute path) or fail when formatted is refused here, before training."""
+    expected = ("a relative path inside the run directory, of names made of letters, digits, '_', '-' and '.' "
+                "(not starting with '.'), with optional {epoch:03d} / {val_loss:.2f} fields")
+    if not isinstance(v, str) or not v or len(v) > MAX_RUN_FILE:
+        raise PydanticCustomError("spec", "must be {expected}, got {got}", {"expected": expected, "got": show_value(v)})
+    try:
+        pieces = list(string.Formatter().parse(v))
+    except ValueError as exc:  # an unmatched brace
+        raise PydanticCustomError("spec", "is not a valid file name pattern: {why}", {"why": str(exc)}) from None
+    literal = ""
+    for text, field, spec, conversion in pieces:
+        literal += text
+        if field is None:
+            continue
+        m = _FORMAT_SPEC.fullmatch(spec or "")
+        kinds = ("", "d") if field == "epoch" else ("", "e", "f", "g", "E", "G", "%")  # an int, or a float metric
+        if not field.isidentifier() or conversion or m is None or m["kind"] not in kinds:
+            shown = "{" + field + ("!" + conversion if conversion else "") + (":" + spec if spec else "") + "}"
+            raise PydanticCustomError("spec", "has the field {field}; a field is {epoch} or {epoch:03d}, or a metric "
+                                      "like {loss} or {val_loss:.2f}", {"field": cut_text(shown)})
+        literal += "x"
+    if not all(_PART.fullmatch(part) for part in literal.split("/")):
+        raise PydanticCustomError("spec", "must be {expected}, got {got}", {"expected": expected, "got": show_value(v)})
+    return v
+
+
+RunFile = Annotated[str, BeforeValidator(_run_file), WithJsonSchema({"type": "string", "minLength": 1})]
+
 
 class EarlyStopping(Strict):
     type: Literal["EarlyStopping"]
@@ -243,7 +283,7 @@ class ModelCheckpoint(Strict):
     monitor: Monitor = "val_loss"
     save_best_only: Bool = False
     mode: choice(("auto", "min", "max"), "mode") = "auto"
-    filepath: str | None = None  # inside the run directory; defaults to checkpoints/epoch_{epoch}.npz
+    filepath: RunFile | None = None  # inside the run directory; defaults to checkpoints/epoch_{epoch:03d}.npz
 
 
 class ReduceLROnPlateau(Strict):
@@ -259,7 +299,7 @@ class ReduceLROnPlateau(Strict):
 
 class CSVLogger(Strict):
     type: Literal["CSVLogger"]
-    filename: str = "log.csv"
+    filename: RunFile = "log.csv"
     separator: str = ","
     append: Bool = False
 
@@ -285,7 +325,7 @@ class FitDef(Strict):
     @field_validator("verbose", mode="before")
     @classmethod
     def _as_text(cls, v):
-        return str(v) if isinstance(v, int) and not isinstance(v, bool) else v
+        return str(v) if isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 9 else v
 
 
 SECTIONS: dict[str, type[Strict]] = {"data": DataDef, "compile": CompileDef, "fit": FitDef}

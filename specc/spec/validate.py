@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import typing
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +20,8 @@ from pydantic import BaseModel, ValidationError
 
 from ..graph import Graph, assign_names, build_functional, build_sequential
 from ..layers import REGISTRY, LayerSpec
-from .errors import Path, SpecError, format_path, suggest
+from .errors import SHOWN_DIGITS, Path, SpecError, cut_text, format_path, show_value, suggest
+from .files import NotRegularFile, open_regular_file
 from .schema import (
     CALLBACKS,
     COMMON_OPTIMIZER_ARGS,
@@ -33,6 +35,7 @@ from .schema import (
     FunctionalModelDef,
     SequentialModelDef,
 )
+from .types import MAX_INT64, limit_text
 from .yamlpos import Positions, load_yaml
 
 # Keras arguments a user may reasonably write that specc v1 does not implement: say so, instead of the
@@ -73,6 +76,10 @@ class Collector:
         self.file, self.positions, self.errors = file, positions, []
 
     def add(self, path: Path, message: str, at_key: bool = False) -> None:
+        source = self.positions.source_of(path)
+        if source is not None:  # the value came from the command line: point there, line 0
+            self.errors.append(SpecError(source, 0, 0, format_path(path), message))
+            return
         line, col = self.positions.of(path, prefer_key=at_key)
         self.errors.append(SpecError(self.file, line, col, format_path(path), message))
 
@@ -117,7 +124,7 @@ class Collector:
                     chosen = self._data_at(loc[:-1]).get("type")
                     if isinstance(chosen, str) and chosen in OPTIMIZER_ARGS:
                         allowed, what = list(OPTIMIZER_ARGS[chosen] + COMMON_OPTIMIZER_ARGS), chosen
-                message = f"unknown key {_show(key)}{suggest(str(key), allowed)}"
+                message = f"unknown key {_show(key)}{suggest(key, allowed) if isinstance(key, str) else ''}"
                 if what:
                     message += f"; {what} takes: {', '.join(allowed)}"
             self.add(path, message, at_key=True)
@@ -160,7 +167,7 @@ def _model_at(model: type[BaseModel], loc: list) -> type[BaseModel] | None:
 
 def _show(key: Any) -> str:
     """A key for a one-line message: `name`, or JSON-quoted when it holds newlines or other controls."""
-    text = str(key)
+    text = cut_text(key) if isinstance(key, str) else show_value(key)
     return f"`{text}`" if text.isprintable() else json.dumps(text)
 
 
@@ -174,8 +181,20 @@ def _kind(value: Any) -> str:
     if isinstance(value, list):
         return "a list"
     if isinstance(value, str):
-        return f"the string {value!r}"
-    return f"{type(value).__name__} {value!r}"
+        return f"the string {show_value(value)}"
+    if isinstance(value, int) and abs(value) >= 10**SHOWN_DIGITS:
+        return show_value(value)  # "an integer of 1,205 digits"
+    return f"{type(value).__name__} {show_value(value)}"
+
+
+MAX_NAME = 100  # characters of a model name: it becomes a directory name under --out
+SAFE_NAME = re.compile(rf"[A-Za-z0-9_][A-Za-z0-9_.-]{{0,{MAX_NAME - 1}}}")
+
+
+def safe_name(name: str) -> str:
+    """A file stem made into a model name that passes `SAFE_NAME` (the default of `name`)."""
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", name).lstrip(".-")[:MAX_NAME]
+    return name or "model"
 
 
 def _validate_layer(raw: Any, path: Path, c: Collector) -> LayerSpec | None:
@@ -188,8 +207,8 @@ def _validate_layer(raw: Any, path: Path, c: Collector) -> LayerSpec | None:
     type_name = raw["type"]
     if not isinstance(type_name, str) or type_name not in REGISTRY:
         hint = suggest(str(type_name), REGISTRY) if isinstance(type_name, str) else ""
-        c.add(path + ("type",), f"unknown layer type {type_name!r}{hint}; see `specc schema` or the README "
-                                f"for the {len(REGISTRY)} layer types")
+        c.add(path + ("type",), f"unknown layer type {show_value(type_name)}{hint}; see `specc schema` or the "
+                                f"README for the {len(REGISTRY)} layer types")
         return None
     cls = REGISTRY[type_name]
     if type_name == "Sequential":
@@ -213,7 +232,7 @@ def _validate_callback(raw: Any, path: Path, c: Collector) -> BaseModel | None:
         return None
     cls = CALLBACKS.get(raw["type"])
     if cls is None:
-        c.add(path + ("type",), f"unknown callback {raw['type']!r}{suggest(raw['type'], CALLBACKS)}; "
+        c.add(path + ("type",), f"unknown callback {show_value(raw['type'])}{suggest(raw['type'], CALLBACKS)}; "
                                 f"expected one of: {', '.join(CALLBACKS)}")
         return None
     return c.validate(cls, raw, path, what=raw["type"])
@@ -246,24 +265,33 @@ def validate_data(data: Any, positions: Positions, file: str) -> tuple[Spec | No
 
     for key in data:
         if key not in TOP_LEVEL_KEYS:
-            c.add((key,), f"unknown top-level key {_show(key)}{suggest(str(key), TOP_LEVEL_KEYS)}; "
-                          f"expected: {', '.join(TOP_LEVEL_KEYS)}", at_key=True)
+            hint = suggest(key, TOP_LEVEL_KEYS) if isinstance(key, str) else ""
+            c.add((key,), f"unknown top-level key {_show(key)}{hint}; expected: {', '.join(TOP_LEVEL_KEYS)}",
+                  at_key=True)
 
     version = data.get("specc")
     if "specc" not in data:
         c.add((), "missing `specc: 1` (the spec format version) at the top of the file")
     elif type(version) is not int or version not in KNOWN_VERSIONS:
-        c.add(("specc",), f"unknown spec format version {version!r}; known versions: "
+        c.add(("specc",), f"unknown spec format version {show_value(version)}; known versions: "
                           f"{', '.join(map(str, KNOWN_VERSIONS))}")
 
-    default_name = os.path.splitext(os.path.basename(file))[0] or "model"
+    default_name = safe_name(os.path.splitext(os.path.basename(file))[0])
     name = data.get("name", default_name)
     if not isinstance(name, str) or not name:
         c.add(("name",), f"must be a non-empty string, got {_kind(name)}")
         name = default_name
+    elif not SAFE_NAME.fullmatch(name):
+        # `specc train` makes a directory of it under --out: no path separators, no `..`, no hidden file
+        c.add(("name",), f"must be a file name of at most {MAX_NAME} ASCII letters, digits, '_', '-' or '.', "
+                         f"not starting with '.' or '-', got {show_value(name)}")
+        name = default_name
     seed = data.get("seed")
     if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
         c.add(("seed",), f"must be a non-negative integer, got {_kind(seed)}")
+        seed = None
+    elif seed is not None and seed > MAX_INT64:
+        c.add(("seed",), f"must be at most {limit_text(MAX_INT64)}, got {show_value(seed)}")
         seed = None
 
     sections = {}
@@ -379,14 +407,30 @@ def load_spec_text(text: str | bytes, file: str = "<spec>") -> tuple[Spec | None
     data, positions, errors = load_yaml(text, file)
     if errors:
         return None, errors
-    return validate_data(data, positions, file)
+    return contained(validate_data, data, positions, file)
+
+
+def contained(check, data: Any, positions: Positions, file: str) -> tuple[Spec | None, list[SpecError]]:
+    """`check(data, positions, file)`, with a bug in a check reported as an error of this file instead of
+    raised: `specc validate a.yaml b.yaml` still checks and reports b.yaml."""
+    try:
+        return check(data, positions, file)
+    except (RecursionError, MemoryError):
+        return None, [SpecError(file, 1, 1, "", "the spec is too large or too deeply nested to check")]
+    except Exception as exc:  # noqa: BLE001 - reported, not hidden: the message says it is specc's bug
+        if os.environ.get("SPECC_DEBUG"):
+            raise
+        return None, [SpecError(file, 1, 1, "", f"specc could not check this file (a bug in specc: "
+                                                f"{type(exc).__name__}; run with SPECC_DEBUG=1 for the traceback)")]
 
 
 def load_spec(path: str | os.PathLike) -> tuple[Spec | None, list[SpecError]]:
     file = os.fspath(path)
     try:
-        with open(file, "rb") as fh:
+        with open_regular_file(file) as fh:
             text = fh.read(4_000_000)
+    except NotRegularFile as exc:
+        return None, [SpecError(file, 1, 1, "", f"{exc}; expected a YAML spec file")]
     except OSError as exc:
         return None, [SpecError(file, 1, 1, "", f"cannot read the file: {exc.strerror or exc}")]
     return load_spec_text(text, file)

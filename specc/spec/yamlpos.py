@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import yaml
 
-from .errors import Path, SpecError
+from .errors import Path, SpecError, cut_text, format_path, show_value
 
 
 class _Loader(yaml.SafeLoader):
@@ -50,6 +50,23 @@ class Positions:
 
     values: dict[Path, tuple[int, int]] = field(default_factory=dict)
     keys: dict[Path, tuple[int, int]] = field(default_factory=dict)
+    # paths whose value a command-line override replaced -> that override (`--set fit.epochs=3`)
+    overridden: dict[Path, str] = field(default_factory=dict)
+
+    def set_by(self, path: Path, source: str) -> None:
+        """The value at `path` (and everything under it) now comes from `source`, not from the file."""
+        path = tuple(path)
+        for p in [p for p in self.overridden if p[: len(path)] == path]:
+            del self.overridden[p]
+        self.overridden[path] = source
+
+    def source_of(self, path: Path) -> str | None:
+        """The override that set `path` or a mapping/list around it, if any."""
+        path = tuple(path)
+        for n in range(len(path), 0, -1):
+            if path[:n] in self.overridden:
+                return self.overridden[path[:n]]
+        return None
 
     def of(self, path: Path, prefer_key: bool = False) -> tuple[int, int]:
         """Position of the longest known prefix of `path` (a missing field points at its parent)."""
@@ -64,8 +81,8 @@ class Positions:
 
 
 class _Abort(Exception):
-    def __init__(self, line: int, col: int, message: str):
-        self.line, self.col, self.message = line, col, message
+    def __init__(self, line: int, col: int, message: str, path: Path = ()):
+        self.line, self.col, self.message, self.path = line, col, message, path
 
 
 def _pos(node: yaml.Node) -> tuple[int, int]:
@@ -87,7 +104,7 @@ class _Converter:
             raise _Abort(*_pos(node), f"nesting deeper than {MAX_DEPTH} levels")
         self.positions.values.setdefault(path, _pos(node))
         if isinstance(node, yaml.ScalarNode):
-            return self._scalar(node)
+            return self._scalar(node, path)
         if isinstance(node, yaml.SequenceNode):
             self._check_tag(node, _CORE + "seq")
             return [self.convert(item, path + (i,), depth + 1) for i, item in enumerate(node.value)]
@@ -101,17 +118,21 @@ class _Converter:
             raise _Abort(*_pos(node), f"YAML tag {node.tag!r} is not allowed in a spec "
                                       "(only plain values, lists and mappings)")
 
-    def _scalar(self, node: yaml.ScalarNode):
+    def _scalar(self, node: yaml.ScalarNode, path: Path):
         if node.tag == _TIMESTAMP:  # a date-like string such as 2024-01-01 stays a string
             return node.value
         if node.tag not in _SCALAR_TAGS:
-            raise _Abort(*_pos(node), f"YAML tag {node.tag!r} is not allowed in a spec "
+            raise _Abort(*_pos(node), f"YAML tag {cut_text(node.tag)!r} is not allowed in a spec "
                                       "(only plain values, lists and mappings)")
         try:
             return self.scalars.construct_object(node, deep=True)
         except (ValueError, TypeError, KeyError, IndexError, yaml.YAMLError):
             kind = node.tag.rsplit(":", 1)[-1]
-            raise _Abort(*_pos(node), f"{node.value!r} is not a valid {kind}") from None
+            digits = sum(c.isdigit() for c in node.value)
+            if kind == "int" and digits > 4000:  # Python reads at most 4,300 decimal digits
+                raise _Abort(*_pos(node), f"an integer of {digits:,} digits is out of range; integers in a spec "
+                                          f"are at most {2**63 - 1:,} (2**63 - 1)", path) from None
+            raise _Abort(*_pos(node), f"{cut_text(node.value)!r} is not a valid {kind}") from None
 
     def _mapping(self, node: yaml.MappingNode, path: Path, depth: int) -> dict:
         out: dict = {}
@@ -127,16 +148,16 @@ class _Converter:
                 continue
             if not isinstance(key_node, yaml.ScalarNode):
                 raise _Abort(*_pos(key_node), "mapping keys must be plain scalars")
-            key = self._scalar(key_node)
+            key = self._scalar(key_node, path)
             if key is None or isinstance(key, (list, dict)):
                 raise _Abort(*_pos(key_node), "mapping keys must be plain scalars")
             if key in explicit:
-                raise _Abort(*_pos(key_node), f"duplicate key {key!r} in the same mapping")
+                raise _Abort(*_pos(key_node), f"duplicate key {show_value(key)} in the same mapping")
             explicit.add(key)
             self.positions.keys[path + (key,)] = _pos(key_node)
             out[key] = self.convert(value_node, path + (key,), depth + 1)
         for key_node, value_node in merged:
-            key = self._scalar(key_node)
+            key = self._scalar(key_node, path)
             if key in out:
                 continue
             self.positions.keys.setdefault(path + (key,), _pos(key_node))
@@ -233,7 +254,8 @@ def load_yaml(text: str | bytes, filename: str) -> tuple[object, Positions, list
     try:
         data = conv.convert(root, ())
     except _Abort as exc:
-        return fail(exc.line, exc.col, exc.message)
+        return None, Positions(), [SpecError(filename, exc.line, exc.col, format_path(exc.path) if exc.path else "",
+                                             exc.message)]
     except RecursionError:
         return fail(1, 1, "YAML nesting is too deep")
     except (yaml.YAMLError, ValueError, TypeError) as exc:  # a scalar the safe constructor refuses
