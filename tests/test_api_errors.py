@@ -247,3 +247,25 @@ def test_schedule_positional_argument_errors():
         decay(0.01, 10, decay_steps=20, decay_rate=0.9)
     with pytest.raises(ValueError, match=r"decay_steps"):
         decay(0.01, -10, 0.9)
+
+
+def test_a_model_name_with_a_slash_round_trips_through_to_yaml_as_a_file_name():
+    # Keras allows '/' in a model's name; a spec's name is a directory name under --out, so to_yaml cleans it
+    from specc.spec import load_spec_text
+
+    model = specc.Sequential([specc.layers.Input((3,)), specc.layers.Dense(2)], name="team/model")
+    spec, errors = load_spec_text(model.to_yaml(), "m.yaml")
+    assert not errors, errors
+    assert spec.name == "team_model"
+
+
+def test_a_checkpoint_path_naming_an_unlogged_metric_is_a_clear_error():
+    from specc.train.callbacks import ModelCheckpoint
+
+    class Config:
+        monitor, mode, save_best_only, filepath = "loss", "auto", False, "ckpt_{val_loss:.2f}.npz"
+
+    checkpoint = ModelCheckpoint(Config())
+    checkpoint.trainer = type("T", (), {"run_dir": "/nonexistent", "save_weights": lambda self, path: None})()
+    with pytest.raises(ValueError, match="names 'val_loss', which this run does not log; it logs: epoch, loss"):
+        checkpoint.on_epoch_end(0, {"loss": 0.5})

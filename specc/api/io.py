@@ -97,7 +97,10 @@ def model_dict(model: Any) -> dict:
             entry["inputs"] = list(node.inbound)
         section = {"inputs": {n.name: list(n.output_shape) for n in graph.inputs}, "layers": layers,
                    "outputs": list(graph.outputs)}
-    out: dict[str, Any] = {"specc": 1, "name": model.name}
+    from ..spec.validate import safe_name
+
+    # a spec's name is a file name (the run directory's); Keras allows more in a model's name
+    out: dict[str, Any] = {"specc": 1, "name": safe_name(model.name)}
     if model._seed is not None:
         out["seed"] = model._seed
     out["model"] = section

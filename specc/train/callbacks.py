@@ -151,8 +151,12 @@ class ModelCheckpoint(_Monitoring):
             if current is None or not self.improved(current):
                 return
             self.best = current
-        path = os.path.join(self.trainer.run_dir, self.filepath.format(epoch=epoch + 1, **logs))
-        self.trainer.save_weights(path)
+        try:
+            name = self.filepath.format(epoch=epoch + 1, **logs)
+        except KeyError as missing:
+            raise ValueError(f"ModelCheckpoint filepath {self.filepath!r} names {missing.args[0]!r}, which this run "
+                             f"does not log; it logs: epoch, {', '.join(sorted(logs))}") from None
+        self.trainer.save_weights(os.path.join(self.trainer.run_dir, name))
 
     def state(self):
         return {"best": self.best}
