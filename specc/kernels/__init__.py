@@ -57,17 +57,17 @@ def load_scipy_blas() -> None:
 
 
 def _cache_directories() -> list[str]:
-    """Where Numba caches this package's kernels and the native package's: as Numba chooses it where the
-    native internals load; else the __pycache__ beside the sources (Numba's first choice), unless
+    """Where Numba caches this package's kernels and the native package's, as Numba chooses it
+    (native/cache.py); else the __pycache__ beside the sources (Numba's first choice), unless
     NUMBA_CACHE_DIR moves the cache: then none is known, and only Numba's own per-file check applies."""
     found = []
     for source in (__file__, native.__file__):
-        directory = None
-        if native.internals is not None:
-            try:
-                directory = native.internals.cache_directory(_cache_directories, source)
-            except Exception:  # pragma: no cover - Numba's internals moved
-                directory = None
+        try:
+            from .native.cache import cache_directory
+
+            directory = cache_directory(_cache_directories, source)
+        except Exception:  # pragma: no cover - Numba's internals moved
+            directory = None
         if directory is None and not os.environ.get("NUMBA_CACHE_DIR"):
             directory = os.path.join(os.path.dirname(source), "__pycache__")
         if directory is not None:

@@ -5,14 +5,15 @@ The rest of specc calls a portable interface (`kernels.gemm`'s products, `kernel
 `kernels.thread_count`, `kernels.cache_directory`) whose own implementation is plain `@njit` code and
 BLAS. When this package loads, those entry points use what it offers instead:
 
-- `internals`: Numba's thread-count function callable from compiled code, the cache directory Numba
-  chooses, a float64-from-bits bitcast (target-independent IR; any CPU);
+- `internals`: Numba's thread-count function callable from compiled code and a float64-from-bits
+  bitcast (target-independent IR; any CPU);
 - `products`: matrix products lowered as one call of a C callable per dtype, over NumPy's or SciPy's
   OpenBLAS by symbol (any CPU);
 - `sgemm` and `conv_pool_tiles`: float32 micro-kernels on 512-bit vectors (AVX-512 CPUs only, and only
   when Numba compiles for the host CPU: they are never compiled elsewhere).
 
-`SPECC_NATIVE=0` turns the package off. A failure while it loads (a Numba or llvmlite that moved what it
+`SPECC_NATIVE=0` turns the package off, but for `cache`, which only asks Numba where its cache is (the
+kernel cache's stamp needs that in every mode). A failure while it loads (a Numba or llvmlite that moved what it
 uses) leaves the portable path in place, with one warning; `import specc` never breaks because of it.
 """
 

@@ -30,18 +30,6 @@ llvmlite.binding.add_symbol("specc_numba_threads", ctypes.cast(THREAD_COUNT_FUNC
 numba_threads = types.ExternalFunction("specc_numba_threads", types.intc())
 
 
-def cache_directory(function, source_file: str) -> str | None:
-    """The directory Numba caches `function` (defined in `source_file`) in: the first of its cache
-    locators that applies, as Numba chooses it."""
-    from numba.core.caching import CacheImpl
-
-    for locator_class in CacheImpl._locator_classes:
-        locator = locator_class.from_function(function, source_file)
-        if locator is not None:
-            return locator.get_cache_path()
-    return None
-
-
 @intrinsic
 def float64_from_bits(typingctx, bits):
     """The float64 whose bits are the int64 `bits`, as one bitcast (loops around it still vectorise)."""
