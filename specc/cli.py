@@ -1,6 +1,7 @@
 """The `specc` command line: a thin typer app.
 
-Exit codes (a contract for CI scripts): 0 success, 1 invalid spec (or data), 2 usage error.
+Exit codes (a contract for CI scripts): 0 success, 1 invalid spec (or data), 2 usage error, 130 interrupted
+(Ctrl-C or SIGTERM).
 `validate`, `summary` and `schema` never import Numba; heavy modules are imported inside the commands
 that need them. A plain `specc summary SPEC` or `specc validate PATHS` does not import typer either (see
 `_fast_call`); typer builds the app (`app`) for everything else, help and usage errors included.
@@ -321,7 +322,11 @@ def main() -> None:
     reported, not dumped (SPECC_DEBUG=1 shows the traceback)."""
     import signal
 
-    previous = signal.signal(signal.SIGTERM, _terminated)
+    try:
+        previous = signal.signal(signal.SIGTERM, _terminated)
+    except ValueError:  # not the main thread (embedded): signals are not ours to take
+        _main()
+        return
     try:
         _main()
     finally:

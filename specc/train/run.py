@@ -147,8 +147,11 @@ class RunLock:
                           f"{f' ({holder})' if holder else ''}; wait for it to finish, or stop it (Ctrl-C "
                           f"writes a checkpoint) and resume then")
         self.fd = fd
-        os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()}: {' '.join(['specc', *sys.argv[1:]])}\n".encode())
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"pid {os.getpid()}: {' '.join(['specc', *sys.argv[1:]])}\n".encode())
+        except OSError:
+            pass  # the lock is held all the same; the next process's message just cannot name this one
         return self
 
     def release(self) -> None:

@@ -479,6 +479,10 @@ def _train(opts: Options, cleanup) -> int:
         _lock_run(run_dir, cleanup)  # before reading the checkpoint: no other process writes it from here on
         env = _read_json(os.path.join(run_dir, "environment.json"), "run directory")
         state = _read_json(state_path, "checkpoint")
+        if not (isinstance(state.get("loop"), dict) and isinstance(state["loop"].get("epoch"), int)
+                and all(k in state for k in ("history", "rng", "dropout_rng", "callbacks"))):
+            raise Failed(f"specc: error: {state_path} is damaged (not a checkpoint specc wrote); it cannot be "
+                         f"resumed")
         spec_file = os.path.join(run_dir, "spec.yaml")
         overrides = env.get("overrides", []) + overrides
         opts.seed = env.get("seed") if opts.seed is None else opts.seed
