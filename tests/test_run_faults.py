@@ -98,22 +98,22 @@ def enospc_writing(name: str, nth: int = 1):
     def patch(mp):
         from specc.train import run as run_module
 
-        real = run_module.atomic_write_bytes
+        real = run_module.atomic_write
         seen = []
 
         def full_disk(fd):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-        def write(path, data):
+        def write(path, fill):
             if os.path.basename(path) == name:
                 seen.append(path)
                 if len(seen) == nth:
                     with pytest.MonkeyPatch.context() as inner:
                         inner.setattr(os, "fsync", full_disk)
-                        return real(path, data)
-            return real(path, data)
+                        return real(path, fill)
+            return real(path, fill)
 
-        mp.setattr(run_module, "atomic_write_bytes", write)
+        mp.setattr(run_module, "atomic_write", write)
 
     return patch
 

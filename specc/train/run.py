@@ -24,6 +24,8 @@ import sys
 import tempfile
 import zipfile
 import zlib
+from collections.abc import Callable
+from typing import BinaryIO
 
 import numpy as np
 
@@ -37,8 +39,10 @@ def _umask() -> int:
 _FILE_MODE = 0o666 & ~_umask()  # what open() would give; mkstemp alone makes files private
 
 
-def atomic_write_bytes(path: str, data: bytes) -> None:
-    """Write `path` whole or not at all: the old file (if any) stays until the new one is complete. An
+def atomic_write(path: str, write: Callable[[BinaryIO], object]) -> None:
+    """Write `path` whole or not at all: `write(fh)` fills a temporary file beside it, which then replaces
+    it, so the old file (if any) stays until the new one is complete. Arrays go straight to the file
+    (np.savez(fh, ...)), never through a copy in memory: a checkpoint is three times the weights. An
     OSError names `path` itself, not the temporary file, whatever step failed (ENOSPC may come from write,
     flush or fsync)."""
     directory = os.path.dirname(os.path.abspath(path))
@@ -48,7 +52,7 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
         os.chmod(tmp, _FILE_MODE)
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -58,6 +62,14 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
         if isinstance(exc, OSError) and exc.errno is not None:
             raise OSError(exc.errno, exc.strerror, path) from exc  # OSError(errno, ...) picks the subclass
         raise
+
+
+def atomic_write_bytes(path: str, data: bytes) -> None:
+    atomic_write(path, lambda fh: fh.write(data))
+
+
+def atomic_write_npz(path: str, arrays: dict[str, np.ndarray]) -> None:
+    atomic_write(path, lambda fh: np.savez(fh, **arrays))
 
 
 def atomic_write_text(path: str, text: str) -> None:
@@ -263,10 +275,9 @@ def weight_keys(engine) -> list[str]:
 
 
 def save_weights(path: str, engine) -> None:
-    """Weights in Keras's layer/weight order, as an .npz keyed `layer/weight` (order preserved)."""
-    buf = io.BytesIO()
-    np.savez(buf, **dict(zip(weight_keys(engine), engine.get_weights())))
-    atomic_write_bytes(path, buf.getvalue())
+    """Weights in Keras's layer/weight order, as an .npz keyed `layer/weight` (order preserved), written
+    from the engine's own arrays (no copy)."""
+    atomic_write_npz(path, dict(zip(weight_keys(engine), [w for s in engine.steps for w in s.weights])))
 
 
 def load_weights(path: str, engine) -> None:

@@ -147,17 +147,13 @@ def write_checkpoint(run_dir: str, trainer, history, callbacks) -> None:
     Replacing state.json is the commit: until then the previous state.json and the arrays it names are
     untouched, so a write that fails (a full disk) or a kill at any moment leaves the last complete
     checkpoint. Arrays files no state.json names are removed afterwards."""
-    import io
-
-    from .run import atomic_write_bytes, atomic_write_json
+    from .run import atomic_write_json, atomic_write_npz
 
     ckpt = os.path.join(run_dir, CHECKPOINT)
     loop = trainer.loop_state
     arrays_name = f"arrays-{loop['epoch']}-{loop['step']}.npz"
     arrays = {"params": trainer.engine.params, **{f"opt/{k}": v for k, v in trainer.optimizer.state_arrays().items()}}
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    atomic_write_bytes(os.path.join(ckpt, arrays_name), buf.getvalue())
+    atomic_write_npz(os.path.join(ckpt, arrays_name), arrays)
     state = {
         "arrays": arrays_name,
         "loop": loop,
@@ -797,7 +793,7 @@ def evaluate(spec_path: str, weights: str, input_path: str | None, fmt: str = "t
 
 
 def predict(spec_path: str, weights: str, input_path: str, out: str | None) -> int:
-    from .run import atomic_write_bytes, atomic_write_text, out_problem
+    from .run import atomic_write_npz, atomic_write_text, out_problem
 
     try:
         out = out or os.path.splitext(input_path)[0] + ".predictions.npz"
@@ -833,11 +829,7 @@ def predict(spec_path: str, weights: str, input_path: str, out: str | None) -> i
                                                     for v in row) for row in table]
             atomic_write_text(out, "\n".join(lines) + "\n")
         else:
-            import io
-
-            buf = io.BytesIO()
-            np.savez(buf, **arrays)
-            atomic_write_bytes(out, buf.getvalue())
+            atomic_write_npz(out, arrays)
     except OSError as exc:
         print(f"specc: error: cannot write the predictions: {_os_problem(exc)}", file=sys.stderr)
         return _out_error_code(exc)
