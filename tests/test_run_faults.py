@@ -545,3 +545,26 @@ def test_bad_specc_threads_is_a_usage_error(project, tmp_path, value):
     no_internal_error(proc)
     assert f"SPECC_THREADS={value!r}" in proc.stderr, output(proc)
     assert not (tmp_path / "tiny").exists()
+
+
+def test_weights_stream_to_their_file_without_a_copy_in_memory(tmp_path):
+    """A checkpoint is the weights and two optimizer moments: a copy of it in memory at every epoch end
+    would double what a big model needs, past what the memory check allowed."""
+    import tracemalloc
+
+    from specc.engine import Engine
+    from specc.spec import load_spec_text
+    from specc.train.run import save_weights
+
+    spec, errors = load_spec_text("specc: 1\nmodel:\n  input: [1000]\n  layers:\n    - {type: Dense, units: 8000}\n",
+                                  "wide.yaml")
+    assert not errors
+    engine = Engine(spec.graph)
+    tracemalloc.start()
+    try:
+        save_weights(str(tmp_path / "w.npz"), engine)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < engine.params.nbytes, (peak, engine.params.nbytes)
+    assert npz(tmp_path / "w.npz")["dense/kernel"].shape == (1000, 8000)
