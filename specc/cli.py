@@ -1,6 +1,7 @@
 """The `specc` command line: a thin typer app.
 
-Exit codes (a contract for CI scripts): 0 success, 1 invalid spec (or data), 2 usage error.
+Exit codes (a contract for CI scripts): 0 success, 1 invalid spec (or data), 2 usage error, 130 interrupted
+(Ctrl-C or SIGTERM).
 `validate`, `summary` and `schema` never import Numba; heavy modules are imported inside the commands
 that need them. A plain `specc summary SPEC` or `specc validate PATHS` does not import typer either (see
 `_fast_call`); typer builds the app (`app`) for everything else, help and usage errors included.
@@ -151,9 +152,14 @@ def schema(
     text = json.dumps(spec_json_schema(), indent=2) + "\n"
     if out:
         tmp = f"{out}.tmp{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, out)
+        try:
+            with open(tmp, "w", encoding="utf-8") as fh:
+                fh.write(text)
+            os.replace(tmp, out)
+        except OSError as exc:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise _usage(f"cannot write {out}: {exc.strerror}") from None
     else:
         _echo(text, nl=False)
 
@@ -163,7 +169,7 @@ def train(
     overrides: Annotated[list[str] | None, typer.Option("--set", help="Override a spec value: --set fit.epochs=3 (repeatable).")] = None,
     out: Annotated[str, typer.Option("--out", help="Root folder for run directories.")] = "runs",
     resume: Annotated[str | None, typer.Option("--resume", metavar="RUN_DIR", help="Continue an interrupted run.")] = None,
-    seed: Annotated[int | None, typer.Option("--seed", help="Override the spec's seed.")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Override the spec's seed (a non-negative integer).")] = None,
     threads: Annotated[int | None, typer.Option("--threads", min=1, help="Threads for Numba and BLAS (default: all cores given to the process).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
 ) -> None:
@@ -174,6 +180,8 @@ def train(
         raise _usage("give either a SPEC or --resume RUN_DIR, not both")
     if resume is not None and not os.path.isdir(resume):
         raise _usage(f"no such run directory: {resume}")
+    if seed is not None and seed < 0:
+        raise _usage(f"--seed must be a non-negative integer (as a spec's `seed`), got {seed}")
     from .train.session import Options
     from .train.session import train as run_training
 
@@ -304,9 +312,28 @@ def _ascii_stream(stream) -> bool:
         return True
 
 
+def _terminated(signum, frame):
+    raise KeyboardInterrupt  # SIGTERM (schedulers, containers, `kill`) stops a command as Ctrl-C does
+
+
 def main() -> None:
-    """Console-script entry point: typer's usage errors exit 2; anything unexpected is reported, not dumped
-    (SPECC_DEBUG=1 shows the traceback)."""
+    """Console-script entry point: typer's usage errors exit 2; SIGTERM is handled as Ctrl-C (exit 130;
+    `specc train` checkpoints first); running out of memory is reported as such; anything unexpected is
+    reported, not dumped (SPECC_DEBUG=1 shows the traceback)."""
+    import signal
+
+    try:
+        previous = signal.signal(signal.SIGTERM, _terminated)
+    except ValueError:  # not the main thread (embedded): signals are not ours to take
+        _main()
+        return
+    try:
+        _main()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _main() -> None:
     try:
         fast = _fast_call(sys.argv[1:])
         if fast is None:
@@ -330,6 +357,10 @@ def main() -> None:
     except KeyboardInterrupt:
         _echo("interrupted", err=True)
         sys.exit(130)
+    except MemoryError:
+        _echo("specc: error: out of memory (MemoryError). `specc summary SPEC` estimates the memory training "
+              "needs; a smaller fit.batch_size, a smaller model or less data needs less.", err=True)
+        sys.exit(EXIT_INVALID)
     except Exception as exc:  # noqa: BLE001 - the last line of defence: a bug, not a user error
         if os.environ.get("SPECC_DEBUG"):
             raise

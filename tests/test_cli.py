@@ -307,6 +307,15 @@ def test_schema_out_file(tmp_path):
     assert "Dense" in json.loads(out.read_text())["$defs"]
 
 
+def test_schema_out_under_a_regular_file_is_a_usage_error(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    proc = run("schema", "--out", blocker / "schema.json")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    no_traceback(proc)
+    assert f"cannot write {blocker / 'schema.json'}" in proc.stderr and "internal error" not in proc.stderr
+
+
 # --- no tracebacks, whatever the input ----------------------------------------------------------------
 
 BOMB = "specc: 1\nl0: &l0 [a, a, a, a, a, a, a, a, a, a]\n" + "".join(
