@@ -322,6 +322,9 @@ def main() -> None:
     reported, not dumped (SPECC_DEBUG=1 shows the traceback)."""
     import signal
 
+    from .runtime import prepare_process
+
+    prepare_process()  # before anything loads NumPy or Numba's thread pool
     try:
         previous = signal.signal(signal.SIGTERM, _terminated)
     except ValueError:  # not the main thread (embedded): signals are not ours to take

@@ -170,13 +170,13 @@ class Engine:
         return [w.copy() for s in self.steps for w in s.weights]
 
     def set_weights(self, arrays: list[np.ndarray]) -> None:
-        views = [w for s in self.steps for w in s.weights]
+        views = [(f"{s.name}/{spec.name}", w) for s in self.steps for spec, w in zip(s.specs, s.weights)]
         if len(arrays) != len(views):
             raise ValueError(f"expected {len(views)} weight arrays, got {len(arrays)}")
-        for k, (view, a) in enumerate(zip(views, arrays)):
+        for k, ((name, view), a) in enumerate(zip(views, arrays)):
             a = np.asarray(a)
             if a.shape != view.shape:
-                raise ValueError(f"weight {k} has shape {a.shape}, expected {view.shape}")
+                raise ValueError(f"weight {k} ({name}) has shape {a.shape}, expected {view.shape}")
             view[...] = a
 
     # --- execution -----------------------------------------------------------------------------------

@@ -433,14 +433,13 @@ def test_error_under_an_untouched_key_keeps_the_spec_position():
     assert [(e.file, e.line) for e in errors] == [("tiny.yaml", line_of(text, "units: -3"))]
 
 
-def _wired() -> bool:
+def test_train_applies_overrides_with_the_spec_module():
     from specc.spec.overrides import apply_overrides
     from specc.train import session
 
-    return session.apply_overrides is apply_overrides
+    assert session.apply_overrides is apply_overrides
 
 
-@pytest.mark.skipif(not _wired(), reason="specc.train.session does not use specc.spec.overrides yet")
 @pytest.mark.parametrize("item, needle", [
     ("fit.epochs=abc", "--set fit.epochs=abc: error: fit.epochs: must be a positive integer, got 'abc'"),
     ("fit..epochs=1", "--set fit..epochs=1: error: an empty segment"),
@@ -453,7 +452,6 @@ def test_train_reports_a_bad_override_at_its_argument(tmp_path, item, needle):
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.skipif(not _wired(), reason="specc.train.session does not use specc.spec.overrides yet")
 def test_train_accepts_list_indexing_in_overrides(tmp_path):
     (tmp_path / "tiny.yaml").write_text(SET_SPEC + "data: {source: iris}\n")
     proc = run("train", "tiny.yaml", "--set", "model.layers[0].units=5", "--set", "fit.epochs=1", "-q",

@@ -32,7 +32,7 @@ class Diverged(Exception):
 
 
 class Interrupted(Exception):
-    """Training stopped on request (Ctrl-C) after a completed step."""
+    """Training stopped on request (Ctrl-C or SIGTERM) after a completed step."""
 
 
 @dataclass

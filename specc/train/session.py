@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..spec import SpecError, render
+from ..spec.overrides import apply_overrides
 from ..spec.validate import Spec
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -42,45 +43,6 @@ class Options:
     seed: int | None = None
     threads: int | None = None
     quiet: bool = False
-
-
-def apply_overrides(text: str, overrides: list[str], filename: str) -> tuple[Spec | None, list[SpecError]]:
-    """Load the spec text with `--set a.b=value` overrides applied (values parsed as YAML scalars)."""
-    from ..spec.validate import validate_data
-    from ..spec.yamlpos import load_yaml, parse_scalar
-
-    data, positions, errors = load_yaml(text.encode() if isinstance(text, str) else text, filename)
-    if errors:
-        return None, errors
-    bad = []
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        path = [p for p in key.strip().split(".") if p]
-        if not sep or not path:
-            bad.append(SpecError("--set", 0, 0, key, f"expected KEY.PATH=VALUE, got {item!r}"))
-            continue
-        value = parse_scalar(raw)
-        node = data
-        for i, part in enumerate(path[:-1]):
-            index = int(part) if part.isdigit() and isinstance(node, list) else part
-            try:
-                node = node[index]
-            except (KeyError, IndexError, TypeError):
-                if isinstance(node, dict):
-                    node[index] = {}
-                    node = node[index]
-                else:
-                    bad.append(SpecError("--set", 0, 0, key, f"{'.'.join(path[: i + 1])} does not exist"))
-                    break
-        else:
-            last = int(path[-1]) if path[-1].isdigit() and isinstance(node, list) else path[-1]
-            try:
-                node[last] = value
-            except (IndexError, TypeError):
-                bad.append(SpecError("--set", 0, 0, key, f"cannot set {key} here"))
-    if bad:
-        return None, bad
-    return validate_data(data, positions, filename)
 
 
 def _print_errors(errors: list[SpecError]) -> None:
@@ -225,18 +187,15 @@ def _restore_state(state: dict) -> dict:
 def threads_from_environment() -> int | None:
     """$SPECC_THREADS as a thread count (None when unset or empty); anything but a positive whole number is
     a usage error, never silently ignored."""
-    raw = os.environ.get("SPECC_THREADS")
-    if raw is None or not raw.strip():
-        return None
+    from ..runtime import threads_from_environment as parse
+
     try:
-        n = int(raw.strip())
+        return parse()
     except ValueError:
-        n = 0
-    if n < 1:
+        raw = os.environ.get("SPECC_THREADS")
         raise Failed(f"specc: error: SPECC_THREADS={raw!r} is not a thread count: set it to a positive whole "
                      f"number (e.g. SPECC_THREADS=2), or unset it to use every core this process may run on",
-                     EXIT_USAGE)
-    return n
+                     EXIT_USAGE) from None
 
 
 def available_memory() -> tuple[int, str] | None:
@@ -653,6 +612,9 @@ def _fit_and_save(opts, spec, data, trainer, callbacks, history, run_dir, initia
             print(f"Stopped. Checkpoint written to {os.path.join(run_dir, CHECKPOINT)}\n"
                   f"Resume with: specc train --resume {run_dir}", file=sys.stderr, flush=True)
             return EXIT_INTERRUPTED
+        except ValueError as exc:  # the data or a checkpoint does not fit the model (train/checks.py says how)
+            print(f"specc: error: {exc}\n{kept()}", file=sys.stderr, flush=True)
+            return EXIT_INVALID
         except Diverged as exc:
             print(f"specc: error: the loss became {exc.value} at epoch {exc.epoch + 1}, step {exc.step}: training "
                   f"diverged.\nCheck the learning rate (try 10x smaller), the input scaling (data.normalize: true), "
@@ -781,7 +743,10 @@ def evaluate(spec_path: str, weights: str, input_path: str | None, fmt: str = "t
                 _print_errors([_spec_error(spec, exc.path, exc.message)])
                 return EXIT_INVALID
             x, ys = data.x_test, data.y_test
-        results = trainer.evaluate(x, ys, spec.fit.batch_size if spec.fit else 32)
+        try:
+            results = trainer.evaluate(x, ys, spec.fit.batch_size if spec.fit else 32)
+        except ValueError as exc:  # the data does not fit the model (train/checks.py says how)
+            raise Failed(f"specc: error: {exc}") from None
     except Failed as exc:
         print(exc.message, file=sys.stderr)
         return exc.code
@@ -807,7 +772,10 @@ def predict(spec_path: str, weights: str, input_path: str, out: str | None) -> i
         x, _ = _read_inputs(input_path, spec, normalization)
         from .fit import Trainer
 
-        preds = Trainer.predict_with(engine, x)
+        try:
+            preds = Trainer.predict_with(engine, x)
+        except ValueError as exc:  # the data does not fit the model (train/checks.py says how)
+            raise Failed(f"specc: error: --input: {exc}") from None
         arrays: dict[str, np.ndarray] = {}
         for name, p in zip(spec.graph.outputs, preds):
             step = next(s for s in engine.steps if s.name == engine._resolve(name))
