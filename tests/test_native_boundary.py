@@ -125,7 +125,7 @@ print(json.dumps({"mode": native.mode(), "out": model.predict(x, verbose=0).toli
 """
 
 
-def _predict(env: dict) -> tuple[str, "object", str]:
+def _predict(env: dict) -> tuple[str, object, str]:
     import numpy as np
 
     proc = _run(_PREDICT, env)
