@@ -45,11 +45,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fuzzing {', '.join(targets)} for {args.minutes:g} min, seed {seed}, scratch {workdir}", flush=True)
         session = Session(workdir, seed, log=lambda s: print(s, flush=True), verbose=args.verbose)
         start = time.monotonic()
-        session.run_for(args.minutes * 60, targets)
-        text = markdown(session, time.monotonic() - start)
-        print(text)
-        if args.report:
-            Path(args.report).write_text(text, encoding="utf-8")
+        try:
+            session.run_for(args.minutes * 60, targets)
+        finally:  # an interrupted session still reports what it found
+            text = markdown(session, time.monotonic() - start)
+            print(text)
+            if args.report:
+                Path(args.report).write_text(text, encoding="utf-8")
         return 1 if session.failures else 0
     except FixtureError as exc:
         print(f"fuzz: cannot make the trained runs the file faults start from:\n{exc}", file=sys.stderr)

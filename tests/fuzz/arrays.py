@@ -40,6 +40,9 @@ def npy_header(shape: tuple, dtype: str = "<f4", fortran: bool = False, body: by
 
 def damage(rng: random.Random, raw: bytes) -> tuple[bytes, str]:
     """`raw` truncated, with bytes flipped, zeroed or inserted, or emptied."""
+    if not raw:
+        junk = bytes(rng.randrange(256) for _ in range(rng.choice([1, 64])))
+        return junk, f"{len(junk)} random bytes in an empty file"
     kind = rng.choice(["truncate", "truncate", "flip", "zero", "insert", "empty", "tail"])
     if kind == "truncate":
         cut = rng.randrange(len(raw))

@@ -23,6 +23,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +37,10 @@ from .runner import Outcome, cli_env, run_cli
 from .values import hostile
 
 TARGETS = ("spec", "data", "weights", "rundir")
-TIMEOUT = {"validate": 30.0, "summary": 30.0, "train": 180.0, "evaluate": 120.0, "predict": 120.0}
+# Seconds before a run counts as a hang: far beyond a tiny run on a loaded machine (train ~2-8 s, evaluate
+# and predict ~1-3 s, validate and summary under 1 s); the fixtures' first training may compile kernels.
+TIMEOUT = {"validate": 30.0, "summary": 30.0, "train": 120.0, "evaluate": 60.0, "predict": 60.0}
+FIXTURE_TIMEOUT = 900.0
 
 # The model every file fault is about: 4 features -> 3 classes, normalised inputs (so runs have
 # normalization.json), one small epoch.
@@ -157,7 +161,7 @@ class Fixtures:
 
     def _finished(self) -> Path:
         d = self.base_dir()
-        out = run_cli(["train", "spec.yaml", "--out", "runs", "--quiet", "--threads", "1"], d, TIMEOUT["train"])
+        out = run_cli(["train", "spec.yaml", "--out", "runs", "--quiet", "--threads", "1"], d, FIXTURE_TIMEOUT)
         if out.code != 0 or out.problems:
             raise FixtureError("training the base spec failed", out)
         return self._only_run(d / "runs" / "fuzz_base")
@@ -185,16 +189,20 @@ class Fixtures:
                     "--set", "fit.epochs=2"]
             proc = subprocess.Popen(argv, cwd=d, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                     stdin=subprocess.DEVNULL, text=True)
+            watchdog = threading.Timer(FIXTURE_TIMEOUT, proc.kill)  # only this child, if it never prints
+            watchdog.start()
             try:
                 for line in proc.stdout:
                     if line.startswith(marker):
                         proc.send_signal(sig)
                         break
-                out, err = proc.communicate(timeout=TIMEOUT["train"])
+                out, err = proc.communicate(timeout=FIXTURE_TIMEOUT)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.communicate()
                 raise FixtureError(f"the {name} fixture run did not stop") from None
+            finally:
+                watchdog.cancel()
             runs = d / "runs" / "fuzz_long"
             if runs.is_dir() and any((r / "checkpoint" / "state.json").is_file() for r in runs.iterdir()):
                 return self._only_run(runs)
@@ -326,7 +334,7 @@ SET_KEYS = ["fit.epochs", "fit.batch_size", "model.layers[0].units", "model.laye
             "fit.callbacks[0].type", "model.layers[99999999999999999999]"]
 SET_VALUES = ["1", "0", "-1", "2147483647", "1e-3", "nan", ".nan", "[8, 8]", "{a: 1}", "relu", "", "null", "~",
               "[[[[1]]]]", "[" * 300, "&a [*a]", "!!python/object/apply:os.getcwd []", "0x" + "f" * 400,
-              "9" * 5000, "a: b: c", "'unterminated", "\x00", "/dev/zero", "../../x", "iris", "synthetic",
+              "9" * 5000, "a: b: c", "'unterminated", "\x01\x7f", "/dev/zero", "../../x", "iris", "synthetic",
               "{path: data.npz}", "{path: /dev/zero.npz}", "- a", "|", "---", "Dense"]
 
 

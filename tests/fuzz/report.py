@@ -24,8 +24,11 @@ def markdown(session, seconds: float) -> str:
         exits = ", ".join(f"{k}: {v}" for k, v in sorted(st.exits.items()))
         rows.append(f"| {target} | {st.tried} | {st.runs} | {exits} | {st.tracebacks} | {st.internal} | {st.hangs} "
                     f"| {st.signals} | {st.other} | {st.slowest[0]:.1f} s ({st.slowest[1]}) |")
+    skipped = {t: st.skipped for t, st in session.stats.items() if st.skipped}
     lines = [f"Fuzzed for {seconds / 60:.1f} min with seed {session.seed} at commit {_commit()} "
              f"(Python {platform.python_version()}, {sys.platform}).", "", *rows, ""]
+    if skipped:
+        lines += [f"Mutants the fuzzer could not prepare (its own bug, see the log): {skipped}", ""]
     if not session.failures:
         lines.append("No failures: no traceback, internal error, hang, signal death or other break of the contract.")
     else:

@@ -200,8 +200,9 @@ _VOLATILE = [
 
 
 def signature(o: Outcome) -> str:
-    """The line that names a failure: the last line of a traceback, the internal-error line, or the kind of
-    problem; numbers and scratch paths are blanked so one bug gives one signature."""
+    """The line that names a failure: the last line of a traceback or the internal-error line (the same bug
+    through evaluate and predict is one failure), else the command and the kind of problem; numbers and
+    scratch paths are blanked so one bug gives one signature."""
     text = o.stderr + "\n" + o.stdout
     line = ""
     if o.traceback:
@@ -211,7 +212,7 @@ def signature(o: Outcome) -> str:
         line = next((r for r in text.splitlines() if any(m in r for m in INTERNAL)), "")
         line = POSITION_PREFIX.sub("", line).strip().strip('",')
     if not line:
-        line = o.problems[0] if o.problems else ""
+        line = f"{o.command}: {o.problems[0] if o.problems else ''}"
     for pattern, repl in _VOLATILE:
         line = pattern.sub(repl, line)
-    return f"{o.command}: {line.strip()[:300]}"
+    return line.strip()[:300]

@@ -55,6 +55,7 @@ class Stats:
     signals: int = 0
     other: int = 0  # exit codes outside the contract, unpositioned errors, silent failures
     seconds: float = 0.0
+    skipped: int = 0  # mutants the fuzzer could not prepare (its own bug; logged)
     slowest: tuple[float, str] = (0.0, "")
 
 
@@ -110,8 +111,8 @@ class Session:
         shutil.rmtree(d, ignore_errors=True)
         m.prepare(d, self.fixtures)
         o = run_cli(args, d, TIMEOUT.get(args[0], 60.0), env=dict(cli_env(), **m.env, SPECC_DEBUG="1"))
-        rows = (o.stderr or o.stdout).rstrip().splitlines()
-        return "\n".join("    " + r for r in rows[-8:])
+        rows = [r for r in (o.stderr or o.stdout).rstrip().splitlines() if set(r.strip()) - set("^~")]
+        return "\n".join("    " + r for r in rows[-7:])
 
     def next_key(self, target: str) -> str:
         i = self.counter.get(target, 0)
@@ -120,12 +121,22 @@ class Session:
 
     # --- running ---
 
-    def run_one(self, m: Mutant, args: list[str] | None = None, count_mutant: bool = True) -> Outcome:
+    def run_one(self, m: Mutant, args: list[str] | None = None, count_mutant: bool = True) -> Outcome | None:
         d = self.workdir / "m" / m.key.replace(":", "-")
         shutil.rmtree(d, ignore_errors=True)
-        m.prepare(d, self.fixtures)
+        try:
+            m.prepare(d, self.fixtures)
+        except (OSError, ValueError, KeyError, IndexError) as exc:  # the fuzzer's own bug: say so, go on
+            self.log(f"fuzz: cannot prepare {m.key} ({m.description}): {type(exc).__name__}: {exc}")
+            self.stats.setdefault(m.target, Stats()).skipped += 1
+            return None
         args = args or m.args
-        o = run_cli(args, d, TIMEOUT[args[0]], env=dict(cli_env(), **m.env))
+        try:
+            o = run_cli(args, d, TIMEOUT[args[0]], env=dict(cli_env(), **m.env))
+        except (OSError, ValueError) as exc:  # an argument no process can get (a NUL byte): the fuzzer's bug
+            self.log(f"fuzz: cannot run {m.key} ({m.description}): {type(exc).__name__}: {exc}")
+            self.stats.setdefault(m.target, Stats()).skipped += 1
+            return None
         self.record(m, o, count_mutant)
         shutil.rmtree(d, ignore_errors=True)
         return o
