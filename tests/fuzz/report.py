@@ -17,6 +17,11 @@ def _commit() -> str:
         return "?"
 
 
+def _order(failure) -> tuple:
+    target, seed, index = failure.key.split(":")
+    return target, int(seed), int(index)
+
+
 def markdown(session, seconds: float) -> str:
     rows = ["| target | mutants | runs | exit codes (command code: count) | tracebacks | internal errors | hangs "
             "| signal deaths | other | slowest run |", "|---|---|---|---|---|---|---|---|---|---|"]
@@ -33,7 +38,7 @@ def markdown(session, seconds: float) -> str:
         lines.append("No failures: no traceback, internal error, hang, signal death or other break of the contract.")
     else:
         lines.append(f"{len(session.failures)} distinct failures (by last traceback / error line):")
-        for f in sorted(session.failures.values(), key=lambda f: f.key):
+        for f in sorted(session.failures.values(), key=_order):
             also = f" (also {', '.join(f.others)})" if f.others else ""
             lines += ["", f"- `{f.signature}` ({f.count}x); first mutant `{f.key}`{also}: {f.description[:300]}",
                       f"  - command: `specc {' '.join(f.args)[:300]}`",

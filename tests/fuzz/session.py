@@ -95,7 +95,7 @@ class Session:
         if o.signature in self.failures:
             f = self.failures[o.signature]
             f.count += 1
-            if len(f.others) < 3 and m.key != f.key:
+            if len(f.others) < 3 and m.key != f.key and m.key not in f.others:
                 f.others.append(m.key)
             return
         f = Failure(o.signature, m.key, m.description, o.args, o.problems, o.tail())
