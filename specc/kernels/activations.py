@@ -58,7 +58,7 @@ def _float64_from_bits_compiled(bits):
 _LOG2E, _LN2_HI, _LN2_LO = 1.4426950408889634, 6.93147180369123816490e-01, 1.90821492927058770002e-10
 
 
-@numba.njit(inline="always", **JIT)
+@numba.njit(**JIT)
 def _exp(x):
     """exp(x) for float64 x <= 0 (x above 0 is taken as 0), without a call or a branch. Below -708 the
     result is subnormal, and 2^k is applied in two factors so that it rounds once; below -745.2 it rounds
@@ -74,7 +74,7 @@ def _exp(x):
     return p * scale * (2.0**-600 if low else 1.0) if v > -745.2 else 0.0
 
 
-@numba.njit(inline="always", **JIT)
+@numba.njit(**JIT)
 def _sigmoid(x):
     """1 / (1 + exp(-x)) in float64 from e = exp(-|x|) in (0, 1]: nothing overflows (exp(-x) is inf in
     float32 below x = -88.7, which made 1 / (1 + inf) NaN under fastmath's reciprocal), and for x < 0 it
@@ -84,7 +84,7 @@ def _sigmoid(x):
     return (1.0 if v >= 0 else e) / (1.0 + e)
 
 
-@numba.njit(inline="always", **JIT)
+@numba.njit(**JIT)
 def _sigmoid_derivative(x):
     """sigmoid(x) * sigmoid(-x) = e / (1 + e)^2 with e = exp(-|x|): from x, not from the output y, whose
     1 - y is 0 once y rounds to 1 (x > 17 in float32) and loses digits well before."""
@@ -105,14 +105,14 @@ def _tanh(x):
     return math.copysign(series if a < 0.03125 else (1.0 - t) / (1.0 + t), v)
 
 
-@numba.njit(inline="always", **JIT)
+@numba.njit(**JIT)
 def _tanh_derivative(x):
     """1 - tanh(x)^2 = 4t / (1 + t)^2 with t = exp(-2|x|): from x, as 1 - y^2 is 0 once y rounds to +-1."""
     t = _exp(-2.0 * abs(np.float64(x)))
     return 4.0 * t / ((1.0 + t) * (1.0 + t))
 
 
-@numba.njit(inline="always", **JIT)
+@numba.njit(**JIT)
 def _exponential(v):
     """exp(v) for float64 v, inf past float64's range: Python's math.exp (run_eagerly) raises there."""
     e = math.exp(min(v, 709.0))
@@ -140,7 +140,7 @@ def _scalar_forward(code, x):
     if code == 8:  # Keras 3: relu6(x + 3) / 6
         return min(max(v + 3.0, 0.0), 6.0) / 6.0
     if code == 9:
-        return _tanh(v)
+        return math.tanh(v)
     if code == 12:
         return max(v, 0.0) + math.log1p(_exp(-abs(v)))
     if code == 13:
@@ -202,34 +202,44 @@ def _argmax(a, r):
 
 
 @numba.njit(**JIT)
+def _row_max(a, r):
+    m = a[r, 0]
+    for j in range(1, a.shape[1]):
+        m = max(m, a[r, j])
+    return np.float64(m)
+
+
+@numba.njit(**JIT)
 def softmax(log, z, y):
     """y = softmax(z) (log_softmax with `log`) over each row; z, y: (rows, features). A kernel of its own
     too, so a model whose only activation outside its layers' products is a softmax (a classifier's last
     Dense) compiles this instead of every activation in `forward` (~0.5 s of a cold start).
 
-    In float64, with m the row's maximum (at column `top`) and rest = sum of exp(z - m) over the other
-    columns: softmax = exp(z - m) / (1 + rest), log_softmax = (z - m) - log1p(rest), which keeps the
-    digits of a probability that rounds to 1 (log_softmax -1e-30, not 0)."""
+    In float64, with m the row's maximum, reached `ties` times, and rest = sum of exp(z - m) below it:
+    softmax = exp(z - m) / (ties + rest), log_softmax = (z - m) - log1p(ties - 1 + rest), which keeps
+    the digits of a probability that rounds to 1 (log_softmax -1e-30, not 0)."""
     rows, n = z.shape
     for r in range(rows):
-        top = _argmax(z, r)
-        m = np.float64(z[r, top])
+        m = _row_max(z, r)
         rest = 0.0
+        ties = 0  # an integer: fastmath would take (ties - 1.0) + rest as (ties + rest) - 1.0
         for j in range(n):
-            rest += 0.0 if j == top else _exp(np.float64(z[r, j]) - m)
+            d = np.float64(z[r, j]) - m
+            rest += 0.0 if d == 0 else _exp(d)
+            ties += 1 if d == 0 else 0
         if not log:
-            inv = 1.0 / (1.0 + rest)
+            inv = 1.0 / (ties + rest)
             for j in range(n):
                 y[r, j] = _exp(np.float64(z[r, j]) - m) * inv
         else:
-            lse = math.log1p(rest)
+            lse = math.log1p(np.float64(ties - 1) + rest)
             for j in range(n):
                 y[r, j] = (np.float64(z[r, j]) - m) - lse
             # fastmath computes the loop above as z - (m + lse), hoisting m + lse: within float64's
-            # rounding of m where z != m (z - m is then a float32 spacing of m at least), but where z ties
-            # with the maximum that rounding is the whole result (-lse lost in m = 1e30 + lse)
+            # rounding of m where z != m (z - m is then a float32 spacing of m at least), but where z is
+            # the maximum that rounding is the whole result (-lse lost in m = 1e30 + lse)
             for j in range(n):
-                if z[r, j] == z[r, top]:
+                if z[r, j] == m:
                     y[r, j] = -lse
 
 
@@ -279,39 +289,49 @@ def backward(code, z, y, dy, dz):
 def softmax_backward(log, z, y, dy, dz):
     """dz = J(z).T @ dy per row, for softmax (y = softmax(z)) or log_softmax; dz may alias dy.
 
-    In float64, split at the row's largest probability p_a (column `top`) so that nothing cancels where
-    p_a rounds to 1: with rest = sum of the other probabilities and the sums below over j != top,
-        softmax:      dz_j = y_j (y_a (dy_j - dy_a) + dy_j rest - sum y_i dy_i)
-                      (= y_j (dy_j - sum_i y_i dy_i), as y_a + rest = 1)
-        log_softmax:  dz_j = dy_j - p_j sum_i dy_i, and at top dz_a = dy_a rest - p_a sum_{i != a} dy_i,
-    log_softmax's probabilities from z (exp of its float32 output has lost their digits)."""
+    In float64, with the sums split so that nothing cancels where a probability rounds to 1:
+    softmax: dz_j = y_j sum_i y_i (dy_j - dy_i), summed as y_a (dy_j - dy_a) + dy_j rest - sum y_i dy_i
+        with the sums over the other columns, y_a the probability above 1/2 (there is at most one; where
+        there is none, y_a = 0 and the plain dy_j - sum_i y_i dy_i does not cancel at a probability);
+    log_softmax: dz_j = dy_j - p_j sum_i dy_i, with the probabilities from z (exp of the float32 output
+        has lost their digits), and at a single maximum (p = 1 / s, s = 1 + rest)
+        dy_j (1 - p) - p (sum of the other dy) = (dy_j rest - the other dy) / s."""
     rows, n = z.shape
     for r in range(rows):
         if not log:
-            top = _argmax(y, r)
-            ya, da = np.float64(y[r, top]), np.float64(dy[r, top])
+            ya = 0.0
+            da = 0.0
             rest = 0.0
             weighted = 0.0
             for j in range(n):
-                rest += 0.0 if j == top else np.float64(y[r, j])
-                weighted += 0.0 if j == top else np.float64(y[r, j]) * np.float64(dy[r, j])
+                p, d = np.float64(y[r, j]), np.float64(dy[r, j])
+                top = p > 0.5
+                ya += p if top else 0.0
+                da += d if top else 0.0
+                rest += 0.0 if top else p
+                weighted += 0.0 if top else p * d
             for j in range(n):
                 d = np.float64(dy[r, j])
                 dz[r, j] = np.float64(y[r, j]) * (ya * (d - da) + d * rest - weighted)
         else:
-            top = _argmax(z, r)
-            m = np.float64(z[r, top])
+            m = _row_max(z, r)
             rest = 0.0
-            others = 0.0
+            ties = 0
+            others = 0.0  # the dy below the maximum
+            at_top = 0.0  # and at it
             for j in range(n):
-                rest += 0.0 if j == top else _exp(np.float64(z[r, j]) - m)
-                others += 0.0 if j == top else np.float64(dy[r, j])
-            inv = 1.0 / (1.0 + rest)
-            da = np.float64(dy[r, top])
-            total = others + da
+                x, d = np.float64(z[r, j]) - m, np.float64(dy[r, j])
+                rest += 0.0 if x == 0 else _exp(x)
+                ties += 1 if x == 0 else 0
+                others += 0.0 if x == 0 else d
+                at_top += d if x == 0 else 0.0
+            inv = 1.0 / (ties + rest)
+            total = others + at_top
+            single = ties == 1  # tied maxima have p <= 1/2: the plain form does not cancel there
             for j in range(n):
-                dz[r, j] = np.float64(dy[r, j]) - _exp(np.float64(z[r, j]) - m) * inv * total
-            dz[r, top] = (da * rest - others) * inv
+                x, d = np.float64(z[r, j]) - m, np.float64(dy[r, j])
+                top = (d * rest - others) * inv if single else d - inv * total
+                dz[r, j] = top if x == 0 else d - _exp(x) * inv * total
 
 
 @numba.njit(**JIT)
