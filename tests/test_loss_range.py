@@ -264,3 +264,47 @@ def test_mlp_training_step_value_with_outputs_that_sum_past_float32():
     z = np.array([[BIG, 0], [BIG, 0], [0, 1]], F32)
     value, _, (want_value, _) = _mlp_step(z, "linear", "categorical_crossentropy", True, False)
     assert_value(value, want_value, "categorical_crossentropy")
+
+
+# --- the engine's activation + loss fusion (the training loop's general path) ------------------------
+
+ENGINE_FUSED = [("softmax", "categorical_crossentropy"), ("softmax", "sparse_categorical_crossentropy"),
+                ("sigmoid", "binary_crossentropy")]
+
+
+@pytest.mark.usefixtures("threads")
+@pytest.mark.parametrize("eager", [False, True], ids=["compiled", "eager"])
+@pytest.mark.parametrize("kind", ["activation", "conv"])
+@pytest.mark.parametrize("activation,name", ENGINE_FUSED, ids=[f"{a}-{n}" for a, n in ENGINE_FUSED])
+def test_engine_training_step_is_exact_at_the_extremes(activation, name, kind, eager):
+    """An Activation layer (after a linear Dense) or a Conv2D with the activation, whose pre-activation is
+    the logits: the Trainer fuses the activation into the loss and the engine's backward starts from the
+    logits' gradient, read here from the kernel gradient as in the MLP test."""
+    from specc.engine import Engine
+    from specc.spec import load_spec_text
+    from specc.train.fit import Trainer
+
+    z = logits()
+    rows, n = z.shape
+    if kind == "activation":
+        model = f"input: [{rows}]\n  layers: [{{type: Dense, units: {n}}}, {{type: Activation, activation: {activation}}}]"
+    else:
+        model = f"input: [1, 1, {rows}]\n  layers: [{{type: Conv2D, filters: {n}, kernel_size: 1, activation: {activation}}}]"
+    x = np.eye(rows, dtype=F32).reshape(rows, *([1, 1] if kind == "conv" else []), rows)
+    spec, errors = load_spec_text(f"specc: 1\nmodel:\n  {model}\ncompile:\n  optimizer: sgd\n  loss: {name}\n")
+    assert not errors, errors
+    engine = Engine(spec.graph, F32)
+    engine.steps[0].weights[0][...] = z.reshape(engine.steps[0].weights[0].shape)
+    engine.steps[0].weights[1][...] = 0
+    trainer = Trainer(engine, spec.compile, 0)
+    assert trainer.fused_step is None and trainer.fused == [activation], "not the engine's fused path"
+    labels, t = class_targets(z, soft=False)
+    if name == "binary_crossentropy":
+        t = binary_targets(z.shape)
+    spatial = (1, 1) if kind == "conv" else ()
+    y = labels.reshape(rows, *spatial) if name.startswith("sparse") else t.reshape(rows, *spatial, n)
+    with runtime(eager):
+        value = trainer.train_step([x], [y], None)[0]
+    want_value, want_grad = reference(name, t, z, True)
+    assert_value(value, want_value, name)
+    assert_exact(engine.steps[0].grads[0].reshape(rows, n), want_grad, f"engine {kind} {name} gradient")
