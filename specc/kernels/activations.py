@@ -3,6 +3,13 @@
 One kernel per direction (not one per activation) keeps the number of compiled functions, and so the
 cold-start compile time, small. Arrays are viewed 2-D (rows, last axis) because softmax needs the last
 axis; the elementwise activations ignore the split.
+
+Every value is computed in float64 from the pre-activation and rounded once when stored, in forms that
+neither overflow nor cancel (exp only of -|x|), so float32 results are exact to its rounding over its
+whole range (tests/test_activation_range.py). Values convert with np.float64, not float(): Numba's
+float() keeps a float32 a float32, and under run_eagerly NumPy computes np.float32 - 1.0 in float32. The
+helpers are plain calls, which LLVM inlines into the vector loops (inlined in Numba's IR everywhere, they
+tripled backward's cold compile).
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ INV_SQRT_2PI = 0.3989422804014327
 # exp as arithmetic, so that the loops around it vectorise (math.exp is a libm call per value, which no
 # loop vectorises): 2^k from its bits times a degree-12 polynomial of the remainder, relative error below
 # 1e-13 in float64 (fastmath lets LLVM merge the two-part ln 2 of the reduction; float32 rounds at 6e-8).
-# The same function as recurrent._exp, which the LSTM's gates use, with float64's subnormal range added.
+# recurrent._exp's arithmetic (the LSTM's gates), for x <= 0 only and down through float64's subnormals.
 def _float64_from_bits(bits):
     """The float64 whose bits are the int64 `bits`: a bitcast in compiled code (the overload below); a
     NumPy view when the kernels run as Python (run_eagerly)."""
@@ -96,7 +103,8 @@ def _sigmoid_derivative(x):
 def _tanh(x):
     """tanh(x) in float64 from t = exp(-2|x|): (1 - t) / (1 + t), or its Taylor series below |x| = 1/32
     where 1 - t would cancel (truncated there below 1e-20 relative); copysign keeps tanh(-0) = -0. A
-    vector loop, where math.tanh is a libm call per value (~14 ns each in float32)."""
+    vector loop, where math.tanh is a libm call per value (~14 ns each in float32); inlined in Numba's IR,
+    as LLVM leaves a function this size a call, and the loop scalar."""
     v = np.float64(x)
     a = min(abs(v), 20.0)  # tanh(20) is 1 in float64
     a2 = a * a
@@ -203,6 +211,7 @@ def _argmax(a, r):
 
 @numba.njit(**JIT)
 def _row_max(a, r):
+    """The maximum of row r of a, as float64."""
     m = a[r, 0]
     for j in range(1, a.shape[1]):
         m = max(m, a[r, j])
@@ -292,7 +301,7 @@ def softmax_backward(log, z, y, dy, dz):
     In float64, with the sums split so that nothing cancels where a probability rounds to 1:
     softmax: dz_j = y_j sum_i y_i (dy_j - dy_i), summed as y_a (dy_j - dy_a) + dy_j rest - sum y_i dy_i
         with the sums over the other columns, y_a the probability above 1/2 (there is at most one; where
-        there is none, y_a = 0 and the plain dy_j - sum_i y_i dy_i does not cancel at a probability);
+        there is none, no probability is near 1, and y_a = 0 leaves the plain dy_j - sum_i y_i dy_i);
     log_softmax: dz_j = dy_j - p_j sum_i dy_i, with the probabilities from z (exp of the float32 output
         has lost their digits), and at a single maximum (p = 1 / s, s = 1 + rest)
         dy_j (1 - p) - p (sum of the other dy) = (dy_j rest - the other dy) / s."""
