@@ -258,8 +258,6 @@ def _mlp_step(z, activation, name, from_logits, eager):
     return value, engine.steps[0].grads[0].copy(), reference(name, t, z, True)
 
 
-@pytest.mark.xfail(strict=True, reason="specc/train/fused.py FusedStep.__call__ reports NaN when the float32 sum "
-                                       "of the outputs overflows, though every output is finite")
 def test_mlp_training_step_value_with_outputs_that_sum_past_float32():
     z = np.array([[BIG, 0], [BIG, 0], [0, 1]], F32)
     value, _, (want_value, _) = _mlp_step(z, "linear", "categorical_crossentropy", True, False)
