@@ -260,6 +260,10 @@ def _mb(n: float) -> str:
     return f"{n / 1e6:.2f}" if n < 1e8 else f"{n / 1e6:,.0f}"
 
 
+def _rate(gflops: float) -> str:
+    return f"{gflops:.1f}" if gflops >= 1 else f"{gflops:.3f}"
+
+
 def _percent(share: float) -> str:
     return f"{100 * share:.1f}%"
 
@@ -275,7 +279,7 @@ def report_text(report: dict[str, Any]) -> str:
     for r in report["layers"]:
         pct = r["percent_of_peak"]
         rows.append([f"{' + '.join(r['layers'])} ({r['type']})", _ms(r["forward_ms"]), _ms(r["backward_ms"]),
-                     _ms(r["forward_ms"] + r["backward_ms"]), f"{r['gflops']:.1f}" if r["gflops"] else "-",
+                     _ms(r["forward_ms"] + r["backward_ms"]), _rate(r["gflops"]) if r["gflops"] else "-",
                      f"{pct:.1f}" if pct is not None and r["gflops"] else "-",
                      _mb(r["forward_bytes"] + r["backward_bytes"]), _percent(r["share"])])
     loss, opt, over = report["loss"], report["optimizer"], report["overhead"]
@@ -289,7 +293,7 @@ def report_text(report: dict[str, Any]) -> str:
              box_table(header, justify, widths, line_length, rows)]
     total, step = report["total_ms"], report["train_step_ms"]
     flops = report["flops_per_step"]
-    lines.append(f" Total: {_ms(total)} ms per step, the sum of the rows; {flops / total / 1e6:.1f} GFLOP/s")
+    lines.append(f" Total: {_ms(total)} ms per step, the sum of the rows; {_rate(flops / total / 1e6)} GFLOP/s")
     lines.append(f" One training step (Trainer.train_step, no clock): {_ms(step)} ms, "
                  f"{report['samples_per_second']:,.0f} samples/s")
     if report["fused_step_ms"] is not None:
