@@ -83,6 +83,18 @@ def probe() -> float:
     return flops / best / 1e9
 
 
+def _has_avx512() -> bool:
+    """Whether the CPU has AVX-512 (Linux's /proc/cpuinfo; elsewhere LLVM's default width is used)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return "avx512f" in line.split()
+    except OSError:
+        pass
+    return False
+
+
 class PeakProbe:
     """The machine's float32 FMA peak on `threads` threads, in GFLOP/s: one core's, measured in a fresh
     process compiled for the CPU's widest vectors, times `threads`. (One core, because on a shared machine
@@ -98,14 +110,9 @@ class PeakProbe:
     def __init__(self, threads: int, timeout: float = 120.0):
         self.threads, self.timeout = threads, timeout
         env = dict(os.environ)
-        try:
-            import llvmlite.binding
-
-            features = llvmlite.binding.get_host_cpu_features().flatten()
-        except Exception:  # pragma: no cover - llvmlite without the host query: LLVM's default width
-            features = ""
-        if "+avx512f" in features:
-            env["NUMBA_CPU_FEATURES"] = features + ",-prefer-256-bit"
+        if _has_avx512() and not env.get("NUMBA_CPU_FEATURES"):
+            # Features given replace the host's; the CPU's name (Numba's default, the host's) implies them.
+            env["NUMBA_CPU_FEATURES"] = "-prefer-256-bit"
         # Loaded by its file alone (not `import specc...`): the child needs neither specc nor its kernels.
         # Registered in sys.modules: Numba's cache finds a cached kernel's module by its name.
         code = ("import importlib.util, sys; s = importlib.util.spec_from_file_location('specc_probe', sys.argv[1]); "
