@@ -300,8 +300,8 @@ def report_text(report: dict[str, Any]) -> str:
         lines.append(f" fit trains this model with one fused call per step (an MLP): {_ms(report['fused_step_ms'])} "
                      f"ms; the rows above time the layer-by-layer path")
     if peak:
-        lines.append(f" Peak: {peak:.0f} GFLOP/s float32 ({threads} x one core's measured FMA throughput); % peak "
-                     f"is a row's forward + backward GFLOP/s against it")
+        lines.append(f" Peak (100% in % peak): {peak:.0f} GFLOP/s float32, {threads} x one core's measured FMA "
+                     f"throughput")
     else:
         lines.append(" Peak: not measured (the probe's process failed); no % of peak")
     lines.append(" MB moved is an estimate: each pass's inputs, outputs and weights once each")
