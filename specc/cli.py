@@ -220,7 +220,7 @@ def predict(
 def time(
     spec_path: Annotated[str, typer.Argument(metavar="SPEC", help="The spec to time.")],
     batch: Annotated[int | None, typer.Option("--batch", min=1, help="Batch size (default: the spec's fit.batch_size, else 32).")] = None,
-    iters: Annotated[int | None, typer.Option("--iters", min=1, help="Timed steps, after 3 untimed ones; figures are their medians (default 10).")] = None,
+    iters: Annotated[int | None, typer.Option("--iters", min=1, help="Timed steps, after a few untimed ones; figures are their medians (default 10).")] = None,
     threads: Annotated[int | None, typer.Option("--threads", min=1, help="Threads for Numba and BLAS (default: $SPECC_THREADS, else all cores given to the process).")] = None,
     fmt: Annotated[SummaryFormat, typer.Option("--format", "-f", help="text or json.")] = SummaryFormat.text,
 ) -> None:
