@@ -18,11 +18,9 @@ import math
 
 import numba
 import numpy as np
-from llvmlite import ir
-from numba import types
-from numba.extending import intrinsic, overload
+from numba.extending import overload
 
-from . import JIT
+from . import JIT, native
 
 NAMES = ("linear", "relu", "relu6", "leaky_relu", "elu", "selu", "gelu", "sigmoid", "hard_sigmoid", "tanh",
          "softmax", "log_softmax", "softplus", "softsign", "silu", "exponential")
@@ -47,19 +45,13 @@ def _float64_from_bits(bits):
     return np.int64(bits).view(np.float64)
 
 
-@intrinsic
-def _bitcast_float64(typingctx, bits):
-    sig = types.float64(types.int64)
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.DoubleType())
-
-    return sig, codegen
-
-
 @overload(_float64_from_bits, jit_options=JIT)
 def _float64_from_bits_compiled(bits):
-    return lambda bits: _bitcast_float64(bits)
+    if native.internals is not None:
+        bitcast = native.internals.float64_from_bits
+        return lambda bits: bitcast(bits)
+    # Portable: the bits _exp builds are those of 2^k, (k + 1023) << 52 (a libm call per value: no vector loop)
+    return lambda bits: math.ldexp(1.0, (bits >> 52) - 1023)
 
 
 _LOG2E, _LN2_HI, _LN2_LO = 1.4426950408889634, 6.93147180369123816490e-01, 1.90821492927058770002e-10
