@@ -162,7 +162,7 @@ def profile(spec, batch: int, iters: int = DEFAULT_ITERS, threads: int | None = 
             for _ in range(iters):
                 engine.clock = fc = []
                 t0 = perf_counter()
-                _, grads, _ = trainer.losses(x, y, None, training=True)
+                _, grads, _ = trainer.batch_losses(x, y, None, training=True)
                 t1 = perf_counter()
                 engine.clock = bc = []
                 engine.backward(grads, pre_activation=pre_activation, reuse=True)

@@ -207,7 +207,7 @@ class Trainer:
                 grads.append(grad)
         return values, grads, preds
 
-    def losses(self, xb, yb, sw, training: bool) -> tuple[list[float], list[np.ndarray], list[np.ndarray]]:
+    def batch_losses(self, xb, yb, sw, training: bool) -> tuple[list[float], list[np.ndarray], list[np.ndarray]]:
         """One batch's forward pass and losses: (loss values, their gradients w.r.t. the outputs, outputs)."""
         return self._losses(xb, yb, sw, training)
 
