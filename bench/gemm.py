@@ -386,6 +386,9 @@ def main() -> None:
     except ImportError:
         torch = None
         print("PyTorch not installed: no torch column")
+    if AVX2_ONLY and torch is not None:  # its kernels follow this CPU, not the emulated one
+        torch = None
+        print("--isa avx2: no torch column (PyTorch picks its kernels for this CPU)")
     for requested in [int(t) for t in args.threads.split(",")]:
         threads = configure_threads(requested)
         if torch is not None:

@@ -104,7 +104,7 @@ def vector_isa() -> str | None:
         isas |= {"avx2"} if {"avx2", "fma"} <= named else set()
     else:
         isas = _target_isas(cpu, features)
-    if "avx512" in isas and cpu == host:
+    if "avx512" in isas and cpu == host and features in (None, "", host_features):  # this very CPU
         return "avx512"
     return "avx2" if "avx2" in isas else None
 
