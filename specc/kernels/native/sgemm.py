@@ -18,8 +18,8 @@ drivers are compiled once as a C callable (`_range_c`), which kernels call by sy
 
 Layouts. out must be contiguous along n; b contiguous along n (its rows are vector loads) or along k (a
 transposed view such as Dense's W.T, packed strip by strip); a may have any strides: its values are
-broadcast one at a time, so `x.T` (Dense's weight gradient) needs no copy, though on AVX2 such an a goes
-to BLAS (`STRIDED_A`). `supports` says whether a product qualifies; gemm.affine sends the others to BLAS. Arrays should start on a 64-byte boundary
+broadcast one at a time, so `x.T` (Dense's weight gradient) needs no copy. `supports` says whether a
+product qualifies; gemm.affine sends the others to BLAS. Arrays should start on a 64-byte boundary
 (workspace.aligned_empty): a 512-bit load across two cache lines costs ~10% here.
 
 Blocking. The drivers walk row blocks of MR outer and NR-column strips of b inner, so a's MR rows
@@ -53,23 +53,23 @@ class _Tile(NamedTuple):
     vectors: int  # vectors of b per row: NR = vectors x lanes
     panel_bytes: int  # b's panel, k x NC floats: half of the L2 of the CPUs the ISA is found on
     offsets_in_registers: bool  # a's row offsets in general registers (`step_at`), else LLVM's addressing
-    strided_a: bool  # whether `product` takes an a read across k with a stride (x.T), else BLAS does
 
 
 # The register tile per vector ISA. Rows x vectors accumulators + the vectors of b + one broadcast fill
 # the vector registers: 14 x 2 + 2 + 1 of AVX-512's 32, 6 x 2 + 2 + 1 of AVX2's 16 (6 x 2 measured faster
 # than 4 x 3 there). AVX2's six row offsets fit in general registers, read from one base per k step;
 # AVX-512's fourteen do not (spilled, the tile ran at half speed), and LLVM's own addressing stays. On
-# AVX2, OpenBLAS's Haswell kernels, which pack a, run a transposed a (Dense's weight gradient x.T @ dz)
-# faster than the tile reads it in place, so those products stay with BLAS.
-_TILES = {"avx512": _Tile(16, 14, 2, 1024 * 1024, False, True), "avx2": _Tile(8, 6, 2, 128 * 1024, True, False)}
+# AVX2 the tile also takes a transposed a (Dense's weight gradient x.T @ dz), which OpenBLAS's Haswell
+# kernels run a little faster: on BLAS, Dense's backward would switch between OpenBLAS's and Numba's
+# thread pools inside each step, which on two threads cost far more than that.
+_TILES = {"avx512": _Tile(16, 14, 2, 1024 * 1024, False), "avx2": _Tile(8, 6, 2, 128 * 1024, True)}
 # The ISA native/__init__.py loads this module for: the code Numba compiles runs on it. Only its tiles
 # are compiled, and every constant below is the same for all code compiled for one CPU and feature set,
 # which is what Numba keys its cache on.
 ISA = vector_isa()
 if ISA not in _TILES:
     raise ImportError("sgemm needs AVX-512, or AVX2 with FMA, on the CPU Numba compiles for")
-LANES, MR, _VECTORS, L2_PANEL_BYTES, A_OFFSETS_IN_REGISTERS, STRIDED_A = _TILES[ISA]
+LANES, MR, _VECTORS, L2_PANEL_BYTES, A_OFFSETS_IN_REGISTERS = _TILES[ISA]
 NR = _VECTORS * LANES  # columns of b per micro-kernel
 ROWS = (MR, 4, 2, 1)  # rows per block: MR, then 4, 2, 1 for the last few
 KC = 1024  # rows of b per slice when k is larger (a's MR x KC block then stays in L2)
@@ -531,8 +531,6 @@ def _takes(m, k, n, a_rows, a_cols, ldb, out_rows, out_cols):
     _b_layout, -1 when b is contiguous along neither axis)."""
     if m == 0 or n == 0 or (out_cols != 1 and n > 1) or (out_rows < 0 and m > 1):
         return False
-    if not STRIDED_A and a_cols != 1 and k > 1 and m > 1:
-        return False
     return k == 0 or (ldb >= 0 and (a_rows >= 0 or m == 1) and (a_cols >= 0 or k == 1))
 
 
@@ -542,8 +540,7 @@ def product(a, a_rows, a_cols, m, k, b, b_rows, b_cols, n, out, out_rows, out_co
     """out[first_row:last_row] = (out if accumulate) + a @ b (+ bias if use_bias), then max(0, .) if relu,
     for float32 arrays given by address and strides in elements: a (m, k), b (k, n), out (m, n), bias (n,)
     contiguous. Returns False, having done nothing, where the micro-kernels should not run it (out not
-    contiguous along n, b contiguous along neither axis, negative strides, an empty side, and without
-    STRIDED_A an a not contiguous along k);
+    contiguous along n, b contiguous along neither axis, negative strides, an empty side);
     the caller then uses BLAS. `threaded`: on the threads set_threads allows when the product is large
     enough to pay for waking them (never from inside a prange body or a thread of in_threads).
     All integers, so it compiles once whatever the callers' array layouts."""
