@@ -38,8 +38,12 @@ if "--isa" in sys.argv[1:] and sys.argv[sys.argv.index("--isa") + 1:][:1] == ["a
     os.environ.update(NUMBA_CPU_NAME="haswell", NUMBA_CPU_FEATURES="", OPENBLAS_CORETYPE="Haswell")
 AVX2_ONLY = os.environ.get("NUMBA_CPU_NAME") == "haswell" and os.environ.get("NUMBA_CPU_FEATURES") == ""
 
-# specc before NumPy (see bench/kernels.py): both OpenBLAS then let their idle workers sleep after ~1 ms
-# instead of ~70, so timing one does not leave the other's workers spinning on the cores.
+# The thread libraries' spin times as `specc train` sets them (specc.runtime), before NumPy's OpenBLAS and
+# Numba's OpenMP load: idle workers then sleep after ~1 ms instead of ~70, so timing one pool does not
+# leave the other's workers spinning on the cores.
+from specc.runtime import prepare_process  # noqa: E402
+
+prepare_process()
 import specc  # noqa: E402, F401, I001
 import numba  # noqa: E402
 import numpy as np  # noqa: E402
