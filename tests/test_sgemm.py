@@ -23,7 +23,7 @@ import numba
 import numpy as np
 import pytest
 
-from specc.kernels import configure_threads, gemm, native, product_threads
+from specc.kernels import configure_threads, gemm, native
 
 sgemm = native.sgemm
 needs_sgemm = pytest.mark.skipif(sgemm is None, reason="sgemm loads on AVX-512 or AVX2+FMA targets only (native kernels)")

@@ -46,7 +46,6 @@ from .. import JIT, load_scipy_blas
 from . import vector_isa
 
 
-
 class _Tile(NamedTuple):
     lanes: int  # float32 per vector
     rows: int  # rows of a per micro-kernel (MR)
