@@ -72,7 +72,7 @@ LANES, MR, _VECTORS, L2_PANEL_BYTES, A_OFFSETS_IN_REGISTERS = _TILES[ISA]
 NR = _VECTORS * LANES  # columns of b per micro-kernel
 ROWS = (MR, 4, 2, 1)  # rows per block: MR, then 4, 2, 1 for the last few
 KC = 1024  # rows of b per slice when k is larger (a's MR x KC block then stays in L2)
-KC_PACKED = 256  # rows per packed strip of a transposed b: 256 x NR x 4 B, 32 KB (AVX-512) or 16 KB, within L1
+KC_PACKED = 256  # rows per packed strip of a transposed b: 256 x NR x 4 B (32 or 16 KB), within L1
 PARALLEL_MIN_FLOPS = 4_000_000  # below this a product runs on the calling thread: ~20 us at 200 GFLOP/s,
 # against ~10 us to wake Numba's workers
 
@@ -158,9 +158,10 @@ class _Emitter:
         self.zero_i = ir.Constant(_VI, [0] * LANES)
         self.masks = None
         if masked:
-            # Lane j of vector v is live when LANES v + j < cols: the low min(max(cols - LANES v, 0), LANES) bits of an
-            # integer, bitcast to a mask. (As a vector compare of lane numbers with cols, LLVM redid the
-            # compares inside the k loop: 6 more instructions per step, sgemm's masked strip 25% slower.)
+            # Lane j of vector v is live when LANES v + j < cols: the low min(max(cols - LANES v, 0), LANES)
+            # bits of an integer, bitcast to a mask. (As a vector compare of lane numbers with cols, LLVM
+            # redid the compares inside the k loop: 6 more instructions per step, sgemm's masked strip 25%
+            # slower.)
             self.masks = []
             for v in range(NR // LANES):
                 live = builder.sub(cols, self.const(LANES * v))
@@ -295,13 +296,14 @@ def _micro_kernel(rows: int, masked: bool):
                 bv = [e.load(e.at(b_at, e.const(LANES * v)), v) for v in range(vectors)]
                 out = [[builder.add(a_at, a_step), builder.add(b_at, b_step)]]
                 for r in range(rows):
-                    xv = e.splat(builder.load(builder.inttoptr(builder.add(a_base, row_offsets[r]), _F32.as_pointer()),
-                                              align=4), _V)
+                    at = builder.inttoptr(builder.add(a_base, row_offsets[r]), _F32.as_pointer())
+                    xv = e.splat(builder.load(at, align=4), _V)
                     out.append([builder.call(e.fma, [xv, bv[v], acc[r][v]]) for v in range(vectors)])
                 return out
 
             # The k loop. The accumulators are phi nodes, so they stay in registers across iterations.
-            # (Unrolling it by 2 or 4 measured no faster and doubled the compile time.)
+            # (Unrolling it measured no faster: by 4 on AVX-512, which also doubled the compile time; by 2 on
+            # AVX2.)
             zeros = [[e.zero] * vectors for _ in range(rows)]
             if A_OFFSETS_IN_REGISTERS:
                 row_offsets = [_opaque(builder, builder.mul(ars_, e.const(4 * r))) for r in range(rows)]
@@ -342,37 +344,6 @@ load_scipy_blas()  # before the C callables below starts Numba's CPU target, whi
 # starts the pool; a kernel loaded from the cache before that called address 0. (~15 ms.) Until
 # configure_threads says otherwise, sgemm uses as many threads as Numba (and BLAS) do by default.
 set_threads(numba.get_num_threads())
-
-
-def _stack_buffer(size: int):
-    """An intrinsic: the address of a `size`-byte buffer in the calling function's stack frame, 64-byte
-    aligned (allocated once, in its entry block)."""
-
-    @intrinsic
-    def address(typingctx):
-        def codegen(context, builder, signature, args):
-            buffer = cgutils.alloca_once(builder, _I8, size=ir.Constant(_I64, size))
-            buffer.align = 64
-            return builder.ptrtoint(buffer, _I64)
-
-        return types.int64(), codegen
-
-    return address
-
-
-_stack_strip = _stack_buffer(4 * KC_PACKED * NR)  # where `_rows_bt` packs one KC_PACKED x NR strip of b
-
-
-@intrinsic
-def _copy_float(typingctx, dst, src):
-    """*dst = *src for float32 addresses."""
-    def codegen(context, builder, signature, args):
-        fp = _F32.as_pointer()
-        value = builder.load(builder.inttoptr(args[1], fp), align=4)
-        builder.store(value, builder.inttoptr(args[0], fp), align=4)
-        return context.get_dummy_value()
-
-    return types.void(types.int64, types.int64), codegen
 
 
 @numba.njit(**JIT)
@@ -423,6 +394,30 @@ def _grid_c(a, ars, acs, b, ldb, out, ldo, i0, i1, width, k, acc, bias, use_bias
 
 llvmlite.binding.add_symbol("specc_sgemm_grid", _grid_c.address)
 _grid_ext = types.ExternalFunction("specc_sgemm_grid", _GRID_SIG)
+
+
+@intrinsic
+def _stack_strip(typingctx):
+    """The address of a KC_PACKED x NR float32 buffer in the calling function's stack frame (allocated
+    once, in its entry block): where `_rows_bt` packs one strip of b."""
+    def codegen(context, builder, signature, args):
+        buffer = cgutils.alloca_once(builder, _I8, size=ir.Constant(_I64, 4 * KC_PACKED * NR))
+        buffer.align = 64
+        return builder.ptrtoint(buffer, _I64)
+
+    return types.int64(), codegen
+
+
+@intrinsic
+def _copy_float(typingctx, dst, src):
+    """*dst = *src for float32 addresses."""
+    def codegen(context, builder, signature, args):
+        fp = _F32.as_pointer()
+        value = builder.load(builder.inttoptr(args[1], fp), align=4)
+        builder.store(value, builder.inttoptr(args[0], fp), align=4)
+        return context.get_dummy_value()
+
+    return types.void(types.int64, types.int64), codegen
 
 
 @numba.njit(**JIT)
