@@ -260,7 +260,7 @@ for m, k, n in [(1, 1, 1), (3, 5, 7), (5, 8, 9), (11, 3, 16), (13, 9, 33), (25, 
         worst = max(worst, float((np.abs(out - want) / scale).max()))
 print(worst)
 """
-    env = dict(os.environ, NUMBA_CPU_NAME="haswell", NUMBA_CPU_FEATURES="")
+    env = dict(os.environ, NUMBA_CPU_NAME="haswell", NUMBA_CPU_FEATURES="", SPECC_NATIVE="1")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert float(proc.stdout.strip().splitlines()[-1]) <= 1e-5
