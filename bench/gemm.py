@@ -3,9 +3,12 @@ them) against BLAS (NumPy's OpenBLAS from compiled code, and NumPy's own np.dot)
 of the benchmark MLP, and of whole Dense forward+backward steps (specc's against Dense on BLAS alone); plus
 this machine's measured float32 peak. Operands are 64-byte aligned, as the engine allocates them.
 
-    python bench/gemm.py [--threads 1,2] [--repeats 31]
+    python bench/gemm.py [--threads 1,2] [--repeats 31] [--isa avx2]
 
-Writes bench/results/gemm-<threads>t.json. PyTorch is optional. Alternatives for one case are timed in
+Writes bench/results/gemm-<threads>t.json. PyTorch is optional. `--isa avx2` runs everything as on an
+AVX2 CPU (a Haswell: Numba compiles for it, so sgemm builds its AVX2 tile, and OpenBLAS uses its Haswell
+kernels) and writes bench/results/gemm-avx2-<threads>t.json; its "sgemm kernel" column calls sgemm
+directly, whether or not the products' dispatch sends that shape to it. Alternatives for one case are timed in
 alternating rounds and reported as medians (see `round_robin`); each case waits until other processes
 leave the cores alone, is run again (up to --attempts) if they did not, and records how busy they kept the
 cores.
@@ -29,13 +32,23 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-# specc before NumPy (see bench/kernels.py): both OpenBLAS then let their idle workers sleep after ~1 ms
-# instead of ~70, so timing one does not leave the other's workers spinning on the cores.
+# --isa avx2: read before Numba and OpenBLAS load, since both read these variables once, at load. The CPU
+# name alone would keep this CPU's feature list (and its AVX-512); an empty list gives Haswell's own.
+if "--isa" in sys.argv[1:] and sys.argv[sys.argv.index("--isa") + 1:][:1] == ["avx2"]:
+    os.environ.update(NUMBA_CPU_NAME="haswell", NUMBA_CPU_FEATURES="", OPENBLAS_CORETYPE="Haswell")
+AVX2_ONLY = os.environ.get("NUMBA_CPU_NAME") == "haswell" and os.environ.get("NUMBA_CPU_FEATURES") == ""
+
+# The thread libraries' spin times as `specc train` sets them (specc.runtime), before NumPy's OpenBLAS and
+# Numba's OpenMP load: idle workers then sleep after ~1 ms instead of ~70, so timing one pool does not
+# leave the other's workers spinning on the cores.
+from specc.runtime import prepare_process  # noqa: E402
+
+prepare_process()
 import specc  # noqa: E402, F401, I001
 import numba  # noqa: E402
 import numpy as np  # noqa: E402
 
-from specc.kernels import configure_threads, dense, gemm  # noqa: E402
+from specc.kernels import configure_threads, dense, gemm, native  # noqa: E402
 from specc.workspace import aligned_empty  # noqa: E402
 
 # No cache: a parallel kernel in a script cannot be cached. Only "contract" (a * c + d -> one FMA) of the
@@ -93,6 +106,15 @@ def clock_probe(n, c, d):
     return y
 
 
+def _cpu_name() -> str:
+    """The CPU's model name (/proc/cpuinfo), for the results file."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            return next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return "unknown"
+
+
 def _cpu_features() -> str:
     import llvmlite.binding
 
@@ -107,7 +129,7 @@ def measure_peak(threads: int) -> dict:
     import subprocess
 
     env = dict(os.environ)
-    if "+avx512f" in _cpu_features():
+    if "+avx512f" in _cpu_features() and not AVX2_ONLY:
         env["NUMBA_CPU_FEATURES"] = _cpu_features() + ",-prefer-256-bit"
     out = subprocess.run([sys.executable, __file__, "--peak-probe", str(threads)], env=env, check=True,
                          capture_output=True, text=True).stdout
@@ -116,7 +138,7 @@ def measure_peak(threads: int) -> dict:
 
 def _probe_peak(threads: int) -> dict:
     numba.set_num_threads(threads)
-    lanes = 16 if "+avx512f" in _cpu_features() else 8
+    lanes = 16 if "+avx512f" in _cpu_features() and not AVX2_ONLY else 8
     flops_per_cycle = 2 * lanes * 2  # float32 per core: 2 FMA pipes x lanes x 2 (multiply + add)
     c, d = np.float32(0.9999), np.float32(1e-5)
     clock_probe(10, c, d)
@@ -179,28 +201,39 @@ def _timed(fn) -> float:
     return time.perf_counter() - t0
 
 
-def round_robin(candidates: dict, repeats: int, rounds: int = 3, pause: float = 0.5) -> dict:
-    """{name: fn} -> {name: median seconds}. `rounds` rounds; in each, every candidate gets a pause, two
-    warm-up calls and repeats/rounds timed calls in a row. In a row, not interleaved call by call: each
-    thread pool (SciPy's OpenBLAS, NumPy's OpenBLAS, Numba's OpenMP, PyTorch's) keeps spinning for a while
-    after a call, and would steal the cores from the next candidate's pool. The pause lets it go to sleep
-    (0.2 s was too short after PyTorch's pool: the same SciPy BLAS then timed 20% slower right after it);
-    the rounds spread a change in the machine's load over all candidates."""
+def round_robin(candidates: dict, repeats: int, rounds: int = 3, pause: float = 0.5) -> tuple[dict, dict]:
+    """{name: fn} -> ({name: median seconds}, {name: [median seconds of each round]}). `rounds` rounds; in
+    each, every candidate gets a pause, two warm-up calls and repeats/rounds timed calls in a row, the
+    candidates' order reversed every other round. In a row, not interleaved call by call: each thread pool
+    (SciPy's OpenBLAS, NumPy's OpenBLAS, Numba's OpenMP, PyTorch's) keeps spinning for a while after a
+    call, and would steal the cores from the next candidate's pool. The pause lets it go to sleep (0.2 s
+    was too short after PyTorch's pool: the same SciPy BLAS then timed 20% slower right after it); the
+    rounds spread a change in the machine's load over all candidates, and the per-round medians pair each
+    candidate with the baseline timed next to it (`paired_speedup`)."""
     times = {name: [] for name in candidates}
-    per_round = max(1, repeats // rounds)
-    for _ in range(rounds):
-        for name, fn in candidates.items():
+    per_round = {name: [] for name in candidates}
+    count = max(1, repeats // rounds)
+    order = list(candidates.items())
+    for index in range(rounds):
+        for name, fn in (order if index % 2 == 0 else order[::-1]):
             time.sleep(pause)
             fn()
             fn()
-            for _ in range(per_round):
-                times[name].append(_timed(fn))
-    return {name: statistics.median(ts) for name, ts in times.items()}
+            these = [_timed(fn) for _ in range(count)]
+            times[name] += these
+            per_round[name].append(statistics.median(these))
+    return {name: statistics.median(ts) for name, ts in times.items()}, per_round
+
+
+def paired_speedup(per_round: dict, name: str) -> float:
+    """The median over rounds of the baseline's time / this candidate's, each pair timed in the same round."""
+    return statistics.median(b / t for b, t in zip(per_round[BASELINE], per_round[name]))
 
 
 MLP = [(784, 256), (256, 128), (128, 10)]
 BASELINE = "blas (gemm.matmul_blas)"  # NumPy's OpenBLAS from compiled code: the "x" column is speed-up over it
 SGEMM = "sgemm (gemm.matmul)"
+KERNEL = "sgemm kernel (sgemm.matmul)"
 
 
 @numba.njit(**PROBE)
@@ -213,6 +246,15 @@ def matmul_blas_njit(a, b, out):
 def matmul_njit(a, b, out):
     """gemm.matmul as Dense's kernels call it: sgemm where it takes the layouts (on AVX-512), else BLAS."""
     gemm.matmul(a, b, out)
+
+
+if native.sgemm is not None:
+    _sgemm_matmul = native.sgemm.matmul
+
+    @numba.njit(**PROBE)
+    def sgemm_njit(a, b, out):
+        """sgemm's micro-kernels on their own, whatever the products' dispatch would choose."""
+        _sgemm_matmul(a, b, out, False, out[0], False, False)
 
 
 @numba.njit(**PROBE)
@@ -257,6 +299,8 @@ def product_cases(rng, torch):
                 cands = {BASELINE: lambda a=a, b=b, o=out: matmul_blas_njit(a, b, o),
                          SGEMM: lambda a=a, b=b, o=out: matmul_njit(a, b, o),
                          "numpy np.dot (Python)": lambda a=a, b=b, o=out: np.dot(a, b, o)}
+                if native.sgemm is not None and native.sgemm.supports(a, b, out):
+                    cands[KERNEL] = lambda a=a, b=b, o=out: sgemm_njit(a, b, o)
                 if torch is not None:
                     ta, tb, to = torch.from_numpy(a), torch.from_numpy(b), torch.from_numpy(out)
                     cands["torch"] = lambda ta=ta, tb=tb, to=to: torch.mm(ta, tb, out=to)
@@ -337,12 +381,18 @@ def main() -> None:
     parser.add_argument("--quiet-timeout", type=float, default=30.0, help="seconds to wait for that (default 30)")
     parser.add_argument("--pause", type=float, default=0.5, help="seconds between candidates (default 0.5)")
     parser.add_argument("--attempts", type=int, default=3, help="runs of a case disturbed by other processes (default 3)")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per case (default 3; see round_robin)")
+    parser.add_argument("--isa", choices=["host", "avx2"], default="host",
+                        help="avx2: compile for a Haswell and use OpenBLAS's Haswell kernels (default: this CPU)")
     args = parser.parse_args()
     try:
         import torch
     except ImportError:
         torch = None
         print("PyTorch not installed: no torch column")
+    if AVX2_ONLY and torch is not None:  # its kernels follow this CPU, not the emulated one
+        torch = None
+        print("--isa avx2: no torch column (PyTorch picks its kernels for this CPU)")
     for requested in [int(t) for t in args.threads.split(",")]:
         threads = configure_threads(requested)
         if torch is not None:
@@ -350,7 +400,7 @@ def main() -> None:
         load_before = os.getloadavg()
         wait_for_quiet(args.quiet_busy, args.quiet_timeout)
         peak = measure_peak(threads)
-        print(f"\nthreads={threads}  load average {load_before[0]:.2f}  clock {peak['clock_ghz']:.2f} GHz  "
+        print(f"\nsgemm mode {native.mode()}  threads={threads}  load average {load_before[0]:.2f}  clock {peak['clock_ghz']:.2f} GHz  "
               f"peak measured {peak['measured_gflops']:.1f} GFLOP/s (theoretical {peak['theoretical_gflops']:.1f})")
         rows = []
         rng = np.random.default_rng(0)
@@ -360,7 +410,7 @@ def main() -> None:
             for _attempt in range(args.attempts):  # a case disturbed by other processes is run again
                 wait_for_quiet(args.quiet_busy, args.quiet_timeout)
                 before = _cpu_snapshot()
-                medians = round_robin(cands, args.repeats, pause=args.pause)
+                medians, per_round = round_robin(cands, args.repeats, rounds=args.rounds, pause=args.pause)
                 busy = others_busy(before, _cpu_snapshot())
                 if busy <= args.quiet_busy:
                     break
@@ -368,16 +418,24 @@ def main() -> None:
             print(f"{name}  ({flops / 1e6:.1f} MFLOP; other processes kept {100 * busy:.0f}% of the cores busy)")
             for cand, t in medians.items():
                 gf = flops / t / 1e9
+                paired = paired_speedup(per_round, cand)
                 print(f"    {cand:28} {t * 1e6:9.1f} us {gf:8.1f} GFLOP/s {100 * gf / peak['measured_gflops']:5.1f}% peak"
-                      f"  x{best_blas / t:.2f}")
+                      f"  x{best_blas / t:.2f} (paired x{paired:.2f})")
                 rows.append({"case": name, "candidate": cand, "flops": flops, "seconds": t, "gflops": gf,
-                             "peak_fraction": gf / peak["measured_gflops"], "others_busy": busy})
+                             "peak_fraction": gf / peak["measured_gflops"], "others_busy": busy,
+                             "speedup": best_blas / t, "paired_speedup": paired,
+                             "round_seconds": per_round[cand]})
         load_after = os.getloadavg()
         print(f"load average {load_before[0]:.2f} -> {load_after[0]:.2f}")
         os.makedirs(os.path.join(os.path.dirname(__file__), "results"), exist_ok=True)
-        path = os.path.join(os.path.dirname(__file__), "results", f"gemm-{threads}t.json")
+        prefix = "gemm-avx2" if AVX2_ONLY else "gemm"
+        path = os.path.join(os.path.dirname(__file__), "results", f"{prefix}-{threads}t.json")
         with open(path, "w", encoding="utf-8") as fh:
-            json.dump({"threads": threads, "repeats": args.repeats, "peak": peak, "load_before": load_before,
+            json.dump({"threads": threads, "repeats": args.repeats, "rounds": args.rounds, "peak": peak,
+                       "sgemm_mode": native.mode(), "cpu": _cpu_name(),
+                       "environment": {k: os.environ.get(k) for k in
+                                       ("NUMBA_CPU_NAME", "NUMBA_CPU_FEATURES", "OPENBLAS_CORETYPE")},
+                       "load_before": load_before,
                        "load_after": load_after, "numba": numba.__version__, "numpy": np.__version__,
                        "torch": getattr(torch, "__version__", None), "rows": rows}, fh, indent=2)
         print(f"written {path}")

@@ -140,7 +140,7 @@ def prepare(name: str, samples: int, epochs: int, tmp: str) -> dict:
 # dispatch and oneDNN stop at AVX2.
 ISA_ENV = {
     "native": {},
-    "avx2": {"NUMBA_CPU_NAME": "haswell", "OPENBLAS_CORETYPE": "Haswell", "ATEN_CPU_CAPABILITY": "avx2",
+    "avx2": {"NUMBA_CPU_NAME": "haswell", "NUMBA_CPU_FEATURES": "", "OPENBLAS_CORETYPE": "Haswell", "ATEN_CPU_CAPABILITY": "avx2",
              "ONEDNN_MAX_CPU_ISA": "AVX2"},
 }
 ISA = "native"  # set by main from --isa

@@ -217,7 +217,23 @@ def predict(
     raise SystemExit(run_predict(spec_path, weights, input_path, out))
 
 
-COMMANDS = (validate, summary, schema, train, evaluate, predict)
+def time(
+    spec_path: Annotated[str, typer.Argument(metavar="SPEC", help="The spec to time.")],
+    batch: Annotated[int | None, typer.Option("--batch", min=1, help="Batch size (default: the spec's fit.batch_size, else 32).")] = None,
+    iters: Annotated[int | None, typer.Option("--iters", min=1, help="Timed steps, after a few untimed ones; figures are their medians (default 10).")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", min=1, help="Threads for Numba and BLAS (default: $SPECC_THREADS, else all cores given to the process).")] = None,
+    fmt: Annotated[SummaryFormat, typer.Option("--format", "-f", help="text or json.")] = SummaryFormat.text,
+) -> None:
+    """Time one training step, layer by layer, on synthetic inputs (no data, no training): forward and
+    backward ms, GFLOP/s and % of the machine's measured peak, bytes moved (an estimate), share of the
+    step; then the loss, the optimizer step and the framework overhead."""
+    spec = _load_or_exit(spec_path, fmt.value)
+    from .profile import DEFAULT_ITERS, run
+
+    raise SystemExit(run(spec, batch, iters or DEFAULT_ITERS, threads, fmt.value))
+
+
+COMMANDS = (validate, summary, schema, train, evaluate, predict, time)
 
 
 def _build_app() -> typer.Typer:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
+from time import perf_counter
 from typing import Any
 
 import numpy as np
@@ -145,6 +146,10 @@ class Engine:
         self._saved: dict[str, Any] = {}
         self._pre: dict[str, np.ndarray] = {}
         self._values: dict[str, np.ndarray] = {}
+        # The profiler's clock (specc/profile.py), off unless a list: each pass appends perf_counter() as
+        # it starts each plan step and once after the last, so len(plan) + 1 readings a pass (backward's
+        # in reverse plan order), a step's time including its engine-applied activation.
+        self.clock: list[float] | None = None
 
     def _resolve(self, name: str) -> str:
         return _resolve(self._alias, name)
@@ -250,7 +255,10 @@ class Engine:
             values[n] = np.asarray(x, self.dtype)
         self._saved.clear()
         self._pre.clear()
+        clock = self.clock
         for s in self.plan:
+            if clock is not None:
+                clock.append(perf_counter())
             self.workspace.owner = s.name
             x = [values[n] for n in s.inbound] if s.layer.is_merge else values[s.inbound[0]]
             # Batch statistics are used in training unless the layer is frozen (Keras's BN rule).
@@ -268,6 +276,8 @@ class Engine:
                 self._pre[s.name] = z
             self._saved[s.name] = saved
             values[s.name] = y
+        if clock is not None:
+            clock.append(perf_counter())
         self._values = values
         outputs = []
         for n in self.output_names:
@@ -295,7 +305,10 @@ class Engine:
             _accumulate(grads, name, np.asarray(d, self.dtype))
             if pre:
                 fused.add(name)
+        clock = self.clock
         for s in reversed(self.plan):
+            if clock is not None:
+                clock.append(perf_counter())
             dy = grads.pop(s.name, None)
             if dy is None:
                 continue  # does not reach any output
@@ -318,6 +331,8 @@ class Engine:
                     _accumulate(grads, n, d)
             else:
                 _accumulate(grads, s.inbound[0], dx)
+        if clock is not None:
+            clock.append(perf_counter())
         self._input_grads = {}
         for n in self.input_names:
             self._input_grads[n] = grads.get(n)

@@ -137,7 +137,7 @@ def _predict(env: dict) -> tuple[str, object, str]:
 def test_portable_kernels_give_the_native_numbers():
     import numpy as np
 
-    native_mode, native_out, _ = _predict({})
+    native_mode, native_out, _ = _predict({"SPECC_NATIVE": "1"})
     portable_mode, portable_out, _ = _predict({"SPECC_NATIVE": "0"})
     assert portable_mode == "portable"
     if native_mode == "portable":
@@ -153,7 +153,7 @@ def test_a_native_package_that_fails_to_load_falls_back_with_one_warning():
                "        raise ImportError('simulated: an llvmlite without typed pointers')\n"
                "    return _real(name, *args, **kwargs)\n"
                "importlib.import_module = _fail\n")
-    proc = _run(failing + _PREDICT)
+    proc = _run(failing + _PREDICT, {"SPECC_NATIVE": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["mode"] == "portable"

@@ -319,13 +319,13 @@ def test_negative_seed_is_a_usage_error(project):
 
 
 def test_spec_name_cannot_move_the_run_out_of_out(project, tmp_path):
+    # a name is a file name: one that climbs out of --out is refused at its line, and nothing is written
     spec = project / "escape.yaml"
     spec.write_text(TINY_SPEC.replace("name: tiny", "name: ../../escaped").replace("epochs: 3", "epochs: 1"))
     proc = in_process("train", spec, "--out", tmp_path / "out", *ARGS)
-    assert proc.returncode == 0, output(proc)
-    run_dir = saved_dir(proc)
-    assert run_dir.resolve().is_relative_to((tmp_path / "out").resolve()), run_dir
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert proc.returncode == 1, output(proc)
+    assert f"{spec}:2:7: error: name: must be a file name" in proc.stderr, output(proc)
+    assert list(tmp_path.iterdir()) == []
 
 
 # --- 3. one process per run --------------------------------------------------------------------------------

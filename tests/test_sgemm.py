@@ -1,28 +1,37 @@
-"""The float32 micro-kernel products (specc.kernels.native.sgemm) against float64 NumPy: every tile shape
-(14/8/4/2/1 rows; full, 17-32 and 1-16 column strips), k = 0, k slices (> KC, and > KC_PACKED when b is
-transposed), a as a transposed or strided view, b plain or transposed, the epilogue (accumulate, bias,
-ReLU), on 1 and 2 threads with the rows or the columns split, and that nothing outside `out` is written.
+"""The float32 micro-kernel products (specc.kernels.native.sgemm) against float64 NumPy, on whichever
+variant is loaded (AVX-512: 14 x 32 tiles; AVX2: 6 x 16): every tile shape (MR/4/2/1 rows; full strips,
+strips whose last vector is partial, strips with a dead vector), k = 0, k slices (> KC, and > KC_PACKED
+when b is transposed), a as a transposed or strided view, b plain or transposed, the epilogue
+(accumulate, bias, ReLU), on 1 and 2 threads with the rows or the columns split, and that nothing outside
+`out` is written.
 
-sgemm loads only where the CPU has AVX-512 (and Numba compiles for it): its own tests skip elsewhere. The
-products' dispatch (gemm.affine) and the thread count are checked on every path.
+sgemm loads where the CPU Numba compiles for has AVX-512 (and is this CPU) or AVX2 and FMA: its own tests
+skip elsewhere. Run them as on an AVX2 CPU with NUMBA_CPU_NAME=haswell NUMBA_CPU_FEATURES= (the name alone
+keeps this CPU's features). The products' dispatch (gemm.affine) and the thread count are checked on
+every path.
 
 Tolerance: 1e-5 of sum_k |a_ik| |b_kj| (the scale of a float32 k-term sum's rounding error, as in
 test_gemm.py)."""
 
 from __future__ import annotations
 
+import os
+import platform
+
+import llvmlite.binding
 import numba
 import numpy as np
 import pytest
 
-from specc.kernels import configure_threads, gemm, native, product_threads
+from specc.kernels import configure_threads, gemm, native
 
 sgemm = native.sgemm
-needs_sgemm = pytest.mark.skipif(sgemm is None, reason="sgemm loads on AVX-512 CPUs only (native kernels)")
+needs_sgemm = pytest.mark.skipif(sgemm is None, reason="sgemm loads on AVX-512 or AVX2+FMA targets only (native kernels)")
 
 SHAPES = [  # (m, k, n)
-    (1, 1, 1), (3, 5, 7), (11, 3, 16), (12, 7, 32), (13, 9, 33), (25, 17, 47), (8, 0, 20), (2, 4, 64),
-    (128, 200, 256),  # >= 4 MFLOP: parallel by columns (4 + 4 strips; the rows would split 70 + 58)
+    (1, 1, 1), (3, 5, 7), (5, 8, 9), (11, 3, 16), (12, 7, 32), (13, 9, 33), (25, 17, 47), (8, 0, 20), (2, 4, 64),
+    (128, 200, 256),  # >= 4 MFLOP: on AVX-512 parallel by columns (4 + 4 strips; the rows would split 70 + 58)
+    (18, 450, 256),  # parallel by columns on either variant (the rows would split 12 + 6, or 14 + 4)
     (300, 100, 70),  # parallel by rows
     (20, 1100, 40),  # k beyond KC: two slices, the second accumulating
     (40, 600, 70),  # with b transposed, three packed slices of KC_PACKED
@@ -168,3 +177,90 @@ def test_products_use_numbas_threads_until_configured():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "True"
+
+
+def test_the_loaded_variant_is_the_targets():
+    # mode, flags and modules agree with vector_isa: 512-bit tiles and conv_pool_tiles only where Numba
+    # compiles for this AVX-512 CPU, 256-bit tiles where the target has AVX2 and FMA, else BLAS alone
+    if not native.ENABLED:
+        pytest.skip("native kernels off (SPECC_NATIVE=0, or they failed to load)")
+    mode = native.mode()
+    assert mode == (native.vector_isa() or "native")
+    assert (native.AVX512, native.AVX2) == (mode == "avx512", mode == "avx2")
+    assert (sgemm is not None) == (mode in ("avx512", "avx2"))
+    assert (native.conv_pool_tiles is not None) == (mode == "avx512")
+    if sgemm is not None:
+        assert (sgemm.ISA, sgemm.LANES, sgemm.MR, sgemm.NR) == {"avx512": ("avx512", 16, 14, 32),
+                                                               "avx2": ("avx2", 8, 6, 16)}[mode]
+
+
+_X86 = platform.machine().lower() in ("x86_64", "amd64")
+
+
+@pytest.fixture
+def numba_target(monkeypatch):
+    """Sets the CPU name and features Numba compiles for, as NUMBA_CPU_NAME / NUMBA_CPU_FEATURES would, for
+    vector_isa only (what is loaded stays)."""
+    def set_target(name, features):
+        monkeypatch.setattr(numba.config, "CPU_NAME", name)
+        monkeypatch.setattr(numba.config, "CPU_FEATURES", features)
+        native.vector_isa.cache_clear()
+        return native.vector_isa()
+
+    yield set_target
+    monkeypatch.undo()
+    native.vector_isa.cache_clear()
+
+
+@pytest.mark.skipif(not _X86, reason="x86 vector ISAs")
+def test_vector_isa_follows_the_cpu_numba_compiles_for(numba_target):
+    host = llvmlite.binding.get_host_cpu_name()
+    features = llvmlite.binding.get_host_cpu_features()
+    host_avx2 = "avx2" if features.get("avx2") and features.get("fma") else None
+    assert numba_target("haswell", "") == "avx2"  # Haswell's own features
+    assert numba_target("znver3", "") == "avx2"
+    assert numba_target("haswell", "-fma") is None
+    assert numba_target("sandybridge", "") is None  # AVX without AVX2 or FMA
+    assert numba_target("generic", "") is None
+    # AVX-512 only for this very CPU; a named one compiles its AVX-512 too, but gets the AVX2 tiles
+    assert numba_target("skylake-avx512", "") == ("avx512" if host == "skylake-avx512" else "avx2")
+    # the name alone keeps this CPU's feature list, so this CPU's ISA up to AVX2
+    assert numba_target("haswell", None) == ("avx2" if features.get("avx512f") else host_avx2)
+    assert numba_target(None, None) == ("avx512" if features.get("avx512f") else host_avx2)
+
+
+@pytest.mark.skipif(not _X86 or not (llvmlite.binding.get_host_cpu_features().get("avx2")
+                                     and llvmlite.binding.get_host_cpu_features().get("fma")),
+                    reason="runs AVX2 code")
+def test_avx2_variant_where_numba_compiles_for_a_haswell():
+    # the 256-bit tiles on this CPU, compiled as for a Haswell: every tile and strip shape, a plain and
+    # transposed, b plain and transposed, the epilogue, 2 threads
+    import subprocess
+    import sys
+
+    code = """
+import numpy as np
+from specc.kernels import configure_threads, native
+sg = native.sgemm
+assert native.mode() == "avx2" and sg.LANES == 8 and sg.MR == 6 and native.conv_pool_tiles is None, native.mode()
+configure_threads(2)
+rng = np.random.default_rng(0)
+worst = 0.0
+for m, k, n in [(1, 1, 1), (3, 5, 7), (5, 8, 9), (11, 3, 16), (13, 9, 33), (25, 17, 47), (8, 0, 20),
+                (18, 450, 256), (300, 100, 70), (20, 1100, 40), (40, 600, 70)]:
+    a = rng.standard_normal((m, k)).astype(np.float32)
+    b = rng.standard_normal((k, n)).astype(np.float32)
+    bias = rng.standard_normal(n).astype(np.float32)
+    for a_view, b_view in ((a, b), (np.ascontiguousarray(a.T).T, np.ascontiguousarray(b.T).T)):
+        out0 = rng.standard_normal((m, n)).astype(np.float32)
+        out = out0.copy()
+        sg.matmul(a_view, b_view, out, True, bias, True, True)
+        want = np.maximum(a.astype(np.float64) @ b + out0 + bias, 0)
+        scale = np.abs(a.astype(np.float64)) @ np.abs(b) + np.abs(out0) + np.abs(bias) + 1e-30
+        worst = max(worst, float((np.abs(out - want) / scale).max()))
+print(worst)
+"""
+    env = dict(os.environ, NUMBA_CPU_NAME="haswell", NUMBA_CPU_FEATURES="", SPECC_NATIVE="1")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert float(proc.stdout.strip().splitlines()[-1]) <= 1e-5

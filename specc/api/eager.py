@@ -19,21 +19,25 @@ _saved: list = []
 
 
 def _kernel_modules() -> list:
+    """The kernels' modules, and the native package's that loaded (conv_pool calls its tiles' entry points)."""
     from .. import kernels
+    from ..kernels import native
 
-    return [importlib.import_module(f"{kernels.__name__}.{m.name}") for m in pkgutil.iter_modules(kernels.__path__)]
+    modules = [importlib.import_module(f"{kernels.__name__}.{m.name}") for m in pkgutil.iter_modules(kernels.__path__)]
+    return modules + [m for m in (native.internals, native.products, native.sgemm, native.conv_pool_tiles)
+                      if m is not None]
 
 
 @contextlib.contextmanager
 def no_jit():
     """Within this block every specc kernel runs as Python (re-entrant; not thread-safe)."""
     global _depth
-    from numba.core.dispatcher import Dispatcher
+    from numba.extending import is_jitted
 
     if _depth == 0:
         for module in _kernel_modules():
             for key, value in list(vars(module).items()):
-                if isinstance(value, Dispatcher):
+                if is_jitted(value):
                     _saved.append((module, key, value))
                     setattr(module, key, value.py_func)
     _depth += 1

@@ -133,6 +133,8 @@ def _npz(fh, path: str, source, where: tuple) -> Arrays:
 def _check_array(a: np.ndarray, name: str, field: str, at: tuple, role: str) -> None:
     """One array of an .npz as training data: samples along axis 0, real numbers."""
     what = f"{name}: array {field!r}"
+    if not isinstance(a, np.ndarray):  # NumPy hands back the raw bytes of a member that is not in .npy format
+        raise DataError(at, f"{what} is not an .npy array inside the archive; save it with np.savez")
     if a.ndim == 0:
         raise DataError(at, f"{what} is a single value (shape ()); expected one row of {role} per sample")
     if a.size == 0:

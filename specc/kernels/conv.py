@@ -9,7 +9,7 @@ the same compiled code serves both.
 im2col lays the window of output position (n, oh, ow) out as one row of `cols`, taps in (i, j, c) order,
 which is exactly the order of a Keras kernel (kh, kw, C, F) reshaped to (kh*kw*C, F). Reading x[n, ih, iw, :]
 copies C contiguous values, so the copy is cache friendly in channels_last; the convolution itself is then
-one matrix product (gemm.affine: sgemm in float32 on AVX-512, else BLAS).
+one matrix product (gemm.affine: sgemm in float32 on AVX-512 or AVX2, else BLAS).
 
 The batch is cut into chunks of whole samples, shared between threads: each chunk lays out only its own
 windows, in a scratch that stays in cache, and runs its own single-threaded GEMM, instead of one im2col of

@@ -1,4 +1,4 @@
-"""Dense: y = x @ kernel + bias over rows, and its gradients. In float32 on an AVX-512 CPU all three
+"""Dense: y = x @ kernel + bias over rows, and its gradients. In float32 on an AVX-512 or AVX2 CPU all three
 products run on sgemm: the forward with the bias (and a ReLU, for callers that fuse it) added in the
 product's epilogue, the kernel gradient reading x.T in place, the input gradient packing kernel.T strip by
 strip; other dtypes go to BLAS (gemm.affine decides). Every function here is njit and allocates nothing,

@@ -4,7 +4,7 @@ and the recurrent kernels call from compiled code.
 Portable (below): plain Numba around np.dot (SciPy's BLAS), any layout (operands neither BLAS axis can
 read are copied), then a pass for the bias and ReLU. With the native package (native/products.py) each
 call is instead a few instructions that pass the arrays' addresses and strides to one C callable per
-dtype, which sends float32 products to sgemm's AVX-512 micro-kernels where their layouts allow and the
+dtype, which sends float32 products to sgemm's micro-kernels (AVX-512 or AVX2) where their layouts allow and the
 rest to NumPy's or SciPy's OpenBLAS, reading transposed operands in place. From Python (eager mode runs
 these) they are NumPy.
 """
@@ -23,7 +23,7 @@ def matmul_blas(a, b, out):
     """out (m, n) = a (m, k) @ b (k, n) by BLAS; a and b may be transposed views.
 
     Compiled (the overload below): NumPy's OpenBLAS, for every product sgemm does not take (float64, and
-    float32 layouts it cannot read or CPUs without AVX-512), unless SciPy's is allowed more threads than
+    float32 layouts it cannot read or CPUs with neither AVX-512 nor AVX2+FMA), unless SciPy's is allowed more threads than
     NumPy's; then SciPy's (the Fortran ?gemm that np.dot inside Numba calls). One BLAS for everything,
     because two thread pools get in each other's way: after a multi-threaded product OpenBLAS's workers
     spin for a while, holding cores that the other library's workers (or the convolutions' own threads)

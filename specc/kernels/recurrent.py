@@ -25,10 +25,9 @@ import math
 
 import numba
 import numpy as np
-from numba.extending import overload
 
-from . import JIT, native
-from .activations import CODE, _scalar_derivative, _scalar_forward
+from . import JIT
+from .activations import CODE, _float64_from_bits, _scalar_derivative, _scalar_forward
 from .gemm import matmul
 
 SIGMOID, TANH = CODE["sigmoid"], CODE["tanh"]
@@ -63,21 +62,6 @@ def _act(code, x):
 # _exp is exp as arithmetic: 2^k from its bits times a degree-12 polynomial of the remainder, relative
 # error below 1e-13 in float64 (fastmath lets LLVM merge the two-part ln 2 of the reduction; float32
 # rounds at 6e-8).
-def _float64_from_bits(bits):
-    """The float64 whose bits are the int64 `bits`: a bitcast in compiled code (the overload below); a
-    NumPy view when _exp runs as Python (run_eagerly)."""
-    return np.int64(bits).view(np.float64)
-
-
-@overload(_float64_from_bits, jit_options=JIT)
-def _float64_from_bits_compiled(bits):
-    if native.internals is not None:
-        bitcast = native.internals.float64_from_bits
-        return lambda bits: bitcast(bits)
-    # Portable: the bits _exp builds are those of 2^k, (k + 1023) << 52 (a libm call per value: no vector loop)
-    return lambda bits: math.ldexp(1.0, (bits >> 52) - 1023)
-
-
 _LOG2E, _LN2_HI, _LN2_LO = 1.4426950408889634, 6.93147180369123816490e-01, 1.90821492927058770002e-10
 
 

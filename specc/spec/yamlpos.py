@@ -35,7 +35,8 @@ _Loader.add_implicit_resolver(
 )
 
 MAX_BYTES = 2_000_000  # a model spec is a few KB; anything this large is not one
-MAX_NODES = 100_000  # after alias expansion
+MAX_NODES = 20_000  # after alias expansion; composing takes ~40 us a value, so the limit is ~1 s of work
+# (the largest Keras Applications model written out layer by layer, NASNetMobile, is well under it)
 MAX_DEPTH = 200
 
 _CORE = "tag:yaml.org,2002:"
@@ -224,6 +225,16 @@ def load_yaml(text: str | bytes, filename: str) -> tuple[object, Positions, list
     too_deep = _flow_too_deep(text)
     if too_deep:
         return fail(*too_deep, f"brackets nested deeper than {MAX_DEPTH} levels")
+    # Every value of a document takes a line or a comma of its own: a text with more of them than values
+    # allowed is refused before it is composed, which is what takes the time.
+    for separator, what in (("\n", "lines"), (",", "comma-separated values")):
+        if text.count(separator) > MAX_NODES:
+            at = -1
+            for _ in range(MAX_NODES + 1):
+                at = text.index(separator, at + 1)
+            line = text.count("\n", 0, at) + 1
+            col = at - (text.rfind("\n", 0, at) + 1) + 1
+            return fail(line, col, f"more than {MAX_NODES:,} {what}; a spec has at most {MAX_NODES:,} values")
 
     try:
         loader = _Loader(text)

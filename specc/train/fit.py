@@ -207,6 +207,10 @@ class Trainer:
                 grads.append(grad)
         return values, grads, preds
 
+    def batch_losses(self, xb, yb, sw, training: bool) -> tuple[list[float], list[np.ndarray], list[np.ndarray]]:
+        """One batch's forward pass and losses: (loss values, their gradients w.r.t. the outputs, outputs)."""
+        return self._losses(xb, yb, sw, training)
+
     def train_step(self, xb, yb, sw) -> tuple[float, list[float], list[np.ndarray]]:
         if self.fused_step is not None:
             value, pred = self.fused_step(xb[0], yb[0], sw)

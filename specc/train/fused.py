@@ -135,7 +135,8 @@ class FusedStep:
         at = plan[-2, K.A_AT]
         preds = work[at: at + batch * chain.units_out].reshape(batch, chain.units_out)
         # The kernels run with fastmath, which assumes no NaN: look at the outputs explicitly, as Loss does.
-        # (A sum in the outputs' own dtype: asking for float64 makes NumPy allocate a cast buffer.)
-        if not math.isfinite(float(preds.sum())):
+        # (A sum in the outputs' own dtype: asking for float64 makes NumPy allocate a cast buffer. It can
+        # overflow though every output is finite: only then is each output checked.)
+        if not math.isfinite(float(preds.sum())) and not np.isfinite(preds).all():
             value = float("nan")
         return float(value), preds

@@ -240,11 +240,15 @@ def read_npz(path: str, what: str, names: list[str] | None = None) -> tuple[list
     """(every array name, the arrays `names` (all if None) that exist) of an .npz, or a ValueError that
     says, naming `path`, why it is not a readable one: a directory, a text or .npy file, a truncated or
     damaged archive, arrays of Python objects (never unpickled). `what` says what was expected."""
+    from ..spec.files import NotRegularFile, open_regular_file
+
     if os.path.isdir(path):
         raise ValueError(f"{path} is a directory, not {what}")
-    try:
-        with open(path, "rb") as fh:
+    try:  # a FIFO or a device is refused, not read (it could block or stream for ever)
+        with open_regular_file(path) as fh:
             head = fh.read(8)
+    except NotRegularFile as exc:
+        raise ValueError(f"{path} is {exc}, not {what}") from None
     except OSError as exc:
         raise ValueError(f"cannot read {path}: {exc.strerror}") from None
     if not head.startswith(_ZIP_MAGIC):
@@ -260,7 +264,7 @@ def read_npz(path: str, what: str, names: list[str] | None = None) -> tuple[list
     try:
         with np.load(path, allow_pickle=False) as archive:
             files = list(archive.files)
-            return files, {k: archive[k] for k in (files if names is None else names) if k in files}
+            arrays = {k: archive[k] for k in (files if names is None else names) if k in files}
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError, KeyError) as exc:
         raise ValueError(f"{path} is truncated or damaged ({exc}); it cannot be read as {what}") from None
     except ValueError as exc:
@@ -268,6 +272,13 @@ def read_npz(path: str, what: str, names: list[str] | None = None) -> tuple[list
             raise ValueError(f"{path} holds arrays of Python objects, which specc never loads (only numeric "
                              f"arrays); expected {what}") from None
         raise ValueError(f"{path} is truncated or damaged ({exc}); it cannot be read as {what}") from None
+    for key, value in arrays.items():
+        # NumPy hands back the raw bytes of a member that is not in .npy format; a structured dtype is not
+        # numbers either
+        if not isinstance(value, np.ndarray) or value.dtype.kind not in "biuf":
+            kind = f"dtype {value.dtype}" if isinstance(value, np.ndarray) else "bytes that are not an .npy array"
+            raise ValueError(f"{path}: member {key!r} holds {kind}, not numbers; expected {what}")
+    return files, arrays
 
 
 def weight_keys(engine) -> list[str]:

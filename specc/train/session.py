@@ -716,7 +716,13 @@ def _read_inputs(path: str, spec: Spec, normalization) -> tuple[list[np.ndarray]
         x = x.reshape(len(x), *shape)
     if normalization:
         stats = normalization["inputs"][0]
-        x = ((x - np.asarray(stats["mean"], np.float32)) / np.asarray(stats["std"], np.float32)).astype(np.float32)
+        mean, std = np.asarray(stats["mean"], np.float32), np.asarray(stats["std"], np.float32)
+        try:
+            x = ((x - mean) / std).astype(np.float32)
+        except ValueError:  # the run's normalization.json was written for other inputs, or edited
+            raise Failed(f"specc: error: the run's normalization.json has statistics of shape {mean.shape} / "
+                         f"{std.shape}, which do not fit samples of shape {x.shape[1:]}: it does not belong to "
+                         f"this model's input") from None
     return [x], y
 
 

@@ -3,7 +3,7 @@
 `install` gives gemm's four product functions their compiled form: not functions of their own but a few
 instructions in each caller (typed and lowered here, as an intrinsic is): a check of the shapes, then a
 call of the dtype's dispatch with the arrays' addresses and strides. An overload would compile a function
-per layout of the operands at every call site. Behind the call: sgemm (float32 on AVX-512, layouts it
+per layout of the operands at every call site. Behind the call: sgemm (float32 on AVX-512 or AVX2, layouts it
 reads), else NumPy's CBLAS, else SciPy's Fortran gemm (the one np.dot inside Numba calls) when that one
 may use more threads, else plain loops for operands no BLAS can read in place. One BLAS for everything
 where possible: two OpenBLAS thread pools get in each other's way.
@@ -155,7 +155,7 @@ def _sgemm(real, *args):
 
 @overload(_sgemm, jit_options=JIT)
 def _sgemm_njit(real, *args):
-    from .. import native  # sgemm is loaded (before this module) only on AVX-512
+    from .. import native  # sgemm is loaded (before this module) only on AVX-512 or AVX2+FMA targets
 
     if real.instance_type == types.float32 and native.sgemm is not None:
         product = native.sgemm.product

@@ -1,35 +1,39 @@
-"""float32 matrix products on AVX-512 vectors written as LLVM IR: out (m, n) (+)= a (m, k) @ b (k, n),
+"""float32 matrix products on AVX-512 or AVX2 vectors written as LLVM IR: out (m, n) (+)= a (m, k) @ b (k, n),
 with an optional bias and ReLU applied while the tile is in registers.
 
 Why not BLAS. On this Xeon NumPy's OpenBLAS (SkylakeX kernels) runs the benchmark MLP's large products
-at 135-185 GFLOP/s on one core; the micro-kernel below runs them at 160-215 (bench/gemm.py; the FMA peak
-is ~225), close to PyTorch's MKL, and its epilogue saves Dense a pass over the output for the bias and
-ReLU.
+at 135-185 GFLOP/s on one core; the AVX-512 micro-kernel below runs them at 160-215 (bench/gemm.py; the
+FMA peak is ~225), close to PyTorch's MKL, and its epilogue saves Dense a pass over the output for the
+bias and ReLU. On AVX2 the tile runs level with OpenBLAS's Haswell kernels (bench/results/gemm-avx2-*.json)
+and keeps the epilogue.
 
-Why LLVM IR. The micro-kernel keeps a 14 x 32 tile of `out` in 28 vector registers while it walks k: per
-step it loads one 32-wide row of b (two <16 x float> vectors), broadcasts each of the 14 values of a's
-column and issues 28 FMAs. Numba has no vector type, and LLVM builds the tile neither from scalar
-accumulators (SLP does not vectorise them) nor from a tile kept in memory (too many run-time alias checks),
-so `_micro_kernel` emits the loop itself through a Numba intrinsic. The drivers around it are compiled once
-as a C callable (`_range_c`), which kernels call by symbol name.
+Why LLVM IR. The micro-kernel keeps an MR x NR tile of `out` in vector registers while it walks k (14 x 32
+in 28 of AVX-512's 32 registers, 6 x 16 in 12 of AVX2's 16): per step it loads one NR-wide row of b (two
+vectors), broadcasts each of the MR values of a's column and issues 2 MR FMAs. Numba has no vector type,
+and LLVM builds the tile neither from scalar accumulators (SLP does not vectorise them) nor from a tile
+kept in memory (too many run-time alias checks), so `_micro_kernel` emits the loop itself through a Numba
+intrinsic. One generator emits both ISAs' tiles (`_TILES` holds their shapes), and one set of drivers
+runs them; only the variant for the CPU Numba compiles for is built (native/__init__.py chooses). The
+drivers are compiled once as a C callable (`_range_c`), which kernels call by symbol name.
 
 Layouts. out must be contiguous along n; b contiguous along n (its rows are vector loads) or along k (a
 transposed view such as Dense's W.T, packed strip by strip); a may have any strides: its values are
-broadcast one at a time, so `x.T` (Dense's weight gradient) costs nothing. `supports` says whether a
+broadcast one at a time, so `x.T` (Dense's weight gradient) needs no copy. `supports` says whether a
 product qualifies; gemm.affine sends the others to BLAS. Arrays should start on a 64-byte boundary
 (workspace.aligned_empty): a 512-bit load across two cache lines costs ~10% here.
 
-Blocking. The drivers walk row blocks of 14 outer and 32-column strips of b inner, so a's 14 rows
+Blocking. The drivers walk row blocks of MR outer and NR-column strips of b inner, so a's MR rows
 (14 x k x 4 B: 44 KB at k = 784) stay in L1/L2 while b streams from L2: b is taken in panels of columns
-that fit in 1 MB, and in slices of KC rows when k is very large. Edges: the last strip loads and stores
-through lane masks, the last < 14 rows run 4-, 2- and 1-row kernels. Threads (`product`) split the
-rows, or the columns when those share out clearly more evenly.
+that fit in L2_PANEL_BYTES, and in slices of KC rows when k is very large. Edges: the last strip loads
+and stores through lane masks, the last < MR rows run 4-, 2- and 1-row kernels. Threads (`product`)
+split the rows, or the columns when those share out clearly more evenly.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+from typing import NamedTuple
 
 import llvmlite.binding
 import numba
@@ -39,16 +43,36 @@ from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
 from .. import JIT, load_scipy_blas
+from . import vector_isa
 
-# Loaded (native/__init__.py) only where the CPU has AVX-512 and Numba compiles for it: on AVX2 the 28
-# accumulators would not fit in its 16 registers.
-MR = 14  # rows of a per micro-kernel: 14 x 2 accumulators + 2 vectors of b + 1 broadcast <= 32 registers;
-# 4-6% faster than 12 rows (fewer loads of b per FMA), measured on the MLP's products
-LANES = 16  # float32 per 512-bit vector
-NR = 2 * LANES  # columns of b per micro-kernel
-KC = 1024  # rows of b per slice when k is larger (a's 14 x KC block then stays in L2)
-KC_PACKED = 256  # rows per packed strip of a transposed b: 256 x 32 x 4 B = 32 KB, within L1
-L2_PANEL_BYTES = 1024 * 1024  # b's panel, k x NC floats, at most half of L2
+
+class _Tile(NamedTuple):
+    lanes: int  # float32 per vector
+    rows: int  # rows of a per micro-kernel (MR)
+    vectors: int  # vectors of b per row: NR = vectors x lanes
+    panel_bytes: int  # b's panel, k x NC floats: half of the L2 of the CPUs the ISA is found on
+    offsets_in_registers: bool  # a's row offsets in general registers (`step_at`), else LLVM's addressing
+
+
+# The register tile per vector ISA. Rows x vectors accumulators + the vectors of b + one broadcast fill
+# the vector registers: 14 x 2 + 2 + 1 of AVX-512's 32, 6 x 2 + 2 + 1 of AVX2's 16 (6 x 2 measured faster
+# than 4 x 3 there). AVX2's six row offsets fit in general registers, read from one base per k step;
+# AVX-512's fourteen do not (spilled, the tile ran at half speed), and LLVM's own addressing stays. On
+# AVX2 the tile also takes a transposed a (Dense's weight gradient x.T @ dz), which OpenBLAS's Haswell
+# kernels run a little faster: on BLAS, Dense's backward would switch between OpenBLAS's and Numba's
+# thread pools inside each step, which on two threads cost far more than that.
+_TILES = {"avx512": _Tile(16, 14, 2, 1024 * 1024, False), "avx2": _Tile(8, 6, 2, 128 * 1024, True)}
+# The ISA native/__init__.py loads this module for: the code Numba compiles runs on it. Only its tiles
+# are compiled, and every constant below is the same for all code compiled for one CPU and feature set,
+# which is what Numba keys its cache on.
+ISA = vector_isa()
+if ISA not in _TILES:
+    raise ImportError("sgemm needs AVX-512, or AVX2 with FMA, on the CPU Numba compiles for")
+LANES, MR, _VECTORS, L2_PANEL_BYTES, A_OFFSETS_IN_REGISTERS = _TILES[ISA]
+NR = _VECTORS * LANES  # columns of b per micro-kernel
+ROWS = (MR, 4, 2, 1)  # rows per block: MR, then 4, 2, 1 for the last few
+KC = 1024  # rows of b per slice when k is larger (a's MR x KC block then stays in L2)
+KC_PACKED = 256  # rows per packed strip of a transposed b: 256 x NR x 4 B (32 or 16 KB), within L1
 PARALLEL_MIN_FLOPS = 4_000_000  # below this a product runs on the calling thread: ~20 us at 200 GFLOP/s,
 # against ~10 us to wake Numba's workers
 
@@ -80,7 +104,7 @@ _I1, _I8, _I32, _I64 = ir.IntType(1), ir.IntType(8), ir.IntType(32), ir.IntType(
 _V = ir.VectorType(_F32, LANES)
 _VP = _V.as_pointer()
 _MASK = ir.VectorType(_I1, LANES)
-_VI = ir.VectorType(_I8, LANES)  # 16 int8 lanes
+_VI = ir.VectorType(_I8, LANES)  # int8 lanes (conv_pool_tiles' winner codes)
 _VIP = _VI.as_pointer()
 
 
@@ -113,29 +137,31 @@ def _declare(module, name, fn_type):
 
 
 class _Emitter:
-    """IR helpers for micro-kernels on AVX-512 vectors (this module's and conv_pool_tiles'): element
-    pointers from int64 addresses, 16-lane loads and stores of float32 (or of int8 codes), plain or masked
-    to the lanes j < cols of a 32-column strip, broadcasts, and counted loops whose state lives in phi
-    nodes (so it stays in registers)."""
+    """IR helpers for micro-kernels on vectors of LANES float32 (this module's and conv_pool_tiles'):
+    element pointers from int64 addresses, vector loads and stores of float32 (or of int8 codes), plain or
+    masked to the lanes j < cols of an NR-column strip, broadcasts, and counted loops whose state lives in
+    phi nodes (so it stays in registers)."""
 
     def __init__(self, builder, masked, cols):
         self.b = builder
         module = builder.module
-        self.fma = _declare(module, "llvm.fma.v16f32", ir.FunctionType(_V, [_V, _V, _V]))
-        self.load_masked = _declare(module, "llvm.masked.load.v16f32.p0", ir.FunctionType(_V, [_VP, _I32, _MASK, _V]))
-        self.store_masked = _declare(module, "llvm.masked.store.v16f32.p0",
+        f, i = f"v{LANES}f32", f"v{LANES}i8"
+        self.fma = _declare(module, f"llvm.fma.{f}", ir.FunctionType(_V, [_V, _V, _V]))
+        self.load_masked = _declare(module, f"llvm.masked.load.{f}.p0", ir.FunctionType(_V, [_VP, _I32, _MASK, _V]))
+        self.store_masked = _declare(module, f"llvm.masked.store.{f}.p0",
                                      ir.FunctionType(ir.VoidType(), [_V, _VP, _I32, _MASK]))
-        self.load_masked_i = _declare(module, "llvm.masked.load.v16i8.p0",
+        self.load_masked_i = _declare(module, f"llvm.masked.load.{i}.p0",
                                       ir.FunctionType(_VI, [_VIP, _I32, _MASK, _VI]))
-        self.store_masked_i = _declare(module, "llvm.masked.store.v16i8.p0",
+        self.store_masked_i = _declare(module, f"llvm.masked.store.{i}.p0",
                                        ir.FunctionType(ir.VoidType(), [_VI, _VIP, _I32, _MASK]))
         self.zero = ir.Constant(_V, [0.0] * LANES)
         self.zero_i = ir.Constant(_VI, [0] * LANES)
         self.masks = None
         if masked:
-            # Lane j of vector v is live when 16 v + j < cols: the low min(max(cols - 16 v, 0), 16) bits of an
-            # integer, bitcast to a mask. (As a vector compare of lane numbers with cols, LLVM redid the
-            # compares inside the k loop: 6 more instructions per step, sgemm's masked strip 25% slower.)
+            # Lane j of vector v is live when LANES v + j < cols: the low min(max(cols - LANES v, 0), LANES)
+            # bits of an integer, bitcast to a mask. (As a vector compare of lane numbers with cols, LLVM
+            # redid the compares inside the k loop: 6 more instructions per step, sgemm's masked strip 25%
+            # slower.)
             self.masks = []
             for v in range(NR // LANES):
                 live = builder.sub(cols, self.const(LANES * v))
@@ -158,7 +184,7 @@ class _Emitter:
         return self.b.gep(base, [elements])
 
     def load(self, ptr, v, codes=False):
-        """16 floats (or, with codes, 16 int8 winner codes) at ptr, lanes past cols read as 0."""
+        """LANES floats (or, with codes, LANES int8 winner codes) at ptr, lanes past cols read as 0."""
         b = self.b
         ptr = b.bitcast(ptr, _VIP if codes else _VP)
         align = 1 if codes else 4
@@ -227,11 +253,18 @@ class _Emitter:
         return out
 
 
+def _opaque(builder, value):
+    """value (i64) through an empty inline asm: the same register, but LLVM can no longer tell how it was
+    computed. Without it LLVM's loop strength reduction rebuilt a's row addresses from one another every
+    k step (a chain of adds), which left AVX2's tile short of issue slots."""
+    return builder.asm(ir.FunctionType(_I64, [_I64]), "", "=r,0", [value], False)
+
+
 def _micro_kernel(rows: int, masked: bool):
     """An intrinsic for one tile, on float32 arrays given by address:
         out[r*ldo + j] = (out[r*ldo + j] if accumulate) + sum_p a[r*ars + p*acs] * b[p*ldb + j]
                          (+ bias[j] if use_bias), then max(0, .) if relu
-    for r < rows, j < 32 (masked: only j < cols).
+    for r < rows, j < NR (masked: only j < cols).
     Arguments (a, ars, acs, b, ldb, out, ldo, k, cols, accumulate, bias, use_bias, relu); strides count
     elements. Addresses (int64), not arrays, so the drivers compile once whatever the callers' layouts."""
 
@@ -246,7 +279,7 @@ def _micro_kernel(rows: int, masked: bool):
             vectors = NR // LANES
 
             def step(p, acc):
-                """One k step: acc[r][v] + a[r, p] * b[p, 16v:16v+16] for every r, v."""
+                """One k step: acc[r][v] + a[r, p] * b[p, LANES v:LANES (v + 1)] for every r, v."""
                 bv = [e.load(e.at(b_, builder.add(builder.mul(p, ldb_), e.const(LANES * v))), v) for v in range(vectors)]
                 a_col = builder.mul(p, acs_)
                 out = []
@@ -255,9 +288,29 @@ def _micro_kernel(rows: int, masked: bool):
                     out.append([builder.call(e.fma, [xv, bv[v], acc[r][v]]) for v in range(vectors)])
                 return out
 
+            def step_at(p, state):
+                """`step` with a's row offsets (bytes) in general registers and a's and b's addresses for k
+                step p carried in state[0]."""
+                (a_at, b_at), acc = state[0], state[1:]
+                a_base = _opaque(builder, a_at)
+                bv = [e.load(e.at(b_at, e.const(LANES * v)), v) for v in range(vectors)]
+                out = [[builder.add(a_at, a_step), builder.add(b_at, b_step)]]
+                for r in range(rows):
+                    at = builder.inttoptr(builder.add(a_base, row_offsets[r]), _F32.as_pointer())
+                    xv = e.splat(builder.load(at, align=4), _V)
+                    out.append([builder.call(e.fma, [xv, bv[v], acc[r][v]]) for v in range(vectors)])
+                return out
+
             # The k loop. The accumulators are phi nodes, so they stay in registers across iterations.
-            # (Unrolling it by 4 measured no faster and doubled the compile time.)
-            totals = e.loop(k_, [[e.zero] * vectors for _ in range(rows)], step)
+            # (Unrolling it measured no faster: by 4 on AVX-512, which also doubled the compile time; by 2 on
+            # AVX2.)
+            zeros = [[e.zero] * vectors for _ in range(rows)]
+            if A_OFFSETS_IN_REGISTERS:
+                row_offsets = [_opaque(builder, builder.mul(ars_, e.const(4 * r))) for r in range(rows)]
+                a_step, b_step = builder.mul(acs_, e.const(4)), builder.mul(ldb_, e.const(4))
+                totals = e.loop(k_, [[a_, b_]] + zeros, step_at)[1:]
+            else:
+                totals = e.loop(k_, zeros, step)
 
             # Epilogue: (+ out) (+ bias) (max 0). The flags are run-time values: selects cost nothing next to
             # the k loop.
@@ -278,11 +331,11 @@ def _micro_kernel(rows: int, masked: bool):
     return tile
 
 
-# Instantiated once each: a 14-row block and the 4-, 2- and 1-row blocks the last rows take, each for a
-# full 32-column strip and for a narrower last strip (masked loads and stores). Few variants on purpose:
+# Instantiated once each: an MR-row block and the 4-, 2- and 1-row blocks the last rows take, each for a
+# full NR-column strip and for a narrower last strip (masked loads and stores). Few variants on purpose:
 # each is a large function for LLVM, and the cold compile pays for every one.
-_f14, _f4, _f2, _f1 = (_micro_kernel(rows, False) for rows in (MR, 4, 2, 1))
-_m14, _m4, _m2, _m1 = (_micro_kernel(rows, True) for rows in (MR, 4, 2, 1))
+_f_mr, _f4, _f2, _f1 = (_micro_kernel(rows, False) for rows in ROWS)
+_m_mr, _m4, _m2, _m1 = (_micro_kernel(rows, True) for rows in ROWS)
 
 
 load_scipy_blas()  # before the C callables below starts Numba's CPU target, which would import all of scipy.linalg
@@ -295,7 +348,7 @@ set_threads(numba.get_num_threads())
 
 @numba.njit(**JIT)
 def _block_rows(i, i1):
-    """Rows of the next block from row i of i0:i1: 14, then 4, 2, 1 for the last few."""
+    """Rows of the next block from row i of i0:i1: MR, then 4, 2, 1 for the last few."""
     return MR if i + MR <= i1 else 4 if i + 4 <= i1 else 2 if i + 2 <= i1 else 1
 
 
@@ -308,8 +361,8 @@ _GRID_SIG = types.void(*(types.int64,) * 15)
 
 @numba.cfunc(_GRID_SIG, **JIT)
 def _grid_c(a, ars, acs, b, ldb, out, ldo, i0, i1, width, k, acc, bias, use_bias, relu):
-    """out[i0:i1, :width] (+)= a[i0:i1, :k] @ b[:k, :width] (+ bias, ReLU): blocks of 14 rows (then 4, 2,
-    1), each over the 32-column strips of the panel (a's rows stay in L1 while b's strips stream from L2).
+    """out[i0:i1, :width] (+)= a[i0:i1, :k] @ b[:k, :width] (+ bias, ReLU): blocks of MR rows (then 4, 2,
+    1), each over the NR-column strips of the panel (a's rows stay in L1 while b's strips stream from L2).
     Addresses in bytes, strides in elements; flags 0/1."""
     accumulate, with_bias, clip = acc != 0, use_bias != 0, relu != 0
     i = i0
@@ -321,7 +374,7 @@ def _grid_c(a, ars, acs, b, ldb, out, ldo, i0, i1, width, k, acc, bias, use_bias
                     bias + 4 * j, with_bias, clip)
             if cols == NR:
                 if rows == MR:
-                    _f14(*args)
+                    _f_mr(*args)
                 elif rows == 4:
                     _f4(*args)
                 elif rows == 2:
@@ -329,7 +382,7 @@ def _grid_c(a, ars, acs, b, ldb, out, ldo, i0, i1, width, k, acc, bias, use_bias
                 else:
                     _f1(*args)
             elif rows == MR:
-                _m14(*args)
+                _m_mr(*args)
             elif rows == 4:
                 _m4(*args)
             elif rows == 2:
@@ -389,8 +442,8 @@ def _rows(a, ars, acs, b, ldb, out, ldo, n, k, i0, i1, accumulate, bias, use_bia
 @numba.njit(**JIT)
 def _rows_bt(a, ars, acs, b, ldb, out, ldo, n, k, i0, i1, accumulate, bias, use_bias, relu):
     """_rows for a b stored transposed, b[p, j] at element j * ldb + p (Dense's input gradient, dz @ W.T):
-    each 32-column strip of b, KC_PACKED rows at a time, is first copied into a stack buffer laid out as
-    the micro-kernel reads it (32 KB, so it stays in L1 while every row block passes over it)."""
+    each NR-column strip of b, KC_PACKED rows at a time, is first copied into a stack buffer laid out as
+    the micro-kernel reads it (so it stays in L1 while every row block passes over it)."""
     strip_at = _stack_strip()
     for j0 in range(0, n, NR):
         cols = min(NR, n - j0)
@@ -434,8 +487,8 @@ _range_ext = types.ExternalFunction("specc_sgemm_range", _RANGE_SIG)
 @numba.cfunc(_PARALLEL_SIG, parallel=True, **JIT)
 def _range_parallel_c(a, ars, acs, b, ldb, bt, out, ldo, m, n, k, accumulate, bias, use_bias, relu, parts,
                       by_columns):
-    """_range_c over `parts` threads, each on a contiguous range of 14-row blocks of out, or (by_columns)
-    of its 32-column strips, which also gives each thread only its part of b."""
+    """_range_c over `parts` threads, each on a contiguous range of MR-row blocks of out, or (by_columns)
+    of its NR-column strips, which also gives each thread only its part of b."""
     blocks = (m + MR - 1) // MR
     strips = (n + NR - 1) // NR
     for t in numba.prange(parts):
@@ -480,8 +533,8 @@ def product(a, a_rows, a_cols, m, k, b, b_rows, b_cols, n, out, out_rows, out_co
             accumulate, first_row, last_row, threaded):
     """out[first_row:last_row] = (out if accumulate) + a @ b (+ bias if use_bias), then max(0, .) if relu,
     for float32 arrays given by address and strides in elements: a (m, k), b (k, n), out (m, n), bias (n,)
-    contiguous. Returns False, having done nothing, where the micro-kernels should not run it (no
-    AVX-512, out not contiguous along n, b contiguous along neither axis, negative strides, an empty side);
+    contiguous. Returns False, having done nothing, where the micro-kernels should not run it (out not
+    contiguous along n, b contiguous along neither axis, negative strides, an empty side);
     the caller then uses BLAS. `threaded`: on the threads set_threads allows when the product is large
     enough to pay for waking them (never from inside a prange body or a thread of in_threads).
     All integers, so it compiles once whatever the callers' array layouts."""
