@@ -12,11 +12,8 @@ run is `python -m tests.fuzz --minutes 30` (README, "Fuzzing"). About 50 s on 2 
 from __future__ import annotations
 
 import json
-import os
-import re
 import shutil
 import sys
-import zipfile
 
 import numpy as np
 import pytest
@@ -37,31 +34,9 @@ def session(tmp_path_factory):
     return s
 
 
-# Bugs the fuzzers found that are not fixed yet (tests/fuzz/REPORT.md), by the signature of their failure.
-# Each has a reproducer at the end of this file, marked xfail(strict=True): the fix makes it pass, and strict
-# turns that into a failure asking to delete its marker and its entry here. The fixed set tolerates (as an
-# xfail) only failures of these signatures.
-KNOWN_BUGS = {
-    "npz member not in .npy format": re.compile(r"'bytes' object has no attribute"),
-    "structured weights": re.compile(r"Cannot cast array data from dtype\(\["),
-    "normalization.json that does not fit the model": re.compile(r"operands could not be broadcast together|"
-                                                                 r"IndexError: list index out of range"),
-    "large spec is slow": re.compile(r"^(validate|summary): slow: "),
-    "--input FIFO hangs": re.compile(r"^(evaluate|predict): hang$"),
-}
-
-
-def known_bug(signature: str) -> str | None:
-    return next((name for name, pattern in KNOWN_BUGS.items() if pattern.search(signature)), None)
-
-
 def check(session: Session, target: str) -> None:
-    """No failures of `target` but known bugs (then xfail, naming them)."""
     found = [f for f in session.failures.values() if f.key.startswith(f"{target}:")]
-    unknown = [f for f in found if not known_bug(f.signature)]
-    assert not unknown, f"{len(unknown)} distinct failures:\n\n" + "\n\n".join(f.text() for f in unknown)
-    if found:
-        pytest.xfail("only known bugs: " + "; ".join(sorted({f"{known_bug(f.signature)} ({f.key})" for f in found})))
+    assert not found, f"{len(found)} distinct failures:\n\n" + "\n\n".join(f.text() for f in found)
 
 
 def test_spec_mutants_through_validate_and_summary(session):
@@ -112,17 +87,20 @@ def test_the_judge_catches_each_break_of_the_contract(tmp_path, code, problems):
     assert bool(o.signature) == bool(problems)
 
 
-# --- reproducers of the known bugs (KNOWN_BUGS) -------------------------------------------------------------
+# --- bugs the fuzzers found that are not fixed yet (tests/fuzz/REPORT.md) -----------------------------------
+# Each reproducer fails today and is marked xfail(strict=True): the fix makes it pass, and strict turns that
+# into a failure asking to delete the marker (the test then guards the fix).
 
 
 @pytest.fixture(scope="module")
 def base(session, tmp_path_factory):
-    """A folder with the fuzzers' base spec, its data, inputs, and a trained run of it (`run`)."""
+    """A folder with the fuzzers' base spec, its inputs, a trained run of it (`run`) and a run killed after
+    its first epoch (`killed`, with a checkpoint to resume)."""
     d = tmp_path_factory.mktemp("known")
     (d / "spec.yaml").write_text(BASE_SPEC)
-    np.savez(d / "data.npz", **base_arrays())
     np.savez(d / "x.npz", **base_arrays(8, seed=1))
     shutil.copytree(session.fixtures.run("finished"), d / "run")
+    shutil.copytree(session.fixtures.run("killed"), d / "killed")
     return d
 
 
@@ -131,68 +109,44 @@ def contract(args: list[str], cwd, timeout: float = 60.0) -> None:
     assert not o.problems and o.code in (1, 2), f"specc {' '.join(args)}: {', '.join(o.problems)}\n{o.tail()}"
 
 
-def not_npy(path, names) -> None:
-    with zipfile.ZipFile(path, "w") as z:
-        for name in names:
-            z.writestr(f"{name}.npy", b"not a numpy file")
+def edit_json(path, key: str, value) -> None:
+    """Set `key` (dotted) of the JSON file at `path` to `value`."""
+    data = json.loads(path.read_text())
+    *parents, last = key.split(".")
+    node = data
+    for k in parents:
+        node = node[k]
+    node[last] = value
+    path.write_text(json.dumps(data))
 
 
-@pytest.mark.xfail(strict=True, reason="known bug: np.load gives the raw bytes of an .npz member that is not in .npy "
-                                       "format, and specc uses them as an array (AttributeError) in "
-                                       "data.sources._npz, run.load_weights and session._read_inputs")
-@pytest.mark.parametrize("command", ["train", "evaluate", "predict"])
-def test_known_bug_npz_member_not_in_npy_format(base, command):
-    if command == "train":
-        not_npy(base / "bytes.npz", ["x", "y"])
-        (base / "bytes.yaml").write_text(BASE_SPEC.replace("data.npz", "bytes.npz"))
-        contract(["train", "bytes.yaml", "--out", "out", "--quiet"], base)
-    elif command == "evaluate":
-        with np.load(base / "run" / "weights.final.npz") as w:
-            not_npy(base / "w_bytes.npz", w.files)
-        contract(["evaluate", "spec.yaml", "--weights", "w_bytes.npz"], base)
-    else:
-        not_npy(base / "x_bytes.npz", ["x"])
-        contract(["predict", "spec.yaml", "--weights", "run", "--input", "x_bytes.npz"], base)
+@pytest.mark.xfail(strict=True, reason="known bug: a normalization.json with an empty `inputs` list passes "
+                                       "_model_from_run's check and fails in session._read_inputs (IndexError)")
+def test_known_bug_normalization_without_inputs(base):
+    shutil.copytree(base / "run", base / "no_inputs")
+    edit_json(base / "no_inputs" / "normalization.json", "inputs", [])
+    contract(["predict", "spec.yaml", "--weights", "no_inputs", "--input", "x.npz", "--out", "p.npz"], base)
 
 
-@pytest.mark.xfail(strict=True, reason="known bug: a weight of a structured dtype reaches Engine.set_weights "
-                                       "(TypeError: cannot cast); run.load_weights checks shapes, not dtypes")
-def test_known_bug_structured_weights(base):
-    with np.load(base / "run" / "weights.final.npz") as archive:
-        w = {k: archive[k] for k in archive.files}
-    w["dense/bias"] = np.zeros(5, dtype=[("a", "<f4"), ("b", "<i4")])
-    np.savez(base / "structured.npz", **w)
-    contract(["evaluate", "spec.yaml", "--weights", "structured.npz"], base)
+@pytest.mark.xfail(strict=True, reason="known bug: checkpoint/state.json values of the wrong type or range reach "
+                                       "the resume code unchecked: `arrays` in os.path.join outside _load_checkpoint's "
+                                       "try (TypeError), `history` (AttributeError / TypeError), the generators' "
+                                       "state (OverflowError, not caught)")
+@pytest.mark.parametrize("key, value", [("arrays", ["x"]), ("history.epoch", "x"),
+                                        ("dropout_rng.has_uint32", 2**64)])
+def test_known_bug_damaged_checkpoint_state(base, key, value):
+    run = base / f"state_{key}"
+    shutil.copytree(base / "killed", run)
+    edit_json(run / "checkpoint" / "state.json", key, value)
+    contract(["train", "--resume", run.name, "--quiet", "--threads", "1"], base)
 
 
-@pytest.mark.xfail(strict=True, reason="known bug: a normalization.json with no `inputs` entry, or whose mean/std "
-                                       "do not have one value per input feature, passes _model_from_run's check and "
-                                       "fails in session._read_inputs (IndexError / ValueError: broadcast)")
-@pytest.mark.parametrize("damage", ["mean too short", "no inputs"])
-def test_known_bug_normalization_that_does_not_fit_the_model(base, damage):
-    run = base / f"norm_run_{damage.replace(' ', '_')}"
-    shutil.copytree(base / "run", run)
-    norm = json.loads((run / "normalization.json").read_text())
-    if damage == "no inputs":
-        norm["inputs"] = []
-    else:
-        norm["inputs"][0]["mean"] = norm["inputs"][0]["mean"][:3]
-    (run / "normalization.json").write_text(json.dumps(norm))
-    contract(["predict", "spec.yaml", "--weights", run.name, "--input", "x.npz", "--out", "p.npz"], base)
-
-
-@pytest.mark.xfail(strict=True, reason="known bug: --input naming a FIFO blocks for ever: session._read_inputs "
-                                       "opens it through run.read_npz, not specc.spec.files.open_regular_file "
-                                       "(which specs and data files go through)")
-def test_known_bug_input_fifo_hangs(base):
-    os.mkfifo(base / "fifo.npz")
-    contract(["predict", "spec.yaml", "--weights", "run", "--input", "fifo.npz"], base, timeout=6)
-
-
-@pytest.mark.xfail(strict=True, reason="known bug: a 1 MB spec of 200,000 lines takes ~10 s to be refused (PyYAML "
-                                       "composes every node before the node limit is checked); README: hostile "
-                                       "files are reported 'in well under a second'")
-def test_known_bug_large_spec_is_slow(tmp_path):
-    (tmp_path / "big.yaml").write_text("x: 1\n" * 200_000)
-    o = run_cli(["validate", "big.yaml"], tmp_path, timeout=3)
-    assert o.code == 1 and o.duration < 3, o.tail()
+@pytest.mark.xfail(strict=True, reason="known bug: environment.json values of the wrong type reach the resume code "
+                                       "unchecked: `overrides` not a list of strings, `threads` not an integer, "
+                                       "`resumes` not a list (TypeError / AttributeError)")
+@pytest.mark.parametrize("key, value", [("overrides", "fit.epochs=3"), ("threads", "x"), ("resumes", 3)])
+def test_known_bug_damaged_environment_json(base, key, value):
+    run = base / f"env_{key}"
+    shutil.copytree(base / "killed", run)
+    edit_json(run / "environment.json", key, value)
+    contract(["train", "--resume", run.name, "--quiet"], base)
