@@ -106,16 +106,12 @@ class Mutant:
     key: str  # target:seed:index; make(key) rebuilds the same mutant
     target: str
     description: str
-    args: list[str]  # after `specc`; paths relative to the mutant's directory
+    args: list[str]  # after `specc`; paths relative to the mutant's directory; RUN: the finished fixture run
     files: dict[str, bytes] = field(default_factory=dict)
     base: str | None = None  # a fixture run copied to ./run first: finished, interrupted or killed
-    setup: Callable[[Path], None] | None = None  # changes made after the files are written
-    needs: tuple[str, ...] = ()  # fixtures referenced by absolute path in args
+    # changes made after the files are written; may return what it did, added to the description
+    setup: Callable[[Path], str | None] | None = None
     env: dict[str, str] = field(default_factory=dict)  # extra environment variables
-
-    @property
-    def command(self) -> str:
-        return self.args[0]
 
     def prepare(self, directory: Path, fixtures: Fixtures) -> None:
         directory.mkdir(parents=True, exist_ok=True)
@@ -126,10 +122,9 @@ class Mutant:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(data)
         if self.setup:
-            self.setup(directory)
-
-    def reproduce(self) -> str:
-        return f"python -m tests.fuzz --replay {self.key} --keep /tmp/specc-fuzz-{self.key.replace(':', '-')}"
+            detail = self.setup(directory)
+            if detail and not self.description.endswith(f" ({detail})"):
+                self.description += f" ({detail})"
 
 
 class FixtureError(RuntimeError):
@@ -401,7 +396,7 @@ def data_mutant(key: str, rng: random.Random) -> Mutant:
         setup = (lambda d: (d / "dir").mkdir()) if out == "dir" else None
         return Mutant(key, "data", f"predict --out {out!r}", ["predict", "spec.yaml", "--weights", "RUN",
                                                              "--input", "x.npz", "--out", out],
-                      files, setup=setup, needs=("finished",))
+                      files, setup=setup)
     command = "evaluate" if kind == "evaluate-input" else "predict"
     if rng.random() < 0.15:
         setup, what = _path_fault(rng, "x.npz")
@@ -412,7 +407,7 @@ def data_mutant(key: str, rng: random.Random) -> Mutant:
     args = [command, "spec.yaml", "--weights", "RUN", "--input", "x.npz"]
     if command == "evaluate" and rng.random() < 0.3:
         args += ["--format", "json"]
-    return Mutant(key, "data", f"{command} --input x.npz: {what}", args, files, setup=setup, needs=("finished",))
+    return Mutant(key, "data", f"{command} --input x.npz: {what}", args, files, setup=setup)
 
 
 # --- weights ---------------------------------------------------------------------------------------------
@@ -533,7 +528,17 @@ SPEC_EDITS = [("fit.epochs", 3), ("fit.epochs", 1), ("fit.epochs", 0), ("fit.ver
               ("data.samples", 10), ("data.source", "iris")]
 
 
-def _run_fault(rng: random.Random, files: list[str]) -> tuple[Callable[[Path], None], str]:
+def _remove(p: Path) -> None:
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p)
+    else:
+        p.unlink(missing_ok=True)
+
+
+def _run_fault(rng: random.Random, files: list[str]) -> tuple[Callable[[Path], str], str]:
+    """A fault of one file of a run directory: (setup, what). `setup(d)` damages d/run and returns what it
+    did to values it only sees then (the fixture's JSON and arrays); its draws start from the same seed at
+    every call, so a replay damages the same way."""
     name = rng.choice(files)
     kind = rng.choice(["delete", "damage", "damage", "json", "json", "dir", "file", "spec-edit", "arrays",
                        "symlink"])
@@ -543,59 +548,62 @@ def _run_fault(rng: random.Random, files: list[str]) -> tuple[Callable[[Path], N
         name = rng.choice(["checkpoint/arrays.npz", "weights.final.npz"])
     elif kind == "json":
         name = rng.choice([f for f in files if f.endswith(".json")])
+    elif kind == "damage" and name == "checkpoint":
+        name = "checkpoint/state.json"
     edit = rng.choice(SPEC_EDITS)
-    choice = rng.random()
-    draws = random.Random(rng.random())  # the fault's own values, drawn when it is applied
+    link = rng.choice(["/dev/zero", name.rsplit("/", 1)[-1], "../nowhere", "/"])
+    seed = rng.random()
 
-    def setup(d: Path) -> None:
+    def setup(d: Path) -> str:
+        draws = random.Random(seed)
         p = d / "run" / name
         if name == "checkpoint/arrays.npz":  # its name is in state.json (arrays-<epoch>-<step>.npz)
             p = next(iter(sorted((d / "run" / "checkpoint").glob("arrays*.npz"))), p)
-        if kind == "delete":
-            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
-        elif kind == "damage" and p.is_file():
-            p.write_bytes(damage(draws, p.read_bytes())[0])
-        elif kind == "json" and p.is_file():
+        if kind in ("delete", "dir", "file", "symlink"):
+            _remove(p)
+            p.parent.mkdir(parents=True, exist_ok=True)
+            if kind == "dir":
+                p.mkdir()
+            elif kind == "file":
+                p.write_bytes(b"not what it should be\n")
+            elif kind == "symlink":
+                p.symlink_to(link)
+                return f"-> {link}"
+            return ""
+        if not p.is_file():
+            return "no such file"
+        if kind == "damage":
+            raw, detail = damage(draws, p.read_bytes())
+        elif kind == "json":
             try:
                 data = json.loads(p.read_text())
             except ValueError:
                 data = {}
-            p.write_bytes(_odd_json(draws, data)[0])
-        elif kind == "dir":
-            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
-            p.mkdir(parents=True)
-        elif kind == "file":
-            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
-            p.parent.mkdir(parents=True, exist_ok=True)
-            p.write_bytes(b"not what it should be\n")
-        elif kind == "spec-edit" and p.is_file():
-            data = yaml.safe_load(p.read_text())
-            keys = edit[0].split(".")
-            node = data
-            for k in keys[:-1]:
-                node = node.setdefault(int(k) if k.isdigit() else k, {}) if isinstance(node, dict) else node[int(k)]
-            node[keys[-1]] = edit[1]
-            p.write_text(S.dump(data))
-        elif kind == "arrays" and p.is_file():
+            raw, detail = _odd_json(draws, data)
+        elif kind == "arrays":
             with np.load(p) as archive:
                 arrays = {k: archive[k] for k in archive.files}
-            p.write_bytes(_odd_npz(draws, arrays)[0])
-        elif kind == "symlink":
-            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
-            p.parent.mkdir(parents=True, exist_ok=True)
-            p.symlink_to(["/dev/zero", p.name, "../nowhere", "/"][int(choice * 4)])
+            raw, detail = _odd_npz(draws, arrays)
+        else:  # spec-edit
+            data = yaml.safe_load(p.read_text())
+            *parents, last = edit[0].split(".")
+            node = data
+            for k in parents:
+                node = node.setdefault(k, {}) if isinstance(node, dict) else node[int(k)]
+            node[int(last) if isinstance(node, list) else last] = edit[1]
+            raw, detail = S.dump(data).encode(), f"{edit[0]} = {edit[1]!r}"
+        p.write_bytes(raw)
+        return detail
 
-    what = f"{name}: {kind}" + (f" {edit[0]}={edit[1]}" if kind == "spec-edit" else "")
-    return setup, what
+    return setup, f"{name}: {kind}"
 
 
 def rundir_mutant(key: str, rng: random.Random) -> Mutant:
     base = rng.choice(["interrupted", "interrupted", "killed", "finished"])
     faults = [_run_fault(rng, RUN_FILES) for _ in range(rng.choice([1, 1, 1, 2]))]
 
-    def setup(d: Path) -> None:
-        for fault, _ in faults:
-            fault(d)
+    def setup(d: Path) -> str:
+        return "; ".join(filter(None, (fault(d) for fault, _ in faults)))
 
     what = "; ".join(w for _, w in faults)
     command = rng.choice(["train"] * 8 + ["evaluate", "predict"] if base != "finished"

@@ -4,8 +4,8 @@ The contract (README, "Command-line reference"; specc/cli.py): every command exi
 spec or data, a diverged run) or 2 (usage: a missing path, a bad option); 130 only after Ctrl-C, which the
 fuzzer never sends. Whatever the input, no Python traceback and no "internal error" reaches the user, the
 process is not killed by a signal, and it ends within the timeout (a hang is a timeout); `validate` and
-`summary` take seconds at most. An exit 1 or 2 says
-why on stdout or stderr; `validate`/`summary` name the file, line and column of every error.
+`summary` take seconds at most. An exit 1 or 2 says why on stdout or stderr; `validate`/`summary` name
+the file, line and column of every error.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 TRACEBACK = "Traceback (most recent call last)"
-INTERNAL = ("internal error", "a bug in specc")  # also in validate's "specc could not check this file (a bug in specc: ...)"
+# the CLI's last line of defence, and validate's "specc could not check this file (a bug in specc: ...)"
+INTERNAL = ("internal error", "a bug in specc")
 ALLOWED_EXITS = {"validate": {0, 1, 2}, "summary": {0, 1, 2}, "train": {0, 1, 2}, "evaluate": {0, 1, 2},
                  "predict": {0, 1, 2}}
 # `file:line:col: error: ...`, the positioned form of every validate/summary error in text
