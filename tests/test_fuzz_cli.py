@@ -150,3 +150,13 @@ def test_known_bug_damaged_environment_json(base, key, value):
     shutil.copytree(base / "killed", run)
     edit_json(run / "environment.json", key, value)
     contract(["train", "--resume", run.name, "--quiet"], base)
+
+
+@pytest.mark.xfail(strict=True, reason="known bug: NumPy files timedelta64 under the integers, so an .npz `y` of "
+                                       "timedelta64 passes data.sources._check_array as class labels and fails in "
+                                       "data.prepare._check_targets (int() of a timedelta: TypeError)")
+def test_known_bug_timedelta_labels(base):
+    arrays = base_arrays()
+    np.savez(base / "td.npz", x=arrays["x"], y=arrays["y"].astype("timedelta64[ms]"))
+    (base / "td.yaml").write_text(BASE_SPEC.replace("data.npz", "td.npz"))
+    contract(["train", "td.yaml", "--out", "out", "--quiet"], base)

@@ -9,7 +9,7 @@ import sys
 from .runner import REPO
 
 
-def _commit() -> str:
+def commit() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
                               timeout=10).stdout.strip() or "?"
@@ -30,7 +30,7 @@ def markdown(session, seconds: float) -> str:
         rows.append(f"| {target} | {st.tried} | {st.runs} | {exits} | {st.tracebacks} | {st.internal} | {st.hangs} "
                     f"| {st.signals} | {st.other} | {st.slowest[0]:.1f} s ({st.slowest[1]}) |")
     skipped = {t: st.skipped for t, st in session.stats.items() if st.skipped}
-    lines = [f"Fuzzed for {seconds / 60:.1f} min with seed {session.seed} at commit {_commit()} "
+    lines = [f"Fuzzed for {seconds / 60:.1f} min with seed {session.seed} at commit {session.commit} "
              f"(Python {platform.python_version()}, {sys.platform}).", "", *rows, ""]
     if skipped:
         lines += [f"Mutants the fuzzer could not prepare (its own bug, see the log): {skipped}", ""]

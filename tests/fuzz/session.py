@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .mutants import TIMEOUT, Fixtures, Mutant, make, summary_args
+from .report import commit
 from .runner import Outcome, cli_env, judge, run_cli
 
 BATCH = 25  # spec mutants per validate process
@@ -71,6 +72,7 @@ class Session:
         self.counter: dict[str, int] = {}
         self.verbose = verbose
         self.summary_share, self.text_share = SUMMARY_SHARE, TEXT_SHARE
+        self.commit = commit()  # of the code under test, at the start (the report is written at the end)
 
     # --- bookkeeping ---
 
