@@ -154,7 +154,7 @@ def _load_checkpoint(run_dir: str, state: dict, engine, trainer, callbacks) -> N
         for cb, cb_state in zip(callbacks, state["callbacks"]):
             cb.trainer = trainer
             cb.load_state(_restore_state(cb_state))
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, OverflowError) as exc:
         raise Failed(f"specc: error: the checkpoint in {ckpt} does not fit the model, or is damaged: {exc}\n"
                      f"Start a new run instead: specc train {os.path.join(run_dir, 'spec.yaml')}") from None
 
@@ -434,12 +434,26 @@ def _train(opts: Options, cleanup) -> int:
         _lock_run(run_dir, cleanup)  # before reading the checkpoint: no other process writes it from here on
         env = _read_json(os.path.join(run_dir, "environment.json"), "run directory")
         state = _read_json(state_path, "checkpoint")
+        history_state = state.get("history")
         if not (isinstance(state.get("loop"), dict) and isinstance(state["loop"].get("epoch"), int)
-                and all(k in state for k in ("history", "rng", "dropout_rng", "callbacks"))):
+                and all(k in state for k in ("history", "rng", "dropout_rng", "callbacks"))
+                and isinstance(state.get("arrays", ""), str) and isinstance(state["callbacks"], list)
+                and isinstance(history_state, dict) and isinstance(history_state.get("epoch"), list)
+                and isinstance(history_state.get("history"), dict)
+                and all(isinstance(v, list) for v in history_state["history"].values())):
             raise Failed(f"specc: error: {state_path} is damaged (not a checkpoint specc wrote); it cannot be "
                          f"resumed")
+        # environment.json is the run's record, but a file the user can edit: its fields are checked
+        recorded = env.get("overrides", [])
+        if not (isinstance(recorded, list) and all(isinstance(o, str) for o in recorded)
+                and isinstance(env.get("resumes", []), list)
+                and (env.get("threads") is None or type(env.get("threads")) is int and env["threads"] > 0)
+                and (env.get("seed") is None or type(env.get("seed")) is int)
+                and isinstance(env.get("spec_path", ""), str)):
+            raise Failed(f"specc: error: {os.path.join(run_dir, 'environment.json')} is damaged (overrides, "
+                         f"resumes, threads, seed or spec_path of the wrong type); it cannot be resumed")
         spec_file = os.path.join(run_dir, "spec.yaml")
-        overrides = env.get("overrides", []) + overrides
+        overrides = recorded + overrides
         opts.seed = env.get("seed") if opts.seed is None else opts.seed
         threads = opts.threads or env.get("threads") or env_threads
         source_name = env.get("spec_path", spec_file)
@@ -680,6 +694,8 @@ def _model_from_run(spec_path: str, weights: str):
     if os.path.isfile(norm_file):
         normalization = _read_json(norm_file, "run directory", EXIT_INVALID)
         try:
+            if not isinstance(normalization["inputs"], list) or not normalization["inputs"]:
+                raise ValueError("no inputs")
             [(np.asarray(s["mean"], np.float32), np.asarray(s["std"], np.float32)) for s in normalization["inputs"]]
         except (KeyError, TypeError, ValueError):
             raise Failed(f"specc: error: {norm_file} is damaged: expected {{\"inputs\": [{{\"mean\": [...], "
