@@ -125,7 +125,8 @@ def test_fuzz_found_normalization_without_inputs(base):
 
 
 @pytest.mark.parametrize("key, value", [("arrays", ["x"]), ("history.epoch", "x"),
-                                        ("dropout_rng.has_uint32", 2**64)])
+                                        ("dropout_rng.has_uint32", 2**64), ("loop", 3.0), ("history", True),
+                                        ("callbacks", 5), ("history.history", {"loss": "x"})])
 def test_fuzz_found_damaged_checkpoint_state(base, key, value):
     run = base / f"state_{key}"
     shutil.copytree(base / "killed", run)

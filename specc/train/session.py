@@ -133,6 +133,37 @@ def write_checkpoint(run_dir: str, trainer, history, callbacks) -> None:
                 pass  # a stale arrays file costs space, not correctness
 
 
+def _is_int(v) -> bool:
+    return type(v) is int and v >= 0
+
+
+def _is_number(v) -> bool:
+    return type(v) in (int, float)
+
+
+def _state_problem(state) -> bool:
+    """Whether a checkpoint's state.json is not one write_checkpoint wrote: its fields reach the training
+    loop, so each has the type the loop gives it (the file may have been edited or damaged)."""
+    if not (isinstance(state, dict) and all(k in state for k in ("loop", "history", "rng", "dropout_rng", "callbacks"))
+            and isinstance(state.get("arrays", ""), str) and isinstance(state["callbacks"], list)
+            and all(isinstance(s, dict) for s in state["callbacks"])
+            and isinstance(state["rng"], dict) and isinstance(state["dropout_rng"], dict)):
+        return True
+    loop, history = state["loop"], state["history"]
+    if not (isinstance(loop, dict) and _is_int(loop.get("epoch")) and _is_int(loop.get("step", 0))):
+        return True
+    if loop.get("step", 0) and not (
+            isinstance(loop.get("order"), list) and all(_is_int(i) for i in loop["order"])
+            and _is_number(loop.get("total_sum")) and _is_int(loop.get("seen"))
+            and isinstance(loop.get("out_sums"), list) and all(_is_number(v) for v in loop["out_sums"])
+            and isinstance(loop.get("metrics"), list)
+            and all(isinstance(ms, list) and all(isinstance(m, dict) for m in ms) for ms in loop["metrics"])):
+        return True
+    return not (isinstance(history, dict) and isinstance(history.get("epoch"), list)
+                and all(_is_int(e) for e in history["epoch"]) and isinstance(history.get("history"), dict)
+                and all(isinstance(v, list) and all(_is_number(x) for x in v) for v in history["history"].values()))
+
+
 def _load_checkpoint(run_dir: str, state: dict, engine, trainer, callbacks) -> None:
     """The checkpoint's arrays, random generators and callback states into a freshly built model; a
     checkpoint that does not fit it (edited by hand, or damaged) is a Failed naming the checkpoint."""
@@ -434,13 +465,7 @@ def _train(opts: Options, cleanup) -> int:
         _lock_run(run_dir, cleanup)  # before reading the checkpoint: no other process writes it from here on
         env = _read_json(os.path.join(run_dir, "environment.json"), "run directory")
         state = _read_json(state_path, "checkpoint")
-        history_state = state.get("history")
-        if not (isinstance(state.get("loop"), dict) and isinstance(state["loop"].get("epoch"), int)
-                and all(k in state for k in ("history", "rng", "dropout_rng", "callbacks"))
-                and isinstance(state.get("arrays", ""), str) and isinstance(state["callbacks"], list)
-                and isinstance(history_state, dict) and isinstance(history_state.get("epoch"), list)
-                and isinstance(history_state.get("history"), dict)
-                and all(isinstance(v, list) for v in history_state["history"].values())):
+        if _state_problem(state):
             raise Failed(f"specc: error: {state_path} is damaged (not a checkpoint specc wrote); it cannot be "
                          f"resumed")
         # environment.json is the run's record, but a file the user can edit: its fields are checked
