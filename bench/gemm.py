@@ -49,6 +49,7 @@ import numba  # noqa: E402
 import numpy as np  # noqa: E402
 
 from specc.kernels import configure_threads, dense, gemm, native  # noqa: E402
+from specc.kernels.probe import fma_block  # noqa: E402
 from specc.workspace import aligned_empty  # noqa: E402
 
 # No cache: a parallel kernel in a script cannot be cached. Only "contract" (a * c + d -> one FMA) of the
@@ -60,41 +61,14 @@ PROBE_STEPS = 16  # dependent FMAs per chain per element in fma_probe
 PROBE_CHAINS = 8
 
 
-@numba.njit(**PROBE)
-def _fma_block(x, out, c, d):
-    """x (n,) float32 -> out (n,): per element 8 independent chains of 16 FMAs (written out, so the
-    element loop is the innermost loop and vectorises). Each chain starts from a different value and the
-    results are multiplied, so reassociation cannot merge chains."""
-    for i in range(x.shape[0]):
-        v = x[i]
-        a0 = v; a1 = v + d; a2 = v * c; a3 = v - d; a4 = v * d; a5 = v + c; a6 = v - c; a7 = v * v  # noqa: E702
-        a0 = a0 * c + d; a1 = a1 * c + d; a2 = a2 * c + d; a3 = a3 * c + d; a4 = a4 * c + d; a5 = a5 * c + d; a6 = a6 * c + d; a7 = a7 * c + d  # noqa: E501, E702
-        a0 = a0 * c + d; a1 = a1 * c + d; a2 = a2 * c + d; a3 = a3 * c + d; a4 = a4 * c + d; a5 = a5 * c + d; a6 = a6 * c + d; a7 = a7 * c + d  # noqa: E501, E702
-        a0 = a0 * c + d; a1 = a1 * c + d; a2 = a2 * c + d; a3 = a3 * c + d; a4 = a4 * c + d; a5 = a5 * c + d; a6 = a6 * c + d; a7 = a7 * c + d  # noqa: E501, E702
-        a0 = a0 * c + d; a1 = a1 * c + d; a2 = a2 * c + d; a3 = a3 * c + d; a4 = a4 * c + d; a5 = a5 * c + d; a6 = a6 * c + d; a7 = a7 * c + d  # noqa: E501, E702
-        a0 = a0 * c + d; a1 = a1 * c + d; a2 = a2 * c + d; a3 = a3 * c + d; a4 = a4 * c + d; a5 = a5 * c + d; a6 = a6 * c + d; a7 = a7 * c + d  # noqa: E501, E702
-        a0 = a0 * c + d; a1 = a1 * c + d; a2 = a2 * c + d; a3 = a3 * c + d; a4 = a4 * c + d; a5 = a5 * c + d; a6 = a6 * c + d; a7 = a7 * c + d  # noqa: E501, E702
-        a0 = a0 * c + d; a1 = a1 * c + d; a2 = a2 * c + d; a3 = a3 * c + d; a4 = a4 * c + d; a5 = a5 * c + d; a6 = a6 * c + d; a7 = a7 * c + d  # noqa: E501, E702
-        a0 = a0 * c + d; a1 = a1 * c + d; a2 = a2 * c + d; a3 = a3 * c + d; a4 = a4 * c + d; a5 = a5 * c + d; a6 = a6 * c + d; a7 = a7 * c + d  # noqa: E501, E702
-        a0 = a0 * c + d; a1 = a1 * c + d; a2 = a2 * c + d; a3 = a3 * c + d; a4 = a4 * c + d; a5 = a5 * c + d; a6 = a6 * c + d; a7 = a7 * c + d  # noqa: E501, E702
-        a0 = a0 * c + d; a1 = a1 * c + d; a2 = a2 * c + d; a3 = a3 * c + d; a4 = a4 * c + d; a5 = a5 * c + d; a6 = a6 * c + d; a7 = a7 * c + d  # noqa: E501, E702
-        a0 = a0 * c + d; a1 = a1 * c + d; a2 = a2 * c + d; a3 = a3 * c + d; a4 = a4 * c + d; a5 = a5 * c + d; a6 = a6 * c + d; a7 = a7 * c + d  # noqa: E501, E702
-        a0 = a0 * c + d; a1 = a1 * c + d; a2 = a2 * c + d; a3 = a3 * c + d; a4 = a4 * c + d; a5 = a5 * c + d; a6 = a6 * c + d; a7 = a7 * c + d  # noqa: E501, E702
-        a0 = a0 * c + d; a1 = a1 * c + d; a2 = a2 * c + d; a3 = a3 * c + d; a4 = a4 * c + d; a5 = a5 * c + d; a6 = a6 * c + d; a7 = a7 * c + d  # noqa: E501, E702
-        a0 = a0 * c + d; a1 = a1 * c + d; a2 = a2 * c + d; a3 = a3 * c + d; a4 = a4 * c + d; a5 = a5 * c + d; a6 = a6 * c + d; a7 = a7 * c + d  # noqa: E501, E702
-        a0 = a0 * c + d; a1 = a1 * c + d; a2 = a2 * c + d; a3 = a3 * c + d; a4 = a4 * c + d; a5 = a5 * c + d; a6 = a6 * c + d; a7 = a7 * c + d  # noqa: E501, E702
-        a0 = a0 * c + d; a1 = a1 * c + d; a2 = a2 * c + d; a3 = a3 * c + d; a4 = a4 * c + d; a5 = a5 * c + d; a6 = a6 * c + d; a7 = a7 * c + d  # noqa: E501, E702
-        out[i] = a0 * a1 + a2 * a3 + a4 * a5 + a6 * a7
-
-
 @numba.njit(parallel=True, **PROBE)
 def fma_probe(x, out, reps, c, d):
-    """x, out (threads * 256,): each thread repeats _fma_block on its own L1-resident 256 elements."""
+    """x, out (threads * 256,): each thread repeats fma_block (specc/kernels/probe.py) on its own L1-resident 256 elements."""
     bands = numba.get_num_threads()
     width = x.shape[0] // bands
     for t in numba.prange(bands):
         for _ in range(reps):
-            _fma_block(x[t * width:(t + 1) * width], out[t * width:(t + 1) * width], c, d)
+            fma_block(x[t * width:(t + 1) * width], out[t * width:(t + 1) * width], c, d)
 
 
 @numba.njit(**PROBE)

@@ -137,11 +137,11 @@ def prepare(name: str, samples: int, epochs: int, tmp: str) -> dict:
 
 # --isa avx2: every framework restricted to AVX2 (+FMA) on an AVX-512 machine, as on most laptops and AMD
 # Zen 2/3 servers: Numba compiles for Haswell (and specc's BLAS uses its Haswell kernels); PyTorch's ATen
-# dispatch and oneDNN stop at AVX2.
+# dispatch, oneDNN and MKL (its Linear layers' products) stop at AVX2.
 ISA_ENV = {
     "native": {},
     "avx2": {"NUMBA_CPU_NAME": "haswell", "NUMBA_CPU_FEATURES": "", "OPENBLAS_CORETYPE": "Haswell", "ATEN_CPU_CAPABILITY": "avx2",
-             "ONEDNN_MAX_CPU_ISA": "AVX2"},
+             "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"},
 }
 ISA = "native"  # set by main from --isa
 

@@ -55,6 +55,7 @@ def write_files(root: Path) -> None:
     write_npz(root, "empty.npz", x=np.ones((0, 2)), y=np.array([], np.int64))
     write_npz(root, "scalar.npz", x=np.array(3.0), y=np.array(1))
     write_npz(root, "complex.npz", x=x.astype(np.complex64) * (1 + 2j), y=y)
+    write_npz(root, "timedelta_y.npz", x=x, y=y.astype("timedelta64[s]"))  # NumPy counts it as an integer
     write_npz(root, "good.npz", x=x, y=y)
     write_damaged_npz(root, "damaged.npz")
     np.save(root / "lone.npy", x)
@@ -72,6 +73,8 @@ CASES = {
     "empty": (spec("{path: empty.npz}"), "{path:", "data.source.path", ["empty.npz", "'x'", "empty"]),
     "scalar": (spec("{path: scalar.npz}"), "{path:", "data.source.path", ["scalar.npz", "'x'", "single value"]),
     "complex": (spec("{path: complex.npz}"), "{path:", "data.source.path", ["complex.npz", "'x'", "complex"]),
+    "timedelta_y": (spec("{path: timedelta_y.npz}"), "{path:", "data.source.path",
+                    ["timedelta_y.npz", "'y'", "must hold numbers"]),
     "damaged": (spec("{path: damaged.npz}"), "{path:", "data.source.path", ["damaged.npz", "'x'", "CRC"]),
     "lone_npy": (spec("{path: lone.npz}"), "{path:", "data.source.path", ["lone.npz", ".npy"]),
     "long_cell": (spec("{path: long_cell.csv}"), "{path:", "data.source.path",

@@ -87,9 +87,7 @@ def test_the_judge_catches_each_break_of_the_contract(tmp_path, code, problems):
     assert bool(o.signature) == bool(problems)
 
 
-# --- bugs the fuzzers found that are not fixed yet (tests/fuzz/REPORT.md) -----------------------------------
-# Each reproducer fails today and is marked xfail(strict=True): the fix makes it pass, and strict turns that
-# into a failure asking to delete the marker (the test then guards the fix).
+# --- bugs the fuzzers found, now fixed: each reproducer guards its fix (tests/fuzz/REPORT.md) ---------------
 
 
 @pytest.fixture(scope="module")
@@ -120,32 +118,24 @@ def edit_json(path, key: str, value) -> None:
     path.write_text(json.dumps(data))
 
 
-@pytest.mark.xfail(strict=True, reason="known bug: a normalization.json with an empty `inputs` list passes "
-                                       "_model_from_run's check and fails in session._read_inputs (IndexError)")
-def test_known_bug_normalization_without_inputs(base):
+def test_fuzz_found_normalization_without_inputs(base):
     shutil.copytree(base / "run", base / "no_inputs")
     edit_json(base / "no_inputs" / "normalization.json", "inputs", [])
     contract(["predict", "spec.yaml", "--weights", "no_inputs", "--input", "x.npz", "--out", "p.npz"], base)
 
 
-@pytest.mark.xfail(strict=True, reason="known bug: checkpoint/state.json values of the wrong type or range reach "
-                                       "the resume code unchecked: `arrays` in os.path.join outside _load_checkpoint's "
-                                       "try (TypeError), `history` (AttributeError / TypeError), the generators' "
-                                       "state (OverflowError, not caught)")
 @pytest.mark.parametrize("key, value", [("arrays", ["x"]), ("history.epoch", "x"),
-                                        ("dropout_rng.has_uint32", 2**64)])
-def test_known_bug_damaged_checkpoint_state(base, key, value):
+                                        ("dropout_rng.has_uint32", 2**64), ("loop", 3.0), ("history", True),
+                                        ("callbacks", 5), ("history.history", {"loss": "x"})])
+def test_fuzz_found_damaged_checkpoint_state(base, key, value):
     run = base / f"state_{key}"
     shutil.copytree(base / "killed", run)
     edit_json(run / "checkpoint" / "state.json", key, value)
     contract(["train", "--resume", run.name, "--quiet", "--threads", "1"], base)
 
 
-@pytest.mark.xfail(strict=True, reason="known bug: environment.json values of the wrong type reach the resume code "
-                                       "unchecked: `overrides` not a list of strings, `threads` not an integer, "
-                                       "`resumes` not a list (TypeError / AttributeError)")
 @pytest.mark.parametrize("key, value", [("overrides", "fit.epochs=3"), ("threads", "x"), ("resumes", 3)])
-def test_known_bug_damaged_environment_json(base, key, value):
+def test_fuzz_found_damaged_environment_json(base, key, value):
     run = base / f"env_{key}"
     shutil.copytree(base / "killed", run)
     edit_json(run / "environment.json", key, value)

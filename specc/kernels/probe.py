@@ -28,7 +28,7 @@ BUDGET = 0.3  # seconds of probing; the best call counts (the machine may be sha
 
 
 @numba.njit(**PROBE)
-def _fma_block(x, out, c, d):
+def fma_block(x, out, c, d):
     """x (n,) float32 -> out (n,): per element 8 independent chains of STEPS = 16 FMAs, written out (not a
     loop) so that the element loop is the innermost one and vectorises. The chains start from different values and their
     results are combined, so none can be merged or dropped."""
@@ -56,9 +56,9 @@ def _fma_block(x, out, c, d):
 
 @numba.njit(**PROBE)
 def fma_probe(x, out, reps, c, d):
-    """x, out (WIDTH,): _fma_block `reps` times on the same L1-resident elements."""
+    """x, out (WIDTH,): fma_block `reps` times on the same L1-resident elements."""
     for _ in range(reps):
-        _fma_block(x, out, c, d)
+        fma_block(x, out, c, d)
 
 
 def load() -> None:

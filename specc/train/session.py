@@ -133,6 +133,37 @@ def write_checkpoint(run_dir: str, trainer, history, callbacks) -> None:
                 pass  # a stale arrays file costs space, not correctness
 
 
+def _is_int(v) -> bool:
+    return type(v) is int and v >= 0
+
+
+def _is_number(v) -> bool:
+    return type(v) in (int, float)
+
+
+def _state_problem(state) -> bool:
+    """Whether a checkpoint's state.json is not one write_checkpoint wrote: its fields reach the training
+    loop, so each has the type the loop gives it (the file may have been edited or damaged)."""
+    if not (isinstance(state, dict) and all(k in state for k in ("loop", "history", "rng", "dropout_rng", "callbacks"))
+            and isinstance(state.get("arrays", ""), str) and isinstance(state["callbacks"], list)
+            and all(isinstance(s, dict) for s in state["callbacks"])
+            and isinstance(state["rng"], dict) and isinstance(state["dropout_rng"], dict)):
+        return True
+    loop, history = state["loop"], state["history"]
+    if not (isinstance(loop, dict) and _is_int(loop.get("epoch")) and _is_int(loop.get("step", 0))):
+        return True
+    if loop.get("step", 0) and not (
+            isinstance(loop.get("order"), list) and all(_is_int(i) for i in loop["order"])
+            and _is_number(loop.get("total_sum")) and _is_int(loop.get("seen"))
+            and isinstance(loop.get("out_sums"), list) and all(_is_number(v) for v in loop["out_sums"])
+            and isinstance(loop.get("metrics"), list)
+            and all(isinstance(ms, list) and all(isinstance(m, dict) for m in ms) for ms in loop["metrics"])):
+        return True
+    return not (isinstance(history, dict) and isinstance(history.get("epoch"), list)
+                and all(_is_int(e) for e in history["epoch"]) and isinstance(history.get("history"), dict)
+                and all(isinstance(v, list) and all(_is_number(x) for x in v) for v in history["history"].values()))
+
+
 def _load_checkpoint(run_dir: str, state: dict, engine, trainer, callbacks) -> None:
     """The checkpoint's arrays, random generators and callback states into a freshly built model; a
     checkpoint that does not fit it (edited by hand, or damaged) is a Failed naming the checkpoint."""
@@ -154,7 +185,7 @@ def _load_checkpoint(run_dir: str, state: dict, engine, trainer, callbacks) -> N
         for cb, cb_state in zip(callbacks, state["callbacks"]):
             cb.trainer = trainer
             cb.load_state(_restore_state(cb_state))
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, OverflowError) as exc:
         raise Failed(f"specc: error: the checkpoint in {ckpt} does not fit the model, or is damaged: {exc}\n"
                      f"Start a new run instead: specc train {os.path.join(run_dir, 'spec.yaml')}") from None
 
@@ -434,12 +465,20 @@ def _train(opts: Options, cleanup) -> int:
         _lock_run(run_dir, cleanup)  # before reading the checkpoint: no other process writes it from here on
         env = _read_json(os.path.join(run_dir, "environment.json"), "run directory")
         state = _read_json(state_path, "checkpoint")
-        if not (isinstance(state.get("loop"), dict) and isinstance(state["loop"].get("epoch"), int)
-                and all(k in state for k in ("history", "rng", "dropout_rng", "callbacks"))):
+        if _state_problem(state):
             raise Failed(f"specc: error: {state_path} is damaged (not a checkpoint specc wrote); it cannot be "
                          f"resumed")
+        # environment.json is the run's record, but a file the user can edit: its fields are checked
+        recorded = env.get("overrides", [])
+        if not (isinstance(recorded, list) and all(isinstance(o, str) for o in recorded)
+                and isinstance(env.get("resumes", []), list)
+                and (env.get("threads") is None or type(env.get("threads")) is int and env["threads"] > 0)
+                and (env.get("seed") is None or type(env.get("seed")) is int)
+                and isinstance(env.get("spec_path", ""), str)):
+            raise Failed(f"specc: error: {os.path.join(run_dir, 'environment.json')} is damaged (overrides, "
+                         f"resumes, threads, seed or spec_path of the wrong type); it cannot be resumed")
         spec_file = os.path.join(run_dir, "spec.yaml")
-        overrides = env.get("overrides", []) + overrides
+        overrides = recorded + overrides
         opts.seed = env.get("seed") if opts.seed is None else opts.seed
         threads = opts.threads or env.get("threads") or env_threads
         source_name = env.get("spec_path", spec_file)
@@ -680,6 +719,8 @@ def _model_from_run(spec_path: str, weights: str):
     if os.path.isfile(norm_file):
         normalization = _read_json(norm_file, "run directory", EXIT_INVALID)
         try:
+            if not isinstance(normalization["inputs"], list) or not normalization["inputs"]:
+                raise ValueError("no inputs")
             [(np.asarray(s["mean"], np.float32), np.asarray(s["std"], np.float32)) for s in normalization["inputs"]]
         except (KeyError, TypeError, ValueError):
             raise Failed(f"specc: error: {norm_file} is damaged: expected {{\"inputs\": [{{\"mean\": [...], "

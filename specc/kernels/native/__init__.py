@@ -2,7 +2,7 @@
 Numba's and llvmlite's private names.
 
 The rest of specc calls a portable interface (`kernels.gemm`'s products, `kernels.conv_pool`,
-`kernels.thread_count`, `kernels.cache_directory`) whose own implementation is plain `@njit` code and
+`kernels.thread_count`, `kernels.product_threads`) whose own implementation is plain `@njit` code and
 BLAS. When this package loads, those entry points use what it offers instead:
 
 - `internals`: Numba's thread-count function callable from compiled code and a float64-from-bits
@@ -15,8 +15,9 @@ BLAS. When this package loads, those entry points use what it offers instead:
 - `conv_pool_tiles`: convolution + pooling tiles on 512-bit vectors, with the AVX-512 sgemm only.
 
 `SPECC_NATIVE=0` turns the package off, but for `cache`, which only asks Numba where its cache is (the
-kernel cache's stamp needs that in every mode). A failure while it loads (a Numba or llvmlite that moved what it
-uses) leaves the portable path in place, with one warning; `import specc` never breaks because of it.
+kernel cache's stamp needs that in every mode). A failure while it loads (a Numba or llvmlite that moved
+what it uses) leaves the portable path in place, with one warning; `import specc` never breaks because of
+it.
 """
 
 from __future__ import annotations
