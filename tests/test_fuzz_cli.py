@@ -87,7 +87,9 @@ def test_the_judge_catches_each_break_of_the_contract(tmp_path, code, problems):
     assert bool(o.signature) == bool(problems)
 
 
-# --- bugs the fuzzers found, now fixed: each reproducer guards its fix (tests/fuzz/REPORT.md) ---------------
+# --- bugs the fuzzers found (tests/fuzz/REPORT.md) ---------------------------------------------------------
+# A fixed bug's reproducer guards its fix. An open one is marked xfail(strict=True): the fix makes it pass,
+# and strict turns that into a failure asking to delete the marker.
 
 
 @pytest.fixture(scope="module")
@@ -142,10 +144,8 @@ def test_fuzz_found_damaged_environment_json(base, key, value):
     contract(["train", "--resume", run.name, "--quiet"], base)
 
 
-@pytest.mark.xfail(strict=True, reason="known bug: NumPy files timedelta64 under the integers, so an .npz `y` of "
-                                       "timedelta64 passes data.sources._check_array as class labels and fails in "
-                                       "data.prepare._check_targets (int() of a timedelta: TypeError)")
-def test_known_bug_timedelta_labels(base):
+def test_fuzz_found_timedelta_labels(base):
+    # NumPy files timedelta64 under the integers: it passed the data check as class labels (TypeError later)
     arrays = base_arrays()
     np.savez(base / "td.npz", x=arrays["x"], y=arrays["y"].astype("timedelta64[ms]"))
     (base / "td.yaml").write_text(BASE_SPEC.replace("data.npz", "td.npz"))
