@@ -12,6 +12,7 @@ run is `python -m tests.fuzz --minutes 30` (README, "Fuzzing"). About 50 s on 2 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 
@@ -64,6 +65,21 @@ def test_mutants_are_reproducible_from_their_key(tmp_path):
         a, b = make(key, fixtures), make(key, fixtures)
         assert (a.description, a.args, a.files) == (b.description, b.args, b.files)
     assert make("spec:0:1", fixtures).files != make("spec:0:2", fixtures).files
+
+
+def test_run_directory_faults_damage_the_same_way_every_time(session, tmp_path):
+    # A failure is replayed (SPECC_DEBUG=1, --replay) by preparing the same mutant again.
+    def contents(d):
+        return {str(p.relative_to(d)): os.readlink(p) if p.is_symlink() else p.read_bytes() if p.is_file() else None
+                for p in sorted(d.rglob("*"))}
+
+    for i in range(COUNTS["rundir"]):  # the fixed set's mutants: their fixture runs exist by now
+        m = make(f"rundir:{SEED}:{i}", session.fixtures)
+        m.prepare(tmp_path / f"{i}a", session.fixtures)
+        described = m.description
+        m.prepare(tmp_path / f"{i}b", session.fixtures)
+        assert contents(tmp_path / f"{i}a") == contents(tmp_path / f"{i}b"), m.key
+        assert m.description == described
 
 
 # The judge itself: each kind of break of the contract, made on purpose, is caught.
