@@ -68,6 +68,7 @@ def damage(rng: random.Random, raw: bytes) -> tuple[bytes, str]:
 
 def odd_array(rng: random.Random, like: np.ndarray) -> tuple[object, str]:
     """An array that stands where `like` should: other dtypes, shapes, sizes and values."""
+    like = like.reshape(1) if like.ndim == 0 else like  # a scalar (an optimizer's step count) as one row
     n = like.shape[0] if like.ndim else 1
     kind = rng.choice(["object", "complex", "str", "bytes", "bool", "float16", "float64", "int8", "uint64",
                        "datetime", "timedelta", "structured", "void", "big-endian", "fortran", "empty", "0-d",
