@@ -168,11 +168,11 @@ def test_fuzz_found_timedelta_labels(base):
     contract(["train", "td.yaml", "--out", "out", "--quiet"], base)
 
 
-@pytest.mark.xfail(strict=True, reason="known bug: a resolved.yaml that is not UTF-8 (damaged) stops a resume with "
-                                       "an internal UnicodeDecodeError: session._resume_changes reads it catching "
-                                       "only OSError")
-def test_known_bug_resolved_yaml_not_utf8(base):
+def test_fuzz_found_resolved_yaml_not_utf8(base):
     shutil.copytree(base / "killed", base / "not_utf8")
     with open(base / "not_utf8" / "resolved.yaml", "ab") as fh:
         fh.write(b"\xff")
-    contract(["train", "--resume", "not_utf8", "--quiet", "--threads", "1"], base)
+    # the spec is checked against the hash environment.json keeps, so the run resumes; only a changed spec
+    # would need the record (and then cannot list what changed)
+    o = run_cli(["train", "--resume", "not_utf8", "--quiet", "--threads", "1"], base, 60.0)
+    assert not o.problems and o.code == 0, o.tail()

@@ -419,7 +419,7 @@ def _resume_changes(run_dir: str, env: dict, spec: Spec, loop: dict) -> tuple[st
     try:
         with open(recorded_path, encoding="utf-8") as fh:
             recorded = fh.read()
-    except OSError:
+    except (OSError, UnicodeDecodeError):  # removed, or damaged: what changed cannot be listed from it
         recorded = None
     recorded_hash = env.get("resolved_sha256") or (text_hash(recorded) if recorded is not None else None)
     if recorded_hash is None or text_hash(text) == recorded_hash:
