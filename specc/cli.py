@@ -396,12 +396,14 @@ def __getattr__(name: str):
 # positionals that do not start with "-". Anything else (--help, a typo, `-fjson`, `--`) goes to typer,
 # whose help and error messages stay the only ones. tests/test_startup.py checks this table against the
 # typer app and the results of both ways against each other.
-# command: (function, {option: (parameter, choices)} for options with a value, {flag: parameter},
+# command: (function, {option: (parameter, choices, or list for a repeatable text)} for options with a value,
+#           {flag: parameter},
 #           the positional parameter, whether it takes several)
 _FAST = {
     "summary": (summary, {"--format": ("fmt", SummaryFormat), "-f": ("fmt", SummaryFormat)},
                 {"--expand-nested": "expand_nested", "--show-trainable": "show_trainable"}, "spec_path", False),
-    "validate": (validate, {"--format": ("fmt", ErrorFormat), "-f": ("fmt", ErrorFormat)}, {}, "paths", True),
+    "validate": (validate, {"--format": ("fmt", ErrorFormat), "-f": ("fmt", ErrorFormat),
+                            "--exclude": ("exclude", list)}, {}, "paths", True),
 }
 
 
@@ -418,6 +420,11 @@ def _fast_call(argv: list[str]):
         if name in valued:
             value = value if eq else next(args, None)
             parameter, choices = valued[name]
+            if choices is list:  # repeatable, any text
+                if value is None or value.startswith("-"):
+                    return None
+                kwargs.setdefault(parameter, []).append(value)
+                continue
             if parameter in kwargs or value not in {c.value for c in choices}:
                 return None
             kwargs[parameter] = choices(value)
