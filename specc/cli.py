@@ -60,9 +60,33 @@ def _usage(message: str) -> SystemExit:
     return SystemExit(EXIT_USAGE)
 
 
-def expand_paths(paths: list[str]) -> list[str]:
-    """Files as given, directories searched for *.yaml/*.yml, glob patterns expanded. Raises on a path
-    that matches nothing."""
+def _excluded(path: str, patterns: list[str]) -> bool:
+    """A file is excluded when a pattern matches its path (as found, or relative to the working directory)
+    or one of its folders' names: `--exclude 'k8s/**'`, `--exclude '*.generated.yaml'`, `--exclude charts`."""
+    if not patterns:
+        return False
+    import fnmatch
+
+    candidates = {Path(path).as_posix()}
+    try:
+        candidates.add(Path(os.path.abspath(path)).relative_to(os.getcwd()).as_posix())
+    except ValueError:
+        pass
+    parts = Path(path).parts
+    for pattern in patterns:
+        pattern = pattern.rstrip("/")
+        if any(fnmatch.fnmatchcase(c, pattern) for c in candidates):
+            return True
+        if pattern.endswith("/**") and any(c == pattern[:-3] or c.startswith(pattern[:-2]) for c in candidates):
+            return True
+        if any(fnmatch.fnmatchcase(part, pattern) for part in parts):
+            return True
+    return False
+
+
+def expand_paths(paths: list[str], exclude: list[str] | None = None) -> list[str]:
+    """Files as given, directories searched for *.yaml/*.yml, glob patterns expanded, then the --exclude
+    patterns taken out. Raises on a path that matches nothing."""
     files: list[str] = []
     for p in paths:
         if os.path.isdir(p):
@@ -78,17 +102,21 @@ def expand_paths(paths: list[str]) -> list[str]:
         else:
             raise _usage(f"no such file or directory: {p}")
     seen: set[str] = set()
-    return [f for f in files if not (f in seen or seen.add(f))]
+    return [f for f in files if not (f in seen or seen.add(f)) and not _excluded(f, exclude or [])]
 
 
 def validate(
     paths: Annotated[list[str], typer.Argument(help="Spec files, directories (every *.yaml/*.yml below) or globs.")],
     fmt: Annotated[ErrorFormat, typer.Option("--format", "-f", help="text, json or github annotations.")] = ErrorFormat.text,
+    exclude: Annotated[list[str] | None, typer.Option("--exclude", metavar="GLOB", help="Skip files matching this pattern, or inside folders matching it (repeatable), e.g. --exclude 'charts/**'.")] = None,
 ) -> None:
-    """Check specs: schema, names, graph and shapes. Prints every error with file:line:column."""
+    """Check specs: schema, names, graph and shapes. Prints every error with file:line:column.
+
+    Example: specc validate specs/ --exclude 'specs/drafts/**' --format github
+    """
     from .spec import load_spec, render
 
-    files = expand_paths(paths)
+    files = expand_paths(paths, exclude)
     errors = []
     bad_files = 0
     for f in files:
@@ -132,7 +160,10 @@ def summary(
     expand_nested: Annotated[bool, typer.Option("--expand-nested", help="Show the layers inside nested blocks.")] = False,
     show_trainable: Annotated[bool, typer.Option("--show-trainable", help="Add a Trainable column.")] = False,
 ) -> None:
-    """Print the Keras-style summary of a spec: shapes and parameter counts, no data needed."""
+    """Print the Keras-style summary of a spec: shapes and parameter counts, no data needed.
+
+    Example: specc summary specs/digits_cnn.yaml --expand-nested
+    """
     from .summary import summary_json, summary_text
 
     spec = _load_or_exit(spec_path, fmt.value)
@@ -146,7 +177,10 @@ def summary(
 def schema(
     out: Annotated[str | None, typer.Option("--out", "-o", help="Write to this file instead of stdout.")] = None,
 ) -> None:
-    """Print the JSON Schema of the spec format, for editor completion and checking."""
+    """Print the JSON Schema of the spec format, for editor completion and checking.
+
+    Example: specc schema -o specc.schema.json
+    """
     from .spec.jsonschema import spec_json_schema
 
     text = json.dumps(spec_json_schema(), indent=2) + "\n"
@@ -173,7 +207,10 @@ def train(
     threads: Annotated[int | None, typer.Option("--threads", min=1, help="Threads for Numba and BLAS (default: all cores given to the process).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
 ) -> None:
-    """Train a spec; results go to a new run directory (runs/<name>/<timestamp>/)."""
+    """Train a spec; results go to a new run directory (runs/<name>/<timestamp>/).
+
+    Example: specc train specs/digits_mlp.yaml --set fit.epochs=3
+    """
     if spec_path is None and resume is None:
         raise _usage("give a SPEC to train, or --resume RUN_DIR")
     if spec_path is not None and resume is not None:
@@ -195,7 +232,10 @@ def evaluate(
     input_path: Annotated[str | None, typer.Option("--input", help="An .npz with arrays x and y (default: the spec's test data).")] = None,
     fmt: Annotated[SummaryFormat, typer.Option("--format", "-f", help="text or json.")] = SummaryFormat.text,
 ) -> None:
-    """Print the loss and metrics of trained weights on the spec's test data (or a given file)."""
+    """Print the loss and metrics of trained weights on the spec's test data (or a given file).
+
+    Example: specc evaluate specs/digits_mlp.yaml --weights runs/digits_mlp/20261207T101500Z
+    """
     if not os.path.isfile(spec_path):
         raise _usage(f"no such file: {spec_path}")
     from .train.session import evaluate as run_evaluate
@@ -209,7 +249,10 @@ def predict(
     input_path: Annotated[str, typer.Option("--input", help="An .npz with an array x.")],
     out: Annotated[str | None, typer.Option("--out", help="Output .npz or .csv (default: INPUT.predictions.npz).")] = None,
 ) -> None:
-    """Write predictions (class labels and probabilities for classifiers) to .npz or .csv."""
+    """Write predictions (class labels and probabilities for classifiers) to .npz or .csv.
+
+    Example: specc predict specs/digits_mlp.yaml --weights runs/digits_mlp/20261207T101500Z --input x.npz
+    """
     if not os.path.isfile(spec_path):
         raise _usage(f"no such file: {spec_path}")
     from .train.session import predict as run_predict
@@ -226,14 +269,101 @@ def time(
 ) -> None:
     """Time one training step, layer by layer, on synthetic inputs (no data, no training): forward and
     backward ms, GFLOP/s and % of the machine's measured peak, bytes moved (an estimate), share of the
-    step; then the loss, the optimizer step and the framework overhead."""
+    step; then the loss, the optimizer step and the framework overhead.
+
+    Example: specc time specs/digits_cnn.yaml --batch 64 --threads 1
+    """
     spec = _load_or_exit(spec_path, fmt.value)
     from .profile import DEFAULT_ITERS, run
 
     raise SystemExit(run(spec, batch, iters or DEFAULT_ITERS, threads, fmt.value))
 
 
-COMMANDS = (validate, summary, schema, train, evaluate, predict, time)
+class DrawFormat(str, Enum):
+    svg = "svg"
+    png = "png"
+    mermaid = "mermaid"
+    dot = "dot"
+
+
+class Direction(str, Enum):
+    TB = "TB"
+    LR = "LR"
+
+
+def draw(
+    spec_path: Annotated[str, typer.Argument(metavar="SPEC", help="A spec file.")],
+    fmt: Annotated[DrawFormat | None, typer.Option("--format", "-f", help="svg, png, mermaid or dot (default: from --out's suffix, else svg).")] = None,
+    out: Annotated[str | None, typer.Option("--out", "-o", help="Write to this file (replaced if it exists) instead of stdout; png needs it.")] = None,
+    direction: Annotated[Direction, typer.Option("--direction", help="TB (top to bottom) or LR (left to right).")] = Direction.TB,
+    expand_nested: Annotated[bool, typer.Option("--expand-nested", help="Draw the layers inside nested blocks, as clusters.")] = False,
+    show_params: Annotated[bool, typer.Option("--show-params", help="Add each layer's parameter count.")] = False,
+    show_trainable: Annotated[bool, typer.Option("--show-trainable", help="Mark each layer trainable or frozen.")] = False,
+) -> None:
+    """Draw the model: a box per layer with its name, type and output shape, edges for the graph.
+
+    SVG and PNG are laid out by specc itself (no Graphviz needed); Mermaid renders in GitHub/GitLab
+    Markdown; DOT is for Graphviz.
+
+    Example: specc draw specs/functional_two_inputs.yaml --format mermaid
+    """
+    from .draw import drawing, format_for, png, render
+
+    chosen = fmt.value if fmt else (format_for(out) or "svg")
+    if chosen == "png" and not out:
+        raise _usage("--format png writes a binary image: give the file with --out, e.g. -o model.png")
+    spec = _load_or_exit(spec_path)
+    picture = drawing(spec.graph, None, expand_nested, show_params, show_trainable)
+    if out is None:
+        _echo(render(picture, chosen, direction.value), nl=False)
+        return
+    tmp = f"{out}.tmp{os.getpid()}"
+    try:
+        if chosen == "png":
+            png(picture, tmp, direction.value)
+        else:
+            with open(tmp, "w", encoding="utf-8") as fh:
+                fh.write(render(picture, chosen, direction.value))
+        os.replace(tmp, out)
+    except OSError as exc:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise _usage(f"cannot write {out}: {exc.strerror}") from None
+    _echo(f"wrote {out} ({chosen})", err=True)
+
+
+COMMANDS = (validate, summary, schema, train, evaluate, predict, time, draw)
+
+
+def _versions() -> str:
+    """specc's and its numeric stack's versions, read from the installed metadata (no Numba import)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    parts = []
+    for name in ("specc", "numpy", "numba", "llvmlite"):
+        try:
+            parts.append(f"{name} {version(name)}")
+        except PackageNotFoundError:
+            parts.append(f"{name} (not installed)")
+    import platform
+
+    parts.append(f"Python {platform.python_version()}")
+    return ", ".join(parts)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        _echo(_versions())
+        raise SystemExit(EXIT_OK)
+
+
+def _root(
+    version: Annotated[bool, typer.Option("--version", "-V", callback=_version_callback, is_eager=True, help="Print the versions of specc, NumPy, Numba and llvmlite, and exit.")] = False,
+) -> None:
+    """specc: declarative deep-learning models from YAML specs: validate, summarise, draw, train.
+
+    Example: specc train specs/digits_mlp.yaml
+    """
 
 
 def _build_app() -> typer.Typer:
@@ -242,11 +372,11 @@ def _build_app() -> typer.Typer:
 
     app = typer.Typer(
         name="specc",
-        help="specc: declarative deep-learning models from YAML specs: validate, summarise, train.",
-        add_completion=False,
+        add_completion=True,  # --install-completion / --show-completion for bash, zsh, fish, PowerShell
         no_args_is_help=True,
         pretty_exceptions_enable=False,
     )
+    app.callback()(_root)
     for command in COMMANDS:
         app.command()(command)
     return app
@@ -266,12 +396,14 @@ def __getattr__(name: str):
 # positionals that do not start with "-". Anything else (--help, a typo, `-fjson`, `--`) goes to typer,
 # whose help and error messages stay the only ones. tests/test_startup.py checks this table against the
 # typer app and the results of both ways against each other.
-# command: (function, {option: (parameter, choices)} for options with a value, {flag: parameter},
+# command: (function, {option: (parameter, choices, or list for a repeatable text)} for options with a value,
+#           {flag: parameter},
 #           the positional parameter, whether it takes several)
 _FAST = {
     "summary": (summary, {"--format": ("fmt", SummaryFormat), "-f": ("fmt", SummaryFormat)},
                 {"--expand-nested": "expand_nested", "--show-trainable": "show_trainable"}, "spec_path", False),
-    "validate": (validate, {"--format": ("fmt", ErrorFormat), "-f": ("fmt", ErrorFormat)}, {}, "paths", True),
+    "validate": (validate, {"--format": ("fmt", ErrorFormat), "-f": ("fmt", ErrorFormat),
+                            "--exclude": ("exclude", list)}, {}, "paths", True),
 }
 
 
@@ -288,6 +420,11 @@ def _fast_call(argv: list[str]):
         if name in valued:
             value = value if eq else next(args, None)
             parameter, choices = valued[name]
+            if choices is list:  # repeatable, any text
+                if value is None or value.startswith("-"):
+                    return None
+                kwargs.setdefault(parameter, []).append(value)
+                continue
             if parameter in kwargs or value not in {c.value for c in choices}:
                 return None
             kwargs[parameter] = choices(value)

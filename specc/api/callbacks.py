@@ -9,6 +9,7 @@ ModelCheckpoint and CSVLogger write relative to the current directory.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from ..spec.schema import CALLBACKS
@@ -19,7 +20,8 @@ from .layer import ArgumentError, validate
 _POSITIONAL = {"EarlyStopping": ("monitor", "min_delta", "patience"),
                "ReduceLROnPlateau": ("monitor", "factor", "patience"),
                "ModelCheckpoint": ("filepath", "monitor"),
-               "CSVLogger": ("filename", "separator", "append")}
+               "CSVLogger": ("filename", "separator", "append"),
+               "TensorBoard": ("histogram_freq",)}
 
 
 class Callback(C.Callback):
@@ -72,4 +74,22 @@ ModelCheckpoint = _callback_class("ModelCheckpoint")
 CSVLogger = _callback_class("CSVLogger")
 TerminateOnNaN = _callback_class("TerminateOnNaN")
 
-__all__ = ["Callback", "EarlyStopping", "ReduceLROnPlateau", "ModelCheckpoint", "CSVLogger", "TerminateOnNaN"]
+
+class TensorBoard(_callback_class("TensorBoard")):
+    """Keras's TensorBoard callback: event files under `log_dir` ("logs" by default, as Keras; any path,
+    absolute ones included), read by `tensorboard --logdir logs`. Needs tensorboardX."""
+
+    def __init__(self, log_dir: str = "logs", *args: Any, **kwargs: Any) -> None:
+        if not isinstance(log_dir, (str, os.PathLike)) or not str(log_dir):
+            raise ArgumentError(f"TensorBoard: log_dir must be a folder path, got {log_dir!r}")
+        for unsupported in ("write_images", "write_steps_per_second", "profile_batch", "embeddings_freq",
+                            "embeddings_metadata"):
+            if kwargs.get(unsupported) not in (None, False, 0):
+                raise ArgumentError(f"TensorBoard: {unsupported} is not supported by specc (scalars, weight "
+                                    f"histograms and the model summary are written)")
+            kwargs.pop(unsupported, None)
+        super().__init__(*args, **kwargs)
+        self.log_dir = os.fspath(log_dir)
+
+__all__ = ["Callback", "EarlyStopping", "ReduceLROnPlateau", "ModelCheckpoint", "CSVLogger", "TerminateOnNaN",
+           "TensorBoard"]

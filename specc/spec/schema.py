@@ -308,8 +308,18 @@ class TerminateOnNaN(Strict):
     type: Literal["TerminateOnNaN"]
 
 
+class TensorBoard(Strict):
+    type: Literal["TensorBoard"]
+    log_dir: RunFile = "tensorboard"  # inside the run directory (the API: relative to the working directory)
+    histogram_freq: NonNegInt = 0  # weight histograms every N epochs; 0: none
+    write_graph: Bool = True  # the model summary, as text (specc has no TensorFlow graph to show)
+    update_freq: by_kind("'epoch', 'batch' or a positive number of batches",
+                         str=choice(("epoch", "batch"), "update_freq"), number=PositiveInt) = "epoch"
+
+
 CALLBACKS: dict[str, type[Strict]] = {
-    c.__name__: c for c in (EarlyStopping, ModelCheckpoint, ReduceLROnPlateau, CSVLogger, TerminateOnNaN)
+    c.__name__: c for c in (EarlyStopping, ModelCheckpoint, ReduceLROnPlateau, CSVLogger, TerminateOnNaN,
+                            TensorBoard)
 }
 
 

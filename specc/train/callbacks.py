@@ -195,7 +195,10 @@ class TerminateOnNaN(Callback):
             self.trainer.stop_training = True
 
 
-BY_TYPE = {c.__name__: c for c in (EarlyStopping, ReduceLROnPlateau, ModelCheckpoint, CSVLogger, TerminateOnNaN)}
+from .tensorboard import TensorBoard  # noqa: E402 - it derives from Callback above
+
+BY_TYPE = {c.__name__: c for c in (EarlyStopping, ReduceLROnPlateau, ModelCheckpoint, CSVLogger, TerminateOnNaN,
+                                   TensorBoard)}
 
 
 def build(cfg) -> Callback:

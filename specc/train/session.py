@@ -59,9 +59,17 @@ def _spec_error(spec: Spec, path: tuple, message: str) -> SpecError:
 
 
 def _check_monitors(spec: Spec, has_validation: bool) -> list[SpecError]:
-    """A callback watching val_* needs validation data; say so before training, not after."""
+    """A callback watching val_* needs validation data, and TensorBoard its writer; say so before training,
+    not after."""
     errors = []
     for i, cb in enumerate(spec.callbacks):
+        if cb.type == "TensorBoard":
+            from .tensorboard import MissingWriter, writer_class
+
+            try:
+                writer_class()
+            except MissingWriter as exc:
+                errors.append(_spec_error(spec, ("fit", "callbacks", i, "type"), str(exc)))
         monitor = getattr(cb, "monitor", None)
         if monitor and monitor.startswith("val_") and not has_validation:
             errors.append(_spec_error(spec, ("fit", "callbacks", i, "monitor"),
