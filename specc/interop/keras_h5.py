@@ -103,7 +103,12 @@ def read(path: str | os.PathLike, graph: Graph) -> dict[str, np.ndarray]:
 
 def _read_file(f, path: str, graph: Graph) -> dict[str, np.ndarray]:
     found = {}
-    f.visititems(lambda name, obj: found.setdefault(name, obj) if name.endswith("/vars") or name == "vars" else None)
+
+    def collect(name: str, obj) -> None:  # h5py stops visiting at the first callback that returns a value
+        if name.endswith("/vars"):
+            found[name] = obj
+
+    f.visititems(collect)
     by_name = {}
     for name, group in found.items():
         stored = group.attrs.get("name")
@@ -116,7 +121,9 @@ def _read_file(f, path: str, graph: Graph) -> dict[str, np.ndarray]:
     use_names = all(len(by_name.get(e.node.name, [])) == 1 for e in weighted)
     out: dict[str, np.ndarray] = {}
     for e in weighted:
-        where = by_name[e.node.name][0] if use_names else e.vars_path
+        where = e.vars_path
+        if use_names:  # the named group is the layer's own `vars`; the weights may sit on its cell
+            where = by_name[e.node.name][0].removesuffix("vars") + e.vars_path[len(e.group) + 1:]
         if where not in f:
             raise ValueError(f"{path} has no weights for layer '{e.node.name}' ({e.node.type}): expected the "
                              f"group {where!r}; is it a weights file of this architecture?")
@@ -154,10 +161,14 @@ def write(path: str | os.PathLike, graph: Graph, weights: dict[str, np.ndarray])
                     group.create_group("vars").attrs["name"] = e.node.name
                     continue
                 if e.node.layer is not None and e.node.layer.type in RECURRENT:
-                    group.create_group("vars")  # the layer's own (empty); the cell holds the weights
+                    # The layer's own vars are empty and carry its name; the cell holds the weights.
+                    group.create_group("vars").attrs["name"] = e.node.name
                     group.create_group("cell")
-                vars_group = f.create_group(e.vars_path)
-                vars_group.attrs["name"] = e.node.name
+                    vars_group = f.create_group(e.vars_path)
+                    vars_group.attrs["name"] = f"{e.node.name}_cell"
+                else:
+                    vars_group = f.create_group(e.vars_path)
+                    vars_group.attrs["name"] = e.node.name
                 for k, w in enumerate(_leaf_weights(e.node)):
                     vars_group.create_dataset(str(k), data=np.asarray(weights[f"{e.node.name}/{w}"]))
         os.replace(tmp, path)

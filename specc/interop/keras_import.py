@@ -65,6 +65,19 @@ def _float32_dtype(v: Any) -> bool:
     return False
 
 
+# Keras's initializer arguments at their defaults, which specc's initializers of the same name use.
+INITIALIZER_DEFAULTS = {
+    "random_uniform": {"minval": -0.05, "maxval": 0.05}, "random_normal": {"mean": 0.0, "stddev": 0.05},
+    "truncated_normal": {"mean": 0.0, "stddev": 0.05}, "orthogonal": {"gain": 1.0},
+}
+# VarianceScaling (scale, mode, distribution) that is one of the named initializers.
+VARIANCE_SCALING = {
+    (1.0, "fan_avg", "uniform"): "glorot_uniform", (1.0, "fan_avg", "truncated_normal"): "glorot_normal",
+    (2.0, "fan_in", "uniform"): "he_uniform", (2.0, "fan_in", "truncated_normal"): "he_normal",
+    (1.0, "fan_in", "uniform"): "lecun_uniform", (1.0, "fan_in", "truncated_normal"): "lecun_normal",
+}
+
+
 def _initializer(v: Any) -> tuple[Any, str | None]:
     """(specc's name for a Keras initializer, or None; why not)."""
     if isinstance(v, str):
@@ -72,6 +85,16 @@ def _initializer(v: Any) -> tuple[Any, str | None]:
     if isinstance(v, dict) and isinstance(v.get("class_name"), str):
         name = snake_case(v["class_name"])
         cfg = {k: x for k, x in (v.get("config") or {}).items() if x is not None and k != "seed"}
+        if name == "variance_scaling":
+            key = (float(cfg.pop("scale", 1.0)), cfg.pop("mode", "fan_in"), cfg.pop("distribution", "truncated_normal"))
+            if key in VARIANCE_SCALING and not cfg:
+                return VARIANCE_SCALING[key], None
+            cfg.update(zip(("scale", "mode", "distribution"), key))
+        elif name == "constant" and set(cfg) <= {"value"} and cfg.get("value", 0.0) in (0.0, 1.0):
+            return ("zeros", "ones")[int(cfg.get("value", 0.0))], None
+        for key, default in INITIALIZER_DEFAULTS.get(name, {}).items():
+            if cfg.get(key) == default:
+                del cfg[key]
         if cfg:
             return None, f"an initializer with arguments ({', '.join(f'{k}={x!r}' for k, x in cfg.items())})"
         return name, None
