@@ -332,7 +332,59 @@ def draw(
     _echo(f"wrote {out} ({chosen})", err=True)
 
 
-COMMANDS = (validate, summary, schema, train, evaluate, predict, time, draw)
+def import_(
+    source: Annotated[str, typer.Argument(metavar="SOURCE", help="A Keras 3 model: a .keras archive, or the JSON of model.to_json() (or an archive's config.json).")],
+    out: Annotated[str | None, typer.Option("--out", "-o", help="The spec to write (default: <model name>.yaml here).")] = None,
+    weights: Annotated[str | None, typer.Option("--weights", metavar="FILE", help="Keras weights (.weights.h5) for a JSON config; a .keras archive carries its own.")] = None,
+    weights_out: Annotated[str | None, typer.Option("--weights-out", metavar="FILE", help="Where the weights go, in specc's .npz format (default: next to the spec, <stem>.weights.npz).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace the spec and weights files if they exist.")] = False,
+    fmt: Annotated[SummaryFormat, typer.Option("--format", "-f", help="text or json (for the list of problems).")] = SummaryFormat.text,
+) -> None:
+    """Convert a Keras 3 model into a specc spec (and its weights into specc's .npz), or list every layer and argument specc cannot express, with its place in the Keras config.
+
+    Example: specc import model.keras -o model.yaml
+    """
+    for path, what in ((source, "SOURCE"), (weights, "--weights")):
+        if path is not None and not os.path.isfile(path):
+            raise _usage(f"no such file: {path} ({what})")
+    from .interop.keras_import import ImportFailed, import_model
+
+    target = out
+    try:
+        imported = import_model(source, weights, os.path.basename(out) if out else "spec.yaml")
+    except ImportFailed as exc:
+        if fmt is SummaryFormat.json:
+            _echo(json.dumps([{"file": exc.source, "where": p.where, "layer": p.layer, "message": p.message}
+                              for p in exc.problems], indent=2))
+        else:
+            for p in exc.problems:
+                _echo(f"{exc.source}: {p}", err=True)
+        n = len(exc.problems)
+        _echo(f"{n} problem{'s' * (n != 1)}: nothing written", err=True)
+        raise SystemExit(EXIT_INVALID) from None
+    except ImportError as exc:  # h5py missing for the weights
+        raise _usage(str(exc)) from None
+    target = out or f"{imported.spec.name}.yaml"
+    stem = target[:-5] if target.endswith(".yaml") else target[:-4] if target.endswith(".yml") else target
+    npz = weights_out or f"{stem}.weights.npz"
+    written = [target] + ([npz] if imported.weights is not None else [])
+    for path in written:
+        if os.path.exists(path) and not force:
+            raise _usage(f"{path} exists; give another --out/--weights-out, or --force to replace it")
+    from .train.run import atomic_write_npz, atomic_write_text
+
+    try:
+        atomic_write_text(target, imported.spec_text)
+        if imported.weights is not None:
+            atomic_write_npz(npz, imported.weights)
+    except OSError as exc:
+        raise _usage(f"cannot write {exc.filename or target}: {exc.strerror}") from None
+    layers = sum(len(n.leaves()) for n in imported.spec.graph.nodes)
+    _echo(f"wrote {target}: {layers} layers, {imported.params:,} parameters"
+          + (f"; weights in {npz}" if imported.weights is not None else " (no weights in the source)"), err=True)
+
+
+COMMANDS = (validate, summary, schema, train, evaluate, predict, time, draw, import_)
 
 
 def _versions() -> str:
@@ -378,7 +430,7 @@ def _build_app() -> typer.Typer:
     )
     app.callback()(_root)
     for command in COMMANDS:
-        app.command()(command)
+        app.command(name=command.__name__.rstrip("_"))(command)
     return app
 
 
