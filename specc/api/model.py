@@ -27,6 +27,7 @@ class Model(Layer):
     """A Functional model: `Model(inputs=x, outputs=y)` for KerasTensors x (from specc.Input) and y."""
 
     _is_model = True
+    _is_sequential = False
 
     def __init__(self, inputs: Any = None, outputs: Any = None, name: str | None = None, trainable: bool = True,
                  **kwargs: Any):
@@ -137,23 +138,6 @@ class Model(Layer):
     def _sublayers(self) -> list[Layer]:
         """Layers directly inside this model (no InputLayers), each once, in Keras's order."""
         return [layer for layer in self._layer_order if not isinstance(layer, InputLayer)]
-
-    def _chain(self) -> list[Layer]:
-        """The layers as one chain, for nesting this model inside another as a block."""
-        nodes = self._graph_nodes
-        chain_ok = len(self._inputs) == 1 and len(self._outputs) == 1 and nodes and \
-            nodes[-1].outputs[0] is self._outputs[0] and len({id(n.layer) for n in nodes}) == len(nodes)
-        prev = self._inputs[0] if self._inputs else None
-        for node in nodes if chain_ok else []:
-            if len(node.inputs) != 1 or node.inputs[0] is not prev:
-                chain_ok = False
-                break
-            prev = node.outputs[0]
-        if not chain_ok:
-            raise NotImplementedError(f"model '{self.name}' is a Functional graph with branches or several "
-                                      f"inputs/outputs; specc nests only chains of layers inside another model. "
-                                      f"Call its layers on your tensors directly instead.")
-        return [n.layer for n in nodes]
 
     def _make_plan(self, flags: dict | None = None):
         from .functional import functional_plan
@@ -539,20 +523,14 @@ class Model(Layer):
         """Within fit(): the training engine holds the weights, and eager mode applies."""
         import contextlib
 
-        from .functional import claim, pinned
+        from .functional import claim, hold
 
         @contextlib.contextmanager
         def live():
             plan = trainer.api_plan
             claim(trainer.engine, plan)
-            ids = {id(leaf) for leaf in plan.leaves.values()}
-            added = ids - pinned
-            pinned.update(added)
-            try:
-                with runtime(self.run_eagerly):
-                    yield
-            finally:
-                pinned.difference_update(added)
+            with hold(plan), runtime(self.run_eagerly):
+                yield
 
         return live()
 

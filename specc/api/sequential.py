@@ -21,6 +21,8 @@ from .tensors import KerasTensor, shape_str
 class Sequential(Model):
     """Keras's Sequential: `Sequential(layers=None, name=None)`, then add() / pop()."""
 
+    _is_sequential = True
+
     def __init__(self, layers: list | None = None, name: str | None = None, trainable: bool = True, **kwargs: Any):
         if kwargs:
             raise TypeError(f"Sequential() got unexpected argument(s) {', '.join(sorted(kwargs))}")
@@ -101,9 +103,6 @@ class Sequential(Model):
         return [layer for layer in self._layers if not isinstance(layer, InputLayer)]
 
     def _sublayers(self) -> list[Layer]:
-        return self.layers
-
-    def _chain(self) -> list[Layer]:
         return self.layers
 
     # --- building -----------------------------------------------------------------------------------
