@@ -212,15 +212,6 @@ class Sequential(Model):
         self._require_built("graph")
         return sequential_plan(self, flags)
 
-    def get_config(self) -> dict:
-        """The spec's model section; before the model is built (no input shape yet) only its `layers`, as
-        Keras 3's config of an unbuilt Sequential has no build_input_shape."""
-        if self.built:
-            return super().get_config()
-        from .io import layers_dicts
-
-        return {"layers": layers_dicts(self)}
-
     def _structure_key(self) -> Any:
         shape = self._layers[0]._shape if self.built else None
         return (id(self), shape, tuple(layer._structure_key() for layer in self.layers))
