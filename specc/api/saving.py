@@ -64,6 +64,7 @@ def save_model(model: Any, filepath: str | os.PathLike, overwrite: bool = True) 
     complete new one."""
     from ..train.run import atomic_write
     from .config import NotSerializable, model_dict
+    from .sequential import Sequential
 
     path = os.fspath(filepath)
     problem = _suffix_problem(path, "save")
@@ -96,7 +97,7 @@ def save_model(model: Any, filepath: str | os.PathLike, overwrite: bool = True) 
     from .. import __version__
 
     manifest = {"format": FORMAT, "version": VERSION, "specc": __version__,
-                "class": "Sequential" if model._is_sequential else "Functional",
+                "class": "Sequential" if isinstance(model, Sequential) else "Functional",
                 # Keras allows more in a model's name than a spec's `name` (a file name) does
                 "name": model.name, "trainable": model.trainable,
                 "weights": [v.path for v in variables],
