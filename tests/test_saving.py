@@ -109,6 +109,22 @@ def test_compile_settings_come_back(tmp_path):
     assert loaded.evaluate(x, y, verbose=0) == model.evaluate(x, y, verbose=0)
 
 
+def test_optimizer_state_for_other_weights_is_skipped_with_a_warning(tmp_path):
+    """Keras 3 skips optimizer variables that do not match the loaded model's; so does specc."""
+    x, y = data()
+    model = mlp()
+    model.fit(x, y, epochs=1, verbose=0)
+    with pytest.warns(UserWarning, match="compile"):
+        model.layers[0].trainable = False  # after compile: the saved optimizer covers both layers
+    model.save(tmp_path / "m.specc")
+    with pytest.warns(UserWarning, match="optimizer and training-loop state were not restored"):
+        loaded = specc.models.load_model(tmp_path / "m.specc")
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+    before = loaded.layers[0].get_weights()
+    loaded.fit(x, y, epochs=1, verbose=0)
+    np.testing.assert_array_equal(loaded.layers[0].get_weights()[0], before[0])  # frozen, as saved
+
+
 def test_an_uncompiled_model_and_the_public_names(tmp_path):
     model = specc.Sequential([specc.Input(shape=(3,)), layers.Dense(2)], name="plain")
     specc.saving.save_model(model, tmp_path / "plain.specc")

@@ -15,7 +15,8 @@ A `.specc` file is a zip archive of data only (nothing is ever unpickled or exec
 
 Loading rebuilds the model from config.yaml (Model.from_config), sets the weights, compiles it from
 compile.json and restores the optimizer and generators, so it predicts the same and `fit` continues exactly
-as the saved model would have. Every problem (not a zip, truncated, a member changed or missing, a newer
+as the saved model would have (an optimizer state that does not fit the model, because a layer's
+`trainable` changed between compile() and save(), is skipped with a warning, as Keras 3 does). Every problem (not a zip, truncated, a member changed or missing, a newer
 format, arrays that do not fit) is a ValueError naming the file and what is wrong.
 
 The suffix is `.specc`, as Keras 3 requires `.keras` for its own format: save() refuses any other, and
@@ -337,7 +338,11 @@ def _load_training_state(archive: _Archive, model: Any) -> None:
         model.set_training_state({"optimizer": optimizer, "rng": state.get("rng"),
                                   "dropout_rng": state.get("dropout_rng")})
     except ValueError as exc:
-        raise archive.fail(f"its optimizer or training-loop state does not fit the model: {exc}") from None
+        # As Keras 3 skips optimizer variables that do not match (a layer's `trainable` changed after
+        # compile() and before save(), so the saved optimizer covers other weights): the model loads, and
+        # training starts with a fresh optimizer.
+        warnings.warn(f"{archive.path}: the optimizer and training-loop state were not restored ({exc}); "
+                      f"fit() starts with a fresh optimizer", UserWarning, stacklevel=3)
 
 
 def load_weights_from_archive(model: Any, filepath: str | os.PathLike) -> None:
