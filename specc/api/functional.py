@@ -18,12 +18,11 @@ names the outputs); the first call declares the weights and every call runs on t
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-
-import contextlib
 
 from ..graph import Graph, build_functional, build_sequential, engine_graph
 from ..layers.base import REGISTRY, LayerSpec
