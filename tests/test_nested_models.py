@@ -150,3 +150,18 @@ def test_what_is_not_supported_says_so():
     x = specc.Input(shape=(8, 8, 3))
     with pytest.raises(NotImplementedError, match="called 2 times"):
         specc.Model(x, layers.Add()([base(x), base(x)]))
+
+
+def test_a_functional_block_spec_builds_the_same_model():
+    """The validated-spec path (specc.load's) builds a nested Functional block back into a model: what a YAML
+    `type: Functional` entry will use once spec format v1 reads one."""
+    from specc.api import io
+    from specc.api.functional import graph_block_spec
+
+    base = residual_base()
+    spec = graph_block_spec(base, "base", None, {}, "top")  # one input, one output, layers in Keras's order
+    rebuilt = io._layer(spec.model_copy(update={"name": "rebuilt"}))
+    assert [layer.name for layer in rebuilt.layers] == [layer.name for layer in base.layers]
+    rebuilt.set_weights(base.get_weights())
+    x, _ = images(2)
+    np.testing.assert_array_equal(rebuilt.predict(x, verbose=0), base.predict(x, verbose=0))

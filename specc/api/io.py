@@ -35,8 +35,16 @@ def load(source: str | os.PathLike | Spec) -> Model:
 
 
 def _layer(spec: Any) -> Layer:
+    """A validated LayerSpec as an API layer; a nested block as a model."""
     if spec.type == "Sequential":
         return Sequential([_layer(child) for child in spec.layers], name=spec.name, trainable=spec.trainable)
+    if spec.type == "Functional":  # layers in a topological order, each naming its inputs inside the block
+        inp = Input(shape=spec.input_shape, name=spec.block_input)
+        tensors = {spec.block_input: inp}
+        for child in spec.layers:
+            args = [tensors[r] for r in child.inputs]
+            tensors[child.name] = _layer(child)(args if child.is_merge else args[0])
+        return Model(inp, tensors[spec.output], name=spec.name, trainable=spec.trainable)
     return LAYER_CLASSES[spec.type]._from_spec(spec)
 
 
