@@ -2,8 +2,9 @@
 becomes, built by specc.graph.build_sequential / build_functional), which specc.engine.Engine runs.
 
     plan = sequential_plan(model) | functional_plan(model) | layer_plan(layer, shapes)
-    engine = make_engine(plan)        # Engine(plan.graph), shared calls bound to their weights
+    engine = make_engine(plan)        # Engine(engine_graph(plan.graph)), shared calls bound to their weights
     claim(engine, plan)               # the layers' weights now live in engine.params
+    with hold(plan): ...              # fit(): they stay there while other engines run
 
 Weights belong to the layers (Keras's model: a layer's variables are shared by every model using it).
 The engine keeps all parameters in one flat buffer, so `claim` copies each layer's current arrays into the
