@@ -165,3 +165,22 @@ def test_a_functional_block_spec_builds_the_same_model():
     rebuilt.set_weights(base.get_weights())
     x, _ = images(2)
     np.testing.assert_array_equal(rebuilt.predict(x, verbose=0), base.predict(x, verbose=0))
+
+
+def test_blocks_inside_blocks_of_either_kind(tmp_path):
+    """A Sequential inside a Functional model, that inside a Sequential, that inside a Functional model."""
+    seq = specc.Sequential([layers.Dense(4, activation="relu"), layers.Dense(4)], name="seq")
+    i = specc.Input(shape=(4,))
+    residual = specc.Model(i, layers.Add()([seq(i), i]), name="residual")
+    stack = specc.Sequential([specc.Input(shape=(4,)), residual, layers.Dense(3)], name="stack")
+    x = specc.Input(shape=(4,))
+    top = specc.Model(x, layers.Dense(1, name="out")(stack(x)))
+    assert [r[0] for r in summary_rows(summary_of(top, expand_nested=True))][1:7] == [
+        "stack (Sequential)", "└ residual (Functional)", "└ seq (Sequential)", "└ dense (Dense)",
+        "└ dense_1 (Dense)", "└ add (Add)"]
+    data = np.random.default_rng(0).random((3, 4)).astype(np.float32)
+    expected = top.get_layer("out")(stack.layers[-1](residual(data)))
+    np.testing.assert_allclose(top.predict(data, verbose=0), expected, rtol=1e-6, atol=1e-7)
+    top.save(tmp_path / "top.specc")
+    np.testing.assert_array_equal(specc.models.load_model(tmp_path / "top.specc").predict(data, verbose=0),
+                                  top.predict(data, verbose=0))
