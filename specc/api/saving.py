@@ -76,8 +76,7 @@ def save_model(model: Any, filepath: str | os.PathLike, overwrite: bool = True) 
     if os.path.isdir(path):
         raise IsADirectoryError(f"{path} is a directory; save() writes one file")
     model._require_built("save")
-    members: dict[str, bytes] = {}
-    members["config.yaml"] = _config_yaml(model, model_dict).encode("utf-8")
+    texts: dict[str, bytes] = {"config.yaml": _config_yaml(model, model_dict).encode("utf-8")}
     try:
         compile_config = model.get_compile_config()
     except NotSerializable as exc:
@@ -85,32 +84,47 @@ def save_model(model: Any, filepath: str | os.PathLike, overwrite: bool = True) 
                       f"not compiled: call compile() on it again", UserWarning, stacklevel=3)
         compile_config = None
     training = model.get_training_state() if compile_config is not None else None
-    if compile_config is not None:
-        members["compile.json"] = _json(compile_config)
     variables = model.weights
-    for k, v in enumerate(variables):
-        members[f"weights/{k:05d}.npy"] = _npy(v.numpy())
+    arrays = {f"weights/{k:05d}.npy": v for k, v in enumerate(variables)}  # read one at a time while writing
+    if compile_config is not None:
+        texts["compile.json"] = _json(compile_config)
     if training is not None:
-        members["training.json"] = _json({"rng": training["rng"], "dropout_rng": training["dropout_rng"],
-                                          "optimizer": list(training["optimizer"])})
-        for name, array in training["optimizer"].items():
-            members[f"optimizer/{name}.npy"] = _npy(array)
+        texts["training.json"] = _json({"rng": training["rng"], "dropout_rng": training["dropout_rng"],
+                                        "optimizer": list(training["optimizer"])})
+        arrays.update({f"optimizer/{name}.npy": a for name, a in training["optimizer"].items()})
     from .. import __version__
 
-    manifest = {"format": FORMAT, "version": VERSION, "specc": __version__,
-                "class": "Sequential" if isinstance(model, Sequential) else "Functional",
-                # Keras allows more in a model's name than a spec's `name` (a file name) does
-                "name": model.name, "trainable": model.trainable,
-                "weights": [v.path for v in variables],
-                "members": {name: hashlib.sha256(data).hexdigest() for name, data in members.items()}}
-
     def write(fh) -> None:
-        with zipfile.ZipFile(fh, "w", zipfile.ZIP_DEFLATED) as archive:
-            archive.writestr(MANIFEST, _json(manifest))
-            for name, data in members.items():
-                archive.writestr(name, data)
+        digests: dict[str, str] = {}
+        with zipfile.ZipFile(fh, "w") as archive:
+            for name, data in texts.items():
+                archive.writestr(name, data, compress_type=zipfile.ZIP_DEFLATED)
+                digests[name] = hashlib.sha256(data).hexdigest()
+            for name, value in arrays.items():  # stored, not deflated: float weights hardly compress
+                with archive.open(name, "w", force_zip64=True) as member:
+                    hashing = _Hashing(member)
+                    array = value.numpy() if hasattr(value, "numpy") else value
+                    np.lib.format.write_array(hashing, np.array(array, order="C"), allow_pickle=False)  # 0-d stays 0-d
+                digests[name] = hashing.sha256.hexdigest()
+            manifest = {"format": FORMAT, "version": VERSION, "specc": __version__,
+                        "class": "Sequential" if isinstance(model, Sequential) else "Functional",
+                        # Keras allows more in a model's name than a spec's `name` (a file name) does
+                        "name": model.name, "trainable": model.trainable,
+                        "weights": [v.path for v in variables], "members": digests}
+            archive.writestr(MANIFEST, _json(manifest), compress_type=zipfile.ZIP_DEFLATED)
 
     atomic_write(path, write)
+
+
+class _Hashing:
+    """A writable file that passes bytes on to `target` and hashes them on the way."""
+
+    def __init__(self, target: Any):
+        self.target, self.sha256 = target, hashlib.sha256()
+
+    def write(self, data: Any) -> int:
+        self.sha256.update(data)
+        return self.target.write(data)
 
 
 def _config_yaml(model: Any, model_dict: Any) -> str:
@@ -121,12 +135,6 @@ def _config_yaml(model: Any, model_dict: Any) -> str:
 
 def _json(obj: Any) -> bytes:
     return (json.dumps(obj, indent=1) + "\n").encode("utf-8")
-
-
-def _npy(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.lib.format.write_array(buf, np.array(array, order="C"), allow_pickle=False)  # 0-d stays 0-d
-    return buf.getvalue()
 
 
 # --- loading ---------------------------------------------------------------------------------------------------
