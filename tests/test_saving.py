@@ -6,8 +6,8 @@ and dropout generators). Every damaged file is a ValueError naming the file; suf
 
 from __future__ import annotations
 
-import importlib.util
 import json
+import sys
 import zipfile
 
 import numpy as np
@@ -302,10 +302,19 @@ def test_load_weights_from_a_saved_model(saved):
         small.load_weights(saved)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("specc.interop") is not None, reason="specc.interop exists")
-def test_keras_weight_files_without_the_interop_module(tmp_path):
+def test_keras_weight_files_without_the_interop_module(tmp_path, monkeypatch):
+    """`.weights.h5` goes to specc.interop.keras_h5; a specc without that module says so."""
+    monkeypatch.setitem(sys.modules, "specc.interop", None)  # as if the package were absent
+    monkeypatch.delitem(sys.modules, "specc.interop.keras_h5", raising=False)
     with pytest.raises(NotImplementedError, match="need specc.interop.keras_h5"):
         mlp().save_weights(tmp_path / "m.weights.h5")
+    with pytest.raises(NotImplementedError, match="need specc.interop.keras_h5"):
+        mlp().load_weights(_touch(tmp_path / "k.weights.h5"))
+
+
+def _touch(path):
+    path.write_bytes(b"")
+    return path
 
 
 # --- get_config / from_config --------------------------------------------------------------------------------
