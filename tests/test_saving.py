@@ -50,7 +50,15 @@ def dropout_net():
     return model
 
 
-@pytest.mark.parametrize("build", [mlp, dropout_net], ids=["adam_mlp", "dropout_shuffle"])
+def scheduled_sgd():
+    model = specc.Sequential([specc.Input(shape=(6,)), layers.Dense(5, activation="tanh"), layers.Dense(3)])
+    schedule = specc.optimizers.schedules.ExponentialDecay(0.1, 3, 0.5)
+    model.compile(optimizer=specc.optimizers.SGD(learning_rate=schedule, momentum=0.9, nesterov=True, clipnorm=1.0),
+                  loss=specc.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return model
+
+
+@pytest.mark.parametrize("build", [mlp, dropout_net, scheduled_sgd], ids=["adam_mlp", "dropout_shuffle", "schedule"])
 def test_fit_2_epochs_equals_fit_1_save_load_fit_1(build, tmp_path):
     """Keras's promise for a saved model, bit for bit: the optimizer state and the generators come back."""
     x, y = data()

@@ -186,7 +186,8 @@ def compile_config(settings: Any, run_eagerly: bool) -> dict | None:
     for f in dataclasses.fields(settings):
         value = getattr(settings, f.name)
         if f.name == "optimizer":
-            out["optimizer"] = _plain(value.model_dump(exclude_none=True))
+            # warnings=False: a schedule's tagged union serialises fine, but pydantic warns about it
+            out["optimizer"] = _plain(value.model_dump(exclude_none=True, warnings=False))
         else:
             out[f.name] = _encode(value, f.name)
     out["run_eagerly"] = bool(run_eagerly)
