@@ -2,8 +2,8 @@
 
 Public surface: load and validate specs, infer graphs, print summaries (the CLI's front door), and the
 Python API with Keras 3's semantics on the same schema, graph, engine and training loop:
-`Sequential`, `Model`, `Input`, `layers.*`, `load`, and Keras's `optimizers`, `losses`, `metrics`,
-`callbacks`. Heavy runtime modules (Numba) are imported lazily, when a model first runs. Importing specc changes
+`Sequential`, `Model`, `Input`, `layers.*`, `load`, and Keras's `models` (`load_model`), `saving`,
+`optimizers`, `losses`, `metrics`, `callbacks`. Heavy runtime modules (Numba) are imported lazily, when a model first runs. Importing specc changes
 nothing process-wide: `specc.runtime` holds the settings the CLI applies (thread count, spin times).
 """
 
@@ -22,7 +22,7 @@ def __getattr__(name: str):
 
     if name in _FROM:
         value = getattr(importlib.import_module(f".{_FROM[name]}", __name__), name)
-    elif name in ("layers", "runtime"):
+    elif name in ("layers", "models", "runtime", "saving"):
         value = importlib.import_module(f".{name}", __name__)
     else:
         raise AttributeError(f"module 'specc' has no attribute {name!r}")
@@ -38,4 +38,4 @@ __version__ = "0.1.0"
 
 __all__ = ["Input", "InputLayer", "KerasTensor", "Model", "Sequential", "Spec", "SpecError", "SpecInvalid",
            "__version__", "callbacks", "clear_session", "layers", "load", "load_spec", "load_spec_text", "losses",
-           "metrics", "optimizers", "runtime", "set_random_seed"]
+           "metrics", "models", "optimizers", "runtime", "saving", "set_random_seed"]

@@ -19,6 +19,8 @@ from .spec.types import MAX_INT64, MAX_RANK, limit_text
 
 Report = Callable[[Path, str], None]
 
+BLOCK_TYPES = ("Sequential", "Functional")  # layers that hold layers (specc.layers.container)
+
 
 @dataclass
 class Node:
@@ -30,7 +32,10 @@ class Node:
     output_shape: tuple | None = None
     weights: list[WeightSpec] = field(default_factory=list)
     trainable: bool = True  # False when the layer or a block around it is frozen
-    children: list[Node] = field(default_factory=list)  # the chain inside a nested Sequential block
+    # The layers inside a nested block: a chain for a Sequential block; for a Functional block a graph in
+    # topological order whose `inbound` names the block's own input (standing for this node's inbound) or
+    # each other.
+    children: list[Node] = field(default_factory=list)
 
     @property
     def type(self) -> str:
@@ -102,7 +107,7 @@ def assign_names(layers: list[LayerSpec], taken: set[str]) -> None:
                         break
                 layer.name = candidate
                 taken.add(candidate)
-            if layer.type == "Sequential":
+            if layer.type in BLOCK_TYPES:
                 walk(layer.layers)
 
     walk(layers)
@@ -131,6 +136,9 @@ def _infer(node: Node, report: Report, frozen: bool) -> None:
                 shape = child.output_shape
             node.output_shape = shape
             return
+        if layer.type == "Functional":
+            _infer_block_graph(node, report)
+            return
         node.output_shape = tuple(layer.compute_output_shape(node.input_shape))
         node.weights = layer.weight_specs(node.input_shape)
         _check_sizes(node)
@@ -139,6 +147,34 @@ def _infer(node: Node, report: Report, frozen: bool) -> None:
                  else fmt_shape(node.input_shape))
         report(node.path, f"{layer.type} '{layer.name}' cannot take input {shown}: {exc}")
         node.output_shape, node.weights = None, []
+
+
+def _infer_block_graph(node: Node, report: Report) -> None:
+    """A Functional block's children: each layer's input shapes from the block's input or the layers
+    before it (the block's layers come in a topological order)."""
+    layer = node.layer
+    shapes: dict[str, Any] = {layer.block_input: node.input_shape}
+    for i, child_layer in enumerate(layer.layers):
+        path = node.path + ("layers", i)
+        refs = list(child_layer.inputs or ())
+        unknown = [r for r in refs if r not in shapes]
+        if unknown or not _check_arity(child_layer, len(refs), path + ("inputs",), report):
+            if unknown:
+                report(path + ("inputs",), f"unknown input {unknown[0]!r} inside block '{layer.name}'; known: "
+                                           f"{', '.join(shapes)}")
+            return
+        args = [shapes[r] for r in refs]
+        child = Node(child_layer.name, child_layer, refs, path,
+                     input_shape=args if child_layer.is_merge else args[0])
+        node.children.append(child)
+        _infer(child, report, frozen=not node.trainable)
+        if child.output_shape is None:
+            return
+        shapes[child.name] = child.output_shape
+    if layer.output not in shapes:
+        report(node.path, f"block '{layer.name}' has no layer named {layer.output!r} for its output")
+        return
+    node.output_shape = shapes[layer.output]
 
 
 def _check_sizes(node: Node) -> None:
@@ -303,3 +339,45 @@ def _topological(nodes: list[Node], report: Report) -> list[Node] | None:
         if node.name not in state:
             visit(node, [node.name])
     return None if cyclic else order
+
+
+
+def engine_graph(graph: Graph) -> Graph:
+    """The graph the engine runs. The engine runs a nested block's children as a chain, so every block
+    holding a Functional block (a graph, not a chain) is laid out inline in the enclosing graph: its layers
+    in the block's order, its input name replaced by its inbound tensor, and one node named after the block
+    holding only its output layer, so the block's name still stands for its output tensor (the engine
+    resolves a block's name to its last child's output). A graph without Functional blocks is returned as it
+    is. (Engine._flatten following each child's own `inbound` would make this unnecessary.)"""
+    if not any(_has_graph_block(n) for n in graph.nodes):
+        return graph
+    nodes: list[Node] = []
+    for node in graph.nodes:
+        nodes.extend(_inline(node, list(node.inbound), {}))
+    return Graph(graph.name, graph.kind, graph.inputs, nodes, graph.outputs, graph.batch_size)
+
+
+def _has_graph_block(node: Node) -> bool:
+    return node.layer is not None and node.layer.type == "Functional" or any(map(_has_graph_block, node.children))
+
+
+def _inline(node: Node, inbound: list[str], rename: dict[str, str]) -> list[Node]:
+    """`node`, reading `inbound` (names inside blocks renamed by `rename`), as the nodes the engine runs."""
+    inbound = [rename.get(r, r) for r in inbound]
+    if not _has_graph_block(node):
+        return [Node(node.name, node.layer, inbound, node.path, node.input_shape, node.output_shape, node.weights,
+                     node.trainable, node.children)]
+    nodes: list[Node] = []
+    if node.layer.type == "Functional":
+        inner = {**rename, node.layer.block_input: inbound[0]}
+        for child in node.children:
+            nodes.extend(_inline(child, child.inbound, inner))
+    else:  # a Sequential block: each child reads the one before it
+        prev = inbound
+        for child in node.children:
+            nodes.extend(_inline(child, prev, rename))
+            prev = [child.name]
+    last = nodes.pop()  # the block's output layer (a block's output is its last layer, see Functional)
+    nodes.append(Node(node.name, node.layer, last.inbound, node.path, node.input_shape, node.output_shape, [],
+                      node.trainable, [last]))
+    return nodes

@@ -148,10 +148,10 @@ def test_nested_chain_models_and_unbuilt_sequential_called_on_a_tensor():
     data = np.random.default_rng(0).random((2, 5))
     np.testing.assert_allclose(model(data), model.layers[-1](inner(data)), rtol=1e-6)
 
-    branchy_in = specc.Input(shape=(3,))
-    branchy = specc.Model(branchy_in, layers.Add()([layers.Dense(3)(branchy_in), branchy_in]))
-    with pytest.raises(NotImplementedError, match="nests only chains"):
-        specc.Model(x, branchy(layers.Dense(3)(x)))
+    two_in = [specc.Input(shape=(3,)), specc.Input(shape=(3,))]
+    two = specc.Model(two_in, layers.Add()(two_in))
+    with pytest.raises(NotImplementedError, match="nests Functional models with one input and one output"):
+        specc.Model(x, layers.Dense(1)(two([layers.Dense(3)(x), layers.Dense(3)(x)])))
 
 
 def test_functional_model_called_on_wrong_input():

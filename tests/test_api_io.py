@@ -164,7 +164,7 @@ def test_save_and_load_weights_round_trip_and_mismatch(tmp_path):
         build(units=5).load_weights(path)
     with pytest.raises(ValueError, match="the file has 4 weight arrays, the model has 2"):
         specc.Sequential([specc.Input(shape=(4,)), layers.Dense(3)]).load_weights(path)
-    with pytest.raises(ValueError, match="ending in .npz"):
+    with pytest.raises(ValueError, match="ending in .weights.h5 or .npz"):
         model.save_weights(tmp_path / "model.h5")
     with pytest.raises(FileNotFoundError):
         model.load_weights(tmp_path / "missing.npz")

@@ -9,10 +9,13 @@ training loop (one engine, two front doors: YAML specs and Python).
     model.compile(optimizer="adam", loss="mse")
     history = model.fit(x, y, epochs=5)
 
-Modules: layer (layer classes generated from the registry), tensors (symbolic tensors), model (Model),
-sequential (Sequential), functional (models -> specc Graph + Engine), training (compile -> Trainer),
-io (load / to_yaml), eager (run_eagerly), backend (names, seeds); optimizers, losses, metrics and
-callbacks hold Keras's classes for compile() and fit(). Nothing here imports Numba until a model runs.
+Modules, each importing only those above it: backend (names, seeds), tensors (symbolic tensors), layer
+(layer classes generated from the registry) and layers (the public `specc.layers` names), functional
+(models -> specc Graph + Engine), training (compile -> Trainer), config (models -> specs, configs and
+compile settings as data), model (Model), sequential (Sequential), io (specs and configs -> models: load,
+from_config), saving (`.specc` files: save / load_model), eager (run_eagerly); optimizers, losses,
+metrics and callbacks hold Keras's classes for compile() and fit(). model.py reaches io and saving only
+inside from_config() and save(). Nothing here imports Numba until a model runs.
 """
 
 from . import callbacks, losses, metrics, optimizers

@@ -2,32 +2,32 @@
 becomes, built by specc.graph.build_sequential / build_functional), which specc.engine.Engine runs.
 
     plan = sequential_plan(model) | functional_plan(model) | layer_plan(layer, shapes)
-    engine = make_engine(plan)        # Engine(plan.graph), shared calls bound to their weights
+    engine = make_engine(plan)        # Engine(engine_graph(plan.graph)), shared calls bound to their weights
     claim(engine, plan)               # the layers' weights now live in engine.params
+    with hold(plan): ...              # fit(): they stay there while other engines run
 
 Weights belong to the layers (Keras's model: a layer's variables are shared by every model using it).
 The engine keeps all parameters in one flat buffer, so `claim` copies each layer's current arrays into the
 engine that is about to run and makes the layer's arrays views into that buffer: a model used alone never
 copies again, and a layer shared by two models carries its values from one engine to the other.
 
-A nested model becomes a `{type: Sequential}` block (its chain of layers), as in a spec. A layer called
-several times in one Functional graph becomes one graph node per call (named `dense`, `dense_1`, ... as
-Keras names the outputs); the first call declares the weights and every call runs on them (SharedCall).
+A nested Sequential model becomes a `{type: Sequential}` block (its chain of layers), as in a spec; a
+nested Functional model a `Functional` block (its graph, specc.layers.container). A layer called several
+times in one Functional graph becomes one graph node per call (named `dense`, `dense_1`, ... as Keras
+names the outputs); the first call declares the weights and every call runs on them (SharedCall).
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from ..graph import Graph, build_functional, build_sequential
+from ..graph import Graph, build_functional, build_sequential, engine_graph
 from ..layers.base import REGISTRY, LayerSpec
-
-# ids of layers whose weights a running fit() is updating: while it runs, other engines copy their values
-# but do not take them over (so the training engine keeps them).
-pinned: set[int] = set()
+from ..layers.container import Functional
 
 
 @dataclass
@@ -114,9 +114,14 @@ def leaf_spec(layer: Any, name: str, inputs: list[str] | None, flags: dict | Non
 
 def block_spec(model: Any, name: str, inputs: list[str] | None, flags: dict | None, leaves: dict,
                top: str) -> LayerSpec:
-    """A nested model as a spec's `{type: Sequential, layers: [...]}` block."""
+    """A nested model as a block: a Sequential model as a spec's `{type: Sequential, layers: [...]}`, a
+    Functional model as a Functional block holding its graph."""
+    if not model._is_sequential:
+        spec = graph_block_spec(model, name, flags, leaves, top)
+        spec.inputs = inputs
+        return spec
     children = []
-    for layer in model._chain():
+    for layer in model.layers:
         if layer._is_model:
             children.append(block_spec(layer, layer.name, None, flags, leaves, top))
         else:
@@ -126,6 +131,40 @@ def block_spec(model: Any, name: str, inputs: list[str] | None, flags: dict | No
     spec = REGISTRY["Sequential"](name=name, trainable=_flag(model, flags), layers=children)
     spec.inputs = inputs
     return spec
+
+
+def graph_block_spec(model: Any, name: str, flags: dict | None, leaves: dict, top: str) -> Functional:
+    """A nested Functional model (one input, one output; each layer called once) as a Functional block:
+    its layers in Keras's order (so its weights keep the order of model.weights), each naming its inputs
+    inside the block."""
+    if len(model._inputs) != 1 or len(model._outputs) != 1:
+        raise NotImplementedError(f"model '{model.name}' has {len(model._inputs)} inputs and {len(model._outputs)} "
+                                  f"outputs; specc nests Functional models with one input and one output. Call its "
+                                  f"layers on your tensors directly instead.")
+    inp = model._inputs[0].node.layer
+    nodes = {id(n.layer): n for n in model._graph_nodes}
+    if len(nodes) != len(model._graph_nodes):
+        raise NotImplementedError(f"model '{model.name}' calls one of its layers more than once; specc shares a "
+                                  f"layer between calls only in the outermost model")
+
+    def tensor_name(t) -> str:
+        return inp.name if t.node.layer is inp else t.node.layer.name
+
+    children = []
+    for layer in model._sublayers():
+        node = nodes[id(layer)]
+        inbound = [tensor_name(t) for t in node.inputs]
+        if layer._is_model:
+            children.append(block_spec(layer, layer.name, inbound, flags, leaves, top))
+        else:
+            _register(leaves, layer.name, layer, top)
+            children.append(leaf_spec(layer, layer.name, inbound, flags))
+    output = tensor_name(model._outputs[0])
+    if not children or children[-1].name != output:
+        raise NotImplementedError(f"model '{model.name}': its output must be the output of its last layer")
+    _register(leaves, name, model, top)
+    return Functional(name=name, trainable=_flag(model, flags), block_input=inp.name, input_shape=inp._shape,
+                      layers=children, output=output)
 
 
 def sequential_plan(model: Any, flags: dict | None = None) -> Plan:
@@ -221,7 +260,7 @@ def layer_plan(layer: Any, shapes: list[tuple]) -> Plan:
 def make_engine(plan: Plan):
     from ..engine import Engine  # lazy: keeps `specc validate` / `specc summary` light
 
-    engine = Engine(plan.graph)
+    engine = Engine(engine_graph(plan.graph))
     steps = {s.name: s for s in engine.steps}
     for group in plan.groups:
         owner = steps[group.names[0]]
@@ -240,5 +279,20 @@ def claim(engine: Any, plan: Plan) -> None:
             if arrays[i] is view:
                 continue
             view[...] = arrays[i]
-            if id(layer) not in pinned:
+            if not layer._held:
                 arrays[i] = view
+
+
+@contextlib.contextmanager
+def hold(plan: Plan):
+    """While a fit() runs on `plan`'s engine, that engine keeps its layers' weights: another engine the
+    layers are claimed by meanwhile (a callback predicting with a second model) copies their values but
+    does not take them over. A count per layer, as fits may nest (a callback calling fit)."""
+    leaves = list({id(leaf): leaf for leaf in plan.leaves.values()}.values())
+    for leaf in leaves:
+        leaf._held += 1
+    try:
+        yield
+    finally:
+        for leaf in leaves:
+            leaf._held -= 1

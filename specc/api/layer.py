@@ -185,6 +185,7 @@ class Layer:
     """What every layer and model has: a name, `trainable`, weights, calls on tensors or arrays."""
 
     _is_model = False
+    _held = 0  # fit()s running on an engine that holds this layer's weights (functional.hold)
 
     def _init_layer(self) -> None:
         self._nodes: list[CallNode] = []  # calls of this layer on KerasTensors

@@ -21,6 +21,8 @@ from .tensors import KerasTensor, shape_str
 class Sequential(Model):
     """Keras's Sequential: `Sequential(layers=None, name=None)`, then add() / pop()."""
 
+    _is_sequential = True
+
     def __init__(self, layers: list | None = None, name: str | None = None, trainable: bool = True, **kwargs: Any):
         if kwargs:
             raise TypeError(f"Sequential() got unexpected argument(s) {', '.join(sorted(kwargs))}")
@@ -101,9 +103,6 @@ class Sequential(Model):
         return [layer for layer in self._layers if not isinstance(layer, InputLayer)]
 
     def _sublayers(self) -> list[Layer]:
-        return self.layers
-
-    def _chain(self) -> list[Layer]:
         return self.layers
 
     # --- building -----------------------------------------------------------------------------------
@@ -212,15 +211,6 @@ class Sequential(Model):
 
         self._require_built("graph")
         return sequential_plan(self, flags)
-
-    def get_config(self) -> dict:
-        """The spec's model section; before the model is built (no input shape yet) only its `layers`, as
-        Keras 3's config of an unbuilt Sequential has no build_input_shape."""
-        if self.built:
-            return super().get_config()
-        from .io import layers_dicts
-
-        return {"layers": layers_dicts(self)}
 
     def _structure_key(self) -> Any:
         shape = self._layers[0]._shape if self.built else None

@@ -1,10 +1,9 @@
 """Every layer family, registered by its YAML `type` (a family's module loads when one of its types is first
-looked up).
+looked up): `REGISTRY[type]` is the LayerSpec class a YAML spec validates against.
 
-Two faces of one registry: `REGISTRY[type]` is the LayerSpec class a YAML spec validates against, and
-`specc.layers.Dense`, `specc.layers.Conv2D`, ... (one per registered type, plus `Input`, `InputLayer` and
-`Layer`) are the Python API's layer classes built on those specs (specc.api.layer). The API classes load
-on first access, so validating a spec never imports them.
+`specc.layers` is also the name users import the Python API's layer classes from (`specc.layers.Dense`,
+`from specc.layers import Conv2D`, `Input`, ...). Those belong to the API: this package only forwards the
+names it does not define to specc.api.layers, on first access, so validating a spec never loads the API.
 """
 
 # The family modules (core, conv, ...) are not imported here: REGISTRY imports each on first use, so that
@@ -13,19 +12,19 @@ from .base import REGISTRY, LayerSpec, ShapeError, WeightSpec, snake_case
 
 __all__ = ["REGISTRY", "LayerSpec", "ShapeError", "WeightSpec", "snake_case"]
 
-_API_EXTRAS = ("Input", "InputLayer", "Layer")
-
 
 def __getattr__(name: str):
     # PEP 562: `specc.layers.Dense` and `from specc.layers import Dense` resolve here.
-    if name in REGISTRY and name != "Sequential" or name in _API_EXTRAS:
-        from ..api import layer as _api
+    if name.startswith("_"):  # tools probing dunders must not load the API
+        raise AttributeError(f"module 'specc.layers' has no attribute '{name}'")
+    from ..api.layers import public_name
 
-        value = _api.LAYER_CLASSES[name] if name in _api.LAYER_CLASSES else getattr(_api, name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'specc.layers' has no attribute '{name}'")
+    value = public_name(name)
+    globals()[name] = value
+    return value
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | {t for t in REGISTRY if t != "Sequential"} | set(_API_EXTRAS))
+    from ..api.layers import names
+
+    return sorted(set(globals()) | set(names()))
