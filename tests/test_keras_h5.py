@@ -139,3 +139,45 @@ def test_specc_keys_follow_the_engine_order(tmp_path):
     model = imported("nested", tmp_path)
     keys = [k for ks in keras_h5.specc_keys(model._engine().graph).values() for k in ks]
     assert keys == weight_keys(model._engine())
+
+
+def _functional_model():
+    sys.path.insert(0, str(FIXTURES))
+    try:
+        from record import nested_functional
+    finally:
+        sys.path.pop(0)
+    specc.clear_session()
+    return specc.Model(*nested_functional(specc), name="small_functional")
+
+
+def test_nested_functional_model_reads_kerass_file_through_the_api(tmp_path):
+    """A head over a residual Functional base, built with specc's API as with Keras's: Keras's file loads
+    through `model.load_weights(path)` and predicts as Keras did."""
+    model = _functional_model()
+    model.load_weights(str(FIXTURES / "small_functional.weights.h5"))
+    data = np.load(FIXTURES / "small_functional.npz")
+    np.testing.assert_allclose(model.predict(data["x"], verbose=0), data["y"], rtol=1e-4, atol=1e-7)
+    model.save_weights(str(tmp_path / "ours.weights.h5"))  # the API's save_weights writes Keras's layout
+    import h5py
+
+    def datasets(path):
+        found = {}
+        with h5py.File(path) as f:
+            f.visititems(lambda n, o: found.__setitem__(n, o.shape) if isinstance(o, h5py.Dataset) else None)
+        return found
+
+    assert datasets(tmp_path / "ours.weights.h5") == datasets(FIXTURES / "small_functional.weights.h5")
+
+
+def test_keras_loads_a_nested_functional_model_specc_wrote(tmp_path):
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    keras = pytest.importorskip("keras")
+    model = _functional_model()
+    rng = np.random.default_rng(4)
+    model.set_weights([rng.uniform(0.2, 1.0, size=w.shape).astype(w.dtype) for w in model.get_weights()])
+    model.save_weights(str(tmp_path / "ours.weights.h5"))
+    theirs = keras.models.load_model(FIXTURES / "small_functional.keras")
+    theirs.load_weights(tmp_path / "ours.weights.h5")
+    x = np.load(FIXTURES / "small_functional.npz")["x"]
+    np.testing.assert_allclose(theirs.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-4, atol=1e-6)

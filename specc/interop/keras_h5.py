@@ -66,12 +66,20 @@ def entries(graph: Graph) -> list[Entry]:
     top = keras_order(graph) if graph.kind == "functional" else graph.nodes
     out: list[Entry] = []
 
+    def children(node: Node) -> list[Node]:
+        """A nested Sequential's chain, or a nested Functional model's layers in Keras's order (its
+        input layer first among them, as Keras lists it)."""
+        if node.layer.type != "Functional":
+            return node.children
+        inner = Node(node.layer.block_input, None, [], node.path)
+        return keras_order(Graph(node.name, "functional", [inner], node.children, [node.layer.output]))
+
     def walk(nodes: list[Node], prefix: str) -> None:
         for key, node in _keys(nodes):
             group = f"{prefix}layers/{key}"
             out.append(Entry(group, node))
             if node.children:
-                walk(node.children, group + "/")
+                walk(children(node), group + "/")
 
     walk(top, "")
     return out
@@ -180,21 +188,21 @@ def write(path: str | os.PathLike, graph: Graph, weights: dict[str, np.ndarray])
 # --- the Python API's save_weights / load_weights for a `.weights.h5` path ----------------------------------
 
 
-def _model_graph_and_weights(model) -> tuple[Graph, dict[str, np.ndarray]]:
-    from ..train.run import weight_keys
-
-    engine = model._engine()
-    return engine.graph, dict(zip(weight_keys(engine), engine.get_weights()))
+def _graph(model) -> Graph:
+    """The model's graph as built, nested Functional models kept whole (the engine runs them inlined)."""
+    return model._make_plan().graph
 
 
 def save_weights(model, path: str | os.PathLike) -> None:
-    graph, weights = _model_graph_and_weights(model)
-    write(path, graph, weights)
+    from ..train.run import weight_keys
+
+    engine = model._engine()
+    write(path, _graph(model), dict(zip(weight_keys(engine), engine.get_weights())))
 
 
 def load_weights(model, path: str | os.PathLike) -> None:
     from ..train.run import weight_keys
 
     engine = model._engine()
-    arrays = read(path, engine.graph)
+    arrays = read(path, _graph(model))
     engine.set_weights([arrays[k] for k in weight_keys(engine)])
