@@ -11,6 +11,7 @@ import numpy as np
 
 class Metric:
     name = "metric"
+    weighted = False  # Keras's `weighted_metrics` see the sample weights; `metrics` do not
 
     def __init__(self, name: str | None = None):
         self.name = name or self.name
@@ -215,6 +216,39 @@ class AUC(Metric):
         for a, b in zip(starts, ends):
             ranks[order[a:b]] = (a + b + 1) / 2.0
         return float((ranks[t].sum() - pos * (pos + 1) / 2.0) / (pos * neg))
+
+
+class FunctionMetric(Metric):
+    """A metric given as a function `fn(y_true, y_pred)` of NumPy arrays, as Keras wraps one in a
+    MeanMetricWrapper: its values are averaged per sample (over any further axes), then over the samples,
+    weighted by the sample weights when it is a weighted metric. A scalar result counts as one value."""
+
+    def __init__(self, fn, name: str | None = None):
+        self.fn = fn
+        super().__init__(name or getattr(fn, "__name__", "metric"))
+
+    def update(self, y_true, y_pred, sample_weight=None):
+        try:
+            values = np.asarray(self.fn(y_true, y_pred), np.float64)
+        except Exception as exc:
+            raise type(exc)(f"metric function {self.name!r} failed on y_true of shape {np.shape(y_true)} and "
+                            f"y_pred of shape {np.shape(y_pred)}: {exc}") from exc
+        if values.ndim == 0:
+            self.total += float(values)
+            self.count += 1.0
+            return
+        if len(values) != len(y_pred):
+            raise ValueError(f"metric function {self.name!r} returned shape {values.shape} for a batch of "
+                             f"{len(y_pred)}; it must return one value per sample (or per sample and step), or a "
+                             f"scalar")
+        per_sample = values.reshape(len(values), -1).mean(axis=1)
+        w = np.ones(len(per_sample)) if sample_weight is None else \
+            np.asarray(sample_weight, np.float64).reshape(len(per_sample), -1).mean(axis=1)
+        self.total += float(np.sum(per_sample * w))
+        self.count += float(np.sum(w))
+
+    def state(self) -> dict:
+        return {"total": self.total, "count": self.count}
 
 
 BY_NAME = {
