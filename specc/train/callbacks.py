@@ -307,17 +307,17 @@ class BackupAndRestore(Callback):
     def _restore(self, weights_path: str, metadata_path: str) -> None:
         import json
 
-        from .run import weight_keys
-
         try:
             with open(metadata_path, encoding="utf-8") as fh:
                 epoch = json.load(fh)["epoch"]
             with np.load(weights_path, allow_pickle=False) as archive:
                 arrays = {k: archive[k] for k in archive.files}
-            keys = weight_keys(self.trainer.engine)
-            if sorted(k for k in arrays if not k.startswith("optimizer/")) != sorted(keys):
-                raise ValueError("its weights are not this model's")
-            weights = [arrays[k] for k in keys]
+            # By position, as Keras matches a weights file to the model's structure (a model rebuilt in a new
+            # session has new auto-names).
+            weights = [a for k, a in arrays.items() if not k.startswith("optimizer/")]
+            own = [w for s in self.trainer.engine.steps for w in s.weights]
+            if [w.shape for w in weights] != [w.shape for w in own]:
+                raise ValueError("its weights are not this model's (their shapes differ)")
             optimizer = {k[len("optimizer/"):]: arrays[k] for k in arrays if k.startswith("optimizer/")}
             if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
                 raise ValueError(f"its epoch is {epoch!r}")
