@@ -408,6 +408,27 @@ def test_crossentropy_loss_alias_picks_the_keras_loss(targets, units, expected, 
     assert a.evaluate(x, target, verbose=0) == pytest.approx(b.evaluate(x, target, verbose=0), rel=1e-6)
 
 
+@pytest.mark.parametrize("alias", ["crossentropy", "ce"])
+def test_crossentropy_metric_alias_as_tf_keras_documents(alias):
+    """tf.keras.Model.compile: "we do a similar conversion [to 'accuracy'] for the strings 'crossentropy' and
+    'ce'": binary for one unit, sparse for class indices, categorical for one-hot; logged under the name given."""
+    x, y = data()
+    model = classifier()
+    model.compile("sgd", "sparse_categorical_crossentropy", metrics=[alias])
+    p = model.predict(x, verbose=0).astype(np.float64)
+    logs = model.evaluate(x, y, verbose=0, return_dict=True)
+    assert logs[alias] == pytest.approx(sparse_ce(p, y).mean(), rel=1e-5)
+    onehot = np.eye(3, dtype=np.float32)[y]
+    model.compile("sgd", "categorical_crossentropy", metrics=[alias])
+    assert model.evaluate(x, onehot, verbose=0, return_dict=True)[alias] == pytest.approx(sparse_ce(p, y).mean(), rel=1e-5)
+    binary = regressor(units=1)
+    binary.compile("sgd", "mse", metrics=[alias])
+    t = (y[:, None] > 0).astype(np.float32)
+    q = np.clip(binary.predict(x, verbose=0).astype(np.float64), 1e-7, 1 - 1e-7)
+    expected = -(t * np.log(q) + (1 - t) * np.log(1 - q)).mean()
+    assert binary.evaluate(x, t, verbose=0, return_dict=True)[alias] == pytest.approx(expected, rel=1e-5)
+
+
 # --- item 5: model.optimizer, model.loss, callbacks -----------------------------------------------------------
 
 

@@ -42,6 +42,10 @@ class Resolved:
 CROSSENTROPY = ("crossentropy", "ce")
 
 
+def _is_ce(name: str) -> bool:
+    return name.lower() in CROSSENTROPY
+
+
 def crossentropy_for(output_units: int | None, sparse_targets: bool) -> str:
     if output_units == 1:
         return "binary_crossentropy"
@@ -128,7 +132,7 @@ def resolve(cfg: CompileConfig, outputs: list[str], crossentropy: list[str] | No
     if isinstance(weights, tuple):
         weights = list(weights)
     # Names go through the spec's schema (same checks and messages as YAML); functions do not.
-    named = [[m for m, _ in ms + ws if isinstance(m, str)] for ms, ws in zip(metrics, weighted)]
+    named = [[m for m, _ in ms + ws if isinstance(m, str) and not _is_ce(m)] for ms, ws in zip(metrics, weighted)]
     if len(outputs) == 1:  # the spec's plain forms: `loss: mse`, `metrics: [mae]`
         raw = {"optimizer": cfg.optimizer.definition, "loss": entries[0][0], "metrics": named[0]}
     else:
@@ -146,7 +150,11 @@ def resolve(cfg: CompileConfig, outputs: list[str], crossentropy: list[str] | No
         out = []
         for group, flag in ((ms, False), (ws, True)):
             for m, label in group:
-                out.append((next(names) if isinstance(m, str) else m, label, flag))
+                if isinstance(m, str) and _is_ce(m):
+                    m = "crossentropy"
+                elif isinstance(m, str):
+                    m = next(names)
+                out.append((m, label, flag))
         specs.append(out)
     return Resolved(compile_def, [obj for _, obj in entries], [[label for _, label in ms] for ms in metrics], specs)
 

@@ -251,6 +251,37 @@ class FunctionMetric(Metric):
         return {"total": self.total, "count": self.count}
 
 
+class _CrossentropyMetric(Metric):
+    """Keras's crossentropy metrics: the mean per-sample cross-entropy of probabilities, clipped to
+    [1e-7, 1 - 1e-7] as Keras's loss functions clip them (categorical ones renormalised to sum 1)."""
+
+    def values(self, y_true, y_pred):
+        p = np.asarray(y_pred, np.float64)
+        if self.kind == "binary":
+            t = np.asarray(y_true, np.float64).reshape(p.shape)
+            p = np.clip(p, 1e-7, 1 - 1e-7)
+            return _per_sample(-(t * np.log(p) + (1 - t) * np.log(1 - p)))
+        p = np.clip(p / p.sum(axis=-1, keepdims=True), 1e-7, 1 - 1e-7)
+        if self.kind == "sparse":
+            labels = np.asarray(y_true).reshape(p.shape[:-1]).astype(np.int64)
+            ce = -np.log(np.take_along_axis(p, labels[..., None], axis=-1))[..., 0]
+        else:
+            ce = -np.sum(np.asarray(y_true, np.float64).reshape(p.shape) * np.log(p), axis=-1)
+        return ce.reshape(len(p), -1).mean(axis=1)
+
+
+class BinaryCrossentropy(_CrossentropyMetric):
+    name, kind = "binary_crossentropy", "binary"
+
+
+class CategoricalCrossentropy(_CrossentropyMetric):
+    name, kind = "categorical_crossentropy", "categorical"
+
+
+class SparseCategoricalCrossentropy(_CrossentropyMetric):
+    name, kind = "sparse_categorical_crossentropy", "sparse"
+
+
 BY_NAME = {
     "binary_accuracy": BinaryAccuracy, "categorical_accuracy": CategoricalAccuracy,
     "sparse_categorical_accuracy": SparseCategoricalAccuracy,
@@ -269,4 +300,8 @@ def resolve(name: str, output_shape: tuple, sparse_targets: bool) -> Metric:
         if output_shape[-1] == 1:
             return BinaryAccuracy("accuracy")
         return SparseCategoricalAccuracy("accuracy") if sparse_targets else CategoricalAccuracy("accuracy")
+    if name == "crossentropy":  # tf.keras's "crossentropy" / "ce", resolved like "accuracy"
+        if output_shape[-1] == 1:
+            return BinaryCrossentropy(name)
+        return SparseCategoricalCrossentropy(name) if sparse_targets else CategoricalCrossentropy(name)
     return BY_NAME[name]()
