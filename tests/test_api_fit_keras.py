@@ -532,7 +532,7 @@ def test_every_callback_hook_gets_keras_logs():
              ("on_test_batch_end", 2), ("on_test_end", None)]
     assert names == [("on_train_begin", None), ("on_epoch_begin", 1), *batches, *tests, ("on_epoch_end", 1),
                      ("on_epoch_begin", 2), *batches, ("on_epoch_end", 2), ("on_train_end", None)]
-    logs = {(n, i): l for n, i, l in events}
+    logs = {(name, i): entry for name, i, entry in events}
     assert logs[("on_train_begin", None)] == {} and logs[("on_epoch_begin", 1)] == {}
     assert logs[("on_train_batch_begin", 0)] == {} and set(logs[("on_train_batch_end", 0)]) == {"loss", "accuracy"}
     assert set(logs[("on_epoch_end", 1)]) == {"loss", "accuracy", "val_loss", "val_accuracy"}
@@ -543,7 +543,7 @@ def test_every_callback_hook_gets_keras_logs():
     out = model.predict(x, batch_size=4, callbacks=[Recorder()], verbose=0)
     assert [(e[0], e[1]) for e in events] == [("on_predict_begin", None)] + [
         (f"on_predict_batch_{w}", b) for b in range(3) for w in ("begin", "end")] + [("on_predict_end", None)]
-    np.testing.assert_array_equal(np.concatenate([l["outputs"] for n, _, l in events if n == "on_predict_batch_end"]),
+    np.testing.assert_array_equal(np.concatenate([e[2]["outputs"] for e in events if e[0] == "on_predict_batch_end"]),
                                   out)
     events.clear()
     model.evaluate(x, y, batch_size=5, callbacks=[Recorder()], verbose=0)

@@ -13,8 +13,6 @@ so the test passes once it lands). `pytest tests/test_keras_sequential_docs.py -
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 
@@ -120,7 +118,7 @@ def test_reference_no_weights_until_first_training_or_evaluation_call():
     model.add(layers.Dense(8))
     model.add(layers.Dense(4))
     with pytest.raises(ValueError, match="have not yet been created"):
-        model.weights
+        _ = model.weights
 
 
 def test_reference_built_continuously_as_layers_are_added():
@@ -593,7 +591,7 @@ def test_guide_a_layer_creates_its_weights_on_the_first_call():
 
 def test_guide_an_unbuilt_model_has_no_weights_error():
     with pytest.raises(ValueError, match="not yet been created"):
-        three_dense().weights
+        _ = three_dense().weights
 
 
 def test_guide_an_unbuilt_model_has_no_summary():

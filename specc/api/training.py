@@ -145,7 +145,7 @@ def resolve(cfg: CompileConfig, outputs: list[str], crossentropy: list[str] | No
         raise ValueError(f"compile(): loss_weights has {len(weights)} weights for {len(outputs)} model outputs")
     canonical = compile_def.metrics
     specs = []
-    for k, (o, ms, ws) in enumerate(zip(outputs, metrics, weighted)):
+    for o, ms, ws in zip(outputs, metrics, weighted):
         names = iter(canonical.get(o, []) if isinstance(canonical, dict) else canonical)
         out = []
         for group, flag in ((ms, False), (ws, True)):
