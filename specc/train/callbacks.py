@@ -1,7 +1,7 @@
 """Callbacks with Keras 3's semantics: EarlyStopping, ReduceLROnPlateau, ModelCheckpoint, CSVLogger,
-TerminateOnNaN. Each is built from its validated spec entry (specc.spec.schema) and sees the trainer
-through a small interface: `get_weights()`, `set_weights()`, `learning_rate`, `stop_training`, and
-`run_dir` for files.
+TerminateOnNaN (each built from its validated spec entry, specc.spec.schema), LearningRateScheduler,
+BackupAndRestore and History. They see the trainer through a small interface: `get_weights()`,
+`set_weights()`, `learning_rate`, `stop_training`, `optimizer`, `engine`, and `run_dir` for files.
 """
 
 from __future__ import annotations

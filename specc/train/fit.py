@@ -1,9 +1,10 @@
 """The training loop: plain Python around the engine's jitted forward/backward and the optimizer's fused
-step. Keras 3 semantics for fit/evaluate/predict: batches in order (shuffled per epoch when asked), the
-last partial batch included, metrics accumulated over the epoch, `val_` metrics after each epoch.
+step. Keras 3 semantics for fit/evaluate/predict and train_on_batch/test_on_batch: batches in order
+(shuffled per pass when asked), the last partial batch included, metrics accumulated over the epoch, `val_`
+metrics after each validated epoch, sample and class weights, every callback hook with Keras's logs.
 
     trainer = Trainer(engine, compile_def, seed)
-    history = trainer.fit(x, y, batch_size=32, epochs=10, validation_split=0.1)
+    history = trainer.fit(x, y, batch_size=64, epochs=10, validation_split=0.1)
 """
 
 from __future__ import annotations
