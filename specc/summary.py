@@ -81,16 +81,48 @@ def _sequential_like(graph: Graph) -> bool:
         and len({r for n in graph.nodes for r in n.inbound}) == len(graph.nodes)
 
 
+def layer_range_bounds(names: list[str], layer_range) -> tuple[int, int]:
+    """Keras's layer_range: [first, last] layer names (regular expressions matched at the start of a name),
+    both inclusive -> the slice of `names` (the top-level rows) to show."""
+    if not isinstance(layer_range, (list, tuple)) or len(layer_range) != 2:
+        n = len(layer_range) if isinstance(layer_range, (list, tuple)) else "?"
+        raise ValueError(f"layer_range must be a list or tuple of length 2. Received: layer_range = {layer_range} of "
+                         f"length {n}")
+    if not all(isinstance(p, str) for p in layer_range):
+        raise ValueError(f"layer_range should contain string type only. Received: {layer_range}")
+    import re
+
+    lower = [k for k, name in enumerate(names) if re.match(layer_range[0], name)]
+    upper = [k for k, name in enumerate(names) if re.match(layer_range[1], name)]
+    if not lower or not upper:
+        raise ValueError(f"Passed layer_names do not match the layer names in the model. Received: {layer_range}")
+    if min(lower) > max(upper):
+        return min(upper), max(lower) + 1
+    return min(lower), max(upper) + 1
+
+
+def summary_rows_names(graph: Graph) -> list[str]:
+    """The names of the top-level rows of the summary, in order (what layer_range indexes)."""
+    return [node.name for node, _ in _rows(graph, False)]
+
+
 def summary_text(graph: Graph, expand_nested: bool = False, show_trainable: bool = False,
-                 batch_size: int = 32) -> str:
+                 batch_size: int = 32, line_length: int | None = None, positions: list | None = None,
+                 layer_range: tuple[int, int] | None = None) -> str:
+    """Keras 3's print_summary: `line_length` and `positions` (fractions of the line, or absolute columns)
+    as Keras takes them; `layer_range` the slice of the top-level rows to show (layer_range_bounds)."""
     sequential = _sequential_like(graph)
     if sequential:
-        line_length, positions = 88, [0.45, 0.80, 1.0]
+        default_length, default_positions = 88, [0.45, 0.80, 1.0]
         header, justify = ["Layer (type)", "Output Shape", "Param #"], ["left", "left", "right"]
     else:
-        line_length, positions = 108, [0.3, 0.56, 0.74, 1.0]
+        default_length, default_positions = 108, [0.3, 0.56, 0.74, 1.0]
         header = ["Layer (type)", "Output Shape", "Param #", "Connected to"]
         justify = ["left", "left", "right", "left"]
+    line_length = line_length or default_length
+    positions = list(positions or default_positions)
+    if positions[-1] > 1:  # absolute columns
+        positions = [p / line_length for p in positions]
     if show_trainable:
         line_length += 12
         positions = [p * 0.90 for p in positions] + [1.0]
@@ -103,7 +135,11 @@ def summary_text(graph: Graph, expand_nested: bool = False, show_trainable: bool
         current += width
 
     rows = []
-    for node, level in _rows(graph, expand_nested):
+    shown = _rows(graph, expand_nested)
+    if layer_range is not None:
+        top = [k for k, (_, level) in enumerate(shown) if level == 0] + [len(shown)]
+        shown = shown[top[layer_range[0]]: top[layer_range[1]]]
+    for node, level in shown:
         prefix = ("   " * level + "└ ") if level else ""
         cells = [f"{prefix}{node.name} ({node.type})", batch_shape(node.output_shape, graph.batch_size),
                  f"{node.params():,}"]

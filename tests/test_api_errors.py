@@ -236,7 +236,8 @@ def test_schedules_take_keras_positional_arguments(name, args, kwargs):
     schedule_cls = getattr(specc.optimizers.schedules, name)
     assert schedule_cls(*args).definition == schedule_cls(**kwargs).definition
     optimizer = specc.optimizers.SGD(learning_rate=schedule_cls(*args))
-    assert optimizer.learning_rate.type == name
+    assert optimizer.definition.learning_rate.type == name
+    assert optimizer.learning_rate == pytest.approx(args[1][0] if name == "PiecewiseConstantDecay" else args[0])
 
 
 def test_schedule_positional_argument_errors():

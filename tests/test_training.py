@@ -292,8 +292,9 @@ def test_reduce_lr_on_plateau_min_lr_and_cooldown():
 
 @pytest.mark.parametrize("one_hot", [False, True])
 def test_class_weight_scales_each_sample_loss_as_keras(one_hot):
-    """Keras turns class_weight into per-sample weights; the loss is sum(w_i * loss_i) / batch_size and the
-    metrics are weighted too."""
+    """Keras turns class_weight into per-sample weights; the loss is sum(w_i * loss_i) / batch_size. Keras 3
+    weights only `weighted_metrics` with them: plain `metrics` stay unweighted (keras 3.15: accuracy 0.35,
+    weighted_accuracy 0.366 on a case like this one)."""
     loss = "categorical_crossentropy" if one_hot else "sparse_categorical_crossentropy"
     spec, engine, trainer = tiny(loss=loss, optimizer="{type: sgd, learning_rate: 1.0e-9}")
     x, y = tiny_data(48)
@@ -306,7 +307,7 @@ def test_class_weight_scales_each_sample_loss_as_keras(one_hot):
 
     weighted = trainer.fit(x, targets, batch_size=len(x), epochs=1, shuffle=False, class_weight=cw, verbose=0)
     assert weighted.history["loss"][0] == pytest.approx(np.sum(w * ce) / len(y), rel=1e-5)
-    assert weighted.history["accuracy"][0] == pytest.approx(np.sum(w * correct) / np.sum(w), rel=1e-9)
+    assert weighted.history["accuracy"][0] == pytest.approx(correct.mean(), rel=1e-9)
 
     _, _, plain_trainer = tiny(loss=loss, optimizer="{type: sgd, learning_rate: 1.0e-9}")
     plain = plain_trainer.fit(x, targets, batch_size=len(x), epochs=1, shuffle=False, verbose=0)

@@ -25,23 +25,40 @@ _POSITIONAL = {"EarlyStopping": ("monitor", "min_delta", "patience"),
 
 
 class Callback(C.Callback):
-    """Base for your own callbacks, with Keras's hooks; `self.model` is the model being trained."""
+    """Base for your own callbacks, with every Keras hook (specc.train.callbacks.Callback): `self.model` is
+    the model (`self.model.optimizer.learning_rate`, `self.model.stop_training`), `self.params` Keras's
+    {"verbose", "epochs", "steps"}."""
 
     model = None
+    params: dict = {}
 
     def set_model(self, model: Any) -> None:
         self.model = model
 
-    def on_train_begin(self, logs: dict | None = None) -> None: ...
+    def set_params(self, params: dict) -> None:
+        self.params = params
 
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None: ...
 
-    def on_batch_end(self, step: int, logs: dict | None = None) -> None:
-        self.on_train_batch_end(step, logs)
+class LearningRateScheduler(C.LearningRateScheduler, Callback):
+    """Keras's LearningRateScheduler(schedule, verbose=0): `schedule(epoch, lr) -> float` at each epoch start."""
 
-    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None: ...
 
-    def on_train_end(self, logs: dict | None = None) -> None: ...
+class BackupAndRestore(C.BackupAndRestore, Callback):
+    """Keras's BackupAndRestore(backup_dir, save_freq="epoch", double_checkpoint=False, delete_checkpoint=True)."""
+
+
+class History(C.History, Callback):
+    """Keras's History: fit() returns one (`history.history`, `history.epoch`, `history.params`) and sets
+    `model.history` to it."""
+
+
+class ProgbarLogger(Callback):
+    """Keras's ProgbarLogger: the progress bar fit() shows at `verbose=1` (on by default). Passing one
+    shows the same bar, once: fit() then adds none of its own. `count_mode="steps"` only (Keras 3's)."""
+
+    def __init__(self, count_mode: str = "steps", stateful_metrics: Any = None):
+        if count_mode != "steps":
+            raise ValueError(f"ProgbarLogger counts steps (Keras 3 has no other mode); got count_mode={count_mode!r}")
 
 
 def _callback_class(name: str) -> type:
@@ -91,5 +108,6 @@ class TensorBoard(_callback_class("TensorBoard")):
         super().__init__(*args, **kwargs)
         self.log_dir = os.fspath(log_dir)
 
+
 __all__ = ["Callback", "EarlyStopping", "ReduceLROnPlateau", "ModelCheckpoint", "CSVLogger", "TerminateOnNaN",
-           "TensorBoard"]
+           "TensorBoard", "LearningRateScheduler", "BackupAndRestore", "History", "ProgbarLogger"]

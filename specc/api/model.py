@@ -56,6 +56,8 @@ class Model(Layer):
         self._trainer_key = None
         self._resolved = None
         self.run_eagerly = False
+        self.jit_compile = True
+        self.history = None  # the History of the last fit()
         self._seed: int | None = None  # from a spec: weights, shuffling and dropout follow it
         self._source = None  # the Spec this model was loaded from, if any
 
@@ -345,11 +347,24 @@ class Model(Layer):
 
     def summary(self, line_length: int | None = None, positions: Any = None, print_fn: Any = None,
                 expand_nested: bool = False, show_trainable: bool = False, layer_range: Any = None) -> None:
-        """Keras 3's summary table (specc.summary.summary_text on this model's graph), printed."""
-        from ..summary import summary_text
+        """Keras 3's summary table (specc.summary.summary_text on this model's graph), printed: `line_length`
+        and `positions` set the columns, `layer_range=["first", "last"]` (names matched as regular
+        expressions at their start, both inclusive) shows those rows only, as Keras's do."""
+        from ..summary import layer_range_bounds, summary_rows_names, summary_text
 
         self._require_built("summary")
-        text = summary_text(self._make_plan().graph, expand_nested=expand_nested, show_trainable=show_trainable)
+        if line_length is not None:
+            checks.check_positive_int("line_length", line_length)
+        if positions is not None:
+            if not isinstance(positions, (list, tuple)) or not positions or any(
+                    isinstance(p, bool) or not isinstance(p, (int, float)) or p <= 0 for p in positions) \
+                    or list(positions) != sorted(positions):
+                raise ValueError(f"positions must be an increasing list of positive numbers: the right end of each "
+                                 f"column, as fractions of line_length (the last 1.0) or as columns; got {positions!r}")
+        graph = self._make_plan().graph
+        bounds = None if layer_range is None else layer_range_bounds(summary_rows_names(graph), layer_range)
+        text = summary_text(graph, expand_nested=expand_nested, show_trainable=show_trainable,
+                            line_length=line_length, positions=positions, layer_range=bounds)
         (print_fn or print)(text.rstrip("\n"))
 
     # --- weights ------------------------------------------------------------------------------------
@@ -428,25 +443,51 @@ class Model(Layer):
     # --- training -----------------------------------------------------------------------------------
 
     def compile(self, optimizer: Any = "rmsprop", loss: Any = None, loss_weights: Any = None, metrics: Any = None,
-                run_eagerly: bool = False, steps_per_execution: int = 1, jit_compile: Any = "auto",
-                **kwargs: Any) -> None:
-        """Keras's compile: names, objects, lists (one per output) or dicts (by output name)."""
+                weighted_metrics: Any = None, run_eagerly: bool = False, steps_per_execution: int = 1,
+                jit_compile: Any = "auto", auto_scale_loss: bool = True, **kwargs: Any) -> None:
+        """Keras's compile: names, objects, lists (one per output) or dicts (by output name); metrics may be
+        functions (y_true, y_pred) -> array. `jit_compile` (True, False or "auto") is accepted as Keras's:
+        specc's kernels are always compiled by Numba (there is no XLA step to switch), and `run_eagerly=True`
+        runs them as plain Python."""
         from . import optimizers
-        from .training import CompileConfig, resolve
+        from .training import CompileConfig, check_loss, resolve
 
         if kwargs:
             raise TypeError(f"compile() got argument(s) specc does not support: {', '.join(sorted(kwargs))}")
         if steps_per_execution != 1:
             raise NotImplementedError("steps_per_execution must be 1 in specc")
-        config = CompileConfig(optimizers.get(optimizer), loss, metrics, loss_weights)
+        if jit_compile not in (True, False, "auto"):
+            raise ValueError(f"jit_compile must be True, False or \"auto\", got {jit_compile!r}")
+        if jit_compile is True and run_eagerly:
+            warnings.warn("If `run_eagerly` is True, then `jit_compile` cannot also be True. Disabling `jit_compile`.",
+                          stacklevel=2)
+            jit_compile = False
+        if weighted_metrics is not None and not isinstance(weighted_metrics, (list, tuple, dict)):
+            raise ValueError(f"Expected `weighted_metrics` argument to be a list, tuple, or dict. Received instead: "
+                             f"weighted_metrics={weighted_metrics!r} of type {type(weighted_metrics).__name__}")
+        for entry in (loss.values() if isinstance(loss, dict) else loss if isinstance(loss, (list, tuple)) else [loss]):
+            check_loss(entry)
+        config = CompileConfig(optimizers.get(optimizer), loss, metrics, loss_weights, weighted_metrics)
         if loss is not None and self.built:
             resolve(config, self._output_names())  # report bad names now rather than at fit()
         self._compiled = config
         self.run_eagerly = bool(run_eagerly)
+        self.jit_compile = (not self.run_eagerly) if jit_compile == "auto" else jit_compile
         self._compile_flags = {id(layer): layer.trainable for layer in self._all_layers()}
         self._warned = False
         self._trainer = self._trainer_key = self._resolved = None
         backend.compiled_models.add(self)
+
+    @property
+    def optimizer(self) -> Any:
+        """The optimizer compile() was given, as a specc.optimizers object (None before compile): its
+        `learning_rate` is the training loop's, readable and settable between steps."""
+        return None if self._compiled is None else self._compiled.optimizer
+
+    @property
+    def loss(self) -> Any:
+        """What compile() was given as `loss` (a name, a loss object, a list or a dict), as Keras keeps it."""
+        return None if self._compiled is None else self._compiled.loss
 
     def _warn_if_trainable_changed(self, layer: Layer) -> None:
         if self._warned or self._compiled is None:
@@ -478,23 +519,32 @@ class Model(Layer):
         if self._trainer is not None:
             self._trainer.stop_training = bool(value)
 
-    def _get_trainer(self):
-        from .training import make_trainer, resolve
+    def _get_trainer(self, ys: list[np.ndarray] | None = None):
+        """The training loop for the compiled settings and the current structure (cached). `ys` (the targets)
+        decide what Keras's loss "crossentropy" / "ce" means: sparse for class-index targets."""
+        from .training import crossentropy_for, make_trainer, resolve
 
         if self._compiled is None:
             raise RuntimeError("You must call `compile()` before using the model for training or evaluation: "
                                "model.compile(optimizer='adam', loss='mse')")
         self._require_built("fit")
         flags = self._compile_flags
-        key = self._signature(flags)
+        outputs = self._output_names()
+        graph = self._make_plan(flags).graph
+        ce = []
+        for k, o in enumerate(outputs):
+            shape = graph.node(o).output_shape
+            sparse = ys is not None and (ys[k].ndim < len(shape) + 1 or (ys[k].shape[-1] == 1 and shape[-1] != 1))
+            ce.append(crossentropy_for(shape[-1], sparse))
+        key = (self._signature(flags), tuple(ce))
         if self._trainer is None or self._trainer_key != key:
-            outputs = self._output_names()
-            self._resolved = resolve(self._compiled, outputs)
+            self._resolved = resolve(self._compiled, outputs, ce)
             plan, engine = self._plan_and_engine(flags)
             seed = self._seed if self._seed is not None else backend.draw_seed()
             self._trainer = make_trainer(engine, self._resolved, seed)
             self._trainer.api_plan = plan
             self._trainer_key = key
+        self._compiled.optimizer.bind(self._trainer.optimizer)
         return self._trainer
 
     def _prepared_inputs(self, x: Any, what: str = "x") -> list[np.ndarray]:
@@ -548,22 +598,28 @@ class Model(Layer):
 
         return live()
 
+    def _callbacks_for(self, callbacks: Any, params: dict) -> list:
+        cbs = _callback_list(callbacks)
+        for cb in cbs:
+            cb.model = self
+            if hasattr(cb, "set_params"):
+                cb.set_params(params)
+        return cbs
+
     def fit(self, x: Any = None, y: Any = None, batch_size: int | None = None, epochs: int = 1,
             verbose: Any = "auto", callbacks: Any = None, validation_split: float = 0.0,
             validation_data: Any = None, shuffle: bool = True, class_weight: dict | None = None,
             sample_weight: Any = None, initial_epoch: int = 0, steps_per_epoch: int | None = None,
             validation_steps: int | None = None, validation_batch_size: int | None = None,
-            validation_freq: int = 1):
-        """Keras's fit on NumPy arrays; returns a History (`history.history['loss']`, ...).
+            validation_freq: Any = 1):
+        """Keras's fit on NumPy arrays; returns a History (`history.history['loss']`, ...), also `model.history`.
 
         Every array is checked before any work (shapes against the model, targets against the losses, the
         same number of samples everywhere, at least one), each error naming the array."""
-        if sample_weight is not None:
-            raise NotImplementedError("sample_weight is not supported by specc's fit(); use class_weight")
-        if steps_per_epoch is not None or validation_steps is not None or validation_freq != 1:
-            raise NotImplementedError("steps_per_epoch, validation_steps and validation_freq are not supported: "
-                                      "specc trains on whole arrays, one pass per epoch")
-        batch_size = _batch_size(batch_size)
+        from ..train.fit import DEFAULT_BATCH_SIZE
+        from .callbacks import History
+
+        batch_size = DEFAULT_BATCH_SIZE if batch_size is None else checks.check_positive_int("batch_size", batch_size)
         if validation_batch_size is not None:
             checks.check_positive_int("validation_batch_size", validation_batch_size)
         checks.check_non_negative_int("epochs", epochs)
@@ -572,62 +628,89 @@ class Model(Layer):
                 or not 0 <= validation_split < 1:
             raise ValueError(f"validation_split must be a number in [0, 1), got {validation_split!r}")
         _check_class_weight(class_weight)
-        cbs = _callback_list(callbacks)
-        vx = vy = None
+        _callback_list(callbacks)
+        vx = vy = vsw = None
         if validation_data is not None:
-            vx, vy = _unpack_validation_data(validation_data)
+            vx, vy, vsw = _unpack_validation_data(validation_data)
         xs = self._prepared_inputs(x)
         checks.check_non_empty(len(xs[0]), "x")
-        trainer = self._get_trainer()
         ys = self._targets(y)
+        trainer = self._get_trainer(ys)
         val = None
         if validation_data is not None:
-            val = (self._prepared_inputs(vx, "validation_data x"), self._targets(vy, "validation_data y"))
-        for cb in cbs:
-            cb.model = self
+            val = (self._prepared_inputs(vx, "validation_data x"), self._targets(vy, "validation_data y"), vsw)
         if verbose is True:
             verbose = 1
-        with self._run(trainer):
-            history = trainer.fit(xs, ys, batch_size=batch_size, epochs=epochs,
-                                  validation_split=validation_split, validation_data=val, shuffle=shuffle,
-                                  class_weight=class_weight, callbacks=cbs, verbose=verbose,
-                                  initial_epoch=initial_epoch, validation_batch_size=validation_batch_size)
-        history.model = self
         n_train = len(xs[0]) if val is not None else int(len(xs[0]) * (1 - validation_split))
-        history.params = {"verbose": verbose, "epochs": epochs, "steps": -(-n_train // batch_size)}
+        history = History()
+        history.model = self
+        history.params = {"verbose": verbose, "epochs": epochs, "steps": steps_per_epoch or -(-n_train // batch_size)}
+        cbs = self._callbacks_for(callbacks, history.params)
+        with self._run(trainer):
+            trainer.fit(xs, ys, batch_size=batch_size, epochs=epochs, validation_split=validation_split,
+                        validation_data=val, shuffle=shuffle, class_weight=class_weight, callbacks=cbs,
+                        verbose=verbose, initial_epoch=initial_epoch, validation_batch_size=validation_batch_size,
+                        sample_weight=sample_weight, steps_per_epoch=steps_per_epoch,
+                        validation_steps=validation_steps, validation_freq=validation_freq, history=history)
+        self.history = history
         return history
+
+    def _results(self, logs: dict, return_dict: bool) -> Any:
+        """Keras's return forms: the dict, else the loss alone (a float) or the values in metrics_names order."""
+        if return_dict:
+            return logs
+        values = [float(v) for v in logs.values()]
+        return values[0] if len(values) == 1 else values
 
     def evaluate(self, x: Any = None, y: Any = None, batch_size: int | None = None, verbose: Any = "auto",
                  sample_weight: Any = None, steps: int | None = None, callbacks: Any = None,
                  return_dict: bool = False) -> Any:
-        """Keras's evaluate: the loss (a float) if there is nothing else, else values in `metrics_names` order."""
-        if sample_weight is not None or steps is not None:
-            raise NotImplementedError("sample_weight and steps are not supported by specc's evaluate()")
-        batch_size = _batch_size(batch_size)
+        """Keras's evaluate: the loss (a float) if there is nothing else, else values in `metrics_names` order;
+        `steps` batches at most; a progress bar at verbose=1 ("auto")."""
         xs = self._prepared_inputs(x)
         checks.check_non_empty(len(xs[0]), "x")
-        trainer = self._get_trainer()
         ys = self._targets(y)
+        trainer = self._get_trainer(ys)
+        cbs = self._callbacks_for(callbacks, {"verbose": verbose, "epochs": 1, "steps": steps})
         with self._run(trainer):
-            logs = trainer.evaluate(xs, ys, batch_size=batch_size)
-        if return_dict:
-            return logs
-        values = list(logs.values())
-        return values[0] if len(values) == 1 else values
+            logs = trainer.evaluate(xs, ys, batch_size=batch_size, sample_weight=sample_weight, steps=steps,
+                                    callbacks=cbs, verbose=_verbosity(verbose))
+        return self._results(logs, return_dict)
+
+    def train_on_batch(self, x: Any, y: Any = None, sample_weight: Any = None, class_weight: dict | None = None,
+                       return_dict: bool = False) -> Any:
+        """Keras's train_on_batch: one optimizer step on this batch; the loss (computed before the step) and
+        metrics of the batch, as a float, a list in `metrics_names` order, or a dict."""
+        _check_class_weight(class_weight)
+        xs = self._prepared_inputs(x)
+        ys = self._targets(y)
+        trainer = self._get_trainer(ys)
+        with self._run(trainer):
+            logs = trainer.train_on_batch(xs, ys, sample_weight=sample_weight, class_weight=class_weight)
+        return self._results(logs, return_dict)
+
+    def test_on_batch(self, x: Any, y: Any = None, sample_weight: Any = None, return_dict: bool = False) -> Any:
+        """Keras's test_on_batch: loss and metrics of this batch, in train_on_batch's forms."""
+        xs = self._prepared_inputs(x)
+        ys = self._targets(y)
+        trainer = self._get_trainer(ys)
+        with self._run(trainer):
+            logs = trainer.test_on_batch(xs, ys, sample_weight=sample_weight)
+        return self._results(logs, return_dict)
 
     def predict(self, x: Any, batch_size: int | None = None, verbose: Any = "auto", steps: int | None = None,
                 callbacks: Any = None) -> Any:
-        """Outputs for `x`, computed in batches (an array, or a list for several outputs)."""
+        """Outputs for `x`, computed in batches (an array, or a list for several outputs); `steps` batches at
+        most; a progress bar at verbose=1 ("auto"); callbacks get on_predict_* calls."""
         from ..train.fit import Trainer
 
-        if steps is not None:
-            raise NotImplementedError("steps is not supported by specc's predict()")
-        batch_size = _batch_size(batch_size)
         xs = self._prepared_inputs(x)
         checks.check_non_empty(len(xs[0]), "x")
+        cbs = self._callbacks_for(callbacks, {"verbose": verbose, "epochs": 1, "steps": steps})
         engine = self._engine()
         with runtime(self.run_eagerly):
-            outs = Trainer.predict_with(engine, xs, batch_size)
+            outs = Trainer.predict_with(engine, xs, batch_size, steps=steps, callbacks=cbs,
+                                        verbose=_verbosity(verbose))
         return self._structure(outs)
 
     def predict_on_batch(self, x: Any) -> Any:
@@ -754,11 +837,13 @@ def _keras_h5():
     return keras_h5
 
 
-def _batch_size(value: Any) -> int:
-    """Keras's default (the spec's `fit.batch_size` default) for None, else a positive integer."""
-    from ..spec.schema import FitDef
-
-    return FitDef.model_fields["batch_size"].default if value is None else checks.check_positive_int("batch_size", value)
+def _verbosity(verbose: Any) -> int:
+    """Keras's verbose for evaluate/predict: "auto" and True are 1 (the bar), else 0, 1 or 2."""
+    if verbose == "auto" or verbose is True:
+        return 1
+    if isinstance(verbose, bool) or verbose not in (0, 1, 2):
+        raise ValueError(f"verbose must be 0, 1, 2 or \"auto\", got {verbose!r}")
+    return int(verbose)
 
 
 def _callback_list(callbacks: Any) -> list:
@@ -778,16 +863,14 @@ def _callback_list(callbacks: Any) -> list:
     return list(items)
 
 
-def _unpack_validation_data(data: Any) -> tuple[Any, Any]:
-    """(x_val, y_val) from Keras's `validation_data` forms: (x, y) or (x, y, sample_weight=None)."""
+def _unpack_validation_data(data: Any) -> tuple[Any, Any, Any]:
+    """(x_val, y_val, val_sample_weight) from Keras's `validation_data` forms: (x, y) or (x, y, sample_weight)."""
     if not isinstance(data, (tuple, list)) or len(data) not in (2, 3):
         got = f"a {type(data).__name__} of {len(data)} item{'' if len(data) == 1 else 's'}" if isinstance(data, (tuple, list)) else \
             f"a {type(data).__name__}"
         raise ValueError(f"validation_data must be a tuple (x_val, y_val) or (x_val, y_val, val_sample_weight); got "
                          f"{got}")
-    if len(data) == 3 and data[2] is not None:
-        raise NotImplementedError("validation sample weights are not supported")
-    return data[0], data[1]
+    return data[0], data[1], (data[2] if len(data) == 3 else None)
 
 
 def _check_class_weight(class_weight: Any) -> None:

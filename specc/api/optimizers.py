@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from ..spec.schema import OptimizerDef, Schedule
 from .layer import ArgumentError, validate
 
@@ -20,9 +22,14 @@ _KERAS_DEFAULTS = {"name": None, "use_ema": False, "ema_momentum": 0.99, "ema_ov
 
 
 class Optimizer:
-    """Base of the optimizer classes; `definition` is the validated spec entry."""
+    """Base of the optimizer classes; `definition` is the validated spec entry.
+
+    It is `model.optimizer` after compile(). Once fit() (or train_on_batch) runs, it reads and writes the
+    training loop's optimizer: `learning_rate` is the rate the next step uses, and setting it (from a
+    callback, between steps) changes that step, as assigning Keras's learning-rate variable does."""
 
     _type = ""
+    _live = None  # the training loop's optimizer (specc.train.optimizers), once the model trains
 
     def __init__(self, learning_rate: Any = None, **kwargs: Any):
         for key, default in _KERAS_DEFAULTS.items():
@@ -35,8 +42,47 @@ class Optimizer:
         self.definition: OptimizerDef = check_arguments(validate(OptimizerDef, raw, type(self).__name__), raw)
 
     @property
-    def learning_rate(self) -> Any:
-        return self.definition.learning_rate
+    def learning_rate(self) -> float:
+        """The learning rate the next step uses (a schedule's value at the current iteration)."""
+        if self._live is not None:
+            return self._live.learning_rate
+        lr = self.definition.learning_rate
+        if lr is None:
+            from ..spec.schema import OPTIMIZER_DEFAULTS
+
+            return float(OPTIMIZER_DEFAULTS[self.definition.type]["learning_rate"])
+        if isinstance(lr, (int, float)):
+            return float(lr)
+        from ..train.optimizers import make_schedule
+
+        return float(make_schedule(lr)(0))
+
+    @learning_rate.setter
+    def learning_rate(self, value: Any) -> None:
+        if self.definition.learning_rate is not None and not isinstance(self.definition.learning_rate, (int, float)):
+            raise TypeError("This optimizer was created with a `LearningRateSchedule` object as its `learning_rate` "
+                            "constructor argument, hence its learning rate is not settable. If you need the learning "
+                            "rate to be settable, you should instantiate the optimizer with a float `learning_rate`.")
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+            raise TypeError(f"learning_rate must be a number, got {type(value).__name__}")
+        value = float(value)
+        if not value >= 0 or value == float("inf"):
+            raise ValueError(f"learning_rate must be a finite number >= 0, got {value}")
+        # The definition too: a training loop built later (a recompiled model) starts from this rate.
+        self.definition = self.definition.model_copy(update={"learning_rate": value})
+        if self._live is not None:
+            self._live.learning_rate = value
+
+    lr = learning_rate  # tf.keras 2's name
+
+    @property
+    def iterations(self) -> int:
+        """The number of optimizer steps taken."""
+        return 0 if self._live is None else int(self._live.iterations)
+
+    def bind(self, live: Any) -> None:
+        """Attach the training loop's optimizer (the model's trainer calls this)."""
+        self._live = live
 
     def get_config(self) -> dict:
         return self.definition.model_dump(exclude_none=True)
@@ -107,16 +153,26 @@ def check_arguments(definition: OptimizerDef, raw: dict) -> OptimizerDef:
     return definition
 
 
-def get(identifier: Any) -> OptimizerDef:
-    """An OptimizerDef from a name ("adam", "Adam"), an optimizer object, or a spec-style mapping."""
+_BY_TYPE = {t: name for name, t in _TYPES.items()}
+
+
+def _from_definition(definition: OptimizerDef) -> Optimizer:
+    opt = object.__new__(globals()[_BY_TYPE[definition.type]])
+    opt.definition = definition
+    return opt
+
+
+def get(identifier: Any) -> Optimizer:
+    """An optimizer object from a name ("adam", "Adam"), an optimizer object (itself), a spec-style mapping or
+    an OptimizerDef."""
     if isinstance(identifier, Optimizer):
-        return identifier.definition
-    if isinstance(identifier, OptimizerDef):
         return identifier
+    if isinstance(identifier, OptimizerDef):
+        return _from_definition(identifier)
     if isinstance(identifier, str):
-        return validate(OptimizerDef, {"type": identifier}, "optimizer")
+        return _from_definition(validate(OptimizerDef, {"type": identifier}, "optimizer"))
     if isinstance(identifier, dict):
-        return check_arguments(validate(OptimizerDef, dict(identifier), "optimizer"), identifier)
+        return _from_definition(check_arguments(validate(OptimizerDef, dict(identifier), "optimizer"), identifier))
     raise TypeError(f"optimizer must be a name (e.g. 'adam'), a specc.optimizers object (e.g. "
                     f"specc.optimizers.Adam(learning_rate=1e-3)) or a mapping; got {type(identifier).__name__}")
 

@@ -1,7 +1,7 @@
 """Callbacks with Keras 3's semantics: EarlyStopping, ReduceLROnPlateau, ModelCheckpoint, CSVLogger,
-TerminateOnNaN. Each is built from its validated spec entry (specc.spec.schema) and sees the trainer
-through a small interface: `get_weights()`, `set_weights()`, `learning_rate`, `stop_training`, and
-`run_dir` for files.
+TerminateOnNaN (each built from its validated spec entry, specc.spec.schema), LearningRateScheduler,
+BackupAndRestore and History. They see the trainer through a small interface: `get_weights()`,
+`set_weights()`, `learning_rate`, `stop_training`, `optimizer`, `engine`, and `run_dir` for files.
 """
 
 from __future__ import annotations
@@ -22,21 +22,75 @@ def _mode(mode: str, monitor: str) -> str:
 
 
 class Callback:
+    """Keras 3's callback hooks, each called with Keras's `logs` (a dict: {} where Keras passes no values,
+    the running loss and metrics after a batch, the epoch's after an epoch, {"outputs": ...} after a
+    prediction batch). `on_batch_end` is the older name of `on_train_batch_end`, as in Keras."""
+
     trainer = None
 
-    def on_train_begin(self) -> None: ...
+    def on_train_begin(self, logs: dict | None = None) -> None: ...
 
-    def on_batch_end(self, step: int, logs: dict) -> None: ...
+    def on_train_end(self, logs: dict | None = None) -> None: ...
 
-    def on_epoch_end(self, epoch: int, logs: dict) -> None: ...
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None: ...
 
-    def on_train_end(self) -> None: ...
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None: ...
+
+    def on_batch_begin(self, batch: int, logs: dict | None = None) -> None: ...
+
+    def on_batch_end(self, batch: int, logs: dict | None = None) -> None: ...
+
+    def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+        self.on_batch_begin(batch, logs)
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        self.on_batch_end(batch, logs)
+
+    def on_test_begin(self, logs: dict | None = None) -> None: ...
+
+    def on_test_end(self, logs: dict | None = None) -> None: ...
+
+    def on_test_batch_begin(self, batch: int, logs: dict | None = None) -> None: ...
+
+    def on_test_batch_end(self, batch: int, logs: dict | None = None) -> None: ...
+
+    def on_predict_begin(self, logs: dict | None = None) -> None: ...
+
+    def on_predict_end(self, logs: dict | None = None) -> None: ...
+
+    def on_predict_batch_begin(self, batch: int, logs: dict | None = None) -> None: ...
+
+    def on_predict_batch_end(self, batch: int, logs: dict | None = None) -> None: ...
 
     def state(self) -> dict:
         """What a resumed run needs to continue exactly (JSON-serialisable)."""
         return {}
 
     def load_state(self, state: dict) -> None: ...
+
+
+class History(Callback):
+    """Keras's History: `history[name]` is the list of per-epoch values, `epoch` the epochs trained. fit()
+    fills the one it returns; one given as a callback records through on_epoch_end, as Keras's does."""
+
+    def __init__(self) -> None:
+        self.history: dict[str, list[float]] = {}
+        self.epoch: list[int] = []
+        self.params: dict = {}
+        self.model = None
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        self.epoch = []
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self.append(epoch, logs or {})
+        if self.model is not None:
+            self.model.history = self
+
+    def append(self, epoch: int, logs: dict) -> None:
+        self.epoch.append(epoch)
+        for k, v in logs.items():
+            self.history.setdefault(k, []).append(float(v))
 
 
 class _Monitoring(Callback):
@@ -86,7 +140,7 @@ class EarlyStopping(_Monitoring):
     def improved_over_baseline(self, current):
         return current < self.baseline if self.mode == "min" else current > self.baseline
 
-    def on_train_end(self):
+    def on_train_end(self, logs=None):
         # Keras 3 restores the best weights at the end of training, whether or not it stopped early.
         if self.restore_best_weights and self.best_weights is not None:
             self.trainer.set_weights(self.best_weights)
@@ -193,6 +247,121 @@ class TerminateOnNaN(Callback):
         loss = logs.get("loss")
         if loss is not None and not np.isfinite(loss):
             self.trainer.stop_training = True
+
+
+class LearningRateScheduler(Callback):
+    """Keras's LearningRateScheduler: at each epoch's start, `schedule(epoch, learning_rate)` (or
+    `schedule(epoch)`) gives the rate for that epoch's steps; the epoch's logs get `learning_rate`."""
+
+    def __init__(self, schedule, verbose: int = 0):
+        if not callable(schedule):
+            raise TypeError(f"schedule must be a function schedule(epoch, learning_rate) -> float, got "
+                            f"{type(schedule).__name__}")
+        self.schedule, self.verbose = schedule, verbose
+
+    def on_epoch_begin(self, epoch, logs=None):
+        lr = float(self.trainer.learning_rate)
+        try:
+            lr = self.schedule(epoch, lr)
+        except TypeError:  # Keras's older form: schedule(epoch)
+            lr = self.schedule(epoch)
+        if not isinstance(lr, (float, np.floating)):
+            raise ValueError(f"The output of the `schedule` function should be a float. Got: {lr!r}")
+        self.trainer.learning_rate = float(lr)
+        if self.verbose > 0:
+            self.trainer.log(f"\nEpoch {epoch + 1}: LearningRateScheduler setting learning rate to {float(lr)}.")
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["learning_rate"] = float(self.trainer.learning_rate)
+
+
+class BackupAndRestore(Callback):
+    """Keras's BackupAndRestore: the weights, the optimizer's state and the epoch are backed up in
+    `backup_dir` after every epoch (or every `save_freq` batches); a fit that finds a backup starts from it
+    (the epoch after the last complete one backed up, or the start of the epoch a batch backup was taken
+    in), and a fit that completes deletes it (`delete_checkpoint`). Files: `latest.weights.npz` (weights
+    keyed `layer/weight`, the optimizer's arrays keyed `optimizer/<name>`) and `training_metadata.json`."""
+
+    def __init__(self, backup_dir, save_freq="epoch", double_checkpoint: bool = False, delete_checkpoint: bool = True):
+        if not backup_dir:
+            raise ValueError("Empty `backup_dir` argument passed")
+        if save_freq != "epoch" and (isinstance(save_freq, bool) or not isinstance(save_freq, int) or save_freq < 1):
+            raise ValueError(f"Invalid value for argument `save_freq`. Received: save_freq={save_freq!r}. Expected "
+                             f"either 'epoch' or a positive integer.")
+        self.backup_dir = os.fspath(backup_dir)
+        self.save_freq, self.double_checkpoint, self.delete_checkpoint = save_freq, double_checkpoint, delete_checkpoint
+        self.weights_path = os.path.join(self.backup_dir, "latest.weights.npz")
+        self.metadata_path = os.path.join(self.backup_dir, "training_metadata.json")
+        self._current_epoch = 0
+        self._batches = 0
+
+    def on_train_begin(self, logs=None):
+        self._batches = 0
+        if os.path.exists(self.metadata_path) and os.path.exists(self.weights_path):
+            self._restore(self.weights_path, self.metadata_path)
+        elif self.double_checkpoint and os.path.exists(self.weights_path + ".bkp") \
+                and os.path.exists(self.metadata_path + ".bkp"):
+            self._restore(self.weights_path + ".bkp", self.metadata_path + ".bkp")
+
+    def _restore(self, weights_path: str, metadata_path: str) -> None:
+        import json
+
+        try:
+            with open(metadata_path, encoding="utf-8") as fh:
+                epoch = json.load(fh)["epoch"]
+            with np.load(weights_path, allow_pickle=False) as archive:
+                arrays = {k: archive[k] for k in archive.files}
+            # By position, as Keras matches a weights file to the model's structure (a model rebuilt in a new
+            # session has new auto-names).
+            weights = [a for k, a in arrays.items() if not k.startswith("optimizer/")]
+            own = [w for s in self.trainer.engine.steps for w in s.weights]
+            if [w.shape for w in weights] != [w.shape for w in own]:
+                raise ValueError("its weights are not this model's (their shapes differ)")
+            optimizer = {k[len("optimizer/"):]: arrays[k] for k in arrays if k.startswith("optimizer/")}
+            if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
+                raise ValueError(f"its epoch is {epoch!r}")
+            self.trainer.set_weights(weights)
+            self.trainer.optimizer.load_state_arrays(optimizer)
+        except (OSError, ValueError, KeyError, TypeError, EOFError) as exc:
+            raise ValueError(f"BackupAndRestore cannot resume from {self.backup_dir}: {exc}. Delete the directory "
+                             f"to start over.") from None
+        self.trainer.resume_epoch = epoch
+        self._current_epoch = epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._current_epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.save_freq != "epoch":
+            self._batches += 1
+            if self._batches >= self.save_freq:
+                self._batches = 0
+                self._save(self._current_epoch)  # a batch backup resumes at the start of its epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.save_freq == "epoch":
+            self._save(epoch + 1)
+
+    def _save(self, epoch: int) -> None:
+        from .run import atomic_write_json, atomic_write_npz, weight_keys
+
+        os.makedirs(self.backup_dir, exist_ok=True)
+        if self.double_checkpoint:
+            for path in (self.weights_path, self.metadata_path):
+                if os.path.exists(path):
+                    os.replace(path, path + ".bkp")
+        engine = self.trainer.engine
+        arrays = dict(zip(weight_keys(engine), [w for s in engine.steps for w in s.weights]))
+        arrays.update({f"optimizer/{k}": np.asarray(v) for k, v in self.trainer.optimizer.state_arrays().items()})
+        atomic_write_npz(self.weights_path, arrays)
+        atomic_write_json(self.metadata_path, {"epoch": epoch, "batch": 0})
+
+    def on_train_end(self, logs=None):
+        import shutil
+
+        if self.delete_checkpoint and os.path.isdir(self.backup_dir):
+            shutil.rmtree(self.backup_dir)
 
 
 from .tensorboard import TensorBoard  # noqa: E402 - it derives from Callback above

@@ -145,3 +145,20 @@ def check_targets(name: str, y: np.ndarray, output_shape: tuple, loss: str, outp
         raise ValueError(f"{name}: {loss} needs targets of the output's shape: output '{output}' has shape {shown}, "
                          f"{name} has shape {shape_str(y.shape)}")
     return y
+
+
+def check_sample_weight(name: str, value: Any, n: int) -> np.ndarray:
+    """Keras's `sample_weight`: one finite, non-negative number per sample (or per sample and time step: a
+    2-d array (samples, steps) for sequence outputs), as float64."""
+    w = numeric_array(name, value)
+    if w.ndim == 0 or w.ndim > 2:
+        raise ValueError(f"{name} must have shape ({n},) (one weight per sample) or (samples, steps) for sequence "
+                         f"outputs; got shape {shape_str(w.shape)}")
+    if len(w) != n:
+        raise ValueError(f"Data cardinality is ambiguous. Make sure all arrays contain the same number of samples. "
+                         f"'x' sizes: {n}, '{name}' sizes: {len(w)}")
+    w = w.astype(np.float64)
+    if not np.isfinite(w).all() or (w < 0).any():
+        raise ValueError(f"{name} must hold finite, non-negative weights; it has "
+                         f"{'NaN or infinite values' if not np.isfinite(w).all() else 'negative values'}")
+    return w

@@ -1,26 +1,30 @@
 """The training loop: plain Python around the engine's jitted forward/backward and the optimizer's fused
-step. Keras 3 semantics for fit/evaluate/predict: batches in order (shuffled per epoch when asked), the
-last partial batch included, metrics accumulated over the epoch, `val_` metrics after each epoch.
+step. Keras 3 semantics for fit/evaluate/predict and train_on_batch/test_on_batch: batches in order
+(shuffled per pass when asked), the last partial batch included, metrics accumulated over the epoch, `val_`
+metrics after each validated epoch, sample and class weights, every callback hook with Keras's logs.
 
     trainer = Trainer(engine, compile_def, seed)
-    history = trainer.fit(x, y, batch_size=32, epochs=10, validation_split=0.1)
+    history = trainer.fit(x, y, batch_size=64, epochs=10, validation_split=0.1)
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+import warnings
 
 import numpy as np
 
 from ..engine import Engine
+from ..spec.schema import FitDef
 from . import checks
 from . import metrics as M
-from .callbacks import Callback
+from .callbacks import Callback, History
 from .fused import DenseChain
 from .losses import get_loss
 from .optimizers import make_optimizer
 from .progress import Progress
+
+DEFAULT_BATCH_SIZE: int = FitDef.model_fields["batch_size"].default  # the schema's, the one source of defaults
 
 
 class Diverged(Exception):
@@ -33,19 +37,6 @@ class Diverged(Exception):
 
 class Interrupted(Exception):
     """Training stopped on request (Ctrl-C or SIGTERM) after a completed step."""
-
-
-@dataclass
-class History:
-    """Keras's History: `history[name]` is the list of per-epoch values."""
-
-    history: dict[str, list[float]] = field(default_factory=dict)
-    epoch: list[int] = field(default_factory=list)
-
-    def append(self, epoch: int, logs: dict) -> None:
-        self.epoch.append(epoch)
-        for k, v in logs.items():
-            self.history.setdefault(k, []).append(float(v))
 
 
 def _as_list(a) -> list[np.ndarray]:
@@ -96,6 +87,10 @@ class Trainer:
         else:
             self.loss_weights = [1.0] * len(outputs)
         self.metric_names = compile_def.metrics
+        # Per output: (metric name or function, label or None, weighted). The API adds weighted_metrics and
+        # metric functions; a spec's metrics are plain names, unweighted (Keras's `metrics`).
+        self.metric_specs = [[(m, None, False) for m in (self.metric_names.get(o, []) if isinstance(
+            self.metric_names, dict) else self.metric_names)] for o in outputs]
         self.optimizer = make_optimizer(compile_def.optimizer, engine.variable_offsets, engine.dtype)
         self.rng = np.random.default_rng(seed)  # shuffling
         self.dropout_rng = np.random.default_rng(None if seed is None else seed + 1)
@@ -143,22 +138,41 @@ class Trainer:
     # --- metrics ------------------------------------------------------------------------------------
 
     def _make_metrics(self, y: list[np.ndarray]) -> list[list[M.Metric]]:
-        spec = self.metric_names
         out = []
         for k, name in enumerate(self.output_names):
-            names = spec.get(name, []) if isinstance(spec, dict) else spec
             shape = self.engine.graph.node(name).output_shape
             sparse = y[k].ndim < len(shape) + 1 or (y[k].shape[-1] == 1 and shape[-1] != 1)
-            out.append([M.resolve(m, shape, sparse) for m in names])
+            made = []
+            for what, label, weighted in self.metric_specs[k]:
+                m = M.FunctionMetric(what, label) if callable(what) else M.resolve(what, shape, sparse)
+                if label is not None:
+                    m.name = label
+                m.weighted = weighted
+                made.append(m)
+            out.append(made)
         return out
 
     def _metric_logs(self, metrics: list[list[M.Metric]], prefix: str = "") -> dict:
+        """Keras 3's names: `metrics` first, then `weighted_metrics`, a weighted one renamed `weighted_<name>`
+        when an unweighted metric has its name; `<output>_` before each with several outputs."""
         logs = {}
         multi = len(self.output_names) > 1
-        for name, ms in zip(self.output_names, metrics):
-            for m in ms:
-                logs[f"{prefix}{name}_{m.name}" if multi else f"{prefix}{m.name}"] = m.result()
+        for weighted in (False, True):
+            for name, ms in zip(self.output_names, metrics):
+                for m in ms:
+                    if m.weighted != weighted:
+                        continue
+                    key = f"{name}_{m.name}" if multi else m.name
+                    if weighted and f"{prefix}{key}" in logs:
+                        key = f"{name}_weighted_{m.name}" if multi else f"weighted_{m.name}"
+                    logs[f"{prefix}{key}"] = m.result()
         return logs
+
+    def _update_metrics(self, metrics, yb, preds, sws) -> None:
+        for k, ms in enumerate(metrics):
+            w = None if sws[k] is None else sws[k].reshape(len(preds[k]), -1).mean(axis=1)
+            for m in ms:
+                m.update(yb[k], preds[k], w if m.weighted else None)
 
     # --- the data -----------------------------------------------------------------------------------
 
@@ -197,10 +211,11 @@ class Trainer:
         with workspace.active():  # the losses' gradient arrays are reused from step to step too
             for k, (loss, fused) in enumerate(zip(self.losses, self.fused)):
                 workspace.owner = f"loss {k}"
+                w = sw[k] if isinstance(sw, list) else sw  # per output, or one array for all
                 if fused and training:
-                    value, grad = loss.fused(fused, yb[k], self.engine._pre[self.engine.output_names[k]], sw)
+                    value, grad = loss.fused(fused, yb[k], self.engine._pre[self.engine.output_names[k]], w)
                 else:
-                    value, grad = loss(yb[k], preds[k], sw)
+                    value, grad = loss(yb[k], preds[k], w)
                 if self.loss_weights[k] != 1.0:
                     grad *= self.loss_weights[k]
                 values.append(value)
@@ -213,7 +228,7 @@ class Trainer:
 
     def train_step(self, xb, yb, sw) -> tuple[float, list[float], list[np.ndarray]]:
         if self.fused_step is not None:
-            value, pred = self.fused_step(xb[0], yb[0], sw)
+            value, pred = self.fused_step(xb[0], yb[0], sw[0] if isinstance(sw, list) else sw)
             values, preds = [value], [pred]
         else:
             values, grads, preds = self._losses(xb, yb, sw, training=True)
@@ -224,25 +239,77 @@ class Trainer:
 
     # --- fit / evaluate / predict -------------------------------------------------------------------
 
-    def fit(self, x, y, batch_size: int = 32, epochs: int = 1, validation_split: float = 0.0,
+    def sample_weights(self, sample_weight, n: int, where: str = "") -> list[np.ndarray | None]:
+        """Keras's `sample_weight` per output: one array for every output, or a list / dict by output name."""
+        name = f"{where}sample_weight"
+        if sample_weight is None:
+            return [None] * len(self.output_names)
+        if isinstance(sample_weight, dict):
+            unknown = [k for k in sample_weight if k not in self.output_names]
+            if unknown:
+                raise ValueError(f"{name} names {unknown[0]!r}, which is not a model output; outputs: "
+                                 f"{', '.join(self.output_names)}")
+            items = [sample_weight.get(o) for o in self.output_names]
+        elif isinstance(sample_weight, (list, tuple)) and len(self.output_names) > 1:
+            if len(sample_weight) != len(self.output_names):
+                raise ValueError(f"{name} is a list of {len(sample_weight)} arrays for a model with "
+                                 f"{len(self.output_names)} outputs ({', '.join(self.output_names)})")
+            items = list(sample_weight)
+        else:
+            items = [sample_weight] * len(self.output_names)
+        return [None if w is None else checks.check_sample_weight(_array_name(name, self.output_names, k), w, n)
+                for k, w in enumerate(items)]
+
+    def _prepare_fused(self, y: list[np.ndarray]) -> list[np.ndarray]:
+        """Use the one-call MLP step when it computes exactly this loss; y cast for it once."""
+        self.fused_step = None
+        if self.allow_fused and self.chain is not None and len(self.losses) == 1 and self.loss_weights == [1.0] \
+                and isinstance(self.losses[0], type(get_loss("mse"))) and self.losses[0].plain:
+            self.fused_step = self.chain.trainer(self.losses[0], self.fused[0])
+        if self.fused_step is not None:
+            return [self.fused_step.targets(y[0])]
+        return y
+
+    def _check_trainable_losses(self) -> None:
+        for name, loss in zip(self.output_names, self.losses):
+            if getattr(loss, "reduction", None) == "none":
+                raise ValueError(f"the loss of output '{name}' has reduction='none': it gives one value per sample, "
+                                 f"and training needs one number to minimise. Use reduction='sum_over_batch_size' "
+                                 f"(the default) or 'sum'")
+
+    def fit(self, x, y, batch_size: int | None = None, epochs: int = 1, validation_split: float = 0.0,
             validation_data=None, shuffle: bool = True, class_weight: dict | None = None,
             callbacks: list[Callback] | None = None, verbose="auto", initial_epoch: int = 0,
             history: History | None = None, resume: dict | None = None,
-            validation_batch_size: int | None = None) -> History:
+            validation_batch_size: int | None = None, sample_weight=None, steps_per_epoch: int | None = None,
+            validation_steps: int | None = None, validation_freq=1) -> History:
         """Keras's fit. `resume` (a `loop_state` saved at an interruption) continues mid-epoch.
 
-        Every array is checked (check_data) before anything runs; so are the counts."""
-        batch_size = checks.check_positive_int("batch_size", batch_size)
+        Every array is checked (check_data) before anything runs; so are the counts. `sample_weight` and
+        `class_weight` both given multiply (tf.keras's rule; Keras 3 refuses the pair). With
+        `steps_per_epoch`, epochs draw batches from one pass over the data after another: an epoch ends after
+        that many steps, or early where a pass ends (Keras's "ran out of data"), the next starting a new pass."""
+        batch_size = checks.check_positive_int("batch_size", DEFAULT_BATCH_SIZE if batch_size is None else batch_size)
         validation_batch_size = checks.check_positive_int("validation_batch_size", validation_batch_size or batch_size)
         epochs = checks.check_non_negative_int("epochs", epochs)
         initial_epoch = checks.check_non_negative_int("initial_epoch", initial_epoch)
+        if steps_per_epoch is not None:
+            steps_per_epoch = checks.check_positive_int("steps_per_epoch", steps_per_epoch)
+        if validation_steps is not None:
+            validation_steps = checks.check_positive_int("validation_steps", validation_steps)
+        _check_validation_freq(validation_freq)
         if not 0 <= validation_split < 1:
             raise ValueError(f"validation_split must be in [0, 1), got {validation_split}")
+        self._check_trainable_losses()
         x, y, n = self.check_data(x, y)
         checks.check_non_empty(n, "x")
+        sws = self.sample_weights(sample_weight, n)
+        val_sws = [None] * len(self.output_names)
         if validation_data is not None:
-            vx, vy, n_val = self.check_data(*validation_data, where="validation_data ")
+            vx, vy, n_val = self.check_data(*validation_data[:2], where="validation_data ")
             checks.check_non_empty(n_val, "validation_data")
+            if len(validation_data) > 2:
+                val_sws = self.sample_weights(validation_data[2], n_val, "validation_data ")
             validation_data = (vx, vy)
         elif validation_split > 0:
             # Keras takes the validation part from the end, before any shuffling.
@@ -252,73 +319,101 @@ class Trainer:
                                  f"validation and training set as specified by `validation_split={validation_split}`. "
                                  f"Either provide more data, or a different value for the `validation_split` argument.")
             validation_data = ([a[split:] for a in x], [a[split:] for a in y])
+            val_sws = [None if w is None else w[split:] for w in sws]
             x, y, n = [a[:split] for a in x], [a[:split] for a in y], split
+            sws = [None if w is None else w[:split] for w in sws]
+        n_batches = math.ceil(n / batch_size)
         if resume is not None:
-            _check_resume(resume, n, math.ceil(n / batch_size))
-        self.fused_step = None
-        if self.allow_fused and self.chain is not None and len(self.losses) == 1 and self.loss_weights == [1.0]:
-            self.fused_step = self.chain.trainer(self.losses[0], self.fused[0])
+            if steps_per_epoch is not None:
+                raise ValueError("a mid-epoch resume needs whole passes over the data (no steps_per_epoch)")
+            _check_resume(resume, n, n_batches)
         # Cast once rather than per batch (no copy when the arrays already have the model's dtype).
         x = [np.ascontiguousarray(a, self.engine.dtype) if np.issubdtype(np.asarray(a).dtype, np.floating) else a
              for a in x]
-        if self.fused_step is not None:
-            y = [self.fused_step.targets(y[0])]
+        y = self._prepare_fused(y)  # the same shapes: metrics read these targets too
         callbacks = callbacks or []
         for cb in callbacks:
             cb.trainer = self
         self.progress = Progress(verbose)
         history = history or History()
-        steps = math.ceil(n / batch_size)
+        steps = steps_per_epoch or n_batches
         self.stop_training = False
+        self.resume_epoch = None
         for cb in callbacks:
-            cb.on_train_begin()
+            cb.on_train_begin({})
+        if self.resume_epoch is not None:  # a callback restored a backup (BackupAndRestore)
+            initial_epoch = self.resume_epoch
+        stream = {"order": None, "seen": 0}  # the current pass over the data, across epochs
+        warned = False
+        logs: dict = {}
         for epoch in range(initial_epoch, epochs):
             metrics = self._make_metrics(y)
             if resume is not None and resume["epoch"] == epoch:  # continue an interrupted epoch exactly
-                order, start = np.asarray(resume["order"]), resume["step"]
+                stream["order"], stream["seen"] = np.asarray(resume["order"]), resume["step"]
                 total_sum, out_sums, seen = resume["total_sum"], list(resume["out_sums"]), resume["seen"]
                 for ms, states in zip(metrics, resume["metrics"]):
                     for m, state in zip(ms, states):
                         m.load_state(state)
                 logs = self._epoch_logs(total_sum / max(seen, 1), [v / max(seen, 1) for v in out_sums], metrics)
             else:
-                order = self.rng.permutation(n) if shuffle else np.arange(n)
-                start, total_sum, out_sums, seen = 0, 0.0, [0.0] * len(self.losses), 0
+                if stream["order"] is None or steps_per_epoch is None:
+                    stream["order"] = self.rng.permutation(n) if shuffle else np.arange(n)
+                    stream["seen"] = 0
+                total_sum, out_sums, seen = 0.0, [0.0] * len(self.losses), 0
+            order = stream["order"]
             self.progress.epoch_begin(epoch, epochs, steps)
+            for cb in callbacks:
+                cb.on_epoch_begin(epoch, {})
             with self.engine.held_threads():  # the thread limits once per epoch, not per pass
-                for step in range(start, steps):
+                for step in range(stream["seen"] if steps_per_epoch is None else 0, steps):
+                    if stream["seen"] >= n_batches:
+                        if not warned:
+                            warnings.warn(f"Your input ran out of data: steps_per_epoch={steps_per_epoch} asks for more "
+                                          f"batches than one pass over {n} samples gives ({n_batches} batches of "
+                                          f"{batch_size}), so this epoch ends early and the next starts a new pass, "
+                                          f"as in Keras", UserWarning, stacklevel=3)
+                            warned = True
+                        break
+                    b0 = stream["seen"] * batch_size
+                    stream["seen"] += 1
+                    for cb in callbacks:
+                        cb.on_train_batch_begin(step, {})
                     if shuffle:
-                        idx = order[step * batch_size: (step + 1) * batch_size]
+                        idx = order[b0: b0 + batch_size]
                         xb, yb = self._gather(x, idx, "x"), self._gather(y, idx, "y")
+                        swb = [None if w is None else w[idx] for w in sws]
                     else:  # batches in order are views: no copy
-                        xb = [a[step * batch_size: (step + 1) * batch_size] for a in x]
-                        yb = [a[step * batch_size: (step + 1) * batch_size] for a in y]
-                    sw = _class_weights(class_weight, yb[0]) if class_weight else None
-                    total, values, preds = self.train_step(xb, yb, sw)
+                        xb = [a[b0: b0 + batch_size] for a in x]
+                        yb = [a[b0: b0 + batch_size] for a in y]
+                        swb = [None if w is None else w[b0: b0 + batch_size] for w in sws]
+                    swb = _combine_weights(swb, class_weight, yb[0])
+                    total, values, preds = self.train_step(xb, yb, swb)
                     if not np.isfinite(total):
                         raise Diverged(epoch, step + 1, total)
                     b = len(xb[0])
                     total_sum += total * b
                     out_sums = [s + v * b for s, v in zip(out_sums, values)]
                     seen += b
-                    for k, ms in enumerate(metrics):
-                        for m in ms:
-                            m.update(yb[k], preds[k], sw)
+                    self._update_metrics(metrics, yb, preds, swb)
                     logs = self._epoch_logs(total_sum / seen, [s / seen for s in out_sums], metrics)
                     self.progress.step(step + 1, logs)
                     for cb in callbacks:
-                        cb.on_batch_end(step, logs)
+                        cb.on_train_batch_end(step, dict(logs))
                     if self.stop_training:
                         break
-                    if self.interrupt_requested and step + 1 < steps:
+                    if self.interrupt_requested and stream["seen"] < n_batches and steps_per_epoch is None:
                         # Everything needed to continue this epoch from the next step.
-                        self.loop_state = {"epoch": epoch, "step": step + 1, "order": order.tolist(),
+                        self.loop_state = {"epoch": epoch, "step": stream["seen"], "order": order.tolist(),
                                            "total_sum": total_sum, "out_sums": out_sums, "seen": seen,
                                            "metrics": [[m.state() for m in ms] for ms in metrics]}
                         raise Interrupted()
-            if validation_data is not None:
-                logs.update({f"val_{k}": v for k, v in
-                             self._evaluate(*validation_data, batch_size=validation_batch_size).items()})
+            if steps_per_epoch is not None and stream["seen"] >= n_batches:
+                stream["order"] = None  # the pass is used up: the next epoch starts a new one
+            logs = dict(logs)
+            if validation_data is not None and _should_validate(epoch, validation_freq):
+                val_logs = self._evaluate(*validation_data, batch_size=validation_batch_size, sws=val_sws,
+                                          steps=validation_steps, callbacks=callbacks)
+                logs.update({f"val_{k}": v for k, v in val_logs.items()})
             self.progress.epoch_end(logs)
             for cb in callbacks:
                 cb.on_epoch_end(epoch, logs)
@@ -330,7 +425,7 @@ class Trainer:
             if self.interrupt_requested:
                 raise Interrupted()
         for cb in callbacks:
-            cb.on_train_end()
+            cb.on_train_end(dict(logs))
         return history
 
     def _gather(self, arrays: list[np.ndarray], idx: np.ndarray, role: str) -> list[np.ndarray]:
@@ -357,55 +452,147 @@ class Trainer:
         logs.update(self._metric_logs(metrics))
         return logs
 
-    def evaluate(self, x, y, batch_size: int = 32) -> dict:
-        """Loss and metrics over x and y (checked first; no samples give zeros)."""
-        batch_size = checks.check_positive_int("batch_size", batch_size)
-        x, y, _ = self.check_data(x, y)
-        return self._evaluate(x, y, batch_size)
+    # --- one batch (Keras's train_on_batch / test_on_batch) -------------------------------------------
 
-    def _evaluate(self, x, y, batch_size: int) -> dict:
-        n = len(x[0])
+    def train_on_batch(self, x, y, sample_weight=None, class_weight: dict | None = None) -> dict:
+        """One optimizer step on exactly these samples; the logs of this batch: the loss at the weights
+        before the step (as Keras computes it) and the metrics on its predictions."""
+        self._check_trainable_losses()
+        x, y, n = self.check_data(x, y)
+        checks.check_non_empty(n, "x")
+        sws = _combine_weights(self.sample_weights(sample_weight, n), class_weight, y[0])
+        x = [np.ascontiguousarray(a, self.engine.dtype) if np.issubdtype(a.dtype, np.floating) else a for a in x]
         metrics = self._make_metrics(y)
-        total_sum, out_sums = 0.0, [0.0] * len(self.losses)
+        total, values, preds = self.train_step(x, self._prepare_fused(y), sws)
+        self._update_metrics(metrics, y, preds, sws)
+        return self._epoch_logs(total, values, metrics)
+
+    def test_on_batch(self, x, y, sample_weight=None) -> dict:
+        x, y, n = self.check_data(x, y)
+        checks.check_non_empty(n, "x")
+        return self._evaluate(x, y, max(n, 1), self.sample_weights(sample_weight, n))
+
+    def evaluate(self, x, y, batch_size: int | None = None, sample_weight=None, steps: int | None = None,
+                 callbacks: list[Callback] | None = None, verbose=0) -> dict:
+        """Loss and metrics over x and y (checked first; no samples give zeros); `steps` batches at most."""
+        batch_size = checks.check_positive_int("batch_size", DEFAULT_BATCH_SIZE if batch_size is None else batch_size)
+        if steps is not None:
+            steps = checks.check_positive_int("steps", steps)
+        x, y, n = self.check_data(x, y)
+        sws = self.sample_weights(sample_weight, n)
+        for cb in callbacks or []:
+            cb.trainer = self
+        return self._evaluate(x, y, batch_size, sws, steps, callbacks, Progress(verbose))
+
+    def _evaluate(self, x, y, batch_size: int, sws=None, steps: int | None = None, callbacks=None,
+                  progress: Progress | None = None) -> dict:
+        n = len(x[0])
+        sws = sws or [None] * len(self.output_names)
+        metrics = self._make_metrics(y)
+        total_sum, out_sums, seen = 0.0, [0.0] * len(self.losses), 0
+        n_steps = min(math.ceil(n / batch_size), steps or math.inf)
+        callbacks = callbacks or []
+        logs: dict = self._epoch_logs(0.0, out_sums, metrics)
+        if progress is not None:
+            progress.begin(n_steps)
+        for cb in callbacks:
+            cb.on_test_begin({})
         with self.engine.held_threads():
-            for start in range(0, n, batch_size):
+            for step in range(n_steps):
+                start = step * batch_size
+                for cb in callbacks:
+                    cb.on_test_batch_begin(step, {})
                 xb, yb = [a[start: start + batch_size] for a in x], [a[start: start + batch_size] for a in y]
-                values, _, preds = self._losses(xb, yb, None, training=False)
+                swb = [None if w is None else w[start: start + batch_size] for w in sws]
+                values, _, preds = self._losses(xb, yb, swb, training=False)
                 b = len(xb[0])
+                seen += b
                 total_sum += sum(w * v for w, v in zip(self.loss_weights, values)) * b
                 out_sums = [s + v * b for s, v in zip(out_sums, values)]
-                for k, ms in enumerate(metrics):
-                    for m in ms:
-                        m.update(yb[k], preds[k])
-        return self._epoch_logs(total_sum / max(n, 1), [s / max(n, 1) for s in out_sums], metrics)
+                self._update_metrics(metrics, yb, preds, swb)
+                logs = self._epoch_logs(total_sum / seen, [s / seen for s in out_sums], metrics)
+                if progress is not None:
+                    progress.step(step + 1, logs)
+                for cb in callbacks:
+                    cb.on_test_batch_end(step, dict(logs))
+        if progress is not None:
+            progress.end(logs)
+        for cb in callbacks:
+            cb.on_test_end(dict(logs))
+        return logs
 
-    def predict(self, x, batch_size: int = 32) -> list[np.ndarray]:
+    def predict(self, x, batch_size: int | None = None) -> list[np.ndarray]:
         return self.predict_with(self.engine, x, batch_size)
 
     @staticmethod
-    def predict_with(engine: Engine, x, batch_size: int = 32) -> list[np.ndarray]:
-        """Inference in batches; needs no loss or optimizer. x is checked first; no samples give empty
-        outputs (sizes unknown until run time are 0)."""
-        batch_size = checks.check_positive_int("batch_size", batch_size)
+    def predict_with(engine: Engine, x, batch_size: int | None = None, steps: int | None = None,
+                     callbacks: list[Callback] | None = None, verbose=0) -> list[np.ndarray]:
+        """Inference in batches (`steps` batches at most); needs no loss or optimizer. x is checked first;
+        no samples give empty outputs (sizes unknown until run time are 0). Callbacks get Keras's
+        on_predict_* calls, each batch's outputs in `logs["outputs"]`."""
+        batch_size = checks.check_positive_int("batch_size", DEFAULT_BATCH_SIZE if batch_size is None else batch_size)
+        if steps is not None:
+            steps = checks.check_positive_int("steps", steps)
         x = checked_inputs(engine, x)
         input_names = [node.name for node in engine.graph.inputs]
         n = checks.check_cardinality({_array_name("x", input_names, k): a for k, a in enumerate(x)})
         if n == 0:
             return [np.zeros((0, *(d or 0 for d in engine.graph.node(name).output_shape)), engine.dtype)
                     for name in engine.graph.outputs]
+        n_steps = min(math.ceil(n / batch_size), steps or math.inf)
+        n = min(n, n_steps * batch_size)
+        callbacks = callbacks or []
+        progress = Progress(verbose)
+        progress.begin(n_steps)
+        for cb in callbacks:
+            cb.on_predict_begin({})
         chain = DenseChain.of(engine)
-        if chain is not None:  # one jitted call per batch, written straight into the result
-            out = np.empty((n, chain.units_out), engine.dtype)
-            for start in range(0, n, batch_size):
-                out[start: start + batch_size] = chain.predict(x[0][start: start + batch_size])
-            return [out]
         parts: list[list[np.ndarray]] = [[] for _ in engine.output_names]
+        out = np.empty((n, chain.units_out), engine.dtype) if chain is not None else None
         with engine.held_threads():
-            for start in range(0, n, batch_size):
-                outs = engine.forward([a[start: start + batch_size] for a in x], training=False)
-                for k, o in enumerate(outs):
-                    parts[k].append(o.copy())
-        return [np.concatenate(p) for p in parts]
+            for step in range(n_steps):
+                start = step * batch_size
+                for cb in callbacks:
+                    cb.on_predict_batch_begin(step, {})
+                if chain is not None:  # one jitted call per batch, written straight into the result
+                    out[start: start + batch_size] = chain.predict(x[0][start: start + batch_size])
+                    outs = [out[start: start + batch_size]]
+                else:
+                    outs = [o.copy() for o in engine.forward([a[start: start + batch_size] for a in x],
+                                                             training=False)]
+                    for k, o in enumerate(outs):
+                        parts[k].append(o)
+                progress.step(step + 1, {})
+                for cb in callbacks:
+                    cb.on_predict_batch_end(step, {"outputs": outs[0] if len(outs) == 1 else list(outs)})
+        progress.end({})
+        for cb in callbacks:
+            cb.on_predict_end({})
+        return [out] if chain is not None else [np.concatenate(p) for p in parts]
+
+
+def _check_validation_freq(freq) -> None:
+    """Keras: a positive integer (validate every `freq` epochs) or a list of the (1-based) epochs to validate."""
+    if isinstance(freq, (list, tuple)):
+        for e in freq:
+            checks.check_positive_int("validation_freq entries", e)
+        return
+    if isinstance(freq, bool) or not isinstance(freq, (int, np.integer)) or freq < 1:
+        raise ValueError(f"Expected `validation_freq` to be a positive integer or a list of epochs. Received: "
+                         f"validation_freq={freq!r} of the type {type(freq).__name__}.")
+
+
+def _should_validate(epoch: int, freq) -> bool:
+    epoch += 1  # Keras counts the epochs from 1 here
+    return epoch in freq if isinstance(freq, (list, tuple)) else epoch % freq == 0
+
+
+def _combine_weights(sws: list, class_weight: dict | None, y0: np.ndarray) -> list:
+    """The weights of a batch: sample weights times the class weights of the first output's labels."""
+    if not class_weight:
+        return sws
+    cw = _class_weights(class_weight, y0)
+    return [cw if w is None else w * cw.reshape((-1,) + (1,) * (w.ndim - 1)) for w in sws]
 
 
 def _check_resume(resume: dict, n: int, steps: int) -> None:

@@ -37,9 +37,13 @@ def canonical_name(name: str) -> str:
     return name
 
 
-def get_loss(name: str, from_logits: bool = False, delta: float = 1.0) -> Loss:
+REDUCTIONS = ("sum_over_batch_size", "mean", "sum", "mean_with_sample_weight", "none")
+
+
+def get_loss(name: str, from_logits: bool = False, delta: float = 1.0,
+             reduction: str = "sum_over_batch_size") -> Loss:
     """The loss `name` (a Keras name or alias). `from_logits` applies to the cross-entropies only."""
-    return Loss(canonical_name(name), from_logits, delta)
+    return Loss(canonical_name(name), from_logits, delta, reduction)
 
 
 def _float(a, dtype=None) -> np.ndarray:
@@ -81,10 +85,24 @@ def check_label_range(labels: np.ndarray, classes: int) -> None:
 
 
 class Loss:
-    def __init__(self, name: str, from_logits: bool = False, delta: float = 1.0):
+    """One of Keras's losses with its options. `reduction` is Keras 3's: "sum_over_batch_size" (= "mean",
+    the default) divides the weighted sum by the number of per-sample values, "sum" does not divide,
+    "mean_with_sample_weight" divides by the sum of the weights; "none" has no scalar to train on (fit
+    refuses it; evaluate reports the mean, as Keras does)."""
+
+    def __init__(self, name: str, from_logits: bool = False, delta: float = 1.0,
+                 reduction: str = "sum_over_batch_size"):
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"reduction must be one of {', '.join(REDUCTIONS)}; got {reduction!r}")
         self.name = name
         self.from_logits = bool(from_logits)
         self.delta = float(delta)
+        self.reduction = reduction
+
+    @property
+    def plain(self) -> bool:
+        """Keras's default reduction: the fused training step computes exactly this loss."""
+        return self.reduction in ("sum_over_batch_size", "mean", "none")
 
     def __repr__(self) -> str:
         return f"Loss({self.name!r}, from_logits={self.from_logits})"
@@ -103,6 +121,18 @@ class Loss:
     def __call__(self, y_true, y_pred, sample_weight=None) -> tuple[float, np.ndarray]:
         """(reduced loss, d loss / d y_pred with y_pred's shape and float dtype)."""
         return self._compute(y_true, y_pred, sample_weight, self.from_logits)
+
+    def _rescale(self, value: float, grad: np.ndarray, rows: int, weights: np.ndarray) -> float:
+        """The kernels divide by the number of per-sample values; other reductions rescale value and gradient."""
+        if self.reduction == "sum":
+            scale = float(rows)
+        elif self.reduction == "mean_with_sample_weight":
+            total = float(weights.sum())
+            scale = rows / total if total else 0.0
+        else:
+            return value
+        grad *= scale
+        return value * scale
 
     def fused_softmax(self, y_true, logits, sample_weight=None) -> tuple[float, np.ndarray]:
         """Loss of softmax(logits) and its gradient w.r.t. the logits: (softmax * sum(t) - t) * w / N."""
@@ -152,7 +182,7 @@ class Loss:
                 labels = np.ascontiguousarray(labels.reshape(-1).astype(np.int64))  # truncates, as Keras's cast
                 check_label_range(labels, shape[-1])
                 value = K.sparse_categorical(labels, pred, weights, inv, from_logits, lo, hi, grad)
-            return float(value), grad.reshape(shape)
+            return self._rescale(float(value), grad, len(pred), weights), grad.reshape(shape)
 
         pred = y_pred.reshape(-1, 1) if y_pred.ndim == 1 else y_pred.reshape(-1, shape[-1])
         values_shape = shape if y_pred.ndim == 1 else shape[:-1]
@@ -169,4 +199,33 @@ class Loss:
         grad = empty("gradient", pred.shape, pred.dtype)
         value = K.elementwise(code, true, pred, weights, row_scale, 1.0 / max(len(pred), 1), self.delta,
                               lo, hi, hinge_binary, grad)
-        return float(value), grad.reshape(shape)
+        return self._rescale(float(value), grad, len(pred), weights), grad.reshape(shape)
+
+
+class LossSum:
+    """A weighted sum of losses, sum_i w_i * loss_i: its value and gradient are the same sums of the terms'.
+    The terms read the same targets (`name`, the first term's, is what the targets are checked against)."""
+
+    from_logits = False
+    fuses_with = None
+    plain = False
+
+    def __init__(self, terms: list[tuple[float, Loss]]):
+        if not terms:
+            raise ValueError("a sum of losses needs at least one term")
+        self.terms = [(float(w), loss) for w, loss in terms]
+        self.name = self.terms[0][1].name
+
+    def __repr__(self) -> str:
+        return " + ".join(f"{w:g} * {loss!r}" for w, loss in self.terms)
+
+    def __call__(self, y_true, y_pred, sample_weight=None) -> tuple[float, np.ndarray]:
+        total, grad = 0.0, None
+        for w, loss in self.terms:
+            value, g = loss(y_true, y_pred, sample_weight)
+            total += w * value
+            if grad is None:
+                grad = g * w  # a new array: each term's gradient lives in the same reused buffer
+            else:
+                grad += w * g
+        return total, grad

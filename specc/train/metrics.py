@@ -11,6 +11,7 @@ import numpy as np
 
 class Metric:
     name = "metric"
+    weighted = False  # Keras's `weighted_metrics` see the sample weights; `metrics` do not
 
     def __init__(self, name: str | None = None):
         self.name = name or self.name
@@ -217,6 +218,70 @@ class AUC(Metric):
         return float((ranks[t].sum() - pos * (pos + 1) / 2.0) / (pos * neg))
 
 
+class FunctionMetric(Metric):
+    """A metric given as a function `fn(y_true, y_pred)` of NumPy arrays, as Keras wraps one in a
+    MeanMetricWrapper: its values are averaged per sample (over any further axes), then over the samples,
+    weighted by the sample weights when it is a weighted metric. A scalar result counts as one value."""
+
+    def __init__(self, fn, name: str | None = None):
+        self.fn = fn
+        super().__init__(name or getattr(fn, "__name__", "metric"))
+
+    def update(self, y_true, y_pred, sample_weight=None):
+        try:
+            values = np.asarray(self.fn(y_true, y_pred), np.float64)
+        except Exception as exc:
+            raise type(exc)(f"metric function {self.name!r} failed on y_true of shape {np.shape(y_true)} and "
+                            f"y_pred of shape {np.shape(y_pred)}: {exc}") from exc
+        if values.ndim == 0:
+            self.total += float(values)
+            self.count += 1.0
+            return
+        if len(values) != len(y_pred):
+            raise ValueError(f"metric function {self.name!r} returned shape {values.shape} for a batch of "
+                             f"{len(y_pred)}; it must return one value per sample (or per sample and step), or a "
+                             f"scalar")
+        per_sample = values.reshape(len(values), -1).mean(axis=1)
+        w = np.ones(len(per_sample)) if sample_weight is None else \
+            np.asarray(sample_weight, np.float64).reshape(len(per_sample), -1).mean(axis=1)
+        self.total += float(np.sum(per_sample * w))
+        self.count += float(np.sum(w))
+
+    def state(self) -> dict:
+        return {"total": self.total, "count": self.count}
+
+
+class _CrossentropyMetric(Metric):
+    """Keras's crossentropy metrics: the mean per-sample cross-entropy of probabilities, clipped to
+    [1e-7, 1 - 1e-7] as Keras's loss functions clip them (categorical ones renormalised to sum 1)."""
+
+    def values(self, y_true, y_pred):
+        p = np.asarray(y_pred, np.float64)
+        if self.kind == "binary":
+            t = np.asarray(y_true, np.float64).reshape(p.shape)
+            p = np.clip(p, 1e-7, 1 - 1e-7)
+            return _per_sample(-(t * np.log(p) + (1 - t) * np.log(1 - p)))
+        p = np.clip(p / p.sum(axis=-1, keepdims=True), 1e-7, 1 - 1e-7)
+        if self.kind == "sparse":
+            labels = np.asarray(y_true).reshape(p.shape[:-1]).astype(np.int64)
+            ce = -np.log(np.take_along_axis(p, labels[..., None], axis=-1))[..., 0]
+        else:
+            ce = -np.sum(np.asarray(y_true, np.float64).reshape(p.shape) * np.log(p), axis=-1)
+        return ce.reshape(len(p), -1).mean(axis=1)
+
+
+class BinaryCrossentropy(_CrossentropyMetric):
+    name, kind = "binary_crossentropy", "binary"
+
+
+class CategoricalCrossentropy(_CrossentropyMetric):
+    name, kind = "categorical_crossentropy", "categorical"
+
+
+class SparseCategoricalCrossentropy(_CrossentropyMetric):
+    name, kind = "sparse_categorical_crossentropy", "sparse"
+
+
 BY_NAME = {
     "binary_accuracy": BinaryAccuracy, "categorical_accuracy": CategoricalAccuracy,
     "sparse_categorical_accuracy": SparseCategoricalAccuracy,
@@ -235,4 +300,8 @@ def resolve(name: str, output_shape: tuple, sparse_targets: bool) -> Metric:
         if output_shape[-1] == 1:
             return BinaryAccuracy("accuracy")
         return SparseCategoricalAccuracy("accuracy") if sparse_targets else CategoricalAccuracy("accuracy")
+    if name == "crossentropy":  # tf.keras's "crossentropy" / "ce", resolved like "accuracy"
+        if output_shape[-1] == 1:
+            return BinaryCrossentropy(name)
+        return SparseCategoricalCrossentropy(name) if sparse_targets else CategoricalCrossentropy(name)
     return BY_NAME[name]()

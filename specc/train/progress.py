@@ -56,15 +56,24 @@ class Progress:
         bar = "━" * done + "\x1b[2m" + "━" * (self.WIDTH - done) + "\x1b[0m"
         per = elapsed / max(step, 1)
         when = _fmt_time(elapsed) if step == self.steps else f"{_fmt_time(per * (self.steps - step))} ETA"
-        self._write(f"\r{step}/{self.steps} {bar} {when} {_fmt_per_step(per)} - {format_logs(logs)}\x1b[K")
+        shown = f" - {format_logs(logs)}" if format_logs(logs) else ""
+        self._write(f"\r{step}/{self.steps} {bar} {when} {_fmt_per_step(per)}{shown}\x1b[K")
 
     def epoch_end(self, logs: dict) -> None:
         if not self.verbose:
             return
         elapsed = time.perf_counter() - self.start
-        line = (f"{self.steps}/{self.steps} - {_fmt_time(elapsed)} {_fmt_per_step(elapsed / max(self.steps, 1))}"
-                f" - {format_logs(logs)}")
+        line = f"{self.steps}/{self.steps} - {_fmt_time(elapsed)} {_fmt_per_step(elapsed / max(self.steps, 1))}"
+        if format_logs(logs):
+            line += f" - {format_logs(logs)}"
         self._write(("\r" + line + "\x1b[K\n") if self.bar else line + "\n")
+
+    def begin(self, steps: int) -> None:
+        """A bar without an epoch line: evaluate() and predict() (Keras prints just the bar)."""
+        self.steps, self.start, self.last_draw = steps, time.perf_counter(), 0.0
+
+    def end(self, logs: dict) -> None:
+        self.epoch_end(logs)
 
     def message(self, text: str) -> None:
         if self.verbose:
