@@ -186,8 +186,10 @@ def compile_config(settings: Any, run_eagerly: bool) -> dict | None:
     for f in dataclasses.fields(settings):
         value = getattr(settings, f.name)
         if f.name == "optimizer":
+            # compile() keeps the optimizer object (model.optimizer); its validated entry is the data.
             # warnings=False: a schedule's tagged union serialises fine, but pydantic warns about it
-            out["optimizer"] = _plain(value.model_dump(exclude_none=True, warnings=False))
+            definition = getattr(value, "definition", value)
+            out["optimizer"] = _plain(definition.model_dump(exclude_none=True, warnings=False))
         else:
             out[f.name] = _encode(value, f.name)
     out["run_eagerly"] = bool(run_eagerly)

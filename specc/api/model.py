@@ -536,7 +536,11 @@ class Model(Layer):
             shape = graph.node(o).output_shape
             sparse = ys is not None and (ys[k].ndim < len(shape) + 1 or (ys[k].shape[-1] == 1 and shape[-1] != 1))
             ce.append(crossentropy_for(shape[-1], sparse))
-        key = (self._signature(flags), tuple(ce))
+        # The targets matter only to a "crossentropy"/"ce" loss or metric; a call without them (evaluate's
+        # loss reset, set_training_state) reuses the loop built with them rather than a fresh optimizer.
+        key = (self._signature(flags), tuple(ce) if _mentions_crossentropy(self._compiled) else ())
+        if ys is None and self._trainer is not None and self._trainer_key[0] == key[0]:
+            key = self._trainer_key
         if self._trainer is None or self._trainer_key != key:
             self._resolved = resolve(self._compiled, outputs, ce)
             plan, engine = self._plan_and_engine(flags)
@@ -823,6 +827,22 @@ class Model(Layer):
         if zipped is False:
             raise NotImplementedError("zipped=False: a .specc model is always one zip file")
         save_model(self, filepath, overwrite=overwrite)
+
+def _mentions_crossentropy(compiled: Any) -> bool:
+    """Whether compile() named Keras's "crossentropy"/"ce" (whose meaning depends on the targets)."""
+    from .training import CROSSENTROPY
+
+    def walk(v: Any) -> bool:
+        if isinstance(v, str):
+            return v in CROSSENTROPY
+        if isinstance(v, dict):
+            return any(map(walk, v.values()))
+        if isinstance(v, (list, tuple)):
+            return any(map(walk, v))
+        return False
+
+    return walk([compiled.loss, compiled.metrics, compiled.weighted_metrics])
+
 
 def _keras_h5():
     """specc.interop.keras_h5 (Keras 3's `.weights.h5` layout), imported when a path asks for it."""
