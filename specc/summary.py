@@ -13,6 +13,8 @@ import math
 import re
 from typing import Any
 
+from dataclasses import dataclass, field
+
 from .graph import Graph, Node
 
 BYTES_PER_VALUE = 4  # float32
@@ -31,6 +33,62 @@ def batch_shape(shape: tuple | None, batch: int | None = None) -> str:
     if shape is None:
         return "?"
     return "(" + ", ".join("None" if d is None else str(d) for d in (batch, *shape)) + ")"
+
+
+@dataclass
+class BlockNode(Node):
+    """A block instance as one row (a spec's `{block: ...}`): its layers are its children."""
+
+    block: str = ""
+    shapes: list = field(default_factory=list)  # of each output, for more than one
+
+    @property
+    def type(self) -> str:
+        return self.block
+
+
+def collapse(graph: Graph, instances: list | None) -> Graph:
+    """`graph` with each block instance (specc.spec.expand.Instance) as one node, as Keras shows a nested
+    model: its inputs are the instance's, its output its block's output, its parameters its layers'."""
+    if not instances:
+        return graph
+    by_name = {n.name: n for n in graph.inputs + graph.nodes}
+    owner: dict[str, str] = {}  # layer name -> the top-level instance that made it
+
+    def make(inst) -> BlockNode:
+        children = [by_name[n] for n in inst.layers if n in by_name]
+        children += [make(c) for c in inst.children]
+        position = {n.name: k for k, n in enumerate(graph.nodes)}
+        children.sort(key=lambda n: min((position.get(m, 0) for m in _members(n)), default=0))
+        outs = [by_name[o].output_shape for o in inst.outputs if o in by_name]
+        return BlockNode(inst.name, None, list(inst.inputs), (), output_shape=outs[0] if outs else None,
+                         children=children, trainable=any(c.trainable for c in children), block=inst.block,
+                         shapes=outs)
+
+    blocks = []
+    for inst in instances:
+        for member in inst.members():
+            owner[member] = inst.name
+        blocks.append(make(inst))
+    first = {}
+    for k, node in enumerate(graph.nodes):
+        first.setdefault(owner.get(node.name, node.name), k)
+    kept = {n.name: n for n in graph.nodes if n.name not in owner}
+    nodes = sorted(list(kept.values()) + blocks, key=lambda n: first.get(n.name, 0))
+    rows = []
+    for node in nodes:
+        if not isinstance(node, BlockNode):
+            node = Node(node.name, node.layer, [owner.get(r, r) for r in node.inbound], node.path,
+                        node.input_shape, node.output_shape, node.weights, node.trainable, node.children)
+        else:
+            node.inbound = [owner.get(r, r) for r in node.inbound]
+        rows.append(node)
+    return Graph(graph.name, graph.kind, graph.inputs, rows, [owner.get(o, o) for o in graph.outputs],
+                 graph.batch_size)
+
+
+def _members(node: Node) -> list[str]:
+    return [m for c in node.children for m in _members(c)] if isinstance(node, BlockNode) else [node.name]
 
 
 def keras_order(graph: Graph) -> list[Node]:
@@ -82,7 +140,9 @@ def _sequential_like(graph: Graph) -> bool:
 
 
 def summary_text(graph: Graph, expand_nested: bool = False, show_trainable: bool = False,
-                 batch_size: int = 32) -> str:
+                 batch_size: int = 32, instances: list | None = None) -> str:
+    """The summary table and totals; `instances` (a spec's block instances) are one row each."""
+    full, graph = graph, collapse(graph, instances)
     sequential = _sequential_like(graph)
     if sequential:
         line_length, positions = 88, [0.45, 0.80, 1.0]
@@ -105,7 +165,8 @@ def summary_text(graph: Graph, expand_nested: bool = False, show_trainable: bool
     rows = []
     for node, level in _rows(graph, expand_nested):
         prefix = ("   " * level + "└ ") if level else ""
-        cells = [f"{prefix}{node.name} ({node.type})", batch_shape(node.output_shape, graph.batch_size),
+        shown = node.shapes if isinstance(node, BlockNode) and len(node.shapes) > 1 else [node.output_shape]
+        cells = [f"{prefix}{node.name} ({node.type})", ", ".join(batch_shape(s, graph.batch_size) for s in shown),
                  f"{node.params():,}"]
         if not sequential:
             cells.append(", ".join(f"{r}[0][0]" for r in node.inbound) or "-")
@@ -118,12 +179,12 @@ def summary_text(graph: Graph, expand_nested: bool = False, show_trainable: bool
     else:
         table = _rich_table(header, justify, widths, line_length, rows)
 
-    total, trainable = graph.params(), graph.params(trainable=True)
+    total, trainable = full.params(), full.params(trainable=True)
     lines = [f'Model: "{graph.name}"', table]
     lines.append(f" Total params: {total:,} ({readable_size(total * BYTES_PER_VALUE)})")
     lines.append(f" Trainable params: {trainable:,} ({readable_size(trainable * BYTES_PER_VALUE)})")
     lines.append(f" Non-trainable params: {total - trainable:,} ({readable_size((total - trainable) * BYTES_PER_VALUE)})")
-    est = estimates(graph, batch_size)
+    est = estimates(full, batch_size)
     lines.append(f" Forward mult-adds per sample: {est['macs_per_sample']:,}")
     lines.append(f" Activations per sample: {est['activation_values_per_sample']:,} values "
                  f"({readable_size(est['activation_bytes_per_sample'])})")
@@ -163,8 +224,8 @@ def _layer_json(node: Node) -> dict[str, Any]:
     return out
 
 
-def summary_json(graph: Graph, batch_size: int = 32) -> dict[str, Any]:
-    nodes = [node for node, _ in _rows(graph, expand_nested=False)]
+def summary_json(graph: Graph, batch_size: int = 32, instances: list | None = None) -> dict[str, Any]:
+    nodes = [node for node, _ in _rows(collapse(graph, instances), expand_nested=False)]
     total, trainable = graph.params(), graph.params(trainable=True)
     return {
         "name": graph.name,
