@@ -788,14 +788,10 @@ class _Expander:
                 return None
         else:
             sets = [(common, path)]
-        name = entry.get("name")
-        if name is not None and (not isinstance(name, str) or not name):
-            self.error(source, path + ("name",), f"must be a name, got {show_value(name)}", frames)
+        raw_name = entry.get("name")
+        if raw_name is not None and (not isinstance(raw_name, str) or not raw_name):
+            self.error(source, path + ("name",), f"must be a name, got {show_value(raw_name)}", frames)
             return None
-        if isinstance(name, str) and "${" in name:
-            name, _, failed = self._subst(name, scope, source, path + ("name",), frames)
-            if failed:
-                return None
         inputs = self._inputs(entry, source, path, frames, scope, given, locals_, prefix)
         if inputs is False:
             return None
@@ -805,10 +801,21 @@ class _Expander:
             return None
         outputs = inputs
         for k, (args, where) in enumerate(sets):
-            if len(sets) > 1:
-                local = f"{name}_{k + 1}" if name else None
-            else:
-                local = name
+            # in a repeat, `${index}` is the copy's number from 0 (in its name and parameters)
+            copy_scope = _Scope(self, {**scope.params, "index": k}, scope.param_origins) if "repeat" in entry \
+                else scope
+            local = raw_name
+            if isinstance(raw_name, str) and "${" in raw_name:
+                local, _, failed = self._subst(raw_name, copy_scope, source, path + ("name",), frames)
+                if failed:
+                    return None
+                if isinstance(local, int) and not isinstance(local, bool):
+                    local = str(local)
+                if not isinstance(local, str) or not local:
+                    self.error(source, path + ("name",), f"must give a name, got {show_value(local)}", frames)
+                    return None
+            elif raw_name and "repeat" in entry:
+                local = f"{raw_name}_{k + 1}"
             if prefix is None:
                 inst_name = local if local else self._auto(block_name)
                 self.taken.add(inst_name)
@@ -823,8 +830,8 @@ class _Expander:
                 self.error(source, path + ("name",) if "name" in entry else path,
                            f"duplicate name {local!r} in block '{frames[-1].block}'", frames)
                 return None
-            made = self._instance(block, args, where, source, path, frames, scope, inst_name, outputs, emitted,
-                                  instances)
+            made = self._instance(block, args, where, source, path, frames, copy_scope, inst_name, outputs,
+                                  emitted, instances)
             if made is None:
                 return None
             key = inst_name if prefix is None else local
