@@ -661,6 +661,8 @@ class _Expander:
                     return None
                 value["use"] = locals_[owner]
         name = value.get("name")
+        if isinstance(name, int) and not isinstance(name, bool):  # name: "${index + 1}"
+            name = value["name"] = str(name)
         if prefix is not None:
             local = name if isinstance(name, str) and name else self._local_auto(_snake(
                 value.get("type") if "use" not in value else value["use"]))
@@ -740,7 +742,11 @@ class _Expander:
                    locals_: dict[str, Any]) -> list[str] | None:
         block_name = entry.get("block")
         if "block" not in entry:
-            self.error(source, path, "`repeat` needs the `block` to repeat: {repeat: 3, block: name, ...}", frames)
+            if "type" in entry:
+                return self._repeat_layer(entry, source, path, frames, scope, prefix, given, emitted, instances,
+                                          locals_)
+            self.error(source, path, "`repeat` needs the `block` (or the layer `type`) to repeat: {repeat: 3, "
+                                     "block: name, ...}", frames)
             return None
         if not isinstance(block_name, str) or block_name not in self.blocks:
             known = sorted(self.blocks)
@@ -761,33 +767,10 @@ class _Expander:
         block = self.blocks[block_name]
         if not block.layers:
             return None  # its definition's error is reported
-        # the parameter sets: one, or one per repeat
-        sets: list[tuple[dict, Path]] = []
-        common = {k: v for k, v in entry.items() if k not in INSTANCE_KEYS}
-        repeat = entry.get("repeat", None)
-        if "repeat" in entry:
-            count = repeat
-            if isinstance(repeat, str) and "${" in repeat:
-                count, _, failed = self._subst(repeat, scope, source, path + ("repeat",), frames)
-                if failed:
-                    return None
-            if isinstance(count, list):
-                if not count or not all(isinstance(x, dict) for x in count):
-                    self.error(source, path + ("repeat",), "must be a count or a non-empty list of parameter "
-                                                           "mappings, one per copy", frames)
-                    return None
-                if len(count) > MAX_REPEAT:
-                    self.error(source, path + ("repeat",), f"at most {MAX_REPEAT} copies, got {len(count)}", frames)
-                    return None
-                sets = [({**common, **x}, path + ("repeat", k)) for k, x in enumerate(count)]
-            elif isinstance(count, int) and not isinstance(count, bool) and 1 <= count <= MAX_REPEAT:
-                sets = [(common, path)] * count
-            else:
-                self.error(source, path + ("repeat",), f"must be a count from 1 to {MAX_REPEAT} or a non-empty "
-                                                       f"list of parameter mappings, got {show_value(count)}", frames)
-                return None
-        else:
-            sets = [(common, path)]
+        sets = self._copies(entry, {k: v for k, v in entry.items() if k not in INSTANCE_KEYS}, source, path,
+                            frames, scope)
+        if sets is None:
+            return None
         raw_name = entry.get("name")
         if raw_name is not None and (not isinstance(raw_name, str) or not raw_name):
             self.error(source, path + ("name",), f"must be a name, got {show_value(raw_name)}", frames)
@@ -845,7 +828,64 @@ class _Expander:
                 return None
         return made
 
-    def _instance(self, block: _Block, args: dict, args_path: Path, source: Source, path: Path,
+    def _copies(self, entry: dict, common: dict, source: Source, path: Path, frames: tuple[Frame, ...],
+                scope: _Scope) -> list[tuple[dict, dict]] | None:
+        """The arguments of each copy an entry makes, with where each was written: one copy, or one per
+        repeat (`repeat: 3`, or `repeat: [{filters: 64}, {filters: 128}]` merged over the entry's own)."""
+        where = {k: path + (k,) for k in common}
+        if "repeat" not in entry:
+            return [(common, where)]
+        count = entry["repeat"]
+        if isinstance(count, str) and "${" in count:
+            count, _, failed = self._subst(count, scope, source, path + ("repeat",), frames)
+            if failed:
+                return None
+        if isinstance(count, list):
+            if not count or not all(isinstance(x, dict) for x in count):
+                self.error(source, path + ("repeat",), "must be a count or a non-empty list of parameter "
+                                                       "mappings, one per copy", frames)
+                return None
+            if len(count) > MAX_REPEAT:
+                self.error(source, path + ("repeat",), f"at most {MAX_REPEAT} copies, got {len(count)}", frames)
+                return None
+            bad = [key for x in count for key in x if key in INSTANCE_KEYS + ("type",)]
+            if bad:
+                self.error(source, path + ("repeat",), f"a parameter set cannot set `{bad[0]}`; it gives the "
+                                                       f"copy's parameters", frames)
+                return None
+            return [({**common, **x}, {**where, **{key: path + ("repeat", k, key) for key in x}})
+                    for k, x in enumerate(count)]
+        if isinstance(count, int) and not isinstance(count, bool) and 1 <= count <= MAX_REPEAT:
+            return [(common, where)] * count
+        self.error(source, path + ("repeat",), f"must be a count from 1 to {MAX_REPEAT} or a non-empty list of "
+                                               f"parameter mappings, got {show_value(count)}", frames)
+        return None
+
+    def _repeat_layer(self, entry: dict, source: Source, path: Path, frames: tuple[Frame, ...], scope: _Scope,
+                      prefix: str | None, given: list[str] | None, emitted: list, instances: list[Instance],
+                      locals_: dict[str, Any]) -> list[str] | None:
+        """`{repeat: 3, type: Dense, units: 64}`: copies of one layer, each taking the one before it."""
+        common = {k: v for k, v in entry.items() if k not in ("repeat", "inputs", "name")}
+        sets = self._copies(entry, common, source, path, frames, scope)
+        if sets is None:
+            return None
+        made = given
+        raw_name = entry.get("name")
+        for k, (args, _) in enumerate(sets):
+            copy = dict(args)
+            if isinstance(raw_name, str) and raw_name:
+                copy["name"] = raw_name if "${" in raw_name else f"{raw_name}_{k + 1}"
+            elif raw_name is not None:
+                copy["name"] = raw_name
+            if k == 0 and "inputs" in entry:
+                copy["inputs"] = entry["inputs"]
+            copy_scope = _Scope(self, {**scope.params, "index": k}, scope.param_origins)
+            made = self._entry(copy, source, path, frames, copy_scope, prefix, made, emitted, instances, locals_)
+            if made is None:
+                return None
+        return made
+
+    def _instance(self, block: _Block, args: dict, args_path: dict, source: Source, path: Path,
                   frames: tuple[Frame, ...], caller: _Scope, inst_name: str, inputs: list[str], emitted: list,
                   instances: list[Instance]) -> list[str] | None:
         frame = Frame(block.name, block.source, block.path, source, path)
@@ -854,7 +894,7 @@ class _Expander:
         params: dict[str, Any] = {}
         param_origins: dict[str, Origin] = {}
         for key, raw in args.items():
-            key_path = args_path + (key,)
+            key_path = args_path[key]
             if key not in block.params:
                 takes = ", ".join(block.params) or "no parameters"
                 self.error(source, key_path, f"block '{block.name}' has no parameter {show_value(key)}"
@@ -872,7 +912,7 @@ class _Expander:
             if pname in params:
                 continue
             if default is None:
-                self.error(source, args_path, f"block '{block.name}' needs parameter `{pname}`", frames)
+                self.error(source, path, f"block '{block.name}' needs parameter `{pname}`", frames)
                 ok = False
                 continue
             value, _, failed = self._subst(default[0], _Scope(self), block.source, default[1], inner)
