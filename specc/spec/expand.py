@@ -1024,7 +1024,7 @@ def _short(path: str) -> str:
 
 def expanded_yaml(spec: Any) -> str:
     """`specc expand`: a validated spec with its blocks, repeats, variables, includes and shared layers
-    expanded, as YAML (a spec without them is printed as it was read)."""
+    expanded, as YAML (a spec without them: the same values, as it was read)."""
     import yaml
 
     from .resolve import _plain

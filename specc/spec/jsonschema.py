@@ -99,6 +99,9 @@ def spec_json_schema() -> dict:
         defs[cls.__name__]["required"] = sorted(set(defs[cls.__name__].get("required", [])) | {"type"})
         props["inputs"] = {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}],
                            "description": "Functional models only: the inputs/layers this layer takes"}
+        props["repeat"] = {"anyOf": [{"type": "integer", "minimum": 1}, {"type": "array", "items": {"type": "object"}},
+                                     {"type": "string", "pattern": REFERENCE["pattern"]}],
+                           "description": "copies of this layer, each taking the one before it"}
     from .schema import OPTIMIZERS
 
     # `optimizer: adam` is shorthand for `optimizer: {type: adam}`

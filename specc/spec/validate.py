@@ -309,11 +309,21 @@ def _bind_shared(layers: list, c: Collector) -> bool:
 
 
 def _check_shared_order(graph: Graph, layers: list, c: Collector) -> None:
-    """The owner runs before every use of it (see shared.py)."""
+    """Each use takes an input its layer's weights fit, and comes after the layer itself (see shared.py)."""
     position = {node.name: k for k, node in enumerate(graph.nodes)}
+    by_name = {node.name: node for node in graph.nodes}
     for i, layer in enumerate(layers):
         if isinstance(layer, SharedUse):
             owner = layer._spec.name
+            own = by_name.get(owner)
+            if own is not None and own.output_shape is not None and layer._specs:
+                for mine, theirs in zip(layer._specs, own.weights):
+                    if tuple(mine.shape) != tuple(theirs.shape):
+                        c.add(("model", "layers", i, "use"),
+                              f"'{layer.name}' applies '{owner}' to an input whose {mine.name} would be "
+                              f"{tuple(mine.shape)}, but '{owner}' has {theirs.name} {tuple(theirs.shape)}: a shared "
+                              f"layer takes inputs of the shape it was built for")
+                        break
             if position.get(owner, -1) > position.get(layer.name, 1 << 62):
                 c.add(("model", "layers", i, "use"), f"'{layer.name}' uses layer '{owner}' before that layer's own "
                                                      f"place in the graph; list the layer before its uses, on a "
