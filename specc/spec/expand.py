@@ -63,6 +63,8 @@ class Origin:
     source: Source
     path: Path
     frames: tuple[Frame, ...] = ()
+    # a block parameter's value: where the innermost block uses it (`units: ${units}`)
+    used_at: tuple[Source, Path] | None = None
 
 
 @dataclass
@@ -143,6 +145,8 @@ def locate(origin: Origin, message: str, prefer_key: bool = False) -> SpecError:
             at = frames[k + 1].at_path
         elif _within(origin, frame):
             where, at = (file, line, col), origin.path
+        elif origin.used_at is not None:
+            where, at = _position(*origin.used_at), origin.used_at[1]
         else:
             where, at = _position(frame.source, frame.def_path, True), frame.def_path
         context.append({"block": frame.block, "file": where[0], "line": where[1], "column": where[2],
@@ -159,7 +163,7 @@ def find_origin(origins: dict[Path, Origin], path: Path) -> Origin | None:
     for n in range(len(path), 0, -1):
         origin = origins.get(path[:n])
         if origin is not None:
-            return Origin(origin.source, origin.path + path[n:], origin.frames)
+            return Origin(origin.source, origin.path + path[n:], origin.frames, origin.used_at)
     return None
 
 
@@ -282,7 +286,7 @@ class _Expander:
             if key == "model":
                 out[key] = model
             else:
-                out[key] = self._subst(value, _Scope(self), self.top, (key,), ())[0]
+                out[key] = self._subst_recorded(value, (key,))
                 if key == "compile":
                     self._rename_outputs_in_compile(out[key])
         return Expansion(out, self.origins, self.instances_top, self.errors, True)
@@ -384,8 +388,8 @@ class _Expander:
         ok = True
         for key in raw:
             if key not in BLOCK_KEYS:
-                self.error(source, path + (key,), f"unknown key {show_value(key)}{suggest(str(key), BLOCK_KEYS)}; "
-                                                  f"a block takes: {', '.join(BLOCK_KEYS)}", at_key=True)
+                self.error(source, path + (key,), f"unknown key `{key}`{suggest(str(key), BLOCK_KEYS)}; a block "
+                                                  f"takes: {', '.join(BLOCK_KEYS)}", at_key=True)
                 ok = False
         params: dict[str, tuple[Any, Path] | None] = {}
         raw_params = raw.get("params", [])
@@ -474,7 +478,12 @@ class _Expander:
                 return None, origins, True
             whole = value.strip()[2:-1].strip() if value.startswith("${") and value.endswith("}") else None
             if whole is not None and whole in scope.param_origins:
-                origins[rel] = scope.param_origins[whole]
+                given = scope.param_origins[whole]
+                origins[rel] = Origin(given.source, given.path, frames, (source, path)) if frames else given
+            elif whole is not None and whole in self.vars and whole not in scope.params:
+                var = self.vars[whole]
+                if var.source.top and var.source.positions.source_of(var.path) is not None:
+                    origins[rel] = Origin(var.source, var.path)  # `--set vars.width=...`: blame the command line
             return result, origins, False
         if isinstance(value, dict):
             out = {}
@@ -490,6 +499,14 @@ class _Expander:
                 failed |= bad
             return out_list, origins, failed
         return value, origins, False
+
+    def _subst_recorded(self, value: Any, path: Path) -> Any:
+        """A value of the spec outside blocks, substituted; values taken whole from an overridden variable
+        keep that origin (their errors point at the `--set`)."""
+        value, rel, _ = self._subst(value, _Scope(self), self.top, path, ())
+        for suffix, origin in rel.items():
+            self.origins[path + suffix] = origin
+        return value
 
     # --- the model ------------------------------------------------------------------------------------
 
@@ -511,10 +528,10 @@ class _Expander:
         out = {}
         for key, value in model.items():
             if key != "layers":
-                out[key] = self._subst(value, _Scope(self), self.top, ("model", key), ())[0]
+                out[key] = self._subst_recorded(value, ("model", key))
         if not templated:
             if "layers" in model:
-                out["layers"] = self._subst(layers, _Scope(self), self.top, ("model", "layers"), ())[0]
+                out["layers"] = self._subst_recorded(layers, ("model", "layers"))
             return out
         sequential = "inputs" not in model and "outputs" not in model
         if sequential and not isinstance(out.get("input"), (dict, list)):
