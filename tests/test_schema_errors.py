@@ -729,9 +729,10 @@ def test_nested_block_argument_error_points_where_the_argument_is_written(errors
     errors = errors_of(text)
     e = errors[0]
     # the argument is written in block outer and used in block res: both are named
+    used = at(text, '"${units}"')
     expect(e, at(text, "{block: outer}"), "blocks.outer.layers[0].units", "positive integer",
            f"(in block 'outer' defined at {FILE}:{at(text, 'units: 0')[0]}, in block 'res' defined at "
-           f"{FILE}:{at(text, 'units: ${units}')[0]})")
+           f"{FILE}:{used[0]})")
     assert (e.context[1]["line"], e.context[1]["column"]) == at(text, '"${units}"')
 
 
