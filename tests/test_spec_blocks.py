@@ -353,3 +353,19 @@ def test_use_on_an_input_of_another_size_is_an_error(errors_of, at):
     e = errors[0]
     assert (e.line, e.column) == at(text, "encoder, name: encoder_right")
     assert "kernel" in e.message and "(5, 4)" in e.message and "(4, 4)" in e.message
+
+
+def test_shared_layer_trains_through_the_cli(tmp_path):
+    """`specc train` of a spec with `use`: the shared weights are saved once, and the run's resolved.yaml
+    (which keeps the `use`) validates to the same model."""
+    path = tmp_path / "siamese.yaml"
+    path.write_text(SIAMESE + "seed: 0\ndata: {source: synthetic, samples: 32}\ncompile: {optimizer: adam, loss: mse}\n"
+                              "fit: {batch_size: 8, epochs: 2}\n")
+    proc = cli("train", path, "--out", tmp_path / "runs", "--quiet", "--threads", "1")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (run,) = (tmp_path / "runs" / "siamese").iterdir()
+    weights = np.load(run / "weights.final.npz")
+    assert sorted(weights.files) == ["encoder/bias", "encoder/kernel", "head/bias", "head/kernel"]
+    resolved, errors = load_spec(run / "resolved.yaml")
+    assert not errors and resolved.graph.params() == ok(SIAMESE).graph.params()
+    assert len(json.loads((run / "history.json").read_text())["loss"]) == 2
