@@ -535,7 +535,13 @@ class _Expander:
             return out
         sequential = "inputs" not in model and "outputs" not in model
         if sequential and not isinstance(out.get("input"), (dict, list)):
-            return out  # the validator reports the missing or broken `input`
+            # a chain of instances needs its input; the rest of the model is checked once it has one
+            if "input" in out:
+                self.error(self.top, ("model", "input"), f"must be a shape like [28, 28, 1] or {{shape: [28, 28, 1], "
+                                                         f"name: image}}, got {show_value(out['input'])}")
+            else:
+                self.error(self.top, ("model",), "missing `input` (Sequential) or `inputs` + `outputs` (Functional)")
+            return out
         # names the spec gives (instances' included), so generated and automatic names avoid them
         for entry in layers:
             if isinstance(entry, dict) and isinstance(entry.get("name"), str):
