@@ -166,7 +166,7 @@ def summary_text(graph: Graph, expand_nested: bool = False, show_trainable: bool
     for node, level in _rows(graph, expand_nested):
         prefix = ("   " * level + "└ ") if level else ""
         shown = node.shapes if isinstance(node, BlockNode) and len(node.shapes) > 1 else [node.output_shape]
-        cells = [f"{prefix}{node.name} ({node.type})", ", ".join(batch_shape(s, graph.batch_size) for s in shown),
+        cells = [f"{prefix}{node.name} ({_type(node)})", ", ".join(batch_shape(s, graph.batch_size) for s in shown),
                  f"{node.params():,}"]
         if not sequential:
             cells.append(", ".join(f"{r}[0][0]" for r in node.inbound) or "-")
@@ -194,6 +194,11 @@ def summary_text(graph: Graph, expand_nested: bool = False, show_trainable: bool
     return "\n".join(lines) + "\n"
 
 
+def _type(node: Node) -> str:
+    """The layer type shown: a shared layer's use (`{use: encoder}`) shows the used layer's."""
+    return getattr(node.layer, "shared_type", None) or node.type
+
+
 def estimates(graph: Graph, batch_size: int) -> dict[str, int]:
     """Per-sample compute and an upper-bound memory estimate for training with Adam at `batch_size`."""
     values = graph.activation_values()
@@ -212,7 +217,7 @@ def estimates(graph: Graph, batch_size: int) -> dict[str, int]:
 def _layer_json(node: Node) -> dict[str, Any]:
     out: dict[str, Any] = {
         "name": node.name,
-        "type": node.type,
+        "type": _type(node),
         "output_shape": None if node.output_shape is None else [None, *node.output_shape],
         "params": node.params(),
         "trainable_params": node.params(trainable=True),

@@ -274,7 +274,9 @@ def test_use_shares_weights_and_counts_them_once():
     spec = ok(SIAMESE)
     g = spec.graph
     assert g.params() == dense_params(4, 4) + dense_params(4, 1)
-    assert g.node("encoder_right").params() == 0 and g.node("encoder_right").type == "Dense"
+    assert g.node("encoder_right").params() == 0
+    rows = {r["name"]: r for r in summary_json(g)["layers"]}
+    assert rows["encoder_right"]["type"] == "Dense" and rows["encoder_right"]["params"] == 0
     assert g.node("again").output_shape == (4,)
     flat = yaml.safe_load(resolved_yaml(spec))  # the resolved spec (run directories) keeps the sharing
     assert flat["model"]["layers"][1] == {"use": "encoder", "name": "encoder_right", "inputs": ["right"]}
@@ -369,3 +371,26 @@ def test_shared_layer_trains_through_the_cli(tmp_path):
     resolved, errors = load_spec(run / "resolved.yaml")
     assert not errors and resolved.graph.params() == ok(SIAMESE).graph.params()
     assert len(json.loads((run / "history.json").read_text())["loss"]) == 2
+
+
+def test_shared_layer_in_a_dense_chain_trains(tmp_path):
+    """A layer used twice in one chain of Dense layers (the case the fused Dense-chain path must leave to
+    the general one): it trains, and its loss goes down."""
+    path = tmp_path / "chain.yaml"
+    path.write_text("""specc: 1
+seed: 0
+model:
+  input: [4]
+  layers:
+    - {type: Dense, name: d, units: 4, activation: tanh}
+    - {use: d, name: d_again}
+    - {type: Dense, units: 1}
+data: {source: synthetic, samples: 64}
+compile: {optimizer: {type: adam, learning_rate: 0.01}, loss: mse}
+fit: {batch_size: 16, epochs: 5, shuffle: false}
+""")
+    proc = cli("train", path, "--out", tmp_path / "runs", "--quiet", "--threads", "1")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (run,) = (tmp_path / "runs" / "chain").iterdir()
+    loss = json.loads((run / "history.json").read_text())["loss"]
+    assert loss[-1] < loss[0]

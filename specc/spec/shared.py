@@ -68,7 +68,14 @@ class SharedUse:
 
     @property
     def type(self) -> str:
-        return self._spec.type if self._spec is not None else "use"
+        # Not the layer's own type: code that recognises a layer by its type and reads its weights from the
+        # step (the fused Dense-chain path) must not take a use, which has none, for the layer.
+        return f"{self._spec.type} (shared)" if self._spec is not None else "use"
+
+    @property
+    def shared_type(self) -> str:
+        """The used layer's type, as the summary shows it."""
+        return self._spec.type
 
     def weight_specs(self, input_shape: Any) -> list:
         self._specs = self._spec.weight_specs(input_shape)

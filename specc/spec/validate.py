@@ -296,7 +296,7 @@ def _bind_shared(layers: list, c: Collector) -> bool:
                         f"model (not one inside a nested Sequential block)")
             ok = False
             continue
-        if target.type == "Sequential":
+        if getattr(target, "type", None) == "Sequential":
             c.add(path, f"'{owner_name}' is a nested Sequential block; `use` shares a single layer")
             ok = False
             continue
