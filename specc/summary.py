@@ -11,9 +11,8 @@ from __future__ import annotations
 import io
 import math
 import re
-from typing import Any
-
 from dataclasses import dataclass, field
+from typing import Any
 
 from .graph import Graph, Node
 

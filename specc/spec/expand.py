@@ -254,6 +254,12 @@ class _Expander:
         self.n_layers = 0
         self.instances_top: list[Instance] = []
         self.instance_outputs: dict[str, list[str]] = {}
+        # the block instance being expanded: its input names, its Instance, its auto-name counters and the
+        # names its body gives
+        self._block_inputs: set[str] = set()
+        self._current: Instance | None = None
+        self._local_counters: dict[str, int] = {}
+        self._local_taken: set[str] = set()
         if include_path is None:
             include_path = [p for p in os.environ.get(INCLUDE_PATH_ENV, "").split(os.pathsep) if p]
         top_dir = os.path.dirname(os.path.abspath(top.file)) if top.file and not top.file.startswith("<") \
@@ -548,7 +554,7 @@ class _Expander:
                 self.taken.add(entry["name"])
         emitted: list[tuple[dict, Origin, dict]] = []
         instance_outputs = self.instance_outputs
-        input_shape = out.pop("input", None)
+        input_shape = out.pop("input", None) if sequential else None
         if sequential:
             input_name = input_shape.get("name") if isinstance(input_shape, dict) else None
             input_name = input_name if isinstance(input_name, str) else "input_layer"
@@ -717,11 +723,6 @@ class _Expander:
             self._current.layers.append(value["name"])
         return [generated]
 
-    _block_inputs: set = frozenset()
-    _current: Instance | None = None
-    _local_counters: dict = {}
-    _local_taken: set = frozenset()
-
     def _local_auto(self, base: str) -> str:
         while True:
             k = self._local_counters.get(base, 0)
@@ -802,8 +803,8 @@ class _Expander:
         if inputs is False:
             return None
         if inputs is None:
-            self.error(source, path, f"block instance needs `inputs` in a Functional model: the names of the "
-                                     f"inputs or layers it takes", frames)
+            self.error(source, path, "block instance needs `inputs` in a Functional model: the names of the "
+                                     "inputs or layers it takes", frames)
             return None
         outputs = inputs
         for k, (args, where) in enumerate(sets):

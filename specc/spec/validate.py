@@ -37,8 +37,8 @@ from .schema import (
     FunctionalModelDef,
     SequentialModelDef,
 )
-from .types import MAX_INT64, limit_text
 from .shared import SharedGroup, SharedOwner, SharedUse
+from .types import MAX_INT64, limit_text
 from .yamlpos import Positions, load_yaml
 
 # Keras arguments a user may reasonably write that specc v1 does not implement: say so, instead of the
@@ -256,8 +256,8 @@ def _validate_use(raw: dict, path: Path, c: Collector, top: bool) -> SharedUse |
     ok = True
     for key in raw:
         if key not in ("use", "name", "inputs"):
-            c.add(path + (key,), f"a shared layer `{{use: layer, inputs: ...}}` takes only use, name and inputs; "
-                                 f"its arguments are the used layer's", at_key=True)
+            c.add(path + (key,), "a shared layer `{use: layer, inputs: ...}` takes only use, name and inputs; "
+                                 "its arguments are the used layer's", at_key=True)
             ok = False
     owner, name, inputs = raw.get("use"), raw.get("name"), raw.get("inputs")
     if not isinstance(owner, str) or not owner:
