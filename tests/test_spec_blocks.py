@@ -394,3 +394,11 @@ fit: {batch_size: 16, epochs: 5, shuffle: false}
     (run,) = (tmp_path / "runs" / "chain").iterdir()
     loss = json.loads((run / "history.json").read_text())["loss"]
     assert loss[-1] < loss[0]
+
+
+def test_readme_example_of_blocks_validates():
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("```yaml", readme.index("### Blocks, repeat, variables, includes")) + len("```yaml\n")
+    spec = ok(readme[start: readme.index("```", start)])
+    assert [i.name for i in spec.instances] == ["conv_bn", "stage1_1", "stage1_2", "stage1_3"]
+    assert spec.graph.node("stage1_3_add").output_shape == (16, 16, 64)
