@@ -52,12 +52,12 @@ def collapse(graph: Graph, instances: list | None) -> Graph:
     if not instances:
         return graph
     by_name = {n.name: n for n in graph.inputs + graph.nodes}
+    position = {n.name: k for k, n in enumerate(graph.nodes)}
     owner: dict[str, str] = {}  # layer name -> the top-level instance that made it
 
     def make(inst) -> BlockNode:
         children = [by_name[n] for n in inst.layers if n in by_name]
         children += [make(c) for c in inst.children]
-        position = {n.name: k for k, n in enumerate(graph.nodes)}
         children.sort(key=lambda n: min((position.get(m, 0) for m in _members(n)), default=0))
         outs = [by_name[o].output_shape for o in inst.outputs if o in by_name]
         return BlockNode(inst.name, None, list(inst.inputs), (), output_shape=outs[0] if outs else None,
@@ -97,13 +97,22 @@ def keras_order(graph: Graph) -> list[Node]:
     pre: dict[str, int] = {}
     post: list[str] = []
 
-    def visit(name: str) -> None:
-        if name in pre:
+    def visit(root: str) -> None:
+        # depth-first with a stack of its own: a chain of thousands of layers (a long repeat) would
+        # exceed Python's recursion limit
+        if root in pre:
             return
-        pre[name] = len(pre)
-        for ref in by_name[name].inbound:
-            visit(ref)
-        post.append(name)
+        pre[root] = len(pre)
+        stack = [(root, iter(by_name[root].inbound))]
+        while stack:
+            name, refs = stack[-1]
+            ref = next(refs, None)
+            if ref is None:
+                stack.pop()
+                post.append(name)
+            elif ref not in pre:
+                pre[ref] = len(pre)
+                stack.append((ref, iter(by_name[ref].inbound)))
 
     for out in graph.outputs:
         visit(out)

@@ -402,3 +402,11 @@ def test_readme_example_of_blocks_validates():
     spec = ok(readme[start: readme.index("```", start)])
     assert [i.name for i in spec.instances] == ["conv_bn", "stage1_1", "stage1_2", "stage1_3"]
     assert spec.graph.node("stage1_3_add").output_shape == (16, 16, 64)
+
+
+def test_a_long_repeat_summarises():
+    """A chain of 3,000 layers (deeper than Python's recursion limit) validates and summarises."""
+    spec = ok("specc: 1\nmodel:\n  input: [2]\n  layers:\n    - {repeat: 3000, type: Dense, units: 2, name: d}\n")
+    assert len(spec.graph.nodes) == 3000 and spec.graph.nodes[-1].inbound == ["d_2999"]
+    text = summary_text(spec.graph, instances=spec.instances)
+    assert "d_3000 (Dense)" in text and f"Total params: {3000 * 6:,}" in text
