@@ -406,7 +406,9 @@ def test_readme_example_of_blocks_validates():
 
 def test_a_long_repeat_summarises():
     """A chain of 3,000 layers (deeper than Python's recursion limit) validates and summarises."""
-    spec = ok("specc: 1\nmodel:\n  input: [2]\n  layers:\n    - {repeat: 3000, type: Dense, units: 2, name: d}\n")
-    assert len(spec.graph.nodes) == 3000 and spec.graph.nodes[-1].inbound == ["d_2999"]
+    chain = "".join(f"    - {{repeat: 1000, type: Dense, units: 2, name: \"d${{index + {k}}}\"}}\n"
+                    for k in (0, 1000, 2000))
+    spec = ok("specc: 1\nmodel:\n  input: [2]\n  layers:\n" + chain)
+    assert len(spec.graph.nodes) == 3000 and spec.graph.nodes[-1].inbound == ["d2998"]
     text = summary_text(spec.graph, instances=spec.instances)
-    assert "d_3000 (Dense)" in text and f"Total params: {3000 * 6:,}" in text
+    assert "d2999 (Dense)" in text and f"Total params: {3000 * 6:,}" in text
