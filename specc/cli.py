@@ -139,14 +139,19 @@ def validate(
     raise SystemExit(EXIT_INVALID if errors else EXIT_OK)
 
 
-def _load_or_exit(spec_path: str, fmt: str = "text"):
+def _load_or_exit(spec_path: str, fmt: str = "text", overrides: list[str] | None = None):
     from .spec import load_spec, render
 
     if not os.path.exists(spec_path):
         raise _usage(f"no such file: {spec_path}")
     if os.path.isdir(spec_path):
         raise _usage(f"{spec_path} is a directory; give one spec file")
-    spec, errors = load_spec(spec_path)
+    if overrides:
+        from .spec.overrides import load_spec_with_overrides
+
+        spec, errors = load_spec_with_overrides(spec_path, overrides)
+    else:
+        spec, errors = load_spec(spec_path)
     if errors:
         _echo(render(errors, "json" if fmt == "json" else "text"))
         _echo(f"{len(errors)} error{'s' * (len(errors) != 1)} in {spec_path}", err=True)
@@ -169,9 +174,23 @@ def summary(
     spec = _load_or_exit(spec_path, fmt.value)
     batch = spec.fit.batch_size if spec.fit else 32
     if fmt is SummaryFormat.json:
-        _echo(json.dumps(summary_json(spec.graph, batch), indent=2))
+        _echo(json.dumps(summary_json(spec.graph, batch, spec.instances), indent=2))
     else:
-        _echo(summary_text(spec.graph, expand_nested, show_trainable, batch), nl=False)
+        _echo(summary_text(spec.graph, expand_nested, show_trainable, batch, instances=spec.instances), nl=False)
+
+
+def expand(
+    spec_path: Annotated[str, typer.Argument(metavar="SPEC", help="A spec file.")],
+    overrides: Annotated[list[str] | None, typer.Option("--set", help="Override a spec value first: --set vars.width=128 (repeatable).")] = None,
+) -> None:
+    """Print the spec with its blocks, repeats, variables, includes and shared layers expanded: the flat v1
+    spec the compiler sees (generated names, every layer's `inputs`).
+
+    Example: specc expand specs/zoo/resnet50.yaml --set vars.size=64
+    """
+    from .spec.expand import expanded_yaml
+
+    _echo(expanded_yaml(_load_or_exit(spec_path, overrides=overrides or [])), nl=False)
 
 
 def schema(
@@ -384,7 +403,7 @@ def import_(
           + (f"; weights in {npz}" if imported.weights is not None else " (no weights in the source)"), err=True)
 
 
-COMMANDS = (validate, summary, schema, train, evaluate, predict, time, draw, import_)
+COMMANDS = (validate, summary, expand, schema, train, evaluate, predict, time, draw, import_)
 
 
 def _versions() -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import math
 import re
+from dataclasses import dataclass, field
 from typing import Any
 
 from .graph import Graph, Node
@@ -33,6 +34,62 @@ def batch_shape(shape: tuple | None, batch: int | None = None) -> str:
     return "(" + ", ".join("None" if d is None else str(d) for d in (batch, *shape)) + ")"
 
 
+@dataclass
+class BlockNode(Node):
+    """A block instance as one row (a spec's `{block: ...}`): its layers are its children."""
+
+    block: str = ""
+    shapes: list = field(default_factory=list)  # of each output, for more than one
+
+    @property
+    def type(self) -> str:
+        return self.block
+
+
+def collapse(graph: Graph, instances: list | None) -> Graph:
+    """`graph` with each block instance (specc.spec.expand.Instance) as one node, as Keras shows a nested
+    model: its inputs are the instance's, its output its block's output, its parameters its layers'."""
+    if not instances:
+        return graph
+    by_name = {n.name: n for n in graph.inputs + graph.nodes}
+    position = {n.name: k for k, n in enumerate(graph.nodes)}
+    owner: dict[str, str] = {}  # layer name -> the top-level instance that made it
+
+    def make(inst) -> BlockNode:
+        children = [by_name[n] for n in inst.layers if n in by_name]
+        children += [make(c) for c in inst.children]
+        children.sort(key=lambda n: min((position.get(m, 0) for m in _members(n)), default=0))
+        outs = [by_name[o].output_shape for o in inst.outputs if o in by_name]
+        return BlockNode(inst.name, None, list(inst.inputs), (), output_shape=outs[0] if outs else None,
+                         children=children, trainable=any(c.trainable for c in children), block=inst.block,
+                         shapes=outs)
+
+    blocks = []
+    for inst in instances:
+        for member in inst.members():
+            owner[member] = inst.name
+        blocks.append(make(inst))
+    first = {}
+    for k, node in enumerate(graph.nodes):
+        first.setdefault(owner.get(node.name, node.name), k)
+    kept = {n.name: n for n in graph.nodes if n.name not in owner}
+    nodes = sorted(list(kept.values()) + blocks, key=lambda n: first.get(n.name, 0))
+    rows = []
+    for node in nodes:
+        if not isinstance(node, BlockNode):
+            node = Node(node.name, node.layer, [owner.get(r, r) for r in node.inbound], node.path,
+                        node.input_shape, node.output_shape, node.weights, node.trainable, node.children)
+        else:
+            node.inbound = [owner.get(r, r) for r in node.inbound]
+        rows.append(node)
+    return Graph(graph.name, graph.kind, graph.inputs, rows, [owner.get(o, o) for o in graph.outputs],
+                 graph.batch_size)
+
+
+def _members(node: Node) -> list[str]:
+    return [m for c in node.children for m in _members(c)] if isinstance(node, BlockNode) else [node.name]
+
+
 def keras_order(graph: Graph) -> list[Node]:
     """Rows of a Functional model in Keras's order: by depth (longest path to an output) descending,
     ties broken by depth-first pre-order from the outputs, inputs included."""
@@ -40,13 +97,22 @@ def keras_order(graph: Graph) -> list[Node]:
     pre: dict[str, int] = {}
     post: list[str] = []
 
-    def visit(name: str) -> None:
-        if name in pre:
+    def visit(root: str) -> None:
+        # depth-first with a stack of its own: a chain of thousands of layers (a long repeat) would
+        # exceed Python's recursion limit
+        if root in pre:
             return
-        pre[name] = len(pre)
-        for ref in by_name[name].inbound:
-            visit(ref)
-        post.append(name)
+        pre[root] = len(pre)
+        stack = [(root, iter(by_name[root].inbound))]
+        while stack:
+            name, refs = stack[-1]
+            ref = next(refs, None)
+            if ref is None:
+                stack.pop()
+                post.append(name)
+            elif ref not in pre:
+                pre[ref] = len(pre)
+                stack.append((ref, iter(by_name[ref].inbound)))
 
     for out in graph.outputs:
         visit(out)
@@ -108,9 +174,11 @@ def summary_rows_names(graph: Graph) -> list[str]:
 
 def summary_text(graph: Graph, expand_nested: bool = False, show_trainable: bool = False,
                  batch_size: int = 32, line_length: int | None = None, positions: list | None = None,
-                 layer_range: tuple[int, int] | None = None) -> str:
+                 layer_range: tuple[int, int] | None = None, instances: list | None = None) -> str:
     """Keras 3's print_summary: `line_length` and `positions` (fractions of the line, or absolute columns)
-    as Keras takes them; `layer_range` the slice of the top-level rows to show (layer_range_bounds)."""
+    as Keras takes them; `layer_range` the slice of the top-level rows to show (layer_range_bounds);
+    `instances` (a spec's block instances) are one row each."""
+    full, graph = graph, collapse(graph, instances)
     sequential = _sequential_like(graph)
     if sequential:
         default_length, default_positions = 88, [0.45, 0.80, 1.0]
@@ -141,7 +209,8 @@ def summary_text(graph: Graph, expand_nested: bool = False, show_trainable: bool
         shown = shown[top[layer_range[0]]: top[layer_range[1]]]
     for node, level in shown:
         prefix = ("   " * level + "└ ") if level else ""
-        cells = [f"{prefix}{node.name} ({node.type})", batch_shape(node.output_shape, graph.batch_size),
+        shapes = node.shapes if isinstance(node, BlockNode) and len(node.shapes) > 1 else [node.output_shape]
+        cells = [f"{prefix}{node.name} ({_type(node)})", ", ".join(batch_shape(s, graph.batch_size) for s in shapes),
                  f"{node.params():,}"]
         if not sequential:
             cells.append(", ".join(f"{r}[0][0]" for r in node.inbound) or "-")
@@ -154,12 +223,12 @@ def summary_text(graph: Graph, expand_nested: bool = False, show_trainable: bool
     else:
         table = _rich_table(header, justify, widths, line_length, rows)
 
-    total, trainable = graph.params(), graph.params(trainable=True)
+    total, trainable = full.params(), full.params(trainable=True)
     lines = [f'Model: "{graph.name}"', table]
     lines.append(f" Total params: {total:,} ({readable_size(total * BYTES_PER_VALUE)})")
     lines.append(f" Trainable params: {trainable:,} ({readable_size(trainable * BYTES_PER_VALUE)})")
     lines.append(f" Non-trainable params: {total - trainable:,} ({readable_size((total - trainable) * BYTES_PER_VALUE)})")
-    est = estimates(graph, batch_size)
+    est = estimates(full, batch_size)
     lines.append(f" Forward mult-adds per sample: {est['macs_per_sample']:,}")
     lines.append(f" Activations per sample: {est['activation_values_per_sample']:,} values "
                  f"({readable_size(est['activation_bytes_per_sample'])})")
@@ -167,6 +236,11 @@ def summary_text(graph: Graph, expand_nested: bool = False, show_trainable: bool
                  f"{readable_size(est['training_bytes'])} (weights, gradients, optimizer moments, "
                  f"activations and their gradients)")
     return "\n".join(lines) + "\n"
+
+
+def _type(node: Node) -> str:
+    """The layer type shown: a shared layer's use (`{use: encoder}`) shows the used layer's."""
+    return getattr(node.layer, "shared_type", None) or node.type
 
 
 def estimates(graph: Graph, batch_size: int) -> dict[str, int]:
@@ -187,7 +261,7 @@ def estimates(graph: Graph, batch_size: int) -> dict[str, int]:
 def _layer_json(node: Node) -> dict[str, Any]:
     out: dict[str, Any] = {
         "name": node.name,
-        "type": node.type,
+        "type": _type(node),
         "output_shape": None if node.output_shape is None else [None, *node.output_shape],
         "params": node.params(),
         "trainable_params": node.params(trainable=True),
@@ -199,8 +273,8 @@ def _layer_json(node: Node) -> dict[str, Any]:
     return out
 
 
-def summary_json(graph: Graph, batch_size: int = 32) -> dict[str, Any]:
-    nodes = [node for node, _ in _rows(graph, expand_nested=False)]
+def summary_json(graph: Graph, batch_size: int = 32, instances: list | None = None) -> dict[str, Any]:
+    nodes = [node for node, _ in _rows(collapse(graph, instances), expand_nested=False)]
     total, trainable = graph.params(), graph.params(trainable=True)
     return {
         "name": graph.name,

@@ -5,6 +5,7 @@ of the message. Expected positions are computed from the test text (`at(text, to
 
 from __future__ import annotations
 
+import os
 import re
 import time
 
@@ -652,3 +653,286 @@ fit:
     }
     assert len({e.line for e in errors}) == 4
     assert all(e.file == FILE for e in errors)
+
+
+# --- blocks, repeat, vars, includes, shared layers ---------------------------------------------------------
+
+BLOCKS = """specc: 1
+vars: {width: 8}
+blocks:
+  res:
+    params: [units, {act: relu}]
+    layers:
+      - {type: Dense, name: a, units: "${units}", activation: "${act}"}
+      - {type: Add, name: out, inputs: [x, a]}
+model:
+  input: [8]
+  layers:
+    - {block: res, units: 8}
+"""
+
+
+def test_unknown_block(errors_of, at):
+    text = BLOCKS.replace("{block: res, units: 8}", "{block: rse, units: 8}")
+    e = only(errors_of(text))
+    expect(e, at(text, "rse"), "model.layers[0].block", "unknown block 'rse'", "did you mean res", "defined blocks: res")
+
+
+def test_missing_block_parameter(errors_of, at):
+    text = BLOCKS.replace("{block: res, units: 8}", "{block: res}")
+    e = only(errors_of(text))
+    expect(e, at(text, "{block: res}"), "model.layers[0]", "block 'res' needs parameter `units`")
+
+
+def test_unknown_block_parameter_points_at_its_key(errors_of, at):
+    text = BLOCKS.replace("{block: res, units: 8}", "{block: res, units: 8, unit: 3}")
+    e = only(errors_of(text))
+    expect(e, at(text, "unit: 3"), "model.layers[0].unit", "no parameter 'unit'", "did you mean units",
+           "takes: units, act")
+
+
+def test_bad_value_from_a_parameter_points_at_the_instance_argument(errors_of, at):
+    text = BLOCKS.replace("{block: res, units: 8}", "{block: res, units: -2}")
+    errors = errors_of(text)
+    e = errors[0]
+    expect(e, at(text, "-2"), "model.layers[0].units", "positive integer", "-2",
+           f"(in block 'res' defined at {FILE}:{at(text, 'name: a')[0]})")
+    assert e.context[0]["block"] == "res" and e.context[0]["line"] == at(text, "{type: Dense, name: a")[0]
+
+
+def test_error_in_a_block_body_points_at_the_instance_and_names_the_definition(errors_of, at):
+    text = BLOCKS.replace('activation: "${act}"', 'activation: "${act}", unit: 3')
+    e = only(errors_of(text))
+    # file:line:col of the instance, the spec path and line of the definition
+    expect(e, at(text, "{block: res"), "blocks.res.layers[0].unit", "unknown key `unit`",
+           f"(in block 'res' defined at {FILE}:{at(text, 'unit: 3')[0]})")
+    assert e.context[0]["column"] == at(text, "unit: 3")[1]
+
+
+NESTED_BLOCKS = BLOCKS.replace("""model:""", """  outer:
+    layers:
+      - {block: res, units: 4}
+model:""").replace("{block: res, units: 8}", "{block: outer}")
+
+
+def test_nested_block_error_names_each_block(errors_of, at):
+    text = NESTED_BLOCKS.replace('activation: "${act}"', 'activation: "${act}", unit: 3')
+    e = only(errors_of(text))
+    expect(e, at(text, "{block: outer}"), "blocks.res.layers[0].unit",
+           f"(in block 'outer' defined at {FILE}:{at(text, 'units: 4')[0]}, in block 'res' defined at "
+           f"{FILE}:{at(text, 'unit: 3')[0]})")
+    assert [c["block"] for c in e.context] == ["outer", "res"]
+
+
+def test_nested_block_argument_error_points_where_the_argument_is_written(errors_of, at):
+    text = NESTED_BLOCKS.replace("units: 4", "units: 0")
+    errors = errors_of(text)
+    e = errors[0]
+    # the argument is written in block outer and used in block res: both are named
+    used = at(text, '"${units}"')
+    expect(e, at(text, "{block: outer}"), "blocks.outer.layers[0].units", "positive integer",
+           f"(in block 'outer' defined at {FILE}:{at(text, 'units: 0')[0]}, in block 'res' defined at "
+           f"{FILE}:{used[0]})")
+    assert (e.context[1]["line"], e.context[1]["column"]) == at(text, '"${units}"')
+
+
+def test_block_that_instantiates_itself(errors_of, at):
+    text = BLOCKS.replace("      - {type: Add, name: out, inputs: [x, a]}\n",
+                          "      - {type: Add, name: out, inputs: [x, a]}\n      - {block: res, units: 8}\n")
+    e = only(errors_of(text))
+    expect(e, at(text, "{block: res, units: 8}\n", 2), "blocks.res.layers[2].block", "cycle: res -> res",
+           f"in block 'res' defined at {FILE}:{at(text, '{block: res, units: 8}')[0]}")
+
+
+def test_unknown_input_inside_a_block(errors_of, at):
+    text = BLOCKS.replace("inputs: [x, a]", "inputs: [x, b]")
+    e = only(errors_of(text))
+    expect(e, at(text, "{block: res"), "blocks.res.layers[1].inputs[1]", "unknown input 'b'", "known: x, a",
+           "in block 'res'")
+
+
+def test_block_definition_errors_are_positioned(errors_of, at):
+    text = BLOCKS.replace("    params: [units, {act: relu}]\n", "    params: [units, {act: relu}]\n    outputz: a\n")
+    e = only(errors_of(text))
+    expect(e, at(text, "outputz"), "blocks.res.outputz", "unknown key `outputz`", "did you mean outputs")
+
+
+@pytest.mark.parametrize("count, words", [("0", ("from 1 to 1000", "0")), ("-1", ("from 1 to 1000",)),
+                                          ("1001", ("from 1 to 1000",)), ("true", ("true",)),
+                                          ("two", ("'two'",)), ("[3, 4]", ("list of parameter mappings",)),
+                                          ('"${width / 2}"', ("4.0",))])
+def test_repeat_count_invalid(errors_of, at, count, words):
+    text = BLOCKS.replace("{block: res, units: 8}", f"{{repeat: {count}, block: res, units: 8}}")
+    e = only(errors_of(text))
+    expect(e, at(text, count), "model.layers[0].repeat", *words)
+
+
+def test_repeat_without_block_or_type(errors_of, at):
+    text = BLOCKS.replace("{block: res, units: 8}", "{repeat: 2, units: 8}")
+    e = only(errors_of(text))
+    expect(e, at(text, "{repeat: 2"), "model.layers[0]", "needs the `block`")
+
+
+@pytest.mark.parametrize("expr, words", [
+    ("${widht}", ("unknown name 'widht'", "did you mean width")),
+    ("${width / 0}", ("division by zero",)),
+    ("${width * }", ("ends too early",)),
+    ("${width ** 2}", ("unexpected '*'",)),
+    ("${__import__}", ("unknown name '__import__'",)),
+    ("${width + [1]}", ("unexpected '['",)),
+    ("${width * 9999999999 * 9999999999}", ("out of range",)),
+    ("${width", ("unclosed",)),
+])
+def test_bad_reference_points_at_the_value(errors_of, at, expr, words):
+    text = BLOCKS.replace("{block: res, units: 8}", f'{{type: Dense, units: "{expr}"}}')
+    e = only(errors_of(text))
+    expect(e, at(text, f'"{expr}"'), "model.layers[0].units", "cannot evaluate", *words)
+
+
+def test_reference_to_a_list_var_where_a_number_is_needed(errors_of, at):
+    text = BLOCKS.replace("vars: {width: 8}", "vars: {width: [8]}").replace("{block: res, units: 8}",
+                                                                           '{type: Dense, units: "${width}"}')
+    e = only(errors_of(text))
+    expect(e, at(text, '"${width}"'), "model.layers[0].units", "integer")
+
+
+def test_var_cycle_is_reported_once_at_a_definition(errors_of, at):
+    text = BLOCKS.replace("vars: {width: 8}", 'vars: {width: "${depth}", depth: "${width + 1}"}')
+    e = only(errors_of(text))
+    assert "cycle" in e.message and e.path.startswith("vars.")
+
+
+def test_bad_var_name(errors_of, at):
+    text = BLOCKS.replace("vars: {width: 8}", "vars: {width: 8, 2x: 3}")
+    e = only(errors_of(text))
+    expect(e, at(text, "2x"), "vars.2x", "letters, digits and '_'")
+
+
+def test_set_override_of_a_var_is_blamed_on_the_command_line():
+    from specc.spec.overrides import apply_overrides
+
+    text = BLOCKS.replace("{block: res, units: 8}", '{type: Dense, units: "${width}"}')
+    _, errors = apply_overrides(text, ["vars.width=abc"], FILE)
+    e = only(errors)
+    assert e.file == "--set vars.width=abc" and (e.line, e.column) == (0, 0)
+    assert "integer" in e.message and "abc" in e.message
+
+
+def test_use_of_unknown_layer(errors_of, at):
+    text = """specc: 1
+model:
+  inputs: {a: [4], b: [4]}
+  layers:
+    - {type: Dense, name: encoder, units: 3, inputs: a}
+    - {use: encodr, name: enc_b, inputs: b}
+    - {type: Concatenate, name: cat, inputs: [encoder, enc_b]}
+  outputs: cat
+"""
+    e = only(errors_of(text))
+    expect(e, at(text, "encodr"), "model.layers[1].use", "unknown layer 'encodr'", "did you mean encoder")
+
+
+def test_use_with_layer_arguments(errors_of, at):
+    text = """specc: 1
+model:
+  inputs: {a: [4], b: [4]}
+  layers:
+    - {type: Dense, name: encoder, units: 3, inputs: a}
+    - {use: encoder, name: enc_b, units: 5, inputs: b}
+    - {type: Concatenate, name: cat, inputs: [encoder, enc_b]}
+  outputs: cat
+"""
+    e = only(errors_of(text))
+    expect(e, at(text, "units: 5"), "model.layers[1].units", "takes only use, name, inputs")
+
+
+def test_use_before_its_layer_in_the_graph(errors_of, at):
+    text = """specc: 1
+model:
+  inputs: {a: [4]}
+  layers:
+    - {type: Dense, name: encoder, units: 4, inputs: shared}
+    - {use: encoder, name: shared, inputs: a}
+  outputs: encoder
+"""
+    e = only(errors_of(text))
+    expect(e, at(text, "encoder, name: shared"), "model.layers[1].use", "before that layer's own place")
+
+
+def _project(write_spec, files: dict[str, str]):
+    for name, text in files.items():
+        write_spec(text, name)
+
+
+def test_include_cycle_lists_the_chain(write_spec):
+    from specc.spec import load_spec
+
+    write_spec("include: b.yaml\nblocks: {}\n", "lib/a.yaml")
+    write_spec("include: a.yaml\n", "lib/b.yaml")
+    path = write_spec("specc: 1\ninclude: lib/a.yaml\nmodel: {input: [3], layers: [{type: Dense, units: 2}]}\n")
+    _, errors = load_spec(path)
+    e = only(errors)
+    assert e.file.endswith("b.yaml") and (e.line, e.column) == (1, 10)
+    assert "include cycle:" in e.message and e.message.count("a.yaml") == 2 and "b.yaml ->" in e.message
+
+
+def test_include_outside_the_spec_tree(write_spec, tmp_path):
+    from specc.spec import load_spec
+
+    write_spec("blocks: {}\n", "lib.yaml")
+    path = write_spec("specc: 1\ninclude: [../lib.yaml]\nmodel: {input: [3], layers: [{type: Dense, units: 2}]}\n",
+                      "project/spec.yaml")
+    _, errors = load_spec(path)
+    e = only(errors)
+    assert e.file == str(path) and (e.line, e.column) == (2, 11) and e.path == "include[0]"
+    assert "outside the spec's directory" in e.message and "SPECC_INCLUDE_PATH" in e.message
+
+
+def test_include_missing_file_and_bad_content(write_spec):
+    from specc.spec import load_spec
+
+    write_spec("model: {}\nblocks: [1]\n", "bad.yaml")
+    path = write_spec("specc: 1\ninclude: [nope.yaml, bad.yaml]\nmodel: {input: [3], layers: [{type: Dense, "
+                      "units: 2}]}\n")
+    _, errors = load_spec(path)
+    assert len(errors) == 3, [e.text() for e in errors]
+    missing, model_key, blocks = sorted(errors, key=lambda e: (e.file.endswith("bad.yaml"), e.line))
+    assert missing.file == str(path) and "cannot include 'nope.yaml'" in missing.message
+    assert model_key.file.endswith("bad.yaml") and model_key.line == 1 and "`model` belongs in the spec" in model_key.message
+    assert blocks.file.endswith("bad.yaml") and blocks.line == 2 and "mapping of block names" in blocks.message
+
+
+def test_block_defined_twice_across_files(write_spec):
+    from specc.spec import load_spec
+
+    write_spec("blocks:\n  fc: {layers: [{type: Dense, units: 2}]}\n", "lib.yaml")
+    path = write_spec("specc: 1\ninclude: lib.yaml\nblocks:\n  fc: {layers: [{type: Dense, units: 3}]}\n"
+                      "model: {input: [3], layers: [{block: fc}]}\n")
+    _, errors = load_spec(path)
+    e = only(errors)
+    assert e.file == str(path) and (e.line, e.column) == (4, 3)
+    assert "block 'fc' is already defined at" in e.message and "lib.yaml:2" in e.message
+
+
+def test_error_in_an_included_block_names_the_included_file(write_spec):
+    from specc.spec import load_spec
+
+    write_spec("blocks:\n  fc:\n    layers:\n      - {type: Dense, units: 0}\n", "blocks/lib.yaml")
+    path = write_spec("specc: 1\ninclude: blocks/lib.yaml\nmodel:\n  input: [3]\n  layers:\n    - {block: fc}\n")
+    _, errors = load_spec(path)
+    e = only(errors)
+    assert e.file == str(path) and (e.line, e.column) == (6, 7)  # the instance, in the spec
+    assert e.path == "blocks.fc.layers[0].units"
+    lib = os.path.join(os.path.dirname(str(path)), "blocks", "lib.yaml")
+    assert f"(in block 'fc' defined at {lib}:4)" in e.message
+    assert e.context[0]["file"] == lib and (e.context[0]["line"], e.context[0]["column"]) == (4, 30)
+
+
+def test_expansion_too_large(errors_of, at):
+    text = BLOCKS.replace("""model:""", """  big:
+    layers:
+      - {repeat: 1000, block: res, units: 8}
+model:""").replace("{block: res, units: 8}\n", "{repeat: 1000, block: big}\n", 1)
+    text = text.replace("{repeat: 1000, block: big}", "{repeat: 30, block: big}")
+    errors = errors_of(text)
+    assert len(errors) == 1 and "more than 20,000 layers" in errors[0].message

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 PathItem = str | int
@@ -79,6 +79,9 @@ class SpecError:
     column: int
     path: str
     message: str
+    # Inside a block instance: for each block it came through (outermost first), where in the block's
+    # definition, as {block, file, line, column, path}; the message names them too.
+    context: tuple = field(default=(), hash=False)
 
     def text(self) -> str:
         # line 0: not from the file (a --set override on the command line)
@@ -93,7 +96,12 @@ class SpecError:
         return f"::error file={self.file},line={self.line},col={self.column}::{msg}"
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        if not self.context:  # only errors inside block instances carry it
+            del out["context"]
+        else:
+            out["context"] = [dict(c) for c in self.context]
+        return out
 
 
 class SpecInvalid(Exception):

@@ -28,6 +28,66 @@ def _retarget(node):
             _retarget(item)
 
 
+REFERENCE = {"type": "string", "pattern": r"^\$\{[^{}]*\}$",
+             "description": "a variable or block parameter, or arithmetic on them: ${width * 2}"}
+_NAMES = {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}
+
+
+def _allow_references(node, inside_properties: bool = False):
+    """Every property value may also be a `${...}` reference (vars, block parameters)."""
+    if isinstance(node, dict):
+        if inside_properties:
+            for key, value in node.items():
+                if isinstance(value, dict) and key not in ("type", "inputs"):
+                    _allow_references(value)
+                    node[key] = {"anyOf": [value, {"$ref": "#/$defs/Reference"}]} if "$ref" not in value \
+                        or value["$ref"] != "#/$defs/Reference" else value
+            return
+        for key, value in list(node.items()):
+            _allow_references(value, key == "properties")
+            if key == "items" and isinstance(value, dict) and "$ref" not in value:
+                node[key] = {"anyOf": [value, {"$ref": "#/$defs/Reference"}]}  # [${size}, ${size}, 3]
+    elif isinstance(node, list):
+        for item in node:
+            _allow_references(item)
+
+
+def _template_defs() -> dict:
+    """Blocks, their instances (`block` / `repeat`) and shared layers (`use`): specc/spec/expand.py."""
+    param = {"anyOf": [{"type": "string"}, {"type": "object", "minProperties": 1, "maxProperties": 1}]}
+    return {
+        "Reference": REFERENCE,
+        "Block": {
+            "type": "object", "additionalProperties": False, "required": ["layers"],
+            "description": "a named, parameterised sub-graph; instantiate with {block: name, <param>: value}",
+            "properties": {
+                "params": {"anyOf": [{"type": "array", "items": param}, {"type": "object"}],
+                           "description": "names, with defaults as {name: default}: [filters, {strides: 1}]"},
+                "inputs": {**_NAMES, "description": "the block's input names (default: x)"},
+                "layers": {"type": "array", "minItems": 1, "items": _LAYER},
+                "outputs": {**_NAMES, "description": "the layers it returns (default: its last layer)"},
+            },
+        },
+        "BlockInstance": {
+            "type": "object", "required": ["block"],
+            "description": "an instance of a block; every other key is one of its parameters",
+            "properties": {
+                "block": {"type": "string"},
+                "repeat": {"anyOf": [{"type": "integer", "minimum": 1}, {"type": "array", "items": {"type": "object"}},
+                                     {"$ref": "#/$defs/Reference"}],
+                           "description": "copies chained one after the other, or one per parameter set"},
+                "name": {"type": "string"},
+                "inputs": _NAMES,
+            },
+        },
+        "SharedUse": {
+            "type": "object", "additionalProperties": False, "required": ["use"],
+            "description": "the named layer applied again, on the same weights",
+            "properties": {"use": {"type": "string"}, "name": {"type": "string"}, "inputs": _NAMES},
+        },
+    }
+
+
 def spec_json_schema() -> dict:
     layer_models = list(REGISTRY.values())
     models = [SequentialModelDef, FunctionalModelDef, *SECTIONS.values(), *CALLBACKS.values(), *layer_models]
@@ -39,7 +99,18 @@ def spec_json_schema() -> dict:
         defs[cls.__name__]["required"] = sorted(set(defs[cls.__name__].get("required", [])) | {"type"})
         props["inputs"] = {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}],
                            "description": "Functional models only: the inputs/layers this layer takes"}
-    defs["Layer"] = {"oneOf": [refs[(cls, "validation")] for cls in layer_models]}
+        props["repeat"] = {"anyOf": [{"type": "integer", "minimum": 1}, {"type": "array", "items": {"type": "object"}},
+                                     {"type": "string", "pattern": REFERENCE["pattern"]}],
+                           "description": "copies of this layer, each taking the one before it"}
+    from .schema import OPTIMIZERS
+
+    # `optimizer: adam` is shorthand for `optimizer: {type: adam}`
+    defs["CompileDef"]["properties"]["optimizer"] = {
+        "anyOf": [{"$ref": "#/$defs/OptimizerDef"}, {"enum": list(OPTIMIZERS)}]}
+    _allow_references(defs)
+    defs.update(_template_defs())
+    defs["Layer"] = {"oneOf": [refs[(cls, "validation")] for cls in layer_models]
+                     + [{"$ref": "#/$defs/BlockInstance"}, {"$ref": "#/$defs/SharedUse"}]}
     defs["Sequential"]["properties"]["layers"] = {"type": "array", "items": _LAYER, "minItems": 1}
     fit = defs["FitDef"]["properties"]
     fit["callbacks"] = {"type": "array", "items": {"oneOf": [refs[(c, "validation")] for c in CALLBACKS.values()]}}
@@ -51,6 +122,7 @@ def spec_json_schema() -> dict:
     defs["FunctionalModelDef"]["properties"]["outputs"] = {
         "anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "minItems": 1}]}
     _retarget(defs)
+    defs["Block"]["properties"]["layers"]["items"] = _LAYER
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": "https://specc.dev/schema/v1.json",
@@ -64,6 +136,10 @@ def spec_json_schema() -> dict:
             "seed": {"type": "integer", "minimum": 0, "maximum": MAX_INT64},
             "model": {"oneOf": [refs[(SequentialModelDef, "validation")], refs[(FunctionalModelDef, "validation")]]},
             **{k: refs[(m, "validation")] for k, m in SECTIONS.items()},
+            "vars": {"type": "object", "description": "values for ${name} references anywhere in the spec"},
+            "blocks": {"type": "object", "additionalProperties": {"$ref": "#/$defs/Block"}},
+            "include": {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}],
+                        "description": "files of blocks and vars, relative to this file"},
         },
         "$defs": defs,
     }

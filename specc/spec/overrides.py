@@ -118,3 +118,15 @@ def apply_overrides(text: str | bytes, overrides: list[str], filename: str) -> t
     if bad:
         return None, bad
     return contained(validate_data, data, positions, filename)
+
+
+def load_spec_with_overrides(path: str, overrides: list[str]) -> tuple[Any, list[SpecError]]:
+    """load_spec(path) with `--set` overrides applied (`specc expand --set vars.width=128`)."""
+    from .files import NotRegularFile, open_regular_file
+
+    try:
+        with open_regular_file(path) as fh:
+            text = fh.read(4_000_000)
+    except (NotRegularFile, OSError) as exc:
+        return None, [SpecError(path, 1, 1, "", f"cannot read the file: {getattr(exc, 'strerror', None) or exc}")]
+    return apply_overrides(text, overrides, path)

@@ -17,6 +17,13 @@ def _plain(value: Any) -> Any:
 
 
 def layer_dict(layer) -> dict:
+    from .shared import SharedOwner, SharedUse
+
+    if isinstance(layer, SharedUse):  # `{use: encoder}` applies that layer again, on its weights
+        return {"use": layer._spec.name, "name": layer.name,
+                **({"inputs": list(layer.inputs)} if layer.inputs is not None else {})}
+    if isinstance(layer, SharedOwner):
+        layer = layer.layer
     out = {"type": layer.type}
     for key, value in layer.model_dump(exclude={"type", "layers", "inputs"}).items():
         out[key] = _plain(value)

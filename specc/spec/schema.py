@@ -33,6 +33,8 @@ from .types import (
 
 KNOWN_VERSIONS = (1,)
 TOP_LEVEL_KEYS = ("specc", "name", "seed", "model", "compile", "fit", "data")
+# expanded away before the checks of the v1 sections (specc/spec/expand.py)
+BLOCK_TOP_LEVEL_KEYS = ("blocks", "vars", "include")
 
 
 class Strict(BaseModel):

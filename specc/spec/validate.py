@@ -21,8 +21,10 @@ from pydantic import BaseModel, ValidationError
 from ..graph import Graph, assign_names, build_functional, build_sequential
 from ..layers import REGISTRY, LayerSpec
 from .errors import SHOWN_DIGITS, Path, SpecError, cut_text, format_path, show_value, suggest
+from .expand import Instance, Origin, expand, find_origin, locate
 from .files import NotRegularFile, open_regular_file
 from .schema import (
+    BLOCK_TOP_LEVEL_KEYS,
     CALLBACKS,
     COMMON_OPTIMIZER_ARGS,
     KNOWN_VERSIONS,
@@ -35,6 +37,7 @@ from .schema import (
     FunctionalModelDef,
     SequentialModelDef,
 )
+from .shared import SharedGroup, SharedOwner, SharedUse
 from .types import MAX_INT64, limit_text
 from .yamlpos import Positions, load_yaml
 
@@ -67,15 +70,33 @@ class Spec:
     data: DataDef | None = None
     callbacks: list[BaseModel] = field(default_factory=list)
     positions: Positions = field(default_factory=Positions)
+    # Block instances (one summary row each) and the expanded spec, when the spec uses blocks, repeats,
+    # variables, includes or shared layers (specc/spec/expand.py); else [] and None.
+    instances: list[Instance] = field(default_factory=list)
+    expanded: dict | None = None
+    read: Any = None  # the spec as read (after --set overrides), before expansion
 
 
 class Collector:
     """Turns paths and pydantic errors into positioned SpecErrors for one file."""
 
-    def __init__(self, file: str, positions: Positions):
+    def __init__(self, file: str, positions: Positions, origins: dict[Path, Origin] | None = None):
         self.file, self.positions, self.errors = file, positions, []
+        self.origins = origins or {}
+
+    def line_of(self, path: Path) -> str:
+        """`line N`, or `FILE:N` for a value that an included block made, for "first used at" notes."""
+        origin = find_origin(self.origins, path) if self.origins else None
+        if origin is None:
+            return f"line {self.positions.of(path)[0]}"
+        e = locate(origin, "")
+        return f"line {e.line}" if e.file == self.file else f"{e.file}:{e.line}"
 
     def add(self, path: Path, message: str, at_key: bool = False) -> None:
+        origin = find_origin(self.origins, path) if self.origins else None
+        if origin is not None:
+            self.errors.append(locate(origin, message, at_key))
+            return
         source = self.positions.source_of(path)
         if source is not None:  # the value came from the command line: point there, line 0
             self.errors.append(SpecError(source, 0, 0, format_path(path), message))
@@ -197,10 +218,12 @@ def safe_name(name: str) -> str:
     return name or "model"
 
 
-def _validate_layer(raw: Any, path: Path, c: Collector) -> LayerSpec | None:
+def _validate_layer(raw: Any, path: Path, c: Collector, top: bool = False) -> LayerSpec | None:
     if not isinstance(raw, dict):
         c.add(path, f"each layer must be a mapping like {{type: Dense, units: 10}}, got {_kind(raw)}")
         return None
+    if "use" in raw:
+        return _validate_use(raw, path, c, top)
     if "type" not in raw:
         c.add(path, "layer is missing `type` (the Keras layer class, e.g. Dense, Conv2D)")
         return None
@@ -222,6 +245,89 @@ def _validate_layer(raw: Any, path: Path, c: Collector) -> LayerSpec | None:
             return None
         return c.validate(cls, {**raw, "layers": children}, path, what=type_name)
     return c.validate(cls, raw, path, what=type_name)
+
+
+def _validate_use(raw: dict, path: Path, c: Collector, top: bool) -> SharedUse | None:
+    """`{use: encoder, name: ..., inputs: ...}`: a shared layer; bound to its owner in _bind_shared."""
+    if not top:
+        c.add(path + ("use",), "a shared layer (`use`) is a node of the model's graph; it cannot be used inside "
+                               "a nested Sequential block", at_key=True)
+        return None
+    ok = True
+    for key in raw:
+        if key not in ("use", "name", "inputs"):
+            c.add(path + (key,), "a shared layer `{use: layer, inputs: ...}` takes only use, name and inputs; "
+                                 "its arguments are the used layer's", at_key=True)
+            ok = False
+    owner, name, inputs = raw.get("use"), raw.get("name"), raw.get("inputs")
+    if not isinstance(owner, str) or not owner:
+        c.add(path + ("use",), f"must name a layer of the model, got {_kind(owner)}")
+        ok = False
+    if not isinstance(name, str) or not name:
+        c.add(path + ("name",) if "name" in raw else path, f"a shared layer needs a `name`, got {_kind(name)}")
+        ok = False
+    inputs = [inputs] if isinstance(inputs, str) else inputs
+    if inputs is not None and (not isinstance(inputs, list) or not all(isinstance(x, str) and x for x in inputs)):
+        c.add(path + ("inputs",), f"must be a name or a list of names, got {_kind(raw.get('inputs'))}")
+        ok = False
+    return SharedUse(name, inputs, owner) if ok else None
+
+
+def _bind_shared(layers: list, c: Collector) -> bool:
+    """Each `use` bound to the layer it names (a top-level layer of the model, not a nested block), and
+    that layer wrapped as the group's owner. False after an error."""
+    owners = {layer.name: layer for layer in layers if not isinstance(layer, SharedUse) and layer.name}
+    groups: dict[str, SharedGroup] = {}
+    ok = True
+    for i, layer in enumerate(layers):
+        if not isinstance(layer, SharedUse):
+            continue
+        owner_name = layer.owner
+        target = owners.get(owner_name)
+        if target is None:
+            uses = {u.name: u.owner for u in layers if isinstance(u, SharedUse)}
+            if owner_name in uses:
+                owner_name = uses[owner_name]  # a use of a use shares the same layer
+                target = owners.get(owner_name)
+        path = ("model", "layers", i, "use")
+        if target is None:
+            known = list(owners)
+            c.add(path, f"unknown layer {owner_name!r}{suggest(owner_name, known)}; `use` names a layer of the "
+                        f"model (not one inside a nested Sequential block)")
+            ok = False
+            continue
+        if getattr(target, "type", None) == "Sequential":
+            c.add(path, f"'{owner_name}' is a nested Sequential block; `use` shares a single layer")
+            ok = False
+            continue
+        group = groups.setdefault(owner_name, SharedGroup())
+        layer.bind(target if not isinstance(target, SharedOwner) else target.layer, group)
+    for i, layer in enumerate(layers):
+        if not isinstance(layer, SharedUse) and layer.name in groups:
+            layers[i] = SharedOwner(layer, groups[layer.name])
+    return ok
+
+
+def _check_shared_order(graph: Graph, layers: list, c: Collector) -> None:
+    """Each use takes an input its layer's weights fit, and comes after the layer itself (see shared.py)."""
+    position = {node.name: k for k, node in enumerate(graph.nodes)}
+    by_name = {node.name: node for node in graph.nodes}
+    for i, layer in enumerate(layers):
+        if isinstance(layer, SharedUse):
+            owner = layer._spec.name
+            own = by_name.get(owner)
+            if own is not None and own.output_shape is not None and layer._specs:
+                for mine, theirs in zip(layer._specs, own.weights):
+                    if tuple(mine.shape) != tuple(theirs.shape):
+                        c.add(("model", "layers", i, "use"),
+                              f"'{layer.name}' applies '{owner}' to an input whose {mine.name} would be "
+                              f"{tuple(mine.shape)}, but '{owner}' has {theirs.name} {tuple(theirs.shape)}: a shared "
+                              f"layer takes inputs of the shape it was built for")
+                        break
+            if position.get(owner, -1) > position.get(layer.name, 1 << 62):
+                c.add(("model", "layers", i, "use"), f"'{layer.name}' uses layer '{owner}' before that layer's own "
+                                                     f"place in the graph; list the layer before its uses, on a "
+                                                     f"path that does not depend on them")
 
 
 def _validate_callback(raw: Any, path: Path, c: Collector) -> BaseModel | None:
@@ -246,9 +352,8 @@ def _check_names(layers: list[LayerSpec], c: Collector, reserved: dict[str, Path
             path = prefix + (i,)
             if layer.name is not None:
                 if layer.name in seen:
-                    first = c.positions.of(seen[layer.name])
-                    c.add(path + ("name",), f"duplicate name {layer.name!r} (first used at line {first[0]}); "
-                                            f"names must be unique in a model")
+                    c.add(path + ("name",), f"duplicate name {layer.name!r} (first used at "
+                                            f"{c.line_of(seen[layer.name])}); names must be unique in a model")
                 else:
                     seen[layer.name] = path + ("name",)
             if layer.type == "Sequential":
@@ -262,11 +367,18 @@ def validate_data(data: Any, positions: Positions, file: str) -> tuple[Spec | No
     if not isinstance(data, dict):
         c.add((), f"a spec must be a mapping with `specc: 1` and a `model`, got {_kind(data)}")
         return None, c.errors
+    read = data
+    expansion = expand(data, positions, file)
+    if expansion.errors:
+        return None, _sorted(expansion.errors)
+    data = expansion.data
+    c.origins = expansion.origins
 
     for key in data:
         if key not in TOP_LEVEL_KEYS:
-            hint = suggest(key, TOP_LEVEL_KEYS) if isinstance(key, str) else ""
-            c.add((key,), f"unknown top-level key {_show(key)}{hint}; expected: {', '.join(TOP_LEVEL_KEYS)}",
+            hint = suggest(key, TOP_LEVEL_KEYS + BLOCK_TOP_LEVEL_KEYS) if isinstance(key, str) else ""
+            c.add((key,), f"unknown top-level key {_show(key)}{hint}; expected: "
+                          f"{', '.join(TOP_LEVEL_KEYS + BLOCK_TOP_LEVEL_KEYS)}",
                   at_key=True)
 
     version = data.get("specc")
@@ -312,7 +424,8 @@ def validate_data(data: Any, positions: Positions, file: str) -> tuple[Spec | No
     if c.errors:
         return None, _sorted(c.errors)
     return Spec(file, version, name, seed, model_def, layers, graph, sections.get("compile"), sections.get("fit"),
-                sections.get("data"), [cb for cb in callbacks if cb is not None], positions), []
+                sections.get("data"), [cb for cb in callbacks if cb is not None], positions,
+                expansion.instances, data if expansion.expanded else None, read), []
 
 
 def _check_optimizer_args(raw: Any, compile_def: CompileDef | None, c: Collector) -> None:
@@ -354,8 +467,10 @@ def _validate_model(model_raw: Any, name: str, c: Collector):
     if not raw_layers:
         c.add(("model", "layers"), "a model needs at least one layer")
         return None, [], None
-    layers = [_validate_layer(raw, ("model", "layers", i), c) for i, raw in enumerate(raw_layers)]
+    layers = [_validate_layer(raw, ("model", "layers", i), c, top=True) for i, raw in enumerate(raw_layers)]
     if model_def is None or any(layer is None for layer in layers):
+        return model_def, [], None
+    if any(isinstance(layer, SharedUse) for layer in layers) and not _bind_shared(layers, c):
         return model_def, [], None
 
     if functional:
@@ -372,6 +487,7 @@ def _validate_model(model_raw: Any, name: str, c: Collector):
     if functional:
         graph = build_functional(name, {k: v.shape for k, v in model_def.inputs.items()}, layers,
                                  model_def.outputs, c.add)
+        _check_shared_order(graph, layers, c)
     else:
         graph = build_sequential(name, input_name, model_def.input.shape, layers, c.add)
     return model_def, layers, graph
