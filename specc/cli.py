@@ -332,7 +332,7 @@ def draw(
     if chosen == "png" and not out:
         raise _usage("--format png writes a binary image: give the file with --out, e.g. -o model.png")
     spec = _load_or_exit(spec_path)
-    picture = drawing(spec.graph, None, expand_nested, show_params, show_trainable)
+    picture = drawing(spec.graph, None, expand_nested, show_params, show_trainable, spec.instances)
     if out is None:
         _echo(render(picture, chosen, direction.value), nl=False)
         return

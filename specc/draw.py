@@ -64,14 +64,18 @@ class Drawing:
 
 
 def drawing(graph: Graph, batch: int | None = None, expand_nested: bool = False, show_params: bool = False,
-            show_trainable: bool = False) -> Drawing:
-    """The boxes and edges of a model: one box per input and layer; a nested block is one box, or (expanded)
-    a cluster of its layers whose first layer takes the block's input and whose last gives its output."""
+            show_trainable: bool = False, instances: list | None = None) -> Drawing:
+    """The boxes and edges of a model: one box per input and layer. A nested Sequential block is one box,
+    or (expanded) a cluster of its chain; a spec's block instances (`instances`, specc.spec.expand) are one
+    box each, or (expanded) a cluster around their layers, which keep their own edges."""
+    if instances and not expand_nested:
+        from .summary import collapse
+
+        graph = collapse(graph, instances)
+    inputs = {id(n) for n in graph.inputs}
     boxes: list[Box] = []
     clusters: list[Cluster] = []
     edges: list[tuple[str, str]] = []
-    # Every graph node's name -> (box taking its inputs, box giving its output).
-    ends: dict[int, tuple[str, str]] = {}
 
     def add_box(node: Node, cluster: Cluster | None, kind: str) -> str:
         box = Box(f"n{len(boxes)}", node.name, node.type, batch_shape(node.output_shape, batch),
@@ -82,11 +86,11 @@ def drawing(graph: Graph, batch: int | None = None, expand_nested: bool = False,
         return box.id
 
     def add(node: Node, cluster: Cluster | None) -> tuple[str, str]:
-        if node.layer is None:
+        if id(node) in inputs:
             ident = add_box(node, cluster, "input")
             return ident, ident
         if not node.children or not expand_nested:
-            kind = "block" if node.children else ("layer" if node.trainable else "frozen")
+            kind = "block" if node.children else ("layer" if node.trainable or not node.weights else "frozen")
             ident = add_box(node, cluster, kind)
             return ident, ident
         inner = Cluster(f"c{len(clusters)}", f"{node.name} ({node.type})", cluster.id if cluster else None)
@@ -100,9 +104,23 @@ def drawing(graph: Graph, batch: int | None = None, expand_nested: bool = False,
             last = tail
         return first, last
 
-    by_name: dict[str, tuple[str, str]] = {}
+    # Expanded instances: a cluster per instance (nested ones inside their parent's), around its layers.
+    cluster_of: dict[str, Cluster] = {}
+
+    def frame(inst, parent: Cluster | None) -> None:
+        c = Cluster(f"c{len(clusters)}", f"{inst.name} ({inst.block})", parent.id if parent else None)
+        clusters.append(c)
+        for name in inst.layers:
+            cluster_of[name] = c
+        for child in inst.children:
+            frame(child, c)
+
+    if expand_nested:
+        for inst in instances or []:
+            frame(inst, None)
+    by_name: dict[str, tuple[str, str]] = {}  # node name -> (box taking its inputs, box giving its output)
     for node in graph.inputs + graph.nodes:
-        by_name[node.name] = ends[id(node)] = add(node, None)
+        by_name[node.name] = add(node, cluster_of.get(node.name))
     for node in graph.nodes:
         for ref in node.inbound:
             if ref in by_name:

@@ -220,3 +220,45 @@ def test_summary_json_and_draw_agree_on_layers():
     layers = [row["name"] for row in json.loads(specc("summary", spec, "-f", "json").stdout)["layers"]]
     texts = set(svg_texts(specc("draw", spec).stdout))
     assert set(layers) <= texts
+
+
+BLOCKS = """specc: 1
+name: tiny_res
+blocks:
+  res:
+    params: [filters]
+    inputs: x
+    layers:
+      - {type: Conv2D, name: a, filters: "${filters}", kernel_size: 3, padding: same, activation: relu, inputs: x}
+      - {type: Conv2D, name: b, filters: "${filters}", kernel_size: 3, padding: same, inputs: a}
+      - {type: Add, name: add, inputs: [x, b]}
+    outputs: add
+model:
+  input: [8, 8, 8]
+  layers:
+    - {repeat: 2, block: res, filters: 8}
+    - {type: GlobalAveragePooling2D}
+    - {type: Dense, units: 3}
+"""
+
+
+def test_block_instances_fold_into_one_box_or_frame_their_layers(tmp_path):
+    spec_file = tmp_path / "blocks.yaml"
+    spec_file.write_text(BLOCKS)
+    folded = specc("draw", str(spec_file), "-f", "dot").stdout
+    assert 'label="res\\nres\\n(None, 8, 8, 8)"' in folded and "res_1_add" not in folded
+    assert folded.count(" -> ") == 4  # input -> res -> res_1 -> pooling -> dense
+    spec, errors = load_spec(str(spec_file))
+    assert not errors
+    d = drawing(spec.graph, expand_nested=True, instances=spec.instances)
+    labels = {c.label: c for c in d.clusters}
+    assert set(labels) == {"res (res)", "res_1 (res)"}
+    ids = {b.name: b for b in d.boxes}
+    assert {ids[n].cluster for n in ("res_a", "res_b", "res_add")} == {labels["res (res)"].id}
+    ids_by = {b.id: b.name for b in d.boxes}
+    edges = {(ids_by[a], ids_by[b]) for a, b in d.edges}
+    # The residual edge inside each instance is drawn, not a chain through the block.
+    assert ("input_layer", "res_add") in edges and ("res_add", "res_1_add") in edges
+    assert ("res_a", "res_b") in edges and ("res_b", "res_add") in edges
+    svg = specc("draw", str(spec_file), "--expand-nested").stdout
+    assert {"res_a", "res_1_add", "res (res)", "res_1 (res)"} <= set(svg_texts(svg))
