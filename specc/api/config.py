@@ -57,11 +57,13 @@ def model_section(model: Any, graph: Any = None) -> dict:
     from .functional import SharedCall
 
     graph = graph or model._make_plan().graph
+    layers = []
     for node in graph.nodes:
-        if isinstance(node.layer, SharedCall):
-            raise ValueError(f"model '{model.name}' calls layer '{node.layer._group.layer.name}' more than once; "
-                             f"spec format v1 has no shared layers, so this model cannot be written as a spec")
-    layers = [layer_entry(node.layer) for node in graph.nodes]
+        if isinstance(node.layer, SharedCall) and node.layer.name != node.layer._group.names[0]:
+            # A later call of a shared layer: the spec's `use` applies the first call's layer again.
+            layers.append({"use": node.layer._group.names[0], "name": node.name})
+        else:
+            layers.append(layer_entry(node.layer._spec if isinstance(node.layer, SharedCall) else node.layer))
     if graph.kind == "sequential":
         inp = graph.inputs[0]
         return {"input": {"shape": list(inp.output_shape), "name": inp.name}, "layers": layers}

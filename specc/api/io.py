@@ -55,11 +55,19 @@ def from_spec(spec: Spec) -> Model:
         model = Sequential([InputLayer(shape=inp.output_shape, name=inp.name)] + [_layer(s) for s in spec.layers],
                            name=spec.name)
     else:
+        from ..spec.shared import SharedOwner, SharedUse
+
         tensors = {n.name: Input(shape=n.output_shape, name=n.name) for n in graph.inputs}
         inputs = list(tensors.values())
+        made: dict[str, Any] = {}  # layer name -> API layer, for the `use` entries that call it again
         for node in graph.nodes:  # topological order
             args = [tensors[r] for r in node.inbound]
-            tensors[node.name] = _layer(node.layer)(args if node.layer.is_merge else args[0])
+            if isinstance(node.layer, SharedUse):
+                layer = made[node.layer._spec.name]
+            else:
+                spec_layer = node.layer.layer if isinstance(node.layer, SharedOwner) else node.layer
+                layer = made[node.name] = _layer(spec_layer)
+            tensors[node.name] = layer(args if node.layer.is_merge else args[0])
         outputs = [tensors[o] for o in graph.outputs]
         model = Model(inputs=inputs[0] if len(inputs) == 1 else inputs,
                       outputs=outputs[0] if len(outputs) == 1 else outputs, name=spec.name)
