@@ -42,7 +42,8 @@ INSTALL = 'pip install -e ".[mpi]"  (or: pip install mpi4py mpich)'
 # own; PMIx (srun --mpi=pmix, Open MPI 5) only the rank, so MPI is asked for the size.
 _SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE")
 
-# Tests inject a failure in one rank: SPECC_TEST_FAULT=RANK:STEP:raise|exit|kill (at that training step).
+# Tests inject a failure in one rank: SPECC_TEST_FAULT=RANK:STEP:raise|exit|kill|sigint (before that step's
+# Allreduce, STEP counted from 0 over the run).
 FAULT_VARIABLE = "SPECC_TEST_FAULT"
 
 
@@ -288,7 +289,12 @@ class DataParallel:
         self.fault = _parse_fault(self.rank)
         if self.rank:
             trainer.run_dir = None  # only rank 0 writes files (ModelCheckpoint, CSVLogger)
-            # Dropout: a stream of its own per rank, derived from rank 0's, so the ranks' masks differ.
+        self.own_dropout_stream(trainer)
+
+    def own_dropout_stream(self, trainer) -> None:
+        """Dropout: a stream of its own for each rank but 0, derived from the one the trainer has (the
+        seed's, or a checkpoint's), so the ranks' masks differ."""
+        if self.rank:
             state = trainer.dropout_rng.bit_generator.state
             seed = int(state.get("state", {}).get("state", 0)) % (1 << 63) if isinstance(state, dict) else 0
             trainer.dropout_rng = np.random.default_rng([seed, self.rank])
@@ -353,9 +359,9 @@ class DataParallel:
                     at += batch * self._per_sample(k)
         else:
             buf[:] = 0
-        buf[v1] = 1.0 if self.signal_pending else 0.0
         if self.fault is not None and self.fault[0] == self.steps:
             self._inject(self.fault[1])
+        buf[v1] = 1.0 if self.signal_pending else 0.0
         start = time.perf_counter()
         self.comm.Allreduce(self.MPI.IN_PLACE, buf, op=self.MPI.SUM)
         self.reduce_seconds += time.perf_counter() - start
@@ -385,6 +391,8 @@ class DataParallel:
             os._exit(3)
         if kind == "kill":
             os.kill(os.getpid(), signal.SIGKILL)
+        if kind == "sigint":  # as a Ctrl-C that reached this rank alone
+            os.kill(os.getpid(), signal.SIGINT)
 
     def evaluate(self, trainer, x, y, batch_size: int) -> dict:
         """Trainer._evaluate with each rank evaluating its contiguous share of the samples: the loss sums
