@@ -55,7 +55,7 @@ def child(args) -> None:
         for n in SIZES:
             buf = np.ones(n, np.float32)
             times = []
-            for i in range(max(5, min(200, 2 ** 24 // max(n, 1) // 8))):
+            for _ in range(max(5, min(200, 2 ** 24 // max(n, 1) // 8))):
                 w.comm.Barrier()
                 t = time.perf_counter()
                 w.comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)

@@ -133,10 +133,11 @@ def summary(
     show_trainable: Annotated[bool, typer.Option("--show-trainable", help="Add a Trainable column.")] = False,
 ) -> None:
     """Print the Keras-style summary of a spec: shapes and parameter counts, no data needed."""
+    from .spec.schema import FitDef
     from .summary import summary_json, summary_text
 
     spec = _load_or_exit(spec_path, fmt.value)
-    batch = spec.fit.batch_size if spec.fit else 32
+    batch = (spec.fit or FitDef()).batch_size  # the schema holds the default
     if fmt is SummaryFormat.json:
         _echo(json.dumps(summary_json(spec.graph, batch), indent=2))
     else:

@@ -214,12 +214,19 @@ def launch(procs: int, argv: list[str]) -> int:
         child = subprocess.Popen(command)
         signal.signal(signal.SIGTERM, lambda *_: child.send_signal(signal.SIGTERM))
         signal.signal(signal.SIGINT, lambda *_: None)  # the terminal sends it to mpiexec too
-        return child.wait()
+        code = child.wait()
     except OSError as exc:
         raise Unavailable(f"cannot run {mpiexec}: {exc.strerror}") from None
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+    if code not in (0, 1, 2, 130):  # not one of specc's: a rank was killed or crashed, mpiexec stopped the rest
+        what = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+        sys.stderr.write(f"specc: error: a process of the {procs} stopped abnormally ({what}) and mpiexec stopped "
+                         f"the others. If a checkpoint was written, `specc train --resume RUN_DIR` continues "
+                         f"from it.\n")
+        return 1
+    return code
 
 
 def _check_mpi4py_installed() -> None:

@@ -24,8 +24,8 @@ from .test_train_cli import ENV, cmd, npz, output, run, run_dirs, saved_dir
 
 REPO = Path(__file__).resolve().parent.parent
 
-# An MLP without Dropout (each rank draws its own masks) on the bundled digits: 1293 training samples in
-# global batches of 64, so the last batch (13 rows) splits 7 + 6.
+# An MLP without Dropout (each rank draws its own masks) on the bundled digits: 1294 training samples in
+# global batches of 61, each split 31 + 30, the last (13 rows) 7 + 6.
 SPEC = """\
 specc: 1
 name: dp
@@ -40,7 +40,7 @@ compile:
   optimizer: {type: adam, learning_rate: 0.01}
   loss: sparse_categorical_crossentropy
   metrics: [accuracy]
-fit: {batch_size: 64, epochs: 3, validation_split: 0.1}
+fit: {batch_size: 61, epochs: 3, validation_split: 0.1}
 """
 
 
@@ -232,7 +232,7 @@ def test_a_data_error_is_reported_once(project):
 def test_interrupted_on_two_ranks_resumes_on_one_and_on_two(project, one_process):
     """A stop asked of one rank (its Ctrl-C) stops both after the same step; rank 0 checkpoints; the run
     resumes with one process or two and ends with the uninterrupted run's weights."""
-    env = dict(ENV, SPECC_TEST_FAULT="1:30:sigint")  # epoch 2 (21 steps an epoch)
+    env = dict(ENV, SPECC_TEST_FAULT="1:30:sigint")  # the 9th step of epoch 2 (22 steps an epoch)
     for resume_with in (1, 2):
         proc = run_mpi("train", "dp.yaml", "--out", f"stopped{resume_with}", "-q", cwd=project, env=env)
         assert proc.returncode == 130, output(proc)
@@ -240,7 +240,7 @@ def test_interrupted_on_two_ranks_resumes_on_one_and_on_two(project, one_process
         m = re.search(r"Resume with: specc train --resume (\S+)", proc.stderr)
         run_dir = Path(project / m.group(1))
         state = json.loads((run_dir / "checkpoint" / "state.json").read_text())
-        assert state["loop"]["epoch"] == 1 and state["loop"]["step"] == 10, state["loop"]
+        assert state["loop"]["epoch"] == 1 and state["loop"]["step"] == 9, state["loop"]
         if resume_with == 1:
             resumed = run("train", "--resume", run_dir, "-q", "--threads", "1", cwd=project)
         else:
@@ -282,3 +282,26 @@ def test_import_and_validate_never_load_mpi(project):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=project, env=ENV,
                           timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip().endswith("False"), output(proc)
+
+
+def test_ctrl_c_to_mpiexec_stops_every_rank_after_one_step_with_a_checkpoint(project):
+    """mpiexec forwards a Ctrl-C (SIGINT) to every rank: they stop after the same step, rank 0 writes the
+    checkpoint and says how to resume, once; exit 130."""
+    import signal
+
+    proc = subprocess.Popen([mpiexec(), "-n", "2", *cmd("train", "dp.yaml", "--out", "ctrl-c", "--set",
+                                                         "fit.epochs=2000")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=project, env=ENV)
+    try:
+        for line in proc.stdout:
+            if line.startswith("Epoch 3/"):
+                break
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, f"{out}\n{err}"
+    assert err.count("Stopped. Checkpoint written") == 1, err
+    run_dir = project / re.search(r"Resume with: specc train --resume (\S+)", err).group(1)
+    assert json.loads((run_dir / "checkpoint" / "state.json").read_text())["loop"]["epoch"] >= 2
