@@ -4,6 +4,7 @@ loopback Allreduce latency and bandwidth the README's scaling model starts from.
 
     python bench/mpi.py                 # 5 interleaved runs of each configuration; a few minutes
     python bench/mpi.py --runs 3 --workloads mlp_train
+    python bench/mpi.py --model bench/results/mpi-T.json [--steps-from bench/results/train-T.json]
 
 Each run is a fresh process (or pair of processes under the bundled mpiexec) that fits the workload's
 model on synthetic data (shuffle off) after a warm-up, as bench/run.py does. The configurations are run
@@ -103,10 +104,55 @@ def run_once(workload: str, ranks: int, threads: int, samples: int) -> dict:
             return json.load(fh)
 
 
+# The scaling model's network: bandwidths (Gb/s) and an assumed per-message latency over TCP between
+# machines (loopback's is far lower; a cluster's own figure belongs here when known).
+NETWORKS_GBPS = (10, 25, 100)
+NETWORK_LATENCY_S = 30e-6
+MACHINES = (2, 8, 32, 128)
+
+
+def ring_allreduce_seconds(n: int, nbytes: float, gbps: float, latency: float) -> float:
+    """Ring allreduce of `nbytes` over n machines: reduce-scatter then all-gather, each n-1 steps that send
+    nbytes/n: 2(n-1)/n x nbytes / bandwidth + 2(n-1) x latency."""
+    return 2 * (n - 1) / n * nbytes / (gbps * 1e9 / 8) + 2 * (n - 1) * latency
+
+
+def idle_steps(train_json: str) -> dict[str, float]:
+    """Seconds per step of 128 samples of specc at 2 threads, from a bench/run.py result (taken on an idle
+    machine, where this benchmark's own figures may not be)."""
+    with open(train_json, encoding="utf-8") as fh:
+        rows = json.load(fh)["rows"]
+    return {r["workload"]: 128 / r["samples_per_s"]["median"] for r in rows
+            if r["framework"] == "specc" and r["threads"] == 2}
+
+
+def scaling_table(report: dict, steps: dict[str, float] | None = None) -> str:
+    """Predicted step time and efficiency per workload, machine count and network, from the one-machine
+    step (1 rank x 2 threads at the workload's batch per machine: weak scaling, the global batch growing
+    with the machines; `steps` overrides the measured step), with no overlap of the Allreduce and the
+    backward pass."""
+    lines = []
+    for workload, summary in report["workloads"].items():
+        step = (steps or {}).get(workload, summary["1 rank x 2 threads"]["step_ms_median"] / 1e3)
+        nbytes = 4 * summary["1 rank x 2 threads"]["gradient_floats"]
+        lines.append(f"{workload}: {nbytes / 1e6:.2f} MB of gradients, {step * 1e3:.1f} ms a step on one machine")
+        lines.append("  machines | " + " | ".join(f"{g:>3} Gb/s: step ms, efficiency" for g in NETWORKS_GBPS))
+        for n in MACHINES:
+            cells = []
+            for g in NETWORKS_GBPS:
+                t = step + ring_allreduce_seconds(n, nbytes, g, NETWORK_LATENCY_S)
+                cells.append(f"{t * 1e3:19.1f} ms, {step / t:4.0%}")
+            lines.append(f"  {n:>8} | " + " | ".join(cells))
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--workloads", default=",".join(WORKLOADS))
+    parser.add_argument("--model", metavar="RESULT_JSON", help="print the scaling model of a saved result")
+    parser.add_argument("--steps-from", metavar="TRAIN_JSON",
+                        help="with --model: one machine's step time from a bench/run.py result instead")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--samples", type=int, default=0, help=argparse.SUPPRESS)
@@ -116,6 +162,10 @@ def main() -> None:
     if args.child:
         args.workload = args.child
         child(args)
+        return
+    if args.model:
+        with open(args.model, encoding="utf-8") as fh:
+            print(scaling_table(json.load(fh), idle_steps(args.steps_from) if args.steps_from else None))
         return
     sys.path.insert(0, ROOT)
     report: dict = {"started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -150,6 +200,7 @@ def main() -> None:
     with open(path, "w", encoding="utf-8") as fh:
         json.dump(report, fh, indent=2)
     print(f"written to {path}")
+    print(scaling_table(report))
 
 
 if __name__ == "__main__":
