@@ -108,12 +108,9 @@ class World:
         self.comm = MPI.COMM_WORLD.Dup()
         self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
         self.local = self.comm.Split_type(MPI.COMM_TYPE_SHARED)
+        self._threads = self._share_of_cores()  # here: a collective every rank reaches
 
-    def default_threads(self) -> int:
-        """This rank's share of the cores it may run on: its CPU affinity divided by the ranks on this
-        machine whose affinity overlaps it (all of them when the launcher binds nothing; none but itself
-        when it binds each rank to its own cores). Two ranks with two threads each on two cores measured
-        10x slower than one thread each."""
+    def _share_of_cores(self) -> int:
         try:
             mine = set(os.sched_getaffinity(0))
         except AttributeError:  # pragma: no cover - not Linux
@@ -121,6 +118,13 @@ class World:
         sets = self.local.allgather(sorted(mine))
         sharing = sum(1 for s in sets if mine & set(s))
         return max(1, len(mine) // max(sharing, 1))
+
+    def default_threads(self) -> int:
+        """This rank's share of the cores it may run on: its CPU affinity divided by the ranks on this
+        machine whose affinity overlaps it (all of them when the launcher binds nothing; none but itself
+        when it binds each rank to its own cores). Two ranks with two threads each on two cores measured
+        10x slower than one thread each."""
+        return self._threads
 
     def bcast(self, obj, root: int = 0):
         return self.comm.bcast(obj, root=root)

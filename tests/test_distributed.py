@@ -305,3 +305,21 @@ def test_ctrl_c_to_mpiexec_stops_every_rank_after_one_step_with_a_checkpoint(pro
     assert err.count("Stopped. Checkpoint written") == 1, err
     run_dir = project / re.search(r"Resume with: specc train --resume (\S+)", err).group(1)
     assert json.loads((run_dir / "checkpoint" / "state.json").read_text())["loop"]["epoch"] >= 2
+
+
+def test_data_only_one_rank_cannot_read_stops_all_and_rank_0_names_it(tmp_path):
+    """Rank 1 runs in a folder without the data file (as on a machine that does not see it): every rank
+    stops before training, nothing is written, and rank 0 prints rank 1's error once."""
+    spec = SPEC.replace("{source: digits,", "{source: {path: data.npz},")
+    here, there = tmp_path / "here", tmp_path / "there"
+    for folder in (here, there):
+        folder.mkdir()
+        (folder / "s.yaml").write_text(spec)
+    rng = np.random.default_rng(0)
+    np.savez(here / "data.npz", x=rng.standard_normal((50, 64)).astype(np.float32), y=rng.integers(0, 10, 50))
+    args = cmd("train", "s.yaml", "--out", "runs", "-q")
+    proc = subprocess.run([mpiexec(), "-n", "1", "-wdir", str(here), *args, ":", "-n", "1", "-wdir", str(there),
+                           *args], capture_output=True, text=True, env=ENV, timeout=120)
+    assert proc.returncode == 1, output(proc)
+    assert proc.stderr.count("rank 1 of 2:") == 1 and proc.stderr.count("data.npz") == 1, output(proc)
+    assert not (here / "runs").exists() and not (there / "runs").exists()
