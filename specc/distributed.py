@@ -77,7 +77,7 @@ _world: World | None = None
 
 def init() -> World:
     """Join the MPI world (idempotent) and return it. In a world of more than one process, every Trainer
-    (model.fit, evaluate, train_on_batch) trains data-parallel from here on, and an uncaught exception in
+    (model.fit, model.evaluate, specc train) works data-parallel from here on, and an uncaught exception in
     any rank aborts them all. Raises Unavailable (with the install command) without mpi4py."""
     global _world
     if _world is None:

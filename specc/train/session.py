@@ -438,7 +438,7 @@ def _train(opts: Options, cleanup, group) -> int:
     except MemoryError:
         raise Failed(_OUT_OF_MEMORY_BEFORE) from None
     if group is not None:
-        run = run or RunDirectory(None, writer=False)
+        run = run or RunDirectory(None, writer=False, saved=job.checkpointed)
         run.path = group.bcast(run.path)  # for messages
     job.trainer.run_dir = run.path if run.writer else None
     if resumed is not None:
@@ -718,8 +718,8 @@ def _lock_run(run_dir: str, cleanup) -> None:
 class RunDirectory:
     """The run directory of one training run (the layout is in run.py): created fresh or reopened for a
     resume (locked from then on), the best weights, the history and a checkpoint after each epoch, the
-    results at the end. Only the writer writes: in a multi-process run that is rank 0, and the other
-    ranks' RunDirectory (writer=False) takes part in the collective steps (a checkpoint's ) and writes
+    results at the end. Only the writer writes: in a multi-process run that is rank 0; the other ranks'
+    RunDirectory (writer=False) keeps the same bookkeeping (best value, last checkpoint) and writes
     nothing."""
 
     def __init__(self, path: str | None, writer: bool = True, saved: dict | None = None):
