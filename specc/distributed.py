@@ -294,7 +294,7 @@ class DataParallel:
         names = trainer.metric_names
         self.need_predictions = bool(any(names.values()) if isinstance(names, dict) else names)
         self.out_shapes = [tuple(engine.graph.node(name).output_shape) for name in engine.graph.outputs]
-        self._buffers: dict[int, np.ndarray] = {}
+        self._storage: np.ndarray | None = None
         self.signal_pending = False  # a Ctrl-C/SIGTERM seen by this rank, to share at the next step
         self.reduce_seconds, self.steps = 0.0, 0  # time in the step's Allreduce (bench/mpi.py reads it)
         self.fault = _parse_fault(self.rank)
@@ -328,13 +328,15 @@ class DataParallel:
             trainer.progress = Progress(0)
 
     def _buffer(self, batch: int) -> np.ndarray:
-        buf = self._buffers.get(batch)
-        if buf is None:
-            preds = sum(batch * self._per_sample(k) for k in range(len(self.out_shapes))) \
-                if self.need_predictions else 0
-            buf = self._buffers[batch] = np.zeros(self.n_grad + self.n_state + self.n_losses + 1 + preds,
-                                                   self.dtype)
-        return buf
+        """The step's buffer for `batch` rows: a view of one array, grown for the largest batch seen (the
+        predictions' part is the only one that depends on the batch)."""
+        preds = sum(batch * self._per_sample(k) for k in range(len(self.out_shapes))) if self.need_predictions else 0
+        size = self.n_grad + self.n_state + self.n_losses + 1 + preds
+        if self._storage is None or self._storage.size < size:
+            from .workspace import aligned_zeros
+
+            self._storage = aligned_zeros(size, self.dtype)
+        return self._storage[:size]
 
     def step(self, trainer, xb, yb, sw) -> tuple[list[float], list[np.ndarray], np.ndarray]:
         """This rank's rows of the global batch forward and backward, then the one Allreduce: (the global

@@ -131,12 +131,15 @@ weights = model.get_weights()
 out = {"history": history.history, "history2": history2.history, "evaluate": [float(v) for v in result],
        "rank": distributed.rank(), "checksum": float(sum(np.abs(w).sum() for w in weights))}
 np.savez(sys.argv[2] + f".{distributed.rank()}.npz", *weights)
-print("RESULT " + json.dumps(out), flush=True)
+with open(sys.argv[2] + f".{distributed.rank()}.json", "w") as fh:  # not stdout: mpiexec interleaves the ranks'
+    json.dump(out, fh)
 """
 
 
-def api_results(text: str) -> list[dict]:
-    return [json.loads(line[7:]) for line in text.splitlines() if line.startswith("RESULT ")]
+def api_results(prefix: Path) -> list[dict]:
+    """The results each rank of a script wrote to PREFIX.<rank>.json, in rank order."""
+    found = sorted(prefix.parent.glob(prefix.name + ".*.json"))
+    return [json.loads(p.read_text()) for p in found]
 
 
 def test_api_fit_under_mpiexec_matches_one_process(tmp_path):
@@ -148,7 +151,7 @@ def test_api_fit_under_mpiexec_matches_one_process(tmp_path):
     two = subprocess.run([mpiexec(), "-n", "2", sys.executable, str(script), "mpi", str(tmp_path / "two")],
                          capture_output=True, text=True, env=ENV, timeout=120)
     assert two.returncode == 0, output(two)
-    [single], ranks = api_results(one.stdout), sorted(api_results(two.stdout), key=lambda r: r["rank"])
+    [single], ranks = api_results(tmp_path / "one"), api_results(tmp_path / "two")
     assert [r["rank"] for r in ranks] == [0, 1]
     assert ranks[0]["checksum"] == ranks[1]["checksum"]  # every rank holds the same weights
     for key in ("history", "history2"):
@@ -175,7 +178,8 @@ model = specc.Sequential([specc.Input(shape=(4,)), layers.BatchNormalization(mom
 model.compile(optimizer="sgd", loss="mse")
 model.fit(x, y, epochs=1, batch_size=9, shuffle=False, verbose=0)  # one step over all 9 rows
 w = model.layers[0].get_weights()
-print("RESULT " + json.dumps({"rank": distributed.rank(), "mean": w[2].tolist(), "var": w[3].tolist()}), flush=True)
+with open(sys.argv[2] + f".{distributed.rank()}.json", "w") as fh:
+    json.dump({"rank": distributed.rank(), "mean": w[2].tolist(), "var": w[3].tolist()}, fh)
 """
 
 
@@ -184,10 +188,10 @@ def test_batch_normalization_uses_each_ranks_statistics_and_averages_the_moving_
     weighted by rows: the moving mean is one process's, the moving variance the mean of the ranks'."""
     script = tmp_path / "bn.py"
     script.write_text(BN_SCRIPT)
-    two = subprocess.run([mpiexec(), "-n", "2", sys.executable, str(script), "mpi"], capture_output=True,
-                         text=True, env=ENV, timeout=120)
+    two = subprocess.run([mpiexec(), "-n", "2", sys.executable, str(script), "mpi", str(tmp_path / "bn")],
+                         capture_output=True, text=True, env=ENV, timeout=120)
     assert two.returncode == 0, output(two)
-    ranks = sorted(api_results(two.stdout), key=lambda r: r["rank"])
+    ranks = api_results(tmp_path / "bn")
     assert ranks[0]["mean"] == ranks[1]["mean"] and ranks[0]["var"] == ranks[1]["var"]
     rng = np.random.default_rng(1)
     x = (rng.standard_normal((9, 4)) * [1, 2, 3, 4] + [0, 1, 2, 3]).astype(np.float32).astype(np.float64)
