@@ -235,24 +235,29 @@ def test_a_data_error_is_reported_once(project):
 
 def test_interrupted_on_two_ranks_resumes_on_one_and_on_two(project, one_process):
     """A stop asked of one rank (its Ctrl-C) stops both after the same step; rank 0 checkpoints; the run
-    resumes with one process or two and ends with the uninterrupted run's weights."""
+    (and a copy of it) resumes with one process and with two, and both end with the uninterrupted run's
+    weights."""
+    import shutil
+
     env = dict(ENV, SPECC_TEST_FAULT="1:30:sigint")  # the 9th step of epoch 2 (22 steps an epoch)
-    for resume_with in (1, 2):
-        proc = run_mpi("train", "dp.yaml", "--out", f"stopped{resume_with}", "-q", cwd=project, env=env)
-        assert proc.returncode == 130, output(proc)
-        assert proc.stderr.count("Stopped. Checkpoint written") == 1, output(proc)
-        m = re.search(r"Resume with: specc train --resume (\S+)", proc.stderr)
-        run_dir = Path(project / m.group(1))
-        state = json.loads((run_dir / "checkpoint" / "state.json").read_text())
-        assert state["loop"]["epoch"] == 1 and state["loop"]["step"] == 9, state["loop"]
-        if resume_with == 1:
-            resumed = run("train", "--resume", run_dir, "-q", "--threads", "1", cwd=project)
+    proc = run_mpi("train", "dp.yaml", "--out", "stopped", "-q", cwd=project, env=env)
+    assert proc.returncode == 130, output(proc)
+    assert proc.stderr.count("Stopped. Checkpoint written") == 1, output(proc)
+    run_dir = project / re.search(r"Resume with: specc train --resume (\S+)", proc.stderr).group(1)
+    state = json.loads((run_dir / "checkpoint" / "state.json").read_text())
+    assert state["loop"]["epoch"] == 1 and state["loop"]["step"] == 9, state["loop"]
+    copy = run_dir.with_name(run_dir.name + "-copy")
+    shutil.copytree(run_dir, copy)
+    for directory, processes in ((run_dir, 1), (copy, 2)):
+        if processes == 1:
+            resumed = run("train", "--resume", directory, "-q", "--threads", "1", cwd=project)
         else:
-            resumed = run_mpi("train", "--resume", run_dir, "-q", cwd=project)
+            resumed = run_mpi("train", "--resume", directory, "-q", cwd=project)
         assert resumed.returncode == 0, output(resumed)
-        assert relative_difference(npz(one_process / "weights.final.npz"), npz(run_dir / "weights.final.npz")) <= 1e-5
-        env_json = json.loads((run_dir / "environment.json").read_text())
-        assert env_json["resumes"][-1].get("processes", 1) == resume_with
+        final = npz(directory / "weights.final.npz")
+        assert relative_difference(npz(one_process / "weights.final.npz"), final) <= 1e-5
+        env_json = json.loads((directory / "environment.json").read_text())
+        assert env_json["resumes"][-1].get("processes", 1) == processes
 
 
 def test_procs_without_mpi4py_says_how_to_install(project):
