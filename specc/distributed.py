@@ -340,7 +340,7 @@ class DataParallel:
 
     def step(self, trainer, xb, yb, sw) -> tuple[list[float], list[np.ndarray], np.ndarray]:
         """This rank's rows of the global batch forward and backward, then the one Allreduce: (the global
-        batch's loss values, its predictions (metrics) , the averaged gradients for the optimizer)."""
+        batch's loss values, its predictions (for the metrics), the averaged gradients for the optimizer)."""
         batch = len(xb[0])
         lo, hi = shard(batch, self.size, self.rank)
         b = hi - lo
