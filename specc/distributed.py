@@ -252,8 +252,21 @@ def shard(n: int, ranks: int, r: int) -> tuple[int, int]:
     return lo, lo + base + (r < extra)
 
 
+_checked_launch = False
+
+
 def attached(trainer) -> DataParallel | None:
     """The trainer's DataParallel when init() joined a world of more than one process, else None."""
+    global _checked_launch
+    if _world is None and not _checked_launch:
+        _checked_launch = True
+        started = max((int(os.environ[v]) for v in _SIZE_VARIABLES if os.environ.get(v, "").isdigit()), default=1)
+        if started > 1:
+            import warnings
+
+            warnings.warn(f"this process is one of {started} started by an MPI launcher, but "
+                          f"specc.distributed.init() was not called, so it trains alone; call it first to "
+                          f"train data-parallel", stacklevel=3)
     if _world is None or _world.size == 1:
         return None
     found = trainer.__dict__.get("_data_parallel")

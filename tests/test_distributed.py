@@ -332,3 +332,13 @@ def test_data_only_one_rank_cannot_read_stops_all_and_rank_0_names_it(tmp_path):
     assert proc.returncode == 1, output(proc)
     assert proc.stderr.count("rank 1 of 2:") == 1 and proc.stderr.count("data.npz") == 1, output(proc)
     assert not (here / "runs").exists() and not (there / "runs").exists()
+
+
+def test_api_under_mpiexec_without_init_warns_that_each_process_trains_alone(tmp_path):
+    script = tmp_path / "alone.py"
+    script.write_text(API_SCRIPT)
+    proc = subprocess.run([mpiexec(), "-n", "2", sys.executable, str(script), "alone", str(tmp_path / "a")],
+                          capture_output=True, text=True, env=ENV, timeout=120)
+    assert proc.returncode == 0, output(proc)
+    assert "specc.distributed.init() was not called" in proc.stderr, output(proc)  # (mpiexec may interleave the two)
+    assert [r["rank"] for r in api_results(tmp_path / "a")] == [0]  # each process is its world's rank 0
