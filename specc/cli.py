@@ -169,10 +169,11 @@ def summary(
 
     Example: specc summary specs/digits_cnn.yaml --expand-nested
     """
+    from .spec.schema import FitDef
     from .summary import summary_json, summary_text
 
     spec = _load_or_exit(spec_path, fmt.value)
-    batch = spec.fit.batch_size if spec.fit else 32
+    batch = (spec.fit or FitDef()).batch_size  # the schema holds the default
     if fmt is SummaryFormat.json:
         _echo(json.dumps(summary_json(spec.graph, batch, spec.instances), indent=2))
     else:
@@ -225,6 +226,7 @@ def train(
     seed: Annotated[int | None, typer.Option("--seed", help="Override the spec's seed (a non-negative integer).")] = None,
     threads: Annotated[int | None, typer.Option("--threads", min=1, help="Threads for Numba and BLAS (default: all cores given to the process).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+    procs: Annotated[int | None, typer.Option("--procs", min=1, help="Train data-parallel on this many processes (MPI; needs the mpi extra). Under mpiexec/srun, leave it out.")] = None,
 ) -> None:
     """Train a spec; results go to a new run directory (runs/<name>/<timestamp>/).
 
@@ -238,11 +240,28 @@ def train(
         raise _usage(f"no such run directory: {resume}")
     if seed is not None and seed < 0:
         raise _usage(f"--seed must be a non-negative integer (as a spec's `seed`), got {seed}")
+    if procs is not None and procs > 1:
+        raise SystemExit(_launch(procs, spec_path, overrides, out, resume, seed, threads, quiet))
     from .train.session import Options
     from .train.session import train as run_training
 
     code = run_training(Options(spec_path or "", overrides or [], out, resume, seed, threads, quiet))
     raise SystemExit(code)
+
+
+def _launch(procs, spec_path, overrides, out, resume, seed, threads, quiet) -> int:
+    """`specc train --procs N ...`: the same command as N MPI processes (specc/distributed.py)."""
+    from . import distributed
+
+    if distributed.launched_size() > 1:
+        raise _usage("--procs starts the processes itself; under mpiexec or srun, leave it out")
+    argv = ["train", *([spec_path] if spec_path else []), *[a for o in overrides or [] for a in ("--set", o)],
+            "--out", out, *(["--resume", resume] if resume else []), *(["--seed", str(seed)] if seed is not None else []),
+            *(["--threads", str(threads)] if threads else []), *(["--quiet"] if quiet else [])]
+    try:
+        return distributed.launch(procs, argv)
+    except distributed.Unavailable as exc:
+        raise _usage(str(exc)) from None
 
 
 def evaluate(

@@ -226,14 +226,30 @@ class Trainer:
         """One batch's forward pass and losses: (loss values, their gradients w.r.t. the outputs, outputs)."""
         return self._losses(xb, yb, sw, training)
 
-    def train_step(self, xb, yb, sw) -> tuple[float, list[float], list[np.ndarray]]:
+    @property
+    def parallel(self):
+        """This trainer's share of a data-parallel run (specc.distributed) once init() joined an MPI world
+        of more than one process, else None."""
+        from ..distributed import attached
+
+        return attached(self)
+
+    def compute_gradients(self, xb, yb, sw) -> tuple[list[float], list[np.ndarray]]:
+        """One batch forward and backward, `engine.grads` filled: (the loss values, the outputs)."""
         if self.fused_step is not None:
             value, pred = self.fused_step(xb[0], yb[0], sw[0] if isinstance(sw, list) else sw)
-            values, preds = [value], [pred]
-        else:
-            values, grads, preds = self._losses(xb, yb, sw, training=True)
-            self.engine.backward(grads, pre_activation=[f is not None for f in self.fused], reuse=True)
-        self.optimizer.step(self.engine.params[: self.engine.n_trainable], self.engine.grads)
+            return [value], [pred]
+        values, grads, preds = self._losses(xb, yb, sw, training=True)
+        self.engine.backward(grads, pre_activation=[f is not None for f in self.fused], reuse=True)
+        return values, preds
+
+    def train_step(self, xb, yb, sw) -> tuple[float, list[float], list[np.ndarray]]:
+        parallel, grads = self.parallel, self.engine.grads
+        if parallel is None:
+            values, preds = self.compute_gradients(xb, yb, sw)
+        else:  # this rank's rows of the batch; the gradients (and losses, outputs) of all the batch's rows
+            values, preds, grads = parallel.step(self, xb, yb, sw)
+        self.optimizer.step(self.engine.params[: self.engine.n_trainable], grads)
         total = sum(w * v for w, v in zip(self.loss_weights, values))
         return total, values, preds
 
@@ -335,6 +351,8 @@ class Trainer:
         for cb in callbacks:
             cb.trainer = self
         self.progress = Progress(verbose)
+        if self.parallel is not None:
+            self.parallel.begin(self)  # rank 0's weights and batch order everywhere; ranks > 0 print nothing
         history = history or History()
         steps = steps_per_epoch or n_batches
         self.stop_training = False
@@ -486,6 +504,10 @@ class Trainer:
 
     def _evaluate(self, x, y, batch_size: int, sws=None, steps: int | None = None, callbacks=None,
                   progress: Progress | None = None) -> dict:
+        if self.parallel is not None and not any(w is not None for w in sws or []) and steps is None:
+            # each rank a share of the samples, the results reduced (weighted or capped evaluations run whole
+            # on every rank: the same numbers, not shared out)
+            return self.parallel.evaluate(self, x, y, batch_size)
         n = len(x[0])
         sws = sws or [None] * len(self.output_names)
         metrics = self._make_metrics(y)

@@ -91,9 +91,13 @@ class _StopSignals:
         return self
 
     def _handle(self, signum, frame):
-        if self.trainer.interrupt_requested:
+        parallel = self.trainer.parallel
+        if self.trainer.interrupt_requested or (parallel is not None and parallel.signal_pending):
             raise KeyboardInterrupt
-        self.trainer.interrupt_requested = True
+        if parallel is None:
+            self.trainer.interrupt_requested = True
+        else:  # every rank learns of it with the next step's Allreduce, and stops after that same step
+            parallel.signal_pending = True
         what = "Interrupted" if signum == signal.SIGINT else f"Terminated ({signal.Signals(signum).name})"
         again = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
         print(f"\n{what}: stopping after the current step ({again} again to stop at once)...",
@@ -172,20 +176,19 @@ def _state_problem(state) -> bool:
                 and all(isinstance(v, list) and all(_is_number(x) for x in v) for v in history["history"].values()))
 
 
-def _load_checkpoint(run_dir: str, state: dict, engine, trainer, callbacks) -> None:
+def _load_checkpoint(resumed, engine, trainer, callbacks) -> None:
     """The checkpoint's arrays, random generators and callback states into a freshly built model; a
     checkpoint that does not fit it (edited by hand, or damaged) is a Failed naming the checkpoint."""
-    from .run import read_npz
-
-    ckpt = os.path.join(run_dir, CHECKPOINT)
-    path = os.path.join(ckpt, state.get("arrays", "arrays.npz"))  # arrays.npz: checkpoints before the name
+    ckpt = os.path.join(resumed.path, CHECKPOINT)
+    state = resumed.state
     try:
-        _, arrays = read_npz(path, "a checkpoint's arrays")
-        params = arrays["params"]
+        if resumed.arrays is None:
+            raise ValueError(resumed.arrays_problem)
+        params = resumed.arrays["params"]
         if params.shape != engine.params.shape:
             raise ValueError(f"it holds {params.size:,} parameters, the model has {engine.params.size:,}")
         engine.params[...] = params
-        trainer.optimizer.load_state_arrays({k[4:]: a for k, a in arrays.items() if k.startswith("opt/")})
+        trainer.optimizer.load_state_arrays({k[4:]: a for k, a in resumed.arrays.items() if k.startswith("opt/")})
         trainer.rng.bit_generator.state = state["rng"]
         trainer.dropout_rng.bit_generator.state = state["dropout_rng"]
         if len(state["callbacks"]) != len(callbacks):
@@ -195,7 +198,7 @@ def _load_checkpoint(run_dir: str, state: dict, engine, trainer, callbacks) -> N
             cb.load_state(_restore_state(cb_state))
     except (ValueError, KeyError, TypeError, OverflowError) as exc:
         raise Failed(f"specc: error: the checkpoint in {ckpt} does not fit the model, or is damaged: {exc}\n"
-                     f"Start a new run instead: specc train {os.path.join(run_dir, 'spec.yaml')}") from None
+                     f"Start a new run instead: specc train {os.path.join(resumed.path, 'spec.yaml')}") from None
 
 
 def _jsonable_state(state: dict) -> dict:
@@ -354,22 +357,329 @@ def check_memory(spec: Spec, batch_size: int) -> SpecError | None:
 
 
 # --- train ----------------------------------------------------------------------------------------------
+#
+# train() = reopen the run (--resume) or nothing -> prepare (spec, data, model) -> create the run directory
+# (or record the resume) -> fit, a checkpoint after each epoch -> finish (weights, test metrics, curves).
+# Run by every rank of a multi-process run (mpiexec, srun): each step that may fail on one rank (a spec or
+# data problem, a file rank 0 cannot write) ends in an agreement, so all ranks stop together and rank 0
+# alone prints the problem; only rank 0's RunDirectory writes.
 
 
 def train(opts: Options) -> int:
     from contextlib import ExitStack
 
+    try:
+        group = _join_group()
+    except Failed as exc:
+        print(exc.message, file=sys.stderr)
+        return exc.code
     with ExitStack() as cleanup:  # the run directory's lock, released on every way out
+        if group is not None and group.rank:
+            _silence(cleanup)  # rank 0 prints for everyone
         try:
-            return _train(opts, cleanup)
+            return _train(opts, cleanup, group)
         except Failed as exc:
             print(exc.message, file=sys.stderr)
             return exc.code
+
+
+def _join_group():
+    """The MPI world when this process is one of several (launched by mpiexec or srun), else None."""
+    from .. import distributed
+
+    if distributed.launched_size() <= 1:
+        return None
+    try:
+        group = distributed.init()
+    except distributed.Unavailable as exc:
+        raise Failed(f"specc: error: {exc}", EXIT_USAGE) from None
+    return group if group.size > 1 else None
+
+
+def _silence(cleanup) -> None:
+    import contextlib
+    import io
+
+    cleanup.enter_context(contextlib.redirect_stdout(io.StringIO()))
+    cleanup.enter_context(contextlib.redirect_stderr(io.StringIO()))
+
+
+def _together(group, step, *args, only_rank0: bool = False):
+    """step(*args) on every rank (or rank 0 alone), then, in a multi-process run, every rank's outcome
+    agreed: a Failed on any rank becomes the same Failed on all, its message printed by rank 0 alone.
+    Returns step's value (None on the ranks that did not run it)."""
+    if group is None:
+        return step(*args)
+    failure, value = None, None
+    if not only_rank0 or group.rank == 0:
+        try:
+            value = step(*args)
+        except Failed as exc:
+            failure = exc
         except MemoryError:
-            print("specc: error: out of memory before training started (a MemoryError while loading the data "
-                  "or building the model). `specc summary SPEC` estimates the memory training needs; try a "
-                  "smaller fit.batch_size, a smaller model or less data.", file=sys.stderr)
-            return EXIT_INVALID
+            failure = Failed(_OUT_OF_MEMORY_BEFORE)
+    code, where, message = group.agree(failure.code if failure else None, failure.message if failure else "")
+    if code is None:
+        return value
+    if where and not message.startswith(f"rank {where}"):
+        message = f"rank {where} of {group.size}: {message}"
+    raise Failed(message if group.rank == 0 else "", code)
+
+
+_OUT_OF_MEMORY_BEFORE = ("specc: error: out of memory before training started (a MemoryError while loading the data "
+                         "or building the model). `specc summary SPEC` estimates the memory training needs; try a "
+                         "smaller fit.batch_size, a smaller model or less data.")
+
+
+def _train(opts: Options, cleanup, group) -> int:
+    try:
+        resumed = None
+        if opts.resume:
+            resumed = _together(group, Resumed.read, opts.resume, cleanup, only_rank0=True)
+            if group is not None:
+                resumed = group.bcast(resumed)
+        job = _together(group, _prepare, opts, resumed, group)
+        if resumed is None:
+            run = _together(group, RunDirectory.create, opts.out, job, cleanup, only_rank0=True)
+        else:
+            run = _together(group, RunDirectory.reopened, resumed, job, only_rank0=True)
+    except MemoryError:
+        raise Failed(_OUT_OF_MEMORY_BEFORE) from None
+    if group is not None:
+        run = run or RunDirectory(None, writer=False, saved=job.checkpointed)
+        run.path = group.bcast(run.path)  # for messages
+    job.trainer.run_dir = run.path if run.writer else None
+    if resumed is not None:
+        print(job.resuming(run.path), flush=True)
+    return _fit_and_finish(opts, job, run, group)
+
+
+@dataclass
+class Resumed:
+    """What a resume reads from the run directory, by rank 0 alone (the other ranks get a copy): the
+    spec as the run recorded it, environment.json, the checkpoint's state and arrays."""
+
+    path: str
+    raw: bytes
+    env: dict
+    state: dict
+    recorded: str | None  # resolved.yaml, None when removed or not UTF-8
+    arrays: dict | None
+    arrays_problem: str = ""
+
+    @classmethod
+    def read(cls, run_dir: str, cleanup) -> Resumed:
+        from .run import read_npz
+
+        state_path = os.path.join(run_dir, CHECKPOINT, "state.json")
+        if not os.path.exists(state_path):
+            raise Failed(f"specc: error: {run_dir} has no checkpoint to resume (expected {state_path})", EXIT_USAGE)
+        _lock_run(run_dir, cleanup)  # before reading the checkpoint: no other process writes it from here on
+        env = _read_json(os.path.join(run_dir, "environment.json"), "run directory")
+        state = _read_json(state_path, "checkpoint")
+        if _state_problem(state):
+            raise Failed(f"specc: error: {state_path} is damaged (not a checkpoint specc wrote); it cannot be "
+                         f"resumed")
+        # environment.json is the run's record, but a file the user can edit: its fields are checked
+        recorded = env.get("overrides", [])
+        if not (isinstance(recorded, list) and all(isinstance(o, str) for o in recorded)
+                and isinstance(env.get("resumes", []), list)
+                and (env.get("threads") is None or type(env.get("threads")) is int and env["threads"] > 0)
+                and (env.get("seed") is None or type(env.get("seed")) is int)
+                and isinstance(env.get("spec_path", ""), str)):
+            raise Failed(f"specc: error: {os.path.join(run_dir, 'environment.json')} is damaged (overrides, "
+                         f"resumes, threads, seed or spec_path of the wrong type); it cannot be resumed")
+        spec_file = os.path.join(run_dir, "spec.yaml")
+        raw = _read_spec_bytes(spec_file)
+        try:
+            with open(os.path.join(run_dir, "resolved.yaml"), encoding="utf-8") as fh:
+                resolved = fh.read()
+        except (OSError, UnicodeDecodeError):  # removed, or damaged: what changed cannot be listed from it
+            resolved = None
+        arrays, problem = None, ""
+        try:  # arrays.npz: checkpoints before the name
+            _, arrays = read_npz(os.path.join(run_dir, CHECKPOINT, state.get("arrays", "arrays.npz")),
+                                 "a checkpoint's arrays")
+        except ValueError as exc:  # reported when the model is built, as any other misfit
+            problem = str(exc)
+        return cls(run_dir, raw, env, state, resolved, arrays, problem)
+
+
+def _read_spec_bytes(spec_file: str) -> bytes:
+    try:
+        with open(spec_file, "rb") as fh:
+            return fh.read()
+    except OSError as exc:
+        raise Failed(f"specc: error: cannot read {spec_file}: {exc.strerror}", EXIT_USAGE) from None
+
+
+@dataclass
+class Job:
+    """A spec ready to train: validated, its data loaded and checked, the model built (and, on a resume,
+    loaded from the checkpoint)."""
+
+    spec: Spec
+    fit: object  # the spec's fit section, or the schema's defaults when it has none
+    raw: bytes
+    source_name: str
+    overrides: list[str]
+    resolved: str
+    changes: list[str]
+    data: object
+    trainer: object
+    callbacks: list
+    history: object
+    threads: int
+    processes: int
+    initial_epoch: int = 0
+    resume_loop: dict | None = None
+    checkpointed: dict | None = None  # the loop_state of the checkpoint resumed from
+
+    def resuming(self, run_dir: str) -> str:
+        epochs = self.fit.epochs
+        where = (f"at epoch {self.initial_epoch + 1}" + (f", step {self.checkpointed['step'] + 1}"
+                                                          if self.resume_loop else "")
+                 if self.initial_epoch < epochs else "after its last epoch, to write its results")
+        return f"Resuming {run_dir} {where}" + (f" (changed: {'; '.join(self.changes)})" if self.changes else "")
+
+
+def fit_settings(spec: Spec):
+    """The spec's fit section, or the schema's defaults (the one place they are written) without one."""
+    from ..spec.schema import FitDef
+
+    return spec.fit if spec.fit is not None else FitDef()
+
+
+def _errors(errors: list[SpecError]) -> Failed:
+    return Failed(render(errors, "text"))
+
+
+def _prepare(opts: Options, resumed: Resumed | None, group) -> Job:
+    """Validate the spec (with --set overrides), load and check the data, build the model: everything
+    that can fail because of the spec or the data, before anything is written."""
+    from ..data.prepare import load as load_data
+    from ..data.sources import DataError
+    from ..spec.resolve import resolved_yaml
+
+    env_threads = threads_from_environment()
+    overrides = list(opts.overrides)
+    processes = group.size if group is not None else 1
+    if resumed is not None:
+        env = resumed.env
+        overrides = env.get("overrides", []) + overrides
+        opts.seed = env.get("seed") if opts.seed is None else opts.seed
+        # a thread count recorded by a run of another process count does not fit this one
+        recorded = env.get("threads") if env.get("processes", 1) == processes else None
+        threads = opts.threads or recorded or env_threads
+        source_name = env.get("spec_path", os.path.join(resumed.path, "spec.yaml"))
+        raw = resumed.raw
+    else:
+        if not os.path.isfile(opts.spec_path):
+            raise Failed(f"specc: error: no such file: {opts.spec_path}", EXIT_USAGE)
+        if group is None or group.rank == 0:
+            from .run import out_problem
+
+            problem = out_problem(opts.out)
+            if problem:
+                raise Failed(f"specc: error: --out {opts.out}: {problem}, so no run directory can be created "
+                             f"there", EXIT_USAGE)
+        threads = opts.threads or env_threads
+        source_name = opts.spec_path
+        raw = _read_spec_bytes(opts.spec_path)
+    # The original path even on --resume: relative data paths start at the spec's own folder.
+    spec, errors = apply_overrides(raw, overrides, source_name)
+    if errors:
+        raise _errors(errors)
+    if opts.seed is not None:
+        spec.seed = opts.seed
+    if spec.compile is None:
+        raise _errors([_spec_error(spec, (), "the spec has no `compile` section (optimizer, loss); add one to "
+                                             "train it")])
+    fit = fit_settings(spec)
+    if resumed is not None:
+        resolved, changes = _resume_changes(resumed, spec)
+    else:
+        resolved, changes = resolved_yaml(spec), []
+    # each rank holds the weights and its share of a batch's activations
+    problem = check_memory(spec, -(-fit.batch_size // processes))
+    if problem:
+        raise _errors([problem])
+    try:
+        data = load_data(spec)
+    except DataError as exc:
+        raise _errors([_spec_error(spec, exc.path, exc.message)]) from None
+    errors = _check_monitors(spec, fit.validation_split > 0)
+    if errors:
+        raise _errors(errors)
+
+    # The heavy part starts here: Numba, the engine, the optimizer.
+    from ..engine import Engine
+    from ..kernels import configure_threads
+    from . import callbacks as C
+    from .fit import History, Trainer
+
+    threads = configure_threads(threads or (group.default_threads() if group is not None else None))
+    engine = Engine(spec.graph)
+    engine.initialize(spec.seed)
+    trainer = Trainer(engine, spec.compile, spec.seed)
+    callbacks = [C.build(cfg) for cfg in spec.callbacks]
+    job = Job(spec, fit, raw, source_name, overrides, resolved, changes, data, trainer, callbacks, History(),
+              threads, processes)
+    if group is not None:
+        try:  # here, not inside fit: a rank whose data does not fit must not leave the others waiting
+            trainer.check_data(data.x_train, data.y_train)
+        except ValueError as exc:
+            raise Failed(f"specc: error: {exc}") from None
+    if resumed is not None:
+        _load_checkpoint(resumed, engine, trainer, callbacks)
+        if group is not None:
+            trainer.parallel.own_dropout_stream(trainer)
+        state = resumed.state
+        job.history.epoch = state["history"]["epoch"]
+        job.history.history = state["history"]["history"]
+        loop = job.checkpointed = state["loop"]
+        job.initial_epoch = loop["epoch"]
+        job.resume_loop = loop if loop.get("step") else None
+    return job
+
+
+def _resume_changes(resumed: Resumed, spec: Spec) -> tuple[str, list[str]]:
+    """(the resolved spec to record, the changes to record) when resuming `spec` is safe; a Failed naming
+    each change otherwise. The spec is RUN/spec.yaml with the run's --set overrides and the new ones, so an
+    edit of that file, a new --set or a different --seed all show up here."""
+    import yaml
+
+    from ..spec.resolve import resolved_yaml
+    from .run import RESUMABLE_CHANGES, spec_changes, text_hash
+
+    run_dir, env, recorded, loop = resumed.path, resumed.env, resumed.recorded, resumed.state["loop"]
+    text = resolved_yaml(spec)
+    recorded_path = os.path.join(run_dir, "resolved.yaml")
+    recorded_hash = env.get("resolved_sha256") or (text_hash(recorded) if recorded is not None else None)
+    if recorded_hash is None or text_hash(text) == recorded_hash:
+        return text, []
+    if recorded is None or text_hash(recorded) != recorded_hash:
+        raise Failed(f"specc: error: cannot resume {run_dir}: its spec changed since the run started, and "
+                     f"{recorded_path} was changed or removed too, so what changed cannot be listed. A resumed "
+                     f"run must train the same model; start a new run instead: specc train "
+                     f"{os.path.join(run_dir, 'spec.yaml')}")
+    changes = spec_changes(yaml.safe_load(recorded), yaml.safe_load(text))
+    lines = [f"  {path}: {old!r} -> {new!r}" for path, old, new in changes]
+    refused = [c for c in changes if c[0] not in RESUMABLE_CHANGES]
+    if refused:
+        shown = lines[:12] + ([f"  ... and {len(lines) - 12} more"] if len(lines) > 12 else [])
+        raise Failed("\n".join([
+            f"specc: error: cannot resume {run_dir}: the spec differs from the one the run started with "
+            f"(its spec.yaml was edited, or --set/--seed changed it):", *shown,
+            f"The checkpoint belongs to the original model and settings; a resume may change only "
+            f"{', '.join(RESUMABLE_CHANGES)}. Undo the change, or start a new run: specc train "
+            f"{os.path.join(run_dir, 'spec.yaml')}"]))
+    epochs = fit_settings(spec).epochs
+    done = loop["epoch"] + (1 if loop.get("step") else 0)  # an epoch in progress must be finished
+    if epochs < done:
+        raise Failed(f"specc: error: cannot resume {run_dir} with fit.epochs={epochs}: the run has "
+                     f"{'completed' if not loop.get('step') else 'started'} {done} epoch(s); give at least {done}")
+    return text, [line.strip() for line in lines]
 
 
 def _read_json(path: str, what: str, code: int = EXIT_USAGE) -> dict:
@@ -413,287 +723,205 @@ def _lock_run(run_dir: str, cleanup) -> None:
     cleanup.callback(lock.release)
 
 
-def _resume_changes(run_dir: str, env: dict, spec: Spec, loop: dict) -> tuple[str, list[str]]:
-    """(the resolved spec to record, the changes to record) when resuming `spec` is safe; a Failed naming
-    each change otherwise. The spec is RUN/spec.yaml with the run's --set overrides and the new ones, so an
-    edit of that file, a new --set or a different --seed all show up here."""
-    import yaml
+class RunDirectory:
+    """The run directory of one training run (the layout is in run.py): created fresh or reopened for a
+    resume (locked from then on), the best weights, the history and a checkpoint after each epoch, the
+    results at the end. Only the writer writes: in a multi-process run that is rank 0; the other ranks'
+    RunDirectory (writer=False) keeps the same bookkeeping (best value, last checkpoint) and writes
+    nothing."""
 
-    from ..spec.resolve import resolved_yaml
-    from .run import RESUMABLE_CHANGES, spec_changes, text_hash
+    def __init__(self, path: str | None, writer: bool = True, saved: dict | None = None):
+        self.path, self.writer = path, writer
+        self.saved = saved  # the loop_state of the last complete checkpoint on disk
+        self.best: float | None = None
 
-    text = resolved_yaml(spec)
-    recorded_path = os.path.join(run_dir, "resolved.yaml")
-    try:
-        with open(recorded_path, encoding="utf-8") as fh:
-            recorded = fh.read()
-    except (OSError, UnicodeDecodeError):  # removed, or damaged: what changed cannot be listed from it
-        recorded = None
-    recorded_hash = env.get("resolved_sha256") or (text_hash(recorded) if recorded is not None else None)
-    if recorded_hash is None or text_hash(text) == recorded_hash:
-        return text, []
-    if recorded is None or text_hash(recorded) != recorded_hash:
-        raise Failed(f"specc: error: cannot resume {run_dir}: its spec changed since the run started, and "
-                     f"{recorded_path} was changed or removed too, so what changed cannot be listed. A resumed "
-                     f"run must train the same model; start a new run instead: specc train "
-                     f"{os.path.join(run_dir, 'spec.yaml')}")
-    changes = spec_changes(yaml.safe_load(recorded), yaml.safe_load(text))
-    lines = [f"  {path}: {old!r} -> {new!r}" for path, old, new in changes]
-    refused = [c for c in changes if c[0] not in RESUMABLE_CHANGES]
-    if refused:
-        shown = lines[:12] + ([f"  ... and {len(lines) - 12} more"] if len(lines) > 12 else [])
-        raise Failed("\n".join([
-            f"specc: error: cannot resume {run_dir}: the spec differs from the one the run started with "
-            f"(its spec.yaml was edited, or --set/--seed changed it):", *shown,
-            f"The checkpoint belongs to the original model and settings; a resume may change only "
-            f"{', '.join(RESUMABLE_CHANGES)}. Undo the change, or start a new run: specc train "
-            f"{os.path.join(run_dir, 'spec.yaml')}"]))
-    epochs = spec.fit.epochs if spec.fit else 1
-    done = loop["epoch"] + (1 if loop.get("step") else 0)  # an epoch in progress must be finished
-    if epochs < done:
-        raise Failed(f"specc: error: cannot resume {run_dir} with fit.epochs={epochs}: the run has "
-                     f"{'completed' if not loop.get('step') else 'started'} {done} epoch(s); give at least {done}")
-    return text, [line.strip() for line in lines]
+    @classmethod
+    def create(cls, out: str, job: Job, cleanup) -> RunDirectory:
+        """runs/<name>/<timestamp>/, locked, with the spec as given, resolved, and the environment; removed
+        again if these cannot be written."""
+        from .run import (
+            atomic_write_bytes,
+            atomic_write_json,
+            atomic_write_text,
+            environment,
+            new_run_dir,
+            text_hash,
+        )
 
-
-def _train(opts: Options, cleanup) -> int:
-    from ..data.prepare import load as load_data
-    from ..data.sources import DataError
-    from ..spec.resolve import resolved_yaml
-    from .run import out_problem, text_hash
-
-    env_threads = threads_from_environment()
-    run_dir = None
-    overrides = list(opts.overrides)
-    if opts.resume:
-        run_dir = opts.resume
-        state_path = os.path.join(run_dir, CHECKPOINT, "state.json")
-        if not os.path.exists(state_path):
-            raise Failed(f"specc: error: {run_dir} has no checkpoint to resume (expected {state_path})", EXIT_USAGE)
-        _lock_run(run_dir, cleanup)  # before reading the checkpoint: no other process writes it from here on
-        env = _read_json(os.path.join(run_dir, "environment.json"), "run directory")
-        state = _read_json(state_path, "checkpoint")
-        if _state_problem(state):
-            raise Failed(f"specc: error: {state_path} is damaged (not a checkpoint specc wrote); it cannot be "
-                         f"resumed")
-        # environment.json is the run's record, but a file the user can edit: its fields are checked
-        recorded = env.get("overrides", [])
-        if not (isinstance(recorded, list) and all(isinstance(o, str) for o in recorded)
-                and isinstance(env.get("resumes", []), list)
-                and (env.get("threads") is None or type(env.get("threads")) is int and env["threads"] > 0)
-                and (env.get("seed") is None or type(env.get("seed")) is int)
-                and isinstance(env.get("spec_path", ""), str)):
-            raise Failed(f"specc: error: {os.path.join(run_dir, 'environment.json')} is damaged (overrides, "
-                         f"resumes, threads, seed or spec_path of the wrong type); it cannot be resumed")
-        spec_file = os.path.join(run_dir, "spec.yaml")
-        overrides = recorded + overrides
-        opts.seed = env.get("seed") if opts.seed is None else opts.seed
-        threads = opts.threads or env.get("threads") or env_threads
-        source_name = env.get("spec_path", spec_file)
-    else:
-        spec_file = opts.spec_path
-        if not os.path.isfile(spec_file):
-            raise Failed(f"specc: error: no such file: {spec_file}", EXIT_USAGE)
-        problem = out_problem(opts.out)
-        if problem:
-            raise Failed(f"specc: error: --out {opts.out}: {problem}, so no run directory can be created there",
-                         EXIT_USAGE)
-        threads = opts.threads or env_threads
-        source_name = spec_file
-    try:
-        with open(spec_file, "rb") as fh:
-            raw = fh.read()
-    except OSError as exc:
-        raise Failed(f"specc: error: cannot read {spec_file}: {exc.strerror}", EXIT_USAGE) from None
-    # The original path even on --resume: relative data paths start at the spec's own folder.
-    spec, errors = apply_overrides(raw, overrides, source_name)
-    if errors:
-        _print_errors(errors)
-        return EXIT_INVALID
-    if opts.seed is not None:
-        spec.seed = opts.seed
-    if spec.compile is None:
-        _print_errors([_spec_error(spec, (), "the spec has no `compile` section (optimizer, loss); add one to "
-                                             "train it")])
-        return EXIT_INVALID
-    fit = spec.fit
-    batch_size = fit.batch_size if fit else 32
-    if opts.resume:
-        resolved, changes = _resume_changes(run_dir, env, spec, state["loop"])
-    else:
-        resolved, changes = resolved_yaml(spec), []
-    problem = check_memory(spec, batch_size)
-    if problem:
-        _print_errors([problem])
-        return EXIT_INVALID
-    try:
-        data = load_data(spec)
-    except DataError as exc:
-        _print_errors([_spec_error(spec, exc.path, exc.message)])
-        return EXIT_INVALID
-    from .fit import History
-    has_val = bool(fit and fit.validation_split > 0)
-    errors = _check_monitors(spec, has_val)
-    if errors:
-        _print_errors(errors)
-        return EXIT_INVALID
-
-    # The heavy part starts here: Numba, the engine, the optimizer.
-    from ..engine import Engine
-    from ..kernels import configure_threads
-    from . import callbacks as C
-    from .fit import Trainer
-    from .run import atomic_write_bytes, atomic_write_json, atomic_write_text, environment, new_run_dir
-
-    threads = configure_threads(threads)
-    engine = Engine(spec.graph)
-    engine.initialize(spec.seed)
-    trainer = Trainer(engine, spec.compile, spec.seed)
-    callbacks = [C.build(cfg) for cfg in spec.callbacks]
-    history = History()
-    resume_loop = None
-    initial_epoch = 0
-    if opts.resume:
-        _load_checkpoint(run_dir, state, engine, trainer, callbacks)
-        history.epoch = state["history"]["epoch"]
-        history.history = state["history"]["history"]
-        loop = state["loop"]
-        initial_epoch = loop["epoch"]
-        resume_loop = loop if loop.get("step") else None
-        started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-        record = {"started": started, "command": sys.argv, "threads": threads}
-        env = env | {"overrides": overrides, "resolved_sha256": text_hash(resolved),
-                     "resumes": env.get("resumes", []) + [record | ({"changes": changes} if changes else {})]}
         try:
-            if changes:
-                atomic_write_text(os.path.join(run_dir, "resolved.yaml"), resolved)
-            atomic_write_json(os.path.join(run_dir, "environment.json"), env)
+            path = new_run_dir(out, job.spec.name)
         except OSError as exc:
-            raise Failed(f"specc: error: cannot update {run_dir}: {_os_problem(exc)}; the checkpoint is "
-                         f"untouched, resume again when this is fixed") from None
-        epochs = fit.epochs if fit else 1
-        where = (f"at epoch {initial_epoch + 1}" + (f", step {loop['step'] + 1}" if resume_loop else "")
-                 if initial_epoch < epochs else "after its last epoch, to write its results")
-        print(f"Resuming {run_dir} {where}" + (f" (changed: {'; '.join(changes)})" if changes else ""), flush=True)
-    else:
-        try:
-            run_dir = new_run_dir(opts.out, spec.name)
-        except OSError as exc:
-            raise Failed(f"specc: error: cannot create a run directory under {opts.out}: {_os_problem(exc)}",
+            raise Failed(f"specc: error: cannot create a run directory under {out}: {_os_problem(exc)}",
                          _out_error_code(exc)) from None
-        _lock_run(run_dir, cleanup)
-        env = environment(spec.seed, threads) | {"spec_path": os.path.abspath(source_name), "overrides": overrides,
-                                                 "resolved_sha256": text_hash(resolved)}
+        _lock_run(path, cleanup)
+        env = environment(job.spec.seed, job.threads) | {
+            "spec_path": os.path.abspath(job.source_name), "overrides": job.overrides,
+            "resolved_sha256": text_hash(job.resolved)}
+        if job.processes > 1:
+            env["processes"] = job.processes
         try:
-            atomic_write_bytes(os.path.join(run_dir, "spec.yaml"), raw)
-            atomic_write_text(os.path.join(run_dir, "resolved.yaml"), resolved)
-            atomic_write_json(os.path.join(run_dir, "environment.json"), env)
-            if data.normalization:
-                atomic_write_json(os.path.join(run_dir, "normalization.json"), data.normalization)
+            atomic_write_bytes(os.path.join(path, "spec.yaml"), job.raw)
+            atomic_write_text(os.path.join(path, "resolved.yaml"), job.resolved)
+            atomic_write_json(os.path.join(path, "environment.json"), env)
+            if job.data.normalization:
+                atomic_write_json(os.path.join(path, "normalization.json"), job.data.normalization)
         except OSError as exc:
             cleanup.close()  # unlock, then remove the run that never started
-            shutil.rmtree(run_dir, ignore_errors=True)
+            shutil.rmtree(path, ignore_errors=True)
             raise Failed(f"specc: error: cannot write the new run directory: {_os_problem(exc)}; nothing was "
-                         f"trained and {run_dir} was removed", _out_error_code(exc)) from None
-    trainer.run_dir = run_dir
-    return _fit_and_save(opts, spec, data, trainer, callbacks, history, run_dir,
-                         initial_epoch, resume_loop, state["loop"] if opts.resume else None)
+                         f"trained and {path} was removed", _out_error_code(exc)) from None
+        return cls(path)
 
+    @classmethod
+    def reopened(cls, resumed: Resumed, job: Job) -> RunDirectory:
+        """The run being resumed (locked by Resumed.read), with this resume recorded in environment.json
+        (and resolved.yaml rewritten when a resumable setting changed)."""
+        from .run import atomic_write_json, atomic_write_text, text_hash
 
-def _fit_and_save(opts, spec, data, trainer, callbacks, history, run_dir, initial_epoch, resume_loop,
-                  checkpointed) -> int:
-    """Train into `run_dir` and write its results. Every way training can stop early (a signal, a full
-    disk, no memory, divergence) ends in a message saying what is kept: the last complete checkpoint and
-    the command that resumes from it."""
-    from .fit import Diverged, Interrupted
-    from .progress import Progress
-    from .run import atomic_write_json, plot_curves, save_weights, write_history
+        path, env = resumed.path, resumed.env
+        started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        record = {"started": started, "command": sys.argv, "threads": job.threads}
+        if job.processes > 1 or env.get("processes", 1) > 1:
+            record["processes"] = job.processes
+        if job.changes:
+            record["changes"] = job.changes
+        env = env | {"overrides": job.overrides, "resolved_sha256": text_hash(job.resolved),
+                     "resumes": env.get("resumes", []) + [record]}
+        try:
+            if job.changes:
+                atomic_write_text(os.path.join(path, "resolved.yaml"), job.resolved)
+            atomic_write_json(os.path.join(path, "environment.json"), env)
+        except OSError as exc:
+            raise Failed(f"specc: error: cannot update {path}: {_os_problem(exc)}; the checkpoint is "
+                         f"untouched, resume again when this is fixed") from None
+        run = cls(path, saved=job.checkpointed)
+        if job.history.history.get(_monitor(job)):
+            run.best = min(job.history.history[_monitor(job)])
+        return run
 
-    engine, fit = trainer.engine, spec.fit
-    has_val = bool(fit and fit.validation_split > 0)
-    batch_size = fit.batch_size if fit else 32
-    saved = {"loop": checkpointed}  # the loop_state of the last complete checkpoint on disk
-    best = {"value": None}
-    monitor = "val_loss" if has_val else "loss"
+    def checkpoint(self, trainer, history, callbacks) -> None:
+        if self.writer:
+            write_checkpoint(self.path, trainer, history, callbacks)
+        self.saved = dict(trainer.loop_state)
 
-    def checkpoint(hist) -> None:
-        write_checkpoint(run_dir, trainer, hist, callbacks)
-        saved["loop"] = dict(trainer.loop_state)
+    def epoch_done(self, job: Job, history) -> None:
+        """weights.best and history first, the checkpoint last: a resume from the previous checkpoint
+        retrains this epoch and rewrites them the same way."""
+        from .run import save_weights, write_history
 
-    def epoch_done(epoch, hist):
-        # weights.best and history first, the checkpoint last: a resume from the previous checkpoint
-        # retrains this epoch and rewrites them the same way
-        value = hist.history[monitor][-1]
-        if best["value"] is None or value < best["value"]:
-            best["value"] = value
-            save_weights(os.path.join(run_dir, "weights.best.npz"), engine)
-        write_history(run_dir, hist)
-        checkpoint(hist)
+        value = history.history[_monitor(job)][-1]
+        if self.best is None or value < self.best:
+            self.best = value
+            if self.writer:
+                save_weights(os.path.join(self.path, "weights.best.npz"), job.trainer.engine)
+        if self.writer:
+            write_history(self.path, history)
+        self.checkpoint(job.trainer, history, job.callbacks)
 
-    def kept() -> str:
-        loop = saved["loop"]
+    def write_history(self, history) -> None:
+        from .run import write_history
+
+        if self.writer and history.epoch:
+            write_history(self.path, history)
+
+    def finish(self, job: Job, history, test: dict) -> None:
+        """The results: final (and, if no epoch set them, best) weights, test metrics, history, curves; the
+        checkpoint removed (nothing left to resume)."""
+        from .run import atomic_write_json, plot_curves, save_weights
+
+        if not self.writer:
+            return
+        engine = job.trainer.engine
+        save_weights(os.path.join(self.path, "weights.final.npz"), engine)
+        if not os.path.exists(os.path.join(self.path, "weights.best.npz")):
+            save_weights(os.path.join(self.path, "weights.best.npz"), engine)
+        atomic_write_json(os.path.join(self.path, "test_metrics.json"),
+                          {"samples": int(len(job.data.x_test[0])), **test})
+        if history.epoch:
+            self.write_history(history)
+            plot_curves(self.path, history, job.spec.name)
+        shutil.rmtree(os.path.join(self.path, CHECKPOINT), ignore_errors=True)
+
+    def kept(self) -> str:
+        """What a stopped run leaves: the last complete checkpoint and the command that resumes from it."""
+        loop = self.saved
         if loop is None:
-            return (f"No checkpoint had been written yet, so there is nothing to resume; {run_dir} holds what "
-                    f"was written. Start again with: specc train {os.path.join(run_dir, 'spec.yaml')}")
+            return (f"No checkpoint had been written yet, so there is nothing to resume; {self.path} holds what "
+                    f"was written. Start again with: specc train {os.path.join(self.path, 'spec.yaml')}")
         where = (f"epoch {loop['epoch'] + 1}, step {loop['step']}" if loop.get("step")
                  else f"the end of epoch {loop['epoch']}" if loop["epoch"] else "the start")
-        return (f"The last complete checkpoint ({where}) is in {os.path.join(run_dir, CHECKPOINT)}\n"
-                f"Resume with: specc train --resume {run_dir}")
+        return (f"The last complete checkpoint ({where}) is in {os.path.join(self.path, CHECKPOINT)}\n"
+                f"Resume with: specc train --resume {self.path}")
 
-    trainer.epoch_done = epoch_done
-    if opts.resume and history.history.get(monitor):
-        best["value"] = min(history.history[monitor])
-    verbose = 0 if opts.quiet else (fit.verbose if fit else "auto")
+
+def _monitor(job: Job) -> str:
+    return "val_loss" if job.fit.validation_split > 0 else "loss"
+
+
+def _fit_and_finish(opts: Options, job: Job, run: RunDirectory, group) -> int:
+    """Train into `run` and write its results. Every way training can stop early (a signal, a full disk, no
+    memory, divergence) ends in a message saying what is kept: the last complete checkpoint and the
+    command that resumes from it. In a multi-process run, a stop all ranks see (a signal, divergence, the
+    end) is taken together; one only this rank sees (its disk, its memory) stops every rank (MPI_Abort)."""
+    from .fit import Diverged, Interrupted
+
+    trainer, fit, history = job.trainer, job.fit, job.history
+
+    def stop(code: int, message: str) -> int:
+        if group is not None:
+            group.abort(code, message)  # the other ranks wait in a collective this rank leaves
+        print(message, file=sys.stderr, flush=True)
+        return code
+
+    trainer.epoch_done = lambda epoch, hist: run.epoch_done(job, hist)
+    verbose = 0 if opts.quiet else fit.verbose
     try:
         try:
             with _StopSignals(trainer):
-                trainer.fit(data.x_train, data.y_train, batch_size=batch_size, epochs=fit.epochs if fit else 1,
-                            validation_split=fit.validation_split if fit else 0.0,
-                            shuffle=fit.shuffle if fit else True, class_weight=fit.class_weight if fit else None,
-                            callbacks=callbacks, verbose=verbose, initial_epoch=initial_epoch, history=history,
-                            resume=resume_loop)
-        except Interrupted:
-            if history.epoch:
-                write_history(run_dir, history)
-            checkpoint(history)
-            print(f"Stopped. Checkpoint written to {os.path.join(run_dir, CHECKPOINT)}\n"
-                  f"Resume with: specc train --resume {run_dir}", file=sys.stderr, flush=True)
+                trainer.fit(job.data.x_train, job.data.y_train, batch_size=fit.batch_size, epochs=fit.epochs,
+                            validation_split=fit.validation_split, shuffle=fit.shuffle,
+                            class_weight=fit.class_weight, callbacks=job.callbacks, verbose=verbose,
+                            initial_epoch=job.initial_epoch, history=history, resume=job.resume_loop)
+        except Interrupted:  # every rank, after the same step
+            run.write_history(history)
+            run.checkpoint(trainer, history, job.callbacks)
+            print(f"Stopped. Checkpoint written to {os.path.join(run.path, CHECKPOINT)}\n"
+                  f"Resume with: specc train --resume {run.path}", file=sys.stderr, flush=True)
             return EXIT_INTERRUPTED
         except ValueError as exc:  # the data or a checkpoint does not fit the model (train/checks.py says how)
-            print(f"specc: error: {exc}\n{kept()}", file=sys.stderr, flush=True)
+            print(f"specc: error: {exc}\n{run.kept()}", file=sys.stderr, flush=True)
             return EXIT_INVALID
-        except Diverged as exc:
+        except Diverged as exc:  # every rank: the loss is the global one
             print(f"specc: error: the loss became {exc.value} at epoch {exc.epoch + 1}, step {exc.step}: training "
                   f"diverged.\nCheck the learning rate (try 10x smaller), the input scaling (data.normalize: true), "
-                  f"and the data for extreme values. Run directory: {run_dir}", file=sys.stderr)
-            if history.epoch:
-                write_history(run_dir, history)
+                  f"and the data for extreme values. Run directory: {run.path}", file=sys.stderr)
+            run.write_history(history)
             return EXIT_INVALID
-
-        save_weights(os.path.join(run_dir, "weights.final.npz"), engine)
-        if not os.path.exists(os.path.join(run_dir, "weights.best.npz")):
-            save_weights(os.path.join(run_dir, "weights.best.npz"), engine)
-        test = trainer.evaluate(data.x_test, data.y_test, batch_size) if len(data.x_test[0]) else {}
-        atomic_write_json(os.path.join(run_dir, "test_metrics.json"), {"samples": int(len(data.x_test[0])), **test})
-        if history.epoch:
-            write_history(run_dir, history)
-            plot_curves(run_dir, history, spec.name)
-        shutil.rmtree(os.path.join(run_dir, CHECKPOINT), ignore_errors=True)  # finished: nothing to resume
+        data = job.data
+        test = trainer.evaluate(data.x_test, data.y_test, fit.batch_size) if len(data.x_test[0]) else {}
+        run.finish(job, history, test)
     except KeyboardInterrupt:
-        print(f"Stopped at once. {kept()}", file=sys.stderr, flush=True)
-        return EXIT_INTERRUPTED
+        return stop(EXIT_INTERRUPTED, f"Stopped at once. {run.kept()}")
     except OSError as exc:
-        print(f"specc: error: training stopped: {_os_problem(exc)}\n{kept()}", file=sys.stderr, flush=True)
-        return EXIT_INVALID
+        return stop(EXIT_INVALID, f"specc: error: training stopped: {_os_problem(exc)}\n{run.kept()}")
     except MemoryError:
-        print(f"specc: error: training stopped: out of memory (MemoryError). `specc summary` estimates the memory "
-              f"training needs; a new run with a smaller fit.batch_size or a smaller model needs less.\n"
-              f"{kept()}", file=sys.stderr, flush=True)
-        return EXIT_INVALID
+        return stop(EXIT_INVALID, f"specc: error: training stopped: out of memory (MemoryError). `specc summary` "
+                                  f"estimates the memory training needs; a new run with a smaller fit.batch_size "
+                                  f"or a smaller model needs less.\n{run.kept()}")
+    except Exception as exc:  # noqa: BLE001 - a bug; in a multi-process run the others must not wait for ever
+        if group is None:
+            raise
+        return stop(EXIT_INVALID, f"specc: internal error on rank {group.rank} of {group.size}: "
+                                  f"{type(exc).__name__}: {exc}\nThis is a bug in specc; please report it. "
+                                  f"{run.kept()}")
+    if group is not None:  # rank 0's files are written before any rank reports success
+        group.comm.Barrier()
+    from .progress import Progress
+
     progress = Progress(0 if opts.quiet else 1)
     if test:
         progress.message("Test: " + " - ".join(f"{k}: {v:.4f}" for k, v in test.items()))
-    print(f"Run saved to {run_dir}", flush=True)
+    print(f"Run saved to {run.path}", flush=True)
     return EXIT_OK
 
 
@@ -799,7 +1027,7 @@ def evaluate(spec_path: str, weights: str, input_path: str | None, fmt: str = "t
                 return EXIT_INVALID
             x, ys = data.x_test, data.y_test
         try:
-            results = trainer.evaluate(x, ys, spec.fit.batch_size if spec.fit else 32)
+            results = trainer.evaluate(x, ys, fit_settings(spec).batch_size)
         except ValueError as exc:  # the data does not fit the model (train/checks.py says how)
             raise Failed(f"specc: error: {exc}") from None
     except Failed as exc:
