@@ -650,6 +650,45 @@ class Model(Layer):
         self._require_built("to_yaml")
         return model_yaml(self)
 
+    def export(self, filepath: str | os.PathLike, format: str = "onnx", verbose: Any = None,
+               input_signature: Any = None, **kwargs: Any) -> None:
+        """Keras 3's export, for format="onnx" (the one format specc writes): the model with its current
+        weights as an ONNX file with a dynamic batch axis (see specc/export). An existing file is never
+        replaced (FileExistsError); a layer that cannot be exported is a ValueError naming it, before any
+        file is written."""
+        from ..export import ExportError
+        from ..export.to_onnx import OPSET
+
+        if format != "onnx":
+            raise ValueError(f"Unrecognized format={format!r}: specc exports only format='onnx'")
+        if input_signature is not None:
+            raise NotImplementedError("input_signature is not supported: specc exports the model's own input "
+                                      "shapes with a dynamic batch axis")
+        opset = kwargs.pop("opset_version", None)
+        if kwargs:
+            raise TypeError(f"export() got unexpected argument(s) {', '.join(sorted(kwargs))}")
+        if opset not in (None, OPSET):
+            raise ValueError(f"opset_version={opset!r}: specc exports ONNX opset {OPSET}")
+        path = os.fspath(filepath)
+        if os.path.lexists(path):
+            raise FileExistsError(f"{path} exists; specc's export never overwrites a file: remove it or choose "
+                                  f"another path")
+        self._require_built("export")
+        try:
+            import onnx  # noqa: F401
+        except ImportError:
+            raise ImportError("model.export(format='onnx') needs the onnx package: pip install 'specc[onnx]'") \
+                from None
+        from ..export.to_onnx import build_model, write_new
+
+        try:
+            model = build_model(self._engine(), self.name)
+        except ExportError as exc:
+            raise ValueError(f"cannot export model '{self.name}': {exc}") from None
+        write_new(path, model)
+        if verbose:
+            print(f"Saved artifact at '{path}'.")
+
     def get_config(self) -> dict:
         from .io import model_dict
 
