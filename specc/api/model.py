@@ -57,6 +57,7 @@ class Model(Layer):
         self.run_eagerly = False
         self._seed: int | None = None  # from a spec: weights, shuffling and dropout follow it
         self._source = None  # the Spec this model was loaded from, if any
+        self._fused_chain = None  # (engine, its DenseChain or None) for predict on small batches
 
     def _setup_functional(self, inputs: Any, outputs: Any) -> None:
         self._input_struct = inputs
@@ -333,8 +334,11 @@ class Model(Layer):
         self._ensure_built(arrays, call=True)
         self._check_inputs(arrays)
         engine = self._engine()
+        small = len(arrays[0]) <= SMALL_BATCH
         with runtime(self.run_eagerly):
-            outs = engine.forward(arrays, training=training, rng=backend.rng())
+            if small and not training:
+                return self._structure(self._predict_small(engine, arrays))
+            outs = engine.forward(arrays, training=training, rng=backend.rng(), reuse=small)
         return self._structure([o.copy() for o in outs])
 
     def _n_inputs(self) -> int:
@@ -635,8 +639,25 @@ class Model(Layer):
         checks.check_non_empty(len(xs[0]), "x")
         engine = self._engine()
         with runtime(self.run_eagerly):
-            outs = Trainer.predict_with(engine, xs, batch_size)
+            if len(xs[0]) <= min(batch_size, SMALL_BATCH):
+                outs = self._predict_small(engine, xs)
+            else:
+                outs = Trainer.predict_with(engine, xs, batch_size)
         return self._structure(outs)
+
+    def _predict_small(self, engine: Any, xs: list[np.ndarray]) -> list[np.ndarray]:
+        """One small batch: an MLP's one fused call (its DenseChain kept with the engine it belongs to), else
+        one forward pass in the engine's workspace; the outputs copied out of the buffers they are made in."""
+        from ..train.fused import DenseChain
+
+        if len(xs) > 1:
+            checks.check_cardinality({f"x['{layer.name}']": a for layer, a in zip(self._input_layers(), xs)})
+        if self._fused_chain is None or self._fused_chain[0] is not engine:
+            self._fused_chain = (engine, DenseChain.of(engine))
+        chain = self._fused_chain[1]
+        if chain is not None:
+            return [chain.predict(xs[0]).copy()]
+        return [o.copy() for o in engine.forward(xs, training=False, reuse=True)]
 
     def predict_on_batch(self, x: Any) -> Any:
         return self(x)
@@ -693,6 +714,13 @@ class Model(Layer):
         from .io import model_dict
 
         return model_dict(self)["model"]
+
+
+# Calls and predictions on at most this many samples run forward in the engine's workspace (reuse=True): the
+# arrays of a call are kept per batch size and reused by the next call of that size instead of allocated
+# (64-byte aligned) again, which was most of a single sample's time. Larger batches allocate as before, so
+# inference at many batch sizes keeps no large arrays.
+SMALL_BATCH = 64
 
 
 def _batch_size(value: Any) -> int:
