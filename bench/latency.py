@@ -9,9 +9,10 @@ from its spec with the spec's seeded initial weights (`specc.load`), exports it 
 into an ONNX Runtime session with that many intra-op threads (one inter-op thread, sequential execution,
 all graph optimisations), checks that both give the same outputs, then times, interleaved round by round:
 
-- batch 1: ONNX Runtime's `session.run`, specc's `model.predict(x[:1])` and `model(x[:1])`, each the
-  median per-call time over rounds of back-to-back calls on the same sample;
-- batch 1024: samples/s of `session.run` on 1024 samples and of `model.predict(x, batch_size=1024)`.
+- batch 1: ONNX Runtime's `session.run`, specc's `model.predict(x[:1])` and `model(x[:1])`: the median
+  time of a call, every call timed, over rounds of back-to-back calls on the same sample;
+- batch 1024: samples/s from the median time of `session.run` on 1024 samples and of
+  `model.predict(x[:1024], batch_size=1024)`.
 
 Then, on one thread, the command line: the wall time of a whole `specc predict` process on one sample
 against a Python process that imports ONNX Runtime, opens the exported file, runs it and saves the output
@@ -66,7 +67,7 @@ def child(workload: str, threads: int, rounds: int, calls: int) -> dict:
     session = ort.InferenceSession(onnx_model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     shape = tuple(model.inputs[0].shape[1:])
-    x = np.random.default_rng(0).standard_normal((8192, *shape)).astype(np.float32)
+    x = np.random.default_rng(0).standard_normal((1024, *shape)).astype(np.float32)
     x1 = x[:1]
     feed1, feed_big = {name: x1}, {name: x[:1024]}
 
@@ -79,34 +80,37 @@ def child(workload: str, threads: int, rounds: int, calls: int) -> dict:
         "predict": lambda: model.predict(x1, verbose=0),
         "call": lambda: model(x1),
     }
-    for f in single.values():  # warm-up: kernels loaded, buffers made, caches hot
-        for _ in range(max(calls // 4, 20)):
-            f()
-    per_call = {k: [] for k in single}
-    for _ in range(rounds):
-        for k, f in single.items():
-            t = time.perf_counter()
-            for _ in range(calls):
-                f()
-            per_call[k].append((time.perf_counter() - t) / calls * 1e6)
-
     big = {
-        "onnxruntime": lambda: [session.run(None, {name: x[s: s + 1024]}) for s in range(0, len(x), 1024)],
-        "predict": lambda: model.predict(x, batch_size=1024, verbose=0),
+        "onnxruntime": lambda: session.run(None, feed_big),
+        "predict": lambda: model.predict(x[:1024], batch_size=1024, verbose=0),
     }
-    session.run(None, feed_big)
-    model.predict(x[:2048], batch_size=1024, verbose=0)
-    throughput = {k: [] for k in big}
-    for _ in range(max(rounds // 2, 2)):
-        for k, f in big.items():
-            t = time.perf_counter()
-            f()
-            throughput[k].append(len(x) / (time.perf_counter() - t))
+    per_call = _interleaved(single, rounds, calls)
+    per_batch = _interleaved(big, rounds, max(calls // 100, 3))
+    throughput = {k: [1024 / (t * 1e-6) for t in v] for k, v in per_batch.items()}
     return {"workload": workload, "threads": threads, "max_rel_diff": max_rel,
             "batch1_us": {k: statistics.median(v) for k, v in per_call.items()},
-            "batch1_us_rounds": per_call,
+            "batch1_us_mean": {k: statistics.fmean(v) for k, v in per_call.items()},
             "batch1024_samples_per_s": {k: statistics.median(v) for k, v in throughput.items()},
-            "batch1024_rounds": throughput, "onnxruntime": ort.__version__, "specc": specc.__version__}
+            "onnxruntime": ort.__version__, "specc": specc.__version__}
+
+
+def _interleaved(functions: dict, rounds: int, calls: int) -> dict[str, list[float]]:
+    """Microseconds of every call, the functions taking turns round by round (after a warm-up). Each call is
+    timed on its own so that the medians drop the calls another process on the machine interrupted: on a
+    shared machine those make the mean several times the median, for every framework alike."""
+    for f in functions.values():  # warm-up: kernels loaded, buffers made, caches hot
+        for _ in range(max(calls // 4, 3)):
+            f()
+    clock = time.perf_counter
+    times: dict[str, list[float]] = {k: [] for k in functions}
+    for _ in range(rounds):
+        for k, f in functions.items():
+            out = times[k]
+            for _ in range(calls):
+                t = clock()
+                f()
+                out.append((clock() - t) * 1e6)
+    return times
 
 
 def thread_env(threads: int) -> dict:
@@ -148,15 +152,23 @@ def command_line(workload: str, runs: int, tmp: str) -> dict:
                                       "--input", x, "--out", out],
         "onnxruntime script": lambda out: [sys.executable, "-c", ORT_SCRIPT, onnx_path, x, out],
     }
+    import resource
+
     seconds: dict[str, list[float]] = {k: [] for k in commands}
+    cpu: dict[str, list[float]] = {k: [] for k in commands}
     for run in range(runs + 1):  # the first of each warms the file cache and Numba's cache; not counted
         for k, make in commands.items():
             out = os.path.join(tmp, f"{workload}-{k.replace(' ', '_')}-{run}.npz")
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
             t = time.perf_counter()
             subprocess.run(make(out), env=env, check=True, capture_output=True)
+            wall = time.perf_counter() - t
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
             if run:
-                seconds[k].append(time.perf_counter() - t)
-    return {k: statistics.median(v) for k, v in seconds.items()} | {"runs": seconds}
+                seconds[k].append(wall)
+                cpu[k].append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+    return ({k: statistics.median(v) for k, v in seconds.items()} |
+            {"cpu_s": {k: statistics.median(v) for k, v in cpu.items()}, "wall_runs": seconds, "cpu_runs": cpu})
 
 
 def table(results: list[dict], cli: dict) -> str:
@@ -173,8 +185,9 @@ def table(results: list[dict], cli: dict) -> str:
                      f"{big['onnxruntime']:,.0f}/s | {big['predict']:,.0f}/s "
                      f"({big['predict'] / big['onnxruntime']:.2f}x) |")
     for workload, c in cli.items():
-        lines.append(f"\n`specc predict` on one sample, whole process, {workload.upper()}: {c['specc predict']:.2f} s; "
-                     f"a Python script running the exported model in ONNX Runtime: {c['onnxruntime script']:.2f} s")
+        lines.append(f"\n`specc predict` on one sample, whole process, {workload.upper()}: {c['specc predict']:.2f} s "
+                     f"({c['cpu_s']['specc predict']:.2f} s CPU); a Python script running the exported model in "
+                     f"ONNX Runtime: {c['onnxruntime script']:.2f} s ({c['cpu_s']['onnxruntime script']:.2f} s CPU)")
     return "\n".join(lines)
 
 
@@ -209,8 +222,8 @@ def measure(threads_list: list[int], runs: int, rounds: int, calls: int, workloa
         with tempfile.TemporaryDirectory(prefix="specc-latency-") as tmp:
             for workload in workloads:
                 cli[workload] = command_line(workload, cli_runs, tmp)
-                log(f"{workload} command line: " + ", ".join(f"{k} {v:.2f} s" for k, v in cli[workload].items()
-                                                             if k != "runs"))
+                log(f"{workload} command line: " + ", ".join(f"{k} {cli[workload][k]:.2f} s ({v:.2f} s CPU)"
+                                                             for k, v in cli[workload]["cpu_s"].items()))
     return results, cli
 
 
@@ -224,7 +237,8 @@ def main() -> None:
     parser.add_argument("--threads", default="1,2", help="comma-separated thread counts (default 1,2)")
     parser.add_argument("--runs", type=int, default=3, help="fresh processes per cell (default 3)")
     parser.add_argument("--rounds", type=int, default=9, help="interleaved rounds per process (default 9)")
-    parser.add_argument("--calls", type=int, default=300, help="back-to-back batch-1 calls per round (default 300)")
+    parser.add_argument("--calls", type=int, default=300, help="batch-1 calls per round (default 300; a hundredth "
+                                                              "of it, at least 3, at batch 1024)")
     parser.add_argument("--workloads", default="mlp,cnn", help="comma-separated: mlp, cnn")
     parser.add_argument("--cli-runs", type=int, default=5, help="command-line process runs (0: skip)")
     parser.add_argument("--out", default=os.path.join(HERE, "results"))

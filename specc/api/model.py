@@ -630,8 +630,6 @@ class Model(Layer):
     def predict(self, x: Any, batch_size: int | None = None, verbose: Any = "auto", steps: int | None = None,
                 callbacks: Any = None) -> Any:
         """Outputs for `x`, computed in batches (an array, or a list for several outputs)."""
-        from ..train.fit import Trainer
-
         if steps is not None:
             raise NotImplementedError("steps is not supported by specc's predict()")
         batch_size = _batch_size(batch_size)
@@ -642,17 +640,19 @@ class Model(Layer):
             if len(xs[0]) <= min(batch_size, SMALL_BATCH):
                 outs = self._predict_small(engine, xs)
             else:
+                from ..train.fit import Trainer
+
                 outs = Trainer.predict_with(engine, xs, batch_size)
         return self._structure(outs)
 
     def _predict_small(self, engine: Any, xs: list[np.ndarray]) -> list[np.ndarray]:
         """One small batch: an MLP's one fused call (its DenseChain kept with the engine it belongs to), else
         one forward pass in the engine's workspace; the outputs copied out of the buffers they are made in."""
-        from ..train.fused import DenseChain
-
         if len(xs) > 1:
             checks.check_cardinality({f"x['{layer.name}']": a for layer, a in zip(self._input_layers(), xs)})
         if self._fused_chain is None or self._fused_chain[0] is not engine:
+            from ..train.fused import DenseChain
+
             self._fused_chain = (engine, DenseChain.of(engine))
         chain = self._fused_chain[1]
         if chain is not None:
