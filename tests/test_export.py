@@ -68,7 +68,7 @@ def assert_same(engine: Engine, model, batches=BATCHES) -> None:
 
 
 def sequential(input_shape, *layers: dict) -> str:
-    lines = ["specc: 1", "name: case", "model:", f"  input: {list(input_shape)}", "  layers:"]
+    lines = ["specc: 1", "name: case", "model:", f"  input: {json.dumps(list(input_shape))}", "  layers:"]
     lines += [f"    - {json.dumps(layer)}" for layer in layers]
     return "\n".join(lines) + "\n"
 
@@ -133,6 +133,10 @@ CASES = [
                                                       "activation": "elu"}),
     ("separable-no-bias-dilated", (7, 7, 2), {"type": "SeparableConv2D", "filters": 2, "kernel_size": 2,
                                                "dilation_rate": 2, "use_bias": False}),
+    ("conv1d-steps-known-at-run-time", (None, 3), {"type": "Conv1D", "filters": 4, "kernel_size": 3, "strides": 2,
+                                                    "padding": "same"}),
+    ("maxpool1d-steps-known-at-run-time", (None, 3), {"type": "MaxPooling1D", "pool_size": 3, "strides": 2,
+                                                      "padding": "same"}),
     ("maxpool1d", (9, 3), {"type": "MaxPooling1D"}),
     ("maxpool1d-same-stride", (9, 3), {"type": "MaxPooling1D", "pool_size": 3, "strides": 2, "padding": "same"}),
     ("avgpool1d", (9, 3), {"type": "AveragePooling1D", "pool_size": 2}),
@@ -159,6 +163,7 @@ CASES = [
     ("simple-rnn-relu-no-bias", (5, 3), {"type": "SimpleRNN", "units": 4, "activation": "relu", "use_bias": False}),
     ("simple-rnn-linear", (5, 3), {"type": "SimpleRNN", "units": 4, "activation": "linear"}),
     ("lstm", (5, 3), {"type": "LSTM", "units": 4}),
+    ("lstm-steps-known-at-run-time", (None, 3), {"type": "LSTM", "units": 4, "return_sequences": True}),
     ("lstm-sequences", (5, 3), {"type": "LSTM", "units": 4, "return_sequences": True}),
     ("lstm-backwards", (5, 3), {"type": "LSTM", "units": 4, "go_backwards": True}),
     ("lstm-sequences-backwards", (5, 3), {"type": "LSTM", "units": 4, "return_sequences": True, "go_backwards": True}),

@@ -131,7 +131,7 @@ def _window_pads(in_spatial, out_spatial, kernel, strides, dilation, padding) ->
     return before + after
 
 
-def _pad_attrs(pads: list[int] | None, padding: str) -> dict:
+def _pad_attrs(pads: list[int] | None) -> dict:
     if pads is not None:
         return {"pads": pads}
     return {"auto_pad": "SAME_UPPER"}  # TF's 'same' (the extra element after): sizes known at run time only
@@ -175,7 +175,7 @@ def _conv_geometry(step):
     pads = _window_pads(step.input_shape[:-1], step.output_shape[:-1], layer.kernel_size, layer.strides,
                         layer.dilation_rate, layer.padding)
     return rank, dict(kernel_shape=list(layer.kernel_size), strides=list(layer.strides),
-                      dilations=list(layer.dilation_rate), **_pad_attrs(pads, layer.padding))
+                      dilations=list(layer.dilation_rate), **_pad_attrs(pads))
 
 
 def conv(b, step, w, xs):
@@ -252,7 +252,7 @@ def pool(b, step, w, xs):
     strides = layer.strides or layer.pool_size
     pads = _window_pads(step.input_shape[:-1], step.output_shape[:-1], layer.pool_size, strides, (1,) * rank,
                         layer.padding)
-    attrs = dict(kernel_shape=list(layer.pool_size), strides=list(strides), **_pad_attrs(pads, layer.padding))
+    attrs = dict(kernel_shape=list(layer.pool_size), strides=list(strides), **_pad_attrs(pads))
     if not layer._max:
         attrs["count_include_pad"] = 0  # Keras averages over the window's part inside the input
     y = b.op("MaxPool" if layer._max else "AveragePool", [_to_channels_first(b, xs[0], rank, step.name)],
