@@ -11,8 +11,9 @@ all graph optimisations), checks that both give the same outputs, then times, in
 
 - batch 1: ONNX Runtime's `session.run`, specc's `model.predict(x[:1])` and `model(x[:1])`: the median
   time of a call, every call timed, over rounds of back-to-back calls on the same sample;
-- batch 1024: samples/s from the median time of `session.run` on 1024 samples and of
-  `model.predict(x[:1024], batch_size=1024)`.
+- batch 1024: samples/s from the fastest call of `session.run` on 1024 samples and of
+  `model.predict(x[:1024], batch_size=1024)` (a call of several milliseconds on a shared machine is rarely
+  left alone: its median measures the neighbours; the medians are in the file too).
 
 Then, on one thread, the command line: the wall time of a whole `specc predict` process on one sample
 against a Python process that imports ONNX Runtime, opens the exported file, runs it and saves the output
@@ -85,12 +86,13 @@ def child(workload: str, threads: int, rounds: int, calls: int) -> dict:
         "predict": lambda: model.predict(x[:1024], batch_size=1024, verbose=0),
     }
     per_call = _interleaved(single, rounds, calls)
-    per_batch = _interleaved(big, rounds, max(calls // 100, 3))
+    per_batch = _interleaved(big, rounds, max(calls // 60, 3))
     throughput = {k: [1024 / (t * 1e-6) for t in v] for k, v in per_batch.items()}
     return {"workload": workload, "threads": threads, "max_rel_diff": max_rel,
             "batch1_us": {k: statistics.median(v) for k, v in per_call.items()},
             "batch1_us_mean": {k: statistics.fmean(v) for k, v in per_call.items()},
-            "batch1024_samples_per_s": {k: statistics.median(v) for k, v in throughput.items()},
+            "batch1024_samples_per_s": {k: max(v) for k, v in throughput.items()},
+            "batch1024_samples_per_s_median": {k: statistics.median(v) for k, v in throughput.items()},
             "onnxruntime": ort.__version__, "specc": specc.__version__}
 
 
