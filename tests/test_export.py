@@ -279,6 +279,12 @@ def test_normalization_is_part_of_the_graph():
     assert {p.key: p.value for p in model.metadata_props}["normalization"] == "in the graph"
 
 
+def test_normalization_of_another_input_shape_is_an_error():
+    engine = engine_of(sequential((4,), {"type": "Dense", "units": 3}))
+    with pytest.raises(ExportError, match=r"statistics of shape \(3,\).*input 'input_layer'.*\(4,\)"):
+        build_onnx(engine, "case", {"inputs": [{"mean": [0.0, 1.0, 2.0], "std": [1.0, 1.0, 1.0]}]})
+
+
 def test_recurrent_activation_without_onnx_form_is_an_error_naming_the_layer():
     engine = engine_of(sequential((5, 3), {"type": "SimpleRNN", "units": 4, "activation": "selu", "name": "rnn"}))
     with pytest.raises(ExportError, match=r"SimpleRNN 'rnn'.*'selu'") as info:

@@ -559,6 +559,12 @@ def build_model(engine, name: str, normalization: dict | None = None):
         if k < len(stats):  # data.normalize: (x - mean) / std with the training split's statistics
             mean = np.asarray(stats[k]["mean"], np.float32)
             std = np.asarray(stats[k]["std"], np.float32)
+            fits = len(mean.shape) == len(node.output_shape) and all(
+                d is None or d == m for d, m in zip(node.output_shape, mean.shape))
+            if mean.shape != std.shape or not fits:
+                raise ExportError(f"the run's normalization.json has statistics of shape {mean.shape} / {std.shape} "
+                                  f"for input '{node.name}', whose samples have shape {tuple(node.output_shape)}: "
+                                  f"it does not belong to this model's input")
             x = b.op("Sub", [x, b.const(f"{node.name}/mean", mean)], f"{node.name}/centered")
             x = b.op("Div", [x, b.const(f"{node.name}/std", std)], f"{node.name}/normalized")
         values[node.name] = x
