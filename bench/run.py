@@ -4,6 +4,7 @@ PyTorch (and, if installed, Keras 3 on the torch backend) code, side by side in 
     python bench/run.py                  # 6 process runs per framework x workload x thread count (1 and 2)
     python bench/run.py --quick          # 2 runs, fewer samples: a few minutes
     python bench/run.py --threads 2 --workloads mlp_train,cnn_train --frameworks specc,torch
+    python bench/run.py --latency        # and single-sample latency vs ONNX Runtime (bench/latency.py)
 
 Every framework x workload x thread count x run is a fresh subprocess (clean thread pools, clean peak RSS)
 that loads the same arrays and the same initial weights (drawn by specc's Engine.initialize from the
@@ -363,6 +364,9 @@ def main() -> None:
     parser.add_argument("--tol", type=float, default=1e-3, help="relative tolerance of the loss check")
     parser.add_argument("--pred-tol", type=float, default=1e-5, help="absolute tolerance on probabilities")
     parser.add_argument("--no-startup", action="store_true", help="skip start-up, compile and RSS extras")
+    parser.add_argument("--latency", action="store_true",
+                        help="also batch-1 latency and batch-1024 throughput of the MLP and CNN against ONNX "
+                             "Runtime on the models specc exports (bench/latency.py; needs onnxruntime)")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per child process")
     parser.add_argument("--out", default=os.path.join(HERE, "results"))
     parser.add_argument("--isa", choices=sorted(ISA_ENV), default="native",
@@ -457,6 +461,12 @@ def main() -> None:
                     if vals:
                         memory.setdefault(fw, {})[str(threads)] = stats(vals)
             extras["peak_rss_mlp_train"] = memory
+        if args.latency:
+            import latency  # bench/latency.py: each cell in fresh processes of its own
+
+            results, cli = latency.measure(threads_list, min(runs, 3), 9, 300, list(latency.WORKLOADS),
+                                           1 if args.quick else 3, log)
+            extras["latency"] = {"results": results, "command_line": cli, "table": latency.table(results, cli)}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -546,6 +556,9 @@ def main() -> None:
         mem = extras["peak_rss_mlp_train"]
         parts = [f"{fw} {t}t {v['median']:.0f} MB" for fw in frameworks for t, v in mem.get(fw, {}).items()]
         print(f"peak RSS   mlp_train on {mem['samples']} samples (whole process, VmHWM): " + ", ".join(parts))
+
+    if "latency" in extras:
+        print("\nlatency vs ONNX Runtime (bench/latency.py):\n" + extras["latency"]["table"])
 
     # --- the file
     os.makedirs(args.out, exist_ok=True)

@@ -298,6 +298,22 @@ def predict(
     raise SystemExit(run_predict(spec_path, weights, input_path, out))
 
 
+def export(
+    spec_path: Annotated[str, typer.Argument(metavar="SPEC", help="The spec the weights belong to.")],
+    weights: Annotated[str, typer.Option("--weights", metavar="RUN_DIR", help="A run directory or a weights .npz.")],
+    out: Annotated[str, typer.Option("--out", "-o", help="The .onnx file to write (never overwritten).")],
+) -> None:
+    """Export the model with trained weights (and the run's input normalisation) to an ONNX file.
+
+    Example: specc export specs/digits_mlp.yaml --weights runs/digits_mlp/20261207T101500Z -o digits.onnx
+    """
+    if not os.path.isfile(spec_path):
+        raise _usage(f"no such file: {spec_path}")
+    from .export.command import run as run_export
+
+    raise SystemExit(run_export(spec_path, weights, out))
+
+
 def time(
     spec_path: Annotated[str, typer.Argument(metavar="SPEC", help="The spec to time.")],
     batch: Annotated[int | None, typer.Option("--batch", min=1, help="Batch size (default: the spec's fit.batch_size, else 32).")] = None,
@@ -422,7 +438,7 @@ def import_(
           + (f"; weights in {npz}" if imported.weights is not None else " (no weights in the source)"), err=True)
 
 
-COMMANDS = (validate, summary, expand, schema, train, evaluate, predict, time, draw, import_)
+COMMANDS = (validate, summary, expand, schema, train, evaluate, predict, export, time, draw, import_)
 
 
 def _versions() -> str:

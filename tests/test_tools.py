@@ -120,7 +120,7 @@ def test_version_names_the_numeric_stack():
     assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True).stdout.strip().endswith("CLEAN")
 
 
-COMMANDS = ("validate", "summary", "expand", "schema", "train", "evaluate", "predict", "time", "draw", "import")
+COMMANDS = ("validate", "summary", "expand", "schema", "train", "evaluate", "predict", "export", "time", "draw", "import")
 
 
 @pytest.mark.parametrize("command", COMMANDS)

@@ -60,6 +60,7 @@ class Model(Layer):
         self.history = None  # the History of the last fit()
         self._seed: int | None = None  # from a spec: weights, shuffling and dropout follow it
         self._source = None  # the Spec this model was loaded from, if any
+        self._fused_chain = None  # (engine, its DenseChain or None) for predict on small batches
 
     def _setup_functional(self, inputs: Any, outputs: Any) -> None:
         self._input_struct = inputs
@@ -319,8 +320,11 @@ class Model(Layer):
         self._ensure_built(arrays, call=True)
         self._check_inputs(arrays)
         engine = self._engine()
+        small = len(arrays[0]) <= SMALL_BATCH
         with runtime(self.run_eagerly):
-            outs = engine.forward(arrays, training=training, rng=backend.rng())
+            if small and not training:
+                return self._structure(self._predict_small(engine, arrays))
+            outs = engine.forward(arrays, training=training, rng=backend.rng(), reuse=small)
         return self._structure([o.copy() for o in outs])
 
     def _n_inputs(self) -> int:
@@ -706,16 +710,34 @@ class Model(Layer):
                 callbacks: Any = None) -> Any:
         """Outputs for `x`, computed in batches (an array, or a list for several outputs); `steps` batches at
         most; a progress bar at verbose=1 ("auto"); callbacks get on_predict_* calls."""
-        from ..train.fit import Trainer
-
+        batch_size = _batch_size(batch_size)
+        level = _verbosity(verbose)
         xs = self._prepared_inputs(x)
         checks.check_non_empty(len(xs[0]), "x")
         cbs = self._callbacks_for(callbacks, {"verbose": verbose, "epochs": 1, "steps": steps})
         engine = self._engine()
         with runtime(self.run_eagerly):
-            outs = Trainer.predict_with(engine, xs, batch_size, steps=steps, callbacks=cbs,
-                                        verbose=_verbosity(verbose))
+            if not cbs and steps is None and level == 0 and len(xs[0]) <= min(batch_size, SMALL_BATCH):
+                outs = self._predict_small(engine, xs)  # no bar or hooks to serve: one pass, no batching
+            else:
+                from ..train.fit import Trainer
+
+                outs = Trainer.predict_with(engine, xs, batch_size, steps=steps, callbacks=cbs, verbose=level)
         return self._structure(outs)
+
+    def _predict_small(self, engine: Any, xs: list[np.ndarray]) -> list[np.ndarray]:
+        """One small batch: an MLP's one fused call (its DenseChain kept with the engine it belongs to), else
+        one forward pass in the engine's workspace; the outputs copied out of the buffers they are made in."""
+        if len(xs) > 1:
+            checks.check_cardinality({f"x['{layer.name}']": a for layer, a in zip(self._input_layers(), xs)})
+        if self._fused_chain is None or self._fused_chain[0] is not engine:
+            from ..train.fused import DenseChain
+
+            self._fused_chain = (engine, DenseChain.of(engine))
+        chain = self._fused_chain[1]
+        if chain is not None:
+            return [chain.predict(xs[0]).copy()]
+        return [o.copy() for o in engine.forward(xs, training=False, reuse=True)]
 
     def predict_on_batch(self, x: Any) -> Any:
         return self(x)
@@ -758,6 +780,45 @@ class Model(Layer):
                                       f"whole model with model.save('{self.name}.specc'), or get_config() for its "
                                       f"structure as data.")
         return model_yaml(self)
+
+    def export(self, filepath: str | os.PathLike, format: str = "onnx", verbose: Any = None,
+               input_signature: Any = None, **kwargs: Any) -> None:
+        """Keras 3's export, for format="onnx" (the one format specc writes): the model with its current
+        weights as an ONNX file with a dynamic batch axis (see specc/export). An existing file is never
+        replaced (FileExistsError); a layer that cannot be exported is a ValueError naming it, before any
+        file is written."""
+        from ..export import ExportError
+        from ..export.to_onnx import OPSET
+
+        if format != "onnx":
+            raise ValueError(f"Unrecognized format={format!r}: specc exports only format='onnx'")
+        if input_signature is not None:
+            raise NotImplementedError("input_signature is not supported: specc exports the model's own input "
+                                      "shapes with a dynamic batch axis")
+        opset = kwargs.pop("opset_version", None)
+        if kwargs:
+            raise TypeError(f"export() got unexpected argument(s) {', '.join(sorted(kwargs))}")
+        if opset not in (None, OPSET):
+            raise ValueError(f"opset_version={opset!r}: specc exports ONNX opset {OPSET}")
+        path = os.fspath(filepath)
+        if os.path.lexists(path):
+            raise FileExistsError(f"{path} exists; specc's export never overwrites a file: remove it or choose "
+                                  f"another path")
+        self._require_built("export")
+        try:
+            import onnx  # noqa: F401
+        except ImportError:
+            raise ImportError("model.export(format='onnx') needs the onnx package: pip install 'specc[onnx]'") \
+                from None
+        from ..export.to_onnx import build_model, write_new
+
+        try:
+            model = build_model(self._engine(), self.name)
+        except ExportError as exc:
+            raise ValueError(f"cannot export model '{self.name}': {exc}") from None
+        write_new(path, model)
+        if verbose:
+            print(f"Saved artifact at '{path}'.")
 
     def get_config(self) -> dict:
         """Keras's get_config: `name`, `trainable` and the spec's model section (`input`/`inputs`, `layers`,
@@ -855,6 +916,20 @@ def _keras_h5():
                                       ) from None
         raise ImportError(f"Keras '.weights.h5' files need h5py: pip install 'specc[h5]' ({exc})") from None
     return keras_h5
+
+
+# Calls and predictions on at most this many samples run forward in the engine's workspace (reuse=True): the
+# arrays of a call are kept per batch size and reused by the next call of that size instead of allocated
+# (64-byte aligned) again, which was most of a single sample's time. Larger batches allocate as before, so
+# inference at many batch sizes keeps no large arrays.
+SMALL_BATCH = 64
+
+
+def _batch_size(value: Any) -> int:
+    """Keras's default (the spec's `fit.batch_size` default) for None, else a positive integer."""
+    from ..spec.schema import FitDef
+
+    return FitDef.model_fields["batch_size"].default if value is None else checks.check_positive_int("batch_size", value)
 
 
 def _verbosity(verbose: Any) -> int:
