@@ -42,7 +42,7 @@ CASES = [
 ]
 BATCH = 37  # odd, and large enough for several chunks
 
-# The direct path (kernels/native/conv_pool_tiles.py): float32 on AVX-512, a convolution without padding and 2 x 2
+# The direct path (kernels/native/conv_pool_tiles.py): float32 on AVX-512 or AVX2, a convolution without padding and 2 x 2
 # pooling with stride 2. Its forward gives the layers' bits; its kernel and bias gradients (taken when no
 # input gradient is needed, as for a model's first layer in training) sum the same products in another order.
 DIRECT = [
@@ -53,7 +53,7 @@ DIRECT = [
     ("c2_f16_dilated_no_bias_one_window", [conv2d(filters=16, dilation_rate=2, use_bias=False, activation="relu"),
                                            pool2d()], [[8, 7, 2]]),  # a pooled row of 1 window (< 3 per tile)
 ]
-needs_avx512 = pytest.mark.skipif(native.conv_pool_tiles is None, reason="the direct path needs AVX-512 (native kernels)")
+needs_direct = pytest.mark.skipif(native.conv_pool_tiles is None, reason="the direct path needs AVX-512 or AVX2 with FMA (native kernels)")
 
 
 def engine_for(layers, shapes, fuse, dtype=np.float32):
@@ -168,7 +168,7 @@ def apart_float64(layers, shapes, fused):
     return engine
 
 
-@needs_avx512
+@needs_direct
 @pytest.mark.parametrize("layers,shapes", [c[1:] for c in DIRECT], ids=[c[0] for c in DIRECT])
 def test_direct_path_forward_bits_and_gradients(layers, shapes):
     x = sample(shapes)
@@ -188,7 +188,7 @@ def test_direct_path_forward_bits_and_gradients(layers, shapes):
     np.testing.assert_allclose(grads_apart, reference, rtol=1e-4, atol=1e-5 * scale)  # the same bar for both
 
 
-@needs_avx512
+@needs_direct
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs two Numba threads")
 @pytest.mark.parametrize("layers,shapes", [c[1:] for c in DIRECT[:2]], ids=[c[0] for c in DIRECT[:2]])
 def test_direct_path_same_bits_at_one_and_two_threads(layers, shapes):
@@ -238,16 +238,18 @@ def _tile_outputs(shape, aligned):
     return out[4 : 4 + size].reshape(shape), code[16 : 16 + size].reshape(shape)
 
 
-@needs_avx512
+@needs_direct
 @pytest.mark.parametrize("aligned", [True, False], ids=["aligned", "unaligned"])
 @pytest.mark.parametrize("c,f,k,stride,relu", [(1, 32, 3, 1, True), (3, 20, 3, 1, False), (1, 48, 5, 2, True),
                                                (2, 16, 2, 1, True), (2, 64, 3, 1, False),
-                                               (1, 20, 3, 1, False), (1, 36, 3, 2, True)])
+                                               (1, 20, 3, 1, False), (1, 36, 3, 2, True),
+                                               (1, 8, 3, 1, True), (1, 5, 3, 1, True), (4, 13, 3, 1, False)])
 def test_tiles_match_their_numpy_version(c, f, k, stride, relu, aligned):
     """conv_pool_tiles' compiled kernels against the NumPy code eager mode runs (an independent reference:
     im2col, a matrix product, argmax), with outputs aligned as the engine's are and not. A 3 x 3 kernel on
     one channel at stride 1 takes the backward tile on a patch (full and masked strips); at stride 2 it
-    may not (its taps are not on the pixels' grid)."""
+    may not (its taps are not on the pixels' grid). Filter counts give full and masked strips of both ISAs'
+    widths (AVX-512: 32 forward, 16 backward; AVX2: 8 and 8), and a strip narrower than one vector."""
     from specc.kernels import conv_pool
 
     conv_pool_tiles = native.conv_pool_tiles
