@@ -5,6 +5,10 @@ included), the same at 1 and 2 threads, and its gradients match finite differenc
 
 from __future__ import annotations
 
+import os
+import platform
+
+import llvmlite.binding
 import numba
 import numpy as np
 import pytest
@@ -238,18 +242,18 @@ def _tile_outputs(shape, aligned):
     return out[4 : 4 + size].reshape(shape), code[16 : 16 + size].reshape(shape)
 
 
-@needs_direct
-@pytest.mark.parametrize("aligned", [True, False], ids=["aligned", "unaligned"])
-@pytest.mark.parametrize("c,f,k,stride,relu", [(1, 32, 3, 1, True), (3, 20, 3, 1, False), (1, 48, 5, 2, True),
-                                               (2, 16, 2, 1, True), (2, 64, 3, 1, False),
-                                               (1, 20, 3, 1, False), (1, 36, 3, 2, True),
-                                               (1, 8, 3, 1, True), (1, 5, 3, 1, True), (4, 13, 3, 1, False)])
-def test_tiles_match_their_numpy_version(c, f, k, stride, relu, aligned):
+# (c, f, k, stride, relu): filter counts give full and masked strips of both ISAs' widths (AVX-512: 32
+# forward, 16 backward; AVX2: 8 and 8) and a strip narrower than one vector; a 3 x 3 kernel on one channel
+# at stride 1 takes the backward tile on a patch (full and masked strips), at stride 2 it may not (its taps
+# are not on the pixels' grid); 27 and 25 taps take 9-, 4- and 1-tap gradient tiles.
+TILE_CASES = [(1, 32, 3, 1, True), (3, 20, 3, 1, False), (1, 48, 5, 2, True), (2, 16, 2, 1, True),
+              (2, 64, 3, 1, False), (1, 20, 3, 1, False), (1, 36, 3, 2, True), (1, 8, 3, 1, True),
+              (1, 5, 3, 1, True), (4, 13, 3, 1, False)]
+
+
+def check_tiles(c, f, k, stride, relu, aligned):
     """conv_pool_tiles' compiled kernels against the NumPy code eager mode runs (an independent reference:
-    im2col, a matrix product, argmax), with outputs aligned as the engine's are and not. A 3 x 3 kernel on
-    one channel at stride 1 takes the backward tile on a patch (full and masked strips); at stride 2 it
-    may not (its taps are not on the pixels' grid). Filter counts give full and masked strips of both ISAs'
-    widths (AVX-512: 32 forward, 16 backward; AVX2: 8 and 8), and a strip narrower than one vector."""
+    im2col, a matrix product, argmax), with outputs aligned as the engine's are and not."""
     from specc.kernels import conv_pool
 
     conv_pool_tiles = native.conv_pool_tiles
@@ -280,3 +284,39 @@ def test_tiles_match_their_numpy_version(c, f, k, stride, relu, aligned):
     assert (code == conv_pool_tiles.BLOCKED).any() == relu
     np.testing.assert_allclose(dk, dk_np, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(db, db_np, rtol=1e-4, atol=1e-4)
+
+
+@needs_direct
+@pytest.mark.parametrize("aligned", [True, False], ids=["aligned", "unaligned"])
+@pytest.mark.parametrize("c,f,k,stride,relu", TILE_CASES)
+def test_tiles_match_their_numpy_version(c, f, k, stride, relu, aligned):
+    check_tiles(c, f, k, stride, relu, aligned)
+
+
+_HOST = llvmlite.binding.get_host_cpu_features()
+
+
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64") or not (_HOST.get("avx2") and _HOST.get("fma")),
+                    reason="runs AVX2 code")
+@pytest.mark.skipif(native.conv_pool_tiles is not None and native.conv_pool_tiles.ISA == "avx2",
+                    reason="this run compiles for AVX2 already: test_tiles_match_their_numpy_version covers it")
+@pytest.mark.skipif(os.environ.get("SPECC_NATIVE", "1").strip() == "0", reason="native kernels off")
+def test_avx2_tiles_where_numba_compiles_for_a_haswell():
+    # the 256-bit tiles on this CPU (AVX-512 or not), compiled as for a Haswell: every case above
+    import subprocess
+    import sys
+
+    code = """
+from specc.kernels import native
+from tests.test_fusion import TILE_CASES, check_tiles
+assert native.mode() == "avx2" and native.conv_pool_tiles.FORWARD_COLS == 8, native.mode()
+for case in TILE_CASES:
+    for aligned in (True, False):
+        check_tiles(*case, aligned)
+print("ok")
+"""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, NUMBA_CPU_NAME="haswell", NUMBA_CPU_FEATURES="")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900, env=env, cwd=root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == "ok"
