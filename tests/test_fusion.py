@@ -57,7 +57,8 @@ DIRECT = [
     ("c2_f16_dilated_no_bias_one_window", [conv2d(filters=16, dilation_rate=2, use_bias=False, activation="relu"),
                                            pool2d()], [[8, 7, 2]]),  # a pooled row of 1 window (< 3 per tile)
 ]
-needs_direct = pytest.mark.skipif(native.conv_pool_tiles is None, reason="the direct path needs AVX-512 or AVX2 with FMA (native kernels)")
+needs_direct = pytest.mark.skipif(native.conv_pool_tiles is None,
+                                  reason="the direct path needs AVX-512 or AVX2 with FMA (native kernels)")
 
 
 def engine_for(layers, shapes, fuse, dtype=np.float32):
@@ -296,8 +297,10 @@ def test_tiles_match_their_numpy_version(c, f, k, stride, relu, aligned):
 _HOST = llvmlite.binding.get_host_cpu_features()
 
 
-@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64") or not (_HOST.get("avx2") and _HOST.get("fma")),
-                    reason="runs AVX2 code")
+_AVX2_HOST = platform.machine().lower() in ("x86_64", "amd64") and bool(_HOST.get("avx2") and _HOST.get("fma"))
+
+
+@pytest.mark.skipif(not _AVX2_HOST, reason="runs AVX2 code")
 @pytest.mark.skipif(native.conv_pool_tiles is not None and native.conv_pool_tiles.ISA == "avx2",
                     reason="this run compiles for AVX2 already: test_tiles_match_their_numpy_version covers it")
 @pytest.mark.skipif(os.environ.get("SPECC_NATIVE", "1").strip() == "0", reason="native kernels off")

@@ -7,11 +7,11 @@ product from a scratch; for a layer with few taps, such as a usual first layer (
 kernel: K = 9 taps), each of those passes costs as much as the multiply-adds themselves, and the products
 have k = 9. Here the windows are never laid out and the convolution's output never leaves the registers:
 
-- forward (`_forward_tile`): three pooling windows at a time, 12 convolution outputs x FORWARD_COLS filters
-  in 24 (AVX-512) or 12 (AVX2) vector registers. Per tap, one row of the kernel and 12 broadcasts of x, read in place through
-  a table of the taps' offsets in x; then the 2 x 2 maximum with its winner, the bias and the ReLU, and
-  only the pooled values and the winners' int8 codes are stored (a code marks the windows whose gradient
-  the ReLU stops, so backward needs no copy of the output).
+- forward (`_forward_tile`): three pooling windows at a time, 12 convolution outputs x FORWARD_COLS
+  filters in 24 (AVX-512) or 12 (AVX2) vector registers. Per tap, one row of the kernel and 12
+  broadcasts of x, read in place through a table of the taps' offsets in x; then the 2 x 2 maximum with
+  its winner, the bias and the ReLU, and only the pooled values and the winners' int8 codes are stored (a
+  code marks the windows whose gradient the ReLU stops, so backward needs no copy of the output).
 - backward (`_grad_tile`): the kernel gradient, up to 9 taps x one vector of filters held in registers
   while a sample's pooling windows stream through: each window's gradient is multiplied by its winner's
   taps of x (only in the lanes each output wins), read from one 4 x 4 patch for a 3 x 3 kernel on one
@@ -64,12 +64,13 @@ DEMOTE = bool(llvmlite.binding.get_host_cpu_features().get("cldemote")) and numb
 
 
 def _forward_tile(masked: bool):
-    """An intrinsic for three 2 x 2 pooling windows over one FORWARD_COLS-filter strip, arrays given by address:
+    """An intrinsic for three 2 x 2 pooling windows over a strip of FORWARD_COLS filters, arrays by address:
         z[w, q, j]  = sum_p x[x_w + pix_q + toff[p]] * b[p*ldb + j]  (+ bias[j]), then max(0, .) if relu
         out_w[j]    = max_q z[w, q, j]
         code_w[j]   = the first q reaching it (int8), or BLOCKED where relu and out_w[j] is not > 0
     for windows w < 3, outputs q < 4 of each window at pixel offsets pix = (0, cs, rs, rs + cs), filters
-    j < FORWARD_COLS (masked: j < cols). Offsets and strides count elements; toff is an int64 table of k taps."""
+    j < FORWARD_COLS (masked: j < cols). Offsets and strides count elements; toff is an int64 table of k
+    taps."""
 
     @intrinsic
     def tile(typingctx, x0, x1, x2, cs, rs, toff, k, b, ldb, bias, use_bias, relu, o0, o1, o2, c0, c1, c2, cols):
@@ -134,8 +135,8 @@ def _forward_tile(masked: bool):
 
 
 def _grad_tile(rows: int, masked: bool, patch: bool = False):
-    """An intrinsic for `rows` taps x one strip of LANES filters of the kernel gradient over m rows of n pooling
-    windows (one sample's), arrays given by address; with i = a*ldr + w*ldw + j, window (a, w)'s gradient
+    """An intrinsic for `rows` taps x a strip of LANES filters of the kernel gradient over m rows of n
+    pooling windows (one sample's), arrays given by address; with i = a*ldr + w*ldw + j, window (a, w)'s gradient
     and winner code:
         dk[r*ldk + j] += sum_{a, w, q where code[i] == q} x[x0 + a*xrow + w*wstep + pix_q + toff[r]] * dp[i]
         db[j]         += sum_{a, w} dp[i] where code[i] != BLOCKED   (with_db)
