@@ -290,7 +290,7 @@ def summary_json(graph: Graph, batch_size: int = 32, instances: list | None = No
 
 
 # --- the table ---------------------------------------------------------------------------------------------
-# Keras prints its summary with rich. Importing rich costs ~25 ms, a tenth of `specc summary`, so plain text
+# Keras prints its summary with rich. Importing rich is a large share of `specc summary`'s time, so plain text
 # is laid out here by rich's rules for this one table shape (rich/table.py, rich/_wrap.py, rich/text.py):
 # fixed column widths plus one space of padding a side, shrunk evenly to fit between the borders; words
 # wrapped onto new lines; a word longer than its column cut short with "…". tests/test_summary.py checks

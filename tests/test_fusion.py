@@ -5,6 +5,10 @@ included), the same at 1 and 2 threads, and its gradients match finite differenc
 
 from __future__ import annotations
 
+import os
+import platform
+
+import llvmlite.binding
 import numba
 import numpy as np
 import pytest
@@ -42,7 +46,7 @@ CASES = [
 ]
 BATCH = 37  # odd, and large enough for several chunks
 
-# The direct path (kernels/native/conv_pool_tiles.py): float32 on AVX-512, a convolution without padding and 2 x 2
+# The direct path (kernels/native/conv_pool_tiles.py): float32 on AVX-512 or AVX2, a convolution without padding and 2 x 2
 # pooling with stride 2. Its forward gives the layers' bits; its kernel and bias gradients (taken when no
 # input gradient is needed, as for a model's first layer in training) sum the same products in another order.
 DIRECT = [
@@ -53,7 +57,8 @@ DIRECT = [
     ("c2_f16_dilated_no_bias_one_window", [conv2d(filters=16, dilation_rate=2, use_bias=False, activation="relu"),
                                            pool2d()], [[8, 7, 2]]),  # a pooled row of 1 window (< 3 per tile)
 ]
-needs_avx512 = pytest.mark.skipif(native.conv_pool_tiles is None, reason="the direct path needs AVX-512 (native kernels)")
+needs_direct = pytest.mark.skipif(native.conv_pool_tiles is None,
+                                  reason="the direct path needs AVX-512 or AVX2 with FMA (native kernels)")
 
 
 def engine_for(layers, shapes, fuse, dtype=np.float32):
@@ -168,7 +173,7 @@ def apart_float64(layers, shapes, fused):
     return engine
 
 
-@needs_avx512
+@needs_direct
 @pytest.mark.parametrize("layers,shapes", [c[1:] for c in DIRECT], ids=[c[0] for c in DIRECT])
 def test_direct_path_forward_bits_and_gradients(layers, shapes):
     x = sample(shapes)
@@ -188,7 +193,7 @@ def test_direct_path_forward_bits_and_gradients(layers, shapes):
     np.testing.assert_allclose(grads_apart, reference, rtol=1e-4, atol=1e-5 * scale)  # the same bar for both
 
 
-@needs_avx512
+@needs_direct
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs two Numba threads")
 @pytest.mark.parametrize("layers,shapes", [c[1:] for c in DIRECT[:2]], ids=[c[0] for c in DIRECT[:2]])
 def test_direct_path_same_bits_at_one_and_two_threads(layers, shapes):
@@ -238,16 +243,18 @@ def _tile_outputs(shape, aligned):
     return out[4 : 4 + size].reshape(shape), code[16 : 16 + size].reshape(shape)
 
 
-@needs_avx512
-@pytest.mark.parametrize("aligned", [True, False], ids=["aligned", "unaligned"])
-@pytest.mark.parametrize("c,f,k,stride,relu", [(1, 32, 3, 1, True), (3, 20, 3, 1, False), (1, 48, 5, 2, True),
-                                               (2, 16, 2, 1, True), (2, 64, 3, 1, False),
-                                               (1, 20, 3, 1, False), (1, 36, 3, 2, True)])
-def test_tiles_match_their_numpy_version(c, f, k, stride, relu, aligned):
+# (c, f, k, stride, relu): filter counts give full and masked strips of both ISAs' widths (AVX-512: 32
+# forward, 16 backward; AVX2: 8 and 8) and a strip narrower than one vector; a 3 x 3 kernel on one channel
+# at stride 1 takes the backward tile on a patch (full and masked strips), at stride 2 it may not (its taps
+# are not on the pixels' grid); 27 and 25 taps take 9-, 4- and 1-tap gradient tiles.
+TILE_CASES = [(1, 32, 3, 1, True), (3, 20, 3, 1, False), (1, 48, 5, 2, True), (2, 16, 2, 1, True),
+              (2, 64, 3, 1, False), (1, 20, 3, 1, False), (1, 36, 3, 2, True), (1, 8, 3, 1, True),
+              (1, 5, 3, 1, True), (4, 13, 3, 1, False)]
+
+
+def check_tiles(c, f, k, stride, relu, aligned):
     """conv_pool_tiles' compiled kernels against the NumPy code eager mode runs (an independent reference:
-    im2col, a matrix product, argmax), with outputs aligned as the engine's are and not. A 3 x 3 kernel on
-    one channel at stride 1 takes the backward tile on a patch (full and masked strips); at stride 2 it
-    may not (its taps are not on the pixels' grid)."""
+    im2col, a matrix product, argmax), with outputs aligned as the engine's are and not."""
     from specc.kernels import conv_pool
 
     conv_pool_tiles = native.conv_pool_tiles
@@ -278,3 +285,41 @@ def test_tiles_match_their_numpy_version(c, f, k, stride, relu, aligned):
     assert (code == conv_pool_tiles.BLOCKED).any() == relu
     np.testing.assert_allclose(dk, dk_np, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(db, db_np, rtol=1e-4, atol=1e-4)
+
+
+@needs_direct
+@pytest.mark.parametrize("aligned", [True, False], ids=["aligned", "unaligned"])
+@pytest.mark.parametrize("c,f,k,stride,relu", TILE_CASES)
+def test_tiles_match_their_numpy_version(c, f, k, stride, relu, aligned):
+    check_tiles(c, f, k, stride, relu, aligned)
+
+
+_HOST = llvmlite.binding.get_host_cpu_features()
+
+
+_AVX2_HOST = platform.machine().lower() in ("x86_64", "amd64") and bool(_HOST.get("avx2") and _HOST.get("fma"))
+
+
+@pytest.mark.skipif(not _AVX2_HOST, reason="runs AVX2 code")
+@pytest.mark.skipif(native.conv_pool_tiles is not None and native.conv_pool_tiles.ISA == "avx2",
+                    reason="this run compiles for AVX2 already: test_tiles_match_their_numpy_version covers it")
+@pytest.mark.skipif(os.environ.get("SPECC_NATIVE", "1").strip() == "0", reason="native kernels off")
+def test_avx2_tiles_where_numba_compiles_for_a_haswell():
+    # the 256-bit tiles on this CPU (AVX-512 or not), compiled as for a Haswell: every case above
+    import subprocess
+    import sys
+
+    code = """
+from specc.kernels import native
+from tests.test_fusion import TILE_CASES, check_tiles
+assert native.mode() == "avx2" and native.conv_pool_tiles.FORWARD_COLS == 8, native.mode()
+for case in TILE_CASES:
+    for aligned in (True, False):
+        check_tiles(*case, aligned)
+print("ok")
+"""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, NUMBA_CPU_NAME="haswell", NUMBA_CPU_FEATURES="")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900, env=env, cwd=root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == "ok"

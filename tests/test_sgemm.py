@@ -180,15 +180,18 @@ def test_products_use_numbas_threads_until_configured():
 
 
 def test_the_loaded_variant_is_the_targets():
-    # mode, flags and modules agree with vector_isa: 512-bit tiles and conv_pool_tiles only where Numba
-    # compiles for this AVX-512 CPU, 256-bit tiles where the target has AVX2 and FMA, else BLAS alone
+    # mode, flags and modules agree with vector_isa: 512-bit tiles only where Numba compiles for this
+    # AVX-512 CPU, 256-bit tiles where the target has AVX2 and FMA (sgemm's and conv_pool_tiles' both),
+    # else BLAS alone
     if not native.ENABLED:
         pytest.skip("native kernels off (SPECC_NATIVE=0, or they failed to load)")
     mode = native.mode()
     assert mode == (native.vector_isa() or "native")
     assert (native.AVX512, native.AVX2) == (mode == "avx512", mode == "avx2")
     assert (sgemm is not None) == (mode in ("avx512", "avx2"))
-    assert (native.conv_pool_tiles is not None) == (mode == "avx512")
+    assert (native.conv_pool_tiles is not None) == (mode in ("avx512", "avx2"))
+    if native.conv_pool_tiles is not None:
+        assert native.conv_pool_tiles.FORWARD_COLS == {"avx512": 32, "avx2": 8}[mode]
     if sgemm is not None:
         assert (sgemm.ISA, sgemm.LANES, sgemm.MR, sgemm.NR) == {"avx512": ("avx512", 16, 14, 32),
                                                                "avx2": ("avx2", 8, 6, 16)}[mode]
@@ -242,7 +245,7 @@ def test_avx2_variant_where_numba_compiles_for_a_haswell():
 import numpy as np
 from specc.kernels import configure_threads, native
 sg = native.sgemm
-assert native.mode() == "avx2" and sg.LANES == 8 and sg.MR == 6 and native.conv_pool_tiles is None, native.mode()
+assert native.mode() == "avx2" and sg.LANES == 8 and sg.MR == 6 and native.conv_pool_tiles.LANES == 8, native.mode()
 configure_threads(2)
 rng = np.random.default_rng(0)
 worst = 0.0

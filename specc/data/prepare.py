@@ -227,7 +227,7 @@ def _split(n: int, fraction: float, labels: np.ndarray | None, rng) -> tuple[np.
         k = int(round(n * fraction))
         return np.sort(perm[:k]), np.sort(perm[k:])
     # sorted(set(...)) and a mask rather than np.unique / np.setdiff1d: the same classes in the same order
-    # (so the same split), but NumPy 2's unique imports numpy.ma on first use, ~10 ms of `specc train`.
+    # (so the same split), but NumPy 2's unique imports numpy.ma on first use, slowing `specc train`'s start.
     test = []
     for c in sorted(set(labels.tolist())):
         idx = rng.permutation(np.flatnonzero(labels == c))

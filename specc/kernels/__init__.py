@@ -31,8 +31,8 @@ def load_scipy_blas() -> None:
     it before the first kernel runs, cached or not), without running scipy.linalg's package __init__.
 
     That __init__ loads SciPy's array-API layer, which walks every attribute of NumPy and so imports
-    numpy.f2py, numpy.testing and numpy.ma: ~130 ms, an eighth of `specc train`'s time to its first step,
-    for nothing Numba uses. The extension module itself needs only the `scipy` package (loaded normally).
+    numpy.f2py, numpy.testing and numpy.ma: a large share of `specc train`'s time to its first step, for
+    nothing Numba uses. The extension module itself needs only the `scipy` package (loaded normally).
     Numba imports it by its full name, which sys.modules then answers; a later `import scipy.linalg` runs
     as usual. If anything about SciPy's layout differs, this falls back to the plain import."""
     name = "scipy.linalg.cython_blas"

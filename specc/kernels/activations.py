@@ -95,7 +95,7 @@ def _sigmoid_derivative(x):
 def _tanh(x):
     """tanh(x) in float64 from t = exp(-2|x|): (1 - t) / (1 + t), or its Taylor series below |x| = 1/32
     where 1 - t would cancel (truncated there below 1e-20 relative); copysign keeps tanh(-0) = -0. A
-    vector loop, where math.tanh is a libm call per value (~14 ns each in float32); inlined in Numba's IR,
+    vector loop, where math.tanh is a libm call per value; inlined in Numba's IR,
     as LLVM leaves a function this size a call, and the loop scalar."""
     v = np.float64(x)
     a = min(abs(v), 20.0)  # tanh(20) is 1 in float64
@@ -214,7 +214,7 @@ def _row_max(a, r):
 def softmax(log, z, y):
     """y = softmax(z) (log_softmax with `log`) over each row; z, y: (rows, features). A kernel of its own
     too, so a model whose only activation outside its layers' products is a softmax (a classifier's last
-    Dense) compiles this instead of every activation in `forward` (~0.5 s of a cold start).
+    Dense) compiles this instead of every activation in `forward` (a shorter cold start).
 
     In float64, with m the row's maximum, reached `ties` times, and rest = sum of exp(z - m) below it:
     softmax = exp(z - m) / (ties + rest), log_softmax = (z - m) - log1p(ties - 1 + rest), which keeps
@@ -252,7 +252,7 @@ def forward(code, z, y):
         softmax(code == LOG_SOFTMAX, z, y)
         return
     # The common activations get their own loops: choosing the function per element (the generic loop
-    # below) keeps LLVM from vectorising, which made ReLU ~7x slower than NumPy on a CNN-sized tensor.
+    # below) keeps LLVM from vectorising, which made ReLU several times slower than NumPy.
     zero = z.dtype.type(0)
     if code == RELU:
         for r in range(rows):
@@ -339,7 +339,7 @@ def softmax_backward(log, z, y, dy, dz):
 def scale_by_derivative(code, z, y, dz):
     """dz *= act'(z) in place, for the elementwise activations. In place on purpose: a loop that reads dy
     and writes dz, when they are the same array, fails LLVM's run-time overlap check and runs scalar (the
-    ReLU's branch then mispredicts half the time: 128 x 256 values took ~90 us instead of ~6)."""
+    ReLU's branch then mispredicts half the time)."""
     rows, n = z.shape
     zero = z.dtype.type(0)
     if code == RELU:

@@ -10,7 +10,7 @@ convolution into a per-thread scratch that stays in L2, and is pooled from there
 pooled gradient back into that scratch and takes the kernel gradient from it. Only the pooled output, its
 winners and x go to memory.
 
-Two paths. Where `pair` allows (float32 on AVX-512, no convolution padding, 2 x 2 pooling with stride
+Two paths. Where `pair` allows (float32 on AVX-512 or AVX2, no convolution padding, 2 x 2 pooling with stride
 2: the usual CNN block), conv_pool_tiles computes the pair with the convolution's outputs in registers
 only, and keeps each window's winner as an int8 code; its outputs are the layers' bits, its kernel and bias
 gradients the same sums in another order (within float32 rounding of float64: tests/test_fusion.py). When
@@ -130,7 +130,7 @@ class Pair(NamedTuple):
 
 def pair(x_shape, dtype, g, pg, conv_hw, pooled_hw, filters) -> Pair:
     """The Pair for x (N, H, W, C) of `dtype` and a kernel of `filters`. The direct path (conv_pool_tiles)
-    takes float32 on AVX-512, a convolution without padding and 2 x 2 pooling windows with stride 2, all
+    takes float32 on AVX-512 or AVX2, a convolution without padding and 2 x 2 pooling windows with stride 2, all
     inside the convolution's output (Ho, Wo) -> (Po, Qo); its taps are (i, j, channel) in the kernel's row
     order."""
     (ho, wo), (po, qo) = conv_hw, pooled_hw

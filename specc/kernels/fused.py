@@ -1,7 +1,7 @@
 """One jitted call per training step for a chain of Dense layers (an MLP): forward, loss, backward.
 
 For a small model the arithmetic of a step takes microseconds and the Python around each layer call is
-most of the step (the benchmark's 8-16-16-1 MLP spent ~130 us per step, ~100 of them in Python). Here the
+most of the step (as for the benchmark's 8-16-16-1 MLP). Here the
 whole chain runs inside Numba, reading weights from and writing gradients into the engine's flat buffers
 at the offsets the Python side computed, and keeping every intermediate in one preallocated workspace,
 so a step allocates nothing.

@@ -12,7 +12,7 @@ BLAS. When this package loads, those entry points use what it offers instead:
 - `sgemm`: float32 matrix products on register tiles of 512-bit vectors where Numba compiles for this
   very CPU and it has AVX-512, else of 256-bit vectors where the CPU Numba compiles for has AVX2 and FMA
   (one variant per process: the other is never compiled);
-- `conv_pool_tiles`: convolution + pooling tiles on 512-bit vectors, with the AVX-512 sgemm only.
+- `conv_pool_tiles`: convolution + pooling tiles on the vectors sgemm is built for (its IR helpers).
 
 `SPECC_NATIVE=0` turns the package off, but for `cache`, which only asks Numba where its cache is (the
 kernel cache's stamp needs that in every mode). A failure while it loads (a Numba or llvmlite that moved
@@ -32,8 +32,8 @@ import warnings
 import numba
 
 ENABLED = False  # internals and products loaded
-AVX512 = False  # sgemm on 512-bit vectors and conv_pool_tiles loaded
-AVX2 = False  # sgemm on 256-bit vectors loaded (no conv_pool_tiles)
+AVX512 = False  # sgemm and conv_pool_tiles on 512-bit vectors loaded
+AVX2 = False  # sgemm and conv_pool_tiles on 256-bit vectors loaded
 REASON = ""  # why a part is off
 
 # The loaded modules, None until loaded (the names shadow the submodules: import them with importlib).
@@ -133,15 +133,15 @@ def _load_internals() -> None:
 
 def intended_mode() -> str:
     """The mode load_kernels aims at: 'avx512' (sgemm and conv_pool_tiles on 512-bit vectors), 'avx2'
-    (sgemm on 256-bit vectors), 'native' (IR products over BLAS, no micro-kernels) or 'portable'."""
+    (on 256-bit vectors), 'native' (IR products over BLAS, no micro-kernels) or 'portable'."""
     if internals is None:
         return "portable"
     return vector_isa() or "native"
 
 
 def load_kernels() -> None:
-    """Loads products, sgemm where the CPU has AVX-512 or AVX2 and FMA, and conv_pool_tiles with the
-    AVX-512 sgemm; on any failure, none."""
+    """Loads products, and sgemm and conv_pool_tiles where the CPU has AVX-512 or AVX2 and FMA; on a failure
+    of sgemm or products, none of them."""
     global ENABLED, AVX512, AVX2, REASON, products, sgemm, conv_pool_tiles
     if internals is None:
         return
@@ -157,13 +157,11 @@ def load_kernels() -> None:
         products = sgemm = None
         _warn(error)
         return
-    if target == "avx512":
+    if target in ("avx512", "avx2"):
         try:  # after products: it imports kernels/conv.py, whose products must be the native ones
             conv_pool_tiles = importlib.import_module(f"{__name__}.conv_pool_tiles")
         except Exception as error:  # pragma: no cover - depends on the installed Numba/llvmlite
             _warn(error)
-    elif target == "avx2":
-        REASON = "AVX2: no conv_pool_tiles (its tiles need AVX-512's 32 registers)"
     ENABLED = True
     AVX512 = target == "avx512"
     AVX2 = target == "avx2"

@@ -1,19 +1,20 @@
-"""A convolution followed by 2 x 2 max pooling, computed window by window on AVX-512 vectors written as
-LLVM IR (as sgemm.py's micro-kernel), for float32 and convolutions without padding.
+"""A convolution followed by 2 x 2 max pooling, computed window by window on AVX-512 or AVX2 vectors
+written as LLVM IR (as sgemm.py's micro-kernel, for the same ISA), for float32 and convolutions without
+padding.
 
 Why. conv_pool.py's chunked path lays out im2col windows, multiplies them by the kernel and pools the
 product from a scratch; for a layer with few taps, such as a usual first layer (28x28x1 -> 32, a 3 x 3
 kernel: K = 9 taps), each of those passes costs as much as the multiply-adds themselves, and the products
 have k = 9. Here the windows are never laid out and the convolution's output never leaves the registers:
 
-- forward (`_forward_tile`): three pooling windows at a time, 12 convolution outputs x 32 filters in 24
-  vector registers. Per tap, one 32-wide row of the kernel and 12 broadcasts of x, read in place through
-  a table of the taps' offsets in x; then the 2 x 2 maximum with its winner, the bias and the ReLU, and
-  only the pooled values and the winners' int8 codes are stored (a code marks the windows whose gradient
-  the ReLU stops, so backward needs no copy of the output).
-- backward (`_grad_tile`): the kernel gradient, up to 9 taps x 16 filters held in registers while a
-  sample's pooling windows stream through: each window's gradient is multiplied by its winner's taps of x
-  (FMAs masked to the lanes each output wins), read from one 4 x 4 patch for a 3 x 3 kernel on one
+- forward (`_forward_tile`): three pooling windows at a time, 12 convolution outputs x FORWARD_COLS
+  filters in 24 (AVX-512) or 12 (AVX2) vector registers. Per tap, one row of the kernel and 12
+  broadcasts of x, read in place through a table of the taps' offsets in x; then the 2 x 2 maximum with
+  its winner, the bias and the ReLU, and only the pooled values and the winners' int8 codes are stored (a
+  code marks the windows whose gradient the ReLU stops, so backward needs no copy of the output).
+- backward (`_grad_tile`): the kernel gradient, up to 9 taps x one vector of filters held in registers
+  while a sample's pooling windows stream through: each window's gradient is multiplied by its winner's
+  taps of x (only in the lanes each output wins), read from one 4 x 4 patch for a 3 x 3 kernel on one
   channel. The bias gradient rides along.
 
 Each convolution output is the same chain of FMAs as sgemm's (taps in the same order, from zero), and the
@@ -35,10 +36,17 @@ from numba.extending import intrinsic, overload
 from .. import JIT
 from ..conv import _sum_parts
 from .internals import numba_threads as _numba_threads
-from .sgemm import _F32, _I8, _I64, _V, _VI, LANES, NR, _declare, _Emitter
+from .sgemm import _F32, _I8, _I64, _V, _VI, ISA, LANES, _declare, _Emitter
 
-WINDOWS = 3  # pooling windows per forward tile: 3 x 4 outputs x 2 vectors = 24 accumulators
+WINDOWS = 3  # pooling windows per forward tile
 PIXELS = 4  # convolution outputs per 2 x 2 window, in scan order: (0, 0), (0, 1), (1, 0), (1, 1)
+# Filters per forward tile, by the vector ISA sgemm.py is built for: 3 x 4 outputs x 2 vectors = 24
+# accumulators of AVX-512's 32 registers, x 1 vector = 12 of AVX2's 16 (with two vectors, 24 would spill).
+FORWARD_COLS = {"avx512": 2 * LANES, "avx2": LANES}[ISA]
+# AVX-512 routes a window's gradient to its winners with masked FMAs (the mask registers are free); AVX2 has
+# neither masked FMAs nor mask registers, and there a select folded into each FMA becomes a blend per FMA:
+# the gradient is zeroed once per output instead, d * [code == q], and multiplied unmasked.
+MASKED_FMA = ISA == "avx512"
 GRAD_ROWS = (9, 4, 1)  # taps per backward tile (a 3 x 3 kernel on one channel is 9): 9 accumulators
 # Filters per backward tile: one vector. Each broadcast of x then feeds one FMA, which takes it as an
 # embedded-broadcast operand; over two vectors (32 filters) the 36 broadcasts of a window are each loaded
@@ -56,12 +64,13 @@ DEMOTE = bool(llvmlite.binding.get_host_cpu_features().get("cldemote")) and numb
 
 
 def _forward_tile(masked: bool):
-    """An intrinsic for three 2 x 2 pooling windows over one 32-filter strip, arrays given by address:
+    """An intrinsic for three 2 x 2 pooling windows over a strip of FORWARD_COLS filters, arrays by address:
         z[w, q, j]  = sum_p x[x_w + pix_q + toff[p]] * b[p*ldb + j]  (+ bias[j]), then max(0, .) if relu
         out_w[j]    = max_q z[w, q, j]
         code_w[j]   = the first q reaching it (int8), or BLOCKED where relu and out_w[j] is not > 0
     for windows w < 3, outputs q < 4 of each window at pixel offsets pix = (0, cs, rs, rs + cs), filters
-    j < 32 (masked: j < cols). Offsets and strides count elements; toff is an int64 table of k taps."""
+    j < FORWARD_COLS (masked: j < cols). Offsets and strides count elements; toff is an int64 table of k
+    taps."""
 
     @intrinsic
     def tile(typingctx, x0, x1, x2, cs, rs, toff, k, b, ldb, bias, use_bias, relu, o0, o1, o2, c0, c1, c2, cols):
@@ -72,7 +81,7 @@ def _forward_tile(masked: bool):
             (x0_, x1_, x2_, cs_, rs_, toff_, k_, b_, ldb_, bias_, use_bias_, relu_, o0_, o1_, o2_, c0_, c1_, c2_,
              cols_) = args
             e = _Emitter(builder, masked, cols_)
-            vectors = NR // LANES
+            vectors = FORWARD_COLS // LANES
             xs, outs, codes = (x0_, x1_, x2_), (o0_, o1_, o2_), (c0_, c1_, c2_)
             pix = (e.const(0), cs_, rs_, builder.add(rs_, cs_))
 
@@ -126,8 +135,8 @@ def _forward_tile(masked: bool):
 
 
 def _grad_tile(rows: int, masked: bool, patch: bool = False):
-    """An intrinsic for `rows` taps x one 16-filter strip of the kernel gradient over m rows of n pooling
-    windows (one sample's), arrays given by address; with i = a*ldr + w*ldw + j, window (a, w)'s gradient
+    """An intrinsic for `rows` taps x a strip of LANES filters of the kernel gradient over m rows of n
+    pooling windows (one sample's), arrays given by address; with i = a*ldr + w*ldw + j, window (a, w)'s gradient
     and winner code:
         dk[r*ldk + j] += sum_{a, w, q where code[i] == q} x[x0 + a*xrow + w*wstep + pix_q + toff[r]] * dp[i]
         db[j]         += sum_{a, w} dp[i] where code[i] != BLOCKED   (with_db)
@@ -174,19 +183,24 @@ def _grad_tile(rows: int, masked: bool, patch: bool = False):
                     codes.append(e.load(e.at(code_, at, _I8), v, codes=True))
                 x_w = builder.add(x_a, builder.mul(w, builder.mul(wstep_, e.const(4))))  # byte address
                 new = [list(r) for r in acc]
-                # Each output's lanes where it is the winner, as masks: the FMAs below are masked ones (LLVM
-                # folds the select into the FMA), which needs no register for the routed gradient.
+                # Each output's lanes where it is the winner, as masks: with MASKED_FMA the FMAs below are
+                # masked ones (LLVM folds the select into the FMA), which needs no register for the routed
+                # gradient; else the gradient is routed once per output and the FMAs take all lanes.
                 wins = [[builder.icmp_signed("==", codes[v], ir.Constant(_VI, [q] * LANES)) for v in range(vectors)]
                         for q in range(PIXELS)]
                 if patch:  # x_w + i rs + j cs, i, j < 4: output q's tap r is (q // 2 + r // 3, q % 2 + r % 3)
                     grid = {(i, j): e.broadcast(x_w, builder.add(builder.mul(rs_, e.const(i)), builder.mul(cs_, e.const(j))))
                             for i in range(4) for j in range(4)}
                 for q in range(PIXELS):
+                    routed = None if MASKED_FMA else [builder.select(wins[q][v], d[v], e.zero) for v in range(vectors)]
                     for r in range(rows):
                         xv = (grid[q // 2 + r // 3, q % 2 + r % 3] if patch
                               else e.broadcast(x_w, builder.add(taps[r], pix[q])))
-                        new[r] = [builder.select(wins[q][v], builder.call(e.fma, [xv, d[v], new[r][v]]), new[r][v])
-                                  for v in range(vectors)]
+                        if MASKED_FMA:
+                            new[r] = [builder.select(wins[q][v], builder.call(e.fma, [xv, d[v], new[r][v]]), new[r][v])
+                                      for v in range(vectors)]
+                        else:
+                            new[r] = [builder.call(e.fma, [xv, routed[v], new[r][v]]) for v in range(vectors)]
                 passed = [builder.select(builder.icmp_signed("==", codes[v], blocked), e.zero, d[v]) for v in range(vectors)]
                 new[rows] = [builder.fadd(acc[rows][v], passed[v]) for v in range(vectors)]
                 return new
@@ -252,12 +266,12 @@ def _forward_c(x, n_, h_, w_, c_, kernel, k, f, bias, use_bias, relu, sh, sw, ta
             n, p, q = _next_window(n, p, q, po, qo) if w + 2 < end else (n, p, q)
             x2 = x + 4 * (((n * h_ + 2 * p * sh) * w_ + 2 * q * sw) * c_)
             w1, w2 = min(w + 1, end - 1), min(w + 2, end - 1)
-            for j in range(0, f, NR):
-                cols = min(NR, f - j)
+            for j in range(0, f, FORWARD_COLS):
+                cols = min(FORWARD_COLS, f - j)
                 args = (x0, x1, x2, cs, rs, taps, k, kernel + 4 * j, f, bias + 4 * j, use_bias != 0, relu != 0,
                         out + 4 * (w * f + j), out + 4 * (w1 * f + j), out + 4 * (w2 * f + j),
                         code + w * f + j, code + w1 * f + j, code + w2 * f + j, cols)
-                if cols == NR:
+                if cols == FORWARD_COLS:
                     forward_full(*args)
                 else:
                     forward_masked(*args)

@@ -1,11 +1,10 @@
 """float32 matrix products on AVX-512 or AVX2 vectors written as LLVM IR: out (m, n) (+)= a (m, k) @ b (k, n),
 with an optional bias and ReLU applied while the tile is in registers.
 
-Why not BLAS. On this Xeon NumPy's OpenBLAS (SkylakeX kernels) runs the benchmark MLP's large products
-at 135-185 GFLOP/s on one core; the AVX-512 micro-kernel below runs them at 160-215 (bench/gemm.py; the
-FMA peak is ~225), close to PyTorch's MKL, and its epilogue saves Dense a pass over the output for the
-bias and ReLU. On AVX2 the tile runs level with OpenBLAS's Haswell kernels (bench/results/gemm-avx2-*.json)
-and keeps the epilogue.
+Why not BLAS. On AVX-512 the micro-kernel below runs the benchmark MLP's large products faster than
+NumPy's OpenBLAS and close to PyTorch's MKL; on AVX2 it runs level with OpenBLAS's Haswell kernels
+(bench/gemm.py; figures in bench/results/gemm-*.json and HISTORY.md). Either way its epilogue saves Dense
+a pass over the output for the bias and ReLU.
 
 Why LLVM IR. The micro-kernel keeps an MR x NR tile of `out` in vector registers while it walks k (14 x 32
 in 28 of AVX-512's 32 registers, 6 x 16 in 12 of AVX2's 16): per step it loads one NR-wide row of b (two
@@ -20,10 +19,10 @@ Layouts. out must be contiguous along n; b contiguous along n (its rows are vect
 transposed view such as Dense's W.T, packed strip by strip); a may have any strides: its values are
 broadcast one at a time, so `x.T` (Dense's weight gradient) needs no copy. `supports` says whether a
 product qualifies; gemm.affine sends the others to BLAS. Arrays should start on a 64-byte boundary
-(workspace.aligned_empty): a 512-bit load across two cache lines costs ~10% here.
+(workspace.aligned_empty): a 512-bit load across two cache lines is slower.
 
 Blocking. The drivers walk row blocks of MR outer and NR-column strips of b inner, so a's MR rows
-(14 x k x 4 B: 44 KB at k = 784) stay in L1/L2 while b streams from L2: b is taken in panels of columns
+(MR x k floats) stay in L1/L2 while b streams from L2: b is taken in panels of columns
 that fit in L2_PANEL_BYTES, and in slices of KC rows when k is very large. Edges: the last strip loads
 and stores through lane masks, the last < MR rows run 4-, 2- and 1-row kernels. Threads (`product`)
 split the rows, or the columns when those share out clearly more evenly.
@@ -55,12 +54,12 @@ class _Tile(NamedTuple):
 
 
 # The register tile per vector ISA. Rows x vectors accumulators + the vectors of b + one broadcast fill
-# the vector registers: 14 x 2 + 2 + 1 of AVX-512's 32, 6 x 2 + 2 + 1 of AVX2's 16 (6 x 2 measured faster
-# than 4 x 3 there). AVX2's six row offsets fit in general registers, read from one base per k step;
-# AVX-512's fourteen do not (spilled, the tile ran at half speed), and LLVM's own addressing stays. On
-# AVX2 the tile also takes a transposed a (Dense's weight gradient x.T @ dz), which OpenBLAS's Haswell
-# kernels run a little faster: on BLAS, Dense's backward would switch between OpenBLAS's and Numba's
-# thread pools inside each step, which on two threads cost far more than that.
+# the vector registers: 14 x 2 + 2 + 1 of AVX-512's 32, 6 x 2 + 2 + 1 of AVX2's 16 (6 x 2 rather than
+# 4 x 3: bench/results/gemm-avx2-tile-choice.json). AVX2's six row offsets fit in general registers, read
+# from one base per k step; AVX-512's fourteen do not (they would spill), and LLVM's own addressing stays.
+# On AVX2 the tile also takes a transposed a (Dense's weight gradient x.T @ dz), although OpenBLAS's
+# Haswell kernels run it a little faster: on BLAS, Dense's backward would switch between OpenBLAS's and
+# Numba's thread pools inside each step, which on two threads costs more than it gains.
 _TILES = {"avx512": _Tile(16, 14, 2, 1024 * 1024, False), "avx2": _Tile(8, 6, 2, 128 * 1024, True)}
 # The ISA native/__init__.py loads this module for: the code Numba compiles runs on it. Only its tiles
 # are compiled, and every constant below is the same for all code compiled for one CPU and feature set,
@@ -73,8 +72,8 @@ NR = _VECTORS * LANES  # columns of b per micro-kernel
 ROWS = (MR, 4, 2, 1)  # rows per block: MR, then 4, 2, 1 for the last few
 KC = 1024  # rows of b per slice when k is larger (a's MR x KC block then stays in L2)
 KC_PACKED = 256  # rows per packed strip of a transposed b: 256 x NR x 4 B (32 or 16 KB), within L1
-PARALLEL_MIN_FLOPS = 4_000_000  # below this a product runs on the calling thread: ~20 us at 200 GFLOP/s,
-# against ~10 us to wake Numba's workers
+PARALLEL_MIN_FLOPS = 4_000_000  # below this a product runs on the calling thread: it takes about as long
+# as waking Numba's workers
 
 # The thread count for `matmul` (and the optimizers), read by compiled code at run time: a global our
 # kernels load (registered with LLVM under our name, so the machine code caches and finds it on load).
@@ -159,9 +158,8 @@ class _Emitter:
         self.masks = None
         if masked:
             # Lane j of vector v is live when LANES v + j < cols: the low min(max(cols - LANES v, 0), LANES)
-            # bits of an integer, bitcast to a mask. (As a vector compare of lane numbers with cols, LLVM
-            # redid the compares inside the k loop: 6 more instructions per step, sgemm's masked strip 25%
-            # slower.)
+            # bits of an integer, bitcast to a mask. (Not a vector compare of lane numbers with cols: LLVM
+            # redoes those compares inside the k loop.)
             self.masks = []
             for v in range(NR // LANES):
                 live = builder.sub(cols, self.const(LANES * v))
@@ -302,8 +300,7 @@ def _micro_kernel(rows: int, masked: bool):
                 return out
 
             # The k loop. The accumulators are phi nodes, so they stay in registers across iterations.
-            # (Unrolling it measured no faster: by 4 on AVX-512, which also doubled the compile time; by 2 on
-            # AVX2.)
+            # Not unrolled: unrolling gained nothing on either ISA and lengthens the compile.
             zeros = [[e.zero] * vectors for _ in range(rows)]
             if A_OFFSETS_IN_REGISTERS:
                 row_offsets = [_opaque(builder, builder.mul(ars_, e.const(4 * r))) for r in range(rows)]
@@ -341,7 +338,7 @@ _m_mr, _m4, _m2, _m1 = (_micro_kernel(rows, True) for rows in ROWS)
 load_scipy_blas()  # before the C callables below starts Numba's CPU target, which would import all of scipy.linalg
 # Start Numba's thread pool before any cached kernel is loaded: machine code that links sgemm's (or the
 # optimizers') parallel loops calls the pool's entry points, which Numba registers with LLVM only when it
-# starts the pool; a kernel loaded from the cache before that called address 0. (~15 ms.) Until
+# starts the pool; a kernel loaded from the cache before that called address 0. Until
 # configure_threads says otherwise, sgemm uses as many threads as Numba (and BLAS) do by default.
 set_threads(numba.get_num_threads())
 
@@ -354,8 +351,8 @@ def _block_rows(i, i1):
 
 # The tiles of a block of out as a C callable of its own, which the drivers call by symbol name: the
 # eight micro-kernels are large functions for LLVM, and linked into each driver they were optimised again
-# in every one (~0.8 s of a cold start). One call covers rows i0:i1 of a panel: a call per tile cost up
-# to 30% on products with a short k (Dense's input gradient, k = units).
+# in every one, lengthening every cold start. One call covers rows i0:i1 of a panel: a call per tile is
+# costly on products with a short k (Dense's input gradient, k = units).
 _GRID_SIG = types.void(*(types.int64,) * 15)
 
 
@@ -545,7 +542,7 @@ def product(a, a_rows, a_cols, m, k, b, b_rows, b_cols, n, out, out_rows, out_co
     if count > 1 and 2 * m * n * k >= PARALLEL_MIN_FLOPS and last_row - first_row == m:
         # Split the rows, unless the columns share out more than 5% more evenly: 128 rows in 14-row blocks
         # split 70 + 58, while 256 columns split into 4 + 4 strips. Rows otherwise, because then each
-        # thread reads only its part of a (predicting 1024 rows: 650k samples/s against 600k by columns).
+        # thread reads only its part of a.
         blocks = (m + MR - 1) // MR
         strips = (n + NR - 1) // NR
         most_rows = min(m, -(-blocks // count) * MR)
