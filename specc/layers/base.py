@@ -131,6 +131,7 @@ FAMILIES: dict[str, tuple[str, ...]] = {
                 "GlobalMaxPooling2D", "GlobalAveragePooling1D", "GlobalAveragePooling2D"),
     "preprocessing": ("Rescaling", "Normalization"),
     "recurrent": ("SimpleRNN", "LSTM", "GRU"),
+    "wrappers": ("Bidirectional", "TimeDistributed"),
     "reshaping": ("Flatten", "Reshape", "Permute", "RepeatVector", "ZeroPadding1D", "ZeroPadding2D", "Cropping1D",
                   "Cropping2D", "UpSampling1D", "UpSampling2D"),
 }
