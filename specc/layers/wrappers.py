@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 from typing import ClassVar, Literal
 
-from pydantic import SerializeAsAny, model_validator
+from pydantic import SerializeAsAny, field_validator, model_validator
 
 from ..spec.types import choice
 from .base import LayerSpec, ShapeError, WeightSpec, fmt_shape, register, snake_case
@@ -50,13 +50,12 @@ class _Wrapper(LayerSpec):
     # Keys whose values are layer entries, validated like layers of the model (spec/validate.py).
     wrapped_layer_keys: ClassVar[tuple[str, ...]] = ("layer",)
 
-    @model_validator(mode="after")
-    def _plain_layers_inside(self):
-        for key in self.wrapped_layer_keys:
-            inner = getattr(self, key)
-            if inner is not None and (inner.type == "Sequential" or isinstance(inner, _Wrapper)):
-                raise ValueError(f"`{key}` must be a plain layer, not {inner.type}")
-        return self
+    @field_validator("layer", check_fields=False)
+    @classmethod
+    def _plain_layer_inside(cls, inner):
+        if inner.type == "Sequential" or isinstance(inner, _Wrapper):
+            raise ValueError(f"must be a plain layer, not {inner.type}")
+        return inner
 
     def _parts(self) -> list[tuple[str, LayerSpec]]:
         """(weight-name prefix, wrapped layer) in weight order."""
@@ -111,21 +110,29 @@ class Bidirectional(_Wrapper):
 
     wrapped_layer_keys: ClassVar[tuple[str, ...]] = ("layer", "backward_layer")
 
-    @model_validator(mode="after")
-    def _recurrent_pair(self):
-        for key in self.wrapped_layer_keys:
-            inner = getattr(self, key)
-            if inner is not None and inner.type not in RECURRENT:
-                raise ValueError(f"`{key}` must be a recurrent layer ({', '.join(RECURRENT)}), got {inner.type}")
-        if self.backward_layer is None:
-            if self.layer.go_backwards:
-                raise ValueError("the wrapped layer has go_backwards: true, and its backward copy would too; give a "
-                                 "`backward_layer` that goes forwards, or drop go_backwards (Keras's rule)")
-        else:
-            if self.backward_layer.go_backwards == self.layer.go_backwards:
+    @field_validator("layer", "backward_layer")
+    @classmethod
+    def _recurrent(cls, inner):
+        if inner is not None and inner.type not in RECURRENT:
+            raise ValueError(f"must be a recurrent layer ({', '.join(RECURRENT)}), got {inner.type}")
+        return inner
+
+    @field_validator("backward_layer")
+    @classmethod
+    def _twin(cls, back, info):
+        layer = info.data.get("layer")
+        if back is not None and layer is not None:
+            if back.go_backwards == layer.go_backwards:
                 raise ValueError("`layer` and `backward_layer` must have different go_backwards values")
-            if self.backward_layer.return_sequences != self.layer.return_sequences:
+            if back.return_sequences != layer.return_sequences:
                 raise ValueError("`layer` and `backward_layer` must have the same return_sequences")
+        return back
+
+    @model_validator(mode="after")
+    def _backward_copy(self):
+        if self.backward_layer is None and self.layer.go_backwards:
+            raise ValueError("the wrapped layer has go_backwards: true, and its backward copy would too; give a "
+                             "`backward_layer` that goes forwards, or drop go_backwards (Keras's rule)")
         return self
 
     @property
@@ -203,11 +210,12 @@ class TimeDistributed(_Wrapper):
     type: Literal["TimeDistributed"] = "TimeDistributed"
     layer: SerializeAsAny[LayerSpec]
 
-    @model_validator(mode="after")
-    def _single_input(self):
-        if self.layer.is_merge:
-            raise ValueError(f"{self.layer.type} takes several inputs and cannot be wrapped by TimeDistributed")
-        return self
+    @field_validator("layer")
+    @classmethod
+    def _single_input(cls, inner):
+        if inner.is_merge:
+            raise ValueError(f"{inner.type} takes several inputs and cannot be wrapped by TimeDistributed")
+        return inner
 
     def _parts(self):
         return [("", self.layer)]
@@ -218,7 +226,11 @@ class TimeDistributed(_Wrapper):
         return s[1:]
 
     def compute_output_shape(self, s):
-        return (s[0],) + tuple(self.layer.compute_output_shape(self._inner_shape(s)))
+        inner = self._inner_shape(s)
+        try:
+            return (s[0],) + tuple(self.layer.compute_output_shape(inner))
+        except ShapeError as exc:
+            raise ShapeError(f"the wrapped {self.layer.type} gets each step, {fmt_shape(inner)}: {exc}") from None
 
     def weight_specs(self, s):
         return self.layer.weight_specs(self._inner_shape(s))
