@@ -94,7 +94,8 @@ def model_dict(model: Any) -> dict:
         for entry in layers:
             entry.pop("inputs", None)
         for entry, node in zip(layers, graph.nodes):
-            entry["inputs"] = list(node.inbound)
+            roles = getattr(node.layer, "input_roles", None)  # MultiHeadAttention with an attention mask
+            entry["inputs"] = dict(zip(roles, node.inbound)) if roles else list(node.inbound)
         section = {"inputs": {n.name: list(n.output_shape) for n in graph.inputs}, "layers": layers,
                    "outputs": list(graph.outputs)}
     from ..spec.validate import safe_name

@@ -79,6 +79,18 @@ class MultiHeadAttention(LayerSpec):
         layer._roles = roles
         return layer
 
+    @property
+    def input_roles(self) -> tuple[str, ...] | None:
+        """The role of each input when a spec must name them (an attention mask is given), else None: the
+        `inputs` list then reads in Keras's call order (query, value, key)."""
+        return self._roles if self._roles and "attention_mask" in self._roles else None
+
+    def set_input_roles(self, roles: tuple[str, ...]) -> None:
+        """The roles of the inputs in order (the Python API's call with keyword arguments)."""
+        if roles[:2] != ("query", "value") or any(r not in ROLES for r in roles):
+            raise ValueError(f"inputs must start with query and value, then key and/or attention_mask; got {roles}")
+        self._roles = tuple(roles)
+
     # --- shape rule ------------------------------------------------------------------------------------
 
     def _split(self, shapes):

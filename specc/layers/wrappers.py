@@ -13,10 +13,10 @@ from __future__ import annotations
 import contextlib
 from typing import ClassVar, Literal
 
-from pydantic import SerializeAsAny, field_validator, model_validator
+from pydantic import SerializeAsAny, ValidationError, field_serializer, field_validator, model_validator
 
 from ..spec.types import choice
-from .base import LayerSpec, ShapeError, WeightSpec, fmt_shape, register, snake_case
+from .base import REGISTRY, LayerSpec, ShapeError, WeightSpec, fmt_shape, register, snake_case
 
 RECURRENT = ("SimpleRNN", "LSTM", "GRU")
 MergeMode = choice(("concat", "sum", "mul", "ave"), "merge_mode")
@@ -49,6 +49,22 @@ class _Wrapper(LayerSpec):
 
     # Keys whose values are layer entries, validated like layers of the model (spec/validate.py).
     wrapped_layer_keys: ClassVar[tuple[str, ...]] = ("layer",)
+
+    @field_validator("layer", "backward_layer", mode="before", check_fields=False)
+    @classmethod
+    def _entry_to_layer(cls, v):
+        """A layer entry given as a mapping (the Python API, from_config) -> its layer; a spec file's entries
+        arrive validated already, with positioned errors (spec/validate.py)."""
+        if not isinstance(v, dict):
+            return v
+        type_name = v.get("type")
+        if not isinstance(type_name, str) or type_name not in REGISTRY:
+            raise ValueError(f"must be a layer entry with a known `type`, got {v!r}")
+        try:
+            return REGISTRY[type_name].model_validate(v)
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            raise ValueError(f"{type_name}: {problems}") from None
 
     @field_validator("layer", check_fields=False)
     @classmethod
@@ -91,6 +107,11 @@ class _Wrapper(LayerSpec):
         for _, layer in self._parts():
             total += layer.macs(inner, layer.compute_output_shape(inner)) or 0
         return total
+
+    @field_serializer("layer", "backward_layer", check_fields=False)
+    def _entry(self, inner):
+        """A wrapped layer as its spec entry (no `inputs`: it takes the wrapper's)."""
+        return None if inner is None else {"type": inner.type, **inner.model_dump(exclude={"type", "inputs"})}
 
     def config(self) -> dict:
         extra = {key: getattr(self, key).config() for key in self.wrapped_layer_keys if getattr(self, key) is not None}
