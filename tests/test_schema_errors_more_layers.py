@@ -98,3 +98,27 @@ def test_new_layer_mistakes_are_positioned(errors_of, at, template, layer, token
     e = only(errors)
     pos = at(text, layer) if token is None else at(text, token)
     expect(e, pos, path, *words)
+
+
+def test_json_schema_describes_wrapped_layers_and_named_attention_inputs():
+    """`specc schema` (what editors complete from): a wrapper's `layer` is any layer entry, and
+    MultiHeadAttention's `inputs` may be a mapping; the example specs that use them validate against it."""
+    from pathlib import Path
+
+    import yaml
+
+    from specc.spec.jsonschema import spec_json_schema
+
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = spec_json_schema()
+    defs = schema["$defs"]
+    assert defs["TimeDistributed"]["properties"]["layer"] == {"$ref": "#/$defs/Layer"}
+    assert {"$ref": "#/$defs/Layer"} in defs["Bidirectional"]["properties"]["backward_layer"]["anyOf"]
+    named = defs["MultiHeadAttention"]["properties"]["inputs"]["anyOf"][-1]
+    assert set(named["properties"]) == {"query", "value", "key", "attention_mask"}
+    for name in ("synthetic_attention.yaml", "digits_mobile.yaml"):
+        jsonschema.validate(yaml.safe_load((Path(__file__).parent.parent / "specs" / name).read_text()), schema)
+    bad = yaml.safe_load((Path(__file__).parent.parent / "specs" / "synthetic_attention.yaml").read_text())
+    bad["model"]["layers"][4]["layer"] = {"type": "LSTM", "unitz": 8}
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, schema)

@@ -47,6 +47,8 @@ class MultiHeadAttention(LayerSpec):
     use_causal_mask: Bool = False
     seed: StrictInt | None = None
 
+    # `inputs` may name each input (spec/jsonschema.py shows the mapping form).
+    named_inputs: ClassVar[tuple[str, ...]] = ROLES
     min_inputs: ClassVar[int] = 2
     max_inputs: ClassVar[int | None] = 4
     # What each of `inputs` is, in order (query, value, then key and/or attention_mask when given).

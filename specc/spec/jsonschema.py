@@ -39,6 +39,12 @@ def spec_json_schema() -> dict:
         defs[cls.__name__]["required"] = sorted(set(defs[cls.__name__].get("required", [])) | {"type"})
         props["inputs"] = {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}],
                            "description": "Functional models only: the inputs/layers this layer takes"}
+        roles = getattr(cls, "named_inputs", ())  # MultiHeadAttention: inputs by name
+        if roles:
+            props["inputs"]["anyOf"].append({"type": "object", "properties": {r: {"type": "string"} for r in roles},
+                                             "required": list(roles[:2]), "additionalProperties": False})
+        for key in getattr(cls, "wrapped_layer_keys", ()):  # Bidirectional, TimeDistributed: layer entries
+            props[key] = _LAYER if key in defs[cls.__name__]["required"] else {"anyOf": [_LAYER, {"type": "null"}]}
     defs["Layer"] = {"oneOf": [refs[(cls, "validation")] for cls in layer_models]}
     defs["Sequential"]["properties"]["layers"] = {"type": "array", "items": _LAYER, "minItems": 1}
     fit = defs["FitDef"]["properties"]
