@@ -26,7 +26,8 @@ REQUIRED = {
     "RepeatVector": {"n": 2}, "Rescaling": {"scale": 0.5}, "SpatialDropout1D": {"rate": 0.5},
     "SpatialDropout2D": {"rate": 0.5}, "GaussianNoise": {"stddev": 0.1},
     "MultiHeadAttention": {"num_heads": 2, "key_dim": 3}, "Bidirectional": {"layer": {"type": "LSTM", "units": 2}},
-    "TimeDistributed": {"layer": {"type": "Dense", "units": 2}},
+    "TimeDistributed": {"layer": {"type": "Dense", "units": 2}}, "Conv3D": {"filters": 2, "kernel_size": 3},
+    "AveragePooling3D": {"pool_size": 2},
 }
 
 

@@ -1,6 +1,7 @@
 """The layers added after v1 against finite differences (float64, through the engine): the activation
 layers with arguments, Rescaling, Normalization, the training-only noise layers, MultiHeadAttention (every
-projection, masks, several attention axes, dropout) and the Bidirectional / TimeDistributed wrappers; plus
+projection, masks, several attention axes, dropout), the Bidirectional / TimeDistributed wrappers, Conv3D and
+the 3-D poolings; plus
 the behaviours a gradient check cannot see (masks that zero attention, noise only in training)."""
 
 from __future__ import annotations
@@ -64,6 +65,21 @@ CASES = [
     ("time_distributed_conv", {"type": "TimeDistributed", "layer": {"type": "Conv2D", "filters": 2, "kernel_size": 2}},
      [[3, 4, 4, 1]], {}),
     ("time_distributed_pool", {"type": "TimeDistributed", "layer": {"type": "MaxPooling1D"}}, [[3, 4, 2]], {}),
+    ("conv3d", {"type": "Conv3D", "filters": 2, "kernel_size": 2}, [[3, 4, 3, 2]], {}),
+    ("conv3d_same_strides", {"type": "Conv3D", "filters": 2, "kernel_size": 2, "padding": "same", "strides": 2},
+     [[3, 4, 5, 2]], {}),
+    ("conv3d_dilation_no_bias", {"type": "Conv3D", "filters": 2, "kernel_size": [2, 3, 1], "dilation_rate": [1, 2, 1],
+                                 "use_bias": False}, [[3, 5, 3, 2]], {}),
+    ("conv3d_relu_same", {"type": "Conv3D", "filters": 2, "kernel_size": 2, "activation": "relu", "padding": "same"},
+     [[2, 3, 3, 1]], {}),
+    ("max_pooling3d", {"type": "MaxPooling3D"}, [[4, 4, 4, 2]], {}),
+    ("max_pooling3d_same", {"type": "MaxPooling3D", "pool_size": [2, 3, 2], "strides": 1, "padding": "same"},
+     [[3, 4, 3, 2]], {}),
+    ("average_pooling3d", {"type": "AveragePooling3D", "pool_size": 2}, [[4, 4, 4, 2]], {}),
+    ("average_pooling3d_uneven_same", {"type": "AveragePooling3D", "pool_size": 3, "strides": 2, "padding": "same"},
+     [[4, 5, 3, 2]], {}),
+    ("global_average_pooling3d", {"type": "GlobalAveragePooling3D"}, [[2, 3, 2, 2]], {}),
+    ("global_max_pooling3d_keepdims", {"type": "GlobalMaxPooling3D", "keepdims": True}, [[2, 3, 2, 2]], {}),
 ]
 
 
@@ -178,3 +194,14 @@ def test_spatial_dropout_drops_whole_channels():
     per_channel = y.reshape(4, 9, 8)
     assert np.all(per_channel.min(axis=1) == per_channel.max(axis=1))  # one value per (sample, channel)
     assert set(np.unique(y)) == {0.0, 2.0}
+
+
+def test_average_pooling3d_leaves_same_padding_out_of_the_mean():
+    """Keras's (TensorFlow's) rule: pool 2 over an axis of 3 with 'same' pads one position after, and the
+    last window is the mean of the one real position, not of it and a zero (nor a replicated edge)."""
+    from .gradcheck import build
+
+    engine = build({"type": "AveragePooling3D", "pool_size": [2, 1, 1], "padding": "same"}, [[3, 1, 1, 1]])
+    x = np.array([1.0, 3.0, 8.0]).reshape(1, 3, 1, 1, 1)
+    y = engine.forward([x])[0].reshape(-1)
+    np.testing.assert_allclose(y, [2.0, 8.0])

@@ -37,6 +37,7 @@ ERROR_WORDS = {
     "err_normalization_axis": "out of range", "err_mha_heads": "positive integer",
     "err_mha_key_value": "but the last must be equal", "err_bidirectional_dense": "recurrent layer",
     "err_time_distributed_rank": "rank 2 or more",
+    "err_conv3d_rank": "rank 4", "err_conv3d_too_small": "does not fit", "err_max_pooling3d_rank": "rank 4",
 }
 
 

@@ -88,6 +88,15 @@ CASES = [
      ["several inputs"]),
     ("time_distributed_nested", SEQ, "{type: TimeDistributed, layer: {type: TimeDistributed, layer: {type: Dense, "
      "units: 2}}}", "{type: TimeDistributed, layer: {type: Dense", f"{L0}.layer", ["plain layer"]),
+    ("conv3d_kernel_size_length", SEQ, "{type: Conv3D, filters: 2, kernel_size: [3, 3]}", "[3, 3]",
+     f"{L0}.kernel_size", ["list of 3"]),
+    ("conv3d_rank", SEQ, "{type: Conv3D, filters: 2, kernel_size: 3}", None, L0, ["rank 4", "depth"]),
+    ("conv3d_strides_and_dilation", SEQ.replace("[6, 4]", "[6, 6, 6, 1]"), "{type: Conv3D, filters: 2, kernel_size: 2, "
+     "strides: 2, dilation_rate: 2}", None, L0, ["dilation_rate"]),
+    ("conv3d_window_too_large", SEQ.replace("[6, 4]", "[2, 6, 6, 1]"), "{type: Conv3D, filters: 2, kernel_size: 3}",
+     None, L0, ["does not fit", "padding 'same'"]),
+    ("average_pooling3d_needs_pool_size", SEQ.replace("[6, 4]", "[4, 4, 4, 1]"), "{type: AveragePooling3D}", None,
+     f"{L0}.pool_size", ["missing required key `pool_size`"]),
 ]
 
 

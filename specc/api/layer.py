@@ -75,6 +75,11 @@ POSITIONAL: dict[str, tuple[str, ...]] = {
                            "attention_axes"),
     "Bidirectional": ("layer", "merge_mode"),  # Keras: then weights, backward_layer
     "TimeDistributed": ("layer",),
+    "Conv3D": ("filters", "kernel_size", "strides", "padding"),
+    "MaxPooling3D": ("pool_size", "strides", "padding"),
+    "AveragePooling3D": ("pool_size", "strides", "padding"),
+    "GlobalMaxPooling3D": (),  # Keras: (data_format, keepdims)
+    "GlobalAveragePooling3D": (),
 }
 
 # Keras arguments specc does not implement; passing them at their Keras default changes nothing, so they

@@ -123,6 +123,7 @@ FAMILIES: dict[str, tuple[str, ...]] = {
     "activations": ("Activation", "ReLU", "LeakyReLU", "PReLU", "ELU", "Softmax"),
     "container": ("Sequential",),
     "conv": ("Conv1D", "Conv2D", "Conv2DTranspose", "DepthwiseConv2D", "SeparableConv2D"),
+    "conv3d": ("Conv3D", "MaxPooling3D", "AveragePooling3D", "GlobalMaxPooling3D", "GlobalAveragePooling3D"),
     "core": ("Dense", "Embedding", "Dropout"),
     "merging": ("Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Concatenate"),
     "noise": ("SpatialDropout1D", "SpatialDropout2D", "GaussianNoise"),
