@@ -13,33 +13,32 @@ is zeros too.
 
 from __future__ import annotations
 
-import math
-
 import numba
 import numpy as np
 
 from . import JIT
+from .activations import _exp
 
 
 @numba.njit(**JIT)
 def masked_softmax(scores, mask, heads, probs):
     """probs[i, t, :] = softmax of scores[i, t, :] over the keys the mask allows (zeros elsewhere).
-    scores, probs: (n, T, S); mask: (m, T, S) uint8 with m = 1 (shared) or n // heads (per sample)."""
+    scores, probs: (n, T, S); mask: (m, T, S) uint8 with m = 1 (shared) or n // heads (per sample).
+    Branch-free inner loops with activations._exp (exp as arithmetic, for x <= 0), so they vectorise."""
     n, rows, keys = scores.shape
     for i in range(n):
         b = 0 if mask.shape[0] == 1 else i // heads
         for t in range(rows):
             m = -np.inf
             for s in range(keys):
-                if mask[b, t, s] != 0:
-                    m = max(m, np.float64(scores[i, t, s]))
+                m = max(m, np.float64(scores[i, t, s]) if mask[b, t, s] != 0 else -np.inf)
             if m == -np.inf:  # every key masked
                 for s in range(keys):
                     probs[i, t, s] = 0.0
                 continue
             total = 0.0
             for s in range(keys):
-                e = math.exp(np.float64(scores[i, t, s]) - m) if mask[b, t, s] != 0 else 0.0
+                e = _exp(np.float64(scores[i, t, s]) - m) * (mask[b, t, s] != 0)
                 probs[i, t, s] = e
                 total += e
             inv = 1.0 / total
