@@ -23,7 +23,11 @@ REQUIRED = {
     "DepthwiseConv2D": {"kernel_size": 3}, "SeparableConv2D": {"filters": 2, "kernel_size": 3},
     "AveragePooling1D": {"pool_size": 2}, "AveragePooling2D": {"pool_size": 2}, "SimpleRNN": {"units": 2},
     "LSTM": {"units": 2}, "GRU": {"units": 2}, "Reshape": {"target_shape": [4]}, "Permute": {"dims": [2, 1]},
-    "RepeatVector": {"n": 2},
+    "RepeatVector": {"n": 2}, "Rescaling": {"scale": 0.5}, "SpatialDropout1D": {"rate": 0.5},
+    "SpatialDropout2D": {"rate": 0.5}, "GaussianNoise": {"stddev": 0.1},
+    "MultiHeadAttention": {"num_heads": 2, "key_dim": 3}, "Bidirectional": {"layer": {"type": "LSTM", "units": 2}},
+    "TimeDistributed": {"layer": {"type": "Dense", "units": 2}}, "Conv3D": {"filters": 2, "kernel_size": 3},
+    "AveragePooling3D": {"pool_size": 2},
 }
 
 

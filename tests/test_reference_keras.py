@@ -24,7 +24,12 @@ SKIP_KEYS = {"type", "inputs", "layers"}
 
 
 def _keras_layer(cfg: dict):
-    kwargs = {k: v for k, v in cfg.items() if k not in SKIP_KEYS}
+    kwargs = {k: v for k, v in cfg.items() if k not in SKIP_KEYS and k != "use_causal_mask"}
+    for key in ("layer", "backward_layer"):  # wrappers: the wrapped layer entries
+        if isinstance(kwargs.get(key), dict):
+            kwargs[key] = _keras_layer({k: v for k, v in kwargs[key].items() if k != "name" or v is not None})
+    if cfg["type"] in ("SpatialDropout1D", "SpatialDropout2D"):  # Keras's __init__ takes no `trainable`
+        kwargs.pop("trainable", None)
     if cfg["type"] == "Sequential":
         return keras.Sequential([_keras_layer(c) for c in cfg["layers"]], name=cfg["name"],
                                 trainable=cfg["trainable"])
@@ -49,6 +54,12 @@ def keras_model(spec):
     for node in spec.graph.nodes:  # topological order
         cfg = by_name[node.name]
         args = [tensors[r] for r in node.inbound]
+        if cfg["type"] == "MultiHeadAttention":  # Keras's call: (query, value, key=..., attention_mask=...)
+            roles = node.layer.input_roles or ("query", "value", "key")[: len(args)]
+            named = dict(zip(roles, args))
+            tensors[node.name] = _keras_layer(cfg)(named.pop("query"), named.pop("value"), **named,
+                                                   use_causal_mask=cfg["use_causal_mask"])
+            continue
         tensors[node.name] = _keras_layer(cfg)(args if len(args) > 1 else args[0])
     assert set(order) <= set(tensors)
     return keras.Model(inputs, [tensors[o] for o in resolved["outputs"]]), inputs

@@ -69,7 +69,8 @@ def model_section(model: Any, graph: Any = None) -> dict:
         return {"input": {"shape": list(inp.output_shape), "name": inp.name}, "layers": layers}
     for entry, node in zip(layers, graph.nodes):
         entry.pop("inputs", None)
-        entry["inputs"] = list(node.inbound)
+        roles = getattr(node.layer, "input_roles", None)  # MultiHeadAttention with an attention mask
+        entry["inputs"] = dict(zip(roles, node.inbound)) if roles else list(node.inbound)
     return {"inputs": {n.name: list(n.output_shape) for n in graph.inputs}, "layers": layers,
             "outputs": list(graph.outputs)}
 

@@ -61,6 +61,25 @@ POSITIONAL: dict[str, tuple[str, ...]] = {
     "UpSampling2D": ("size",),  # Keras: then data_format, interpolation
     "Concatenate": ("axis",),
     "Add": (), "Subtract": (), "Multiply": (), "Average": (), "Maximum": (), "Minimum": (),
+    "ReLU": ("max_value", "negative_slope", "threshold"),
+    "LeakyReLU": ("negative_slope",),
+    "PReLU": ("alpha_initializer",),  # Keras: then alpha_regularizer, alpha_constraint, shared_axes
+    "ELU": ("alpha",),
+    "Softmax": ("axis",),
+    "Rescaling": ("scale", "offset"),
+    "Normalization": ("axis", "mean", "variance", "invert"),
+    "SpatialDropout1D": ("rate", "seed"),
+    "SpatialDropout2D": ("rate",),  # Keras: then data_format, seed
+    "GaussianNoise": ("stddev", "seed"),
+    "MultiHeadAttention": ("num_heads", "key_dim", "value_dim", "dropout", "use_bias", "output_shape",
+                           "attention_axes"),
+    "Bidirectional": ("layer", "merge_mode"),  # Keras: then weights, backward_layer
+    "TimeDistributed": ("layer",),
+    "Conv3D": ("filters", "kernel_size", "strides", "padding"),
+    "MaxPooling3D": ("pool_size", "strides", "padding"),
+    "AveragePooling3D": ("pool_size", "strides", "padding"),
+    "GlobalMaxPooling3D": (),  # Keras: (data_format, keepdims)
+    "GlobalAveragePooling3D": (),
 }
 
 # Keras arguments specc does not implement; passing them at their Keras default changes nothing, so they
@@ -86,6 +105,8 @@ def _as_yaml_value(value: Any) -> Any:
         return [_as_yaml_value(v) for v in value]
     if isinstance(value, np.generic):
         return value.item()
+    if isinstance(getattr(value, "_spec", None), LayerSpec):  # a layer given to a wrapper: its spec
+        return value._spec.model_copy(update={"inputs": None})
     return value
 
 
@@ -509,6 +530,10 @@ def _layer_class(type_name: str) -> type[SpecLayer]:
 
 # Every registered type except the nested-block container, whose Python counterpart is specc.Sequential.
 LAYER_CLASSES: dict[str, type[SpecLayer]] = {t: _layer_class(t) for t in REGISTRY if t != "Sequential"}
+# MultiHeadAttention takes Keras's call signature (query, value, key, attention_mask, use_causal_mask).
+from .attention import MultiHeadAttention as _MultiHeadAttention  # noqa: E402 - it subclasses SpecLayer
+
+LAYER_CLASSES["MultiHeadAttention"] = _MultiHeadAttention
 
 
 class InputLayer(Layer):

@@ -119,15 +119,20 @@ class LayerSpec(BaseModel):
 # time; with this table a spec imports only the families it uses. `register` checks every class against
 # it, and tests/test_startup.py checks that it lists exactly the registered types.
 FAMILIES: dict[str, tuple[str, ...]] = {
-    "activations": ("Activation",),
+    "attention": ("MultiHeadAttention",),
+    "activations": ("Activation", "ReLU", "LeakyReLU", "PReLU", "ELU", "Softmax"),
     "container": ("Sequential",),
     "conv": ("Conv1D", "Conv2D", "Conv2DTranspose", "DepthwiseConv2D", "SeparableConv2D"),
+    "conv3d": ("Conv3D", "MaxPooling3D", "AveragePooling3D", "GlobalMaxPooling3D", "GlobalAveragePooling3D"),
     "core": ("Dense", "Embedding", "Dropout"),
     "merging": ("Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Concatenate"),
+    "noise": ("SpatialDropout1D", "SpatialDropout2D", "GaussianNoise"),
     "normalization": ("BatchNormalization", "LayerNormalization"),
     "pooling": ("MaxPooling1D", "MaxPooling2D", "AveragePooling1D", "AveragePooling2D", "GlobalMaxPooling1D",
                 "GlobalMaxPooling2D", "GlobalAveragePooling1D", "GlobalAveragePooling2D"),
+    "preprocessing": ("Rescaling", "Normalization"),
     "recurrent": ("SimpleRNN", "LSTM", "GRU"),
+    "wrappers": ("Bidirectional", "TimeDistributed"),
     "reshaping": ("Flatten", "Reshape", "Permute", "RepeatVector", "ZeroPadding1D", "ZeroPadding2D", "Cropping1D",
                   "Cropping2D", "UpSampling1D", "UpSampling2D"),
 }

@@ -102,6 +102,12 @@ def spec_json_schema() -> dict:
         props["repeat"] = {"anyOf": [{"type": "integer", "minimum": 1}, {"type": "array", "items": {"type": "object"}},
                                      {"type": "string", "pattern": REFERENCE["pattern"]}],
                            "description": "copies of this layer, each taking the one before it"}
+        roles = getattr(cls, "named_inputs", ())  # MultiHeadAttention: inputs by name
+        if roles:
+            props["inputs"]["anyOf"].append({"type": "object", "properties": {r: {"type": "string"} for r in roles},
+                                             "required": list(roles[:2]), "additionalProperties": False})
+        for key in getattr(cls, "wrapped_layer_keys", ()):  # Bidirectional, TimeDistributed: layer entries
+            props[key] = _LAYER if key in defs[cls.__name__]["required"] else {"anyOf": [_LAYER, {"type": "null"}]}
     from .schema import OPTIMIZERS
 
     # `optimizer: adam` is shorthand for `optimizer: {type: adam}`

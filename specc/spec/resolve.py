@@ -28,7 +28,8 @@ def layer_dict(layer) -> dict:
     for key, value in layer.model_dump(exclude={"type", "layers", "inputs"}).items():
         out[key] = _plain(value)
     if layer.inputs is not None:
-        out["inputs"] = list(layer.inputs)
+        roles = getattr(layer, "input_roles", None)  # MultiHeadAttention with an attention mask names its inputs
+        out["inputs"] = dict(zip(roles, layer.inputs)) if roles else list(layer.inputs)
     if layer.type == "Sequential":
         out["layers"] = [layer_dict(child) for child in layer.layers]
     return out

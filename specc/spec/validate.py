@@ -244,6 +244,13 @@ def _validate_layer(raw: Any, path: Path, c: Collector, top: bool = False) -> La
             c.validate(cls, {**raw, "layers": []}, path, what=type_name)  # still report the block's own keys
             return None
         return c.validate(cls, {**raw, "layers": children}, path, what=type_name)
+    # Wrappers (Bidirectional, TimeDistributed): their wrapped layer entries are validated as layers.
+    wrapped = {k: raw[k] for k in getattr(cls, "wrapped_layer_keys", ()) if isinstance(raw.get(k), dict)}
+    if wrapped:
+        inner = {k: _validate_layer(v, path + (k,), c) for k, v in wrapped.items()}
+        if any(v is None for v in inner.values()):
+            return None
+        return c.validate(cls, {**raw, **inner}, path, what=type_name)
     return c.validate(cls, raw, path, what=type_name)
 
 

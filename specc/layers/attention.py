@@ -1,0 +1,318 @@
+"""MultiHeadAttention with Keras 3's arguments, weights and masks.
+
+In a Functional spec it takes `inputs: [query, value]` or `[query, value, key]` (Keras's call order), or a
+mapping with those names and `attention_mask`: `inputs: {query: x, value: x, attention_mask: pad}`. The
+mask input holds, per sample, a (queries, keys) array (size-1 axes broadcast) with nonzero where a query
+may attend to a key. `use_causal_mask` (a call argument in Keras) is a layer argument here: query t
+attends to keys 0..t. Both combine with a logical and, as in Keras.
+
+Weights, in Keras's order and shapes: query/kernel (d_query, heads, key_dim), query/bias (heads,
+key_dim), key/kernel (d_key, heads, key_dim), key/bias, value/kernel (d_value, heads, value_dim),
+value/bias, attention_output/kernel (heads, value_dim, *output_shape), attention_output/bias
+(*output_shape).
+
+The runtime moves the sample axes that are not attention axes into the batch and flattens the attention
+axes into one (attention over several axes is attention over their product), so every case runs as
+(batch', positions, features) arrays: projections are BLAS products, the masked softmax and its gradient
+are kernels (kernels/attention.py).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar, Literal
+
+from pydantic import PrivateAttr, field_validator, model_validator
+
+from ..spec.types import Bool, PositiveInt, Rate, StrictInt
+from ..workspace import empty
+from .base import LayerSpec, ShapeError, WeightSpec, fmt_shape, register
+from .initializers import Initializer
+
+ROLES = ("query", "value", "key", "attention_mask")
+
+
+@register
+class MultiHeadAttention(LayerSpec):
+    type: Literal["MultiHeadAttention"] = "MultiHeadAttention"
+    num_heads: PositiveInt
+    key_dim: PositiveInt
+    value_dim: PositiveInt | None = None
+    dropout: Rate = 0.0
+    use_bias: Bool = True
+    output_shape: list[PositiveInt] | None = None
+    attention_axes: list[StrictInt] | None = None
+    kernel_initializer: Initializer = "glorot_uniform"
+    bias_initializer: Initializer = "zeros"
+    use_causal_mask: Bool = False
+    seed: StrictInt | None = None
+
+    # `inputs` may name each input (spec/jsonschema.py shows the mapping form).
+    named_inputs: ClassVar[tuple[str, ...]] = ROLES
+    min_inputs: ClassVar[int] = 2
+    max_inputs: ClassVar[int | None] = 4
+    # What each of `inputs` is, in order (query, value, then key and/or attention_mask when given).
+    _roles: tuple[str, ...] | None = PrivateAttr(default=None)
+
+    @field_validator("output_shape", "attention_axes", mode="before")
+    @classmethod
+    def _int_or_list(cls, v):
+        return [v] if isinstance(v, int) and not isinstance(v, bool) else v
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _named_inputs(cls, data, handler):
+        """`inputs` as a mapping {query, value, key, attention_mask} -> the list in that order."""
+        roles = None
+        if isinstance(data, dict) and isinstance(data.get("inputs"), dict):
+            mapping = data["inputs"]
+            unknown = [k for k in mapping if k not in ROLES]
+            if unknown:
+                raise ValueError(f"`inputs` of MultiHeadAttention: unknown name {unknown[0]!r}; the names are "
+                                 f"{', '.join(ROLES)}")
+            missing = [k for k in ("query", "value") if k not in mapping]
+            if missing:
+                raise ValueError(f"`inputs` of MultiHeadAttention needs `{missing[0]}`")
+            roles = tuple(k for k in ROLES if k in mapping)
+            data = {**data, "inputs": [mapping[k] for k in roles]}
+        layer = handler(data)
+        if roles is None and layer.inputs is not None:
+            roles = ROLES[: len(layer.inputs)] if len(layer.inputs) <= 3 else None
+        layer._roles = roles
+        return layer
+
+    @property
+    def input_roles(self) -> tuple[str, ...] | None:
+        """The role of each input when a spec must name them (an attention mask is given), else None: the
+        `inputs` list then reads in Keras's call order (query, value, key)."""
+        return self._roles if self._roles and "attention_mask" in self._roles else None
+
+    def set_input_roles(self, roles: tuple[str, ...]) -> None:
+        """The roles of the inputs in order (the Python API's call with keyword arguments)."""
+        if roles[:2] != ("query", "value") or any(r not in ROLES for r in roles):
+            raise ValueError(f"inputs must start with query and value, then key and/or attention_mask; got {roles}")
+        self._roles = tuple(roles)
+
+    # --- shape rule ------------------------------------------------------------------------------------
+
+    def _split(self, shapes):
+        """{role: sample shape} for the given input shapes."""
+        roles = self._roles or ROLES[: len(shapes)]
+        if len(shapes) == 4 and self._roles is None:
+            raise ShapeError("with an attention mask, name the inputs: inputs: {query: ..., value: ..., key: ..., "
+                             "attention_mask: ...}")
+        return dict(zip(roles, shapes, strict=True))
+
+    def _axes(self, q):
+        """Attention axes as sample axes (0-based, batch excluded), sorted."""
+        rank = len(q) + 1  # with the batch axis, as Keras counts
+        if self.attention_axes is None:
+            return list(range(len(q) - 1))
+        axes = []
+        for a in self.attention_axes:
+            k = a if a >= 0 else rank + a  # Keras: (rank of the projection - 1) + a
+            if not 1 <= k <= rank - 2:
+                raise ShapeError(f"attention_axes entry {a} is out of range for query {fmt_shape(q)}: attention runs "
+                                 f"over axes 1 to {rank - 2} (not the batch axis nor the feature axis)")
+            if k - 1 in axes:
+                raise ShapeError(f"attention_axes entry {a} is given twice")
+            axes.append(k - 1)
+        return sorted(axes)
+
+    def _dims(self, shapes):
+        parts = self._split(shapes)
+        q, v = parts["query"], parts["value"]
+        k = parts.get("key", v)
+        for role, s in (("query", q), ("value", v), ("key", k)):
+            if len(s) < 2:
+                raise ShapeError(f"the {role} {fmt_shape(s)} needs at least one position axis and a feature axis")
+            if s[-1] is None:
+                raise ShapeError(f"the last axis of the {role} {fmt_shape(s)} must be known to size the projections")
+        if v[:-1] != k[:-1]:
+            raise ShapeError(f"all axes of value {fmt_shape(v)} and key {fmt_shape(k)} but the last must be equal")
+        if len(q) != len(v):
+            raise ShapeError(f"query {fmt_shape(q)} and value {fmt_shape(v)} must have the same rank")
+        axes = self._axes(q)
+        for a in range(len(q) - 1):
+            if a not in axes and q[a] != v[a]:
+                raise ShapeError(f"query {fmt_shape(q)} and value {fmt_shape(v)} must agree on axis {a + 1}, which is "
+                                 f"not an attention axis")
+        mask = parts.get("attention_mask")
+        if mask is not None or self.use_causal_mask:
+            if len(axes) != 1 or len(q) != 2:
+                raise ShapeError("masks need a query and value of shape (batch, positions, features) with the default "
+                                 f"attention axis; got query {fmt_shape(q)}")
+        if mask is not None:
+            want = (q[0], v[0])
+            if len(mask) != 2 or any(m not in (1, w) and w is not None for m, w in zip(mask, want)):
+                raise ShapeError(f"attention_mask {fmt_shape(mask)} must have shape {fmt_shape(want)} (queries, keys), "
+                                 f"or size 1 on an axis to broadcast")
+        out = tuple(self.output_shape) if self.output_shape else (q[-1],)
+        return q, v, k, axes, out
+
+    def compute_output_shape(self, shapes):
+        q, _, _, _, out = self._dims(shapes)
+        return q[:-1] + out
+
+    def weight_specs(self, shapes):
+        q, v, k, _, out = self._dims(shapes)
+        h, dk, dv = self.num_heads, self.key_dim, self.value_dim or self.key_dim
+        w = []
+        for name, d, size in (("query", q[-1], dk), ("key", k[-1], dk), ("value", v[-1], dv)):
+            w.append(WeightSpec(f"{name}/kernel", (d, h, size), self.kernel_initializer))
+            if self.use_bias:
+                w.append(WeightSpec(f"{name}/bias", (h, size), self.bias_initializer))
+        w.append(WeightSpec("attention_output/kernel", (h, dv, *out), self.kernel_initializer))
+        if self.use_bias:
+            w.append(WeightSpec("attention_output/bias", out, self.bias_initializer))
+        return w
+
+    def macs(self, shapes, output_shape):
+        q, v, k, axes, out = self._dims(shapes)
+        h, dk, dv = self.num_heads, self.key_dim, self.value_dim or self.key_dim
+        tq, tv = math.prod(q[:-1]), math.prod(v[:-1])
+        keys = math.prod(v[a] for a in axes)  # keys each query position attends to
+        return (tq * q[-1] * h * dk + tv * k[-1] * h * dk + tv * v[-1] * h * dv + tq * keys * h * (dk + dv)
+                + tq * h * dv * math.prod(out))
+
+    # --- runtime ---------------------------------------------------------------------------------------
+
+    def _weights(self, w):
+        """(kernels, biases) by projection name; biases None without use_bias."""
+        names = ("query", "key", "value", "attention_output")
+        if self.use_bias:
+            return dict(zip(names, w[0::2])), dict(zip(names, w[1::2]))
+        return dict(zip(names, w)), dict.fromkeys(names)
+
+    @staticmethod
+    def _to_rows(x, axes):
+        """x (B, *sample) -> (B', positions, features) with the attention axes flattened, and how to undo."""
+        import numpy as np
+
+        nd = x.ndim
+        attn = [a + 1 for a in axes]
+        rest = [a for a in range(1, nd - 1) if a not in attn]
+        order = [0, *rest, *attn, nd - 1]
+        moved = np.transpose(x, order)
+        positions = math.prod(x.shape[a] for a in attn)
+        return np.ascontiguousarray(moved).reshape(-1, positions, x.shape[-1]), (order, moved.shape)
+
+    @staticmethod
+    def _from_rows(y, layout, last):
+        import numpy as np
+
+        order, moved_shape = layout
+        y = y.reshape(moved_shape[:-1] + last)
+        inverse = np.argsort(order[:-1] + list(range(len(order) - 1, len(order) - 1 + len(last))))
+        return np.ascontiguousarray(np.transpose(y, inverse))
+
+    def _mask(self, parts, q_rows, v_rows):
+        """(m, T, S) uint8 mask or None, m = 1 or the batch."""
+        import numpy as np
+
+        mask = None
+        if "attention_mask" in parts:
+            m = np.asarray(parts["attention_mask"])
+            mask = np.broadcast_to(m != 0, (m.shape[0], q_rows, v_rows))
+        if self.use_causal_mask:
+            causal = np.tril(np.ones((q_rows, v_rows), bool))[None]  # query t attends to keys 0..t
+            mask = causal if mask is None else mask & causal
+        if mask is None:
+            return np.ones((1, q_rows, v_rows), np.uint8)
+        return np.ascontiguousarray(mask, np.uint8)
+
+    def forward(self, w, xs, training, rng):
+        import numpy as np
+
+        from ..kernels import attention
+
+        parts = dict(zip(self._roles or ROLES[: len(xs)], xs, strict=True))
+        axes = self._axes(parts["query"].shape[1:])
+        kernels, biases = self._weights(w)
+        h, dk, dv = self.num_heads, self.key_dim, self.value_dim or self.key_dim
+        dt = parts["query"].dtype
+
+        xq, q_layout = self._to_rows(parts["query"], axes)  # (B', T, d_query)
+        xv, _ = self._to_rows(parts["value"], axes)  # (B', S, d_value)
+        xk = xv if "key" not in parts else self._to_rows(parts["key"], axes)[0]  # (B', S, d_key)
+        n, t, s = xq.shape[0], xq.shape[1], xv.shape[1]
+
+        def project(x, name, size):  # (B', L, d) -> (B', heads, L, size)
+            y = x @ kernels[name].reshape(x.shape[-1], h * size)
+            if biases[name] is not None:
+                y += biases[name].reshape(-1)
+            return np.ascontiguousarray(y.reshape(n, x.shape[1], h, size).transpose(0, 2, 1, 3))
+
+        q, k, v = project(xq, "query", dk), project(xk, "key", dk), project(xv, "value", dv)
+        scale = dt.type(1 / math.sqrt(dk))
+        scores = np.matmul(q * scale, k.transpose(0, 1, 3, 2)).reshape(n * h, t, s)
+        mask = self._mask(parts, t, s)
+        probs = empty("probs", scores.shape, dt)
+        attention.masked_softmax(scores, mask, h, probs)
+        probs = probs.reshape(n, h, t, s)
+        keep = None
+        if training and self.dropout > 0:
+            keep = (rng.random(probs.shape) >= self.dropout).astype(dt) / dt.type(1 - self.dropout)
+        dropped = probs if keep is None else probs * keep
+        ctx = np.matmul(dropped, v)  # (B', heads, T, dv)
+        ctx2 = np.ascontiguousarray(ctx.transpose(0, 2, 1, 3)).reshape(n * t, h * dv)
+        wo = kernels["attention_output"]
+        out_dims = wo.shape[2:]
+        y = ctx2 @ wo.reshape(h * dv, -1)
+        if biases["attention_output"] is not None:
+            y += biases["attention_output"].reshape(-1)
+        saved = (parts, axes, xq, xk, xv, q, k, v, scale, probs, keep, dropped, ctx2, q_layout)
+        return self._from_rows(y, q_layout, tuple(out_dims)), saved
+
+    def backward(self, w, g, saved, dy, need_dx=True):
+        import numpy as np
+
+        from ..kernels import attention
+
+        parts, axes, xq, xk, xv, q, k, v, scale, probs, keep, dropped, ctx2, q_layout = saved
+        kernels, biases = self._weights(w)
+        grads, gbiases = self._weights(g)
+        h, dk, dv = self.num_heads, self.key_dim, self.value_dim or self.key_dim
+        n, t, s = xq.shape[0], xq.shape[1], xv.shape[1]
+        dt = xq.dtype
+
+        wo = kernels["attention_output"]
+        dy = np.asarray(dy, dt)
+        dy = dy.reshape(dy.shape[: parts["query"].ndim - 1] + (-1,))  # output axes as one
+        dy_rows = self._to_rows(dy, axes)[0].reshape(n * t, -1)  # (B' T, prod(out))
+        grads["attention_output"][...] = (ctx2.T @ dy_rows).reshape(wo.shape)
+        if gbiases["attention_output"] is not None:
+            gbiases["attention_output"][...] = dy_rows.sum(axis=0).reshape(gbiases["attention_output"].shape)
+        dctx = (dy_rows @ wo.reshape(h * dv, -1).T).reshape(n, t, h, dv).transpose(0, 2, 1, 3)  # (B', heads, T, dv)
+
+        dv_ = np.matmul(dropped.transpose(0, 1, 3, 2), dctx)  # (B', heads, S, dv)
+        dprobs = np.matmul(dctx, v.transpose(0, 1, 3, 2))  # (B', heads, T, S)
+        if keep is not None:
+            dprobs = dprobs * keep
+        dscores = np.ascontiguousarray(dprobs, dt).reshape(n * h, t, s)
+        attention.softmax_backward(probs.reshape(n * h, t, s), dscores, dscores)
+        dscores = dscores.reshape(n, h, t, s)
+        dq = np.matmul(dscores, k) * scale  # (B', heads, T, dk)
+        dk_ = np.matmul(dscores.transpose(0, 1, 3, 2), q) * scale  # (B', heads, S, dk)
+
+        def unproject(x, dproj, name, size):  # dproj (B', heads, L, size) -> d(x) (B', L, d)
+            d2 = np.ascontiguousarray(dproj.transpose(0, 2, 1, 3)).reshape(-1, h * size)
+            x2 = x.reshape(-1, x.shape[-1])
+            grads[name][...] = (x2.T @ d2).reshape(grads[name].shape)
+            if gbiases[name] is not None:
+                gbiases[name][...] = d2.sum(axis=0).reshape(h, size)
+            return (d2 @ kernels[name].reshape(x.shape[-1], h * size).T).reshape(x.shape)
+
+        dxq = unproject(xq, dq, "query", dk)
+        dxk = unproject(xk, dk_, "key", dk)
+        dxv = unproject(xv, dv_, "value", dv)
+        if "key" not in parts:
+            dxv = dxv + dxk
+        v_layout = self._to_rows(parts["value"], axes)[1]
+        out = {"query": self._from_rows(dxq, q_layout, (xq.shape[-1],)),
+               "value": self._from_rows(dxv, v_layout, (xv.shape[-1],))}
+        if "key" in parts:
+            out["key"] = self._from_rows(dxk, self._to_rows(parts["key"], axes)[1], (xk.shape[-1],))
+        if "attention_mask" in parts:
+            out["attention_mask"] = np.zeros_like(parts["attention_mask"])
+        return [out[r] for r in self._roles or ROLES[: len(parts)]]
