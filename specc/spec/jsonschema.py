@@ -19,8 +19,13 @@ def _retarget(node):
     """Point every list of raw layers (typed Any in the schema models) at the Layer union."""
     if isinstance(node, dict):
         for key, value in node.items():
-            if key == "layers" and isinstance(value, dict) and value.get("type") == "array":
-                value["items"] = _LAYER
+            # `layers: [...]`, or (references allowed) `layers: {anyOf: [[...], ${...}]}`
+            arrays = [value] if isinstance(value, dict) and value.get("type") == "array" else \
+                [v for v in value.get("anyOf", []) if isinstance(v, dict) and v.get("type") == "array"] \
+                if isinstance(value, dict) and key == "layers" else []
+            if key == "layers" and arrays:
+                for array in arrays:
+                    array["items"] = _LAYER
             else:
                 _retarget(value)
     elif isinstance(node, list):
