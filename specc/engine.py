@@ -73,8 +73,10 @@ def _flatten(graph: Graph) -> tuple[list[Step], dict[str, str]]:
 
 def _plan(steps: list[Step], output_names: list[str]) -> list[Step]:
     """The steps as forward runs them: a convolution whose output only a max pooling reads (and that is
-    not a model output) runs with it as one step (layers/fusion.py), under the pooling's name."""
-    from .layers.fusion import ConvPool, fusable
+    not a model output) runs with it as one step (layers/fusion.py), under the pooling's name; so do a
+    BatchNormalization or a two-input Add and the ReLU (or, after BatchNormalization, ReLU6) Activation
+    layer that alone reads it."""
+    from .layers.fusion import AddAct, BatchNormAct, ConvPool, fusable, fusable_activation
 
     readers: dict[str, list[Step]] = {}
     for s in steps:
@@ -91,6 +93,12 @@ def _plan(steps: list[Step], output_names: list[str]) -> list[Step]:
             absorbed.add(pool.name)
             s = Step(pool.name, ConvPool(s.layer, pool.layer), s.inbound, s.trainable, s.specs, s.input_shape,
                      pool.output_shape, s.weights, s.grads)
+        elif pool is not None and s.name not in output_names and fusable_activation(s.layer, pool.layer) and \
+                (not s.layer.is_merge or len(s.inbound) == 2):
+            absorbed.add(pool.name)
+            fused = (AddAct if s.layer.is_merge else BatchNormAct)(s.layer, pool.layer)
+            s = Step(pool.name, fused, s.inbound, s.trainable, s.specs, s.input_shape, pool.output_shape,
+                     s.weights, s.grads)
         plan.append(s)
     return plan
 
