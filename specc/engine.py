@@ -198,8 +198,7 @@ class Engine:
         """Opens one forward or backward pass: the workspace (reuse=True), and the thread limits (see
         _thread_limits) unless a loop holds them (held_threads). Returns what _leave closes. Plain calls,
         not a `with` of an ExitStack: right after a kernel has streamed megabytes through the caches, each
-        Python call on the way to the next kernel costs a microsecond or more, and the ExitStack's dozen
-        were ~10 us of the ~80 us a pass of the benchmark CNN's first block spent outside its kernels."""
+        Python call on the way to the next kernel is slow, and an ExitStack makes a dozen."""
         token = self.workspace.enter() if reuse else None
         limits = None
         if not self._holding and self._own_threads:
@@ -219,8 +218,7 @@ class Engine:
         pooling) and there are several. OpenBLAS's idle workers spin for a while after a multi-threaded
         product (OPENBLAS_THREAD_TIMEOUT, specc/runtime.py), and so do Numba's OpenMP workers after sgemm's
         parallel products, which suits a chain of products (an MLP) but holds a core that those layers'
-        threads need next: the benchmark CNN at 2 threads ran 8% slower with its one small Dense on 2 BLAS
-        threads, and 20% slower with it on 2 sgemm threads."""
+        threads need next."""
         stack = contextlib.ExitStack()
         if self._own_threads:
             from .kernels import one_product_thread, thread_count
@@ -234,8 +232,8 @@ class Engine:
     @contextlib.contextmanager
     def held_threads(self):
         """The thread limits for a whole loop of passes (the Trainer's steps) instead of each pass: setting
-        and restoring OpenBLAS's thread count took ~30 us a pass, 8% of the benchmark CNN's first block on
-        2 threads. Code run inside (callbacks) sees BLAS on one thread in such models."""
+        and restoring OpenBLAS's thread count at every pass is a measurable share of a small convolutional
+        model's step. Code run inside (callbacks) sees BLAS on one thread in such models."""
         with self._thread_limits():
             self._holding += 1
             try:

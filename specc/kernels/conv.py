@@ -461,8 +461,8 @@ def _blas_controller():
 
 # DepthwiseConv2D: direct loops (there is no GEMM to batch), over chunks of samples split between threads like
 # the convolutions' chunks. Inner loops run over the channels of one position, on one-dimensional views
-# (x[n, ih, iw], out[n, oh, ow], a tap's kernel row). (Offsets into a whole row's flat view instead were 5x
-# slower: Numba's negative-index wraparound on a computed index keeps LLVM from vectorising.)
+# (x[n, ih, iw], out[n, oh, ow], a tap's kernel row); not offsets into a whole row's flat view, where
+# Numba's negative-index wraparound on a computed index keeps LLVM from vectorising.
 @numba.njit(**JIT)
 def _depthwise_forward_range(x, kernel, bias, use_bias, g, n0, n1, out):
     """Samples n0:n1 of out (N, Ho, Wo, C*m) from x (N, H, W, C), kernel (kh, kw, C, m)."""

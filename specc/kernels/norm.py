@@ -6,15 +6,15 @@ channels of each row (`row_*`). Variances are biased (divide by n).
 BatchNormalization in training is two passes over memory each way, with the activation that follows it
 (none, ReLU or ReLU6) applied in the same pass:
 
-    forward:  sums of x - x[0] and of its squares (float64) -> mean, variance;  out = act(x * a + b)
-    backward: sums of dz and dz * (x - mean), dz = dy through act (float64);  dx from dz, x and the sums
+    forward:  sums of x - x[0] and of its squares -> mean, variance;  out = act(x * a + b)
+    backward: sums of dz and of dz * (x - mean), dz = dy through act;  dx from dz, x and the sums
 
 where a = gamma / sqrt(var + eps) and b = beta - mean * a. The normalised values are not stored: backward
-recomputes them from x. The rows are cut into chunks that depend only on the shape, each chunk's sums are
-float64 partials, and the partials are added in chunk order, so the statistics and the gamma/beta
-gradients are the same bits at any thread count and accurate to float32 rounding whatever the batch size
-(float32 running sums over a 32x32x32 batch lose about 3 digits). Shifting by the first row keeps the
-one-pass variance from cancelling when the mean is large against the spread.
+recomputes them from x. The rows are cut into chunks that depend only on the shape; each chunk sums its
+rows in the data's dtype, and the chunks' partials are added in float64 in chunk order, so the statistics
+and the gamma/beta gradients are the same bits at any thread count, and no float32 sum runs over more
+than one chunk (a running float32 sum over a whole 32x32x32 batch loses about 3 digits). Shifting by the
+first row keeps the one-pass variance from cancelling when the mean is large against the spread.
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ def batch_chunking(rows: int, channels: int) -> tuple[int, int]:
 
 # Sums without fastmath: reassociated, LLVM could order them differently in code compiled in the running
 # process and code loaded from the cache (see conv._sum_parts); they vectorise across channels anyway.
-# Within a chunk the sums run in the data's dtype (a float32 vector per 16 channels), across chunks in
-# float64 (batch_moments, and the layer's sum over chunks): float64 all the way was 1.8x slower.
+# Within a chunk the sums run in the data's dtype (a float32 vector holds 16 channels, a float64 one 8), across
+# chunks in float64 (batch_moments, and the layer's sum over the chunks).
 @numba.njit(**dict(JIT, fastmath=False))
 def batch_sums_range(x, shift, per, t0, t1, s1, s2):
     """For chunks t0:t1 of `per` rows of x (rows, C): s1[t] = sum of x - shift, s2[t] = sum of its squares,
