@@ -1,6 +1,7 @@
-"""The PyTorch side of bench/run.py: the same four workloads written as a PyTorch user would write them
-(nn.Sequential, torch.optim, a plain loop over contiguous slices of in-memory tensors), started from
-specc's initial weights, on the same arrays in the same batch order.
+"""The PyTorch side of bench/run.py: the same workloads written as a PyTorch user would write them
+(nn.Sequential, or bench/torch_zoo.py's modules for ResNet-20, MobileNetV2 and ResNet-50; torch.optim, a
+plain loop over contiguous slices of in-memory tensors), started from specc's initial weights, on the same
+arrays in the same batch order.
 
     python bench/torch_workloads.py CONFIG.json RESULT.json   (started by bench/run.py)
 

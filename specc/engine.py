@@ -345,7 +345,15 @@ class Engine:
 
 
 def _accumulate(grads: dict[str, np.ndarray], name: str, d: np.ndarray) -> None:
+    """Adds d to the gradient of tensor `name`; a sum goes to a workspace array (one per step and tensor:
+    a residual network sums one at every block), a fresh one outside a training pass."""
     if name in grads:
-        grads[name] = grads[name] + d
+        a = grads[name]
+        if a.shape == d.shape and a.dtype == d.dtype:
+            total = empty("gradient sum " + name, a.shape, a.dtype)
+            np.add(a, d, out=total)
+            grads[name] = total
+        else:
+            grads[name] = a + d
     else:
         grads[name] = d
