@@ -44,7 +44,13 @@ WORKLOADS = {
     "cnn_train": ("cnn_train.yaml", "train", "cnn", (2560, 1)),
     "mlp_predict": ("mlp_predict.yaml", "predict", "mlp", (20480, 1)),
     "tiny_mlp_train": ("tiny_mlp_train.yaml", "train", "tiny", (20000, 1)),
+    # real architectures (specs written by bench/zoo.py), on request only: --workloads resnet20,...
+    "resnet20": ("resnet20_train.yaml", "train", "resnet20", (640, 1)),
+    "mobilenetv2": ("mobilenetv2_train.yaml", "train", "mobilenetv2", (640, 1)),
+    "resnet50": ("resnet50_train.yaml", "train", "resnet50", (320, 1)),
 }
+DEFAULT_WORKLOADS = ("mlp_train", "cnn_train", "mlp_predict", "tiny_mlp_train")
+KERAS_MODELS = ("mlp", "cnn", "tiny")  # what bench/keras_workloads.py builds
 CHILD = {"specc": "specc_workloads.py", "torch": "torch_workloads.py", "keras": "keras_workloads.py"}
 WARMUP_STEPS = {"train": 10, "predict": 2}
 START_SPEC = os.path.join(ROOT, "specs", "digits_mlp.yaml")  # the README's default job
@@ -120,13 +126,13 @@ def prepare(name: str, samples: int, epochs: int, tmp: str) -> dict:
     opt = spec.compile.optimizer
     opt_name = opt if isinstance(opt, str) else opt.type
     set_args = {} if isinstance(opt, str) else {k: v for k, v in opt.model_dump().items() if v is not None}
-    extra = set(set_args) - {"type", "learning_rate", "beta_1", "beta_2", "epsilon"}
-    if opt_name not in ("adam", "sgd") or extra:
+    extra = set(set_args) - {"type", "learning_rate", "beta_1", "beta_2", "epsilon", "momentum"}
+    if opt_name not in ("adam", "sgd") or extra or set_args.get("nesterov"):
         raise SystemExit(f"{path}: torch_workloads.py/keras_workloads.py implement adam and sgd with a constant "
                          f"learning rate only (got {opt_name} with {sorted(extra)})")
     o = make_optimizer(opt, engine.variable_offsets, engine.dtype)  # Keras's defaults, resolved by specc
     optimizer = {"type": opt_name, "learning_rate": float(o.learning_rate),
-                 **{k: float(getattr(o, k)) for k in ("beta_1", "beta_2", "epsilon") if hasattr(o, k)}}
+                 **{k: float(getattr(o, k)) for k in ("beta_1", "beta_2", "epsilon", "momentum") if hasattr(o, k)}}
     return {"workload": name, "kind": kind, "model": model, "spec_path": path, "data_path": data_path,
             "n_weights": len(weights), "samples": int(len(x)), "spec_samples": full, "epochs": epochs,
             "batch_size": spec.fit.batch_size, "loss": spec.compile.loss, "optimizer": optimizer,
@@ -358,7 +364,8 @@ def main() -> None:
     parser.add_argument("--threads", default="1,2", help="comma-separated thread counts (default 1,2)")
     parser.add_argument("--runs", type=int, default=None, help="process runs per cell (default 6; 2 with --quick)")
     parser.add_argument("--quick", action="store_true", help="2 runs and fewer samples: a few minutes")
-    parser.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated subset")
+    parser.add_argument("--workloads", default=",".join(DEFAULT_WORKLOADS),
+                        help=f"comma-separated, of {', '.join(WORKLOADS)} (default {','.join(DEFAULT_WORKLOADS)})")
     parser.add_argument("--frameworks", default="specc,torch,keras",
                         help="comma-separated; torch/keras are skipped when not installed")
     parser.add_argument("--tol", type=float, default=1e-3, help="relative tolerance of the loss check")
@@ -419,7 +426,9 @@ def main() -> None:
             for name in workloads:
                 for run in range(runs):
                     order = frameworks[run % len(frameworks):] + frameworks[: run % len(frameworks)]
-                    for fw in order:  # interleaved and rotated, so drifting machine load hits all alike
+                    for fw in order:
+                        if fw == "keras" and configs[name]["model"] not in KERAS_MODELS:
+                            continue  # interleaved and rotated, so drifting machine load hits all alike
                         r = run_child(fw, configs[name], threads, tmp, args.timeout)
                         r["run"] = run
                         raw.append(r)

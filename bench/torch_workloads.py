@@ -1,6 +1,7 @@
-"""The PyTorch side of bench/run.py: the same four workloads written as a PyTorch user would write them
-(nn.Sequential, torch.optim, a plain loop over contiguous slices of in-memory tensors), started from
-specc's initial weights, on the same arrays in the same batch order.
+"""The PyTorch side of bench/run.py: the same workloads written as a PyTorch user would write them
+(nn.Sequential, or bench/torch_zoo.py's modules for ResNet-20, MobileNetV2 and ResNet-50; torch.optim, a
+plain loop over contiguous slices of in-memory tensors), started from specc's initial weights, on the same
+arrays in the same batch order.
 
     python bench/torch_workloads.py CONFIG.json RESULT.json   (started by bench/run.py)
 
@@ -61,7 +62,16 @@ def build_model(torch, name: str, weights):
             model[7].weight.copy_(t[4].T)
             model[7].bias.copy_(t[5])
         return model
+    if name in ZOO:
+        import torch_zoo
+
+        return torch_zoo.build(name, weights)
     raise ValueError(f"unknown model {name!r}")
+
+
+# bench/zoo.py's architectures (bench/torch_zoo.py): NCHW tensors in PyTorch's channels_last memory format,
+# its faster layout on CPU for these networks (config "torch_layout": "nchw" to compare).
+ZOO = ("resnet20", "mobilenetv2", "resnet50")
 
 
 def make_optimizer(torch, model, opt: dict):
@@ -78,7 +88,9 @@ def make_optimizer(torch, model, opt: dict):
 
         return optimizer, before_step
     if opt["type"] == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=opt["learning_rate"]), None
+        # Keras's momentum v = m*v - lr*g, w += v is PyTorch's b = m*b + g, w -= lr*b with v = -lr*b
+        # (a constant learning rate); nesterov is off on both sides.
+        return torch.optim.SGD(model.parameters(), lr=opt["learning_rate"], momentum=opt.get("momentum", 0.0)), None
     raise ValueError(f"no PyTorch equivalent set up for optimizer {opt['type']!r}")
 
 
@@ -94,10 +106,13 @@ def main() -> None:
     torch.manual_seed(0)
 
     x_np, y_np, weights = _child.load_data(config)
-    if config["model"] == "cnn":
+    if config["model"] == "cnn" or config["model"] in ZOO:
         x_np = np.ascontiguousarray(x_np.transpose(0, 3, 1, 2))  # NHWC -> NCHW, once, outside the timing
     x, y = torch.from_numpy(x_np), torch.from_numpy(y_np)
     model = build_model(torch, config["model"], weights)
+    if config["model"] in ZOO and config.get("torch_layout", "channels_last") == "channels_last":
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
     if config.get("float64"):  # bench/run.py's reference-noise run: the same job in float64
         model = model.double()
         x = x.double()

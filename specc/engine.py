@@ -73,8 +73,10 @@ def _flatten(graph: Graph) -> tuple[list[Step], dict[str, str]]:
 
 def _plan(steps: list[Step], output_names: list[str]) -> list[Step]:
     """The steps as forward runs them: a convolution whose output only a max pooling reads (and that is
-    not a model output) runs with it as one step (layers/fusion.py), under the pooling's name."""
-    from .layers.fusion import ConvPool, fusable
+    not a model output) runs with it as one step (layers/fusion.py), under the pooling's name; so do a
+    BatchNormalization or a two-input Add and the ReLU (or, after BatchNormalization, ReLU6) Activation
+    layer that alone reads it."""
+    from .layers.fusion import AddAct, BatchNormAct, ConvPool, fusable, fusable_activation
 
     readers: dict[str, list[Step]] = {}
     for s in steps:
@@ -91,6 +93,12 @@ def _plan(steps: list[Step], output_names: list[str]) -> list[Step]:
             absorbed.add(pool.name)
             s = Step(pool.name, ConvPool(s.layer, pool.layer), s.inbound, s.trainable, s.specs, s.input_shape,
                      pool.output_shape, s.weights, s.grads)
+        elif pool is not None and s.name not in output_names and fusable_activation(s.layer, pool.layer) and \
+                (not s.layer.is_merge or len(s.inbound) == 2):
+            absorbed.add(pool.name)
+            fused = (AddAct if s.layer.is_merge else BatchNormAct)(s.layer, pool.layer)
+            s = Step(pool.name, fused, s.inbound, s.trainable, s.specs, s.input_shape, pool.output_shape,
+                     s.weights, s.grads)
         plan.append(s)
     return plan
 
@@ -190,8 +198,7 @@ class Engine:
         """Opens one forward or backward pass: the workspace (reuse=True), and the thread limits (see
         _thread_limits) unless a loop holds them (held_threads). Returns what _leave closes. Plain calls,
         not a `with` of an ExitStack: right after a kernel has streamed megabytes through the caches, each
-        Python call on the way to the next kernel costs a microsecond or more, and the ExitStack's dozen
-        were ~10 us of the ~80 us a pass of the benchmark CNN's first block spent outside its kernels."""
+        Python call on the way to the next kernel is slow, and an ExitStack makes a dozen."""
         token = self.workspace.enter() if reuse else None
         limits = None
         if not self._holding and self._own_threads:
@@ -211,8 +218,7 @@ class Engine:
         pooling) and there are several. OpenBLAS's idle workers spin for a while after a multi-threaded
         product (OPENBLAS_THREAD_TIMEOUT, specc/runtime.py), and so do Numba's OpenMP workers after sgemm's
         parallel products, which suits a chain of products (an MLP) but holds a core that those layers'
-        threads need next: the benchmark CNN at 2 threads ran 8% slower with its one small Dense on 2 BLAS
-        threads, and 20% slower with it on 2 sgemm threads."""
+        threads need next."""
         stack = contextlib.ExitStack()
         if self._own_threads:
             from .kernels import one_product_thread, thread_count
@@ -226,8 +232,8 @@ class Engine:
     @contextlib.contextmanager
     def held_threads(self):
         """The thread limits for a whole loop of passes (the Trainer's steps) instead of each pass: setting
-        and restoring OpenBLAS's thread count took ~30 us a pass, 8% of the benchmark CNN's first block on
-        2 threads. Code run inside (callbacks) sees BLAS on one thread in such models."""
+        and restoring OpenBLAS's thread count at every pass is a measurable share of a small convolutional
+        model's step. Code run inside (callbacks) sees BLAS on one thread in such models."""
         with self._thread_limits():
             self._holding += 1
             try:
@@ -339,7 +345,15 @@ class Engine:
 
 
 def _accumulate(grads: dict[str, np.ndarray], name: str, d: np.ndarray) -> None:
+    """Adds d to the gradient of tensor `name`; a sum goes to a workspace array (one per step and tensor:
+    a residual network sums one at every block), a fresh one outside a training pass."""
     if name in grads:
-        grads[name] = grads[name] + d
+        a = grads[name]
+        if a.shape == d.shape and a.dtype == d.dtype:
+            total = empty("gradient sum " + name, a.shape, a.dtype)
+            np.add(a, d, out=total)
+            grads[name] = total
+        else:
+            grads[name] = a + d
     else:
         grads[name] = d

@@ -72,7 +72,7 @@ def _rows(engine, shapes: dict[str, tuple], batch: int) -> list[_Row]:
     by_layer = {id(s.layer): s for s in engine.steps}  # a fused step's parts are steps of the model
     rows = []
     for s in engine.plan:
-        parts = [by_layer[id(s.layer.conv)], by_layer[id(s.layer.pool)]] if hasattr(s.layer, "conv") else [s]
+        parts = [by_layer[id(p)] for p in s.layer.fused_layers] if hasattr(s.layer, "fused_layers") else [s]
         macs = sum(_macs(p.layer, [shapes[n] for n in p.inbound] if p.layer.is_merge else shapes[p.inbound[0]],
                          shapes[p.name]) for p in parts)
         weights = sum(w.size for w in s.weights)

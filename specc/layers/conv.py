@@ -326,8 +326,8 @@ class DepthwiseConv2D(_Windowed):
         dy4 = np.ascontiguousarray(dy)
         dx = empty("dx", x4.shape, x4.dtype)
         dbias = g[1] if self.use_bias else np.empty(dy4.shape[3], dy4.dtype)
-        conv.depthwise_backward(x4, w[0], dy4, self.use_bias, geom, g[0], dbias, dx)
-        return dx
+        conv.depthwise_backward(x4, w[0], dy4, self.use_bias, geom, g[0], dbias, dx, need_dx)
+        return dx if need_dx else None
 
 
 @register

@@ -54,6 +54,7 @@ class ConvPool:
 
     def __init__(self, conv: Any, pool: Any):
         self.conv, self.pool = conv, pool
+        self.fused_layers = (conv, pool)  # the model's layers it runs (specc time's rows)
         self._shapes: dict = {}  # x.shape -> _Shapes (an engine runs one dtype)
         self._views = [(None, None), (None, None)]  # (array, its matrix view): see _as_matrix
 
@@ -113,3 +114,92 @@ class ConvPool:
         conv_pool.conv_pool_backward(x4, kernel, dp, out, winners, relu, conv.use_bias, need_dx, shapes.geometry,
                                      dkernel, dbias, dx)
         return (dx if shapes.image is None else dx.reshape(in_shape)) if need_dx else None
+
+
+# BatchNormalization (normalising the last axis) or Add, then an Activation that only they read: the
+# activation runs inside their passes over memory instead of as one more pass each way (kernels/norm.py,
+# kernels/elementwise.py). ReLU's and ReLU6's derivatives are read from the output (0 < y, 0 < y < 6).
+ACT_CODES = {"linear": 0, "relu": 1, "relu6": 2}
+
+
+def fusable_activation(layer: Any, activation: Any) -> bool:
+    """Whether layer then the Activation layer `activation` can run as one step (BatchNormAct, AddAct)."""
+    from .merging import Add
+    from .normalization import BatchNormalization
+
+    if type(activation).__name__ != "Activation" or activation.activation not in ("relu", "relu6"):
+        return False
+    if type(layer) is BatchNormalization:
+        return layer.axis == -1
+    return type(layer) is Add and activation.activation == "relu"
+
+
+class BatchNormAct:
+    """The runtime side of BatchNormalization followed by ReLU or ReLU6; its weights are the normalisation's."""
+
+    is_merge = False
+    runs_own_threads = False
+
+    def __init__(self, norm: Any, activation: Any):
+        self.norm, self.act = norm, activation
+        self.fused_layers = (norm, activation)
+        self._code = ACT_CODES[activation.activation]
+
+    def output_activation(self) -> str:
+        return "linear"
+
+    def applies_activation(self) -> bool:
+        return False
+
+    def forward(self, w, x, training, rng):
+        return self.norm.forward_act(w, x, training, self._code)
+
+    def backward(self, w, g, saved, dy, need_dx=True):
+        return self.norm.backward(w, g, saved, dy, need_dx)
+
+
+class AddAct:
+    """The runtime side of a two-input Add followed by ReLU: y = max(a + b, 0) in one pass; backward sends
+    the one array dy * (y > 0) to both inputs (inputs of the output's shape; otherwise Add's own
+    broadcasting path and the ReLU apart)."""
+
+    is_merge = True
+    runs_own_threads = False
+
+    def __init__(self, add: Any, activation: Any):
+        self.add, self.act = add, activation
+        self.fused_layers = (add, activation)
+
+    def output_activation(self) -> str:
+        return "linear"
+
+    def applies_activation(self) -> bool:
+        return False
+
+    def forward(self, w, xs, training, rng):
+        import numpy as np
+
+        from ..kernels import elementwise
+
+        shape = xs[0].shape
+        if any(x.shape != shape for x in xs):  # broadcasting: Add, then the ReLU, apart
+            y, saved = self.add.forward(w, xs, training, rng)
+            out = np.maximum(y, 0)
+            return out, (False, saved, out)
+        out = empty("out", shape, xs[0].dtype)
+        a, b = xs  # the engine fuses two-input Adds only
+        elementwise.add_relu(np.ascontiguousarray(a).reshape(-1), np.ascontiguousarray(b).reshape(-1),
+                             out.reshape(-1))
+        return out, (True, 2, out)
+
+    def backward(self, w, g, saved, dy, need_dx=True):
+        import numpy as np
+
+        from ..kernels import elementwise
+
+        same, data, out = saved
+        dz = empty("dz", out.shape, out.dtype)
+        elementwise.relu_backward(np.ascontiguousarray(dy).reshape(-1), out.reshape(-1), dz.reshape(-1))
+        if not same:
+            return self.add.backward(w, g, data, dz, need_dx)
+        return [dz] * data

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import ClassVar, Literal
 
 from ..spec.types import StrictInt
+from ..workspace import empty
 from .base import LayerSpec, ShapeError, fmt_shape, register
 
 
@@ -93,6 +94,13 @@ class Add(_Elementwise):
     type: Literal["Add"] = "Add"
 
     def _merge(self, np, xs):
+        shape = xs[0].shape
+        if all(x.shape == shape and x.dtype == xs[0].dtype for x in xs):  # no broadcasting: into the workspace
+            y = empty("out", shape, xs[0].dtype)
+            np.add(xs[0], xs[1], out=y)
+            for x in xs[2:]:
+                np.add(y, x, out=y)
+            return y, None
         y = xs[0]
         for x in xs[1:]:
             y = y + x
@@ -100,6 +108,12 @@ class Add(_Elementwise):
 
     def _grads(self, np, saved, dy, n):
         return [dy] * n
+
+    def backward(self, w, g, saved, dy, need_dx=True):
+        _, shapes, _ = saved
+        if all(s == dy.shape for s in shapes):  # no broadcasting: every input's gradient is dy itself
+            return [dy] * len(shapes)
+        return super().backward(w, g, saved, dy, need_dx)
 
 
 @register

@@ -94,39 +94,75 @@ class BatchNormalization(LayerSpec):
         update the statistics in place as Keras 3 does, with the *biased* batch variance:
         moving = moving * momentum + batch * (1 - momentum). Inference (or a frozen layer, which the
         engine runs with training=False): normalise with the moving statistics."""
+        return self.forward_act(w, x, training, 0)
+
+    def forward_act(self, w, x, training, act):
+        """forward, then the activation of code `act` (kernels.norm.ACT_*) in the same pass
+        (layers/fusion.py's BatchNormAct)."""
         import numpy as np
 
         from ..kernels import norm
+        from ..kernels.conv import in_threads
 
         x2, layout = _to_rows(x, self.axis)
-        c, dt = x2.shape[1], x2.dtype
+        rows, c = x2.shape
+        dt = x2.dtype
         gamma, beta, _, _ = _affine(self, w, c, dt)
         moving_mean, moving_var = w[-2], w[-1]
+        per, chunks = norm.batch_chunking(rows, c)
         if training:
-            mean, var = empty("mean", c, dt), empty("var", c, dt)
-            norm.channel_moments(x2, mean, var)
+            shift = x2[0].copy()
+            s1 = empty("sums", (chunks, c), np.float64)
+            s2 = empty("squares", (chunks, c), np.float64)
+            in_threads(chunks, lambda share, t0, t1: norm.batch_sums_range(x2, shift, per, t0, t1, s1, s2))
+            mean64, var64 = empty("mean64", c, np.float64), empty("var64", c, np.float64)
+            norm.batch_moments(s1, s2, shift, rows, mean64, var64)
+            mean, var = mean64.astype(dt), var64.astype(dt)
             m = dt.type(self.momentum)
             moving_mean[...] = moving_mean * m + mean * (1 - m)
             moving_var[...] = moving_var * m + var * (1 - m)
         else:
-            mean, var = moving_mean, moving_var
+            mean, var = np.ascontiguousarray(moving_mean), moving_var
         inv = (1 / np.sqrt(var + dt.type(self.epsilon))).astype(dt)
-        xhat, out = empty("xhat", x2.shape, x2.dtype), empty("out", x2.shape, x2.dtype)
-        norm.channel_normalize(x2, np.ascontiguousarray(mean), inv, gamma, beta, xhat, out)
-        return _from_rows(out, layout), (xhat, inv, bool(training), layout)
+        scale = (gamma * inv).astype(dt)
+        offset = (beta - mean * scale).astype(dt)
+        out = empty("out", x2.shape, dt)
+        in_threads(chunks, lambda share, t0, t1: norm.batch_affine_range(x2, scale, offset, act, per, t0, t1, out))
+        return _from_rows(out, layout), (x2, out, mean, inv, bool(training), layout, act)
 
     def backward(self, w, g, saved, dy, need_dx=True):
         import numpy as np
 
         from ..kernels import norm
+        from ..kernels.conv import in_threads
 
-        xhat, inv, training, layout = saved
-        dy2, _ = _to_rows(np.asarray(dy, xhat.dtype), self.axis)
-        c, dt = xhat.shape[1], xhat.dtype
+        x2, out, mean, inv, training, layout, act = saved
+        dy2, _ = _to_rows(np.asarray(dy, x2.dtype), self.axis)
+        rows, c = x2.shape
+        dt = x2.dtype
         gamma, _, gi, bi = _affine(self, w, c, dt)
         dgamma, dbeta = _affine_grads(g, gi, bi, c, dt)
-        dx = empty("dx", xhat.shape, xhat.dtype)
-        norm.channel_backward(dy2, xhat, gamma, inv, training, dgamma, dbeta, dx)
+        per, chunks = norm.batch_chunking(rows, c)
+        s1 = empty("sums", (chunks, c), np.float64)
+        s2 = empty("products", (chunks, c), np.float64)
+        in_threads(chunks, lambda share, t0, t1: norm.batch_grad_sums_range(dy2, out, x2, mean, act, per, t0, t1,
+                                                                              s1, s2))
+        sum_dz, sum_dzx = s1.sum(axis=0), s2.sum(axis=0)  # (C,) float64, added in chunk order
+        dbeta[...] = sum_dz
+        dgamma[...] = sum_dzx * inv
+        if not need_dx:
+            return None
+        # dx = k * (dz - mb - xhat * mg) = k * dz + c0 - c1 * (x - mean) (kernels/norm.batch_dx_range)
+        k = gamma.astype(np.float64) * inv
+        if training:
+            mb, mg = sum_dz / rows, sum_dzx * inv / rows
+            c0, c1 = -k * mb, k * inv * mg
+        else:
+            c0 = c1 = np.zeros(c)
+        dx = empty("dx", x2.shape, dt)
+        k, c0, c1 = k.astype(dt), c0.astype(dt), c1.astype(dt)
+        in_threads(chunks, lambda share, t0, t1: norm.batch_dx_range(dy2, out, x2, mean, k, c0, c1, act, per, t0, t1,
+                                                                      dx))
         return _from_rows(dx, layout)
 
 
