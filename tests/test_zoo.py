@@ -21,8 +21,6 @@ ZOO = ROOT / "specs" / "zoo"
 RECORDED = json.loads((Path(__file__).parent / "fixtures" / "keras_zoo.json").read_text())
 MODELS = sorted(p.stem for p in ZOO.glob("*.yaml"))
 
-# Keras's ReLU layer (max_value=6) is written as Activation(relu6) until specc has the ReLU layer.
-SAME_TYPE = {"ReLU": "Activation"}
 # Layers Keras leaves unnamed (auto-named per session: conv2d_1, add_3, ...) are named after their block in
 # the spec; Keras's Xception block2 starts without a ReLU on an input that is already one (relu(relu(x)) =
 # relu(x)), which the spec's block states once for every entry block.
@@ -58,7 +56,7 @@ def test_zoo_spec_matches_keras(model):
     assert [list(s) for s in outputs] == [keras["output_shape"]]
 
     ours = _flat(spec)
-    theirs = {name: (SAME_TYPE.get(kind, kind), params, tuple(shape)) for name, kind, params, shape in keras["layers"]
+    theirs = {name: (kind, params, tuple(shape)) for name, kind, params, shape in keras["layers"]
               if kind != "InputLayer"}
     # every layer, whatever its name: the same multiset of (type, parameters, output shape) ...
     extra = EXTRA.get(model, set())
