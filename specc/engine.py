@@ -178,6 +178,18 @@ class Engine:
             for w, spec in zip(s.weights, s.specs):
                 w[...] = s.layer.initial_value(spec, rng)
 
+    def adapt(self, inputs: dict[str, np.ndarray]) -> list[str]:
+        """Keras's adapt() for every layer that learns statistics from the data before training (a
+        Normalization without `mean`/`variance`) and reads a model input: its weights from `inputs` (model
+        input name -> training array). Returns the names of the layers adapted."""
+        done = []
+        for s in self.steps:
+            if s.weights and hasattr(s.layer, "adapted") and len(s.inbound) == 1 and s.inbound[0] in inputs:
+                for w, value in zip(s.weights, s.layer.adapted(inputs[s.inbound[0]])):
+                    w[...] = value
+                done.append(s.name)
+        return done
+
     def get_weights(self) -> list[np.ndarray]:
         """Every weight in Keras's order (layer by layer, each layer's `weights` order), as copies."""
         return [w.copy() for s in self.steps for w in s.weights]

@@ -536,6 +536,31 @@ from .attention import MultiHeadAttention as _MultiHeadAttention  # noqa: E402 -
 LAYER_CLASSES["MultiHeadAttention"] = _MultiHeadAttention
 
 
+class _Normalization(LAYER_CLASSES["Normalization"]):
+    """Keras's Normalization, with `adapt(data)`: the mean and variance of `data` (samples, ...) over every
+    axis but `axis`, before the layer is used (the layer is built for the data's sample shape)."""
+
+    def adapt(self, data: Any, batch_size: Any = None, steps: Any = None) -> None:
+        from ..train.checks import numeric_array
+
+        if self._spec.mean is not None:
+            raise ValueError(f"Normalization '{self.name}' was given `mean` and `variance`; adapt() computes them "
+                             f"instead: create the layer without them")
+        x = numeric_array("adapt() data", data)
+        if x.ndim < 2 or len(x) == 0:
+            raise ValueError(f"adapt() takes a batch of samples (samples, ...), got an array of shape {x.shape}")
+        if steps is not None:
+            x = x[: int(steps) * int(batch_size or 32)]
+        self._output_shape(tuple(x.shape[1:]))
+        self._build(tuple(x.shape[1:]))
+        for w, value in zip(self._weights, self._spec.adapted(x)):
+            w[...] = value
+
+
+_Normalization.__name__ = _Normalization.__qualname__ = "Normalization"
+LAYER_CLASSES["Normalization"] = _Normalization
+
+
 class InputLayer(Layer):
     """The layer behind `specc.Input(shape=...)`: no weights, one output tensor."""
 

@@ -110,6 +110,19 @@ class Normalization(LayerSpec):
                 WeightSpec("variance", shape, "ones", trainable=False),
                 WeightSpec("count", (), "zeros", trainable=False)]
 
+    def adapted(self, x) -> list:
+        """Keras's adapt(): the mean, variance (biased) and count of `x` (samples, ...) over every axis but
+        the kept ones, accumulated in float64; what this layer's three weights take (weight_specs order)."""
+        import numpy as np
+
+        kept = self._kept(x.shape[1:])
+        reduce = tuple(a for a in range(x.ndim) if a - 1 not in kept)
+        x64 = np.asarray(x, np.float64)
+        mean = x64.mean(axis=reduce)
+        var = np.mean(np.square(x64 - x64.mean(axis=reduce, keepdims=True)), axis=reduce)
+        count = np.prod([x.shape[a] for a in reduce], dtype=np.int64)
+        return [mean, var, np.asarray(count, np.float64)]
+
     def _stats(self, w, x):
         """The mean and the divisor, shaped to broadcast against x (batch, ...)."""
         import numpy as np

@@ -621,6 +621,9 @@ def _prepare(opts: Options, resumed: Resumed | None, group) -> Job:
     threads = configure_threads(threads or (group.default_threads() if group is not None else None))
     engine = Engine(spec.graph)
     engine.initialize(spec.seed)
+    if resumed is None:  # Normalization layers without statistics adapt to what fit trains on (a resume loads them)
+        train_rows = int(len(data.x_train[0]) * (1 - fit.validation_split))
+        engine.adapt({name: x[:train_rows] for name, x in zip(engine.input_names, data.x_train)})
     trainer = Trainer(engine, spec.compile, spec.seed)
     callbacks = [C.build(cfg) for cfg in spec.callbacks]
     job = Job(spec, fit, raw, source_name, overrides, resolved, changes, data, trainer, callbacks, History(),
