@@ -212,10 +212,9 @@ class TrainingMixin:
 
         Every array is checked before any work (shapes against the model, targets against the losses, the
         same number of samples everywhere, at least one), each error naming the array."""
-        from ..train.fit import DEFAULT_BATCH_SIZE
         from .callbacks import History
 
-        batch_size = DEFAULT_BATCH_SIZE if batch_size is None else checks.check_positive_int("batch_size", batch_size)
+        batch_size = _batch_size(batch_size)
         if validation_batch_size is not None:
             checks.check_positive_int("validation_batch_size", validation_batch_size)
         checks.check_non_negative_int("epochs", epochs)
