@@ -302,6 +302,11 @@ class Engine:
             outputs.append(values[n])
         return outputs
 
+    def pre_activation(self, output: int) -> np.ndarray:
+        """Output `output`'s values before the activation the engine applied in the last forward (the
+        logits under a softmax), shape (batch, ...): the fused softmax + cross-entropy loss starts there."""
+        return self._pre[self.output_names[output]]
+
     def backward(self, d_outputs: list[np.ndarray], pre_activation: list[bool] | None = None,
                  reuse: bool = False) -> None:
         """Fills `self.grads` from the gradients of the loss w.r.t. the outputs of the last forward.

@@ -213,7 +213,7 @@ class Trainer:
                 workspace.owner = f"loss {k}"
                 w = sw[k] if isinstance(sw, list) else sw  # per output, or one array for all
                 if fused and training:
-                    value, grad = loss.fused(fused, yb[k], self.engine._pre[self.engine.output_names[k]], w)
+                    value, grad = loss.fused(fused, yb[k], self.engine.pre_activation(k), w)
                 else:
                     value, grad = loss(yb[k], preds[k], w)
                 if self.loss_weights[k] != 1.0:
