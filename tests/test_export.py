@@ -33,7 +33,7 @@ def random_weights(engine: Engine, seed: int = 0) -> None:
     for s in engine.steps:
         for w, spec in zip(s.weights, s.specs):
             value = rng.uniform(-0.6, 0.6, w.shape)
-            if spec.name == "moving_variance":
+            if spec.name in ("moving_variance", "variance"):  # BatchNormalization's, Normalization's
                 value = rng.uniform(0.5, 1.5, w.shape)
             w[...] = value
 
@@ -52,13 +52,13 @@ def inputs_for(engine: Engine, batch: int, seed: int = 1) -> list[np.ndarray]:
     return xs
 
 
-def assert_same(engine: Engine, model, batches=BATCHES) -> None:
+def assert_same(engine: Engine, model, batches=BATCHES, make_inputs=inputs_for) -> None:
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     names = [i.name for i in session.get_inputs()]
     assert names == [n.name for n in engine.graph.inputs]
     assert [o.name for o in session.get_outputs()] == list(engine.graph.outputs)
     for batch in batches:
-        xs = inputs_for(engine, batch)
+        xs = make_inputs(engine, batch)
         expected = Trainer.predict_with(engine, xs, batch)
         got = session.run(None, dict(zip(names, xs)))
         for ref, out in zip(expected, got, strict=True):
@@ -191,6 +191,81 @@ CASES = [
     ("upsampling1d", (4, 2), {"type": "UpSampling1D", "size": 3}),
     ("upsampling2d", (3, 4, 2), {"type": "UpSampling2D", "size": [2, 3]}),
     ("upsampling2d-bilinear", (3, 4, 2), {"type": "UpSampling2D", "size": [2, 3], "interpolation": "bilinear"}),
+    ("relu-layer", (3, 5), {"type": "ReLU"}),
+    ("relu-max-value", (3, 5), {"type": "ReLU", "max_value": 0.5}),
+    ("relu-threshold", (3, 5), {"type": "ReLU", "threshold": 0.3}),
+    ("relu-slope", (3, 5), {"type": "ReLU", "negative_slope": 0.2}),
+    ("relu-slope-threshold-max", (3, 5), {"type": "ReLU", "negative_slope": 0.1, "threshold": 0.4, "max_value": 1.2}),
+    ("leaky-relu-layer", (3, 5), {"type": "LeakyReLU"}),
+    ("leaky-relu-slope", (6,), {"type": "LeakyReLU", "negative_slope": 0.05}),
+    ("prelu", (4, 3, 2), {"type": "PReLU"}),
+    ("prelu-shared-axes", (4, 3, 2), {"type": "PReLU", "shared_axes": [1, 2]}),
+    ("prelu-shared-last", (4, 3), {"type": "PReLU", "shared_axes": 2}),
+    ("elu-layer", (3, 5), {"type": "ELU"}),
+    ("elu-alpha", (3, 5), {"type": "ELU", "alpha": 0.4}),
+    ("softmax-layer", (3, 5), {"type": "Softmax"}),
+    ("softmax-axis1", (3, 4, 2), {"type": "Softmax", "axis": 1}),
+    ("softmax-axes", (3, 4, 2), {"type": "Softmax", "axis": [1, -1]}),
+    ("rescaling", (4, 3), {"type": "Rescaling", "scale": 0.25, "offset": -1.5}),
+    ("rescaling-per-channel", (4, 3), {"type": "Rescaling", "scale": [0.5, 2.0, -1.0], "offset": [0.1, 0.2, 0.3]}),
+    ("normalization-given", (4, 3), {"type": "Normalization", "mean": 0.5, "variance": 4.0}),
+    ("normalization-given-per-channel", (4, 3), {"type": "Normalization", "mean": [0.5, -1.0, 2.0],
+                                                 "variance": [4.0, 0.25, 0.0]}),
+    ("normalization-given-invert", (4, 3), {"type": "Normalization", "mean": [0.5, -1.0, 2.0],
+                                            "variance": [4.0, 0.25, 1.0], "invert": True}),
+    ("normalization-weights", (4, 3), {"type": "Normalization"}),
+    ("normalization-weights-axes", (4, 3, 2), {"type": "Normalization", "axis": [1, 3]}),
+    ("normalization-weights-no-axis-invert", (4, 3), {"type": "Normalization", "axis": None, "invert": True}),
+    ("spatial-dropout1d", (5, 3), {"type": "SpatialDropout1D", "rate": 0.5}),
+    ("spatial-dropout2d", (4, 5, 3), {"type": "SpatialDropout2D", "rate": 0.5}),
+    ("gaussian-noise", (6,), {"type": "GaussianNoise", "stddev": 0.5}),
+    ("conv3d", (5, 6, 4, 2), {"type": "Conv3D", "filters": 3, "kernel_size": 3}),
+    ("conv3d-same-stride", (5, 6, 4, 2), {"type": "Conv3D", "filters": 3, "kernel_size": [3, 2, 3], "strides": 2,
+                                          "padding": "same", "activation": "relu"}),
+    ("conv3d-dilated-no-bias", (5, 6, 5, 2), {"type": "Conv3D", "filters": 2, "kernel_size": 2,
+                                              "dilation_rate": [2, 1, 2], "use_bias": False}),
+    ("maxpool3d", (4, 6, 5, 2), {"type": "MaxPooling3D"}),
+    ("maxpool3d-same-odd", (5, 4, 3, 2), {"type": "MaxPooling3D", "pool_size": 3, "strides": [2, 1, 2],
+                                          "padding": "same"}),
+    ("avgpool3d", (4, 6, 5, 2), {"type": "AveragePooling3D", "pool_size": [2, 3, 2]}),
+    ("avgpool3d-same-uneven", (5, 4, 3, 2), {"type": "AveragePooling3D", "pool_size": 2, "strides": 2,
+                                             "padding": "same"}),
+    ("avgpool3d-same-stride1", (3, 4, 3, 2), {"type": "AveragePooling3D", "pool_size": 3, "strides": 1,
+                                              "padding": "same"}),
+    ("global-max-3d", (3, 4, 2, 3), {"type": "GlobalMaxPooling3D"}),
+    ("global-max-3d-keepdims", (3, 4, 2, 3), {"type": "GlobalMaxPooling3D", "keepdims": True}),
+    ("global-avg-3d", (3, 4, 2, 3), {"type": "GlobalAveragePooling3D"}),
+    ("global-avg-3d-keepdims", (3, 4, 2, 3), {"type": "GlobalAveragePooling3D", "keepdims": True}),
+    ("bidirectional-lstm", (5, 3), {"type": "Bidirectional", "layer": {"type": "LSTM", "units": 4}}),
+    ("bidirectional-lstm-sequences", (5, 3), {"type": "Bidirectional", "layer": {"type": "LSTM", "units": 4,
+                                                                                 "return_sequences": True}}),
+    ("bidirectional-gru-sum-sequences", (5, 3), {"type": "Bidirectional", "merge_mode": "sum",
+                                                 "layer": {"type": "GRU", "units": 4, "return_sequences": True}}),
+    ("bidirectional-rnn-mul", (5, 3), {"type": "Bidirectional", "merge_mode": "mul",
+                                       "layer": {"type": "SimpleRNN", "units": 4}}),
+    ("bidirectional-gru-ave", (5, 3), {"type": "Bidirectional", "merge_mode": "ave",
+                                       "layer": {"type": "GRU", "units": 4, "reset_after": False}}),
+    ("bidirectional-backward-layer", (5, 3), {"type": "Bidirectional",
+                                              "layer": {"type": "LSTM", "units": 4, "return_sequences": True},
+                                              "backward_layer": {"type": "GRU", "units": 3, "go_backwards": True,
+                                                                 "return_sequences": True}}),
+    ("bidirectional-forward-layer-goes-backwards", (5, 3), {
+        "type": "Bidirectional", "merge_mode": "sum",
+        "layer": {"type": "SimpleRNN", "units": 4, "go_backwards": True, "return_sequences": True},
+        "backward_layer": {"type": "SimpleRNN", "units": 4, "activation": "relu", "return_sequences": True}}),
+    ("bidirectional-steps-known-at-run-time", (None, 3), {"type": "Bidirectional", "layer": {
+        "type": "LSTM", "units": 4, "return_sequences": True}}),
+    ("time-distributed-dense", (3, 6), {"type": "TimeDistributed", "layer": {"type": "Dense", "units": 4,
+                                                                             "activation": "softmax"}}),
+    ("time-distributed-dense-rank4", (3, 2, 6), {"type": "TimeDistributed", "layer": {"type": "Dense", "units": 4}}),
+    ("time-distributed-conv2d", (3, 5, 5, 2), {"type": "TimeDistributed", "layer": {
+        "type": "Conv2D", "filters": 3, "kernel_size": 3, "strides": 2, "padding": "same", "activation": "relu"}}),
+    ("time-distributed-maxpool-flatten", (3, 6, 2), {"type": "TimeDistributed", "layer": {"type": "MaxPooling1D"}}),
+    ("time-distributed-flatten", (3, 4, 2), {"type": "TimeDistributed", "layer": {"type": "Flatten"}}),
+    ("time-distributed-lstm", (3, 5, 2), {"type": "TimeDistributed", "layer": {"type": "LSTM", "units": 3}}),
+    ("time-distributed-steps-known-at-run-time", (None, 6), {"type": "TimeDistributed", "layer": {
+        "type": "Dense", "units": 4}}),
+    ("time-distributed-prelu", (3, 4, 2), {"type": "TimeDistributed", "layer": {"type": "PReLU"}}),
 ]
 
 
