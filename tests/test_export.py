@@ -408,3 +408,103 @@ def test_api_export_of_an_unsupported_layer_is_a_value_error_and_writes_nothing(
     with pytest.raises(ValueError, match="GRU 'gru'.*'gelu'"):
         model.export(str(path))
     assert list(tmp_path.iterdir()) == []
+
+
+# (id, {input name: sample shape}, layer arguments and `inputs`): MultiHeadAttention between the inputs and
+# the output.
+ATTENTION = [
+    ("self", {"x": [5, 6]}, {"num_heads": 2, "key_dim": 3, "inputs": ["x", "x"]}),
+    ("cross-key-value-dim", {"q": [4, 6], "v": [5, 7], "k": [5, 3]},
+     {"num_heads": 3, "key_dim": 2, "value_dim": 4, "inputs": ["q", "v", "k"]}),
+    ("output-shape", {"q": [4, 6], "v": [5, 7]}, {"num_heads": 2, "key_dim": 3, "output_shape": [3, 2],
+                                                  "inputs": ["q", "v"]}),
+    ("no-bias-dropout", {"x": [5, 6]}, {"num_heads": 2, "key_dim": 4, "use_bias": False, "dropout": 0.5,
+                                        "inputs": ["x", "x"]}),
+    ("causal", {"x": [5, 6]}, {"num_heads": 2, "key_dim": 3, "use_causal_mask": True, "inputs": ["x", "x"]}),
+    ("causal-cross", {"q": [4, 6], "v": [6, 6]}, {"num_heads": 2, "key_dim": 3, "use_causal_mask": True,
+                                                  "inputs": ["q", "v"]}),
+    ("causal-steps-known-at-run-time", {"x": [None, 6]}, {"num_heads": 2, "key_dim": 3, "use_causal_mask": True,
+                                                          "inputs": ["x", "x"]}),
+    ("two-position-axes", {"x": [2, 3, 6]}, {"num_heads": 2, "key_dim": 3, "inputs": ["x", "x"]}),
+    ("attention-axes-first", {"x": [2, 3, 6]}, {"num_heads": 2, "key_dim": 3, "attention_axes": [1],
+                                                "inputs": ["x", "x"]}),
+    ("attention-axes-last-output-shape", {"q": [2, 3, 6], "v": [2, 4, 5]},
+     {"num_heads": 2, "key_dim": 3, "attention_axes": -2, "output_shape": [2, 2], "inputs": ["q", "v"]}),
+    ("mask", {"q": [4, 6], "v": [5, 6], "m": [4, 5]},
+     {"num_heads": 2, "key_dim": 3, "inputs": {"query": "q", "value": "v", "attention_mask": "m"}}),
+    ("mask-broadcast-queries", {"q": [4, 6], "v": [5, 6], "m": [1, 5]},
+     {"num_heads": 2, "key_dim": 3, "inputs": {"query": "q", "value": "v", "attention_mask": "m"}}),
+    ("mask-and-causal-with-key", {"x": [5, 6], "k": [5, 2], "m": [5, 5]},
+     {"num_heads": 2, "key_dim": 3, "use_causal_mask": True,
+      "inputs": {"query": "x", "value": "x", "key": "k", "attention_mask": "m"}}),
+]
+
+
+def attention_inputs(engine: Engine, batch: int) -> list[np.ndarray]:
+    """inputs_for's, with an attention mask of 0s and 1s: about a third masked, key 0 allowed to every query
+    (so with the causal mask too each query has a key; a query with none is test_fully_masked_query_...)."""
+    xs = inputs_for(engine, batch)
+    for k, node in enumerate(engine.graph.inputs):
+        if node.name == "m":
+            mask = (np.random.default_rng(2).random(xs[k].shape) > 0.35).astype(np.float32)
+            mask[..., 0] = 1
+            xs[k] = mask
+    return xs
+
+
+@pytest.mark.parametrize("inputs, args", [a[1:] for a in ATTENTION], ids=[a[0] for a in ATTENTION])
+def test_attention_exports_like_predict(inputs, args):
+    text = ("specc: 1\nname: attention\nmodel:\n  inputs: " + json.dumps(inputs) + "\n  layers:\n"
+            + f"    - {json.dumps({'type': 'MultiHeadAttention', 'name': 'att', **args})}\n  outputs: att\n")
+    engine = engine_of(text)
+    assert_same(engine, build_onnx(engine, "attention"), make_inputs=attention_inputs)
+
+
+def test_attention_over_positions_of_unknown_size_is_an_error_naming_the_layer():
+    text = """specc: 1
+name: attention
+model:
+  inputs: {x: [null, 3, 6]}
+  layers:
+    - {type: MultiHeadAttention, name: att, num_heads: 2, key_dim: 3, inputs: [x, x]}
+  outputs: att
+"""
+    engine = engine_of(text)
+    with pytest.raises(ExportError, match=r"MultiHeadAttention 'att'.*2 position axes.*sizes known") as info:
+        build_onnx(engine, "attention")
+    assert info.value.layer == "att"
+
+
+def test_time_distributed_layer_without_converter_is_an_error_naming_both(monkeypatch):
+    engine = engine_of(sequential((3, 4, 2), {"type": "TimeDistributed", "name": "td", "layer": {"type": "Flatten"}}))
+    monkeypatch.delitem(CONVERTERS, "Flatten")
+    with pytest.raises(ExportError, match="TimeDistributed 'td'.*Flatten") as info:
+        build_onnx(engine, "case")
+    assert info.value.layer == "td"
+
+
+def test_fully_masked_query_gets_a_zero_context():
+    """specc's masked softmax (specc/kernels/attention.py) gives a query that may attend to no key zero
+    probabilities, so its output is attention_output's bias; the exported model does the same, and equals
+    predict on the other queries."""
+    text = """specc: 1
+name: attention
+model:
+  inputs: {q: [4, 6], v: [5, 6], m: [4, 5]}
+  layers:
+    - {type: MultiHeadAttention, name: att, num_heads: 2, key_dim: 3,
+       inputs: {query: q, value: v, attention_mask: m}}
+  outputs: att
+"""
+    engine = engine_of(text)
+    session = ort.InferenceSession(build_onnx(engine, "attention").SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    xs = attention_inputs(engine, 3)
+    xs[2][1, 2, :] = 0  # sample 1, query 2: no key allowed
+    got = session.run(None, dict(zip(["q", "v", "m"], xs)))[0]
+    bias = engine.steps[0].weights[-1]
+    np.testing.assert_allclose(got[1, 2], bias, rtol=1e-6)
+    expected = Trainer.predict_with(engine, xs, 3)[0]
+    rows = np.ones(got.shape[:2], bool)
+    rows[1, 2] = False
+    np.testing.assert_allclose(got[rows], expected[rows], rtol=1e-5, atol=1e-6)
