@@ -33,7 +33,7 @@ def random_weights(engine: Engine, seed: int = 0) -> None:
     for s in engine.steps:
         for w, spec in zip(s.weights, s.specs):
             value = rng.uniform(-0.6, 0.6, w.shape)
-            if spec.name == "moving_variance":
+            if spec.name in ("moving_variance", "variance"):  # BatchNormalization's, Normalization's
                 value = rng.uniform(0.5, 1.5, w.shape)
             w[...] = value
 
@@ -52,13 +52,13 @@ def inputs_for(engine: Engine, batch: int, seed: int = 1) -> list[np.ndarray]:
     return xs
 
 
-def assert_same(engine: Engine, model, batches=BATCHES) -> None:
+def assert_same(engine: Engine, model, batches=BATCHES, make_inputs=inputs_for) -> None:
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     names = [i.name for i in session.get_inputs()]
     assert names == [n.name for n in engine.graph.inputs]
     assert [o.name for o in session.get_outputs()] == list(engine.graph.outputs)
     for batch in batches:
-        xs = inputs_for(engine, batch)
+        xs = make_inputs(engine, batch)
         expected = Trainer.predict_with(engine, xs, batch)
         got = session.run(None, dict(zip(names, xs)))
         for ref, out in zip(expected, got, strict=True):
@@ -191,6 +191,81 @@ CASES = [
     ("upsampling1d", (4, 2), {"type": "UpSampling1D", "size": 3}),
     ("upsampling2d", (3, 4, 2), {"type": "UpSampling2D", "size": [2, 3]}),
     ("upsampling2d-bilinear", (3, 4, 2), {"type": "UpSampling2D", "size": [2, 3], "interpolation": "bilinear"}),
+    ("relu-layer", (3, 5), {"type": "ReLU"}),
+    ("relu-max-value", (3, 5), {"type": "ReLU", "max_value": 0.5}),
+    ("relu-threshold", (3, 5), {"type": "ReLU", "threshold": 0.3}),
+    ("relu-slope", (3, 5), {"type": "ReLU", "negative_slope": 0.2}),
+    ("relu-slope-threshold-max", (3, 5), {"type": "ReLU", "negative_slope": 0.1, "threshold": 0.4, "max_value": 1.2}),
+    ("leaky-relu-layer", (3, 5), {"type": "LeakyReLU"}),
+    ("leaky-relu-slope", (6,), {"type": "LeakyReLU", "negative_slope": 0.05}),
+    ("prelu", (4, 3, 2), {"type": "PReLU"}),
+    ("prelu-shared-axes", (4, 3, 2), {"type": "PReLU", "shared_axes": [1, 2]}),
+    ("prelu-shared-last", (4, 3), {"type": "PReLU", "shared_axes": 2}),
+    ("elu-layer", (3, 5), {"type": "ELU"}),
+    ("elu-alpha", (3, 5), {"type": "ELU", "alpha": 0.4}),
+    ("softmax-layer", (3, 5), {"type": "Softmax"}),
+    ("softmax-axis1", (3, 4, 2), {"type": "Softmax", "axis": 1}),
+    ("softmax-axes", (3, 4, 2), {"type": "Softmax", "axis": [1, -1]}),
+    ("rescaling", (4, 3), {"type": "Rescaling", "scale": 0.25, "offset": -1.5}),
+    ("rescaling-per-channel", (4, 3), {"type": "Rescaling", "scale": [0.5, 2.0, -1.0], "offset": [0.1, 0.2, 0.3]}),
+    ("normalization-given", (4, 3), {"type": "Normalization", "mean": 0.5, "variance": 4.0}),
+    ("normalization-given-per-channel", (4, 3), {"type": "Normalization", "mean": [0.5, -1.0, 2.0],
+                                                 "variance": [4.0, 0.25, 0.0]}),
+    ("normalization-given-invert", (4, 3), {"type": "Normalization", "mean": [0.5, -1.0, 2.0],
+                                            "variance": [4.0, 0.25, 1.0], "invert": True}),
+    ("normalization-weights", (4, 3), {"type": "Normalization"}),
+    ("normalization-weights-axes", (4, 3, 2), {"type": "Normalization", "axis": [1, 3]}),
+    ("normalization-weights-no-axis-invert", (4, 3), {"type": "Normalization", "axis": None, "invert": True}),
+    ("spatial-dropout1d", (5, 3), {"type": "SpatialDropout1D", "rate": 0.5}),
+    ("spatial-dropout2d", (4, 5, 3), {"type": "SpatialDropout2D", "rate": 0.5}),
+    ("gaussian-noise", (6,), {"type": "GaussianNoise", "stddev": 0.5}),
+    ("conv3d", (5, 6, 4, 2), {"type": "Conv3D", "filters": 3, "kernel_size": 3}),
+    ("conv3d-same-stride", (5, 6, 4, 2), {"type": "Conv3D", "filters": 3, "kernel_size": [3, 2, 3], "strides": 2,
+                                          "padding": "same", "activation": "relu"}),
+    ("conv3d-dilated-no-bias", (5, 6, 5, 2), {"type": "Conv3D", "filters": 2, "kernel_size": 2,
+                                              "dilation_rate": [2, 1, 2], "use_bias": False}),
+    ("maxpool3d", (4, 6, 5, 2), {"type": "MaxPooling3D"}),
+    ("maxpool3d-same-odd", (5, 4, 3, 2), {"type": "MaxPooling3D", "pool_size": 3, "strides": [2, 1, 2],
+                                          "padding": "same"}),
+    ("avgpool3d", (4, 6, 5, 2), {"type": "AveragePooling3D", "pool_size": [2, 3, 2]}),
+    ("avgpool3d-same-uneven", (5, 4, 3, 2), {"type": "AveragePooling3D", "pool_size": 2, "strides": 2,
+                                             "padding": "same"}),
+    ("avgpool3d-same-stride1", (3, 4, 3, 2), {"type": "AveragePooling3D", "pool_size": 3, "strides": 1,
+                                              "padding": "same"}),
+    ("global-max-3d", (3, 4, 2, 3), {"type": "GlobalMaxPooling3D"}),
+    ("global-max-3d-keepdims", (3, 4, 2, 3), {"type": "GlobalMaxPooling3D", "keepdims": True}),
+    ("global-avg-3d", (3, 4, 2, 3), {"type": "GlobalAveragePooling3D"}),
+    ("global-avg-3d-keepdims", (3, 4, 2, 3), {"type": "GlobalAveragePooling3D", "keepdims": True}),
+    ("bidirectional-lstm", (5, 3), {"type": "Bidirectional", "layer": {"type": "LSTM", "units": 4}}),
+    ("bidirectional-lstm-sequences", (5, 3), {"type": "Bidirectional", "layer": {"type": "LSTM", "units": 4,
+                                                                                 "return_sequences": True}}),
+    ("bidirectional-gru-sum-sequences", (5, 3), {"type": "Bidirectional", "merge_mode": "sum",
+                                                 "layer": {"type": "GRU", "units": 4, "return_sequences": True}}),
+    ("bidirectional-rnn-mul", (5, 3), {"type": "Bidirectional", "merge_mode": "mul",
+                                       "layer": {"type": "SimpleRNN", "units": 4}}),
+    ("bidirectional-gru-ave", (5, 3), {"type": "Bidirectional", "merge_mode": "ave",
+                                       "layer": {"type": "GRU", "units": 4, "reset_after": False}}),
+    ("bidirectional-backward-layer", (5, 3), {"type": "Bidirectional",
+                                              "layer": {"type": "LSTM", "units": 4, "return_sequences": True},
+                                              "backward_layer": {"type": "GRU", "units": 3, "go_backwards": True,
+                                                                 "return_sequences": True}}),
+    ("bidirectional-forward-layer-goes-backwards", (5, 3), {
+        "type": "Bidirectional", "merge_mode": "sum",
+        "layer": {"type": "SimpleRNN", "units": 4, "go_backwards": True, "return_sequences": True},
+        "backward_layer": {"type": "SimpleRNN", "units": 4, "activation": "relu", "return_sequences": True}}),
+    ("bidirectional-steps-known-at-run-time", (None, 3), {"type": "Bidirectional", "layer": {
+        "type": "LSTM", "units": 4, "return_sequences": True}}),
+    ("time-distributed-dense", (3, 6), {"type": "TimeDistributed", "layer": {"type": "Dense", "units": 4,
+                                                                             "activation": "softmax"}}),
+    ("time-distributed-dense-rank4", (3, 2, 6), {"type": "TimeDistributed", "layer": {"type": "Dense", "units": 4}}),
+    ("time-distributed-conv2d", (3, 5, 5, 2), {"type": "TimeDistributed", "layer": {
+        "type": "Conv2D", "filters": 3, "kernel_size": 3, "strides": 2, "padding": "same", "activation": "relu"}}),
+    ("time-distributed-maxpool-flatten", (3, 6, 2), {"type": "TimeDistributed", "layer": {"type": "MaxPooling1D"}}),
+    ("time-distributed-flatten", (3, 4, 2), {"type": "TimeDistributed", "layer": {"type": "Flatten"}}),
+    ("time-distributed-lstm", (3, 5, 2), {"type": "TimeDistributed", "layer": {"type": "LSTM", "units": 3}}),
+    ("time-distributed-steps-known-at-run-time", (None, 6), {"type": "TimeDistributed", "layer": {
+        "type": "Dense", "units": 4}}),
+    ("time-distributed-prelu", (3, 4, 2), {"type": "TimeDistributed", "layer": {"type": "PReLU"}}),
 ]
 
 
@@ -333,3 +408,103 @@ def test_api_export_of_an_unsupported_layer_is_a_value_error_and_writes_nothing(
     with pytest.raises(ValueError, match="GRU 'gru'.*'gelu'"):
         model.export(str(path))
     assert list(tmp_path.iterdir()) == []
+
+
+# (id, {input name: sample shape}, layer arguments and `inputs`): MultiHeadAttention between the inputs and
+# the output.
+ATTENTION = [
+    ("self", {"x": [5, 6]}, {"num_heads": 2, "key_dim": 3, "inputs": ["x", "x"]}),
+    ("cross-key-value-dim", {"q": [4, 6], "v": [5, 7], "k": [5, 3]},
+     {"num_heads": 3, "key_dim": 2, "value_dim": 4, "inputs": ["q", "v", "k"]}),
+    ("output-shape", {"q": [4, 6], "v": [5, 7]}, {"num_heads": 2, "key_dim": 3, "output_shape": [3, 2],
+                                                  "inputs": ["q", "v"]}),
+    ("no-bias-dropout", {"x": [5, 6]}, {"num_heads": 2, "key_dim": 4, "use_bias": False, "dropout": 0.5,
+                                        "inputs": ["x", "x"]}),
+    ("causal", {"x": [5, 6]}, {"num_heads": 2, "key_dim": 3, "use_causal_mask": True, "inputs": ["x", "x"]}),
+    ("causal-cross", {"q": [4, 6], "v": [6, 6]}, {"num_heads": 2, "key_dim": 3, "use_causal_mask": True,
+                                                  "inputs": ["q", "v"]}),
+    ("causal-steps-known-at-run-time", {"x": [None, 6]}, {"num_heads": 2, "key_dim": 3, "use_causal_mask": True,
+                                                          "inputs": ["x", "x"]}),
+    ("two-position-axes", {"x": [2, 3, 6]}, {"num_heads": 2, "key_dim": 3, "inputs": ["x", "x"]}),
+    ("attention-axes-first", {"x": [2, 3, 6]}, {"num_heads": 2, "key_dim": 3, "attention_axes": [1],
+                                                "inputs": ["x", "x"]}),
+    ("attention-axes-last-output-shape", {"q": [2, 3, 6], "v": [2, 4, 5]},
+     {"num_heads": 2, "key_dim": 3, "attention_axes": -2, "output_shape": [2, 2], "inputs": ["q", "v"]}),
+    ("mask", {"q": [4, 6], "v": [5, 6], "m": [4, 5]},
+     {"num_heads": 2, "key_dim": 3, "inputs": {"query": "q", "value": "v", "attention_mask": "m"}}),
+    ("mask-broadcast-queries", {"q": [4, 6], "v": [5, 6], "m": [1, 5]},
+     {"num_heads": 2, "key_dim": 3, "inputs": {"query": "q", "value": "v", "attention_mask": "m"}}),
+    ("mask-and-causal-with-key", {"x": [5, 6], "k": [5, 2], "m": [5, 5]},
+     {"num_heads": 2, "key_dim": 3, "use_causal_mask": True,
+      "inputs": {"query": "x", "value": "x", "key": "k", "attention_mask": "m"}}),
+]
+
+
+def attention_inputs(engine: Engine, batch: int) -> list[np.ndarray]:
+    """inputs_for's, with an attention mask of 0s and 1s: about a third masked, key 0 allowed to every query
+    (so with the causal mask too each query has a key; a query with none is test_fully_masked_query_...)."""
+    xs = inputs_for(engine, batch)
+    for k, node in enumerate(engine.graph.inputs):
+        if node.name == "m":
+            mask = (np.random.default_rng(2).random(xs[k].shape) > 0.35).astype(np.float32)
+            mask[..., 0] = 1
+            xs[k] = mask
+    return xs
+
+
+@pytest.mark.parametrize("inputs, args", [a[1:] for a in ATTENTION], ids=[a[0] for a in ATTENTION])
+def test_attention_exports_like_predict(inputs, args):
+    text = ("specc: 1\nname: attention\nmodel:\n  inputs: " + json.dumps(inputs) + "\n  layers:\n"
+            + f"    - {json.dumps({'type': 'MultiHeadAttention', 'name': 'att', **args})}\n  outputs: att\n")
+    engine = engine_of(text)
+    assert_same(engine, build_onnx(engine, "attention"), make_inputs=attention_inputs)
+
+
+def test_attention_over_positions_of_unknown_size_is_an_error_naming_the_layer():
+    text = """specc: 1
+name: attention
+model:
+  inputs: {x: [null, 3, 6]}
+  layers:
+    - {type: MultiHeadAttention, name: att, num_heads: 2, key_dim: 3, inputs: [x, x]}
+  outputs: att
+"""
+    engine = engine_of(text)
+    with pytest.raises(ExportError, match=r"MultiHeadAttention 'att'.*2 position axes.*sizes known") as info:
+        build_onnx(engine, "attention")
+    assert info.value.layer == "att"
+
+
+def test_time_distributed_layer_without_converter_is_an_error_naming_both(monkeypatch):
+    engine = engine_of(sequential((3, 4, 2), {"type": "TimeDistributed", "name": "td", "layer": {"type": "Flatten"}}))
+    monkeypatch.delitem(CONVERTERS, "Flatten")
+    with pytest.raises(ExportError, match="TimeDistributed 'td'.*Flatten") as info:
+        build_onnx(engine, "case")
+    assert info.value.layer == "td"
+
+
+def test_fully_masked_query_gets_a_zero_context():
+    """specc's masked softmax (specc/kernels/attention.py) gives a query that may attend to no key zero
+    probabilities, so its output is attention_output's bias; the exported model does the same, and equals
+    predict on the other queries."""
+    text = """specc: 1
+name: attention
+model:
+  inputs: {q: [4, 6], v: [5, 6], m: [4, 5]}
+  layers:
+    - {type: MultiHeadAttention, name: att, num_heads: 2, key_dim: 3,
+       inputs: {query: q, value: v, attention_mask: m}}
+  outputs: att
+"""
+    engine = engine_of(text)
+    session = ort.InferenceSession(build_onnx(engine, "attention").SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    xs = attention_inputs(engine, 3)
+    xs[2][1, 2, :] = 0  # sample 1, query 2: no key allowed
+    got = session.run(None, dict(zip(["q", "v", "m"], xs)))[0]
+    bias = engine.steps[0].weights[-1]
+    np.testing.assert_allclose(got[1, 2], bias, rtol=1e-6)
+    expected = Trainer.predict_with(engine, xs, 3)[0]
+    rows = np.ones(got.shape[:2], bool)
+    rows[1, 2] = False
+    np.testing.assert_allclose(got[rows], expected[rows], rtol=1e-5, atol=1e-6)

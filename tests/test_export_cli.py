@@ -147,3 +147,28 @@ def test_unknown_layer_type_is_a_positioned_error(tmp_path, monkeypatch, capsys)
     err = capsys.readouterr().err
     assert f"{spec}:7:" in err and "Dense 'dense' cannot be exported" in err
     assert not (tmp_path / "m.onnx").exists()
+
+
+ATTENTION_SPEC = textwrap.dedent("""\
+    specc: 1
+    name: attention
+    model:
+      inputs: {frames: [null, 3, 6]}
+      layers:
+        - {type: MultiHeadAttention, name: att, num_heads: 2, key_dim: 3, inputs: [frames, frames]}
+        - {type: GlobalAveragePooling2D, name: pooled, inputs: att}
+      outputs: pooled
+""")
+
+
+def test_attention_case_without_onnx_form_is_a_positioned_error_and_writes_nothing(tmp_path):
+    """Attention over two position axes, one of unknown size: the exporter cannot flatten them, and says so."""
+    spec = tmp_path / "attention.yaml"
+    spec.write_text(ATTENTION_SPEC, encoding="utf-8")
+    _weights_for(spec, tmp_path / "w.npz")
+    out = tmp_path / "attention.onnx"
+    proc = run("export", spec, "--weights", tmp_path / "w.npz", "-o", out)
+    assert proc.returncode == 1, proc.stderr
+    assert f"{spec}:6:" in proc.stderr
+    assert "MultiHeadAttention 'att'" in proc.stderr and "position axes" in proc.stderr
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["attention.yaml", "w.npz"]

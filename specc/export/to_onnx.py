@@ -179,7 +179,7 @@ def _conv_geometry(step):
 
 
 def conv(b, step, w, xs):
-    """Conv1D / Conv2D: kernel (*k, C, F) -> ONNX (F, C, *k)."""
+    """Conv1D / Conv2D / Conv3D: kernel (*k, C, F) -> ONNX (F, C, *k)."""
     rank, attrs = _conv_geometry(step)
     kernel = np.transpose(w[0], (rank + 1, rank, *range(rank)))
     inputs = [_to_channels_first(b, xs[0], rank, step.name), b.const(f"{step.name}/kernel", kernel)]
@@ -246,23 +246,28 @@ def conv_transpose(b, step, w, xs):
 # --- pooling -------------------------------------------------------------------------------------------
 
 
+def _is_max(layer) -> bool:
+    return layer.type.startswith(("MaxPooling", "GlobalMaxPooling"))
+
+
 def pool(b, step, w, xs):
+    """Max/AveragePooling 1-D to 3-D."""
     layer = step.layer
     rank = len(layer.pool_size)
     strides = layer.strides or layer.pool_size
     pads = _window_pads(step.input_shape[:-1], step.output_shape[:-1], layer.pool_size, strides, (1,) * rank,
                         layer.padding)
     attrs = dict(kernel_shape=list(layer.pool_size), strides=list(strides), **_pad_attrs(pads))
-    if not layer._max:
+    if not _is_max(layer):
         attrs["count_include_pad"] = 0  # Keras averages over the window's part inside the input
-    y = b.op("MaxPool" if layer._max else "AveragePool", [_to_channels_first(b, xs[0], rank, step.name)],
+    y = b.op("MaxPool" if _is_max(layer) else "AveragePool", [_to_channels_first(b, xs[0], rank, step.name)],
              f"{step.name}/pool", **attrs)
     return _to_channels_last(b, y, rank, step.name)
 
 
 def global_pool(b, step, w, xs):
-    rank = step.layer._rank
-    return b.op("ReduceMax" if step.layer._max else "ReduceMean", [xs[0]], f"{step.name}/pool",
+    rank = len(step.input_shape) - 1  # the spatial axes, 1 to 3
+    return b.op("ReduceMax" if _is_max(step.layer) else "ReduceMean", [xs[0]], f"{step.name}/pool",
                 axes=list(range(1, rank + 1)), keepdims=int(step.layer.keepdims))
 
 
@@ -478,6 +483,230 @@ def upsampling(b, step, w, xs):
     return _to_channels_last(b, y, rank, step.name)
 
 
+# --- activation layers with arguments -------------------------------------------------------------------
+
+
+def relu_layer(b, step, w, xs):
+    """Keras 3's relu: (x if x > threshold else 0), clipped at max_value, minus
+    negative_slope * max(threshold - x, 0) (specc/kernels/pointwise.py)."""
+    layer, x, name = step.layer, xs[0], step.name
+    if layer.negative_slope == 0 and layer.threshold == 0:
+        if layer.max_value is None:
+            return b.op("Relu", [x], f"{name}/relu")
+        return b.op("Clip", [x, b.const(f"{name}/zero", 0.0), b.const(f"{name}/max_value", layer.max_value)],
+                    f"{name}/relu")
+    t = b.const(f"{name}/threshold", layer.threshold)
+    y = b.op("Where", [b.op("Greater", [x, t], f"{name}/above"), x, b.const(f"{name}/zero", 0.0)], f"{name}/kept")
+    if layer.max_value is not None:
+        y = b.op("Min", [y, b.const(f"{name}/max_value", layer.max_value)], f"{name}/clipped")
+    if layer.negative_slope:
+        below = b.op("Relu", [b.op("Sub", [t, x], f"{name}/under")], f"{name}/below")
+        slope = b.op("Mul", [below, b.const(f"{name}/negative_slope", layer.negative_slope)], f"{name}/sloped")
+        y = b.op("Sub", [y, slope], f"{name}/relu")
+    return y
+
+
+def leaky_relu_layer(b, step, w, xs):
+    return b.op("LeakyRelu", [xs[0]], f"{step.name}/leaky_relu", alpha=float(step.layer.negative_slope))
+
+
+def prelu(b, step, w, xs):
+    # alpha has the sample's shape with size 1 on shared axes: it broadcasts against (N, ...) as ONNX's PRelu
+    return b.op("PRelu", [xs[0], b.const(f"{step.name}/alpha", w[0])], f"{step.name}/prelu")
+
+
+def elu_layer(b, step, w, xs):
+    return b.op("Elu", [xs[0]], f"{step.name}/elu", alpha=float(step.layer.alpha))
+
+
+def softmax_layer(b, step, w, xs):
+    """One axis: ONNX Softmax; several: exp(x - max) / sum over them, with the reductions over those axes."""
+    from ..layers.activations import _axes_of
+
+    axes = [a + 1 for a in _axes_of("Softmax", step.layer.axis, step.input_shape)]
+    x, name = xs[0], step.name
+    if len(axes) == 1:
+        return b.op("Softmax", [x], f"{name}/softmax", axis=axes[0])
+    top = b.op("ReduceMax", [x], f"{name}/max", axes=axes, keepdims=1)
+    e = b.op("Exp", [b.op("Sub", [x, top], f"{name}/shifted")], f"{name}/exp")
+    total = b.op("ReduceSum", [e, b.ints(f"{name}/axes", axes)], f"{name}/sum", keepdims=1)
+    return b.op("Div", [e, total], f"{name}/softmax")
+
+
+# --- preprocessing ------------------------------------------------------------------------------------------
+
+
+def rescaling(b, step, w, xs):
+    layer, name = step.layer, step.name
+    y = b.op("Mul", [xs[0], b.const(f"{name}/scale", np.asarray(layer.scale, np.float32))], f"{name}/scaled")
+    return b.op("Add", [y, b.const(f"{name}/offset", np.asarray(layer.offset, np.float32))], f"{name}/rescaled")
+
+
+def normalization(b, step, w, xs):
+    """(x - mean) / max(sqrt(variance), 1e-7), or x * that + mean with invert: the layer's own statistics
+    (its arguments or its weights), shaped (1, ...) to broadcast over the batch as in its forward."""
+    layer, name = step.layer, step.name
+    probe = np.zeros((1, *(d or 1 for d in step.input_shape)), np.float32)  # only its kept sizes are read
+    mean, div = layer._stats(w, probe)
+    mean_c, div_c = b.const(f"{name}/mean", mean), b.const(f"{name}/std", div)
+    if layer.invert:
+        return b.op("Add", [b.op("Mul", [xs[0], div_c], f"{name}/scaled"), mean_c], f"{name}/inverted")
+    return b.op("Div", [b.op("Sub", [xs[0], mean_c], f"{name}/centered"), div_c], f"{name}/normalized")
+
+
+# --- attention --------------------------------------------------------------------------------------------
+
+
+def _attention_rows(b, x, shape, axes, name, who):
+    """x (N, *positions, d) -> (N', P, d) with the attention axes flattened last (the others join the batch),
+    as the layer's runtime does; and the `positions` layout to undo it. None: already (N, P, d)."""
+    pos = list(shape[:-1])
+    if axes == list(range(len(pos))) and len(pos) == 1:
+        return x, None
+    if any(d is None for d in pos):
+        raise ExportError(f"{who}: attention over inputs with {len(pos)} position axes needs their sizes known "
+                          f"to be exported (got {tuple(shape)})")
+    rest = [a for a in range(len(pos)) if a not in axes]
+    order = [0, *(a + 1 for a in rest), *(a + 1 for a in axes), len(pos) + 1]
+    if order != list(range(len(order))):
+        x = b.op("Transpose", [x], f"{name}/attention_axes_last", perm=order)
+    positions = math.prod(pos[a] for a in axes)
+    rows = b.op("Reshape", [x, b.ints(f"{name}/rows_shape", [-1, positions, shape[-1]])], f"{name}/rows")
+    return rows, (order, [pos[a] for a in rest] + [pos[a] for a in axes])
+
+
+def multi_head_attention(b, step, w, xs):
+    """Keras 3's MultiHeadAttention at inference: per-head projections (einsum kernels as (d, heads * size)
+    matrices), softmax(q k^T / sqrt(key_dim)) over the keys a mask allows (a query with no key allowed gets
+    zeros, as specc's kernel), the heads' contexts through attention_output. Dropout is off at inference."""
+    from ..layers.attention import ROLES
+
+    layer, name = step.layer, step.name
+    who = _who(step)
+    roles = layer._roles or ROLES[: len(xs)]
+    parts = dict(zip(roles, xs, strict=True))
+    shapes = dict(zip(roles, step.input_shape, strict=True))
+    q_shape = shapes["query"]
+    axes = layer._axes(q_shape)
+    kernels, biases = layer._weights(w)
+    h, dk = layer.num_heads, layer.key_dim
+    dv = layer.value_dim or dk
+
+    xq, q_layout = _attention_rows(b, parts["query"], q_shape, axes, f"{name}/query", who)
+    xv, _ = _attention_rows(b, parts["value"], shapes["value"], axes, f"{name}/value", who)
+    xk = xv if "key" not in parts else _attention_rows(b, parts["key"], shapes["key"], axes, f"{name}/key", who)[0]
+
+    def project(x, role, size):  # (N', L, d) -> (N', heads, L, size)
+        kernel = kernels[role]
+        y = b.op("MatMul", [x, b.const(f"{name}/{role}/kernel", kernel.reshape(kernel.shape[0], h * size))],
+                 f"{name}/{role}/matmul")
+        if biases[role] is not None:
+            y = b.op("Add", [y, b.const(f"{name}/{role}/bias", biases[role].reshape(-1))], f"{name}/{role}/dense")
+        y = b.op("Reshape", [y, b.ints(f"{name}/{role}/heads_shape", [0, 0, h, size])], f"{name}/{role}/heads")
+        return b.op("Transpose", [y], f"{name}/{role}/head_major", perm=[0, 2, 1, 3])
+
+    q, k, v = project(xq, "query", dk), project(xk, "key", dk), project(xv, "value", dv)
+    q = b.op("Mul", [q, b.const(f"{name}/scale", 1 / math.sqrt(dk))], f"{name}/query_scaled")
+    kt = b.op("Transpose", [k], f"{name}/keys_t", perm=[0, 1, 3, 2])
+    scores = b.op("MatMul", [q, kt], f"{name}/scores")  # (N', heads, T, S)
+    allowed = None
+    if "attention_mask" in parts:  # (N, T or 1, S or 1), nonzero = may attend
+        m = b.op("Unsqueeze", [parts["attention_mask"], b.ints(f"{name}/head_axis", [1])], f"{name}/mask_heads")
+        allowed = b.op("Not", [b.op("Equal", [m, b.const(f"{name}/zero", 0.0)], f"{name}/mask_zero")],
+                       f"{name}/mask")
+    if layer.use_causal_mask:  # query t attends to keys 0..t: the lower triangle of a (T, S) block of ones
+        size = b.op("Shape", [scores], f"{name}/score_size", start=2)
+        ones = b.op("ConstantOfShape", [size], f"{name}/ones",
+                    value=numpy_helper.from_array(np.ones(1, np.float32)))
+        causal = b.op("Cast", [b.op("Trilu", [ones], f"{name}/lower", upper=0)], f"{name}/causal",
+                      to=TensorProto.BOOL)
+        allowed = causal if allowed is None else b.op("And", [allowed, causal], f"{name}/both_masks")
+    if allowed is None:
+        probs = b.op("Softmax", [scores], f"{name}/probs", axis=-1)
+    else:  # masked keys get a large negative score (exp -> 0); a row with no key allowed is zeroed after
+        masked = b.op("Where", [allowed, scores, b.const(f"{name}/masked_score", -1e30)], f"{name}/masked")
+        probs = b.op("Softmax", [masked], f"{name}/softmax", axis=-1)
+        probs = b.op("Mul", [probs, b.op("Cast", [allowed], f"{name}/allowed", to=TensorProto.FLOAT)],
+                     f"{name}/probs")
+    ctx = b.op("MatMul", [probs, v], f"{name}/context")  # (N', heads, T, dv)
+    ctx = b.op("Transpose", [ctx], f"{name}/position_major", perm=[0, 2, 1, 3])
+    ctx = b.op("Reshape", [ctx, b.ints(f"{name}/context_shape", [0, 0, h * dv])], f"{name}/contexts")
+    wo = kernels["attention_output"]
+    out = list(wo.shape[2:])
+    y = b.op("MatMul", [ctx, b.const(f"{name}/attention_output/kernel", wo.reshape(h * dv, -1))],
+             f"{name}/attention_output/matmul")
+    if biases["attention_output"] is not None:
+        y = b.op("Add", [y, b.const(f"{name}/attention_output/bias", biases["attention_output"].reshape(-1))],
+                 f"{name}/attention_output/dense")
+    if q_layout is None:
+        if len(out) > 1:
+            y = b.op("Reshape", [y, b.ints(f"{name}/output_shape", [0, 0, *out])], f"{name}/output")
+        return y
+    order, moved = q_layout
+    y = b.op("Reshape", [y, b.ints(f"{name}/moved_shape", [-1, *moved, *out])], f"{name}/unrows")
+    nd = len(order)
+    inverse = [int(i) for i in np.argsort(order[:-1] + list(range(nd - 1, nd - 1 + len(out))))]
+    if inverse != list(range(len(inverse))):
+        y = b.op("Transpose", [y], f"{name}/attention_axes_back", perm=inverse)
+    return y
+
+
+# --- wrappers -------------------------------------------------------------------------------------------------
+
+
+def _inner_step(step, layer, suffix, input_shape, output_shape):
+    """An engine step for a wrapped layer, so its own converter can run on it."""
+    import dataclasses
+
+    return dataclasses.replace(step, name=f"{step.name}/{suffix}", layer=layer, input_shape=input_shape,
+                               output_shape=output_shape)
+
+
+def bidirectional(b, step, w, xs):
+    """The forward and the backward recurrent layer as two ONNX operators (each may have its own units and
+    activations); with return_sequences the backward outputs are put back in input order, then merged."""
+    layer, name = step.layer, step.name
+    wf, wb = layer._split_weights(step.input_shape, w)
+    outs = []
+    for suffix, inner, weights in (("forward", layer.layer, wf), ("backward", layer._backward, wb)):
+        inner_out = inner.compute_output_shape(step.input_shape)
+        outs.append(recurrent(b, _inner_step(step, inner, suffix, step.input_shape, inner_out), weights, xs))
+    y, yb = outs
+    if layer.layer.return_sequences:
+        yb = b.op("Slice", [yb, b.ints(f"{name}/start", [-1]), b.ints(f"{name}/end", [-INT64_MAX]),
+                            b.ints(f"{name}/axis", [1]), b.ints(f"{name}/step", [-1])], f"{name}/input_order")
+    mode = layer.merge_mode
+    if mode == "concat":
+        return b.op("Concat", [y, yb], f"{name}/concat", axis=-1)
+    if mode == "sum":
+        return b.op("Add", [y, yb], f"{name}/sum")
+    if mode == "mul":
+        return b.op("Mul", [y, yb], f"{name}/mul")
+    total = b.op("Add", [y, yb], f"{name}/sum")
+    return b.op("Mul", [total, b.const(f"{name}/half", 0.5)], f"{name}/ave")
+
+
+def time_distributed(b, step, w, xs):
+    """(N, T, *inner) -> (N * T, *inner) -> the wrapped layer's converter -> (N, T, *inner output), with the
+    shapes taken at run time (N and T may be known only then). The wrapped layer applies its activation."""
+    inner = step.layer.layer
+    if inner.type not in CONVERTERS or inner.type in WRAPPERS:
+        raise ExportError(f"{_who(step)}: the wrapped {inner.type} cannot be exported to ONNX yet (specc's exporter "
+                          f"has no converter for it inside TimeDistributed)", step.name)
+    name, x = step.name, xs[0]
+    lead = b.op("Shape", [x], f"{name}/batch_and_steps", end=2)
+    rest = b.op("Shape", [x], f"{name}/step_shape", start=2)
+    flat = b.op("Reshape", [x, b.op("Concat", [b.ints(f"{name}/merged", [-1]), rest], f"{name}/flat_shape",
+                                    axis=0)], f"{name}/steps_in_batch")
+    inner_step = _inner_step(step, inner, inner.type.lower(), step.input_shape[1:], step.output_shape[1:])
+    y = CONVERTERS[inner.type](b, inner_step, w, [flat])
+    out_rest = b.op("Shape", [y], f"{name}/step_output_shape", start=1)
+    return b.op("Reshape", [y, b.op("Concat", [lead, out_rest], f"{name}/out_shape", axis=0)], f"{name}/steps")
+
+
+WRAPPERS = ("Bidirectional", "TimeDistributed")
+
+
 # --- the table ----------------------------------------------------------------------------------------------
 
 CONVERTERS = {
@@ -520,6 +749,24 @@ CONVERTERS = {
     "Cropping2D": cropping,
     "UpSampling1D": upsampling,
     "UpSampling2D": upsampling,
+    "ReLU": relu_layer,
+    "LeakyReLU": leaky_relu_layer,
+    "PReLU": prelu,
+    "ELU": elu_layer,
+    "Softmax": softmax_layer,
+    "Rescaling": rescaling,
+    "Normalization": normalization,
+    "SpatialDropout1D": identity,
+    "SpatialDropout2D": identity,
+    "GaussianNoise": identity,
+    "MultiHeadAttention": multi_head_attention,
+    "Bidirectional": bidirectional,
+    "TimeDistributed": time_distributed,
+    "Conv3D": conv,
+    "MaxPooling3D": pool,
+    "AveragePooling3D": pool,
+    "GlobalMaxPooling3D": global_pool,
+    "GlobalAveragePooling3D": global_pool,
 }
 
 
