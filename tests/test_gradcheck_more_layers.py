@@ -205,3 +205,30 @@ def test_average_pooling3d_leaves_same_padding_out_of_the_mean():
     x = np.array([1.0, 3.0, 8.0]).reshape(1, 3, 1, 1, 1)
     y = engine.forward([x])[0].reshape(-1)
     np.testing.assert_allclose(y, [2.0, 8.0])
+
+
+def test_a_query_with_no_key_allowed_gets_a_zero_context():
+    """Keras's masked softmax: a query row whose keys are all masked attends to nothing (zeros, so the
+    layer outputs its output bias there), never NaN; the kernel is compiled with fastmath, where a test of
+    the row maximum against -inf is not reliable."""
+    import specc
+    from specc.kernels.attention import masked_softmax
+
+    scores = np.random.default_rng(0).normal(size=(2, 3, 4)).astype(np.float32)
+    mask = np.ones((2, 3, 4), np.uint8)
+    mask[0, 0, :] = 0
+    probs = np.empty_like(scores)
+    masked_softmax(scores, mask, 1, probs)
+    assert np.all(probs[0, 0] == 0) and np.allclose(probs.sum(-1)[mask.any(-1)], 1)
+    q = specc.Input((3, 4), name="q")
+    m = specc.Input((3, 5), name="m")
+    v = specc.Input((5, 4), name="v")
+    mha = specc.layers.MultiHeadAttention(2, 2, name="mha")
+    model = specc.Model([q, v, m], mha(q, v, attention_mask=m))
+    rng = np.random.default_rng(1)
+    xq, xv = rng.normal(size=(2, 3, 4)), rng.normal(size=(2, 5, 4))
+    xm = np.ones((2, 3, 5))
+    xm[1, 2] = 0
+    out = model.predict([xq, xv, xm], verbose=0)
+    assert np.isfinite(out).all()
+    np.testing.assert_allclose(out[1, 2], mha.get_weights()[-1], rtol=1e-6, atol=1e-7)

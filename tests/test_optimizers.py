@@ -411,11 +411,10 @@ def test_training_a_tiny_model_reduces_the_loss():
     loss = get_loss("sparse_categorical_crossentropy")
     opt = make_optimizer(OptimizerDef(type="adam", learning_rate=0.05, clipnorm=1.0), variable_offsets(engine),
                          engine.dtype)
-    z_name = engine.output_names[0]
     values = []
     for _ in range(60):
         engine.forward([x], training=True)
-        value, d_logits = loss.fused_softmax(y, engine._pre[z_name])
+        value, d_logits = loss.fused_softmax(y, engine.pre_activation(0))
         values.append(value)
         engine.backward([d_logits], pre_activation=[True])
         opt.step(engine.params[:engine.n_trainable], engine.grads)

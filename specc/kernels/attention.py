@@ -30,9 +30,12 @@ def masked_softmax(scores, mask, heads, probs):
         b = 0 if mask.shape[0] == 1 else i // heads
         for t in range(rows):
             m = -np.inf
+            allowed = 0
             for s in range(keys):
                 m = max(m, np.float64(scores[i, t, s]) if mask[b, t, s] != 0 else -np.inf)
-            if m == -np.inf:  # every key masked
+                allowed += mask[b, t, s] != 0
+            # every key masked: counted, because under fastmath a comparison with -inf is not reliable
+            if allowed == 0:
                 for s in range(keys):
                     probs[i, t, s] = 0.0
                 continue
