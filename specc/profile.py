@@ -320,7 +320,9 @@ def run(spec, batch: int | None, iters: int, threads: int | None, fmt: str) -> i
     except Failed as exc:
         print(exc.message, file=sys.stderr)
         return exc.code
-    batch = batch or (spec.fit.batch_size if spec.fit else 32)
+    from .spec.schema import FitDef
+
+    batch = batch or (spec.fit or FitDef()).batch_size  # the schema holds the default
     problem = check_memory(spec, batch)
     if problem:
         print(render([problem], "text"), file=sys.stderr)

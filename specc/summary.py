@@ -17,6 +17,7 @@ from typing import Any
 from .graph import Graph, Node
 
 BYTES_PER_VALUE = 4  # float32
+DEFAULT_BATCH = 32  # the spec schema's fit.batch_size default (FitDef; tests/test_summary.py checks they agree)
 
 
 def readable_size(n_bytes: float) -> str:
@@ -173,7 +174,7 @@ def summary_rows_names(graph: Graph) -> list[str]:
 
 
 def summary_text(graph: Graph, expand_nested: bool = False, show_trainable: bool = False,
-                 batch_size: int = 32, line_length: int | None = None, positions: list | None = None,
+                 batch_size: int = DEFAULT_BATCH, line_length: int | None = None, positions: list | None = None,
                  layer_range: tuple[int, int] | None = None, instances: list | None = None) -> str:
     """Keras 3's print_summary: `line_length` and `positions` (fractions of the line, or absolute columns)
     as Keras takes them; `layer_range` the slice of the top-level rows to show (layer_range_bounds);
@@ -273,7 +274,7 @@ def _layer_json(node: Node) -> dict[str, Any]:
     return out
 
 
-def summary_json(graph: Graph, batch_size: int = 32, instances: list | None = None) -> dict[str, Any]:
+def summary_json(graph: Graph, batch_size: int = DEFAULT_BATCH, instances: list | None = None) -> dict[str, Any]:
     nodes = [node for node, _ in _rows(collapse(graph, instances), expand_nested=False)]
     total, trainable = graph.params(), graph.params(trainable=True)
     return {

@@ -148,3 +148,10 @@ def test_multiply_adds_of_a_small_cnn_by_hand():
     # conv 3x3x1->16 on 8x8 valid: 6*6*9*16 = 5184; dense 144*10 = 1440... after pooling 3x3x16 = 144
     graph = _graph("cnn")
     assert graph.macs() == 6 * 6 * 9 * 1 * 16 + 144 * 10
+
+
+def test_summary_default_batch_is_the_schemas():
+    from specc.spec.schema import FitDef
+    from specc.summary import DEFAULT_BATCH
+
+    assert DEFAULT_BATCH == FitDef.model_fields["batch_size"].default
