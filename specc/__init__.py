@@ -22,7 +22,7 @@ def __getattr__(name: str):
 
     if name in _FROM:
         value = getattr(importlib.import_module(f".{_FROM[name]}", __name__), name)
-    elif name in ("layers", "models", "runtime", "saving"):
+    elif name in ("distributed", "layers", "models", "runtime", "saving"):
         value = importlib.import_module(f".{name}", __name__)
     else:
         raise AttributeError(f"module 'specc' has no attribute {name!r}")
@@ -37,5 +37,5 @@ def __dir__() -> list[str]:
 __version__ = "0.1.0"
 
 __all__ = ["Input", "InputLayer", "KerasTensor", "Model", "Sequential", "Spec", "SpecError", "SpecInvalid",
-           "__version__", "callbacks", "clear_session", "layers", "load", "load_spec", "load_spec_text", "losses",
+           "__version__", "callbacks", "clear_session", "distributed", "layers", "load", "load_spec", "load_spec_text", "losses",
            "metrics", "models", "optimizers", "runtime", "saving", "set_random_seed"]
