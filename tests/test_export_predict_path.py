@@ -81,3 +81,28 @@ def test_small_batch_of_several_inputs_checks_their_sizes():
     with pytest.raises(ValueError, match=r"Data cardinality is ambiguous.*'x\['a'\]' sizes: 2, 'x\['b'\]' sizes: 3"):
         model.predict([np.ones((2, 3)), np.ones((3, 2))], verbose=0)
     assert model.predict([np.ones((2, 3)), np.ones((2, 2))], verbose=0).shape == (2, 1)
+
+
+def test_large_batches_reuse_the_chain_and_see_new_weights():
+    """predict on more than the small-batch rows keeps its DenseChain (and the chain's workspace) with the
+    engine across calls, and still reads the weights as they are now."""
+    import specc
+    from specc.train.fused import DenseChain
+
+    model = specc.Sequential([specc.Input((6,)), specc.layers.Dense(5, activation="relu"),
+                              specc.layers.Dense(3, activation="softmax")])
+    x = np.random.default_rng(0).normal(size=(300, 6)).astype(np.float32)
+    first = model.predict(x, batch_size=256, verbose=0)
+    engine = model._engine()
+    chain = DenseChain.cached(engine)
+    assert chain is not None and DenseChain.cached(engine) is chain
+    again = model.predict(x, batch_size=256, verbose=0)
+    np.testing.assert_array_equal(first, again)
+    assert DenseChain.cached(model._engine()) is chain
+    model.set_weights([w * 2 for w in model.get_weights()])
+    changed = model.predict(x, batch_size=256, verbose=0)
+    k, b, k2, b2 = model.get_weights()
+    h = np.maximum(x @ k + b, 0) @ k2 + b2
+    want = np.exp(h - h.max(1, keepdims=True))
+    want /= want.sum(1, keepdims=True)
+    np.testing.assert_allclose(changed, want, rtol=1e-5, atol=1e-6)

@@ -568,7 +568,7 @@ class Trainer:
         progress.begin(n_steps)
         for cb in callbacks:
             cb.on_predict_begin({})
-        chain = DenseChain.of(engine)
+        chain = DenseChain.cached(engine)
         parts: list[list[np.ndarray]] = [[] for _ in engine.output_names]
         out = np.empty((n, chain.units_out), engine.dtype) if chain is not None else None
         with engine.held_threads():

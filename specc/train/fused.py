@@ -14,6 +14,7 @@ cover (other layers, several inputs or outputs, frozen layers, loss weights) kee
 from __future__ import annotations
 
 import math
+import weakref
 
 import numpy as np
 
@@ -25,6 +26,11 @@ from ..workspace import aligned_empty
 from .losses import _ELEMENTWISE, Loss, _bounds, check_label_range
 
 
+# engine -> its DenseChain (or None): an engine's structure and weight views never change (a model whose
+# structure changes gets a new engine), so neither does its chain.
+_CHAINS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 class DenseChain:
     """Weights offsets and activations of a Dense-only chain, and its workspaces per batch size."""
 
@@ -33,6 +39,16 @@ class DenseChain:
         self.layout = layout  # (layers, 5): kernel offset, bias offset or -1, in, out, activation code
         self.units_out = int(layout[-1, 3])
         self._plans: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    @classmethod
+    def cached(cls, engine: Engine) -> DenseChain | None:
+        """of(engine), kept as long as the engine is: inference calls reuse its workspaces per batch size
+        instead of allocating (and page-faulting) a new multi-megabyte one at every call."""
+        try:
+            return _CHAINS[engine]
+        except KeyError:
+            chain = _CHAINS[engine] = cls.of(engine)
+            return chain
 
     @classmethod
     def of(cls, engine: Engine) -> DenseChain | None:
