@@ -48,18 +48,11 @@ def _flat(x):
     return np.ascontiguousarray(x).reshape(-1)
 
 
-@register
-class ReLU(LayerSpec):
-    """Keras 3's relu with arguments: x above `threshold` (else 0), clipped at `max_value`, minus
-    negative_slope * max(threshold - x, 0). MobileNets use ReLU(max_value=6)."""
-
-    type: Literal["ReLU"] = "ReLU"
-    max_value: NonNegFloat | None = None
-    negative_slope: NonNegFloat = 0.0
-    threshold: NonNegFloat = 0.0
+class _PiecewiseLinear(LayerSpec):
+    """ReLU and LeakyReLU: one kernel pair, given (negative_slope, max_value or -1 for none, threshold)."""
 
     def _args(self):
-        return self.negative_slope, -1.0 if self.max_value is None else self.max_value, self.threshold
+        raise NotImplementedError
 
     def forward(self, w, x, training, rng):
         from ..kernels import pointwise
@@ -77,26 +70,28 @@ class ReLU(LayerSpec):
 
 
 @register
-class LeakyReLU(LayerSpec):
+class ReLU(_PiecewiseLinear):
+    """Keras 3's relu with arguments: x above `threshold` (else 0), clipped at `max_value`, minus
+    negative_slope * max(threshold - x, 0). MobileNets use ReLU(max_value=6)."""
+
+    type: Literal["ReLU"] = "ReLU"
+    max_value: NonNegFloat | None = None
+    negative_slope: NonNegFloat = 0.0
+    threshold: NonNegFloat = 0.0
+
+    def _args(self):
+        return self.negative_slope, -1.0 if self.max_value is None else self.max_value, self.threshold
+
+
+@register
+class LeakyReLU(_PiecewiseLinear):
     """x for x >= 0, negative_slope * x below (Keras 3's default slope is 0.3, its `alpha` renamed)."""
 
     type: Literal["LeakyReLU"] = "LeakyReLU"
     negative_slope: NonNegFloat = 0.3
 
-    def forward(self, w, x, training, rng):
-        from ..kernels import pointwise
-
-        y = empty("out", x.shape, x.dtype)
-        pointwise.relu_forward(_flat(x), self.negative_slope, -1.0, 0.0, y.reshape(-1))
-        return y, x
-
-    def backward(self, w, g, x, dy, need_dx=True):
-        from ..kernels import pointwise
-
-        dx = empty("dx", x.shape, x.dtype)
-        pointwise.relu_backward(_flat(x), self.negative_slope, -1.0, 0.0, _flat(dy.astype(x.dtype, copy=False)),
-                                dx.reshape(-1))
-        return dx
+    def _args(self):
+        return self.negative_slope, -1.0, 0.0
 
 
 @register
