@@ -237,7 +237,7 @@ def _specc_version() -> str:
 
 
 def _open_zip(path: str) -> zipfile.ZipFile:
-    from ..spec.files import NotRegularFile, open_regular_file
+    from ..spec.files import NotRegularFile, describe_head, open_regular_file
 
     if os.path.isdir(path):
         raise ValueError(f"cannot load {path}: it is a directory, not a .specc model file")
@@ -251,17 +251,12 @@ def _open_zip(path: str) -> zipfile.ZipFile:
     except OSError as exc:
         raise ValueError(f"cannot read {path}: {exc.strerror}") from None
     if not head.startswith(b"PK"):
-        if not head:
-            kind = "an empty file"
-        elif head.startswith(b"\x89HDF"):
-            kind = ("an HDF5 file: for Keras's weight files build the model and call "
-                    "model.load_weights('model.weights.h5')")
-        elif head.startswith(b"\x93NUMPY"):
-            kind = "a single .npy array"
-        elif all(32 <= b < 127 or b in b"\t\r\n" for b in head):
-            kind = "a text file (for a YAML spec use specc.load)"
-        else:
-            kind = "some other binary file"
+        kind = describe_head(head)
+        if kind == "an HDF5 file":
+            kind += (": for Keras's weight files build the model and call "
+                     "model.load_weights('model.weights.h5')")
+        elif kind == "a text file":
+            kind += " (for a YAML spec use specc.load)"
         raise ValueError(f"cannot load {path}: it is not a .specc model file (a zip archive); it is {kind}")
     try:
         return zipfile.ZipFile(path)

@@ -27,3 +27,17 @@ def open_regular_file(path: str) -> BinaryIO:
     except BaseException:
         os.close(fd)
         raise
+
+
+def describe_head(head: bytes) -> str:
+    """What a file is, from its first bytes, for an error that says what was found instead of the expected
+    format: "an empty file", "an HDF5 file", "a single .npy array", "a text file" or "some other binary file"."""
+    if not head:
+        return "an empty file"
+    if head.startswith(b"\x89HDF"):
+        return "an HDF5 file"
+    if head.startswith(b"\x93NUMPY"):
+        return "a single .npy array"
+    if all(32 <= b < 127 or b in b"\t\r\n" for b in head):
+        return "a text file"
+    return "some other binary file"

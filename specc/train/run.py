@@ -240,7 +240,7 @@ def read_npz(path: str, what: str, names: list[str] | None = None) -> tuple[list
     """(every array name, the arrays `names` (all if None) that exist) of an .npz, or a ValueError that
     says, naming `path`, why it is not a readable one: a directory, a text or .npy file, a truncated or
     damaged archive, arrays of Python objects (never unpickled). `what` says what was expected."""
-    from ..spec.files import NotRegularFile, open_regular_file
+    from ..spec.files import NotRegularFile, describe_head, open_regular_file
 
     if os.path.isdir(path):
         raise ValueError(f"{path} is a directory, not {what}")
@@ -252,14 +252,7 @@ def read_npz(path: str, what: str, names: list[str] | None = None) -> tuple[list
     except OSError as exc:
         raise ValueError(f"cannot read {path}: {exc.strerror}") from None
     if not head.startswith(_ZIP_MAGIC):
-        if not head:
-            kind = "an empty file"
-        elif head.startswith(b"\x93NUMPY"):
-            kind = "a single .npy array"
-        elif all(32 <= b < 127 or b in b"\t\r\n" for b in head):
-            kind = "a text file"
-        else:
-            kind = "some other binary file"
+        kind = describe_head(head)
         raise ValueError(f"{path} is not {what}: it is {kind}, not an .npz archive")
     try:
         with np.load(path, allow_pickle=False) as archive:
