@@ -105,6 +105,41 @@ def test_writes_nothing_outside_out(b_transposed, threads):
 
 
 @needs_sgemm
+@pytest.mark.parametrize("panel_bytes", [1, 3000, 1 << 30], ids=["one-strip", "several", "one-panel"])
+def test_b_panels_of_any_size_give_the_same_product(panel_bytes, threads):
+    # b (k, n) taken in panels of one strip, of a few strips (the last one narrower), or whole: the panel
+    # size is this CPU's L2 read at run time, so every split must give the product
+    rng = np.random.default_rng(7)
+    m, k, n = 23, 37, 5 * sgemm.NR + 3
+    a = rng.standard_normal((m, k)).astype(np.float32)
+    b = rng.standard_normal((k, n)).astype(np.float32)
+    bias = rng.standard_normal(n).astype(np.float32)
+    before = sgemm._PANEL_BYTES.value
+    try:
+        sgemm.set_panel_bytes(panel_bytes)
+        for accumulate, use_bias, relu in [(False, False, False), (True, True, True)]:
+            out0 = rng.standard_normal((m, n)).astype(np.float32)
+            out = out0.copy()
+            sgemm.matmul(a, b, out, accumulate, bias, use_bias, relu)
+            _check(out, *_reference(a, b, out0, bias, accumulate, use_bias, relu))
+    finally:
+        sgemm.set_panel_bytes(before)
+
+
+@needs_sgemm
+def test_panel_is_half_the_l2_the_os_reports():
+    l2 = sgemm.l2_bytes()
+    before = sgemm._PANEL_BYTES.value
+    try:
+        sgemm.set_panel_bytes()
+        assert sgemm._PANEL_BYTES.value == (l2 // 2 if l2 else sgemm.DEFAULT_PANEL_BYTES)
+    finally:
+        sgemm.set_panel_bytes(before)
+    if os.path.exists("/sys/devices/system/cpu/cpu0/cache"):
+        assert l2 is None or l2 >= 64 * 1024  # every x86 CPU with AVX2 has an L2 of 256 KB or more
+
+
+@needs_sgemm
 def test_matmul_rows_computes_only_its_rows():
     rng = np.random.default_rng(6)
     a = rng.standard_normal((40, 19)).astype(np.float32)

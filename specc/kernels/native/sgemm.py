@@ -22,8 +22,11 @@ product qualifies; gemm.affine sends the others to BLAS. Arrays should start on 
 (workspace.aligned_empty): a 512-bit load across two cache lines is slower.
 
 Blocking. The drivers walk row blocks of MR outer and NR-column strips of b inner, so a's MR rows
-(MR x k floats) stay in L1/L2 while b streams from L2: b is taken in panels of columns
-that fit in L2_PANEL_BYTES, and in slices of KC rows when k is very large. Edges: the last strip loads
+(MR x k floats) stay in L1/L2 while b streams from L2: b is taken in panels of columns that fit in half
+of the L2 the OS reports for this CPU (`panel_bytes`; the ISA's usual L2 where it reports none), and in
+slices of KC rows when k is very large. The panel size is read at run time, not compiled in: the same
+AVX2 code runs on a Haswell's 256 KB L2 and on a Xeon's 2 MB, where Dense's 784 x 256 weights fit whole
+and a's rows then pass through the tile once instead of once per panel. Edges: the last strip loads
 and stores through lane masks, the last < MR rows run 4-, 2- and 1-row kernels. Threads (`product`)
 split the rows, or the columns when those share out clearly more evenly.
 """
@@ -32,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import os
 from typing import NamedTuple
 
 import llvmlite.binding
@@ -49,7 +53,8 @@ class _Tile(NamedTuple):
     lanes: int  # float32 per vector
     rows: int  # rows of a per micro-kernel (MR)
     vectors: int  # vectors of b per row: NR = vectors x lanes
-    panel_bytes: int  # b's panel, k x NC floats: half of the L2 of the CPUs the ISA is found on
+    panel_bytes: int  # b's panel, k x NC floats, where the OS reports no L2: half of the L2 of the CPUs the
+    # ISA is found on
     offsets_in_registers: bool  # a's row offsets in general registers (`step_at`), else LLVM's addressing
 
 
@@ -67,7 +72,7 @@ _TILES = {"avx512": _Tile(16, 14, 2, 1024 * 1024, False), "avx2": _Tile(8, 6, 2,
 ISA = vector_isa()
 if ISA not in _TILES:
     raise ImportError("sgemm needs AVX-512, or AVX2 with FMA, on the CPU Numba compiles for")
-LANES, MR, _VECTORS, L2_PANEL_BYTES, A_OFFSETS_IN_REGISTERS = _TILES[ISA]
+LANES, MR, _VECTORS, DEFAULT_PANEL_BYTES, A_OFFSETS_IN_REGISTERS = _TILES[ISA]
 NR = _VECTORS * LANES  # columns of b per micro-kernel
 ROWS = (MR, 4, 2, 1)  # rows per block: MR, then 4, 2, 1 for the last few
 KC = 1024  # rows of b per slice when k is larger (a's MR x KC block then stays in L2)
@@ -85,6 +90,40 @@ llvmlite.binding.add_symbol("specc_sgemm_threads", ctypes.addressof(_THREADS))
 
 def set_threads(n: int) -> None:
     _THREADS.value = max(1, int(n))
+
+
+def l2_bytes() -> int | None:
+    """The size of one core's L2 cache as Linux reports it (sysfs), else None."""
+    root = "/sys/devices/system/cpu/cpu0/cache"
+    try:
+        for entry in sorted(os.listdir(root)):
+            with open(os.path.join(root, entry, "level")) as fh:
+                if fh.read().strip() != "2":
+                    continue
+            with open(os.path.join(root, entry, "size")) as fh:
+                size = fh.read().strip().upper()
+            units = {"K": 1024, "M": 1024 * 1024}
+            return int(size[:-1]) * units[size[-1]] if size[-1:] in units else int(size)
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+# b's panel size in bytes, read by compiled code at run time like the thread count (a global registered
+# with LLVM under our name): half of this CPU's L2, so the other half holds a's rows and out's tiles.
+_PANEL_BYTES = ctypes.c_int64(DEFAULT_PANEL_BYTES)
+llvmlite.binding.add_symbol("specc_sgemm_panel_bytes", ctypes.addressof(_PANEL_BYTES))
+
+
+def set_panel_bytes(n: int | None = None) -> None:
+    """b's panel size: n bytes, or (None) half of the L2 the OS reports, else the ISA's default."""
+    if n is None:
+        l2 = l2_bytes()
+        n = l2 // 2 if l2 else DEFAULT_PANEL_BYTES
+    _PANEL_BYTES.value = max(4 * NR, int(n))
+
+
+set_panel_bytes()
 
 
 @contextlib.contextmanager
@@ -113,17 +152,26 @@ def threads() -> int:
     return _THREADS.value
 
 
-@intrinsic
-def _threads_now(typingctx):
-    def codegen(context, builder, signature, args):
-        module = builder.module
-        g = module.globals.get("specc_sgemm_threads")
-        if g is None:
-            g = ir.GlobalVariable(module, _I64, "specc_sgemm_threads")
-            g.linkage = "external"
-        return builder.load(g)
+def _global_reader(symbol):
+    """An intrinsic that loads the int64 global registered with LLVM as `symbol`."""
 
-    return types.int64(), codegen
+    @intrinsic
+    def read(typingctx):
+        def codegen(context, builder, signature, args):
+            module = builder.module
+            g = module.globals.get(symbol)
+            if g is None:
+                g = ir.GlobalVariable(module, _I64, symbol)
+                g.linkage = "external"
+            return builder.load(g)
+
+        return types.int64(), codegen
+
+    return read
+
+
+_threads_now = _global_reader("specc_sgemm_threads")
+_panel_bytes_now = _global_reader("specc_sgemm_panel_bytes")
 
 
 @overload(threads, jit_options=JIT)
@@ -421,7 +469,8 @@ def _copy_float(typingctx, dst, src):
 def _rows(a, ars, acs, b, ldb, out, ldo, n, k, i0, i1, accumulate, bias, use_bias, relu):
     """matmul_rows on addresses and element strides: rows i0:i1."""
     kc = max(1, min(k, KC))
-    panels = (n * kc * 4 + L2_PANEL_BYTES - 1) // L2_PANEL_BYTES  # equal panels of b, in whole strips
+    panel_bytes = _panel_bytes_now()
+    panels = (n * kc * 4 + panel_bytes - 1) // panel_bytes  # equal panels of b, in whole strips
     nc = ((n + panels - 1) // panels + NR - 1) // NR * NR
     for j0 in range(0, n, nc):
         width = min(nc, n - j0)
