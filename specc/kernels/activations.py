@@ -220,18 +220,20 @@ def softmax(log, z, y):
     softmax = exp(z - m) / (ties + rest), log_softmax = (z - m) - log1p(ties - 1 + rest), which keeps
     the digits of a probability that rounds to 1 (log_softmax -1e-30, not 0)."""
     rows, n = z.shape
+    e = np.empty(n, np.float64)  # one row's exp(z - m), each computed once
     for r in range(rows):
         m = _row_max(z, r)
         rest = 0.0
         ties = 0  # an integer: fastmath would take (ties - 1.0) + rest as (ties + rest) - 1.0
         for j in range(n):
             d = np.float64(z[r, j]) - m
-            rest += 0.0 if d == 0 else _exp(d)
+            e[j] = 1.0 if d == 0 else _exp(d)
+            rest += 0.0 if d == 0 else e[j]
             ties += 1 if d == 0 else 0
         if not log:
             inv = 1.0 / (ties + rest)
             for j in range(n):
-                y[r, j] = _exp(np.float64(z[r, j]) - m) * inv
+                y[r, j] = e[j] * inv
         else:
             lse = math.log1p(np.float64(ties - 1) + rest)
             for j in range(n):
