@@ -193,13 +193,11 @@ def load_keras_weights(model: nn.Module, weights: list) -> None:
                 put(m.weight, next(it))
                 put(m.bias, next(it))
             elif isinstance(m, nn.MultiheadAttention):
-                kernels, biases = [], []
-                for _ in range(3):  # query, key, value: (d, heads, head_dim), (heads, head_dim)
-                    k = next(it)
-                    kernels.append(k.reshape(k.shape[0], -1).T)
-                    biases.append(next(it).reshape(-1))
-                put(m.in_proj_weight, torch.cat(kernels))
-                put(m.in_proj_bias, torch.cat(biases))
+                e = m.embed_dim
+                for i in range(3):  # query, key, value: (d, heads, head_dim), (heads, head_dim)
+                    k, b = next(it), next(it)
+                    put(m.in_proj_weight[i * e: (i + 1) * e], k.reshape(k.shape[0], -1).T)
+                    put(m.in_proj_bias[i * e: (i + 1) * e], b.reshape(-1))
                 k = next(it)  # (heads, head_dim, d)
                 put(m.out_proj.weight, k.reshape(-1, k.shape[-1]).T)
                 put(m.out_proj.bias, next(it))
