@@ -48,6 +48,11 @@ WORKLOADS = {
     "resnet20": ("resnet20_train.yaml", "train", "resnet20", (640, 1)),
     "mobilenetv2": ("mobilenetv2_train.yaml", "train", "mobilenetv2", (640, 1)),
     "resnet50": ("resnet50_train.yaml", "train", "resnet50", (320, 1)),
+    "transformer": ("transformer_train.yaml", "train", "transformer", (640, 1)),
+    # inference at the training spec's batch size (32), softmax outputs compared
+    "resnet20_predict": ("resnet20_train.yaml", "predict", "resnet20", (640, 1)),
+    "resnet50_predict": ("resnet50_train.yaml", "predict", "resnet50", (320, 1)),
+    "transformer_predict": ("transformer_train.yaml", "predict", "transformer", (1280, 1)),
 }
 DEFAULT_WORKLOADS = ("mlp_train", "cnn_train", "mlp_predict", "tiny_mlp_train")
 KERAS_MODELS = ("mlp", "cnn", "tiny")  # what bench/keras_workloads.py builds

@@ -62,7 +62,7 @@ def build_model(torch, name: str, weights):
             model[7].weight.copy_(t[4].T)
             model[7].bias.copy_(t[5])
         return model
-    if name in ZOO:
+    if name in ZOO or name == "transformer":  # bench/torch_zoo.py; the transformer takes (N, steps, features) as is
         import torch_zoo
 
         return torch_zoo.build(name, weights)

@@ -1,11 +1,17 @@
-"""Plain PyTorch peers of bench/zoo.py's specs (ResNet-20, MobileNetV2, ResNet-50), written by hand (no
-torchvision), as a PyTorch user would write them: nn.Module blocks, BatchNorm2d, in-place ReLU.
+"""Plain PyTorch peers of bench/zoo.py's specs (ResNet-20, MobileNetV2, ResNet-50, the Transformer encoder),
+written by hand (no torchvision), as a PyTorch user would write them: nn.Module blocks, BatchNorm2d,
+in-place ReLU, nn.TransformerEncoderLayer.
 
 Each model lists its weighted modules in `ordered`, in the order bench/zoo.py's spec lists its weighted
 layers, and `load_keras_weights` copies specc's initial weights (Keras layouts) into them one by one:
 Conv2D kernel (kh, kw, in, out) -> weight (out, in, kh, kw); DepthwiseConv2D kernel (kh, kw, C, 1) ->
 weight (C, 1, kh, kw); BatchNormalization gamma, beta, moving mean, moving variance -> weight, bias,
-running_mean, running_var; Dense kernel (in, out) -> Linear.weight (out, in). Every shape is checked.
+running_mean, running_var; Dense kernel (in, out) -> Linear.weight (out, in); LayerNormalization gamma,
+beta -> weight, bias; MultiHeadAttention (Keras: query/key/value kernels (d, heads, head_dim) and biases
+(heads, head_dim), output kernel (heads, head_dim, d) and bias (d,)) -> nn.MultiheadAttention's packed
+in_proj_weight (3 * heads * head_dim, d) = the three kernels flattened to (d, heads * head_dim),
+transposed, stacked (both split the width into heads head-major), in_proj_bias likewise, out_proj.weight =
+the output kernel as (heads * head_dim, d), transposed. Every shape is checked.
 Padding as in the specs: symmetric (k - 1) // 2 on every convolution (bench/zoo.py says why).
 """
 
@@ -135,7 +141,32 @@ class ResNet50(nn.Module):
         return self.fc(self.features(x).mean((2, 3)))
 
 
-MODELS = {"resnet20": ResNet20, "mobilenetv2": MobileNetV2, "resnet50": ResNet50}
+class TransformerClassifier(nn.Module):
+    """bench/zoo.py's transformer: Linear projection, post-norm encoder layers (ReLU feed-forward, LayerNorm
+    epsilon 1e-6, no dropout), mean over the steps, Linear head. Input (N, steps, features)."""
+
+    def __init__(self, features: int = 16, width: int = 64, heads: int = 4, ff: int = 128, depth: int = 2,
+                 classes: int = 4):
+        super().__init__()
+        self.project = nn.Linear(features, width)
+        self.encoder = nn.ModuleList(
+            nn.TransformerEncoderLayer(width, heads, ff, dropout=0.0, activation="relu", layer_norm_eps=1e-6,
+                                       batch_first=True, norm_first=False) for _ in range(depth))
+        self.fc = nn.Linear(width, classes)
+        self.ordered: list[nn.Module] = [self.project]
+        for layer in self.encoder:
+            self.ordered += [layer.self_attn, layer.norm1, layer.linear1, layer.linear2, layer.norm2]
+        self.ordered.append(self.fc)
+
+    def forward(self, x):
+        x = self.project(x)
+        for layer in self.encoder:
+            x = layer(x)
+        return self.fc(x.mean(1))
+
+
+MODELS = {"resnet20": ResNet20, "mobilenetv2": MobileNetV2, "resnet50": ResNet50,
+          "transformer": TransformerClassifier}
 
 
 def load_keras_weights(model: nn.Module, weights: list) -> None:
@@ -158,6 +189,18 @@ def load_keras_weights(model: nn.Module, weights: list) -> None:
             elif isinstance(m, nn.Linear):
                 put(m.weight, next(it).T)
                 put(m.bias, next(it))
+            elif isinstance(m, nn.LayerNorm):
+                put(m.weight, next(it))
+                put(m.bias, next(it))
+            elif isinstance(m, nn.MultiheadAttention):
+                e = m.embed_dim
+                for i in range(3):  # query, key, value: (d, heads, head_dim), (heads, head_dim)
+                    k, b = next(it), next(it)
+                    put(m.in_proj_weight[i * e: (i + 1) * e], k.reshape(k.shape[0], -1).T)
+                    put(m.in_proj_bias[i * e: (i + 1) * e], b.reshape(-1))
+                k = next(it)  # (heads, head_dim, d)
+                put(m.out_proj.weight, k.reshape(-1, k.shape[-1]).T)
+                put(m.out_proj.bias, next(it))
         if next(it, None) is not None:
             raise ValueError("more weights than the PyTorch model has")
 

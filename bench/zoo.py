@@ -1,7 +1,8 @@
 """The benchmark's real architectures as specc specs, generated here and written to bench/workloads/:
-ResNet-20 (CIFAR, 32x32x3), MobileNetV2 (alpha 0.35, 96x96x3) and ResNet-50 (64x64x3, 10 classes).
+ResNet-20 (CIFAR, 32x32x3), MobileNetV2 (alpha 0.35, 96x96x3), ResNet-50 (64x64x3, 10 classes) and the
+Transformer encoder classifier of specs/zoo/transformer.yaml (32 steps x 16 features, 4 classes).
 
-    python bench/zoo.py            # (re)writes bench/workloads/{resnet20,mobilenetv2,resnet50}_train.yaml
+    python bench/zoo.py            # (re)writes bench/workloads/{resnet20,...,transformer}_train.yaml
     python bench/zoo.py --check    # exit 1 if a committed file differs from what this script writes
 
 Each spec is a flat Functional graph (specc format v1). bench/torch_workloads.py builds the same networks
@@ -154,15 +155,39 @@ def resnet50() -> dict:
                          "momentum, batch 32")
 
 
-def _spec(name, inputs, g, output, samples, optimizer, batch, comment) -> dict:
+def transformer(steps: int = 32, features: int = 16, width: int = 64, heads: int = 4, ff: int = 128,
+                depth: int = 2, classes: int = 4) -> dict:
+    """specs/zoo/transformer.yaml's encoder classifier without its dropout (the benchmark compares loss
+    trajectories step by step): Dense projection to the model width, `depth` post-norm encoder layers
+    (self-attention, Add, LayerNormalization; Dense relu, Dense, Add, LayerNormalization), average pooling
+    over the steps, Dense softmax. PyTorch's nn.TransformerEncoderLayer(batch_first=True, norm_first=False)
+    is the same layer."""
+    g = _Graph()
+    x = g.add("project", "sequence", type="Dense", units=width)
+    for _ in range(depth):
+        a = g.add("attn", [x, x], type="MultiHeadAttention", num_heads=heads, key_dim=width // heads)
+        x = g.add("norm", g.add("add", [x, a], type="Add"), type="LayerNormalization", epsilon=1e-6)
+        y = g.add("ff", x, type="Dense", units=ff, activation="relu")
+        y = g.add("ff", y, type="Dense", units=width)
+        x = g.add("norm", g.add("add", [x, y], type="Add"), type="LayerNormalization", epsilon=1e-6)
+    x = g.add("pool", x, type="GlobalAveragePooling1D")
+    x = g.add("label", x, type="Dense", units=classes, activation="softmax")
+    return _spec("bench_transformer_train", {"sequence": [steps, features]}, g, x, samples=1280,
+                 optimizer="adam", batch=32, classes=classes,
+                 comment=f"Transformer encoder classifier (specs/zoo/transformer.yaml without dropout), {steps} "
+                         f"steps x {features} features, width {width}, {heads} heads, {depth} layers, Adam, "
+                         "batch 32")
+
+
+def _spec(name, inputs, g, output, samples, optimizer, batch, comment, classes=10) -> dict:
     return {"comment": comment, "specc": 1, "name": name, "seed": 0,
             "model": {"inputs": inputs, "layers": g.layers, "outputs": [output]},
-            "data": {"source": "synthetic", "samples": samples, "classes": 10, "test_split": 0.0},
+            "data": {"source": "synthetic", "samples": samples, "classes": classes, "test_split": 0.0},
             "compile": {"optimizer": optimizer, "loss": "sparse_categorical_crossentropy"},
             "fit": {"batch_size": batch, "epochs": 1, "shuffle": False, "verbose": 0}}
 
 
-MODELS = {"resnet20": resnet20, "mobilenetv2": mobilenetv2, "resnet50": resnet50}
+MODELS = {"resnet20": resnet20, "mobilenetv2": mobilenetv2, "resnet50": resnet50, "transformer": transformer}
 
 
 def _flow(v) -> str:

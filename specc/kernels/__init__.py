@@ -12,6 +12,7 @@ Hand-written LLVM IR and Numba's private names live in `native/` only; every mod
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.machinery
 import importlib.util
 import os
@@ -75,31 +76,55 @@ def _cache_directories() -> list[str]:
     return found
 
 
-def _drop_stale_caches(mode: str) -> None:
-    """Delete the kernels' Numba caches when any kernel source, Numba, or the native mode changed since
-    they were written.
-
-    Numba checks a cached function against its own source file only, and a kernel's machine code
-    includes the callees it inlined from other modules; and code compiled with the native package calls
-    symbols that only it registers. So a stamp (every source's name, size and mtime, Numba's version and
-    the mode) is kept beside the cache; when it differs, the cache files go."""
+def _sources_stamp(mode: str) -> str:
+    """A digest of every kernel source (name, size, mtime and contents), Numba's version and the mode
+    (portable or native: machine code compiled with the native package calls symbols only it registers).
+    The contents catch an upgrade that keeps sizes and mtimes; the mtimes, a file that changed between
+    this digest and its module's (lazy) import and was then changed back."""
     here = os.path.dirname(os.path.abspath(__file__))
-    sources = []
+    kind = "portable" if mode == "portable" else "native"
+    digest = hashlib.sha256(repr((numba.__version__, kind)).encode())
     for folder in (here, os.path.join(here, "native")):
         for name in sorted(os.listdir(folder)):
             if name.endswith(".py"):
-                info = os.stat(os.path.join(folder, name))
-                sources.append((os.path.relpath(os.path.join(folder, name), here), info.st_size, info.st_mtime_ns))
-    # Only portable vs native matters here: Numba keys each cached function on the CPU it was compiled
-    # for, which already separates the AVX-512 kernels' callers from the others.
-    stamp = repr([numba.__version__, "portable" if mode == "portable" else "native"] + sources)
+                path = os.path.join(folder, name)
+                with open(path, "rb") as f:
+                    info = os.fstat(f.fileno())
+                    content = f.read()
+                digest.update(repr((os.path.relpath(path, here), info.st_size, info.st_mtime_ns)).encode())
+                digest.update(hashlib.sha256(content).digest())
+    # Only portable vs native matters: Numba keys each cached function on the CPU it was compiled for,
+    # and the native mode (AVX-512, AVX2 or neither) follows from that CPU alone (native.vector_isa).
+    return digest.hexdigest()
+
+
+_stamp = ""  # _sources_stamp of the sources and mode this process runs: every cache index records it
+
+
+def _drop_stale_caches(mode: str) -> None:
+    """Stamp this process's kernel cache entries with the sources it imported, and delete the cache files
+    when the sources, Numba or the mode changed since the last process saw them.
+
+    Numba checks a cached function against its own source file only, while a kernel's machine code includes
+    the callees it inlined from other modules. So each cache index records `_stamp` (native.cache), and an
+    index written under another one is recompiled, not loaded: that also covers a process that imported the
+    old sources and saves its machine code after the change (a test run across a merge). The stamp file
+    beside the cache lets the first process to see new sources remove the old files at once."""
+    global _stamp
+    _stamp = _sources_stamp(mode)
+    try:
+        from .native.cache import stamp_cache_indexes
+
+        stamp_cache_indexes(os.path.dirname(os.path.abspath(__file__)), lambda: _stamp)
+    except Exception:  # pragma: no cover - Numba's internals moved: the stamp file below still applies
+        pass
     directories = _cache_directories()
     if not directories:  # pragma: no cover - see _cache_directories
         return
     path = os.path.join(directories[0], "specc-sources.stamp")
     try:
         with open(path) as f:
-            if f.read() == stamp:
+            if f.read() == _stamp:
                 return
     except OSError:
         pass
@@ -112,7 +137,7 @@ def _drop_stale_caches(mode: str) -> None:
         os.makedirs(directories[0], exist_ok=True)
         temporary = f"{path}.{os.getpid()}.tmp"
         with open(temporary, "w") as f:
-            f.write(stamp)
+            f.write(_stamp)
         os.replace(temporary, path)
     except OSError:  # pragma: no cover - a read-only install: Numba then caches elsewhere or not at all
         pass
