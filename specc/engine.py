@@ -215,7 +215,8 @@ class Engine:
         limits = None
         if not self._holding and self._own_threads:
             limits = self._thread_limits()
-            limits.__enter__()
+            if limits is not None:
+                limits.__enter__()
         return token, limits
 
     def _leave(self, opened) -> None:
@@ -225,20 +226,22 @@ class Engine:
         if token is not None:
             self.workspace.leave(token)
 
-    def _thread_limits(self):
+    def _thread_limits(self) -> contextlib.ExitStack | None:
         """BLAS and sgemm on one thread when a layer splits its batch over threads of its own (convolutions,
-        pooling) and there are several. OpenBLAS's idle workers spin for a while after a multi-threaded
-        product (OPENBLAS_THREAD_TIMEOUT, specc/runtime.py), and so do Numba's OpenMP workers after sgemm's
-        parallel products, which suits a chain of products (an MLP) but holds a core that those layers'
-        threads need next."""
-        stack = contextlib.ExitStack()
-        if self._own_threads:
-            from .kernels import one_product_thread, thread_count
-            from .kernels.conv import one_blas_thread
+        pooling) and there are several; None when there is nothing to limit (one thread, or no such layer).
+        OpenBLAS's idle workers spin for a while after a multi-threaded product (OPENBLAS_THREAD_TIMEOUT,
+        specc/runtime.py), and so do Numba's OpenMP workers after sgemm's parallel products, which suits a
+        chain of products (an MLP) but holds a core that those layers' threads need next."""
+        if not self._own_threads:
+            return None
+        from .kernels import one_product_thread, thread_count
+        from .kernels.conv import one_blas_thread
 
-            if thread_count() > 1:
-                stack.enter_context(one_blas_thread())
-                stack.enter_context(one_product_thread())
+        if thread_count() <= 1:
+            return None
+        stack = contextlib.ExitStack()
+        stack.enter_context(one_blas_thread())
+        stack.enter_context(one_product_thread())
         return stack
 
     @contextlib.contextmanager
@@ -246,7 +249,7 @@ class Engine:
         """The thread limits for a whole loop of passes (the Trainer's steps) instead of each pass: setting
         and restoring OpenBLAS's thread count at every pass is a measurable share of a small convolutional
         model's step. Code run inside (callbacks) sees BLAS on one thread in such models."""
-        with self._thread_limits():
+        with self._thread_limits() or contextlib.nullcontext():
             self._holding += 1
             try:
                 yield
