@@ -11,6 +11,7 @@ import pytest
 
 import specc
 from specc import layers
+from specc.api.model import SMALL_BATCH
 
 
 def mlp(units=(16, 8)):
@@ -42,12 +43,16 @@ def warm(model, x):
 
 
 BUILDS = pytest.mark.parametrize("build", [mlp, cnn], ids=["mlp", "cnn"])
+# one sample (a pass in the engine's workspace, or an MLP's fused call), and more than SMALL_BATCH in batches of
+# 32 with a partial last one (an MLP's fused call per batch; other models the general path)
+SAMPLES = pytest.mark.parametrize("n", [1, 100])
 
 
 @BUILDS
-def test_set_weights_after_warm_calls(build):
+@SAMPLES
+def test_set_weights_after_warm_calls(build, n):
     model = build()
-    x = data(model, 1)
+    x = data(model, n)
     warm(model, x)
     before = model.predict(x, verbose=0)
     model.set_weights([w * 1.5 + 0.01 for w in model.get_weights()])
@@ -58,15 +63,30 @@ def test_set_weights_after_warm_calls(build):
 
 
 @BUILDS
-def test_pop_and_add_after_warm_calls(build):
+@SAMPLES
+def test_warm_calls_give_the_general_paths_numbers(build, n):
     model = build()
-    x = data(model, 2)
+    x = data(model, n)
+    warm(model, x)
+    general = model.predict(x, verbose=0, callbacks=[])  # callbacks (even none) take the checked path
+    np.testing.assert_array_equal(model.predict(x, verbose=0), general)
+    np.testing.assert_array_equal(model.predict(x, batch_size=7, verbose=0),
+                                  model.predict(x, batch_size=7, verbose=0, callbacks=[]))
+    if n <= SMALL_BATCH:
+        np.testing.assert_array_equal(model(x), general)
+
+
+@BUILDS
+@SAMPLES
+def test_pop_and_add_after_warm_calls(build, n):
+    model = build()
+    x = data(model, n)
     warm(model, x)
     model.pop()
-    assert model.predict(x, verbose=0).shape == model(x).shape == (2, model.output_shape[-1])
+    assert model.predict(x, verbose=0).shape == model(x).shape == (n, model.output_shape[-1])
     np.testing.assert_allclose(model.predict(x, verbose=0), reference(model, x), rtol=1e-5, atol=1e-6)
     model.add(layers.Dense(5))
-    assert model.predict(x, verbose=0).shape == model(x).shape == (2, 5)
+    assert model.predict(x, verbose=0).shape == model(x).shape == (n, 5)
     np.testing.assert_allclose(model(x), reference(model, x), rtol=1e-5, atol=1e-6)
 
 

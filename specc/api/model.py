@@ -328,9 +328,9 @@ class Model(TrainingMixin, SavingMixin, Layer):
 
     def __call__(self, inputs: Any = None, training: bool | None = None, mask: Any = None, **kwargs: Any) -> Any:
         # An array of the shape the last small call had (the common `model(x)` in a loop) skips the general
-        # checks, which it would pass (TrainingMixin._small_inference).
+        # checks, which it would pass (TrainingMixin._quick_predict).
         if type(inputs) is np.ndarray and (training is None or training is False) and mask is None and not kwargs:
-            outs = self._small_inference(inputs, SMALL_BATCH)
+            outs = self._quick_predict(inputs, SMALL_BATCH, calls=True)
             if outs is not None:
                 return self._structure(outs)
         return Layer.__call__(self, inputs, training, mask, **kwargs)

@@ -303,7 +303,7 @@ class TrainingMixin:
         most; a progress bar at verbose=1 ("auto"); callbacks get on_predict_* calls."""
         if type(verbose) is int and verbose == 0 and steps is None and callbacks is None and type(x) is np.ndarray \
                 and (batch_size is None or type(batch_size) is int and batch_size > 0):
-            outs = self._small_inference(x, min(batch_size or _default_batch_size(), SMALL_BATCH))
+            outs = self._quick_predict(x, batch_size or _default_batch_size())
             if outs is not None:
                 return self._structure(outs)
         batch_size = _batch_size(batch_size)
@@ -320,35 +320,51 @@ class TrainingMixin:
                 from ..train.fit import Trainer
 
                 outs = Trainer.predict_with(engine, xs, batch_size, steps=steps, callbacks=cbs, verbose=level)
+                self._remember(plan, engine, xs)
         return self._structure(outs)
 
     def _predict_small(self, plan: Any, engine: Any, xs: list[np.ndarray]) -> list[np.ndarray]:
         """One small batch, checked, for `engine` (just claimed): an MLP's one fused call (its DenseChain kept
         with the engine), else one forward pass in the engine's workspace; the outputs copied out of the
-        buffers they are made in. A single input remembers what it ran on for _small_inference."""
+        buffers they are made in."""
         from ..train.fused import DenseChain
 
         if len(xs) > 1:
             checks.check_cardinality({f"x['{layer.name}']": a for layer, a in zip(self._input_layers(), xs)})
+        self._remember(plan, engine, xs)
         chain = DenseChain.cached(engine)
-        if len(xs) == 1 and not self.run_eagerly:
-            shape = tuple(self._inputs[0].shape[1:])
-            if None not in shape:
-                self._inference = _Inference(backend.structure_version(), plan, engine, chain, shape)
         if chain is not None:
             return [chain.predict(xs[0]).copy()]
         return [o.copy() for o in engine.forward(xs, training=False, reuse=True)]
 
-    def _small_inference(self, x: np.ndarray, limit: int) -> list[np.ndarray] | None:
-        """predict(x) / model(x) for an array `x` of at most `limit` samples, by the way the last small batch
+    def _remember(self, plan: Any, engine: Any, xs: list[np.ndarray]) -> None:
+        """Keeps what a checked call ran on (`engine`, just claimed) for _quick_predict, when the model has one
+        input of a known sample shape and runs compiled."""
+        from ..train.fused import DenseChain
+
+        state = self._inference
+        if state is not None and state.engine is engine and state.version == backend.structure_version():
+            return
+        shape = tuple(self._inputs[0].shape[1:])
+        if len(xs) == 1 and None not in shape and not self.run_eagerly:
+            self._inference = _Inference(backend.structure_version(), plan, engine, DenseChain.cached(engine), shape)
+
+    def _quick_predict(self, x: np.ndarray, batch_size: int, calls: bool = False) -> list[np.ndarray] | None:
+        """predict(x, batch_size, verbose=0) or (`calls`) model(x) for an array `x`, by the way an earlier call
         went (`_inference`), when nothing has changed since and x has that call's sample shape: every input
-        check would pass, and would cost more than the forward pass of a small model. None otherwise: the
-        general path then runs the checks, with their errors."""
+        check would pass, and on a small model would cost more than the forward pass. At most SMALL_BATCH
+        samples (and batch_size) take one pass in the engine's workspace or an MLP's one fused call; more take
+        an MLP's fused call per batch, written into the result. None otherwise (other models' large batches,
+        anything else): the general path then runs, with its checks and errors."""
         state = self._inference
         if state is None or state.version != backend.structure_version() or self.run_eagerly:
             return None
         shape = x.shape
-        if not shape or shape[1:] != state.shape or not 0 < shape[0] <= limit or x.dtype.kind not in "biuf":
+        if not shape or shape[1:] != state.shape or x.dtype.kind not in "biuf":
+            return None
+        n, chain = shape[0], state.chain
+        small = n <= SMALL_BATCH and n <= batch_size
+        if n == 0 or not (small or (chain is not None and not calls)):
             return None
         for layer, i, view in state.links:
             if layer._weights[i] is not view:  # another engine took the layer's weights: bring them back
@@ -356,9 +372,14 @@ class TrainingMixin:
 
                 claim(state.engine, state.plan)
                 break
-        if state.chain is not None:
-            return [state.chain.predict(x).copy()]
-        return [o.copy() for o in state.engine.forward([x], training=False, reuse=True)]
+        if chain is None:
+            return [o.copy() for o in state.engine.forward([x], training=False, reuse=True)]
+        if small:
+            return [chain.predict(x).copy()]
+        out = np.empty((n, chain.units_out), state.engine.dtype)  # Trainer.predict_with's batches, with no bar
+        for start in range(0, n, batch_size):
+            out[start: start + batch_size] = chain.predict(x[start: start + batch_size])
+        return [out]
 
     def predict_on_batch(self, x: Any) -> Any:
         return self(x)
@@ -381,8 +402,8 @@ def _mentions_crossentropy(compiled: Any) -> bool:
 
 
 class _Inference:
-    """What a model's last small-batch prediction ran on: the structure version, the plan and engine (whose
-    weight views the layers' arrays were, `links`), the engine's DenseChain or None, and the sample shape."""
+    """What a model's last checked prediction ran on: the structure version, the plan and engine (whose weight
+    views the layers' arrays were, `links`), the engine's DenseChain or None, and the sample shape."""
 
     __slots__ = ("version", "plan", "engine", "chain", "shape", "links")
 
