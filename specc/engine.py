@@ -286,8 +286,7 @@ class Engine:
             # Batch statistics are used in training unless the layer is frozen (Keras's BN rule).
             y, saved = s.layer.forward(s.weights, x, training and s.trainable, rng)
             if s.activation is not None:
-                from .kernels import activations
-
+                activations = _activations()
                 z = np.ascontiguousarray(y)
                 y = empty("activation", z.shape, z.dtype)
                 code = activations.CODE[s.activation]
@@ -341,8 +340,7 @@ class Engine:
                 continue  # does not reach any output
             self.workspace.owner = s.name
             if s.name in self._pre and s.name not in fused:
-                from .kernels import activations
-
+                activations = _activations()
                 z, y = self._pre[s.name], self._values[s.name]
                 dz = empty("d_activation", z.shape, z.dtype)
                 activations.backward(activations.CODE[s.activation], activations.as_rows(z),
@@ -366,6 +364,18 @@ class Engine:
 
 
 _THREAD_FUNCTIONS: tuple | None = None
+_ACTIVATIONS: Any = None
+
+
+def _activations() -> Any:
+    """specc.kernels.activations, imported at the first pass that applies an activation (the engine is imported
+    without Numba), then kept: an import statement costs a microsecond at every step."""
+    global _ACTIVATIONS
+    if _ACTIVATIONS is None:
+        from .kernels import activations
+
+        _ACTIVATIONS = activations
+    return _ACTIVATIONS
 
 
 def _thread_functions() -> tuple:
