@@ -70,8 +70,9 @@ def test_warm_calls_give_the_general_paths_numbers(build, n):
     warm(model, x)
     general = model.predict(x, verbose=0, callbacks=[])  # callbacks (even none) take the checked path
     np.testing.assert_array_equal(model.predict(x, verbose=0), general)
-    np.testing.assert_array_equal(model.predict(x, batch_size=7, verbose=0),
-                                  model.predict(x, batch_size=7, verbose=0, callbacks=[]))
+    for batch_size in (7, 128):  # several batches, the last partial; one batch
+        np.testing.assert_array_equal(model.predict(x, batch_size=batch_size, verbose=0),
+                                      model.predict(x, batch_size=batch_size, verbose=0, callbacks=[]))
     if n <= SMALL_BATCH:
         np.testing.assert_array_equal(model(x), general)
 

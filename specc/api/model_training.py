@@ -374,7 +374,7 @@ class TrainingMixin:
                 break
         if chain is None:
             return [o.copy() for o in state.engine.forward([x], training=False, reuse=True)]
-        if small:
+        if n <= batch_size:
             return [chain.predict(x).copy()]
         out = np.empty((n, chain.units_out), state.engine.dtype)  # Trainer.predict_with's batches, with no bar
         for start in range(0, n, batch_size):
