@@ -63,6 +63,23 @@ def test_set_weights_after_warm_calls(build, n):
 
 
 @BUILDS
+@pytest.mark.parametrize("suffix", [".npz", ".weights.h5"])
+def test_load_weights_after_warm_calls(build, suffix, tmp_path):
+    if suffix == ".weights.h5":
+        pytest.importorskip("h5py")
+    model, other = build(), build()
+    x = data(model, 1)
+    other.set_weights([w * 0.5 - 0.02 for w in model.get_weights()])
+    want = other.predict(x, verbose=0)
+    path = str(tmp_path / f"other{suffix}")
+    other.save_weights(path)
+    warm(model, x)
+    model.load_weights(path)
+    np.testing.assert_allclose(model.predict(x, verbose=0), want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(model(x), want, rtol=1e-5, atol=1e-6)
+
+
+@BUILDS
 @SAMPLES
 def test_warm_calls_give_the_general_paths_numbers(build, n):
     model = build()
