@@ -13,7 +13,8 @@ all graph optimisations), checks that both give the same outputs, then times, in
   time of a call, every call timed, over rounds of back-to-back calls on the same sample;
 - batch 1024: samples/s from the fastest call of `session.run` on 1024 samples and of
   `model.predict(x[:1024], batch_size=1024)` (a call of several milliseconds on a shared machine is rarely
-  left alone: its median measures the neighbours; the medians are in the file too).
+  left alone: its median measures the neighbours; the medians are in the file too); for the MLP also of its
+  fused kernel alone (`DenseChain.predict`, "fused chain" in the file), which shows what predict adds.
 
 Then, on one thread, the command line: the wall time of a whole `specc predict` process on one sample
 against a Python process that imports ONNX Runtime, opens the exported file, runs it and saves the output
@@ -56,6 +57,7 @@ def child(workload: str, threads: int, rounds: int, calls: int) -> dict:
     import specc
     from specc.export import build_onnx
     from specc.kernels import configure_threads
+    from specc.train.fused import DenseChain
 
     configure_threads(threads)
     model = specc.load(os.path.join(HERE, "workloads", WORKLOADS[workload]))
@@ -85,6 +87,9 @@ def child(workload: str, threads: int, rounds: int, calls: int) -> dict:
         "onnxruntime": lambda: session.run(None, feed_big),
         "predict": lambda: model.predict(x[:1024], batch_size=1024, verbose=0),
     }
+    chain = DenseChain.cached(model._engine())
+    if chain is not None:  # the MLP's fused kernel alone: what predict adds is the difference
+        big["fused chain"] = lambda: chain.predict(x[:1024])
     per_call = _interleaved(single, rounds, calls)
     per_batch = _interleaved(big, rounds, max(calls // 60, 3))
     throughput = {k: [1024 / (t * 1e-6) for t in v] for k, v in per_batch.items()}

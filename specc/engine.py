@@ -212,46 +212,50 @@ class Engine:
         not a `with` of an ExitStack: right after a kernel has streamed megabytes through the caches, each
         Python call on the way to the next kernel is slow, and an ExitStack makes a dozen."""
         token = self.workspace.enter() if reuse else None
-        limits = None
-        if not self._holding and self._own_threads:
-            limits = self._thread_limits()
-            limits.__enter__()
+        limits = self._thread_limits() if not self._holding and self._own_threads else None
         return token, limits
 
     def _leave(self, opened) -> None:
         token, limits = opened
         if limits is not None:
-            limits.__exit__(None, None, None)
+            _lift(limits)
         if token is not None:
             self.workspace.leave(token)
 
-    def _thread_limits(self):
+    def _thread_limits(self) -> tuple | None:
         """BLAS and sgemm on one thread when a layer splits its batch over threads of its own (convolutions,
-        pooling) and there are several. OpenBLAS's idle workers spin for a while after a multi-threaded
+        pooling) and there are several: the limits, entered, for _lift; None when there is nothing to limit
+        (one thread, or no such layer). OpenBLAS's idle workers spin for a while after a multi-threaded
         product (OPENBLAS_THREAD_TIMEOUT, specc/runtime.py), and so do Numba's OpenMP workers after sgemm's
         parallel products, which suits a chain of products (an MLP) but holds a core that those layers'
         threads need next."""
-        stack = contextlib.ExitStack()
-        if self._own_threads:
-            from .kernels import one_product_thread, thread_count
-            from .kernels.conv import one_blas_thread
-
-            if thread_count() > 1:
-                stack.enter_context(one_blas_thread())
-                stack.enter_context(one_product_thread())
-        return stack
+        if not self._own_threads:
+            return None
+        thread_count, one_blas_thread, one_product_thread = _thread_functions()
+        if thread_count() <= 1:
+            return None
+        blas, product = one_blas_thread(), one_product_thread()
+        blas.__enter__()
+        try:
+            product.__enter__()
+        except BaseException:
+            blas.__exit__(None, None, None)
+            raise
+        return blas, product
 
     @contextlib.contextmanager
     def held_threads(self):
         """The thread limits for a whole loop of passes (the Trainer's steps) instead of each pass: setting
         and restoring OpenBLAS's thread count at every pass is a measurable share of a small convolutional
         model's step. Code run inside (callbacks) sees BLAS on one thread in such models."""
-        with self._thread_limits():
-            self._holding += 1
-            try:
-                yield
-            finally:
-                self._holding -= 1
+        limits = self._thread_limits()
+        self._holding += 1
+        try:
+            yield
+        finally:
+            self._holding -= 1
+            if limits is not None:
+                _lift(limits)
 
     def forward(self, inputs: list[np.ndarray], training: bool = False, rng: Any = None,
                 reuse: bool = False) -> list[np.ndarray]:
@@ -282,8 +286,7 @@ class Engine:
             # Batch statistics are used in training unless the layer is frozen (Keras's BN rule).
             y, saved = s.layer.forward(s.weights, x, training and s.trainable, rng)
             if s.activation is not None:
-                from .kernels import activations
-
+                activations = _activations()
                 z = np.ascontiguousarray(y)
                 y = empty("activation", z.shape, z.dtype)
                 code = activations.CODE[s.activation]
@@ -337,8 +340,7 @@ class Engine:
                 continue  # does not reach any output
             self.workspace.owner = s.name
             if s.name in self._pre and s.name not in fused:
-                from .kernels import activations
-
+                activations = _activations()
                 z, y = self._pre[s.name], self._values[s.name]
                 dz = empty("d_activation", z.shape, z.dtype)
                 activations.backward(activations.CODE[s.activation], activations.as_rows(z),
@@ -359,6 +361,42 @@ class Engine:
         self._input_grads = {}
         for n in self.input_names:
             self._input_grads[n] = grads.get(n)
+
+
+_THREAD_FUNCTIONS: tuple | None = None
+_ACTIVATIONS: Any = None
+
+
+def _activations() -> Any:
+    """specc.kernels.activations, imported at the first pass that applies an activation (the engine is imported
+    without Numba), then kept: an import statement costs a microsecond at every step."""
+    global _ACTIVATIONS
+    if _ACTIVATIONS is None:
+        from .kernels import activations
+
+        _ACTIVATIONS = activations
+    return _ACTIVATIONS
+
+
+def _thread_functions() -> tuple:
+    """(thread_count, one_blas_thread, one_product_thread), imported at the first pass that needs them (the
+    engine is imported without Numba) and then kept: an import statement costs a microsecond at every pass."""
+    global _THREAD_FUNCTIONS
+    if _THREAD_FUNCTIONS is None:
+        from .kernels import one_product_thread, thread_count
+        from .kernels.conv import one_blas_thread
+
+        _THREAD_FUNCTIONS = (thread_count, one_blas_thread, one_product_thread)
+    return _THREAD_FUNCTIONS
+
+
+def _lift(limits: tuple) -> None:
+    """Leaves the limits Engine._thread_limits entered, the last first."""
+    blas, product = limits
+    try:
+        product.__exit__(None, None, None)
+    finally:
+        blas.__exit__(None, None, None)
 
 
 def _accumulate(grads: dict[str, np.ndarray], name: str, d: np.ndarray) -> None:

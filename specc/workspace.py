@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import math
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -87,10 +88,17 @@ def aligned_empty(shape: Any, dtype: Any) -> np.ndarray:
     import numpy as np
 
     dtype = np.dtype(dtype)
-    count = int(np.prod(shape, dtype=np.int64))
-    raw = np.empty(count * dtype.itemsize + ALIGN, np.uint8)
+    try:
+        count = math.prod(shape)  # not np.prod, which costs several times the allocation itself
+    except TypeError:  # one integer
+        shape = (shape,)
+        count = math.prod(shape)
+    if shape and min(shape) < 0:
+        raise ValueError(f"negative dimensions are not allowed: {tuple(shape)}")
+    nbytes = int(count) * dtype.itemsize
+    raw = np.empty(nbytes + ALIGN, np.uint8)
     start = -raw.ctypes.data % ALIGN
-    return raw[start: start + count * dtype.itemsize].view(dtype).reshape(shape)
+    return raw[start: start + nbytes].view(dtype).reshape(shape)
 
 
 def aligned_zeros(shape: Any, dtype: Any) -> np.ndarray:

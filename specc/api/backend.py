@@ -45,3 +45,18 @@ def draw_seed() -> int:
 # Models compiled in this session (weakly held): a change of `trainable` on one of their layers after
 # compile() warns that the model must be recompiled, as Keras does.
 compiled_models: weakref.WeakSet = weakref.WeakSet()
+
+
+# Bumped by every change that can give a model another engine (a Sequential's add/pop/build, a layer's or a
+# model's `trainable`, compile): a model keeps its structure signature and its inference engine for the
+# version it last saw instead of working them out again at every predict() or call.
+_structure_version = 0
+
+
+def structure_changed() -> None:
+    global _structure_version
+    _structure_version += 1
+
+
+def structure_version() -> int:
+    return _structure_version

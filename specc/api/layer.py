@@ -412,6 +412,7 @@ class SpecLayer(Layer):
 
     def _set_trainable(self, value: bool) -> None:
         self._spec.trainable = value
+        backend.structure_changed()
 
     @property
     def built(self) -> bool:

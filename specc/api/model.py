@@ -60,7 +60,8 @@ class Model(TrainingMixin, SavingMixin, Layer):
         self.history = None  # the History of the last fit()
         self._seed: int | None = None  # from a spec: weights, shuffling and dropout follow it
         self._source = None  # the Spec this model was loaded from, if any
-        self._fused_chain = None  # (engine, its DenseChain or None) for predict on small batches
+        self._signatures: dict[int, tuple] = {}  # id(flags) -> (structure version, flags, signature)
+        self._inference = None  # model_training._Inference: what the last small-batch prediction ran on
 
     def _setup_functional(self, inputs: Any, outputs: Any) -> None:
         self._input_struct = inputs
@@ -198,9 +199,19 @@ class Model(TrainingMixin, SavingMixin, Layer):
                 tuple(layer._structure_key() for layer in self._sublayers()))
 
     def _signature(self, flags: dict | None) -> Any:
+        """What decides the engine: the structure and the trainable flags (the compile-time ones when `flags`
+        is given). Worked out again only after a structure change (backend.structure_changed)."""
         from .functional import _flag
 
-        return (self._structure_key(), tuple((id(layer), _flag(layer, flags)) for layer in self._all_layers()))
+        version = backend.structure_version()
+        hit = self._signatures.get(id(flags))
+        if hit is not None and hit[0] == version and hit[1] is flags:
+            return hit[2]
+        signature = (self._structure_key(), tuple((id(layer), _flag(layer, flags)) for layer in self._all_layers()))
+        if any(v != version for v, _, _ in self._signatures.values()):
+            self._signatures.clear()
+        self._signatures[id(flags)] = (version, flags, signature)  # holds `flags`, so its id is not reused
+        return signature
 
     @property
     def inputs(self) -> list[KerasTensor]:
@@ -315,15 +326,24 @@ class Model(TrainingMixin, SavingMixin, Layer):
 
     # --- calls --------------------------------------------------------------------------------------
 
+    def __call__(self, inputs: Any = None, training: bool | None = None, mask: Any = None, **kwargs: Any) -> Any:
+        # An array of the shape the last small call had (the common `model(x)` in a loop) skips the general
+        # checks, which it would pass (TrainingMixin._quick_predict).
+        if type(inputs) is np.ndarray and (training is None or training is False) and mask is None and not kwargs:
+            outs = self._quick_predict(inputs, SMALL_BATCH, calls=True)
+            if outs is not None:
+                return self._structure(outs)
+        return Layer.__call__(self, inputs, training, mask, **kwargs)
+
     def _call_eager(self, inputs: Any, training: bool) -> Any:
         arrays = self._input_arrays(inputs, self._n_inputs())
         self._ensure_built(arrays, call=True)
         self._check_inputs(arrays)
-        engine = self._engine()
+        plan, engine = self._plan_and_engine()
         small = len(arrays[0]) <= SMALL_BATCH
         with runtime(self.run_eagerly):
             if small and not training:
-                return self._structure(self._predict_small(engine, arrays))
+                return self._structure(self._predict_small(plan, engine, arrays))
             outs = engine.forward(arrays, training=training, rng=backend.rng(), reuse=small)
         return self._structure([o.copy() for o in outs])
 

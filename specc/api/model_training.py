@@ -9,6 +9,7 @@ checks (specc.api.model).
 
 from __future__ import annotations
 
+import functools
 import warnings
 from typing import TYPE_CHECKING, Any
 
@@ -66,6 +67,7 @@ class TrainingMixin:
         self.run_eagerly = bool(run_eagerly)
         self.jit_compile = (not self.run_eagerly) if jit_compile == "auto" else jit_compile
         self._compile_flags = {id(layer): layer.trainable for layer in self._all_layers()}
+        backend.structure_changed()  # the training engine follows the flags of this compile
         self._warned = False
         self._trainer = self._trainer_key = self._resolved = None
         backend.compiled_models.add(self)
@@ -299,34 +301,85 @@ class TrainingMixin:
                 callbacks: Any = None) -> Any:
         """Outputs for `x`, computed in batches (an array, or a list for several outputs); `steps` batches at
         most; a progress bar at verbose=1 ("auto"); callbacks get on_predict_* calls."""
+        if type(verbose) is int and verbose == 0 and steps is None and callbacks is None and type(x) is np.ndarray \
+                and (batch_size is None or type(batch_size) is int and batch_size > 0):
+            outs = self._quick_predict(x, batch_size or _default_batch_size())
+            if outs is not None:
+                return self._structure(outs)
         batch_size = _batch_size(batch_size)
         level = _verbosity(verbose)
         xs = self._prepared_inputs(x)
         checks.check_non_empty(len(xs[0]), "x")
-        cbs = self._callbacks_for(callbacks, {"verbose": verbose, "epochs": 1, "steps": steps})
-        engine = self._engine()
+        cbs = [] if callbacks is None else self._callbacks_for(callbacks, {"verbose": verbose, "epochs": 1,
+                                                                          "steps": steps})
+        plan, engine = self._plan_and_engine()
         with runtime(self.run_eagerly):
             if not cbs and steps is None and level == 0 and len(xs[0]) <= min(batch_size, SMALL_BATCH):
-                outs = self._predict_small(engine, xs)  # no bar or hooks to serve: one pass, no batching
+                outs = self._predict_small(plan, engine, xs)  # no bar or hooks to serve: one pass, no batching
             else:
                 from ..train.fit import Trainer
 
                 outs = Trainer.predict_with(engine, xs, batch_size, steps=steps, callbacks=cbs, verbose=level)
+                self._remember(plan, engine, xs)
         return self._structure(outs)
 
-    def _predict_small(self, engine: Any, xs: list[np.ndarray]) -> list[np.ndarray]:
-        """One small batch: an MLP's one fused call (its DenseChain kept with the engine it belongs to), else
-        one forward pass in the engine's workspace; the outputs copied out of the buffers they are made in."""
+    def _predict_small(self, plan: Any, engine: Any, xs: list[np.ndarray]) -> list[np.ndarray]:
+        """One small batch, checked, for `engine` (just claimed): an MLP's one fused call (its DenseChain kept
+        with the engine), else one forward pass in the engine's workspace; the outputs copied out of the
+        buffers they are made in."""
+        from ..train.fused import DenseChain
+
         if len(xs) > 1:
             checks.check_cardinality({f"x['{layer.name}']": a for layer, a in zip(self._input_layers(), xs)})
-        if self._fused_chain is None or self._fused_chain[0] is not engine:
-            from ..train.fused import DenseChain
-
-            self._fused_chain = (engine, DenseChain.of(engine))
-        chain = self._fused_chain[1]
+        self._remember(plan, engine, xs)
+        chain = DenseChain.cached(engine)
         if chain is not None:
             return [chain.predict(xs[0]).copy()]
         return [o.copy() for o in engine.forward(xs, training=False, reuse=True)]
+
+    def _remember(self, plan: Any, engine: Any, xs: list[np.ndarray]) -> None:
+        """Keeps what a checked call ran on (`engine`, just claimed) for _quick_predict, when the model has one
+        input of a known sample shape and runs compiled."""
+        from ..train.fused import DenseChain
+
+        state = self._inference
+        if state is not None and state.engine is engine and state.version == backend.structure_version():
+            return
+        shape = tuple(self._inputs[0].shape[1:])
+        if len(xs) == 1 and None not in shape and not self.run_eagerly:
+            self._inference = _Inference(backend.structure_version(), plan, engine, DenseChain.cached(engine), shape)
+
+    def _quick_predict(self, x: np.ndarray, batch_size: int, calls: bool = False) -> list[np.ndarray] | None:
+        """predict(x, batch_size, verbose=0) or (`calls`) model(x) for an array `x`, by the way an earlier call
+        went (`_inference`), when nothing has changed since and x has that call's sample shape: every input
+        check would pass, and on a small model would cost more than the forward pass. At most SMALL_BATCH
+        samples (and batch_size) take one pass in the engine's workspace or an MLP's one fused call; more take
+        an MLP's fused call per batch, written into the result. None otherwise (other models' large batches,
+        anything else): the general path then runs, with its checks and errors."""
+        state = self._inference
+        if state is None or state.version != backend.structure_version() or self.run_eagerly:
+            return None
+        shape = x.shape
+        if not shape or shape[1:] != state.shape or x.dtype.kind not in "biuf":
+            return None
+        n, chain = shape[0], state.chain
+        small = n <= SMALL_BATCH and n <= batch_size
+        if n == 0 or not (small or (chain is not None and not calls)):
+            return None
+        for layer, i, view in state.links:
+            if layer._weights[i] is not view:  # another engine took the layer's weights: bring them back
+                from .functional import claim
+
+                claim(state.engine, state.plan)
+                break
+        if chain is None:
+            return [o.copy() for o in state.engine.forward([x], training=False, reuse=True)]
+        if n <= batch_size:
+            return [chain.predict(x).copy()]
+        out = np.empty((n, chain.units_out), state.engine.dtype)  # Trainer.predict_with's batches, with no bar
+        for start in range(0, n, batch_size):
+            out[start: start + batch_size] = chain.predict(x[start: start + batch_size])
+        return [out]
 
     def predict_on_batch(self, x: Any) -> Any:
         return self(x)
@@ -348,11 +401,30 @@ def _mentions_crossentropy(compiled: Any) -> bool:
     return walk([compiled.loss, compiled.metrics, compiled.weighted_metrics])
 
 
-def _batch_size(value: Any) -> int:
-    """Keras's default (the spec's `fit.batch_size` default) for None, else a positive integer."""
+class _Inference:
+    """What a model's last checked prediction ran on: the structure version, the plan and engine (whose weight
+    views the layers' arrays were, `links`), the engine's DenseChain or None, and the sample shape."""
+
+    __slots__ = ("version", "plan", "engine", "chain", "shape", "links")
+
+    def __init__(self, version: int, plan: Any, engine: Any, chain: Any, shape: tuple):
+        self.version, self.plan, self.engine, self.chain, self.shape = version, plan, engine, chain, shape
+        # (layer, index, engine view) for every weight functional.claim would look at
+        self.links = [(layer, i, view) for step in engine.steps if (layer := plan.leaves.get(step.name)) is not None
+                      for i, view in enumerate(step.weights)]
+
+
+@functools.cache
+def _default_batch_size() -> int:
+    """Keras's default batch size: the spec's `fit.batch_size` default."""
     from ..spec.schema import FitDef
 
-    return FitDef.model_fields["batch_size"].default if value is None else checks.check_positive_int("batch_size", value)
+    return FitDef.model_fields["batch_size"].default
+
+
+def _batch_size(value: Any) -> int:
+    """Keras's default (the spec's `fit.batch_size` default) for None, else a positive integer."""
+    return _default_batch_size() if value is None else checks.check_positive_int("batch_size", value)
 
 
 def _verbosity(verbose: Any) -> int:

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from . import backend
 from .layer import InputLayer, Layer, as_shape
 from .model import Model
 from .tensors import KerasTensor, shape_str
@@ -130,6 +131,7 @@ class Sequential(Model):
 
     def _drop_graph(self) -> None:
         """Forget this model's symbolic calls (its layers' .input/.output) before re-chaining them."""
+        backend.structure_changed()
         for layer in self._layers:
             layer._nodes = [n for n in layer._nodes if n.owner is not self]
         self._inputs, self._outputs, self._output_struct = [], [], None
