@@ -164,12 +164,35 @@ def _chunks(n):
     return spc, -(-n // spc)
 
 
+@numba.njit(**JIT)
+def _repeat_channels(x, m, xr):
+    """xr (N, H, W, C*m): channel c*m + q = x's channel c."""
+    xf = x.reshape(x.size)
+    rf = xr.reshape(xr.size)
+    for p in range(xf.shape[0]):
+        v = xf[p]
+        for q in range(m):
+            rf[np.uint64(p * m + q)] = v
+
+
+@numba.njit(**JIT)
+def _sum_copies(dxr, m, dx):
+    """dx (N, H, W, C): channel c = the sum of dxr's channels c*m .. c*m + m - 1."""
+    rf = dxr.reshape(dxr.size)
+    df = dx.reshape(dx.size)
+    for p in range(df.shape[0]):
+        total = rf[np.uint64(p * m)]
+        for q in range(1, m):
+            total += rf[np.uint64(p * m + q)]
+        df[p] = total
+
+
 def _repeated(x, m):
     """x (N, H, W, C) with each channel repeated m times, channel c*m + q = x's channel c; x itself for m = 1."""
     if m == 1:
         return x
     xr = empty("depthwise repeated input", x.shape[:3] + (x.shape[3] * m,), x.dtype)
-    xr.reshape(-1, x.shape[3], m)[...] = x.reshape(-1, x.shape[3], 1)
+    _repeat_channels(x, m, xr)
     return xr
 
 
@@ -205,4 +228,4 @@ def backward(x, kernel, dy, use_bias, g, dkernel, dbias, dx, need_dx=True):
     in_threads(chunks, run)
     _sum_parts(dk_parts, db_parts, use_bias, dkernel.reshape(kh * kw, cm), dbias)
     if need_dx and m > 1:
-        np.sum(dxr.reshape(x.shape + (m,)), axis=4, out=dx)
+        _sum_copies(dxr, m, dx)
