@@ -16,13 +16,13 @@ from specc.kernels import norm
 ACTS = [norm.ACT_NONE, norm.ACT_RELU, norm.ACT_RELU6]
 
 
-def passes(dz_out, act):
+def passes(out, act):
     """Where the fused activation passes the gradient, from its output."""
     if act == norm.ACT_RELU:
-        return dz_out > 0
+        return out > 0
     if act == norm.ACT_RELU6:
-        return (dz_out > 0) & (dz_out < 6)
-    return np.ones_like(dz_out, bool)
+        return (out > 0) & (out < 6)
+    return np.ones_like(out, bool)
 
 
 @pytest.mark.parametrize("act", ACTS, ids=["none", "relu", "relu6"])
@@ -55,13 +55,13 @@ def test_passes_match_float64(rows, channels, act):
 
     m32 = mean.astype(np.float32)
     dz = np.where(passes(out, act), dy.astype(np.float64), 0.0)
-    norm.batch_grad_sums_range(dy, out, x, m32, act, per, 0, chunks, s1, s2)
+    norm.batch_grad_sums_range(dy, x, m32, scale, offset, act, per, 0, chunks, s1, s2)
     np.testing.assert_allclose(s1.sum(axis=0), dz.sum(axis=0), rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(s2.sum(axis=0), (dz * (x64 - m32)).sum(axis=0), rtol=1e-5, atol=1e-4)
 
     k, c0, c1 = (rng.standard_normal(channels).astype(np.float32) for _ in range(3))
     dx = np.full_like(x, np.nan)
-    norm.batch_dx_range(dy, out, x, m32, k, c0, c1, act, per, 0, chunks, dx)
+    norm.batch_dx_range(dy, x, m32, scale, offset, k, c0, c1, act, per, 0, chunks, dx)
     np.testing.assert_allclose(dx, k * dz + c0 - c1 * (x64 - m32), rtol=1e-5, atol=1e-5)
 
 

@@ -9,6 +9,8 @@ BatchNormalization in training is two passes over memory each way, with the acti
     forward:  sums of x - x[0] and of its squares -> mean, variance;  out = act(x * a + b)
     backward: sums of dz and of dz * (x - mean), dz = dy through act;  dx from dz, x and the sums
 
+(the activation's derivative from x * a + b, recomputed: backward reads dy and x only)
+
 where a = gamma / sqrt(var + eps) and b = beta - mean * a. The normalised values are not stored: backward
 recomputes them from x. The rows are cut into chunks that depend only on the shape; each chunk sums its
 rows in the data's dtype, and the chunks' partials are added in float64 in chunk order, so the statistics
@@ -135,21 +137,29 @@ def batch_affine_range(x, scale, offset, act, per, t0, t1, out):
                 of[np.uint64(q + p)] = xf[np.uint64(q + p)] * sc[p] + off[p]
 
 
+@numba.njit(**JIT)
+def _pre_activation(x, scale, offset):
+    """x * scale + offset: the fused activation's input, recomputed in backward (compiled with fastmath, as
+    forward's, so both may contract it to one FMA), so the mask is read from x instead of one more array."""
+    return x * scale + offset
+
+
 @numba.njit(**dict(JIT, fastmath=False))
-def batch_grad_sums_range(dy, out, x, mean, act, per, t0, t1, s1, s2):
+def batch_grad_sums_range(dy, x, mean, scale, offset, act, per, t0, t1, s1, s2):
     """For chunks t0:t1: s1[t] = sum of dz, s2[t] = sum of dz * (x - mean) (float64 (chunks, C); within a
-    chunk in dy's dtype), dz = dy through the fused activation, which passes where its output `out` is in
-    (0, inf) (ReLU) or (0, 6) (ReLU6). (One loop per activation: the branch stays out of the loops.)"""
+    chunk in dy's dtype), dz = dy through the fused activation, which passes where its input
+    x * scale + offset is in (0, inf) (ReLU) or (0, 6) (ReLU6). (One loop per activation: the branch stays
+    out of the loops.)"""
     rows, c = x.shape
     xf = x.reshape(rows * c)
     dyf = dy.reshape(rows * c)
-    of = out.reshape(rows * c)
-    length = _tile_rows(c) * c
-    mt = _tiled(mean, _tile_rows(c))
+    reps = _tile_rows(c)
+    length = reps * c
+    mt, st, ot = _tiled(mean, reps), _tiled(scale, reps), _tiled(offset, reps)
     a = np.empty(length, dy.dtype)
     b = np.empty(length, dy.dtype)
-    zero = out.dtype.type(0)
-    six = out.dtype.type(6)
+    zero = x.dtype.type(0)
+    six = x.dtype.type(6)
     for t in range(t0, t1):
         a[:] = 0
         b[:] = 0
@@ -158,16 +168,16 @@ def batch_grad_sums_range(dy, out, x, mean, act, per, t0, t1, s1, s2):
             m = min(length, end - q)
             if act == ACT_RELU:
                 for p in range(m):
-                    o = of[np.uint64(q + p)]
-                    d = dyf[np.uint64(q + p)] if o > zero else zero
+                    v = xf[np.uint64(q + p)]
+                    d = dyf[np.uint64(q + p)] if _pre_activation(v, st[p], ot[p]) > zero else zero
                     a[p] += d
-                    b[p] += d * (xf[np.uint64(q + p)] - mt[p])
+                    b[p] += d * (v - mt[p])
             elif act == ACT_RELU6:
                 for p in range(m):
-                    o = of[np.uint64(q + p)]
-                    d = dyf[np.uint64(q + p)] if zero < o < six else zero
+                    v = xf[np.uint64(q + p)]
+                    d = dyf[np.uint64(q + p)] if zero < _pre_activation(v, st[p], ot[p]) < six else zero
                     a[p] += d
-                    b[p] += d * (xf[np.uint64(q + p)] - mt[p])
+                    b[p] += d * (v - mt[p])
             else:
                 for p in range(m):
                     d = dyf[np.uint64(q + p)]
@@ -178,34 +188,37 @@ def batch_grad_sums_range(dy, out, x, mean, act, per, t0, t1, s1, s2):
 
 
 @numba.njit(**JIT)
-def batch_dx_range(dy, out, x, mean, k, c0, c1, act, per, t0, t1, dx):
-    """dx = k * dz + c0 - c1 * (x - mean) for chunks t0:t1, dz = dy through the fused activation. With the
-    batch statistics (training) dx = k * (dz - mean(dz) - xhat * mean(dz * xhat)), xhat = (x - mean) * inv,
-    which is this with c0 = -k * mean(dz) and c1 = k * inv * mean(dz * xhat); with fixed statistics
-    c0 = c1 = 0. (x - mean) first: c1 * x - c1 * mean would cancel when the mean is large.)"""
+def batch_dx_range(dy, x, mean, scale, offset, k, c0, c1, act, per, t0, t1, dx):
+    """dx = k * dz + c0 - c1 * (x - mean) for chunks t0:t1, dz = dy through the fused activation (as in
+    batch_grad_sums_range). With the batch statistics (training) dx = k * (dz - mean(dz) - xhat *
+    mean(dz * xhat)), xhat = (x - mean) * inv, which is this with c0 = -k * mean(dz) and c1 = k * inv *
+    mean(dz * xhat); with fixed statistics c0 = c1 = 0. (x - mean) first: c1 * x - c1 * mean would cancel
+    when the mean is large.)"""
     rows, c = x.shape
     xf = x.reshape(rows * c)
     dyf = dy.reshape(rows * c)
-    of = out.reshape(rows * c)
     dxf = dx.reshape(rows * c)
     reps = _tile_rows(c)
     length = reps * c
     mt, kt, c0t, c1t = _tiled(mean, reps), _tiled(k, reps), _tiled(c0, reps), _tiled(c1, reps)
-    zero = out.dtype.type(0)
-    six = out.dtype.type(6)
+    st, ot = _tiled(scale, reps), _tiled(offset, reps)
+    zero = x.dtype.type(0)
+    six = x.dtype.type(6)
     end = min(rows, t1 * per) * c
     for q in range(t0 * per * c, end, length):
         m = min(length, end - q)
         if act == ACT_RELU:
             for p in range(m):
                 i = np.uint64(q + p)
-                d = dyf[i] if of[i] > zero else zero
-                dxf[i] = kt[p] * d + c0t[p] - c1t[p] * (xf[i] - mt[p])
+                v = xf[i]
+                d = dyf[i] if _pre_activation(v, st[p], ot[p]) > zero else zero
+                dxf[i] = kt[p] * d + c0t[p] - c1t[p] * (v - mt[p])
         elif act == ACT_RELU6:
             for p in range(m):
                 i = np.uint64(q + p)
-                d = dyf[i] if zero < of[i] < six else zero
-                dxf[i] = kt[p] * d + c0t[p] - c1t[p] * (xf[i] - mt[p])
+                v = xf[i]
+                d = dyf[i] if zero < _pre_activation(v, st[p], ot[p]) < six else zero
+                dxf[i] = kt[p] * d + c0t[p] - c1t[p] * (v - mt[p])
         else:
             for p in range(m):
                 i = np.uint64(q + p)
