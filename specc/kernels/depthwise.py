@@ -8,10 +8,10 @@ the weights of a tap staying in L1; where a kernel row of width 3 lies inside th
 columns of a 3x3 layer), one loop adds its three taps, so the output is loaded and stored once per kernel
 row instead of once per tap. The valid column range of each kernel column is worked out once per call.
 
-Forward indexes flat views of the arrays with unsigned indices: Numba's wraparound for negative (signed)
-indices on a computed index would otherwise stop LLVM from vectorising the loops (every index is
-non-negative by construction). Backward takes one-dimensional views per position and tap: its fused
-three-tap loop, with six streams updated in place, ran at a third of the speed (bench/results/HISTORY.md).
+The loops index flat views of the arrays with unsigned indices: Numba's wraparound for negative (signed)
+indices on a computed index would otherwise stop LLVM from vectorising them (every index is non-negative
+by construction). Backward writes one array per loop (kernel gradient, then input gradient, per tap): a
+loop that updates several arrays needs more overlap checks than LLVM makes, and stays scalar.
 
 A depth multiplier m > 1 runs as multiplier 1 over the input with each channel repeated m times (channel
 c * m + q of the output reads channel c: TF/Keras order); its input gradient is then summed over the copies.
@@ -103,11 +103,18 @@ def _forward_range(x, kernel, bias, g, n0, n1, out):
 @numba.njit(**JIT)
 def _backward_range(x, kernel, dy, use_bias, need_dx, g, n0, n1, dk, db, dx):
     """For samples n0:n1: their kernel gradient to dk (kh*kw, C) and bias gradient to db (C,) (both
-    overwritten), their input gradient to dx (N, H, W, C) when need_dx. Per output position and tap, on
-    one-dimensional views of the position's channels."""
+    overwritten), their input gradient to dx (N, H, W, C) when need_dx. Per output position and tap, one
+    loop over the channels for each (one array written per loop: more, and LLVM's checks that the arrays
+    do not overlap exceed its limit, and the loop stays scalar)."""
     kh, kw, sh, sw, dh, dw, ph, pw = g
     _, h_, w_, c_ = x.shape
     _, ho, wo, _ = dy.shape
+    xf = x.reshape(x.size)
+    dyf = dy.reshape(dy.size)
+    dxf = dx.reshape(dx.size)
+    kf = kernel.reshape(kernel.size)
+    dkf = dk.reshape(dk.size)
+    cols = _columns(g, w_, wo)
     dk[:] = 0
     db[:] = 0
     if need_dx:
@@ -115,27 +122,25 @@ def _backward_range(x, kernel, dy, use_bias, need_dx, g, n0, n1, dk, db, dx):
     for n in range(n0, n1):
         for oh in range(ho):
             for ow in range(wo):
-                d = dy[n, oh, ow]
+                ob = ((n * ho + oh) * wo + ow) * c_
                 if use_bias:
                     for c in range(c_):
-                        db[c] += d[c]
+                        db[c] += dyf[np.uint64(ob + c)]
                 for i in range(kh):
                     ih = oh * sh - ph + i * dh
                     if ih < 0 or ih >= h_:
                         continue
+                    xrow = (n * h_ + ih) * w_ * c_
                     for j in range(kw):
-                        iw = ow * sw - pw + j * dw
-                        if iw < 0 or iw >= w_:
+                        if ow < cols[j, 0] or ow >= cols[j, 1]:
                             continue
-                        xr = x[n, ih, iw]
-                        gr = dk[i * kw + j]
+                        xb = xrow + (ow * sw + j * dw - pw) * c_
+                        kb = (i * kw + j) * c_
                         for c in range(c_):
-                            gr[c] += xr[c] * d[c]
+                            dkf[np.uint64(kb + c)] += xf[np.uint64(xb + c)] * dyf[np.uint64(ob + c)]
                         if need_dx:
-                            kr = kernel[i * kw + j]
-                            dxr = dx[n, ih, iw]
                             for c in range(c_):
-                                dxr[c] += d[c] * kr[c]
+                                dxf[np.uint64(xb + c)] += dyf[np.uint64(ob + c)] * kf[np.uint64(kb + c)]
 
 
 # Without fastmath: the order of the additions is part of the result (the same bits at any thread count).
