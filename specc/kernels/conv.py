@@ -1,5 +1,5 @@
-"""Convolutions, channels_last: im2col + GEMM for Conv1D/Conv2D (and, as their adjoint, Conv2DTranspose).
-DepthwiseConv2D's direct loops are in kernels/depthwise.py.
+"""Convolutions, channels_last: im2col + GEMM for Conv1D/Conv2D (and, as their adjoint, Conv2DTranspose);
+direct loops for DepthwiseConv2D.
 
 Every window is described by one geometry tuple `g = (kh, kw, sh, sw, dh, dw, pad_top, pad_left)`: kernel
 size, strides, dilation and the padding before each axis (padding after needs no number: reads past the
