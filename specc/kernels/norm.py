@@ -9,6 +9,8 @@ BatchNormalization in training is two passes over memory each way, with the acti
     forward:  sums of x - x[0] and of its squares -> mean, variance;  out = act(x * a + b)
     backward: sums of dz and of dz * (x - mean), dz = dy through act;  dx from dz, x and the sums
 
+(the activation's derivative from x * a + b, recomputed: backward reads dy and x only)
+
 where a = gamma / sqrt(var + eps) and b = beta - mean * a. The normalised values are not stored: backward
 recomputes them from x. The rows are cut into chunks that depend only on the shape; each chunk sums its
 rows in the data's dtype, and the chunks' partials are added in float64 in chunk order, so the statistics
@@ -28,6 +30,8 @@ from . import JIT
 ACT_NONE, ACT_RELU, ACT_RELU6 = 0, 1, 2
 # Rows per chunk: about 64 KB of x per chunk (its partial sums, 2 x C float64, are then a small part).
 CHUNK_VALUES = 16384
+# Values per tile of a pass (whole rows: TILE_VALUES // C of them, at least one).
+TILE_VALUES = 512
 
 
 def batch_chunking(rows: int, channels: int) -> tuple[int, int]:
@@ -36,28 +40,60 @@ def batch_chunking(rows: int, channels: int) -> tuple[int, int]:
     return per, max(1, -(-rows // per))
 
 
+@numba.njit(**JIT)
+def _tiled(v, reps):
+    """v (C,) repeated `reps` times: (reps * C,), matching `reps` consecutive rows of a (rows, C) array."""
+    c = v.shape[0]
+    out = np.empty(reps * c, v.dtype)
+    for g in range(reps):
+        out[g * c:(g + 1) * c] = v
+    return out
+
+
+# Every pass runs over a chunk's rows as one flat run of values, TILE_ROWS rows (TILE_ROWS * C values) at a
+# time, against per-channel values tiled to the same length: one long vector loop, where a loop over the C
+# channels of one row (16 or 48 of them) would run mostly in its scalar remainder. The sums go to TILE_ROWS
+# partials per channel, added at the end of the chunk in a fixed order.
+@numba.njit(**JIT)
+def _tile_rows(c):
+    return max(1, TILE_VALUES // c)
+
+
 # Sums without fastmath: reassociated, LLVM could order them differently in code compiled in the running
-# process and code loaded from the cache (see conv._sum_parts); they vectorise across channels anyway.
-# Within a chunk the sums run in the data's dtype (a float32 vector holds 16 channels, a float64 one 8), across
-# chunks in float64 (batch_moments, and the layer's sum over the chunks).
+# process and code loaded from the cache (see conv._sum_parts); they vectorise across the tile anyway.
+# Within a chunk the sums run in the data's dtype, across chunks in float64 (batch_moments, and the layer's
+# sum over the chunks).
+@numba.njit(**dict(JIT, fastmath=False))
+def _fold(a, c, t, s):
+    """s[t, j] = sum over the tile's rows g of a[g * C + j], in order of g, in float64."""
+    for j in range(c):
+        s[t, j] = a[j]
+    for g in range(1, a.shape[0] // c):
+        for j in range(c):
+            s[t, j] += a[g * c + j]
+
+
 @numba.njit(**dict(JIT, fastmath=False))
 def batch_sums_range(x, shift, per, t0, t1, s1, s2):
     """For chunks t0:t1 of `per` rows of x (rows, C): s1[t] = sum of x - shift, s2[t] = sum of its squares,
     per channel; shift (C,) has x's dtype, s1 and s2 are float64."""
     rows, c = x.shape
-    a = np.empty(c, x.dtype)
-    b = np.empty(c, x.dtype)
+    xf = x.reshape(rows * c)
+    length = _tile_rows(c) * c
+    sh = _tiled(shift, _tile_rows(c))
+    a = np.empty(length, x.dtype)
+    b = np.empty(length, x.dtype)
     for t in range(t0, t1):
         a[:] = 0
         b[:] = 0
-        for r in range(t * per, min(rows, (t + 1) * per)):
-            for j in range(c):
-                d = x[r, j] - shift[j]
-                a[j] += d
-                b[j] += d * d
-        for j in range(c):
-            s1[t, j] = a[j]
-            s2[t, j] = b[j]
+        end = min(rows, (t + 1) * per) * c
+        for q in range(t * per * c, end, length):
+            for p in range(min(length, end - q)):
+                d = xf[np.uint64(q + p)] - sh[p]
+                a[p] += d
+                b[p] += d * d
+        _fold(a, c, t, s1)
+        _fold(b, c, t, s2)
 
 
 @numba.njit(**dict(JIT, fastmath=False))
@@ -80,81 +116,113 @@ def batch_moments(s1, s2, shift, rows, mean, var):
 def batch_affine_range(x, scale, offset, act, per, t0, t1, out):
     """out = act(x * scale + offset) per channel, for chunks t0:t1 of `per` rows."""
     rows, c = x.shape
+    xf = x.reshape(rows * c)
+    of = out.reshape(rows * c)
+    length = _tile_rows(c) * c
+    sc = _tiled(scale, _tile_rows(c))
+    off = _tiled(offset, _tile_rows(c))
     zero = x.dtype.type(0)
     six = x.dtype.type(6)
-    for r in range(t0 * per, min(rows, t1 * per)):
+    end = min(rows, t1 * per) * c
+    for q in range(t0 * per * c, end, length):
+        m = min(length, end - q)
         if act == ACT_RELU:
-            for j in range(c):
-                out[r, j] = max(x[r, j] * scale[j] + offset[j], zero)
+            for p in range(m):
+                of[np.uint64(q + p)] = max(xf[np.uint64(q + p)] * sc[p] + off[p], zero)
         elif act == ACT_RELU6:
-            for j in range(c):
-                out[r, j] = min(max(x[r, j] * scale[j] + offset[j], zero), six)
+            for p in range(m):
+                of[np.uint64(q + p)] = min(max(xf[np.uint64(q + p)] * sc[p] + off[p], zero), six)
         else:
-            for j in range(c):
-                out[r, j] = x[r, j] * scale[j] + offset[j]
-
-
-@numba.njit(**dict(JIT, fastmath=False))
-def batch_grad_sums_range(dy, out, x, mean, act, per, t0, t1, s1, s2):
-    """For chunks t0:t1: s1[t] = sum of dz, s2[t] = sum of dz * (x - mean) (float64 (chunks, C); within a
-    chunk in dy's dtype), dz = dy through the fused activation, which passes where its output `out` is in
-    (0, inf) (ReLU) or (0, 6) (ReLU6). (One loop per activation: the branch stays out of the loops.)"""
-    rows, c = x.shape
-    a = np.empty(c, dy.dtype)
-    b = np.empty(c, dy.dtype)
-    zero = out.dtype.type(0)
-    six = out.dtype.type(6)
-    for t in range(t0, t1):
-        a[:] = 0
-        b[:] = 0
-        r0, r1 = t * per, min(rows, (t + 1) * per)
-        if act == ACT_RELU:
-            for r in range(r0, r1):
-                for j in range(c):
-                    d = dy[r, j] if out[r, j] > zero else zero
-                    a[j] += d
-                    b[j] += d * (x[r, j] - mean[j])
-        elif act == ACT_RELU6:
-            for r in range(r0, r1):
-                for j in range(c):
-                    d = dy[r, j] if zero < out[r, j] < six else zero
-                    a[j] += d
-                    b[j] += d * (x[r, j] - mean[j])
-        else:
-            for r in range(r0, r1):
-                for j in range(c):
-                    d = dy[r, j]
-                    a[j] += d
-                    b[j] += d * (x[r, j] - mean[j])
-        for j in range(c):
-            s1[t, j] = a[j]
-            s2[t, j] = b[j]
+            for p in range(m):
+                of[np.uint64(q + p)] = xf[np.uint64(q + p)] * sc[p] + off[p]
 
 
 @numba.njit(**JIT)
-def batch_dx_range(dy, out, x, mean, k, c0, c1, act, per, t0, t1, dx):
-    """dx = k * dz + c0 - c1 * (x - mean) for chunks t0:t1, dz = dy through the fused activation. With the
-    batch statistics (training) dx = k * (dz - mean(dz) - xhat * mean(dz * xhat)), xhat = (x - mean) * inv,
-    which is this with c0 = -k * mean(dz) and c1 = k * inv * mean(dz * xhat); with fixed statistics
-    c0 = c1 = 0. (x - mean) first: c1 * x - c1 * mean would cancel when the mean is large.)"""
+def _pre_activation(x, scale, offset):
+    """x * scale + offset: the fused activation's input, recomputed in backward (compiled with fastmath, as
+    forward's, so both may contract it to one FMA), so the mask is read from x instead of one more array."""
+    return x * scale + offset
+
+
+@numba.njit(**dict(JIT, fastmath=False))
+def batch_grad_sums_range(dy, x, mean, scale, offset, act, per, t0, t1, s1, s2):
+    """For chunks t0:t1: s1[t] = sum of dz, s2[t] = sum of dz * (x - mean) (float64 (chunks, C); within a
+    chunk in dy's dtype), dz = dy through the fused activation, which passes where its input
+    x * scale + offset is in (0, inf) (ReLU) or (0, 6) (ReLU6). (One loop per activation: the branch stays
+    out of the loops.)"""
     rows, c = x.shape
-    zero = out.dtype.type(0)
-    six = out.dtype.type(6)
-    r0, r1 = t0 * per, min(rows, t1 * per)
-    if act == ACT_RELU:
-        for r in range(r0, r1):
-            for j in range(c):
-                d = dy[r, j] if out[r, j] > zero else zero
-                dx[r, j] = k[j] * d + c0[j] - c1[j] * (x[r, j] - mean[j])
-    elif act == ACT_RELU6:
-        for r in range(r0, r1):
-            for j in range(c):
-                d = dy[r, j] if zero < out[r, j] < six else zero
-                dx[r, j] = k[j] * d + c0[j] - c1[j] * (x[r, j] - mean[j])
-    else:
-        for r in range(r0, r1):
-            for j in range(c):
-                dx[r, j] = k[j] * dy[r, j] + c0[j] - c1[j] * (x[r, j] - mean[j])
+    xf = x.reshape(rows * c)
+    dyf = dy.reshape(rows * c)
+    reps = _tile_rows(c)
+    length = reps * c
+    mt, st, ot = _tiled(mean, reps), _tiled(scale, reps), _tiled(offset, reps)
+    a = np.empty(length, dy.dtype)
+    b = np.empty(length, dy.dtype)
+    zero = x.dtype.type(0)
+    six = x.dtype.type(6)
+    for t in range(t0, t1):
+        a[:] = 0
+        b[:] = 0
+        end = min(rows, (t + 1) * per) * c
+        for q in range(t * per * c, end, length):
+            m = min(length, end - q)
+            if act == ACT_RELU:
+                for p in range(m):
+                    v = xf[np.uint64(q + p)]
+                    d = dyf[np.uint64(q + p)] if _pre_activation(v, st[p], ot[p]) > zero else zero
+                    a[p] += d
+                    b[p] += d * (v - mt[p])
+            elif act == ACT_RELU6:
+                for p in range(m):
+                    v = xf[np.uint64(q + p)]
+                    d = dyf[np.uint64(q + p)] if zero < _pre_activation(v, st[p], ot[p]) < six else zero
+                    a[p] += d
+                    b[p] += d * (v - mt[p])
+            else:
+                for p in range(m):
+                    d = dyf[np.uint64(q + p)]
+                    a[p] += d
+                    b[p] += d * (xf[np.uint64(q + p)] - mt[p])
+        _fold(a, c, t, s1)
+        _fold(b, c, t, s2)
+
+
+@numba.njit(**JIT)
+def batch_dx_range(dy, x, mean, scale, offset, k, c0, c1, act, per, t0, t1, dx):
+    """dx = k * dz + c0 - c1 * (x - mean) for chunks t0:t1, dz = dy through the fused activation (as in
+    batch_grad_sums_range). With the batch statistics (training) dx = k * (dz - mean(dz) - xhat *
+    mean(dz * xhat)), xhat = (x - mean) * inv, which is this with c0 = -k * mean(dz) and c1 = k * inv *
+    mean(dz * xhat); with fixed statistics c0 = c1 = 0. (x - mean) first: c1 * x - c1 * mean would cancel
+    when the mean is large.)"""
+    rows, c = x.shape
+    xf = x.reshape(rows * c)
+    dyf = dy.reshape(rows * c)
+    dxf = dx.reshape(rows * c)
+    reps = _tile_rows(c)
+    length = reps * c
+    mt, kt, c0t, c1t = _tiled(mean, reps), _tiled(k, reps), _tiled(c0, reps), _tiled(c1, reps)
+    st, ot = _tiled(scale, reps), _tiled(offset, reps)
+    zero = x.dtype.type(0)
+    six = x.dtype.type(6)
+    end = min(rows, t1 * per) * c
+    for q in range(t0 * per * c, end, length):
+        m = min(length, end - q)
+        if act == ACT_RELU:
+            for p in range(m):
+                i = np.uint64(q + p)
+                v = xf[i]
+                d = dyf[i] if _pre_activation(v, st[p], ot[p]) > zero else zero
+                dxf[i] = kt[p] * d + c0t[p] - c1t[p] * (v - mt[p])
+        elif act == ACT_RELU6:
+            for p in range(m):
+                i = np.uint64(q + p)
+                v = xf[i]
+                d = dyf[i] if zero < _pre_activation(v, st[p], ot[p]) < six else zero
+                dxf[i] = kt[p] * d + c0t[p] - c1t[p] * (v - mt[p])
+        else:
+            for p in range(m):
+                i = np.uint64(q + p)
+                dxf[i] = kt[p] * dyf[i] + c0t[p] - c1t[p] * (xf[i] - mt[p])
 
 
 @numba.njit(**JIT)

@@ -307,26 +307,26 @@ class DepthwiseConv2D(_Windowed):
     def forward(self, w, x, training, rng):
         import numpy as np
 
-        from ..kernels import conv
+        from ..kernels import depthwise
 
         x4 = np.ascontiguousarray(x)  # (N, H, W, C)
         out_spatial, g = self.window(x4.shape[1:])
         cm = x4.shape[3] * self.depth_multiplier
         out = empty("out", (x4.shape[0],) + out_spatial + (cm,), x4.dtype)  # (N, Ho, Wo, C*m)
         bias = w[1] if self.use_bias else np.zeros(cm, x4.dtype)
-        conv.depthwise_forward(x4, w[0], bias, self.use_bias, g, out)
+        depthwise.forward(x4, w[0], bias, self.use_bias, g, out)
         return out, (x4, g)
 
     def backward(self, w, g, saved, dy, need_dx=True):
         import numpy as np
 
-        from ..kernels import conv
+        from ..kernels import depthwise
 
         x4, geom = saved
         dy4 = np.ascontiguousarray(dy)
         dx = empty("dx", x4.shape, x4.dtype)
         dbias = g[1] if self.use_bias else np.empty(dy4.shape[3], dy4.dtype)
-        conv.depthwise_backward(x4, w[0], dy4, self.use_bias, geom, g[0], dbias, dx, need_dx)
+        depthwise.backward(x4, w[0], dy4, self.use_bias, geom, g[0], dbias, dx, need_dx)
         return dx if need_dx else None
 
 
@@ -371,13 +371,13 @@ class SeparableConv2D(_Windowed):
     def forward(self, w, x, training, rng):
         import numpy as np
 
-        from ..kernels import conv
+        from ..kernels import conv, depthwise
 
         x4 = np.ascontiguousarray(x)  # (N, H, W, C)
         out_spatial, g = self.window(x4.shape[1:])
         n, cm, f = x4.shape[0], x4.shape[3] * self.depth_multiplier, self.filters
         z = empty("z", (n,) + out_spatial + (cm,), x4.dtype)
-        conv.depthwise_forward(x4, w[0], np.zeros(cm, x4.dtype), False, g, z)
+        depthwise.forward(x4, w[0], np.zeros(cm, x4.dtype), False, g, z)
         out = empty("out", (n,) + out_spatial + (f,), x4.dtype)
         bias = w[2] if self.use_bias else np.zeros(f, x4.dtype)
         conv.conv_forward(z, w[1].reshape(cm, f), bias, self.use_bias, POINTWISE, out)
@@ -386,7 +386,7 @@ class SeparableConv2D(_Windowed):
     def backward(self, w, g, saved, dy, need_dx=True):
         import numpy as np
 
-        from ..kernels import conv
+        from ..kernels import conv, depthwise
 
         x4, z, geom = saved
         cm, f = z.shape[3], self.filters
@@ -396,7 +396,7 @@ class SeparableConv2D(_Windowed):
         conv.conv_backward(z, w[1].reshape(cm, f), dy4, self.use_bias, True, True, POINTWISE,
                            g[1].reshape(cm, f), dbias, dz)
         dx = empty("dx", x4.shape, x4.dtype)
-        conv.depthwise_backward(x4, w[0], dz, False, geom, g[0], np.empty(cm, dy4.dtype), dx)
+        depthwise.backward(x4, w[0], dz, False, geom, g[0], np.empty(cm, dy4.dtype), dx)
         return dx
 
 

@@ -128,7 +128,7 @@ class BatchNormalization(LayerSpec):
         offset = (beta - mean * scale).astype(dt)
         out = empty("out", x2.shape, dt)
         in_threads(chunks, lambda share, t0, t1: norm.batch_affine_range(x2, scale, offset, act, per, t0, t1, out))
-        return _from_rows(out, layout), (x2, out, mean, inv, bool(training), layout, act)
+        return _from_rows(out, layout), (x2, mean, inv, scale, offset, bool(training), layout, act)
 
     def backward(self, w, g, saved, dy, need_dx=True):
         import numpy as np
@@ -136,7 +136,7 @@ class BatchNormalization(LayerSpec):
         from ..kernels import norm
         from ..kernels.conv import in_threads
 
-        x2, out, mean, inv, training, layout, act = saved
+        x2, mean, inv, scale, offset, training, layout, act = saved
         dy2, _ = _to_rows(np.asarray(dy, x2.dtype), self.axis)
         rows, c = x2.shape
         dt = x2.dtype
@@ -145,8 +145,8 @@ class BatchNormalization(LayerSpec):
         per, chunks = norm.batch_chunking(rows, c)
         s1 = empty("sums", (chunks, c), np.float64)
         s2 = empty("products", (chunks, c), np.float64)
-        in_threads(chunks, lambda share, t0, t1: norm.batch_grad_sums_range(dy2, out, x2, mean, act, per, t0, t1,
-                                                                              s1, s2))
+        in_threads(chunks, lambda share, t0, t1: norm.batch_grad_sums_range(dy2, x2, mean, scale, offset, act, per, t0,
+                                                                              t1, s1, s2))
         sum_dz, sum_dzx = s1.sum(axis=0), s2.sum(axis=0)  # (C,) float64, added in chunk order
         dbeta[...] = sum_dz
         dgamma[...] = sum_dzx * inv
@@ -161,8 +161,8 @@ class BatchNormalization(LayerSpec):
             c0 = c1 = np.zeros(c)
         dx = empty("dx", x2.shape, dt)
         k, c0, c1 = k.astype(dt), c0.astype(dt), c1.astype(dt)
-        in_threads(chunks, lambda share, t0, t1: norm.batch_dx_range(dy2, out, x2, mean, k, c0, c1, act, per, t0, t1,
-                                                                      dx))
+        in_threads(chunks, lambda share, t0, t1: norm.batch_dx_range(dy2, x2, mean, scale, offset, k, c0, c1, act, per,
+                                                                      t0, t1, dx))
         return _from_rows(dx, layout)
 
 

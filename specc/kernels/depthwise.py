@@ -1,0 +1,236 @@
+"""DepthwiseConv2D, channels_last: direct loops (there is no GEMM to batch).
+
+The geometry tuple `g = (kh, kw, sh, sw, dh, dw, pad_top, pad_left)` is the convolutions' (kernels/conv.py).
+With one filter per channel (multiplier 1), output position (n, oh, ow) is the sum over taps (i, j) of
+input position (ih, iw) = (oh * sh - pad_top + i * dh, ow * sw - pad_left + j * dw) times the tap's (C,)
+weights, taps outside the input skipped. The inner loops run over the C contiguous channels of one position,
+the weights of a tap staying in L1; where a kernel row of width 3 lies inside the input (all but the edge
+columns of a 3x3 layer), one loop adds its three taps, so the output is loaded and stored once per kernel
+row instead of once per tap. The valid column range of each kernel column is worked out once per call.
+
+The loops index flat views of the arrays with unsigned indices: Numba's wraparound for negative (signed)
+indices on a computed index would otherwise stop LLVM from vectorising them (every index is non-negative
+by construction). Backward writes one array per loop (kernel gradient, then input gradient, per tap): a
+loop that updates several arrays needs more overlap checks than LLVM makes, and stays scalar.
+
+A depth multiplier m > 1 runs as multiplier 1 over the input with each channel repeated m times (channel
+c * m + q of the output reads channel c: TF/Keras order); its input gradient is then summed over the copies.
+
+The batch is cut into chunks of samples (a function of the batch size alone) shared between threads; each
+chunk sums its kernel and bias gradients into its own partials, added at the end in chunk order, so results
+are the same bits at any thread count.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from ..workspace import empty
+from . import JIT
+from .conv import MIN_CHUNKS, in_threads
+
+
+@numba.njit(**JIT)
+def _columns(g, w_, wo):
+    """(kw, 2): per kernel column j, the first and last+1 output column whose input column
+    ow * sw + j * dw - pad_left lies in [0, W)."""
+    kh, kw, sh, sw, dh, dw, ph, pw = g
+    cols = np.empty((kw, 2), np.int64)
+    for j in range(kw):
+        off = j * dw - pw
+        cols[j, 0] = min(wo, max(0, (-off + sw - 1) // sw))
+        cols[j, 1] = max(cols[j, 0], min(wo, (w_ - 1 - off) // sw + 1))
+    return cols
+
+
+@numba.njit(**JIT)
+def _fused_range(cols, lo, hi):
+    """The output columns [lo3, hi3) within [lo, hi) that all three taps of a kernel row reach; empty
+    (lo3 = hi3 = hi) unless the row has three taps."""
+    if cols.shape[0] != 3:
+        return hi, hi
+    lo3 = max(lo, max(cols[0, 0], max(cols[1, 0], cols[2, 0])))
+    hi3 = min(hi, min(cols[0, 1], min(cols[1, 1], cols[2, 1])))
+    if lo3 >= hi3:
+        return hi, hi
+    return lo3, hi3
+
+
+@numba.njit(**JIT)
+def _forward_range(x, kernel, bias, g, n0, n1, out):
+    """Samples n0:n1 of out (N, Ho, Wo, C) from x (N, H, W, C), kernel (kh*kw, C), bias (C,) (zeros without
+    one). Per output position, per kernel row, one loop over the channels adds the row's taps: all three at
+    once where a 3-wide row lies inside the input, else one tap at a time."""
+    kh, kw, sh, sw, dh, dw, ph, pw = g
+    _, h_, w_, c_ = x.shape
+    _, ho, wo, _ = out.shape
+    xf = x.reshape(x.size)
+    of = out.reshape(out.size)
+    kf = kernel.reshape(kernel.size)
+    cols = _columns(g, w_, wo)
+    lo3, hi3 = _fused_range(cols, 0, wo)
+    for n in range(n0, n1):
+        for oh in range(ho):
+            for ow in range(wo):
+                ob = ((n * ho + oh) * wo + ow) * c_
+                for c in range(c_):
+                    of[np.uint64(ob + c)] = bias[c]
+                for i in range(kh):
+                    ih = oh * sh - ph + i * dh
+                    if ih < 0 or ih >= h_:
+                        continue
+                    xrow = (n * h_ + ih) * w_ * c_
+                    if lo3 <= ow < hi3:
+                        x0 = xrow + (ow * sw - pw) * c_
+                        x1 = x0 + dw * c_
+                        x2 = x1 + dw * c_
+                        k0 = i * 3 * c_
+                        for c in range(c_):
+                            of[np.uint64(ob + c)] += (xf[np.uint64(x0 + c)] * kf[np.uint64(k0 + c)]
+                                                      + xf[np.uint64(x1 + c)] * kf[np.uint64(k0 + c_ + c)]
+                                                      + xf[np.uint64(x2 + c)] * kf[np.uint64(k0 + 2 * c_ + c)])
+                        continue
+                    for j in range(kw):
+                        if ow < cols[j, 0] or ow >= cols[j, 1]:
+                            continue
+                        xb = xrow + (ow * sw + j * dw - pw) * c_
+                        kb = (i * kw + j) * c_
+                        for c in range(c_):
+                            of[np.uint64(ob + c)] += xf[np.uint64(xb + c)] * kf[np.uint64(kb + c)]
+
+
+@numba.njit(**JIT)
+def _backward_range(x, kernel, dy, use_bias, need_dx, g, n0, n1, dk, db, dx):
+    """For samples n0:n1: their kernel gradient to dk (kh*kw, C) and bias gradient to db (C,) (both
+    overwritten), their input gradient to dx (N, H, W, C) when need_dx. Per output position and tap, one
+    loop over the channels for each (one array written per loop: more, and LLVM's checks that the arrays
+    do not overlap exceed its limit, and the loop stays scalar)."""
+    kh, kw, sh, sw, dh, dw, ph, pw = g
+    _, h_, w_, c_ = x.shape
+    _, ho, wo, _ = dy.shape
+    xf = x.reshape(x.size)
+    dyf = dy.reshape(dy.size)
+    dxf = dx.reshape(dx.size)
+    kf = kernel.reshape(kernel.size)
+    dkf = dk.reshape(dk.size)
+    cols = _columns(g, w_, wo)
+    dk[:] = 0
+    db[:] = 0
+    if need_dx:
+        dx[n0:n1] = 0
+    for n in range(n0, n1):
+        for oh in range(ho):
+            for ow in range(wo):
+                ob = ((n * ho + oh) * wo + ow) * c_
+                if use_bias:
+                    for c in range(c_):
+                        db[c] += dyf[np.uint64(ob + c)]
+                for i in range(kh):
+                    ih = oh * sh - ph + i * dh
+                    if ih < 0 or ih >= h_:
+                        continue
+                    xrow = (n * h_ + ih) * w_ * c_
+                    for j in range(kw):
+                        if ow < cols[j, 0] or ow >= cols[j, 1]:
+                            continue
+                        xb = xrow + (ow * sw + j * dw - pw) * c_
+                        kb = (i * kw + j) * c_
+                        for c in range(c_):
+                            dkf[np.uint64(kb + c)] += xf[np.uint64(xb + c)] * dyf[np.uint64(ob + c)]
+                        if need_dx:
+                            for c in range(c_):
+                                dxf[np.uint64(xb + c)] += dyf[np.uint64(ob + c)] * kf[np.uint64(kb + c)]
+
+
+# Without fastmath: the order of the additions is part of the result (the same bits at any thread count).
+@numba.njit(**dict(JIT, fastmath=False))
+def _sum_parts(dk_parts, db_parts, use_bias, dkernel, dbias):
+    """dkernel (kh*kw, C) and dbias (C,) = the chunks' partials, added in chunk order."""
+    chunks, taps, c_ = dk_parts.shape
+    for tap in range(taps):
+        for c in range(c_):
+            total = dkernel.dtype.type(0)
+            for t in range(chunks):
+                total += dk_parts[t, tap, c]
+            dkernel[tap, c] = total
+    if use_bias:
+        for c in range(c_):
+            total = dbias.dtype.type(0)
+            for t in range(chunks):
+                total += db_parts[t, c]
+            dbias[c] = total
+
+
+def _chunks(n):
+    """(samples per chunk, chunks): a function of the batch size alone, so the sums over chunks (added in
+    chunk order) give the same bits at any thread count."""
+    spc = max(1, -(-n // MIN_CHUNKS))
+    return spc, -(-n // spc)
+
+
+@numba.njit(**JIT)
+def _repeat_channels(x, m, xr):
+    """xr (N, H, W, C*m): channel c*m + q = x's channel c."""
+    xf = x.reshape(x.size)
+    rf = xr.reshape(xr.size)
+    for p in range(xf.shape[0]):
+        v = xf[p]
+        for q in range(m):
+            rf[np.uint64(p * m + q)] = v
+
+
+@numba.njit(**JIT)
+def _sum_copies(dxr, m, dx):
+    """dx (N, H, W, C): channel c = the sum of dxr's channels c*m .. c*m + m - 1."""
+    rf = dxr.reshape(dxr.size)
+    df = dx.reshape(dx.size)
+    for p in range(df.shape[0]):
+        total = rf[np.uint64(p * m)]
+        for q in range(1, m):
+            total += rf[np.uint64(p * m + q)]
+        df[p] = total
+
+
+def _repeated(x, m):
+    """x (N, H, W, C) with each channel repeated m times, channel c*m + q = x's channel c; x itself for m = 1."""
+    if m == 1:
+        return x
+    xr = empty("depthwise repeated input", x.shape[:3] + (x.shape[3] * m,), x.dtype)
+    _repeat_channels(x, m, xr)
+    return xr
+
+
+def forward(x, kernel, bias, use_bias, g, out):
+    """x (N, H, W, C), kernel (kh, kw, C, m), bias (C*m,) -> out (N, Ho, Wo, C*m), channel c*m + q from
+    input channel c and multiplier q (TF/Keras order); all C-contiguous. Chunks of samples over the threads."""
+    n, cm = x.shape[0], out.shape[3]
+    kh, kw, c, m = kernel.shape
+    xr = _repeated(x, m)
+    k2 = np.ascontiguousarray(kernel.reshape(kh * kw, cm))
+    b = bias if use_bias else np.zeros(cm, x.dtype)
+    spc, chunks = _chunks(n)
+    in_threads(chunks, lambda share, t0, t1: _forward_range(xr, k2, b, g, t0 * spc, min(n, t1 * spc), out))
+
+
+def backward(x, kernel, dy, use_bias, g, dkernel, dbias, dx, need_dx=True):
+    """dy (N, Ho, Wo, C*m) -> dkernel (kh, kw, C, m), dbias (C*m,) (when use_bias), dx (N, H, W, C) (when
+    need_dx). Each chunk of samples writes its own kernel and bias partials, then added in chunk order."""
+    n, cm = x.shape[0], dy.shape[3]
+    kh, kw, c, m = kernel.shape
+    xr = _repeated(x, m)
+    k2 = np.ascontiguousarray(kernel.reshape(kh * kw, cm))
+    dxr = dx if m == 1 else empty("depthwise repeated input gradient", xr.shape, dx.dtype)
+    spc, chunks = _chunks(n)
+    dk_parts = empty("depthwise kernel gradient parts", (chunks, kh * kw, cm), dy.dtype)
+    db_parts = empty("depthwise bias gradient parts", (chunks, cm), dy.dtype)
+
+    def run(share, t0, t1):
+        for t in range(t0, t1):
+            _backward_range(xr, k2, dy, use_bias, need_dx, g, t * spc, min(n, (t + 1) * spc), dk_parts[t],
+                            db_parts[t], dxr)
+
+    in_threads(chunks, run)
+    _sum_parts(dk_parts, db_parts, use_bias, dkernel.reshape(kh * kw, cm), dbias)
+    if need_dx and m > 1:
+        _sum_copies(dxr, m, dx)
