@@ -48,6 +48,9 @@ WORKLOADS = {
     "resnet20": ("resnet20_train.yaml", "train", "resnet20", (640, 1)),
     "mobilenetv2": ("mobilenetv2_train.yaml", "train", "mobilenetv2", (640, 1)),
     "resnet50": ("resnet50_train.yaml", "train", "resnet50", (320, 1)),
+    # text models, on request only: token ids -> Embedding -> LSTM or GRU -> Dense (token_data below)
+    "lstm_text": ("lstm_text.yaml", "train", "lstm_text", (1280, 1)),
+    "gru_text": ("gru_text.yaml", "train", "gru_text", (1280, 1)),
 }
 DEFAULT_WORKLOADS = ("mlp_train", "cnn_train", "mlp_predict", "tiny_mlp_train")
 KERAS_MODELS = ("mlp", "cnn", "tiny")  # what bench/keras_workloads.py builds
@@ -118,6 +121,7 @@ def prepare(name: str, samples: int, epochs: int, tmp: str) -> dict:
     x, y = data.x_train[0][:samples], data.y_train[0][:samples]
     engine = Engine(spec.graph)
     engine.initialize(spec.seed)
+    x, y = token_data(engine, spec, x, y)
     weights = engine.get_weights()
     data_path = os.path.join(tmp, f"{name}-{samples}.npz")
     np.savez(data_path, x=x, y=y, **{f"w{k}": w for k, w in enumerate(weights)})
@@ -137,6 +141,19 @@ def prepare(name: str, samples: int, epochs: int, tmp: str) -> dict:
             "n_weights": len(weights), "samples": int(len(x)), "spec_samples": full, "epochs": epochs,
             "batch_size": spec.fit.batch_size, "loss": spec.compile.loss, "optimizer": optimizer,
             "input_shape": list(spec.graph.inputs[0].output_shape), "warmup_steps": WARMUP_STEPS[kind]}
+
+
+def token_data(engine, spec, x, y):
+    """For a model whose input an Embedding reads, synthetic Gaussians are no ids: token ids uniform in
+    [0, input_dim) from the spec's seed instead (as float32, what specc feeds its engine), each sample
+    labelled by its last token's bucket of `data.classes` (something an LSTM or GRU can learn)."""
+    vocab = [s.layer.input_dim for s in engine.steps if s.layer.type == "Embedding"
+             and engine.graph.inputs[0].name in s.inbound]
+    if not vocab:
+        return x, y
+    ids = np.random.default_rng(spec.seed).integers(0, vocab[0], x.shape)
+    classes = spec.data.classes or int(y.max()) + 1
+    return ids.astype(np.float32), (ids[:, -1] * classes // vocab[0]).astype(y.dtype)
 
 
 # --- children ----------------------------------------------------------------------------------------------
