@@ -33,7 +33,7 @@ from . import JIT
 # are elementwise (no sums to reorder), so they vectorise without it: FMA contraction only.
 GATE_JIT = dict(JIT, fastmath={"contract"})
 from .activations import CODE, _float64_from_bits, _scalar_derivative, _scalar_forward
-from .gemm import matmul
+from .gemm import matmul, matmul_blas
 
 SIGMOID, TANH = CODE["sigmoid"], CODE["tanh"]
 
@@ -603,3 +603,24 @@ def gru_backward(R, R2, Rg, rmask, use_rmask, reset_after, act, ract, hs, pre, g
         for n in range(N):
             for j in range(u):
                 dh[n, j] = dhp[n, j] + back[n, j]
+
+
+# --- weight gradients over every timestep at once ----------------------------------------------------
+
+
+@numba.njit(**GATE_JIT)
+def linear_gradients(x, kernel, dz, use_bias, need_dx, dkernel, dbias, dx):
+    """dz (rows, n) -> dkernel (k, n) = x (rows, k).T @ dz, dbias = dz summed over rows, and with need_dx
+    dx (rows, k) = dz @ kernel.T: dense.backward for the recurrent layers' T*N rows. Their kernel gradients
+    have few output rows and thousands of rows to sum over, a shape BLAS runs faster than sgemm's
+    transposed-operand path; the input gradient stays on sgemm."""
+    matmul_blas(x.T, dz, dkernel)
+    if use_bias:
+        rows, cols = dz.shape
+        for j in range(cols):
+            dbias[j] = 0
+        for r in range(rows):
+            for j in range(cols):
+                dbias[j] += dz[r, j]
+    if need_dx:
+        matmul(dz, kernel.T, dx)

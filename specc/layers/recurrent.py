@@ -159,7 +159,7 @@ class _RNN(LayerSpec):
         weight-gradient work)."""
         import numpy as np
 
-        from ..kernels import dense
+        from ..kernels import recurrent
 
         t, n, gu = dz.shape
         f = w[0].shape[0]
@@ -168,7 +168,7 @@ class _RNN(LayerSpec):
         dbias = dbias if use_bias else np.empty(gu, dz.dtype)
         dxt = empty("dxt", (t * n, f), dz.dtype)
         if len(xins) == 1:
-            dense.backward(xins[0], w[0], dz2, use_bias, need_dx, g[0], dbias, dxt)
+            recurrent.linear_gradients(xins[0], w[0], dz2, use_bias, need_dx, g[0], dbias, dxt)
             if not need_dx:
                 return None
             if xmask is not None:
@@ -180,7 +180,7 @@ class _RNN(LayerSpec):
             dxk = empty("dxk", (t * n, f), dz.dtype)
             for k, xi in enumerate(xins):
                 cols = slice(k * u, (k + 1) * u)
-                dense.backward(xi, np.ascontiguousarray(w[0][:, cols]), np.ascontiguousarray(dz2[:, cols]),
+                recurrent.linear_gradients(xi, np.ascontiguousarray(w[0][:, cols]), np.ascontiguousarray(dz2[:, cols]),
                                use_bias, need_dx, dk, dbias[cols], dxk)
                 g[0][:, cols] = dk
                 if need_dx:
@@ -338,7 +338,7 @@ def _linear_grads(groups, d, dw, db):
     groups are (left (T, N, u), first column, last column); each column block gets left.T @ d."""
     import numpy as np
 
-    from ..kernels import dense
+    from ..kernels import recurrent
 
     t, n, gu = d.shape
     d2 = d.reshape(t * n, gu)
@@ -347,11 +347,11 @@ def _linear_grads(groups, d, dw, db):
     for left, lo, hi in groups:
         left2 = np.ascontiguousarray(left).reshape(t * n, -1)
         if lo == 0 and hi == gu:
-            dense.backward(left2, dw, d2, use_bias, False, dw, db if use_bias else np.empty(gu, d.dtype), dummy_x)
+            recurrent.linear_gradients(left2, dw, d2, use_bias, False, dw, db if use_bias else np.empty(gu, d.dtype), dummy_x)
             continue
         dk = empty("recurrent dk", (left2.shape[1], hi - lo), d.dtype)
         dbk = empty("recurrent dbk", hi - lo, d.dtype)
-        dense.backward(left2, dk, np.ascontiguousarray(d2[:, lo:hi]), use_bias, False, dk, dbk, dummy_x)
+        recurrent.linear_gradients(left2, dk, np.ascontiguousarray(d2[:, lo:hi]), use_bias, False, dk, dbk, dummy_x)
         dw[:, lo:hi] = dk
         if use_bias:
             db[lo:hi] = dbk
