@@ -33,7 +33,7 @@ from . import JIT
 # are elementwise (no sums to reorder), so they vectorise without it: FMA contraction only.
 GATE_JIT = dict(JIT, fastmath={"contract"})
 from .activations import CODE, _float64_from_bits, _scalar_derivative, _scalar_forward
-from .gemm import matmul, matmul_blas
+from .gemm import matmul, matmul_blas, matmul_serial
 
 SIGMOID, TANH = CODE["sigmoid"], CODE["tanh"]
 
@@ -193,30 +193,40 @@ def _dact(code, x, y):
     return _scalar_derivative(code, x, y)
 
 
+@numba.njit(inline="always", **GATE_JIT)
+def _product(a, b, out, serial):
+    """matmul, or on the calling thread only when the recurrence runs on a share of the batch in a thread of
+    its own (serial)."""
+    if serial:
+        matmul_serial(a, b, out)
+    else:
+        matmul(a, b, out)
+
+
 @numba.njit(**GATE_JIT)
-def _rec_fwd(h, R, Rg, rmask, use_rmask, out, hm, tmp):
+def _rec_fwd(h, R, Rg, rmask, use_rmask, out, hm, tmp, serial):
     """out (N, G*u) = h @ R, or per gate k: out[:, k] = (h * rmask[k]) @ Rg[k]."""
     if not use_rmask:
-        matmul(h, R, out)
+        _product(h, R, out, serial)
         return
     n_rows, u = h.shape
     for k in range(out.shape[1] // u):
         for n in range(n_rows):
             for j in range(u):
                 hm[n, j] = h[n, j] * rmask[k, n, j]
-        matmul(hm, Rg[k], tmp)
+        _product(hm, Rg[k], tmp, serial)
         for n in range(n_rows):
             for j in range(u):
                 out[n, k * u + j] = tmp[n, j]
 
 
 @numba.njit(**GATE_JIT)
-def _rec_back(da, RT, Rg, rmask, use_rmask, out, tmp, tmp2):
+def _rec_back(da, RT, Rg, rmask, use_rmask, out, tmp, tmp2, serial):
     """out (N, u) = d(loss)/dh for out-of-`_rec_fwd` gradient da (N, G*u): da @ RT, with RT (G*u, u) the
     recurrent kernel transposed into a contiguous copy (a transposed view would be packed again at every
     step), or per gate sum_k (da[:, k] @ Rg[k].T) * rmask[k]. Overwrites `out`."""
     if not use_rmask:
-        matmul(da, RT, out)
+        _product(da, RT, out, serial)
         return
     n_rows, u = out.shape
     for n in range(n_rows):
@@ -226,7 +236,7 @@ def _rec_back(da, RT, Rg, rmask, use_rmask, out, tmp, tmp2):
         for n in range(n_rows):
             for j in range(u):
                 tmp[n, j] = da[n, k * u + j]
-        matmul(tmp, Rg[k].T, tmp2)
+        _product(tmp, Rg[k].T, tmp2, serial)
         for n in range(n_rows):
             for j in range(u):
                 out[n, j] += tmp2[n, j] * rmask[k, n, j]
@@ -236,7 +246,7 @@ def _rec_back(da, RT, Rg, rmask, use_rmask, out, tmp, tmp2):
 
 
 @numba.njit(**GATE_JIT)
-def simple_forward(xp, R, Rg, rmask, use_rmask, act, hs, pre):
+def simple_forward(xp, R, Rg, rmask, use_rmask, act, hs, pre, serial=False):
     T, N, u = xp.shape
     hm = np.empty((N, u), xp.dtype)
     tmp = np.empty((N, u), xp.dtype)
@@ -245,7 +255,7 @@ def simple_forward(xp, R, Rg, rmask, use_rmask, act, hs, pre):
             hs[0, n, j] = 0
     for s in range(T):
         a = pre[s]
-        _rec_fwd(hs[s], R, Rg, rmask, use_rmask, a, hm, tmp)
+        _rec_fwd(hs[s], R, Rg, rmask, use_rmask, a, hm, tmp, serial)
         for n in range(N):
             for j in range(u):
                 v = a[n, j] + xp[s, n, j]
@@ -254,7 +264,7 @@ def simple_forward(xp, R, Rg, rmask, use_rmask, act, hs, pre):
 
 
 @numba.njit(**GATE_JIT)
-def simple_backward(R, Rg, rmask, use_rmask, act, hs, pre, dy, seq, dz):
+def simple_backward(R, Rg, rmask, use_rmask, act, hs, pre, dy, seq, dz, serial=False):
     """dy: (T, N, u) when `seq` (return_sequences), else (1, N, u) for the last state only."""
     T, N, u = pre.shape
     dh = np.zeros((N, u), pre.dtype)
@@ -274,14 +284,14 @@ def simple_backward(R, Rg, rmask, use_rmask, act, hs, pre, dy, seq, dz):
         for n in range(N):
             for j in range(u):
                 d[n, j] = dh[n, j] * _dact(act, pre[s, n, j], hs[s + 1, n, j])
-        _rec_back(d, RT, Rg, rmask, use_rmask, dh, tmp, tmp2)
+        _rec_back(d, RT, Rg, rmask, use_rmask, dh, tmp, tmp2, serial)
 
 
 # --- LSTM, gates i, f, c, o: c = f*c_prev + i*act(zc); h = o*act(c) ----------------------------------
 
 
 @numba.njit(**GATE_JIT)
-def lstm_forward(xp, R, Rg, rmask, use_rmask, act, ract, hs, cs, acs, pre, gates):
+def lstm_forward(xp, R, Rg, rmask, use_rmask, act, ract, hs, cs, acs, pre, gates, serial=False):
     """cs (T+1, N, u) carries (cs[0] = 0); acs (T, N, u) = act(cs[1:])."""
     T, N, G = xp.shape
     u = G // 4
@@ -296,7 +306,7 @@ def lstm_forward(xp, R, Rg, rmask, use_rmask, act, ract, hs, cs, acs, pre, gates
     acc = np.empty((N, G), xp.dtype)  # the default activations' backward reads no pre-activations
     for s in range(T):
         a = acc if default else pre[s]
-        _rec_fwd(hs[s], R, Rg, rmask, use_rmask, a, hm, tmp)
+        _rec_fwd(hs[s], R, Rg, rmask, use_rmask, a, hm, tmp, serial)
         for n in range(N):
             if default and f32:
                 _lstm_cells32(a[n], xp[s, n], gates[s, n], cs[s, n], cs[s + 1, n], acs[s, n], hs[s + 1, n], u)
@@ -343,7 +353,7 @@ def _lstm_cell_grads(dh, gates, c_prev, ac, dc, d, dcell, u):
 
 
 @numba.njit(**GATE_JIT)
-def lstm_backward(R, Rg, rmask, use_rmask, act, ract, cs, acs, pre, gates, dy, seq, dz):
+def lstm_backward(R, Rg, rmask, use_rmask, act, ract, cs, acs, pre, gates, dy, seq, dz, serial=False):
     T, N, G = pre.shape
     u = G // 4
     dh = np.zeros((N, u), pre.dtype)
@@ -384,7 +394,7 @@ def lstm_backward(R, Rg, rmask, use_rmask, act, ract, cs, acs, pre, gates, dy, s
                 d[n, u + j] = dcv * cs[s, n, j] * _dact(ract, pre[s, n, u + j], f)
                 d[n, 2 * u + j] = dcv * i * _dact(act, pre[s, n, 2 * u + j], g)
                 d[n, 3 * u + j] = dhv * ac * _dact(ract, pre[s, n, 3 * u + j], o)
-        _rec_back(d, RT, Rg, rmask, use_rmask, dh, tmp, tmp2)
+        _rec_back(d, RT, Rg, rmask, use_rmask, dh, tmp, tmp2, serial)
 
 
 # --- GRU, gates z, r, h: h = z*h_prev + (1-z)*hh ----------------------------------------------------
@@ -457,7 +467,8 @@ def _gru_cell_grads32(dh, gates, h_prev, aux, d, ds, dhp, u):
 
 
 @numba.njit(**GATE_JIT)
-def gru_forward(xp, R, R2, Rg, rb, use_rb, rmask, use_rmask, reset_after, act, ract, hs, pre, gates, aux):
+def gru_forward(xp, R, R2, Rg, rb, use_rb, rmask, use_rmask, reset_after, act, ract, hs, pre, gates, aux,
+                serial=False):
     """R (u, 3u); R2 (u, 2u) = R[:, :2u] (only when not reset_after); Rg (3, u, u) R split per gate
     (always: Rg[2] is the candidate's kernel when not reset_after)."""
     T, N, G = xp.shape
@@ -474,7 +485,7 @@ def gru_forward(xp, R, R2, Rg, rb, use_rb, rmask, use_rmask, reset_after, act, r
     for s in range(T):
         hp = hs[s]
         if reset_after:
-            _rec_fwd(hp, R, Rg, rmask, use_rmask, a, hm, tmp)
+            _rec_fwd(hp, R, Rg, rmask, use_rmask, a, hm, tmp, serial)
             for n in range(N):
                 if default and f32:
                     _gru_cells32(xp[s, n], a[n], rb, use_rb, hp[n], gates[s, n], aux[s, n], hs[s + 1, n], u)
@@ -504,7 +515,7 @@ def gru_forward(xp, R, R2, Rg, rb, use_rb, rmask, use_rmask, reset_after, act, r
                     aux[s, n, j] = ah
                     hs[s + 1, n, j] = z * hp[n, j] + (1 - z) * hh
         else:
-            _rec_fwd(hp, R2, Rg, rmask, use_rmask, a2, hm, tmp)
+            _rec_fwd(hp, R2, Rg, rmask, use_rmask, a2, hm, tmp, serial)
             q = aux[s]
             for n in range(N):
                 for j in range(u):
@@ -520,7 +531,7 @@ def gru_forward(xp, R, R2, Rg, rb, use_rb, rmask, use_rmask, reset_after, act, r
                     if use_rmask:
                         hv *= rmask[2, n, j]
                     q[n, j] = r * hv
-            matmul(q, Rg[2], tmp)
+            _product(q, Rg[2], tmp, serial)
             for n in range(N):
                 for j in range(u):
                     ph = xp[s, n, 2 * u + j] + tmp[n, j]
@@ -532,7 +543,8 @@ def gru_forward(xp, R, R2, Rg, rb, use_rb, rmask, use_rmask, reset_after, act, r
 
 
 @numba.njit(**GATE_JIT)
-def gru_backward(R, R2, Rg, rmask, use_rmask, reset_after, act, ract, hs, pre, gates, aux, dy, seq, dz, da):
+def gru_backward(R, R2, Rg, rmask, use_rmask, reset_after, act, ract, hs, pre, gates, aux, dy, seq, dz, da,
+                 serial=False):
     """dz (T, N, 3u): gradient of the input side (xp). da (T, N, 3u), reset_after only: gradient of the
     recurrent side (h_prev @ R + rb), whose candidate column is r * dz's. When not reset_after, the
     recurrent kernel's z, r columns take dz's and its candidate columns take dz's against aux (q)."""
@@ -558,7 +570,7 @@ def gru_backward(R, R2, Rg, rmask, use_rmask, reset_after, act, ract, hs, pre, g
                     for j in range(u):
                         dh[n, j] += dy[s if seq else 0, n, j]
                 _gru_cell_grads32(dh[n], gates[s, n], hp[n], aux[s, n], d[n], ds[n], dhp[n], u)
-            _rec_back(ds, RT, Rg, rmask, use_rmask, back, tmp, tmp2)
+            _rec_back(ds, RT, Rg, rmask, use_rmask, back, tmp, tmp2, serial)
             for n in range(N):
                 for j in range(u):
                     dh[n, j] = dhp[n, j] + back[n, j]
@@ -587,9 +599,9 @@ def gru_backward(R, R2, Rg, rmask, use_rmask, reset_after, act, ract, hs, pre, g
                     ds[n, j] = d[n, j]
                     ds[n, u + j] = dpr
                     ds[n, 2 * u + j] = dph[n, j] * r
-            _rec_back(ds, RT, Rg, rmask, use_rmask, back, tmp, tmp2)
+            _rec_back(ds, RT, Rg, rmask, use_rmask, back, tmp, tmp2, serial)
         else:
-            matmul(dph, Rg[2].T, dq)  # d(loss)/dq
+            _product(dph, Rg[2].T, dq, serial)  # d(loss)/dq
             for n in range(N):
                 for j in range(u):
                     r = gates[s, n, u + j]
@@ -599,7 +611,7 @@ def gru_backward(R, R2, Rg, rmask, use_rmask, reset_after, act, ract, hs, pre, g
                     dhp[n, j] += dq[n, j] * r * m
                     d2[n, j] = d[n, j]
                     d2[n, u + j] = dpr
-            _rec_back(d2, RT, Rg, rmask, use_rmask, back, tmp, tmp2)
+            _rec_back(d2, RT, Rg, rmask, use_rmask, back, tmp, tmp2, serial)
         for n in range(N):
             for j in range(u):
                 dh[n, j] = dhp[n, j] + back[n, j]
