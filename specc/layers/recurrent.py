@@ -94,7 +94,8 @@ class _RNN(LayerSpec):
 
         n, t, f = x.shape
         gu = self.gates * self.units
-        xt = np.ascontiguousarray((x[:, ::-1] if self.go_backwards else x).transpose(1, 0, 2))
+        xt = empty("xt", (t, n, f), x.dtype)
+        np.copyto(xt, (x[:, ::-1] if self.go_backwards else x).transpose(1, 0, 2))
         xmask = rmask = None
         if training and self.dropout > 0:
             count = self.gates if self._per_gate_masks() else 1
@@ -188,7 +189,9 @@ class _RNN(LayerSpec):
             if not need_dx:
                 return None
         dx = dxt.reshape(t, n, f).transpose(1, 0, 2)
-        return np.ascontiguousarray(dx[:, ::-1] if self.go_backwards else dx)
+        out = empty("dx", (n, t, f), dz.dtype)
+        np.copyto(out, dx[:, ::-1] if self.go_backwards else dx)
+        return out
 
 
 
