@@ -27,15 +27,15 @@ import numba
 import numpy as np
 
 from . import JIT
+from .activations import CODE, _float64_from_bits, _scalar_derivative, _scalar_forward
+from .gemm import matmul, matmul_blas, matmul_serial
+
+SIGMOID, TANH = CODE["sigmoid"], CODE["tanh"]
 
 # The gate maths' Cody-Waite reduction below subtracts k * ln 2 in two parts; fastmath's reassociation
 # would merge them back into one rounded constant (several float32 ulps of exp at large k). These loops
 # are elementwise (no sums to reorder), so they vectorise without it: FMA contraction only.
 GATE_JIT = dict(JIT, fastmath={"contract"})
-from .activations import CODE, _float64_from_bits, _scalar_derivative, _scalar_forward
-from .gemm import matmul, matmul_blas, matmul_serial
-
-SIGMOID, TANH = CODE["sigmoid"], CODE["tanh"]
 
 
 # The gates' default activations are inlined here, branch-free and from one exp each: through the shared
