@@ -53,6 +53,9 @@ WORKLOADS = {
     "resnet20_predict": ("resnet20_train.yaml", "predict", "resnet20", (640, 1)),
     "resnet50_predict": ("resnet50_train.yaml", "predict", "resnet50", (320, 1)),
     "transformer_predict": ("transformer_train.yaml", "predict", "transformer", (1280, 1)),
+    # text models, on request only: token ids -> Embedding -> LSTM or GRU -> Dense (token_data below)
+    "lstm_text": ("lstm_text.yaml", "train", "lstm_text", (1280, 1)),
+    "gru_text": ("gru_text.yaml", "train", "gru_text", (1280, 1)),
 }
 DEFAULT_WORKLOADS = ("mlp_train", "cnn_train", "mlp_predict", "tiny_mlp_train")
 KERAS_MODELS = ("mlp", "cnn", "tiny")  # what bench/keras_workloads.py builds
@@ -123,6 +126,7 @@ def prepare(name: str, samples: int, epochs: int, tmp: str) -> dict:
     x, y = data.x_train[0][:samples], data.y_train[0][:samples]
     engine = Engine(spec.graph)
     engine.initialize(spec.seed)
+    x, y = token_data(engine, spec, x, y)
     weights = engine.get_weights()
     data_path = os.path.join(tmp, f"{name}-{samples}.npz")
     np.savez(data_path, x=x, y=y, **{f"w{k}": w for k, w in enumerate(weights)})
@@ -142,6 +146,19 @@ def prepare(name: str, samples: int, epochs: int, tmp: str) -> dict:
             "n_weights": len(weights), "samples": int(len(x)), "spec_samples": full, "epochs": epochs,
             "batch_size": spec.fit.batch_size, "loss": spec.compile.loss, "optimizer": optimizer,
             "input_shape": list(spec.graph.inputs[0].output_shape), "warmup_steps": WARMUP_STEPS[kind]}
+
+
+def token_data(engine, spec, x, y):
+    """For a model whose input an Embedding reads, synthetic Gaussians are no ids: token ids uniform in
+    [0, input_dim) from the spec's seed instead (as float32, what specc feeds its engine), each sample
+    labelled by its last token's bucket of `data.classes` (something an LSTM or GRU can learn)."""
+    vocab = [s.layer.input_dim for s in engine.steps if s.layer.type == "Embedding"
+             and engine.graph.inputs[0].name in s.inbound]
+    if not vocab:
+        return x, y
+    ids = np.random.default_rng(spec.seed).integers(0, vocab[0], x.shape)
+    classes = spec.data.classes or int(y.max()) + 1
+    return ids.astype(np.float32), (ids[:, -1] * classes // vocab[0]).astype(y.dtype)
 
 
 # --- children ----------------------------------------------------------------------------------------------

@@ -62,6 +62,8 @@ def build_model(torch, name: str, weights):
             model[7].weight.copy_(t[4].T)
             model[7].bias.copy_(t[5])
         return model
+    if name in TEXT:
+        return text_model(torch, name, t)
     if name in ZOO or name == "transformer":  # bench/torch_zoo.py; the transformer takes (N, steps, features) as is
         import torch_zoo
 
@@ -72,6 +74,51 @@ def build_model(torch, name: str, weights):
 # bench/zoo.py's architectures (bench/torch_zoo.py): NCHW tensors in PyTorch's channels_last memory format,
 # its faster layout on CPU for these networks (config "torch_layout": "nchw" to compare).
 ZOO = ("resnet20", "mobilenetv2", "resnet50")
+
+
+# Token ids -> Embedding -> LSTM or GRU -> Linear on the last step's output (bench/workloads/*_text.yaml).
+TEXT = ("lstm_text", "gru_text")
+
+
+def text_model(torch, name: str, t):
+    """Keras's LSTM gates i, f, c, o are PyTorch's i, f, g, o in the same order: weight_ih = kernel.T,
+    weight_hh = recurrent_kernel.T, bias_ih = bias, bias_hh = 0. Keras's GRU gates z, r, h (reset_after, the
+    default, is PyTorch's formula: the reset gate multiplies h @ W_hn + b_hn) are PyTorch's r, z, n: the
+    column blocks swap, and Keras's bias rows (input, recurrent) are bias_ih, bias_hh."""
+    nn = torch.nn
+    embeddings, kernel, recurrent, bias, dense_kernel, dense_bias = t
+    units = recurrent.shape[0]
+
+    class TextRNN(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embedding = nn.Embedding(*embeddings.shape)
+            cell = nn.LSTM if name == "lstm_text" else nn.GRU
+            self.rnn = cell(embeddings.shape[1], units, batch_first=True)
+            self.head = nn.Linear(units, dense_kernel.shape[1])
+
+        def forward(self, ids):
+            out, _ = self.rnn(self.embedding(ids))
+            return self.head(out[:, -1])
+
+    model = TextRNN()
+    if name == "gru_text":
+        def torch_order(w):  # Keras z, r, h column blocks -> PyTorch r, z, n
+            return torch.cat([w[..., units: 2 * units], w[..., :units], w[..., 2 * units:]], dim=-1)
+
+        kernel, recurrent, bias_ih, bias_hh = (torch_order(w) for w in (kernel, recurrent, bias[0], bias[1]))
+    else:  # one bias in Keras: bias_hh stays zero (trained, Adam would move the sum of the two twice as far)
+        bias_ih, bias_hh = bias, torch.zeros_like(bias)
+        model.rnn.bias_hh_l0.requires_grad_(False)
+    with torch.no_grad():
+        model.embedding.weight.copy_(embeddings)
+        model.rnn.weight_ih_l0.copy_(kernel.T)
+        model.rnn.weight_hh_l0.copy_(recurrent.T)
+        model.rnn.bias_ih_l0.copy_(bias_ih)
+        model.rnn.bias_hh_l0.copy_(bias_hh)
+        model.head.weight.copy_(dense_kernel.T)
+        model.head.bias.copy_(dense_bias)
+    return model
 
 
 def make_optimizer(torch, model, opt: dict):
@@ -106,6 +153,8 @@ def main() -> None:
     torch.manual_seed(0)
 
     x_np, y_np, weights = _child.load_data(config)
+    if config["model"] in TEXT:
+        x_np = x_np.astype(np.int64)  # token ids, which bench/run.py stores as float32 for specc
     if config["model"] == "cnn" or config["model"] in ZOO:
         x_np = np.ascontiguousarray(x_np.transpose(0, 3, 1, 2))  # NHWC -> NCHW, once, outside the timing
     x, y = torch.from_numpy(x_np), torch.from_numpy(y_np)
@@ -115,7 +164,7 @@ def main() -> None:
         x = x.contiguous(memory_format=torch.channels_last)
     if config.get("float64"):  # bench/run.py's reference-noise run: the same job in float64
         model = model.double()
-        x = x.double()
+        x = x if config["model"] in TEXT else x.double()
         if y.is_floating_point():
             y = y.double()
     batch = config["batch_size"]

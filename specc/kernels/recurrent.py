@@ -28,16 +28,21 @@ import numpy as np
 
 from . import JIT
 from .activations import CODE, _float64_from_bits, _scalar_derivative, _scalar_forward
-from .gemm import matmul
+from .gemm import matmul, matmul_blas, matmul_serial
 
 SIGMOID, TANH = CODE["sigmoid"], CODE["tanh"]
+
+# The gate maths' Cody-Waite reduction below subtracts k * ln 2 in two parts; fastmath's reassociation
+# would merge them back into one rounded constant (several float32 ulps of exp at large k). These loops
+# are elementwise (no sums to reorder), so they vectorise without it: FMA contraction only.
+GATE_JIT = dict(JIT, fastmath={"contract"})
 
 
 # The gates' default activations are inlined here, branch-free and from one exp each: through the shared
 # helpers they cost a call per element, and math.tanh (like math.expm1) is several times slower than
 # math.exp. Both are within a few ulps of the exact values (tanh takes its Taylor series below 1/32,
 # where 1 - exp(-2|x|) would cancel). Every other activation goes through the shared scalar helpers.
-@numba.njit(inline="always", **JIT)
+@numba.njit(inline="always", **GATE_JIT)
 def _tanh_from(v, a, t):
     """tanh(v) from a = min(|v|, 20) (tanh(20) rounds to 1 in float64) and t = exp(-2a)."""
     a2 = a * a
@@ -45,7 +50,7 @@ def _tanh_from(v, a, t):
     return math.copysign(series if a < 0.03125 else (1.0 - t) / (1.0 + t), v)
 
 
-@numba.njit(inline="always", **JIT)
+@numba.njit(inline="always", **GATE_JIT)
 def _act(code, x):
     if code == TANH:
         v = float(x)
@@ -65,7 +70,7 @@ def _act(code, x):
 _LOG2E, _LN2_HI, _LN2_LO = 1.4426950408889634, 6.93147180369123816490e-01, 1.90821492927058770002e-10
 
 
-@numba.njit(inline="always", **JIT)
+@numba.njit(inline="always", **GATE_JIT)
 def _exp(x):
     """exp(x) for float64 x in [-708, 709] (clamped to it), without a call or a branch."""
     x = min(max(x, -708.0), 709.0)
@@ -76,19 +81,91 @@ def _exp(x):
     return p * _float64_from_bits((np.int64(k) + 1023) << 52)
 
 
-@numba.njit(inline="always", **JIT)
+@numba.njit(inline="always", **GATE_JIT)
 def _sigmoid_v(x):
     return 1.0 / (1.0 + _exp(-min(max(float(x), -700.0), 700.0)))
 
 
-@numba.njit(inline="always", **JIT)
+@numba.njit(inline="always", **GATE_JIT)
 def _tanh_v(x):
     v = float(x)
     a = min(abs(v), 20.0)
     return _tanh_from(v, a, _exp(-2.0 * a))
 
 
-@numba.njit(**JIT)
+# float32 models' gates in float32 arithmetic (twice the lanes of float64, and no conversions), to within a few
+# float32 ulps of the exact values (tests/test_recurrent_gates.py): exp and expm1 of y <= 0 from
+# y = k ln 2 + r, |r| <= ln(2) / 2, 2^k from its bits and expm1(r) from its series to r^7 / 7! (the next
+# term is below 2e-8 of the result). tanh is -expm1(-2a) / (2 + expm1(-2a)), which keeps tanh's relative
+# precision near 0 where (1 - t) / (1 + t) would cancel; sigmoid is 1 / (1 + e) or e / (1 + e) from
+# e = exp(-|x|), exact in both tails.
+F32 = np.float32
+_L2E32, _HI32, _LO32 = F32(1.4426950408889634), F32(0.693145751953125), F32(1.4286068203094172e-06)
+_C2, _C3, _C4, _C5, _C6, _C7 = (F32(1 / 2), F32(1 / 6), F32(1 / 24), F32(1 / 120), F32(1 / 720), F32(1 / 5040))
+_ONE32, _TWO32, _HALF32, _SIG_MAX32, _TANH_MAX32 = F32(1), F32(2), F32(0.5), F32(87.34), F32(9.5)
+
+
+@numba.njit(inline="always", **GATE_JIT)
+def _exp_parts32(y):
+    """(s, m) with exp(y) = s * (1 + m): s = 2^k, m = expm1(r), for float32 y in [-190, 0]."""
+    kf = np.floor(y * _L2E32 + _HALF32)
+    r = (y - kf * _HI32) - kf * _LO32
+    m = r * (_ONE32 + r * (_C2 + r * (_C3 + r * (_C4 + r * (_C5 + r * (_C6 + r * _C7))))))
+    s = F32(_float64_from_bits((np.int64(kf) + 1023) << 52))
+    return s, m
+
+
+@numba.njit(inline="always", **GATE_JIT)
+def _sigmoid32(x):
+    v = F32(x)
+    s, m = _exp_parts32(-min(abs(v), _SIG_MAX32))  # exp(-87.34) is just below float32's smallest normal number
+    e = s + s * m
+    return (_ONE32 if v >= 0 else e) / (_ONE32 + e)
+
+
+@numba.njit(inline="always", **GATE_JIT)
+def _tanh32(x):
+    v = F32(x)
+    s, m = _exp_parts32(F32(-2) * min(abs(v), _TANH_MAX32))  # tanh(9.5) rounds to 1 in float32
+    em = s * m + (s - _ONE32)  # expm1(-2|x|), exact to its rounding: s - 1 is exact for these k
+    return math.copysign(-em / (_TWO32 + em), v)
+
+
+@numba.njit(**GATE_JIT)
+def _lstm_cells32(a, x, gates, c_prev, c, ac, h, u):
+    """_lstm_cells for float32, with the input projection x (4u,) added to a here."""
+    for j in range(2 * u):  # i, f
+        gates[j] = _sigmoid32(a[j] + x[j])
+    for j in range(2 * u, 3 * u):  # g
+        gates[j] = _tanh32(a[j] + x[j])
+    for j in range(3 * u, 4 * u):  # o
+        gates[j] = _sigmoid32(a[j] + x[j])
+    for j in range(u):
+        c[j] = gates[u + j] * c_prev[j] + gates[j] * gates[2 * u + j]
+    for j in range(u):
+        ac[j] = _tanh32(c[j])
+    for j in range(u):
+        h[j] = gates[3 * u + j] * ac[j]
+
+
+@numba.njit(**GATE_JIT)
+def _lstm_cell_grads32(dh, gates, c_prev, ac, dc, d, u):
+    """_lstm_cell_grads for float32, in float32 (d's store is float32 either way)."""
+    for j in range(u):
+        o = gates[3 * u + j]
+        d[3 * u + j] = dh[j] * ac[j] * (o * (_ONE32 - o))
+    for j in range(u):
+        dcell = dh[j] * gates[3 * u + j] * (_ONE32 - ac[j] * ac[j]) + dc[j]
+        i = gates[j]
+        f = gates[u + j]
+        g = gates[2 * u + j]
+        dc[j] = dcell * f
+        d[j] = dcell * g * (i * (_ONE32 - i))
+        d[u + j] = dcell * c_prev[j] * (f * (_ONE32 - f))
+        d[2 * u + j] = dcell * i * (_ONE32 - g * g)
+
+
+@numba.njit(**GATE_JIT)
 def _lstm_cells(a, gates, c_prev, c, ac, h, u):
     """One sample's LSTM step with the default activations, from its gate pre-activations a (4u,): gates,
     the cell c, ac = tanh(c) and h, each in a loop of its own. One loop writing them all compiles to a
@@ -107,7 +184,7 @@ def _lstm_cells(a, gates, c_prev, c, ac, h, u):
         h[j] = gates[3 * u + j] * ac[j]
 
 
-@numba.njit(inline="always", **JIT)
+@numba.njit(inline="always", **GATE_JIT)
 def _dact(code, x, y):
     if code == TANH:
         return 1 - y * y
@@ -116,29 +193,40 @@ def _dact(code, x, y):
     return _scalar_derivative(code, x, y)
 
 
-@numba.njit(**JIT)
-def _rec_fwd(h, R, Rg, rmask, use_rmask, out, hm, tmp):
+@numba.njit(inline="always", **GATE_JIT)
+def _product(a, b, out, serial):
+    """matmul, or on the calling thread only when the recurrence runs on a share of the batch in a thread of
+    its own (serial)."""
+    if serial:
+        matmul_serial(a, b, out)
+    else:
+        matmul(a, b, out)
+
+
+@numba.njit(**GATE_JIT)
+def _rec_fwd(h, R, Rg, rmask, use_rmask, out, hm, tmp, serial):
     """out (N, G*u) = h @ R, or per gate k: out[:, k] = (h * rmask[k]) @ Rg[k]."""
     if not use_rmask:
-        matmul(h, R, out)
+        _product(h, R, out, serial)
         return
     n_rows, u = h.shape
     for k in range(out.shape[1] // u):
         for n in range(n_rows):
             for j in range(u):
                 hm[n, j] = h[n, j] * rmask[k, n, j]
-        matmul(hm, Rg[k], tmp)
+        _product(hm, Rg[k], tmp, serial)
         for n in range(n_rows):
             for j in range(u):
                 out[n, k * u + j] = tmp[n, j]
 
 
-@numba.njit(**JIT)
-def _rec_back(da, R, Rg, rmask, use_rmask, out, tmp, tmp2):
-    """out (N, u) = d(loss)/dh for out-of-`_rec_fwd` gradient da (N, G*u): da @ R.T, or per gate
-    sum_k (da[:, k] @ Rg[k].T) * rmask[k]. Overwrites `out`."""
+@numba.njit(**GATE_JIT)
+def _rec_back(da, RT, Rg, rmask, use_rmask, out, tmp, tmp2, serial):
+    """out (N, u) = d(loss)/dh for out-of-`_rec_fwd` gradient da (N, G*u): da @ RT, with RT (G*u, u) the
+    recurrent kernel transposed into a contiguous copy (a transposed view would be packed again at every
+    step), or per gate sum_k (da[:, k] @ Rg[k].T) * rmask[k]. Overwrites `out`."""
     if not use_rmask:
-        matmul(da, R.T, out)
+        _product(da, RT, out, serial)
         return
     n_rows, u = out.shape
     for n in range(n_rows):
@@ -148,7 +236,7 @@ def _rec_back(da, R, Rg, rmask, use_rmask, out, tmp, tmp2):
         for n in range(n_rows):
             for j in range(u):
                 tmp[n, j] = da[n, k * u + j]
-        matmul(tmp, Rg[k].T, tmp2)
+        _product(tmp, Rg[k].T, tmp2, serial)
         for n in range(n_rows):
             for j in range(u):
                 out[n, j] += tmp2[n, j] * rmask[k, n, j]
@@ -157,8 +245,8 @@ def _rec_back(da, R, Rg, rmask, use_rmask, out, tmp, tmp2):
 # --- SimpleRNN: h = act(xp + h_prev @ R) -------------------------------------------------------------
 
 
-@numba.njit(**JIT)
-def simple_forward(xp, R, Rg, rmask, use_rmask, act, hs, pre):
+@numba.njit(**GATE_JIT)
+def simple_forward(xp, R, Rg, rmask, use_rmask, act, hs, pre, serial=False):
     T, N, u = xp.shape
     hm = np.empty((N, u), xp.dtype)
     tmp = np.empty((N, u), xp.dtype)
@@ -167,7 +255,7 @@ def simple_forward(xp, R, Rg, rmask, use_rmask, act, hs, pre):
             hs[0, n, j] = 0
     for s in range(T):
         a = pre[s]
-        _rec_fwd(hs[s], R, Rg, rmask, use_rmask, a, hm, tmp)
+        _rec_fwd(hs[s], R, Rg, rmask, use_rmask, a, hm, tmp, serial)
         for n in range(N):
             for j in range(u):
                 v = a[n, j] + xp[s, n, j]
@@ -175,13 +263,14 @@ def simple_forward(xp, R, Rg, rmask, use_rmask, act, hs, pre):
                 hs[s + 1, n, j] = _act(act, v)
 
 
-@numba.njit(**JIT)
-def simple_backward(R, Rg, rmask, use_rmask, act, hs, pre, dy, seq, dz):
+@numba.njit(**GATE_JIT)
+def simple_backward(R, Rg, rmask, use_rmask, act, hs, pre, dy, seq, dz, serial=False):
     """dy: (T, N, u) when `seq` (return_sequences), else (1, N, u) for the last state only."""
     T, N, u = pre.shape
     dh = np.zeros((N, u), pre.dtype)
     tmp = np.empty((N, u), pre.dtype)
     tmp2 = np.empty((N, u), pre.dtype)
+    RT = np.ascontiguousarray(R.T)
     for s in range(T - 1, -1, -1):
         if seq:
             for n in range(N):
@@ -195,14 +284,14 @@ def simple_backward(R, Rg, rmask, use_rmask, act, hs, pre, dy, seq, dz):
         for n in range(N):
             for j in range(u):
                 d[n, j] = dh[n, j] * _dact(act, pre[s, n, j], hs[s + 1, n, j])
-        _rec_back(d, R, Rg, rmask, use_rmask, dh, tmp, tmp2)
+        _rec_back(d, RT, Rg, rmask, use_rmask, dh, tmp, tmp2, serial)
 
 
 # --- LSTM, gates i, f, c, o: c = f*c_prev + i*act(zc); h = o*act(c) ----------------------------------
 
 
-@numba.njit(**JIT)
-def lstm_forward(xp, R, Rg, rmask, use_rmask, act, ract, hs, cs, acs, pre, gates):
+@numba.njit(**GATE_JIT)
+def lstm_forward(xp, R, Rg, rmask, use_rmask, act, ract, hs, cs, acs, pre, gates, serial=False):
     """cs (T+1, N, u) carries (cs[0] = 0); acs (T, N, u) = act(cs[1:])."""
     T, N, G = xp.shape
     u = G // 4
@@ -213,10 +302,15 @@ def lstm_forward(xp, R, Rg, rmask, use_rmask, act, ract, hs, cs, acs, pre, gates
             hs[0, n, j] = 0
             cs[0, n, j] = 0
     default = act == TANH and ract == SIGMOID
+    f32 = xp.itemsize == 4
+    acc = np.empty((N, G), xp.dtype)  # the default activations' backward reads no pre-activations
     for s in range(T):
-        a = pre[s]
-        _rec_fwd(hs[s], R, Rg, rmask, use_rmask, a, hm, tmp)
+        a = acc if default else pre[s]
+        _rec_fwd(hs[s], R, Rg, rmask, use_rmask, a, hm, tmp, serial)
         for n in range(N):
+            if default and f32:
+                _lstm_cells32(a[n], xp[s, n], gates[s, n], cs[s, n], cs[s + 1, n], acs[s, n], hs[s + 1, n], u)
+                continue
             for j in range(G):
                 a[n, j] += xp[s, n, j]
             if default:
@@ -237,7 +331,7 @@ def lstm_forward(xp, R, Rg, rmask, use_rmask, act, ract, hs, cs, acs, pre, gates
                 hs[s + 1, n, j] = o * ac
 
 
-@numba.njit(**JIT)
+@numba.njit(**GATE_JIT)
 def _lstm_cell_grads(dh, gates, c_prev, ac, dc, d, dcell, u):
     """One sample's step of lstm_backward with the default activations, each output in a loop of its own
     (as _lstm_cells): from dh (u,), the gradient reaching h, and dc (u,), the one reaching the cell from
@@ -258,8 +352,8 @@ def _lstm_cell_grads(dh, gates, c_prev, ac, dc, d, dcell, u):
         d[2 * u + j] = dcell[j] * gates[j] * (1 - gates[2 * u + j] * gates[2 * u + j])
 
 
-@numba.njit(**JIT)
-def lstm_backward(R, Rg, rmask, use_rmask, act, ract, cs, acs, pre, gates, dy, seq, dz):
+@numba.njit(**GATE_JIT)
+def lstm_backward(R, Rg, rmask, use_rmask, act, ract, cs, acs, pre, gates, dy, seq, dz, serial=False):
     T, N, G = pre.shape
     u = G // 4
     dh = np.zeros((N, u), pre.dtype)
@@ -267,7 +361,9 @@ def lstm_backward(R, Rg, rmask, use_rmask, act, ract, cs, acs, pre, gates, dy, s
     tmp = np.empty((N, u), pre.dtype)
     tmp2 = np.empty((N, u), pre.dtype)
     default = act == TANH and ract == SIGMOID
+    f32 = pre.itemsize == 4
     dcell = np.empty(u, np.float64)
+    RT = np.ascontiguousarray(R.T)
     for s in range(T - 1, -1, -1):
         d = dz[s]
         for n in range(N):
@@ -275,7 +371,10 @@ def lstm_backward(R, Rg, rmask, use_rmask, act, ract, cs, acs, pre, gates, dy, s
                 if seq or s == T - 1:
                     for j in range(u):
                         dh[n, j] += dy[s if seq else 0, n, j]
-                _lstm_cell_grads(dh[n], gates[s, n], cs[s, n], acs[s, n], dc[n], d[n], dcell, u)
+                if f32:
+                    _lstm_cell_grads32(dh[n], gates[s, n], cs[s, n], acs[s, n], dc[n], d[n], u)
+                else:
+                    _lstm_cell_grads(dh[n], gates[s, n], cs[s, n], acs[s, n], dc[n], d[n], dcell, u)
                 continue
             for j in range(u):
                 dhv = dh[n, j]
@@ -295,7 +394,7 @@ def lstm_backward(R, Rg, rmask, use_rmask, act, ract, cs, acs, pre, gates, dy, s
                 d[n, u + j] = dcv * cs[s, n, j] * _dact(ract, pre[s, n, u + j], f)
                 d[n, 2 * u + j] = dcv * i * _dact(act, pre[s, n, 2 * u + j], g)
                 d[n, 3 * u + j] = dhv * ac * _dact(ract, pre[s, n, 3 * u + j], o)
-        _rec_back(d, R, Rg, rmask, use_rmask, dh, tmp, tmp2)
+        _rec_back(d, RT, Rg, rmask, use_rmask, dh, tmp, tmp2, serial)
 
 
 # --- GRU, gates z, r, h: h = z*h_prev + (1-z)*hh ----------------------------------------------------
@@ -305,7 +404,7 @@ def lstm_backward(R, Rg, rmask, use_rmask, act, ract, cs, acs, pre, gates, dy, s
 # else q = r * h_prev (masked), the left operand of Rh.
 
 
-@numba.njit(**JIT)
+@numba.njit(**GATE_JIT)
 def _gru_cells(x, a, rb, use_rb, h_prev, pre, gates, aux, h, u):
     """One sample's GRU step (reset_after) with the default activations, as _lstm_cells: from its input
     projection x (3u,) and a (3u,) = h_prev @ R (its recurrent bias added here, in place), the gates'
@@ -327,8 +426,49 @@ def _gru_cells(x, a, rb, use_rb, h_prev, pre, gates, aux, h, u):
         h[j] = gates[j] * h_prev[j] + (1 - gates[j]) * gates[2 * u + j]
 
 
-@numba.njit(**JIT)
-def gru_forward(xp, R, R2, Rg, rb, use_rb, rmask, use_rmask, reset_after, act, ract, hs, pre, gates, aux):
+@numba.njit(**GATE_JIT)
+def _gru_cells32(x, a, rb, use_rb, h_prev, gates, aux, h, u):
+    """_gru_cells for float32. The pre-activations are not stored: the default activations' derivatives
+    come from their outputs."""
+    if use_rb:
+        for j in range(3 * u):
+            a[j] += rb[j]
+    for j in range(2 * u):  # z, r
+        gates[j] = _sigmoid32(x[j] + a[j])
+    for j in range(u):
+        gates[2 * u + j] = _tanh32(x[2 * u + j] + gates[u + j] * a[2 * u + j])
+    for j in range(u):
+        aux[j] = a[2 * u + j]
+    for j in range(u):
+        z = gates[j]
+        h[j] = z * h_prev[j] + (_ONE32 - z) * gates[2 * u + j]
+
+
+@numba.njit(**GATE_JIT)
+def _gru_cell_grads32(dh, gates, h_prev, aux, d, ds, dhp, u):
+    """One sample's step of gru_backward (reset_after, default activations) in float32: from dh (u,), the
+    gradient reaching h, d (3u,) for the input side, ds (3u,) for the recurrent side, and dhp (u,) the
+    gradient h_prev takes directly (through z * h_prev)."""
+    for j in range(u):
+        z = gates[j]
+        r = gates[u + j]
+        hh = gates[2 * u + j]
+        dhv = dh[j]
+        dhp[j] = dhv * z
+        dzv = dhv * (h_prev[j] - hh) * (z * (_ONE32 - z))
+        dph = dhv * (_ONE32 - z) * (_ONE32 - hh * hh)
+        dpr = dph * aux[j] * (r * (_ONE32 - r))
+        d[j] = dzv
+        d[u + j] = dpr
+        d[2 * u + j] = dph
+        ds[j] = dzv
+        ds[u + j] = dpr
+        ds[2 * u + j] = dph * r
+
+
+@numba.njit(**GATE_JIT)
+def gru_forward(xp, R, R2, Rg, rb, use_rb, rmask, use_rmask, reset_after, act, ract, hs, pre, gates, aux,
+                serial=False):
     """R (u, 3u); R2 (u, 2u) = R[:, :2u] (only when not reset_after); Rg (3, u, u) R split per gate
     (always: Rg[2] is the candidate's kernel when not reset_after)."""
     T, N, G = xp.shape
@@ -341,11 +481,15 @@ def gru_forward(xp, R, R2, Rg, rb, use_rb, rmask, use_rmask, reset_after, act, r
         for j in range(u):
             hs[0, n, j] = 0
     default = act == TANH and ract == SIGMOID
+    f32 = xp.itemsize == 4
     for s in range(T):
         hp = hs[s]
         if reset_after:
-            _rec_fwd(hp, R, Rg, rmask, use_rmask, a, hm, tmp)
+            _rec_fwd(hp, R, Rg, rmask, use_rmask, a, hm, tmp, serial)
             for n in range(N):
+                if default and f32:
+                    _gru_cells32(xp[s, n], a[n], rb, use_rb, hp[n], gates[s, n], aux[s, n], hs[s + 1, n], u)
+                    continue
                 if default:
                     _gru_cells(xp[s, n], a[n], rb, use_rb, hp[n], pre[s, n], gates[s, n], aux[s, n], hs[s + 1, n], u)
                     continue
@@ -371,7 +515,7 @@ def gru_forward(xp, R, R2, Rg, rb, use_rb, rmask, use_rmask, reset_after, act, r
                     aux[s, n, j] = ah
                     hs[s + 1, n, j] = z * hp[n, j] + (1 - z) * hh
         else:
-            _rec_fwd(hp, R2, Rg, rmask, use_rmask, a2, hm, tmp)
+            _rec_fwd(hp, R2, Rg, rmask, use_rmask, a2, hm, tmp, serial)
             q = aux[s]
             for n in range(N):
                 for j in range(u):
@@ -387,7 +531,7 @@ def gru_forward(xp, R, R2, Rg, rb, use_rb, rmask, use_rmask, reset_after, act, r
                     if use_rmask:
                         hv *= rmask[2, n, j]
                     q[n, j] = r * hv
-            matmul(q, Rg[2], tmp)
+            _product(q, Rg[2], tmp, serial)
             for n in range(N):
                 for j in range(u):
                     ph = xp[s, n, 2 * u + j] + tmp[n, j]
@@ -398,8 +542,9 @@ def gru_forward(xp, R, R2, Rg, rb, use_rb, rmask, use_rmask, reset_after, act, r
                     hs[s + 1, n, j] = z * hp[n, j] + (1 - z) * hh
 
 
-@numba.njit(**JIT)
-def gru_backward(R, R2, Rg, rmask, use_rmask, reset_after, act, ract, hs, pre, gates, aux, dy, seq, dz, da):
+@numba.njit(**GATE_JIT)
+def gru_backward(R, R2, Rg, rmask, use_rmask, reset_after, act, ract, hs, pre, gates, aux, dy, seq, dz, da,
+                 serial=False):
     """dz (T, N, 3u): gradient of the input side (xp). da (T, N, 3u), reset_after only: gradient of the
     recurrent side (h_prev @ R + rb), whose candidate column is r * dz's. When not reset_after, the
     recurrent kernel's z, r columns take dz's and its candidate columns take dz's against aux (q)."""
@@ -413,9 +558,23 @@ def gru_backward(R, R2, Rg, rmask, use_rmask, reset_after, act, ract, hs, pre, g
     dph = np.empty((N, u), pre.dtype)
     dq = np.empty((N, u), pre.dtype)
     d2 = np.empty((N, 2 * u), pre.dtype)
+    RT = np.ascontiguousarray(R.T if reset_after else R2.T)
+    fast = reset_after and act == TANH and ract == SIGMOID and pre.itemsize == 4
     for s in range(T - 1, -1, -1):
         hp = hs[s]
         d = dz[s]
+        if fast:
+            ds = da[s]
+            for n in range(N):
+                if seq or s == T - 1:
+                    for j in range(u):
+                        dh[n, j] += dy[s if seq else 0, n, j]
+                _gru_cell_grads32(dh[n], gates[s, n], hp[n], aux[s, n], d[n], ds[n], dhp[n], u)
+            _rec_back(ds, RT, Rg, rmask, use_rmask, back, tmp, tmp2, serial)
+            for n in range(N):
+                for j in range(u):
+                    dh[n, j] = dhp[n, j] + back[n, j]
+            continue
         for n in range(N):
             for j in range(u):
                 dhv = dh[n, j]
@@ -440,9 +599,9 @@ def gru_backward(R, R2, Rg, rmask, use_rmask, reset_after, act, ract, hs, pre, g
                     ds[n, j] = d[n, j]
                     ds[n, u + j] = dpr
                     ds[n, 2 * u + j] = dph[n, j] * r
-            _rec_back(ds, R, Rg, rmask, use_rmask, back, tmp, tmp2)
+            _rec_back(ds, RT, Rg, rmask, use_rmask, back, tmp, tmp2, serial)
         else:
-            matmul(dph, Rg[2].T, dq)  # d(loss)/dq
+            _product(dph, Rg[2].T, dq, serial)  # d(loss)/dq
             for n in range(N):
                 for j in range(u):
                     r = gates[s, n, u + j]
@@ -452,7 +611,28 @@ def gru_backward(R, R2, Rg, rmask, use_rmask, reset_after, act, ract, hs, pre, g
                     dhp[n, j] += dq[n, j] * r * m
                     d2[n, j] = d[n, j]
                     d2[n, u + j] = dpr
-            _rec_back(d2, R2, Rg, rmask, use_rmask, back, tmp, tmp2)
+            _rec_back(d2, RT, Rg, rmask, use_rmask, back, tmp, tmp2, serial)
         for n in range(N):
             for j in range(u):
                 dh[n, j] = dhp[n, j] + back[n, j]
+
+
+# --- weight gradients over every timestep at once ----------------------------------------------------
+
+
+@numba.njit(**GATE_JIT)
+def linear_gradients(x, kernel, dz, use_bias, need_dx, dkernel, dbias, dx):
+    """dz (rows, n) -> dkernel (k, n) = x (rows, k).T @ dz, dbias = dz summed over rows, and with need_dx
+    dx (rows, k) = dz @ kernel.T: dense.backward for the recurrent layers' T*N rows. Their kernel gradients
+    have few output rows and thousands of rows to sum over, a shape BLAS runs faster than sgemm's
+    transposed-operand path; the input gradient stays on sgemm."""
+    matmul_blas(x.T, dz, dkernel)
+    if use_bias:
+        rows, cols = dz.shape
+        for j in range(cols):
+            dbias[j] = 0
+        for r in range(rows):
+            for j in range(cols):
+                dbias[j] += dz[r, j]
+    if need_dx:
+        matmul(dz, kernel.T, dx)

@@ -94,7 +94,8 @@ class _RNN(LayerSpec):
 
         n, t, f = x.shape
         gu = self.gates * self.units
-        xt = np.ascontiguousarray((x[:, ::-1] if self.go_backwards else x).transpose(1, 0, 2))
+        xt = empty("xt", (t, n, f), x.dtype)
+        np.copyto(xt, (x[:, ::-1] if self.go_backwards else x).transpose(1, 0, 2))
         xmask = rmask = None
         if training and self.dropout > 0:
             count = self.gates if self._per_gate_masks() else 1
@@ -159,7 +160,7 @@ class _RNN(LayerSpec):
         weight-gradient work)."""
         import numpy as np
 
-        from ..kernels import dense
+        from ..kernels import recurrent
 
         t, n, gu = dz.shape
         f = w[0].shape[0]
@@ -168,7 +169,7 @@ class _RNN(LayerSpec):
         dbias = dbias if use_bias else np.empty(gu, dz.dtype)
         dxt = empty("dxt", (t * n, f), dz.dtype)
         if len(xins) == 1:
-            dense.backward(xins[0], w[0], dz2, use_bias, need_dx, g[0], dbias, dxt)
+            recurrent.linear_gradients(xins[0], w[0], dz2, use_bias, need_dx, g[0], dbias, dxt)
             if not need_dx:
                 return None
             if xmask is not None:
@@ -180,7 +181,7 @@ class _RNN(LayerSpec):
             dxk = empty("dxk", (t * n, f), dz.dtype)
             for k, xi in enumerate(xins):
                 cols = slice(k * u, (k + 1) * u)
-                dense.backward(xi, np.ascontiguousarray(w[0][:, cols]), np.ascontiguousarray(dz2[:, cols]),
+                recurrent.linear_gradients(xi, np.ascontiguousarray(w[0][:, cols]), np.ascontiguousarray(dz2[:, cols]),
                                use_bias, need_dx, dk, dbias[cols], dxk)
                 g[0][:, cols] = dk
                 if need_dx:
@@ -188,7 +189,9 @@ class _RNN(LayerSpec):
             if not need_dx:
                 return None
         dx = dxt.reshape(t, n, f).transpose(1, 0, 2)
-        return np.ascontiguousarray(dx[:, ::-1] if self.go_backwards else dx)
+        out = empty("dx", (n, t, f), dz.dtype)
+        np.copyto(out, dx[:, ::-1] if self.go_backwards else dx)
+        return out
 
 
 
@@ -252,7 +255,9 @@ class LSTM(_RNN):
         acs = empty("acs", (t, n, u), x.dtype)
         pre = empty("pre", (t, n, gu), x.dtype)
         gates = empty("gates", (t, n, gu), x.dtype)
-        recurrent.lstm_forward(xp, w[1], rg, rm, use_rmask, act, ract, hs, cs, acs, pre, gates)
+        _over_batch(n, lambda b, serial: recurrent.lstm_forward(
+            xp[:, b], w[1], rg, _rows(rm, b, use_rmask), use_rmask, act, ract, hs[:, b], cs[:, b], acs[:, b],
+            pre[:, b], gates[:, b], serial))
         return self._output(hs), (xins, xmask, rmask, rg, hs, cs, acs, pre, gates)
 
     def backward(self, w, g, saved, dy, need_dx=True):
@@ -263,8 +268,11 @@ class LSTM(_RNN):
         act, ract = self._codes()
         rm = rg if rmask is None else rmask
         dz = empty("dz", pre.shape, pre.dtype)
-        recurrent.lstm_backward(w[1], rg, rm, rmask is not None, act, ract, cs, acs, pre, gates, self._dy(dy),
-                                self.return_sequences, dz)
+        dyt = self._dy(dy)
+        use_rmask = rmask is not None
+        _over_batch(pre.shape[1], lambda b, serial: recurrent.lstm_backward(
+            w[1], rg, _rows(rm, b, use_rmask), use_rmask, act, ract, cs[:, b], acs[:, b], pre[:, b], gates[:, b],
+            dyt[:, b], self.return_sequences, dz[:, b], serial))
         _linear_grads(self._state_groups(hs, rmask), dz, g[1], None)
         return self._input_backward(w, g, dz, xins, xmask, g[2] if self.use_bias else None, need_dx)
 
@@ -303,8 +311,10 @@ class GRU(_RNN):
         pre = empty("pre", (t, n, gu), x.dtype)
         gates = empty("gates", (t, n, gu), x.dtype)
         aux = empty("aux", (t, n, u), x.dtype)
-        recurrent.gru_forward(xp, r, r2, rg, rb, use_rb, rm, rmask is not None, self.reset_after, act, ract,
-                              hs, pre, gates, aux)
+        use_rmask = rmask is not None
+        _over_batch(n, lambda b, serial: recurrent.gru_forward(
+            xp[:, b], r, r2, rg, rb, use_rb, _rows(rm, b, use_rmask), use_rmask, self.reset_after, act, ract,
+            hs[:, b], pre[:, b], gates[:, b], aux[:, b], serial))
         return self._output(hs), (xins, xmask, rmask, rm, rg, r2, hs, pre, gates, aux)
 
     def backward(self, w, g, saved, dy, need_dx=True):
@@ -316,9 +326,13 @@ class GRU(_RNN):
         act, ract = self._codes()
         u = self.units
         dz = empty("dz", pre.shape, pre.dtype)
-        da = np.empty_like(pre) if self.reset_after else np.empty((1, 1, 1), pre.dtype)
-        recurrent.gru_backward(w[1], r2, rg, rm, rmask is not None, self.reset_after, act, ract, hs, pre, gates,
-                               aux, self._dy(dy), self.return_sequences, dz, da)
+        da = empty("da", pre.shape, pre.dtype) if self.reset_after else np.empty((1, 1, 1), pre.dtype)
+        dyt = self._dy(dy)
+        use_rmask = rmask is not None
+        _over_batch(pre.shape[1], lambda b, serial: recurrent.gru_backward(
+            w[1], r2, rg, _rows(rm, b, use_rmask), use_rmask, self.reset_after, act, ract, hs[:, b], pre[:, b],
+            gates[:, b], aux[:, b], dyt[:, b], self.return_sequences, dz[:, b], da[:, b] if self.reset_after else da,
+            serial))
         if self.reset_after:
             _linear_grads(self._state_groups(hs, rmask), da, g[1], g[2][1] if self.use_bias else None)
         else:  # the candidate's recurrent kernel multiplies q = r * h_prev, kept in aux
@@ -326,6 +340,29 @@ class GRU(_RNN):
             _linear_grads(groups, dz, g[1], None)
         dbias = None if not self.use_bias else g[2][0] if self.reset_after else g[2]
         return self._input_backward(w, g, dz, xins, xmask, dbias, need_dx)
+
+
+MIN_SHARE_ROWS = 8  # samples per thread below which the recurrence stays on one thread (threaded products)
+
+
+def _over_batch(n, run):
+    """run(rows, serial) over the batch's n samples: with several threads, each runs the whole recurrence of
+    an equal share of the samples (a slice of the time-major arrays), its per-step products on its own
+    thread (serial): no hand-over between threads at every timestep. With one share, run(all rows, False)
+    and the products take the threads. Each sample's arithmetic is the same either way."""
+    from ..kernels.conv import in_threads, one_blas_thread, share_count
+
+    shares = share_count(n // MIN_SHARE_ROWS)
+    if shares <= 1:
+        run(slice(0, n), False)
+        return
+    with one_blas_thread():
+        in_threads(shares, lambda share, t0, t1: run(slice(n * t0 // shares, n * t1 // shares), True))
+
+
+def _rows(rmask, rows, use_rmask):
+    """The recurrent dropout masks (G, N, u) of these samples; a dummy when there are none."""
+    return rmask[:, rows] if use_rmask else rmask
 
 
 def _keep(rng, shape, rate, dtype):
@@ -338,7 +375,7 @@ def _linear_grads(groups, d, dw, db):
     groups are (left (T, N, u), first column, last column); each column block gets left.T @ d."""
     import numpy as np
 
-    from ..kernels import dense
+    from ..kernels import recurrent
 
     t, n, gu = d.shape
     d2 = d.reshape(t * n, gu)
@@ -347,11 +384,11 @@ def _linear_grads(groups, d, dw, db):
     for left, lo, hi in groups:
         left2 = np.ascontiguousarray(left).reshape(t * n, -1)
         if lo == 0 and hi == gu:
-            dense.backward(left2, dw, d2, use_bias, False, dw, db if use_bias else np.empty(gu, d.dtype), dummy_x)
+            recurrent.linear_gradients(left2, dw, d2, use_bias, False, dw, db if use_bias else np.empty(gu, d.dtype), dummy_x)
             continue
         dk = empty("recurrent dk", (left2.shape[1], hi - lo), d.dtype)
         dbk = empty("recurrent dbk", hi - lo, d.dtype)
-        dense.backward(left2, dk, np.ascontiguousarray(d2[:, lo:hi]), use_bias, False, dk, dbk, dummy_x)
+        recurrent.linear_gradients(left2, dk, np.ascontiguousarray(d2[:, lo:hi]), use_bias, False, dk, dbk, dummy_x)
         dw[:, lo:hi] = dk
         if use_bias:
             db[lo:hi] = dbk
