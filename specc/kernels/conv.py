@@ -31,7 +31,7 @@ from numba import types
 from numba.extending import overload
 
 from ..workspace import empty
-from . import JIT, thread_count
+from . import JIT, native, thread_count
 from .blas import HAVE_NUMPY_BLAS, HAVE_SCIPY_BLAS, OneOpenblasThread
 from .gemm import affine, matmul_serial
 
@@ -181,10 +181,46 @@ def _col2im_t(cols_t, n0, n1, g, ho, wo, x):
                             x[n, ih, ow * sw - pw + j * dw, c] += row[r + ow]
 
 
+def _direct_forward(x, kernel, bias, use_bias, relu, g, n0, n1, ho, wo, scratch, o):
+    """_forward_rows by direct convolution tiles, reading x in place (no windows laid out), where they take
+    the layer: True when done, else False and nothing done.
+
+    Compiled (the overload below): native.conv_tiles.forward_rows for float32 where it loaded (AVX-512 or
+    AVX2), else False. From Python (eager mode) False."""
+    return False
+
+
+def _direct_backward(x, kernel, d, need_dk, need_dx, g, n0, n1, ho, wo, t, scratch, dk_parts, dx):
+    """_backward_rows's kernel and input gradients by direct convolution tiles, where they take the layer:
+    True when done, else False and nothing done. Compiled: native.conv_tiles.backward_rows as above."""
+    return False
+
+
+@overload(_direct_forward, jit_options=JIT)
+def _direct_forward_njit(x, kernel, bias, use_bias, relu, g, n0, n1, ho, wo, scratch, o):
+    tiles = native.conv_tiles
+    if tiles is None or x.dtype != types.float32:
+        return lambda x, kernel, bias, use_bias, relu, g, n0, n1, ho, wo, scratch, o: False
+    return lambda x, kernel, bias, use_bias, relu, g, n0, n1, ho, wo, scratch, o: tiles.forward_rows(
+        x, kernel, bias, use_bias, relu, g, n0, n1, ho, wo, scratch, o)
+
+
+@overload(_direct_backward, jit_options=JIT)
+def _direct_backward_njit(x, kernel, d, need_dk, need_dx, g, n0, n1, ho, wo, t, scratch, dk_parts, dx):
+    tiles = native.conv_tiles
+    if tiles is None or x.dtype != types.float32:
+        return lambda x, kernel, d, need_dk, need_dx, g, n0, n1, ho, wo, t, scratch, dk_parts, dx: False
+    return lambda x, kernel, d, need_dk, need_dx, g, n0, n1, ho, wo, t, scratch, dk_parts, dx: tiles.backward_rows(
+        x, kernel, d, need_dk, need_dx, g, n0, n1, ho, wo, t, scratch, dk_parts, dx)
+
+
 @numba.njit(**JIT)
 def _forward_rows(x, kernel, bias, use_bias, relu, g, n0, n1, ho, wo, scratch, o):
     """The convolution of samples n0:n1 of x (N, H, W, C) on the calling thread -> o ((n1 - n0)*Ho*Wo, F),
-    row (n - n0)*Ho*Wo + oh*Wo + ow; scratch (>= rows * K,) holds their windows."""
+    row (n - n0)*Ho*Wo + oh*Wo + ow; scratch (>= rows * K,) holds their windows (or, on the direct
+    tiles, the samples padded)."""
+    if _direct_forward(x, kernel, bias, use_bias, relu, g, n0, n1, ho, wo, scratch, o):
+        return
     c_ = x.shape[3]
     k = kernel.shape[0]
     r = (n1 - n0) * ho * wo
@@ -238,6 +274,9 @@ def _backward_rows(x, kernel, d, use_bias, need_dk, need_dx, g, n0, n1, ho, wo, 
         for i in range(r):
             for q in range(f):
                 db[q] += d[i, q]
+    if (need_dk or need_dx) and _direct_backward(x, kernel, d, need_dk, need_dx, g, n0, n1, ho, wo, t, scratch,
+                                                 dk_parts, dx):
+        return
     if need_dk:
         _kernel_gradient(layout, x, d, n0, n1, g, ho, wo, scratch[: k * r], dk_parts[t])
     if need_dx:
