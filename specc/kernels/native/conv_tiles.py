@@ -43,10 +43,12 @@ GRAD_TAPS = {"avx512": (16, 8, 4, 2, 1), "avx2": (6, 4, 2, 1)}[ISA]
 _LOWEST = -3.4028234663852886e38  # the lowest float32: the ReLU's floor when there is no ReLU
 
 
-def _forward_tile(rows: int, masked: bool):
+def _forward_tile(rows: int, masked: bool, fixed_cs: int = 0):
     """An intrinsic for `rows` outputs x a strip of filters, float32 arrays given by address:
         out[r*ldo + j] = sum_p x[x0 + r*cs + toff[p]] * b[p*ldb + j]  (+ bias[j]), then max(0, .) if relu
-    for r < rows, j < STRIP (masked: j < cols); toff is an int64 table of k taps; offsets count elements."""
+    for r < rows, j < STRIP (masked: j < cols); toff is an int64 table of k taps; offsets count elements.
+    With `fixed_cs`, cs must be that constant: the rows' broadcasts are then one address plus constant
+    displacements, where a run-time cs needs a register per row (16 of them spill)."""
 
     @intrinsic
     def tile(typingctx, x0, cs, toff, k, b, ldb, bias, use_bias, relu, out, ldo, cols):
@@ -56,7 +58,7 @@ def _forward_tile(rows: int, masked: bool):
         def codegen(context, builder, signature, args):
             x0_, cs_, toff_, k_, b_, ldb_, bias_, use_bias_, relu_, out_, ldo_, cols_ = args
             e = _Emitter(builder, masked, cols_)
-            pix = [builder.mul(cs_, e.const(r)) for r in range(rows)]
+            pix = [e.const(r * fixed_cs) if fixed_cs else builder.mul(cs_, e.const(r)) for r in range(rows)]
 
             def step(p, acc):
                 t = builder.load(e.at(toff_, p, _I64), align=8)
@@ -132,17 +134,28 @@ def _grad_tile(taps: int, masked: bool):
 _ROWS5 = FORWARD_ROWS + (1,) * (5 - len(FORWARD_ROWS))
 _TAPS5 = GRAD_TAPS + (1,) * (5 - len(GRAD_TAPS))
 _f0, _f1, _f2, _f3, _f4 = (_forward_tile(r, False) for r in _ROWS5)
+# The full-size tile for the steps between outputs of the usual layers (C or F of 16, 32, 64 at stride 1).
+STEPS = (16, 32, 64)
+_s16, _s32, _s64 = (_forward_tile(FORWARD_ROWS[0], False, cs) for cs in STEPS)
 _m0, _m1, _m2, _m3, _m4 = (_forward_tile(r, True) for r in _ROWS5)
 _g0, _g1, _g2, _g3, _g4 = (_grad_tile(t, False) for t in _TAPS5)
 _h0, _h1, _h2, _h3, _h4 = (_grad_tile(t, True) for t in _TAPS5)
 
 
 @numba.njit(**JIT)
-def _forward_strip(i, full, args):
-    """The forward tile FORWARD_ROWS[i], full or masked, on a tuple of its arguments."""
+def _forward_strip(i, full, step, args):
+    """The forward tile FORWARD_ROWS[i], full or masked, on a tuple of its arguments (for the full-size
+    tile, the one for this step between outputs, if any)."""
     if full:
         if i == 0:
-            _f0(*args)
+            if step == 16:
+                _s16(*args)
+            elif step == 32:
+                _s32(*args)
+            elif step == 64:
+                _s64(*args)
+            else:
+                _f0(*args)
         elif i == 1:
             _f1(*args)
         elif i == 2:
@@ -284,7 +297,7 @@ def _direct(x_addr, s_, hp, wp, c_, kernel, bias, use_bias, relu, kh, kw, sh, sw
                     i = _pick(sizes, wo - ow)
                     args = (x_row + 4 * ow * cs, cs, toff.ctypes.data, k, kernel.ctypes.data + 4 * j, f,
                             bias.ctypes.data + 4 * j, use_bias, relu, o_row + 4 * (ow * f + j), f, cols)
-                    _forward_strip(i, cols == STRIP, args)
+                    _forward_strip(i, cols == STRIP, cs, args)
                     ow += sizes[i]
 
 
