@@ -12,7 +12,7 @@ in place through a table of the taps' offsets.
   broadcasts of x; then the bias and the ReLU, and the store.
 - input gradient, for stride 1: the same tile on the output gradient padded by (kh - 1) dh - pad, with
   the kernel flipped and its two channel axes swapped (kh*kw*F, C).
-- kernel gradient (`_grad_tile`): `taps` consecutive channels of one kernel position x one strip of
+- kernel gradient (`_grad_tile`): `taps` consecutive taps (channels, then kernel columns) x one strip of
   filters held in registers while a sample's outputs stream through: per output one vector of its
   gradient and `taps` broadcasts of x at constant offsets.
 
@@ -326,17 +326,20 @@ def _kernel_gradient(x_addr, s_, hp, wp, c_, d_addr, hq, wq, qh, qw, f, kh, kw, 
     gradients are d[s, qh:qh + Ho, qw:qw + Wo] of (S, Hq, Wq, F) at d_addr."""
     sizes = np.array(GRAD_TAPS)
     dk_addr = dk.ctypes.data
+    # Without dilation along the width, a kernel row's kw*C taps are consecutive in x, as its kernel rows
+    # are in dk: tiles then run along the whole kernel row (a 3-channel first layer's 9 taps in 8 + 1).
+    run = kw if dw == 1 else 1
     for s in range(s_):
         x_s = x_addr + 4 * (s * hp * wp * c_)
         d_s = d_addr + 4 * (((s * hq + qh) * wq + qw) * f)
         for j in range(0, f, STRIP):
             cols = min(STRIP, f - j)
             for i in range(kh):
-                for jj in range(kw):
+                for jj in range(0, kw, run):
                     tap = (i * dh * wp + jj * dw) * c_
                     q = 0
-                    while q < c_:
-                        z = _pick(sizes, c_ - q)
+                    while q < run * c_:
+                        z = _pick(sizes, run * c_ - q)
                         row = (i * kw + jj) * c_ + q
                         args = (x_s + 4 * (tap + q), sh * wp * c_, sw * c_, d_s + 4 * j, wq * f, f, ho, wo,
                                 dk_addr + 4 * (row * f + j), f, cols)
