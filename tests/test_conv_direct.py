@@ -1,6 +1,6 @@
 """kernels.conv in float32 against a float64 NumPy convolution written here, for the geometries that take
-the direct tiles (native/conv_tiles.py: at most 16 filters forward; stride 1, or no input gradient,
-backward) and those next to them that keep im2col + GEMM. Run in each mode (AVX-512, AVX2 with
+the direct tiles (native/conv_tiles.py: forward at stride 1 up to 64 filters, strided up to 16;
+backward at stride 1, or without the input gradient) and those next to them that keep im2col + GEMM. Run in each mode (AVX-512, AVX2 with
 NUMBA_CPU_NAME=haswell NUMBA_CPU_FEATURES=, portable with SPECC_NATIVE=0), the same table checks each
 path; the finite-difference checks of the layers (float64) are in test_gradcheck_conv.py."""
 
@@ -66,7 +66,9 @@ CASES = [
     ("c6_f16_strided_same", 3, 9, 10, 6, 16, (3, 3), (2, 2), (1, 1), "same"),  # forward direct, dx by GEMM
     ("c16_f24_strided_valid", 2, 9, 9, 16, 24, (3, 3), (2, 2), (1, 1), "valid"),  # 16 + 8 filters
     ("c17_f16_pointwise_strided", 2, 8, 8, 17, 16, (1, 1), (2, 2), (1, 1), "valid"),
-    ("c16_f40_same", 2, 6, 7, 16, 40, (3, 3), (1, 1), (1, 1), "same"),  # forward by GEMM, backward direct
+    ("c16_f40_same", 2, 6, 7, 16, 40, (3, 3), (1, 1), (1, 1), "same"),  # a 32-filter strip (AVX-512) + 8
+    ("c32_f64_same", 2, 5, 17, 32, 64, (3, 3), (1, 1), (1, 1), "same"),  # full-size tiles on 32 and 64 steps
+    ("c16_f32_strided_same", 2, 9, 9, 16, 32, (3, 3), (2, 2), (1, 1), "same"),  # strided and wide: GEMM
     ("c33_f16_5x5_same", 1, 9, 9, 33, 16, (5, 5), (1, 1), (1, 1), "same"),
 ]
 

@@ -40,14 +40,21 @@ VECTORS = STRIP // LANES
 FORWARD_ROWS = {"avx512": (16, 8, 4, 2, 1), "avx2": (6, 4, 2, 1)}[ISA]
 # Channels per kernel-gradient tile, likewise.
 GRAD_TAPS = {"avx512": (16, 8, 4, 2, 1), "avx2": (6, 4, 2, 1)}[ISA]
+# On AVX-512, strips of 32 filters (two vectors; 14 x 2 accumulators, as sgemm's tile) for wider layers, so
+# that each broadcast of x feeds two FMAs; AVX2 has no registers to spare for it.
+WIDE = 2 * LANES if ISA == "avx512" else 0
+WIDE_ROWS = (14, 8, 4, 2, 1)
+# Forward takes layers up to this many filters, or, strided, up to STRIP (sgemm's tile runs wider strided
+# layers faster: their outputs' inputs are not neighbours).
+MAX_FILTERS = 64
 _LOWEST = -3.4028234663852886e38  # the lowest float32: the ReLU's floor when there is no ReLU
 
 
-def _forward_tile(rows: int, masked: bool, fixed_cs: int = 0):
+def _forward_tile(rows: int, masked: bool, fixed_cs: int = 0, vectors: int = VECTORS):
     """An intrinsic for `rows` outputs x a strip of filters, float32 arrays given by address:
         out[r*ldo + j] = sum_p x[x0 + r*cs + toff[p]] * b[p*ldb + j]  (+ bias[j]), then max(0, .) if relu
-    for r < rows, j < STRIP (masked: j < cols); toff is an int64 table of k taps; offsets count elements.
-    With `fixed_cs`, cs must be that constant: the rows' broadcasts are then one address plus constant
+    for r < rows, j < vectors*LANES (masked: j < cols); toff is an int64 table of k taps; offsets count
+    elements. With `fixed_cs`, cs must be that constant: the rows' broadcasts are then one address plus constant
     displacements, where a run-time cs needs a register per row (16 of them spill)."""
 
     @intrinsic
@@ -63,20 +70,20 @@ def _forward_tile(rows: int, masked: bool, fixed_cs: int = 0):
             def step(p, acc):
                 t = builder.load(e.at(toff_, p, _I64), align=8)
                 row = builder.mul(p, ldb_)
-                bv = [e.load(e.at(b_, builder.add(row, e.const(LANES * v))), v) for v in range(VECTORS)]
+                bv = [e.load(e.at(b_, builder.add(row, e.const(LANES * v))), v) for v in range(vectors)]
                 new = []
                 for r in range(rows):
                     xv = e.broadcast(x0_, builder.add(t, pix[r]))
-                    new.append([builder.call(e.fma, [xv, bv[v], acc[r][v]]) for v in range(VECTORS)])
+                    new.append([builder.call(e.fma, [xv, bv[v], acc[r][v]]) for v in range(vectors)])
                 return new
 
-            totals = e.loop(k_, [[e.zero] * VECTORS for _ in range(rows)], step)
-            bias_v = e.bias(bias_, use_bias_, VECTORS)
+            totals = e.loop(k_, [[e.zero] * vectors for _ in range(rows)], step)
+            bias_v = e.bias(bias_, use_bias_, vectors)
             # max(z, floor): floor 0 for the ReLU, else the lowest float (NaN stays NaN, as in sgemm).
             floor = e.splat(builder.select(relu_, ir.Constant(_F32, 0.0), ir.Constant(_F32, _LOWEST)), totals[0][0].type)
             for r in range(rows):
                 o_row = builder.mul(ldo_, e.const(r))
-                for v in range(VECTORS):
+                for v in range(vectors):
                     value = builder.fadd(totals[r][v], bias_v[v])
                     value = builder.select(builder.fcmp_ordered("<", value, floor), floor, value)
                     e.store(value, e.at(out_, builder.add(o_row, e.const(LANES * v))), v)
@@ -137,6 +144,34 @@ _f0, _f1, _f2, _f3, _f4 = (_forward_tile(r, False) for r in _ROWS5)
 # The full-size tile for the steps between outputs of the usual layers (C or F of 16, 32, 64 at stride 1).
 STEPS = (16, 32, 64)
 _s16, _s32, _s64 = (_forward_tile(FORWARD_ROWS[0], False, cs) for cs in STEPS)
+if WIDE:
+    _w0, _w1, _w2, _w3, _w4 = (_forward_tile(r, False, 0, 2) for r in WIDE_ROWS)
+    _ws16, _ws32, _ws64 = (_forward_tile(WIDE_ROWS[0], False, cs, 2) for cs in STEPS)
+else:  # never called (WIDE is 0), but typed
+    _w0, _w1, _w2, _w3, _w4 = _f0, _f1, _f2, _f3, _f4
+    _ws16, _ws32, _ws64 = _s16, _s32, _s64
+
+
+@numba.njit(**JIT)
+def _wide_strip(i, cs, args):
+    """The wide forward tile WIDE_ROWS[i] (for the full-size one, the one for this cs, if any)."""
+    if i == 0:
+        if cs == 16:
+            _ws16(*args)
+        elif cs == 32:
+            _ws32(*args)
+        elif cs == 64:
+            _ws64(*args)
+        else:
+            _w0(*args)
+    elif i == 1:
+        _w1(*args)
+    elif i == 2:
+        _w2(*args)
+    elif i == 3:
+        _w3(*args)
+    else:
+        _w4(*args)
 _m0, _m1, _m2, _m3, _m4 = (_forward_tile(r, True) for r in _ROWS5)
 _g0, _g1, _g2, _g3, _g4 = (_grad_tile(t, False) for t in _TAPS5)
 _h0, _h1, _h2, _h3, _h4 = (_grad_tile(t, True) for t in _TAPS5)
@@ -284,33 +319,40 @@ def _direct(x_addr, s_, hp, wp, c_, kernel, bias, use_bias, relu, kh, kw, sh, sw
     kernel (kh*kw*C, F), C-contiguous."""
     k = kernel.shape[0]
     toff = _tap_offsets(kh, kw, dh, dw, wp, c_)
-    sizes = np.array(FORWARD_ROWS)
+    sizes, wide_sizes = np.array(FORWARD_ROWS), np.array(WIDE_ROWS)
     cs = sw * c_
     for s in range(s_):
         for oh in range(ho):
             x_row = x_addr + 4 * ((s * hp + oh * sh) * wp * c_)
             o_row = o_addr + 4 * ((s * ho + oh) * wo * f)
-            for j in range(0, f, STRIP):
-                cols = min(STRIP, f - j)
+            j = 0
+            while j < f:
+                wide = WIDE > 0 and f - j >= WIDE
+                cols = WIDE if wide else min(STRIP, f - j)
                 ow = 0
                 while ow < wo:
-                    i = _pick(sizes, wo - ow)
+                    i = _pick(wide_sizes if wide else sizes, wo - ow)
                     args = (x_row + 4 * ow * cs, cs, toff.ctypes.data, k, kernel.ctypes.data + 4 * j, f,
                             bias.ctypes.data + 4 * j, use_bias, relu, o_row + 4 * (ow * f + j), f, cols)
-                    _forward_strip(i, cols == STRIP, cs, args)
-                    ow += sizes[i]
+                    if wide:
+                        _wide_strip(i, cs, args)
+                        ow += wide_sizes[i]
+                    else:
+                        _forward_strip(i, cols == STRIP, cs, args)
+                        ow += sizes[i]
+                j += cols
 
 
 @numba.njit(**JIT)
 def forward_rows(x, kernel, bias, use_bias, relu, g, n0, n1, ho, wo, scratch, o):
-    """conv._forward_rows on the tiles, when they take it (True): at most STRIP filters and room in scratch
+    """conv._forward_rows on the tiles, when they take it (True): few enough filters and room in scratch
     for the chunk's padded samples; else False, nothing done. kernel, bias and o C-contiguous float32."""
     kh, kw, sh, sw, dh, dw, ph, pw = g
     c_ = x.shape[3]
     f = kernel.shape[1]
     hp = (ho - 1) * sh + (kh - 1) * dh + 1
     wp = (wo - 1) * sw + (kw - 1) * dw + 1
-    if f > STRIP or (n1 - n0) * hp * wp * c_ > scratch.size:
+    if f > (MAX_FILTERS if sh == sw == 1 else STRIP) or (n1 - n0) * hp * wp * c_ > scratch.size:
         return False
     if not (_dense(kernel) and _dense(o) and (not use_bias or bias.strides[0] == 4)):
         return False
