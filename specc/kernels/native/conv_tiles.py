@@ -260,34 +260,25 @@ def _tap_offsets(kh, kw, dh, dw, wp, c):
 @numba.njit(**JIT)
 def _pad_samples(x, n0, n1, top, left, hp, wp, xp):
     """xp (>= (n1 - n0)*Hp*Wp*C,) = samples n0:n1 of x (N, H, W, C), shifted by (top, left) in an image of
-    Hp x Wp, zeros around; x in any layout."""
+    Hp x Wp, zeros around. Row by row: zeros as slices, each input row as one contiguous copy."""
     _, h_, w_, c_ = x.shape
-    zero = xp.dtype.type(0)
+    flat = x.reshape(x.size)
+    b0, b1 = max(0, left), min(wp, left + w_)  # the columns that hold x
+    row = wp * c_
     i = 0
     for n in range(n0, n1):
         for a in range(hp):
             ih = a - top
-            if ih < 0 or ih >= h_:
-                for _ in range(wp * c_):
-                    xp[i] = zero
-                    i += 1
-                continue
-            for b in range(wp):
-                iw = b - left
-                if 0 <= iw < w_:
-                    for q in range(c_):
-                        xp[i] = x[n, ih, iw, q]
-                        i += 1
-                else:
-                    for q in range(c_):
-                        xp[i] = zero
-                        i += 1
-
-
-@numba.njit(**JIT)
-def _dense(a):
-    """Whether a 2-D float32 array's rows are contiguous and back to back (the tiles index it by address)."""
-    return a.strides[1] == 4 and (a.shape[0] <= 1 or a.strides[0] == 4 * a.shape[1])
+            if ih < 0 or ih >= h_ or b0 >= b1:
+                xp[i : i + row] = 0
+            else:
+                xp[i : i + b0 * c_] = 0
+                dst = xp[i + b0 * c_ : i + b1 * c_]
+                src = flat[((n * h_ + ih) * w_ + b0 - left) * c_ :]
+                for e in range((b1 - b0) * c_):
+                    dst[e] = src[e]
+                xp[i + b1 * c_ : i + row] = 0
+            i += row
 
 
 @numba.njit(**JIT)
@@ -295,22 +286,29 @@ def _pad_rows(d, s_, ho, wo, top, left, hq, wq, dp):
     """dp (>= S*Hq*Wq*F,) = d (S*Ho*Wo, F) as S images Ho x Wo, shifted by (top, left) in Hq x Wq, zeros
     around."""
     f = d.shape[1]
-    zero = dp.dtype.type(0)
+    b0, b1 = max(0, left), min(wq, left + wo)
+    row = wq * f
     i = 0
     for s in range(s_):
         for a in range(hq):
             oh = a - top
-            for b in range(wq):
-                ow = b - left
-                if 0 <= oh < ho and 0 <= ow < wo:
-                    r = (s * ho + oh) * wo + ow
+            if oh < 0 or oh >= ho or b0 >= b1:
+                dp[i : i + row] = 0
+            else:
+                dp[i : i + b0 * f] = 0
+                for b in range(b0, b1):
+                    src = d[(s * ho + oh) * wo + b - left]
+                    dst = dp[i + b * f : i + b * f + f]
                     for q in range(f):
-                        dp[i] = d[r, q]
-                        i += 1
-                else:
-                    for q in range(f):
-                        dp[i] = zero
-                        i += 1
+                        dst[q] = src[q]
+                dp[i + b1 * f : i + row] = 0
+            i += row
+
+
+@numba.njit(**JIT)
+def _dense(a):
+    """Whether a 2-D float32 array's rows are contiguous and back to back (the tiles index it by address)."""
+    return a.strides[1] == 4 and (a.shape[0] <= 1 or a.strides[0] == 4 * a.shape[1])
 
 
 @numba.njit(**JIT)
