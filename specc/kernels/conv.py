@@ -17,6 +17,12 @@ the whole batch (tens of MB) followed by one multi-threaded GEMM. Sums over the 
 gradients) go to per-chunk partials added in chunk order, so results are bit-for-bit the same at any
 thread count. A pointwise geometry (1 x 1 kernel, stride 1, no padding) takes the same path: its "windows"
 are a copy of x, cheap next to the GEMM.
+
+In float32 where the native package loaded its vector tiles (AVX-512, or AVX2 with FMA), the chunk
+kernels `_forward_rows` and `_backward_rows` hand the layers those tiles take to native/conv_tiles.py
+(`_direct_forward`, `_direct_backward`): a direct convolution of each chunk's zero-padded samples, with no
+windows laid out, and for stride 1 the input gradient as the direct convolution of the padded output
+gradient by the flipped kernel. The chunking, the per-chunk partial sums and their order are the same.
 """
 
 from __future__ import annotations
