@@ -17,6 +17,12 @@ the whole batch (tens of MB) followed by one multi-threaded GEMM. Sums over the 
 gradients) go to per-chunk partials added in chunk order, so results are bit-for-bit the same at any
 thread count. A pointwise geometry (1 x 1 kernel, stride 1, no padding) takes the same path: its "windows"
 are a copy of x, cheap next to the GEMM.
+
+In float32 where the native package loaded its vector tiles (AVX-512, or AVX2 with FMA), the chunk
+kernels `_forward_rows` and `_backward_rows` hand the layers those tiles take to native/conv_tiles.py
+(`_direct_forward`, `_direct_backward`): a direct convolution of each chunk's zero-padded samples, with no
+windows laid out, and for stride 1 the input gradient as the direct convolution of the padded output
+gradient by the flipped kernel. The chunking, the per-chunk partial sums and their order are the same.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from numba import types
 from numba.extending import overload
 
 from ..workspace import empty
-from . import JIT, thread_count
+from . import JIT, native, thread_count
 from .blas import HAVE_NUMPY_BLAS, HAVE_SCIPY_BLAS, OneOpenblasThread
 from .gemm import affine, matmul_serial
 
@@ -181,10 +187,46 @@ def _col2im_t(cols_t, n0, n1, g, ho, wo, x):
                             x[n, ih, ow * sw - pw + j * dw, c] += row[r + ow]
 
 
+def _direct_forward(x, kernel, bias, use_bias, relu, g, n0, n1, ho, wo, scratch, o):
+    """_forward_rows by direct convolution tiles, reading x in place (no windows laid out), where they take
+    the layer: True when done, else False and nothing done.
+
+    Compiled (the overload below): native.conv_tiles.forward_rows for float32 where it loaded (AVX-512 or
+    AVX2), else False. From Python (eager mode) False."""
+    return False
+
+
+def _direct_backward(x, kernel, d, need_dk, need_dx, g, n0, n1, ho, wo, t, scratch, dk_parts, dx):
+    """_backward_rows's kernel and input gradients by direct convolution tiles, where they take the layer:
+    True when done, else False and nothing done. Compiled: native.conv_tiles.backward_rows as above."""
+    return False
+
+
+@overload(_direct_forward, jit_options=JIT)
+def _direct_forward_njit(x, kernel, bias, use_bias, relu, g, n0, n1, ho, wo, scratch, o):
+    tiles = native.conv_tiles
+    if tiles is None or x.dtype != types.float32:
+        return lambda x, kernel, bias, use_bias, relu, g, n0, n1, ho, wo, scratch, o: False
+    return lambda x, kernel, bias, use_bias, relu, g, n0, n1, ho, wo, scratch, o: tiles.forward_rows(
+        x, kernel, bias, use_bias, relu, g, n0, n1, ho, wo, scratch, o)
+
+
+@overload(_direct_backward, jit_options=JIT)
+def _direct_backward_njit(x, kernel, d, need_dk, need_dx, g, n0, n1, ho, wo, t, scratch, dk_parts, dx):
+    tiles = native.conv_tiles
+    if tiles is None or x.dtype != types.float32:
+        return lambda x, kernel, d, need_dk, need_dx, g, n0, n1, ho, wo, t, scratch, dk_parts, dx: False
+    return lambda x, kernel, d, need_dk, need_dx, g, n0, n1, ho, wo, t, scratch, dk_parts, dx: tiles.backward_rows(
+        x, kernel, d, need_dk, need_dx, g, n0, n1, ho, wo, t, scratch, dk_parts, dx)
+
+
 @numba.njit(**JIT)
 def _forward_rows(x, kernel, bias, use_bias, relu, g, n0, n1, ho, wo, scratch, o):
     """The convolution of samples n0:n1 of x (N, H, W, C) on the calling thread -> o ((n1 - n0)*Ho*Wo, F),
-    row (n - n0)*Ho*Wo + oh*Wo + ow; scratch (>= rows * K,) holds their windows."""
+    row (n - n0)*Ho*Wo + oh*Wo + ow; scratch (>= rows * K,) holds their windows (or, on the direct
+    tiles, the samples padded)."""
+    if _direct_forward(x, kernel, bias, use_bias, relu, g, n0, n1, ho, wo, scratch, o):
+        return
     c_ = x.shape[3]
     k = kernel.shape[0]
     r = (n1 - n0) * ho * wo
@@ -238,6 +280,9 @@ def _backward_rows(x, kernel, d, use_bias, need_dk, need_dx, g, n0, n1, ho, wo, 
         for i in range(r):
             for q in range(f):
                 db[q] += d[i, q]
+    if (need_dk or need_dx) and _direct_backward(x, kernel, d, need_dk, need_dx, g, n0, n1, ho, wo, t, scratch,
+                                                 dk_parts, dx):
+        return
     if need_dk:
         _kernel_gradient(layout, x, d, n0, n1, g, ho, wo, scratch[: k * r], dk_parts[t])
     if need_dx:

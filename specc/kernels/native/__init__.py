@@ -12,7 +12,8 @@ BLAS. When this package loads, those entry points use what it offers instead:
 - `sgemm`: float32 matrix products on register tiles of 512-bit vectors where Numba compiles for this
   very CPU and it has AVX-512, else of 256-bit vectors where the CPU Numba compiles for has AVX2 and FMA
   (one variant per process: the other is never compiled);
-- `conv_pool_tiles`: convolution + pooling tiles on the vectors sgemm is built for (its IR helpers).
+- `conv_pool_tiles`: convolution + pooling tiles on the vectors sgemm is built for (its IR helpers);
+- `conv_tiles`: direct convolution tiles (forward, input and kernel gradients) on those vectors.
 
 `SPECC_NATIVE=0` turns the package off, but for `cache`, which only asks Numba where its cache is (the
 kernel cache's stamp needs that in every mode). A failure while it loads (a Numba or llvmlite that moved
@@ -37,7 +38,7 @@ AVX2 = False  # sgemm and conv_pool_tiles on 256-bit vectors loaded
 REASON = ""  # why a part is off
 
 # The loaded modules, None until loaded (the names shadow the submodules: import them with importlib).
-internals = products = sgemm = conv_pool_tiles = None
+internals = products = sgemm = conv_pool_tiles = conv_tiles = None
 
 
 def _warn(error: Exception) -> None:
@@ -142,7 +143,7 @@ def intended_mode() -> str:
 def load_kernels() -> None:
     """Loads products, and sgemm and conv_pool_tiles where the CPU has AVX-512 or AVX2 and FMA; on a failure
     of sgemm or products, none of them."""
-    global ENABLED, AVX512, AVX2, REASON, products, sgemm, conv_pool_tiles
+    global ENABLED, AVX512, AVX2, REASON, products, sgemm, conv_pool_tiles, conv_tiles
     if internals is None:
         return
     target = intended_mode()
@@ -160,6 +161,10 @@ def load_kernels() -> None:
     if target in ("avx512", "avx2"):
         try:  # after products: it imports kernels/conv.py, whose products must be the native ones
             conv_pool_tiles = importlib.import_module(f"{__name__}.conv_pool_tiles")
+        except Exception as error:  # pragma: no cover - depends on the installed Numba/llvmlite
+            _warn(error)
+        try:
+            conv_tiles = importlib.import_module(f"{__name__}.conv_tiles")
         except Exception as error:  # pragma: no cover - depends on the installed Numba/llvmlite
             _warn(error)
     ENABLED = True
