@@ -1,5 +1,5 @@
 """Convolutions, channels_last: im2col + GEMM for Conv1D/Conv2D (and, as their adjoint, Conv2DTranspose);
-direct loops for DepthwiseConv2D.
+DepthwiseConv2D has its own direct loops in kernels/depthwise.py.
 
 Every window is described by one geometry tuple `g = (kh, kw, sh, sw, dh, dw, pad_top, pad_left)`: kernel
 size, strides, dilation and the padding before each axis (padding after needs no number: reads past the
