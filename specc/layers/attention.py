@@ -236,23 +236,23 @@ class MultiHeadAttention(LayerSpec):
         return groups
 
     def _packed(self, kernels, biases, members, d, dt):
-        """The group's kernels side by side, (d, sum of heads * size), and biases (or None): the weights
-        themselves for one projection, else copies made at each forward, so they follow every update."""
-        import numpy as np
-
+        """The group's kernels side by side, (d, sum of heads * size), and biases (or an unused array
+        without use_bias): the weights themselves for one projection, else copies made at each forward,
+        so they follow every update (set_weights, optimizer steps)."""
         h = self.num_heads
         if len(members) == 1:
             name = members[0][0]
             b = biases[name]
-            return kernels[name].reshape(d, -1), (None if b is None else b.reshape(-1))
+            w = kernels[name].reshape(d, -1)
+            return w, (w[0] if b is None else b.reshape(-1))
         key = "+".join(name for name, _ in members)
         width = sum(h * size for _, size in members)
         w = empty(f"w:{key}", (d, width), dt)
-        b = empty(f"b:{key}", (width,), dt) if self.use_bias else None
+        b = empty(f"b:{key}", (width,), dt)
         at = 0
         for name, size in members:
             w[:, at: at + h * size] = kernels[name].reshape(d, -1)
-            if b is not None:
+            if self.use_bias:
                 b[at: at + h * size] = biases[name].reshape(-1)
             at += h * size
         return w, b
@@ -260,7 +260,7 @@ class MultiHeadAttention(LayerSpec):
     def forward(self, w, xs, training, rng):
         import numpy as np
 
-        from ..kernels import attention
+        from ..kernels import attention, dense
 
         parts = dict(zip(self._roles or ROLES[: len(xs)], xs, strict=True))
         axes = self._axes(parts["query"].shape[1:])
@@ -274,9 +274,7 @@ class MultiHeadAttention(LayerSpec):
             n, length, d = x.shape
             wcat, bcat = self._packed(kernels, biases, members, d, dt)
             y = empty(f"proj:{role}", (n * length, wcat.shape[1]), dt)  # (B' L, heads * sizes)
-            np.dot(x.reshape(-1, d), wcat, out=y)
-            if bcat is not None:
-                y += bcat
+            dense.forward(x.reshape(-1, d), wcat, bcat, self.use_bias, y)
             at = 0
             for name, size in members:  # (B', L, heads, size) views of y's column blocks
                 projected[name] = y[:, at: at + h * size].reshape(n, length, h, size)
@@ -298,36 +296,36 @@ class MultiHeadAttention(LayerSpec):
         wo = kernels["attention_output"]
         out_dims = wo.shape[2:]
         y = empty("out", (n * t, math.prod(out_dims)), dt)
-        np.dot(ctx2, wo.reshape(h * dv, -1), out=y)
-        if biases["attention_output"] is not None:
-            y += biases["attention_output"].reshape(-1)
+        bo = biases["attention_output"]
+        dense.forward(ctx2, wo.reshape(h * dv, -1), wo[0, 0].reshape(-1) if bo is None else bo.reshape(-1),
+                      self.use_bias, y)
         saved = (parts, axes, rows, q, k, v, scale, probs, keep, ctx2)
         return self._from_rows(y, rows["query"][1], tuple(out_dims)), saved
 
     def backward(self, w, g, saved, dy, need_dx=True):
         import numpy as np
 
-        from ..kernels import attention
+        from ..kernels import attention, dense
 
         parts, axes, rows, q, k, v, scale, probs, keep, ctx2 = saved
         kernels, biases = self._weights(w)
         grads, gbiases = self._weights(g)
-        h, dk, dv = self.num_heads, self.key_dim, self.value_dim or self.key_dim
-        n, t, s = q.shape[0], q.shape[1], k.shape[1]
+        h, dv = self.num_heads, self.value_dim or self.key_dim
+        n, t = q.shape[0], q.shape[1]
         dt = q.dtype
 
         wo = kernels["attention_output"]
         dy = np.asarray(dy, dt)
         dy = dy.reshape(dy.shape[: parts["query"].ndim - 1] + (-1,))  # output axes as one
         dy_rows = self._to_rows(dy, axes)[0].reshape(n * t, -1)  # (B' T, prod(out))
-        grads["attention_output"][...] = (ctx2.T @ dy_rows).reshape(wo.shape)
-        if gbiases["attention_output"] is not None:
-            gbiases["attention_output"][...] = dy_rows.sum(axis=0).reshape(gbiases["attention_output"].shape)
+        gbo = gbiases["attention_output"]
         dctx = empty("dctx", (n * t, h * dv), dt)
-        np.dot(dy_rows, wo.reshape(h * dv, -1).T, out=dctx)
+        dense.backward(ctx2, wo.reshape(h * dv, -1), dy_rows, self.use_bias, True,
+                       grads["attention_output"].reshape(h * dv, -1),
+                       dctx[0] if gbo is None else gbo.reshape(-1), dctx)
 
         dproj, dviews = {}, {}
-        for role, (x, _, wcat, y, members) in rows.items():
+        for role, (x, _, _, y, members) in rows.items():
             dproj[role] = dy_ = empty(f"dproj:{role}", y.shape, dt)  # (B' L, heads * sizes), as y
             at = 0
             for name, size in members:
@@ -341,17 +339,23 @@ class MultiHeadAttention(LayerSpec):
         for role, (x, layout, wcat, _, members) in rows.items():
             d2 = dproj[role]
             x2 = x.reshape(-1, x.shape[-1])
-            gw = x2.T @ d2  # (d, heads * sizes)
-            gb = d2.sum(axis=0) if self.use_bias else None
-            at = 0
-            for name, size in members:
-                grads[name][...] = gw[:, at: at + h * size].reshape(grads[name].shape)
-                if gb is not None:
-                    gbiases[name][...] = gb[at: at + h * size].reshape(h, size)
-                at += h * size
+            if len(members) == 1:  # the gradients straight into the weights' gradient arrays
+                name = members[0][0]
+                gw, gb = grads[name].reshape(wcat.shape), gbiases[name]
+                gb = d2[0] if gb is None else gb.reshape(-1)
+            else:
+                gw, gb = empty(f"gw:{role}", wcat.shape, dt), empty(f"gb:{role}", (wcat.shape[1],), dt)
+            dx = empty(f"dx:{role}", x2.shape, dt) if need_dx else x2[:0]
+            dense.backward(x2, wcat, d2, self.use_bias, need_dx, gw, gb, dx)
+            if len(members) > 1:
+                at = 0
+                for name, size in members:
+                    grads[name][...] = gw[:, at: at + h * size].reshape(grads[name].shape)
+                    if self.use_bias:
+                        gbiases[name][...] = gb[at: at + h * size].reshape(h, size)
+                    at += h * size
             if need_dx:
-                dx = (d2 @ wcat.T).reshape(x.shape)
-                out[role] = self._from_rows(dx, layout, (x.shape[-1],))
+                out[role] = self._from_rows(dx.reshape(x.shape), layout, (x.shape[-1],))
         if not need_dx:
             return None
         for role in parts:  # the mask, and an input that is the same array as an earlier one (its gradient is there)
