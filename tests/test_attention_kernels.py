@@ -11,7 +11,6 @@ from specc.kernels import attention
 from specc.spec import load_spec_text
 
 
-
 def reference(q, k, v, mask, scale, keep):
     """probs (N, H, T, S) and ctx (N, T, H, dv) in float64; masked keys get 0, a fully masked row zeros."""
     q, k, v = (x.astype(np.float64) for x in (q, k, v))
@@ -60,12 +59,16 @@ def test_forward_and_backward_match_float64(dtype, rtol, masked, dropout):
     probs = np.empty((n, heads, t, s), dtype)
     ctx = np.empty((n, t, heads, dv), dtype)
     attention.attention_forward(q, k, v, mask if masked else np.ones((1, 1, 1), np.uint8), masked, scale,
-                                keep, dropout, probs, ctx)
+                                keep, dropout, True, probs, ctx)
     want_probs, want_ctx = reference(q, k, v, mask if masked else None, 0.5, keep if dropout else None)
     np.testing.assert_allclose(probs, want_probs, rtol=rtol, atol=rtol * 1e-2)
     np.testing.assert_allclose(ctx, want_ctx, rtol=rtol * 10, atol=rtol)
     if masked:
         assert np.all(probs[0, :, 1] == 0) and np.all(ctx[0, 1] == 0)
+    scratch, ctx_only = np.empty((1, 1, t, s), dtype), np.empty_like(ctx)  # inference: probabilities not kept
+    attention.attention_forward(q, k, v, mask if masked else np.ones((1, 1, 1), np.uint8), masked, scale,
+                                keep, dropout, False, scratch, ctx_only)
+    np.testing.assert_array_equal(ctx_only, ctx)
 
     dctx = rng.normal(size=ctx.shape).astype(dtype)
     grads = [np.full(x.shape, np.nan, dtype) for x in (q, k, v)]
@@ -81,7 +84,7 @@ def test_large_scores_do_not_overflow():
     n, t, heads, _ = q.shape
     probs = np.empty((n, heads, t, k.shape[1]), np.float32)
     ctx = np.empty((n, t, heads, v.shape[3]), np.float32)
-    attention.attention_forward(q, k, v, mask, True, np.float32(1.0), keep, False, probs, ctx)
+    attention.attention_forward(q, k, v, mask, True, np.float32(1.0), keep, False, True, probs, ctx)
     want_probs, want_ctx = reference(q, k, v, mask, 1.0, None)
     assert np.isfinite(probs).all()
     np.testing.assert_allclose(probs, want_probs, atol=1e-5)

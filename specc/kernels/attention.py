@@ -13,11 +13,13 @@ is zeros too. `masked_softmax` is that softmax alone, over (n, T, S) scores.
 
 from __future__ import annotations
 
+import math
+
 import numba
 import numpy as np
 
 from . import JIT
-from .activations import _exp
+from .activations import _exp, _float64_from_bits
 from .gemm import matmul_serial
 
 
@@ -50,27 +52,51 @@ def masked_softmax(scores, mask, heads, probs):
                 probs[i, t, s] = probs[i, t, s] * inv
 
 
+_LOG2E, _LN2_HI, _LN2_LO = 1.4426950408889634, 6.93147180369123816490e-01, 1.90821492927058770002e-10
+
+
 @numba.njit(**JIT)
-def attention_forward(q, k, v, mask, use_mask, scale, keep, use_keep, probs, ctx):
+def _exp_weight(x):
+    """exp(x) for float64 x <= 0 to 1e-8 relative (degree 7 after the reduction to |r| <= ln(2) / 2): the
+    softmax's weights, stored in float32 or summed against 1 (the row maximum), need no more; below -708
+    it returns exp(-708), which no row sum (at least 1) can see."""
+    x = min(max(x, -708.0), 0.0)
+    k = math.floor(x * _LOG2E + 0.5)
+    r = (x - k * _LN2_HI) - k * _LN2_LO
+    p = 1.0 + r * (1.0 + r * (1 / 2 + r * (1 / 6 + r * (1 / 24 + r * (1 / 120 + r * (1 / 720 + r / 5040))))))
+    return p * _float64_from_bits((np.int64(k) + 1023) << 52)
+
+
+@numba.njit(inline="always", **JIT)
+def _weight(x, precise):
+    """exp(x), x <= 0: to float64's precision for float64 operands (precise), else _exp_weight."""
+    return _exp(x) if precise else _exp_weight(x)
+
+
+@numba.njit(**JIT)
+def attention_forward(q, k, v, mask, use_mask, scale, keep, use_keep, store, probs, ctx):
     """Scaled dot-product attention of every (sample, head): scores, masked softmax, context.
 
     q: (N, T, H, dk), k: (N, S, H, dk), v: (N, S, H, dv), any strides with the last axis contiguous
     (column blocks of the projections' (N * L, H * size) outputs); mask: (m, T, S) uint8, m = 1 or N,
     read only with use_mask; keep: (N, H, T, S) dropout factors, read only with use_keep.
-    Outputs: probs (N, H, T, S), the softmax before dropout (backward needs it); ctx (N, T, H, dv), the
+    Outputs: probs (N, H, T, S), the softmax before dropout (backward needs it), or with `store` False
+    (inference) a (1, 1, T, S) scratch that each (sample, head) overwrites; ctx (N, T, H, dv), the
     probabilities (after dropout) times the values: the output projection's operand as (N * T, H * dv).
     The two products per (sample, head) are sgemm/BLAS calls on the strided blocks in place; each softmax
-    row is taken in float64 (exp as arithmetic, activations._exp, so the loops vectorise)."""
+    row is taken in float64 (exp as arithmetic, so the loops vectorise)."""
     n, rows, heads, _ = q.shape
     keys = k.shape[1]
     dt = q.dtype
     z = np.empty((rows, keys), dt)
     dropped = np.empty((rows, keys), dt)
     e = np.empty(keys, np.float64)
+    precise = z.itemsize == 8
     low = dt.type(-1e30)  # a finite floor: fastmath does not keep comparisons with -inf reliable
     for b in range(n):
         mb = 0 if mask.shape[0] == 1 else b
         for h in range(heads):
+            p = probs[b, h] if store else probs[0, 0]  # (T, S)
             matmul_serial(q[b, :, h, :], k[b, :, h, :].T, z)  # (T, S) unscaled scores
             for t in range(rows):
                 top = low
@@ -83,22 +109,22 @@ def attention_forward(q, k, v, mask, use_mask, scale, keep, use_keep, probs, ctx
                 total = 0.0
                 if use_mask:
                     for s in range(keys):
-                        x = _exp(np.float64(z[t, s] * scale - top)) * (mask[mb, t, s] != 0)
+                        x = _weight(np.float64(z[t, s] * scale - top), precise) * (mask[mb, t, s] != 0)
                         e[s] = x
                         total += x
                 else:
                     for s in range(keys):
-                        x = _exp(np.float64(z[t, s] * scale - top))
+                        x = _weight(np.float64(z[t, s] * scale - top), precise)
                         e[s] = x
                         total += x
                 # a fully masked row (total 0) gives zeros, as Keras's masked softmax
                 inv = 1.0 / total if total > 0.0 else 0.0
                 for s in range(keys):
-                    probs[b, h, t, s] = e[s] * inv
+                    p[t, s] = e[s] * inv
                 if use_keep:
                     for s in range(keys):
-                        dropped[t, s] = probs[b, h, t, s] * keep[b, h, t, s]
-            matmul_serial(dropped if use_keep else probs[b, h], v[b, :, h, :], ctx[b, :, h, :])
+                        dropped[t, s] = p[t, s] * keep[b, h, t, s]
+            matmul_serial(dropped if use_keep else p, v[b, :, h, :], ctx[b, :, h, :])
 
 
 @numba.njit(**JIT)

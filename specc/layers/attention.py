@@ -288,10 +288,13 @@ class MultiHeadAttention(LayerSpec):
         if training and self.dropout > 0:
             keep = (rng.random((n, h, t, s)) >= self.dropout).astype(dt) / dt.type(1 - self.dropout)
         scale = dt.type(1 / math.sqrt(dk))
-        probs = empty("probs", (n, h, t, s), dt)
+        # Inference keeps no probabilities; a backward after it (a frozen layer) computes them again.
+        probs = empty("probs", (n, h, t, s) if training else (1, 1, t, s), dt)
         ctx = empty("ctx", (n, t, h, dv), dt)
-        attention.attention_forward(q, k, v, np.ones((1, 1, 1), np.uint8) if mask is None else mask, mask is not None, scale,
-                                    probs if keep is None else keep, keep is not None, probs, ctx)
+        use_mask = mask is not None
+        mask = mask if use_mask else np.ones((1, 1, 1), np.uint8)
+        attention.attention_forward(q, k, v, mask, use_mask, scale,
+                                    probs if keep is None else keep, keep is not None, training, probs, ctx)
         ctx2 = ctx.reshape(n * t, h * dv)
         wo = kernels["attention_output"]
         out_dims = wo.shape[2:]
@@ -299,7 +302,7 @@ class MultiHeadAttention(LayerSpec):
         bo = biases["attention_output"]
         dense.forward(ctx2, wo.reshape(h * dv, -1), wo[0, 0].reshape(-1) if bo is None else bo.reshape(-1),
                       self.use_bias, y)
-        saved = (parts, axes, rows, q, k, v, scale, probs, keep, ctx2)
+        saved = (parts, axes, rows, q, k, v, scale, mask, use_mask, probs if training else None, keep, ctx2)
         return self._from_rows(y, rows["query"][1], tuple(out_dims)), saved
 
     def backward(self, w, g, saved, dy, need_dx=True):
@@ -307,12 +310,16 @@ class MultiHeadAttention(LayerSpec):
 
         from ..kernels import attention, dense
 
-        parts, axes, rows, q, k, v, scale, probs, keep, ctx2 = saved
+        parts, axes, rows, q, k, v, scale, mask, use_mask, probs, keep, ctx2 = saved
         kernels, biases = self._weights(w)
         grads, gbiases = self._weights(g)
         h, dv = self.num_heads, self.value_dim or self.key_dim
         n, t = q.shape[0], q.shape[1]
         dt = q.dtype
+        if probs is None:  # the forward ran for inference
+            probs = empty("probs", (n, h, t, k.shape[1]), dt)
+            attention.attention_forward(q, k, v, mask, use_mask, scale, probs, False,
+                                        True, probs, empty("ctx", ctx2.shape, dt).reshape(n, t, h, dv))
 
         wo = kernels["attention_output"]
         dy = np.asarray(dy, dt)
