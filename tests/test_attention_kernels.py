@@ -161,3 +161,21 @@ def test_packed_projection_follows_new_weights():
     fresh = Engine(spec.graph, np.float32)
     fresh.set_weights(weights)
     np.testing.assert_allclose(got, fresh.forward(xs)[0], rtol=1e-6, atol=1e-6)
+
+
+def test_weight_gradients_without_the_input_gradient():
+    """Fed only by model inputs, the layer is asked for no input gradient (the engine's training mode);
+    its weight gradients are the same as with one."""
+    spec = _model(SHARED[1][1])
+    rng = np.random.default_rng(4)
+    xs = [rng.standard_normal((2, 4, 5)), rng.standard_normal((2, 4, 6))]
+    grads = []
+    for input_gradients in (True, False):
+        engine = Engine(spec.graph, np.float64)
+        engine.initialize(0)
+        engine.input_gradients = input_gradients
+        y = engine.forward(xs, training=True)[0]
+        engine.backward([np.ones_like(y)])
+        grads.append(engine.grads.copy())
+    np.testing.assert_array_equal(grads[0], grads[1])
+    assert np.abs(grads[1]).sum() > 0
