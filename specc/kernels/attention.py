@@ -74,6 +74,38 @@ def _weight(x, precise):
 
 
 @numba.njit(**JIT)
+def _row_max(z, allowed, use_mask, low):
+    """The largest z[s] (s, with use_mask, where allowed[s] != 0; else `low`). Eight running maxima:
+    LLVM does not reorder a max chain, so one would wait on each compare in turn."""
+    keys = z.shape[0]
+    m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = low
+    s = 0
+    while s + 8 <= keys:
+        if use_mask:
+            m0 = max(m0, z[s] if allowed[s] != 0 else low)
+            m1 = max(m1, z[s + 1] if allowed[s + 1] != 0 else low)
+            m2 = max(m2, z[s + 2] if allowed[s + 2] != 0 else low)
+            m3 = max(m3, z[s + 3] if allowed[s + 3] != 0 else low)
+            m4 = max(m4, z[s + 4] if allowed[s + 4] != 0 else low)
+            m5 = max(m5, z[s + 5] if allowed[s + 5] != 0 else low)
+            m6 = max(m6, z[s + 6] if allowed[s + 6] != 0 else low)
+            m7 = max(m7, z[s + 7] if allowed[s + 7] != 0 else low)
+        else:
+            m0 = max(m0, z[s])
+            m1 = max(m1, z[s + 1])
+            m2 = max(m2, z[s + 2])
+            m3 = max(m3, z[s + 3])
+            m4 = max(m4, z[s + 4])
+            m5 = max(m5, z[s + 5])
+            m6 = max(m6, z[s + 6])
+            m7 = max(m7, z[s + 7])
+        s += 8
+    for r in range(s, keys):
+        m0 = max(m0, z[r] if not use_mask or allowed[r] != 0 else low)
+    return max(max(max(m0, m1), max(m2, m3)), max(max(m4, m5), max(m6, m7)))
+
+
+@numba.njit(**JIT)
 def attention_forward(q, k, v, mask, use_mask, scale, keep, use_keep, store, probs, ctx):
     """Scaled dot-product attention of every (sample, head): scores, masked softmax, context.
 
@@ -99,13 +131,7 @@ def attention_forward(q, k, v, mask, use_mask, scale, keep, use_keep, store, pro
             p = probs[b, h] if store else probs[0, 0]  # (T, S)
             matmul_serial(q[b, :, h, :], k[b, :, h, :].T, z)  # (T, S) unscaled scores
             for t in range(rows):
-                top = low
-                if use_mask:
-                    for s in range(keys):
-                        top = max(top, z[t, s] * scale if mask[mb, t, s] != 0 else low)
-                else:
-                    for s in range(keys):
-                        top = max(top, z[t, s] * scale)
+                top = _row_max(z[t], mask[mb, t if use_mask else 0], use_mask, low) * scale  # scale > 0
                 total = 0.0
                 if use_mask:
                     for s in range(keys):
