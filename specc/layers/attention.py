@@ -13,8 +13,10 @@ value/bias, attention_output/kernel (heads, value_dim, *output_shape), attention
 
 The runtime moves the sample axes that are not attention axes into the batch and flattens the attention
 axes into one (attention over several axes is attention over their product), so every case runs as
-(batch', positions, features) arrays: projections are BLAS products, the masked softmax and its gradient
-are kernels (kernels/attention.py).
+(batch', positions, features) arrays. Each distinct input array is projected by one product (the dense
+kernels) against its projections' kernels side by side (self-attention: query, key and value in one), and
+the attention itself, scores to context, is one kernel call over every (sample, head) that reads the
+projections' (B', L, heads, size) column blocks in place (kernels/attention.py).
 """
 
 from __future__ import annotations
