@@ -1,23 +1,26 @@
-"""Scaled dot-product attention's softmax over keys, with Keras's masks, forward and backward.
+"""Scaled dot-product attention with Keras's masks, forward and backward, fused per (sample, head).
 
-The products around it (scores = Q K^T, output = P V and their gradients) are batched matrix products that
-NumPy hands to BLAS; what needs a loop of its own is the masked softmax of each query row and its
-gradient. Scores are laid out (batch * heads, queries, keys); the mask is (batch or 1, queries, keys)
-with 1 where a query may attend to a key, shared by the `heads` consecutive score matrices of a sample.
+One compiled call runs every (sample, head): its products are sgemm/BLAS calls that read the
+projections in place as (N, L, heads, size) views (no transposed copies; NumPy's batched matmul on such
+views runs its own loops, not BLAS), and the masked softmax of each query row runs between them. The
+projections themselves are the dense kernels' products, called by the layer (layers/attention.py).
 
 Keras's masked softmax puts -1e9 where the mask is 0, takes the softmax and then zeroes those positions
 (layers.Softmax with a mask): a row with every key masked gives all zeros, not a uniform distribution.
 Here masked keys are left out of the sum, which is the same to float precision, and a fully masked row
-is zeros too.
+is zeros too. `masked_softmax` is that softmax alone, over (n, T, S) scores.
 """
 
 from __future__ import annotations
+
+import math
 
 import numba
 import numpy as np
 
 from . import JIT
-from .activations import _exp
+from .activations import _exp, _float64_from_bits
+from .gemm import matmul_serial
 
 
 @numba.njit(**JIT)
@@ -49,15 +52,136 @@ def masked_softmax(scores, mask, heads, probs):
                 probs[i, t, s] = probs[i, t, s] * inv
 
 
+_LOG2E, _LN2_HI, _LN2_LO = 1.4426950408889634, 6.93147180369123816490e-01, 1.90821492927058770002e-10
+
+
 @numba.njit(**JIT)
-def softmax_backward(probs, dprobs, dscores):
-    """dscores = probs * (dprobs - sum over keys of dprobs * probs), row by row; masked keys have
-    probability 0 and so get no gradient. All (n, T, S); dscores may alias dprobs."""
-    n, rows, keys = probs.shape
-    for i in range(n):
-        for t in range(rows):
-            dot = 0.0
-            for s in range(keys):
-                dot += np.float64(dprobs[i, t, s]) * np.float64(probs[i, t, s])
-            for s in range(keys):
-                dscores[i, t, s] = np.float64(probs[i, t, s]) * (np.float64(dprobs[i, t, s]) - dot)
+def _exp_weight(x):
+    """exp(x) for float64 x <= 0 to 1e-8 relative (degree 7 after the reduction to |r| <= ln(2) / 2): the
+    softmax's weights, stored in float32 or summed against 1 (the row maximum), need no more; below -708
+    it returns exp(-708), which no row sum (at least 1) can see."""
+    x = min(max(x, -708.0), 0.0)
+    k = math.floor(x * _LOG2E + 0.5)
+    r = (x - k * _LN2_HI) - k * _LN2_LO
+    p = 1.0 + r * (1.0 + r * (1 / 2 + r * (1 / 6 + r * (1 / 24 + r * (1 / 120 + r * (1 / 720 + r / 5040))))))
+    return p * _float64_from_bits((np.int64(k) + 1023) << 52)
+
+
+@numba.njit(inline="always", **JIT)
+def _weight(x, precise):
+    """exp(x), x <= 0: to float64's precision for float64 operands (precise), else _exp_weight."""
+    return _exp(x) if precise else _exp_weight(x)
+
+
+@numba.njit(**JIT)
+def _row_max(z, allowed, use_mask, low):
+    """The largest z[s] (s, with use_mask, where allowed[s] != 0; else `low`). Eight running maxima:
+    LLVM does not reorder a max chain, so one would wait on each compare in turn."""
+    keys = z.shape[0]
+    m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = low
+    s = 0
+    while s + 8 <= keys:
+        if use_mask:
+            m0 = max(m0, z[s] if allowed[s] != 0 else low)
+            m1 = max(m1, z[s + 1] if allowed[s + 1] != 0 else low)
+            m2 = max(m2, z[s + 2] if allowed[s + 2] != 0 else low)
+            m3 = max(m3, z[s + 3] if allowed[s + 3] != 0 else low)
+            m4 = max(m4, z[s + 4] if allowed[s + 4] != 0 else low)
+            m5 = max(m5, z[s + 5] if allowed[s + 5] != 0 else low)
+            m6 = max(m6, z[s + 6] if allowed[s + 6] != 0 else low)
+            m7 = max(m7, z[s + 7] if allowed[s + 7] != 0 else low)
+        else:
+            m0 = max(m0, z[s])
+            m1 = max(m1, z[s + 1])
+            m2 = max(m2, z[s + 2])
+            m3 = max(m3, z[s + 3])
+            m4 = max(m4, z[s + 4])
+            m5 = max(m5, z[s + 5])
+            m6 = max(m6, z[s + 6])
+            m7 = max(m7, z[s + 7])
+        s += 8
+    for r in range(s, keys):
+        m0 = max(m0, z[r] if not use_mask or allowed[r] != 0 else low)
+    return max(max(max(m0, m1), max(m2, m3)), max(max(m4, m5), max(m6, m7)))
+
+
+@numba.njit(**JIT)
+def attention_forward(q, k, v, mask, use_mask, scale, keep, use_keep, store, probs, ctx):
+    """Scaled dot-product attention of every (sample, head): scores, masked softmax, context.
+
+    q: (N, T, H, dk), k: (N, S, H, dk), v: (N, S, H, dv), any strides with the last axis contiguous
+    (column blocks of the projections' (N * L, H * size) outputs); mask: (m, T, S) uint8, m = 1 or N,
+    read only with use_mask; keep: (N, H, T, S) dropout factors, read only with use_keep.
+    Outputs: probs (N, H, T, S), the softmax before dropout (backward needs it), or with `store` False
+    (inference) a (1, 1, T, S) scratch that each (sample, head) overwrites; ctx (N, T, H, dv), the
+    probabilities (after dropout) times the values: the output projection's operand as (N * T, H * dv).
+    The two products per (sample, head) are sgemm/BLAS calls on the strided blocks in place; each softmax
+    row is taken in float64 (exp as arithmetic, so the loops vectorise)."""
+    n, rows, heads, _ = q.shape
+    keys = k.shape[1]
+    dt = q.dtype
+    z = np.empty((rows, keys), dt)
+    dropped = np.empty((rows, keys), dt)
+    e = np.empty(keys, np.float64)
+    precise = z.itemsize == 8
+    low = dt.type(-1e30)  # a finite floor: fastmath does not keep comparisons with -inf reliable
+    for b in range(n):
+        mb = 0 if mask.shape[0] == 1 else b
+        for h in range(heads):
+            p = probs[b, h] if store else probs[0, 0]  # (T, S)
+            matmul_serial(q[b, :, h, :], k[b, :, h, :].T, z)  # (T, S) unscaled scores
+            for t in range(rows):
+                top = _row_max(z[t], mask[mb, t if use_mask else 0], use_mask, low) * scale  # scale > 0
+                total = 0.0
+                if use_mask:
+                    for s in range(keys):
+                        x = _weight(np.float64(z[t, s] * scale - top), precise) * (mask[mb, t, s] != 0)
+                        e[s] = x
+                        total += x
+                else:
+                    for s in range(keys):
+                        x = _weight(np.float64(z[t, s] * scale - top), precise)
+                        e[s] = x
+                        total += x
+                # a fully masked row (total 0) gives zeros, as Keras's masked softmax
+                inv = 1.0 / total if total > 0.0 else 0.0
+                for s in range(keys):
+                    p[t, s] = e[s] * inv
+                if use_keep:
+                    for s in range(keys):
+                        dropped[t, s] = p[t, s] * keep[b, h, t, s]
+            matmul_serial(dropped if use_keep else p, v[b, :, h, :], ctx[b, :, h, :])
+
+
+@numba.njit(**JIT)
+def attention_backward(q, k, v, probs, keep, use_keep, dctx, scale, dq, dk, dv):
+    """The gradients of attention_forward: from dctx (N, T, H, dv) (the loss's gradient at ctx) to
+    dq (N, T, H, dk), dk (N, S, H, dk), dv (N, S, H, dv); operands as there (any strides, last axis
+    contiguous). Per (sample, head): dprobs = dctx v^T (times the dropout factors), dv = dropped^T dctx,
+    the softmax's gradient dscores = probs * (dprobs - sum over keys of dprobs * probs) * scale (masked
+    keys have probability 0 and so no gradient), dq = dscores k, dk = dscores^T q: four BLAS products."""
+    n, rows, heads, _ = q.shape
+    keys = k.shape[1]
+    dt = q.dtype
+    dprobs = np.empty((rows, keys), dt)
+    dropped = np.empty((rows, keys), dt)
+    for b in range(n):
+        for h in range(heads):
+            p = probs[b, h]  # (T, S)
+            if use_keep:
+                for t in range(rows):
+                    for s in range(keys):
+                        dropped[t, s] = p[t, s] * keep[b, h, t, s]
+            matmul_serial((dropped if use_keep else p).T, dctx[b, :, h, :], dv[b, :, h, :])
+            matmul_serial(dctx[b, :, h, :], v[b, :, h, :].T, dprobs)
+            for t in range(rows):
+                if use_keep:
+                    for s in range(keys):
+                        dprobs[t, s] *= keep[b, h, t, s]
+                dot = 0.0
+                for s in range(keys):
+                    dot += np.float64(dprobs[t, s]) * np.float64(p[t, s])
+                for s in range(keys):
+                    dprobs[t, s] = np.float64(p[t, s]) * (np.float64(dprobs[t, s]) - dot) * scale
+            matmul_serial(dprobs, k[b, :, h, :], dq[b, :, h, :])
+            matmul_serial(dprobs.T, q[b, :, h, :], dk[b, :, h, :])

@@ -13,8 +13,10 @@ value/bias, attention_output/kernel (heads, value_dim, *output_shape), attention
 
 The runtime moves the sample axes that are not attention axes into the batch and flattens the attention
 axes into one (attention over several axes is attention over their product), so every case runs as
-(batch', positions, features) arrays: projections are BLAS products, the masked softmax and its gradient
-are kernels (kernels/attention.py).
+(batch', positions, features) arrays. Each distinct input array is projected by one product (the dense
+kernels) against its projections' kernels side by side (self-attention: query, key and value in one), and
+the attention itself, scores to context, is one kernel call over every (sample, head) that reads the
+projections' (B', L, heads, size) column blocks in place (kernels/attention.py).
 """
 
 from __future__ import annotations
@@ -207,7 +209,7 @@ class MultiHeadAttention(LayerSpec):
         return np.ascontiguousarray(np.transpose(y, inverse))
 
     def _mask(self, parts, q_rows, v_rows):
-        """(m, T, S) uint8 mask or None, m = 1 or the batch."""
+        """(m, T, S) uint8 mask, m = 1 or the batch; None when every query attends to every key."""
         import numpy as np
 
         mask = None
@@ -217,14 +219,50 @@ class MultiHeadAttention(LayerSpec):
         if self.use_causal_mask:
             causal = np.tril(np.ones((q_rows, v_rows), bool))[None]  # query t attends to keys 0..t
             mask = causal if mask is None else mask & causal
-        if mask is None:
-            return np.ones((1, q_rows, v_rows), np.uint8)
-        return np.ascontiguousarray(mask, np.uint8)
+        return None if mask is None else np.ascontiguousarray(mask, np.uint8)
+
+    def _groups(self, parts):
+        """The projections grouped by the input they read: [(role of the input, [(projection, size)])].
+        Self-attention (query, value and key one array) makes one group, projected by one product."""
+        dk, dv = self.key_dim, self.value_dim or self.key_dim
+        sources = (("query", "query", dk), ("key", "key" if "key" in parts else "value", dk),
+                   ("value", "value", dv))
+        groups: list = []
+        for name, role, size in sources:
+            for first, members in groups:
+                if parts[first] is parts[role]:
+                    members.append((name, size))
+                    break
+            else:
+                groups.append((role, [(name, size)]))
+        return groups
+
+    def _packed(self, kernels, biases, members, d, dt):
+        """The group's kernels side by side, (d, sum of heads * size), and biases (or an unused array
+        without use_bias): the weights themselves for one projection, else copies made at each forward,
+        so they follow every update (set_weights, optimizer steps)."""
+        h = self.num_heads
+        if len(members) == 1:
+            name = members[0][0]
+            b = biases[name]
+            w = kernels[name].reshape(d, -1)
+            return w, (w[0] if b is None else b.reshape(-1))
+        key = "+".join(name for name, _ in members)
+        width = sum(h * size for _, size in members)
+        w = empty(f"w:{key}", (d, width), dt)
+        b = empty(f"b:{key}", (width,), dt)
+        at = 0
+        for name, size in members:
+            w[:, at: at + h * size] = kernels[name].reshape(d, -1)
+            if self.use_bias:
+                b[at: at + h * size] = biases[name].reshape(-1)
+            at += h * size
+        return w, b
 
     def forward(self, w, xs, training, rng):
         import numpy as np
 
-        from ..kernels import attention
+        from ..kernels import attention, dense
 
         parts = dict(zip(self._roles or ROLES[: len(xs)], xs, strict=True))
         axes = self._axes(parts["query"].shape[1:])
@@ -232,87 +270,104 @@ class MultiHeadAttention(LayerSpec):
         h, dk, dv = self.num_heads, self.key_dim, self.value_dim or self.key_dim
         dt = parts["query"].dtype
 
-        xq, q_layout = self._to_rows(parts["query"], axes)  # (B', T, d_query)
-        xv, _ = self._to_rows(parts["value"], axes)  # (B', S, d_value)
-        xk = xv if "key" not in parts else self._to_rows(parts["key"], axes)[0]  # (B', S, d_key)
-        n, t, s = xq.shape[0], xq.shape[1], xv.shape[1]
+        projected, rows = {}, {}
+        for role, members in self._groups(parts):
+            x, layout = self._to_rows(parts[role], axes)  # (B', L, d)
+            n, length, d = x.shape
+            wcat, bcat = self._packed(kernels, biases, members, d, dt)
+            y = empty(f"proj:{role}", (n * length, wcat.shape[1]), dt)  # (B' L, heads * sizes)
+            dense.forward(x.reshape(-1, d), wcat, bcat, self.use_bias, y)
+            at = 0
+            for name, size in members:  # (B', L, heads, size) views of y's column blocks
+                projected[name] = y[:, at: at + h * size].reshape(n, length, h, size)
+                at += h * size
+            rows[role] = (x, layout, wcat, y, members)
+        q, k, v = projected["query"], projected["key"], projected["value"]
+        n, t, s = q.shape[0], q.shape[1], k.shape[1]
 
-        def project(x, name, size):  # (B', L, d) -> (B', heads, L, size)
-            y = x @ kernels[name].reshape(x.shape[-1], h * size)
-            if biases[name] is not None:
-                y += biases[name].reshape(-1)
-            return np.ascontiguousarray(y.reshape(n, x.shape[1], h, size).transpose(0, 2, 1, 3))
-
-        q, k, v = project(xq, "query", dk), project(xk, "key", dk), project(xv, "value", dv)
-        scale = dt.type(1 / math.sqrt(dk))
-        scores = np.matmul(q * scale, k.transpose(0, 1, 3, 2)).reshape(n * h, t, s)
         mask = self._mask(parts, t, s)
-        probs = empty("probs", scores.shape, dt)
-        attention.masked_softmax(scores, mask, h, probs)
-        probs = probs.reshape(n, h, t, s)
         keep = None
         if training and self.dropout > 0:
-            keep = (rng.random(probs.shape) >= self.dropout).astype(dt) / dt.type(1 - self.dropout)
-        dropped = probs if keep is None else probs * keep
-        ctx = np.matmul(dropped, v)  # (B', heads, T, dv)
-        ctx2 = np.ascontiguousarray(ctx.transpose(0, 2, 1, 3)).reshape(n * t, h * dv)
+            keep = (rng.random((n, h, t, s)) >= self.dropout).astype(dt) / dt.type(1 - self.dropout)
+        scale = dt.type(1 / math.sqrt(dk))
+        # Inference keeps no probabilities; a backward after it (a frozen layer) computes them again.
+        probs = empty("probs", (n, h, t, s) if training else (1, 1, t, s), dt)
+        ctx = empty("ctx", (n, t, h, dv), dt)
+        use_mask = mask is not None
+        mask = mask if use_mask else np.ones((1, 1, 1), np.uint8)
+        attention.attention_forward(q, k, v, mask, use_mask, scale,
+                                    probs if keep is None else keep, keep is not None, training, probs, ctx)
+        ctx2 = ctx.reshape(n * t, h * dv)
         wo = kernels["attention_output"]
         out_dims = wo.shape[2:]
-        y = ctx2 @ wo.reshape(h * dv, -1)
-        if biases["attention_output"] is not None:
-            y += biases["attention_output"].reshape(-1)
-        saved = (parts, axes, xq, xk, xv, q, k, v, scale, probs, keep, dropped, ctx2, q_layout)
-        return self._from_rows(y, q_layout, tuple(out_dims)), saved
+        y = empty("out", (n * t, math.prod(out_dims)), dt)
+        bo = biases["attention_output"]
+        dense.forward(ctx2, wo.reshape(h * dv, -1), wo[0, 0].reshape(-1) if bo is None else bo.reshape(-1),
+                      self.use_bias, y)
+        saved = (parts, axes, rows, q, k, v, scale, mask, use_mask, probs if training else None, keep, ctx2)
+        return self._from_rows(y, rows["query"][1], tuple(out_dims)), saved
 
     def backward(self, w, g, saved, dy, need_dx=True):
         import numpy as np
 
-        from ..kernels import attention
+        from ..kernels import attention, dense
 
-        parts, axes, xq, xk, xv, q, k, v, scale, probs, keep, dropped, ctx2, q_layout = saved
+        parts, axes, rows, q, k, v, scale, mask, use_mask, probs, keep, ctx2 = saved
         kernels, biases = self._weights(w)
         grads, gbiases = self._weights(g)
-        h, dk, dv = self.num_heads, self.key_dim, self.value_dim or self.key_dim
-        n, t, s = xq.shape[0], xq.shape[1], xv.shape[1]
-        dt = xq.dtype
+        h, dv = self.num_heads, self.value_dim or self.key_dim
+        n, t = q.shape[0], q.shape[1]
+        dt = q.dtype
+        if probs is None:  # the forward ran for inference
+            probs = empty("probs", (n, h, t, k.shape[1]), dt)
+            attention.attention_forward(q, k, v, mask, use_mask, scale, probs, False,
+                                        True, probs, empty("ctx", ctx2.shape, dt).reshape(n, t, h, dv))
 
         wo = kernels["attention_output"]
         dy = np.asarray(dy, dt)
         dy = dy.reshape(dy.shape[: parts["query"].ndim - 1] + (-1,))  # output axes as one
         dy_rows = self._to_rows(dy, axes)[0].reshape(n * t, -1)  # (B' T, prod(out))
-        grads["attention_output"][...] = (ctx2.T @ dy_rows).reshape(wo.shape)
-        if gbiases["attention_output"] is not None:
-            gbiases["attention_output"][...] = dy_rows.sum(axis=0).reshape(gbiases["attention_output"].shape)
-        dctx = (dy_rows @ wo.reshape(h * dv, -1).T).reshape(n, t, h, dv).transpose(0, 2, 1, 3)  # (B', heads, T, dv)
+        gbo = gbiases["attention_output"]
+        dctx = empty("dctx", (n * t, h * dv), dt)
+        dense.backward(ctx2, wo.reshape(h * dv, -1), dy_rows, self.use_bias, True,
+                       grads["attention_output"].reshape(h * dv, -1),
+                       dctx[0] if gbo is None else gbo.reshape(-1), dctx)
 
-        dv_ = np.matmul(dropped.transpose(0, 1, 3, 2), dctx)  # (B', heads, S, dv)
-        dprobs = np.matmul(dctx, v.transpose(0, 1, 3, 2))  # (B', heads, T, S)
-        if keep is not None:
-            dprobs = dprobs * keep
-        dscores = np.ascontiguousarray(dprobs, dt).reshape(n * h, t, s)
-        attention.softmax_backward(probs.reshape(n * h, t, s), dscores, dscores)
-        dscores = dscores.reshape(n, h, t, s)
-        dq = np.matmul(dscores, k) * scale  # (B', heads, T, dk)
-        dk_ = np.matmul(dscores.transpose(0, 1, 3, 2), q) * scale  # (B', heads, S, dk)
+        dproj, dviews = {}, {}
+        for role, (x, _, _, y, members) in rows.items():
+            dproj[role] = dy_ = empty(f"dproj:{role}", y.shape, dt)  # (B' L, heads * sizes), as y
+            at = 0
+            for name, size in members:
+                dviews[name] = dy_[:, at: at + h * size].reshape(x.shape[0], x.shape[1], h, size)
+                at += h * size
+        attention.attention_backward(q, k, v, probs, probs if keep is None else keep, keep is not None,
+                                     dctx.reshape(n, t, h, dv), scale, dviews["query"], dviews["key"],
+                                     dviews["value"])
 
-        def unproject(x, dproj, name, size):  # dproj (B', heads, L, size) -> d(x) (B', L, d)
-            d2 = np.ascontiguousarray(dproj.transpose(0, 2, 1, 3)).reshape(-1, h * size)
+        out = {}
+        for role, (x, layout, wcat, _, members) in rows.items():
+            d2 = dproj[role]
             x2 = x.reshape(-1, x.shape[-1])
-            grads[name][...] = (x2.T @ d2).reshape(grads[name].shape)
-            if gbiases[name] is not None:
-                gbiases[name][...] = d2.sum(axis=0).reshape(h, size)
-            return (d2 @ kernels[name].reshape(x.shape[-1], h * size).T).reshape(x.shape)
-
-        dxq = unproject(xq, dq, "query", dk)
-        dxk = unproject(xk, dk_, "key", dk)
-        dxv = unproject(xv, dv_, "value", dv)
-        if "key" not in parts:
-            dxv = dxv + dxk
-        v_layout = self._to_rows(parts["value"], axes)[1]
-        out = {"query": self._from_rows(dxq, q_layout, (xq.shape[-1],)),
-               "value": self._from_rows(dxv, v_layout, (xv.shape[-1],))}
-        if "key" in parts:
-            out["key"] = self._from_rows(dxk, self._to_rows(parts["key"], axes)[1], (xk.shape[-1],))
-        if "attention_mask" in parts:
-            out["attention_mask"] = np.zeros_like(parts["attention_mask"])
+            if len(members) == 1:  # the gradients straight into the weights' gradient arrays
+                name = members[0][0]
+                gw, gb = grads[name].reshape(wcat.shape), gbiases[name]
+                gb = d2[0] if gb is None else gb.reshape(-1)
+            else:
+                gw, gb = empty(f"gw:{role}", wcat.shape, dt), empty(f"gb:{role}", (wcat.shape[1],), dt)
+            dx = empty(f"dx:{role}", x2.shape, dt) if need_dx else x2[:0]
+            dense.backward(x2, wcat, d2, self.use_bias, need_dx, gw, gb, dx)
+            if len(members) > 1:
+                at = 0
+                for name, size in members:
+                    grads[name][...] = gw[:, at: at + h * size].reshape(grads[name].shape)
+                    if self.use_bias:
+                        gbiases[name][...] = gb[at: at + h * size].reshape(h, size)
+                    at += h * size
+            if need_dx:
+                out[role] = self._from_rows(dx.reshape(x.shape), layout, (x.shape[-1],))
+        if not need_dx:
+            return None
+        for role in parts:  # the mask, and an input that is the same array as an earlier one (its gradient is there)
+            if role not in out:
+                out[role] = np.zeros_like(parts[role])
         return [out[r] for r in self._roles or ROLES[: len(parts)]]
