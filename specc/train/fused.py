@@ -14,12 +14,15 @@ cover (other layers, several inputs or outputs, frozen layers, loss weights) kee
 from __future__ import annotations
 
 import math
+import queue
+import threading
 import weakref
 
 import numpy as np
 
 from ..engine import Engine
 from ..kernels import activations as A
+from ..kernels import product_threads
 from ..kernels import fused as K
 from ..kernels import losses as KL
 from ..workspace import aligned_empty
@@ -29,6 +32,36 @@ from .losses import _ELEMENTWISE, Loss, _bounds, check_label_range
 # engine -> its DenseChain (or None): an engine's structure and weight views never change (a model whose
 # structure changes gets a new engine), so neither does its chain.
 _CHAINS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+class _Helpers:
+    """Threads that take blocks of a prediction next to the calling thread (kernels/fused.py
+    forward_shared). Python threads rather than a parallel loop: a parallel loop ends when all its
+    threads have arrived, so a thread the OS has not yet woken holds up the whole batch, whereas here the
+    calling thread takes every block no helper has taken and never waits for a helper that has not
+    started. Started on first use, one per extra thread asked for."""
+
+    def __init__(self):
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+
+    def offer(self, job: tuple, helpers: int) -> None:
+        if len(self._threads) < helpers:
+            with self._lock:
+                while len(self._threads) < helpers:
+                    thread = threading.Thread(target=self._serve, name="specc-predict", daemon=True)
+                    thread.start()
+                    self._threads.append(thread)
+        for _ in range(helpers):
+            self._jobs.put(job)
+
+    def _serve(self) -> None:
+        while True:
+            K.forward_shared(*self._jobs.get())
+
+
+_HELPERS = _Helpers()
 
 
 class DenseChain:
@@ -83,8 +116,19 @@ class DenseChain:
     def predict(self, x: np.ndarray) -> np.ndarray:
         """The model's output for x (batch, in): a view into the workspace, valid until the next call."""
         x = np.ascontiguousarray(x, self.engine.dtype)
-        plan, work = self.plan(len(x))
-        return K.forward(x, self.engine.params, plan, work)
+        batch = len(x)
+        plan, work = self.plan(batch)
+        workers = product_threads()
+        # float32 only: sgemm gives each row the same bits however the rows are split, BLAS does not.
+        if workers == 1 or batch < 2 * K.TASK_ROWS or not K.SHARED or self.engine.dtype != np.float32:
+            return K.forward(x, self.engine.params, plan, work)
+        counters = np.zeros(2, np.int64)
+        job = (x, self.engine.params, plan, work, K.TASK_ROWS, counters)
+        _HELPERS.offer(job, workers - 1)
+        K.forward_shared(*job)
+        K.wait_blocks(counters, batch, K.TASK_ROWS)
+        at = plan[-2, K.A_AT]
+        return work[at: at + batch * self.units_out].reshape(batch, self.units_out)
 
     def trainer(self, loss: Loss, fused: str | None) -> FusedStep | None:
         if loss.name == "hinge":  # Keras decides per batch whether labels are 0/1: keep the general path
