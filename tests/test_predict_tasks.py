@@ -73,7 +73,7 @@ def test_blocks_of_rows_give_the_same_bits_as_the_whole_batch(layers, batch):
         work[:] = np.nan  # a row no block wrote would stay NaN
         counters = np.zeros(2, np.int64)
         for _ in range(workers):  # one after another: each later caller finds no block left
-            K.forward_shared(x, chain.engine.params, plan, work, K.TASK_ROWS, counters)
+            K.forward_shared(x, chain.engine.params, plan, work, K.TASK_ROWS, counters, work[:0].reshape(0, 1))
         K.wait_blocks(counters, batch, K.TASK_ROWS)
         at = plan[-2, K.A_AT]
         blocks = work[at: at + batch * chain.units_out].reshape(batch, -1)
@@ -91,3 +91,22 @@ def test_predict_on_two_threads_equals_one_thread(dtype, batch):
     configure_threads(2)
     np.testing.assert_array_equal(chain.predict(x), one)
     np.testing.assert_allclose(one, reference(chain, x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("layers", list(LAYERS))
+def test_predict_writes_into_the_array_it_is_given(layers, dtype, threads):
+    chain = chain_for(LAYERS[layers], dtype)
+    batch = 3 * K.TASK_ROWS + 5
+    x = np.random.default_rng(3).standard_normal((batch, 30)).astype(dtype)
+    configure_threads(threads)
+    expected = chain.predict(x).copy()
+    out = np.full((batch + 4, chain.units_out), np.nan, dtype)
+    assert chain.predict(x, out[2: 2 + batch]) is not None
+    np.testing.assert_array_equal(out[2: 2 + batch], expected)
+    assert np.isnan(out[:2]).all() and np.isnan(out[2 + batch:]).all()  # nothing written outside it
+    other = np.full((batch, chain.units_out), np.nan, np.float64 if dtype == np.float32 else np.float32)
+    chain.predict(x, other)  # another dtype: a copy
+    np.testing.assert_array_equal(other, expected.astype(other.dtype))
+    np.testing.assert_allclose(expected, reference(chain, x), rtol=1e-4, atol=1e-5)
