@@ -110,3 +110,22 @@ def test_predict_writes_into_the_array_it_is_given(layers, dtype, threads):
     chain.predict(x, other)  # another dtype: a copy
     np.testing.assert_array_equal(other, expected.astype(other.dtype))
     np.testing.assert_allclose(expected, reference(chain, x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(not K.SHARED or not hasattr(__import__("os"), "fork"), reason="needs the helpers and fork")
+def test_a_forked_child_predicts_with_helpers_of_its_own():
+    import os
+
+    chain = chain_for(LAYERS["relu_softmax"], np.float32)
+    x = np.random.default_rng(4).standard_normal((4 * K.TASK_ROWS, 30)).astype(np.float32)
+    configure_threads(2)
+    expected = chain.predict(x).copy()  # the parent's helper thread exists now
+    pid = os.fork()
+    if pid == 0:  # the child: exit status 0 only if its predictions match
+        from specc.train import fused
+
+        ok = all(np.array_equal(chain.predict(x), expected) for _ in range(3))
+        ok = ok and all(thread.is_alive() for thread in fused._HELPERS._threads)
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0

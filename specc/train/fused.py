@@ -14,6 +14,7 @@ cover (other layers, several inputs or outputs, frozen layers, loss weights) kee
 from __future__ import annotations
 
 import math
+import os
 import queue
 import threading
 import weakref
@@ -70,6 +71,16 @@ class _Helpers:
 
 
 _HELPERS = _Helpers()
+
+
+def _forget_helpers() -> None:
+    """A forked child has none of its parent's threads: it starts its own helpers when it needs them."""
+    global _HELPERS
+    _HELPERS = _Helpers()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_helpers)
 
 
 class DenseChain:
