@@ -10,7 +10,6 @@ from .activations import ActivationName
 from .base import LayerSpec, ShapeError, WeightSpec, fmt_shape, prod, register
 from .initializers import Initializer
 
-
 # kernels.dense, imported by Dense's first pass: `specc validate` and `summary` load this module without
 # Numba or NumPy. (Not a `from ..kernels import` in forward: that runs importlib's Python code at every
 # call; `import numpy` of a loaded module is a dictionary lookup.)

@@ -23,12 +23,11 @@ import numpy as np
 
 from ..engine import Engine
 from ..kernels import activations as A
-from ..kernels import product_threads
 from ..kernels import fused as K
 from ..kernels import losses as KL
+from ..kernels import product_threads
 from ..workspace import aligned_empty
 from .losses import _ELEMENTWISE, Loss, _bounds, check_label_range
-
 
 # engine -> its DenseChain (or None): an engine's structure and weight views never change (a model whose
 # structure changes gets a new engine), so neither does its chain.
@@ -139,7 +138,8 @@ class DenseChain:
         x = np.ascontiguousarray(x, self.engine.dtype)
         batch = len(x)
         plan, work = self.plan(batch)
-        direct = out is not None and out.dtype == self.engine.dtype and out.flags.c_contiguous
+        direct = (out is not None and out.shape == (batch, self.units_out) and out.dtype == self.engine.dtype
+                  and out.flags.c_contiguous)
         target = out if direct else work[:0].reshape(0, self.units_out)
         workers = product_threads()
         if workers == 1:
