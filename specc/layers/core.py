@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from ..spec.types import Bool, PositiveInt, Rate, StrictInt
 from ..workspace import empty
 from .activations import ActivationName
 from .base import LayerSpec, ShapeError, WeightSpec, fmt_shape, prod, register
 from .initializers import Initializer
+
+# kernels.dense, imported by Dense's first pass: `specc validate` and `summary` load this module without
+# Numba or NumPy. (Not a `from ..kernels import` in forward: that runs importlib's Python code at every
+# call; `import numpy` of a loaded module is a dictionary lookup.)
+_dense: Any = None
+
+
+def _dense_kernels():
+    global _dense
+    if _dense is None:
+        from ..kernels import dense as loaded
+
+        _dense = loaded
+    return _dense
 
 
 @register
@@ -46,8 +60,7 @@ class Dense(LayerSpec):
     def forward(self, w, x, training, rng):
         import numpy as np
 
-        from ..kernels import dense
-
+        dense = _dense or _dense_kernels()
         x2 = np.ascontiguousarray(x.reshape(-1, x.shape[-1]))  # (rows, in)
         out = empty("out", (x2.shape[0], self.units), x.dtype)
         bias = w[1] if self.use_bias else w[0][0]
@@ -57,8 +70,7 @@ class Dense(LayerSpec):
     def backward(self, w, g, saved, dy, need_dx=True):
         import numpy as np
 
-        from ..kernels import dense
-
+        dense = _dense or _dense_kernels()
         x2, in_shape = saved
         dz = np.ascontiguousarray(dy.reshape(-1, self.units))
         dx = empty("dx", x2.shape, x2.dtype) if need_dx else x2[:0]  # the first layer's dx: a third of backward

@@ -40,6 +40,19 @@ class _Shapes(NamedTuple):
 conv_pool: Any = None
 
 
+# kernels.elementwise, imported by AddReLU's first pass (like conv_pool above).
+_elementwise: Any = None
+
+
+def _elementwise_kernels():
+    global _elementwise
+    if _elementwise is None:
+        from ..kernels import elementwise
+
+        _elementwise = elementwise
+    return _elementwise
+
+
 class ConvPool:
     """The runtime side of a layer (see LayerSpec) for conv then pool; its weights are the convolution's.
 
@@ -179,7 +192,7 @@ class AddAct:
     def forward(self, w, xs, training, rng):
         import numpy as np
 
-        from ..kernels import elementwise
+        elementwise = _elementwise or _elementwise_kernels()
 
         shape = xs[0].shape
         if any(x.shape != shape for x in xs):  # broadcasting: Add, then the ReLU, apart
@@ -195,7 +208,7 @@ class AddAct:
     def backward(self, w, g, saved, dy, need_dx=True):
         import numpy as np
 
-        from ..kernels import elementwise
+        elementwise = _elementwise or _elementwise_kernels()
 
         same, data, out = saved
         dz = empty("dz", out.shape, out.dtype)

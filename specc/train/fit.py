@@ -577,7 +577,7 @@ class Trainer:
                 for cb in callbacks:
                     cb.on_predict_batch_begin(step, {})
                 if chain is not None:  # one jitted call per batch, written straight into the result
-                    out[start: start + batch_size] = chain.predict(x[0][start: start + batch_size])
+                    chain.predict(x[0][start: start + batch_size], out[start: start + batch_size])
                     outs = [out[start: start + batch_size]]
                 else:
                     outs = [o.copy() for o in engine.forward([a[start: start + batch_size] for a in x],

@@ -1,0 +1,131 @@
+"""An MLP's prediction over blocks of rows (kernels/fused.py forward_tasks, which DenseChain.predict uses on
+several threads): every row goes through every layer exactly once, with the same bits as the whole-batch
+forward pass on one thread, whatever the number of workers, and within rounding of a float64 NumPy
+reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from specc.engine import Engine
+from specc.kernels import configure_threads
+from specc.kernels import fused as K
+from specc.spec import load_spec_text
+from specc.train.fused import DenseChain
+
+LAYERS = {
+    "relu_softmax": "[{type: Dense, units: 48, activation: relu}, {type: Dense, units: 20, activation: relu},"
+                    " {type: Dense, units: 7, activation: softmax}]",
+    "tanh_linear_no_bias": "[{type: Dense, units: 33, activation: tanh},"
+                           " {type: Dense, units: 5, use_bias: false}]",
+}
+
+
+@pytest.fixture(autouse=True)
+def threads_back():
+    yield
+    configure_threads(1)
+
+
+def chain_for(layers: str, dtype, n_in: int = 30) -> DenseChain:
+    spec, errors = load_spec_text(f"specc: 1\nmodel:\n  input: [{n_in}]\n  layers: {layers}\n")
+    assert not errors, errors
+    engine = Engine(spec.graph, dtype)
+    engine.initialize(5)
+    chain = DenseChain.of(engine)
+    assert chain is not None
+    return chain
+
+
+def reference(chain: DenseChain, x: np.ndarray) -> np.ndarray:
+    """The chain in float64 NumPy, from its layout (kernel offset, bias offset, in, out, activation)."""
+    from specc.kernels import activations as A
+
+    params = chain.engine.params.astype(np.float64)
+    h = x.astype(np.float64)
+    for w_at, b_at, n_in, n_out, act in chain.layout:
+        h = h @ params[w_at: w_at + n_in * n_out].reshape(n_in, n_out)
+        if b_at >= 0:
+            h = h + params[b_at: b_at + n_out]
+        if act == A.RELU:
+            h = np.maximum(h, 0)
+        elif act == A.TANH:
+            h = np.tanh(h)
+        elif act == A.SOFTMAX:
+            e = np.exp(h - h.max(axis=1, keepdims=True))
+            h = e / e.sum(axis=1, keepdims=True)
+    return h
+
+
+@pytest.mark.skipif(not K.SHARED, reason="the portable kernels predict on the whole batch")
+@pytest.mark.parametrize("layers", list(LAYERS))
+@pytest.mark.parametrize("batch", [2 * K.TASK_ROWS + 37, 5 * K.TASK_ROWS])
+def test_blocks_of_rows_give_the_same_bits_as_the_whole_batch(layers, batch):
+    dtype = np.float32
+    chain = chain_for(LAYERS[layers], dtype)
+    x = np.random.default_rng(1).standard_normal((batch, 30)).astype(dtype)
+    plan, work = chain.plan(batch)
+    configure_threads(1)
+    whole = K.forward(x, chain.engine.params, plan, work).copy()
+    configure_threads(2)
+    for workers in (1, 2, 3, 8):
+        work[:] = np.nan  # a row no block wrote would stay NaN
+        counters = np.zeros(2, np.int64)
+        for _ in range(workers):  # one after another: each later caller finds no block left
+            K.forward_shared(x, chain.engine.params, plan, work, K.TASK_ROWS, counters, work[:0].reshape(0, 1))
+        K.wait_blocks(counters, batch, K.TASK_ROWS)
+        at = plan[-2, K.A_AT]
+        blocks = work[at: at + batch * chain.units_out].reshape(batch, -1)
+        np.testing.assert_array_equal(blocks, whole)
+    np.testing.assert_array_equal(chain.predict(x), whole)  # predict takes the blocks on two threads
+    np.testing.assert_allclose(whole, reference(chain, x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype, batch", [(np.float32, K.TASK_ROWS + 3), (np.float64, 3 * K.TASK_ROWS)])
+def test_predict_on_two_threads_equals_one_thread(dtype, batch):
+    chain = chain_for(LAYERS["relu_softmax"], dtype)
+    x = np.random.default_rng(2).standard_normal((batch, 30)).astype(dtype)
+    configure_threads(1)
+    one = chain.predict(x).copy()
+    configure_threads(2)
+    np.testing.assert_array_equal(chain.predict(x), one)
+    np.testing.assert_allclose(one, reference(chain, x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("layers", list(LAYERS))
+def test_predict_writes_into_the_array_it_is_given(layers, dtype, threads):
+    chain = chain_for(LAYERS[layers], dtype)
+    batch = 3 * K.TASK_ROWS + 5
+    x = np.random.default_rng(3).standard_normal((batch, 30)).astype(dtype)
+    configure_threads(threads)
+    expected = chain.predict(x).copy()
+    out = np.full((batch + 4, chain.units_out), np.nan, dtype)
+    assert chain.predict(x, out[2: 2 + batch]) is not None
+    np.testing.assert_array_equal(out[2: 2 + batch], expected)
+    assert np.isnan(out[:2]).all() and np.isnan(out[2 + batch:]).all()  # nothing written outside it
+    other = np.full((batch, chain.units_out), np.nan, np.float64 if dtype == np.float32 else np.float32)
+    chain.predict(x, other)  # another dtype: a copy
+    np.testing.assert_array_equal(other, expected.astype(other.dtype))
+    np.testing.assert_allclose(expected, reference(chain, x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(not K.SHARED or not hasattr(__import__("os"), "fork"), reason="needs the helpers and fork")
+def test_a_forked_child_predicts_with_helpers_of_its_own():
+    import os
+
+    chain = chain_for(LAYERS["relu_softmax"], np.float32)
+    x = np.random.default_rng(4).standard_normal((4 * K.TASK_ROWS, 30)).astype(np.float32)
+    configure_threads(2)
+    expected = chain.predict(x).copy()  # the parent's helper thread exists now
+    pid = os.fork()
+    if pid == 0:  # the child: exit status 0 only if its predictions match
+        from specc.train import fused
+
+        ok = all(np.array_equal(chain.predict(x), expected) for _ in range(3))
+        ok = ok and all(thread.is_alive() for thread in fused._HELPERS._threads)
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
