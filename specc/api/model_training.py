@@ -374,11 +374,10 @@ class TrainingMixin:
                 break
         if chain is None:
             return [o.copy() for o in state.engine.forward([x], training=False, reuse=True)]
-        if n <= batch_size:
-            return [chain.predict(x).copy()]
-        out = np.empty((n, chain.units_out), state.engine.dtype)  # Trainer.predict_with's batches, with no bar
+        # Trainer.predict_with's batches, with no bar; the last layer writes straight into the result
+        out = np.empty((n, chain.units_out), state.engine.dtype)
         for start in range(0, n, batch_size):
-            out[start: start + batch_size] = chain.predict(x[start: start + batch_size])
+            chain.predict(x[start: start + batch_size], out[start: start + batch_size])
         return [out]
 
     def predict_on_batch(self, x: Any) -> Any:
