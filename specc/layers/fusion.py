@@ -243,9 +243,9 @@ def _three_tap_columns(width: int, wo: int, g: tuple) -> tuple[int, int]:
 def _edges(width: int, padded_width: int, wo: int, g: tuple, gp: tuple) -> tuple:
     """Output columns whose three taps lie in the padded input but not all in the unpadded one: the layers
     apart add those taps (one of them a zero) in one expression and the fused kernel one tap at a time,
-    which round alike only where LLVM contracts both into the same chain of FMAs (it does on x86-64 with
-    FMA); these columns are computed again from a padded strip of the input, as apart, so the bits never
-    depend on it."""
+    which round alike only where LLVM contracts both into the same chain of FMAs (it did on the AVX-512
+    machine the tests first ran on); these columns are computed again from a padded strip of the input, as
+    apart, so the bits never depend on it."""
     if g[1] != 3:
         return ()
     lo, hi = _three_tap_columns(padded_width, wo, gp)
@@ -255,11 +255,14 @@ def _edges(width: int, padded_width: int, wo: int, g: tuple, gp: tuple) -> tuple
     return tuple((a, b) for a, b in ((lo, min(hi, flo)), (max(lo, fhi), hi)) if a < b)
 
 
+_STRIP_ROLES, _EDGE_ROLES = ("padded strip 0", "padded strip 1"), ("edge columns 0", "edge columns 1")
 depthwise: Any = None  # kernels.depthwise, imported when a PadDepthwise first meets an input shape (as conv_pool)
 
 
 class PadDepthwise:
-    """The runtime side of ZeroPadding2D then DepthwiseConv2D; its weights are the convolution's."""
+    """The runtime side of ZeroPadding2D then DepthwiseConv2D; its weights are the convolution's. Backward
+    is the convolution's over the unpadded input: its kernel adds one tap at a time, and the padding's taps
+    (zero products) would change no sum."""
 
     is_merge = False
     runs_own_threads = True
@@ -311,14 +314,14 @@ class PadDepthwise:
         """Output columns a:b as the layers apart compute them: from the padded input's columns they read
         (a strip of a few columns, zeros where the padding is)."""
         (top, _), (left, _) = self.pad.padding
-        _, sh, sw, dh, dw, ph, pw = shapes.padded[1:]
+        sw, dw, pw = shapes.padded[3], shapes.padded[5], shapes.padded[7]  # stride, dilation, own pad (width)
         n, h, w, c = x4.shape
         first, end = a * sw - pw, (b - 1) * sw - pw + 2 * dw + 1  # padded columns [first, end)
-        strip = empty(f"padded strip {k}", (n, h + sum(self.pad.padding[0]), end - first, c), x4.dtype)
+        strip = empty(_STRIP_ROLES[k], (n, h + sum(self.pad.padding[0]), end - first, c), x4.dtype)
         strip[...] = 0
         lo, hi = max(first, left), min(end, left + w)  # the input's columns in the strip, padded coordinates
         strip[:, top:top + h, lo - first:hi - first] = x4[:, :, lo - left:hi - left]
-        part = empty(f"edge columns {k}", shapes.out[:2] + (b - a,) + shapes.out[3:], x4.dtype)
+        part = empty(_EDGE_ROLES[k], shapes.out[:2] + (b - a,) + shapes.out[3:], x4.dtype)
         depthwise.forward(strip, kernel, bias, self.conv.use_bias, shapes.padded[:7] + (0,), part)
         out[:, :, a:b] = part
 
