@@ -216,3 +216,135 @@ class AddAct:
         if not same:
             return self.add.backward(w, g, data, dz, need_dx)
         return [dz] * data
+
+
+# A ZeroPadding2D whose output only a DepthwiseConv2D reads: the convolution reads the unpadded input with
+# the padding before each axis added to its own (the depthwise kernels skip taps outside the input, which
+# is what reading the padding's zeros adds), and its output size is the padded input's. The padded copy
+# and the un-padding of its gradient are gone.
+def fusable_padding(pad: Any, conv: Any) -> bool:
+    """Whether PadDepthwise runs pad followed by conv (the engine checks that nothing else reads pad's output)."""
+    from .conv import DepthwiseConv2D
+    from .reshaping import ZeroPadding2D
+
+    return type(pad) is ZeroPadding2D and type(conv) is DepthwiseConv2D
+
+
+class _PadShapes(NamedTuple):
+    """What a PadDepthwise works out once per input shape (PadDepthwise._work_out)."""
+
+    dtype: Any
+    geometry: tuple  # the kernels' window over the unpadded input, its pads the padding's plus the conv's own
+    padded: tuple  # the same window over the padded input, as the layers apart run it
+    out: tuple  # (N, Ho, Wo, C*m)
+    edges: tuple  # output column ranges (a, b) to run again over a padded strip (see _edges)
+    no_bias: Any
+
+
+def _three_tap_columns(width: int, wo: int, g: tuple) -> tuple[int, int]:
+    """The output columns [lo, hi) whose three taps of a 3-wide kernel row all lie in an input of `width`
+    (the columns kernels/depthwise.py adds a row's taps for in one sum); lo = hi when none."""
+    kw, sw, dw, pw = g[1], g[3], g[5], g[7]
+    lo, hi = 0, wo
+    for j in range(kw):
+        off = j * dw - pw
+        first = min(wo, max(0, (-off + sw - 1) // sw))
+        lo, hi = max(lo, first), min(hi, max(first, min(wo, (width - 1 - off) // sw + 1)))
+    return (lo, hi) if lo < hi else (wo, wo)
+
+
+def _edges(width: int, padded_width: int, wo: int, g: tuple, gp: tuple) -> tuple:
+    """Output columns whose three taps lie in the padded input but not all in the unpadded one: the layers
+    apart add those taps (one of them a zero) in one expression and the fused kernel one tap at a time,
+    which round alike only where LLVM contracts both into the same chain of FMAs (it did on the AVX-512
+    machine the tests first ran on); these columns are computed again from a padded strip of the input, as
+    apart, so the bits never depend on it."""
+    if g[1] != 3:
+        return ()
+    lo, hi = _three_tap_columns(padded_width, wo, gp)
+    flo, fhi = _three_tap_columns(width, wo, g)
+    if flo >= fhi:
+        return ((lo, hi),) if lo < hi else ()
+    return tuple((a, b) for a, b in ((lo, min(hi, flo)), (max(lo, fhi), hi)) if a < b)
+
+
+_STRIP_ROLES, _EDGE_ROLES = ("padded strip 0", "padded strip 1"), ("edge columns 0", "edge columns 1")
+depthwise: Any = None  # kernels.depthwise, imported when a PadDepthwise first meets an input shape (as conv_pool)
+
+
+class PadDepthwise:
+    """The runtime side of ZeroPadding2D then DepthwiseConv2D; its weights are the convolution's. Backward
+    is the convolution's over the unpadded input: its kernel adds one tap at a time, and the padding's taps
+    (zero products) would change no sum."""
+
+    is_merge = False
+    runs_own_threads = True
+
+    def __init__(self, pad: Any, conv: Any):
+        self.pad, self.conv = pad, conv
+        self.fused_layers = (pad, conv)
+        self._shapes: dict = {}
+
+    def _shapes_of(self, x) -> _PadShapes:
+        shapes = self._shapes.get(x.shape)
+        if shapes is None or shapes.dtype != x.dtype:
+            shapes = self._shapes[x.shape] = self._work_out(x)
+        return shapes
+
+    def _work_out(self, x) -> _PadShapes:
+        global depthwise
+        import numpy as np
+
+        from ..kernels import depthwise
+
+        n, h, w, c = x.shape
+        (top, bottom), (left, right) = self.pad.padding
+        out_spatial, gp = self.conv.window((h + top + bottom, w + left + right, c))
+        g = gp[:6] + (gp[6] + top, gp[7] + left)
+        cm = c * self.conv.depth_multiplier
+        return _PadShapes(x.dtype, g, gp, (n,) + out_spatial + (cm,),
+                          _edges(w, w + left + right, out_spatial[1], g, gp), np.zeros(cm, x.dtype))
+
+    def output_activation(self) -> str:
+        return self.conv.output_activation()
+
+    def applies_activation(self) -> bool:
+        return self.conv.applies_activation()
+
+    def forward(self, w, x, training, rng):
+        import numpy as np
+
+        x4 = np.ascontiguousarray(x)  # (N, H, W, C)
+        shapes, conv = self._shapes_of(x4), self.conv
+        bias = w[1] if conv.use_bias else shapes.no_bias
+        out = empty("out", shapes.out, x4.dtype)  # (N, Ho, Wo, C*m)
+        depthwise.forward(x4, w[0], bias, conv.use_bias, shapes.geometry, out)
+        for k, (a, b) in enumerate(shapes.edges):
+            self._edge_columns(k, x4, w[0], bias, shapes, a, b, out)
+        return out, (x4, shapes.geometry)
+
+    def _edge_columns(self, k, x4, kernel, bias, shapes, a, b, out):
+        """Output columns a:b as the layers apart compute them: from the padded input's columns they read
+        (a strip of a few columns, zeros where the padding is)."""
+        (top, _), (left, _) = self.pad.padding
+        sw, dw, pw = shapes.padded[3], shapes.padded[5], shapes.padded[7]  # stride, dilation, own pad (width)
+        n, h, w, c = x4.shape
+        first, end = a * sw - pw, (b - 1) * sw - pw + 2 * dw + 1  # padded columns [first, end)
+        strip = empty(_STRIP_ROLES[k], (n, h + sum(self.pad.padding[0]), end - first, c), x4.dtype)
+        strip[...] = 0
+        lo, hi = max(first, left), min(end, left + w)  # the input's columns in the strip, padded coordinates
+        strip[:, top:top + h, lo - first:hi - first] = x4[:, :, lo - left:hi - left]
+        part = empty(_EDGE_ROLES[k], shapes.out[:2] + (b - a,) + shapes.out[3:], x4.dtype)
+        depthwise.forward(strip, kernel, bias, self.conv.use_bias, shapes.padded[:7] + (0,), part)
+        out[:, :, a:b] = part
+
+    def backward(self, w, g, saved, dy, need_dx=True):
+        import numpy as np
+
+        x4, geometry = saved
+        conv = self.conv
+        dy4 = np.ascontiguousarray(dy)  # (N, Ho, Wo, C*m)
+        dx = empty("dx", x4.shape, x4.dtype)
+        dbias = g[1] if conv.use_bias else np.empty(dy4.shape[3], dy4.dtype)
+        depthwise.backward(x4, w[0], dy4, conv.use_bias, geometry, g[0], dbias, dx, need_dx)
+        return dx if need_dx else None
