@@ -81,10 +81,10 @@ def _plan(steps: list[Step], output_names: list[str]) -> list[Step]:
         AddAct,
         BatchNormAct,
         ConvPool,
-        PadDepthwise,
         fusable,
         fusable_activation,
         fusable_padding,
+        padded_step,
     )
 
     readers: dict[str, list[Step]] = {}
@@ -110,7 +110,7 @@ def _plan(steps: list[Step], output_names: list[str]) -> list[Step]:
                      s.weights, s.grads)
         elif pool is not None and s.name not in output_names and fusable_padding(s.layer, pool.layer):
             absorbed.add(pool.name)
-            s = Step(pool.name, PadDepthwise(s.layer, pool.layer), s.inbound, pool.trainable, pool.specs,
+            s = Step(pool.name, padded_step(s.layer, pool.layer), s.inbound, pool.trainable, pool.specs,
                      s.input_shape, pool.output_shape, pool.weights, pool.grads)
         plan.append(s)
     return plan

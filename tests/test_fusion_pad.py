@@ -1,5 +1,5 @@
-"""A ZeroPadding2D and the DepthwiseConv2D that alone reads it, run as one step (specc/layers/fusion.py's
-PadDepthwise): the convolution reads the unpadded input with the padding added to its own. The engine fuses
+"""A ZeroPadding2D and the DepthwiseConv2D or Conv2D that alone reads it, run as one step (specc/layers/fusion.py's
+PadDepthwise and PadConv): the convolution reads the unpadded input with the padding added to its own. The engine fuses
 them only where nothing else reads the padding's output; the pair gives bit for bit what the two layers
 give apart (outputs, weight and input gradients), the same at 1 and 2 threads, and its gradients match
 finite differences in float64. The model's layers, weights and summary are the two layers."""
@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from specc.engine import Engine
-from specc.layers.fusion import PadDepthwise
+from specc.layers.fusion import PadConv, PadDepthwise
 from specc.spec import load_spec_text
 
 from .gradcheck import build, check
@@ -26,6 +26,10 @@ def dw(**kw):
     return {"type": "DepthwiseConv2D", "kernel_size": 3, **kw}
 
 
+def conv(**kw):
+    return {"type": "Conv2D", "filters": 5, "kernel_size": 3, **kw}
+
+
 # (id, [pad, conv], input shapes)
 CASES = [
     # MobileNetV2's strided blocks: one row and column after, 3 x 3 stride 2 'valid'
@@ -36,7 +40,15 @@ CASES = [
      [[7, 6, 3]]),
     ("non_square_dilated", [pad([[0, 2], [3, 1]]), dw(kernel_size=[2, 3], dilation_rate=2)], [[6, 5, 2]]),
     ("pad_wider_than_input", [pad([[3, 3], [4, 4]]), dw(strides=2)], [[2, 2, 3]]),  # windows of padding only
+    # Conv2D: ResNet's stems and strided blocks (pad then 'valid' stride 2), on both kernel paths (the direct
+    # tiles for few filters, im2col + products for many), with the conv's own ReLU, 'same' and dilation
+    ("conv_resnet_stride2", [pad(1), conv(strides=2, use_bias=False)], [[9, 8, 16]]),
+    ("conv_both_sides_relu", [pad([[1, 2], [2, 1]]), conv(activation="relu")], [[7, 6, 3]]),
+    ("conv_many_filters_stride2", [pad([[0, 1], [0, 1]]), conv(filters=40, strides=2)], [[8, 9, 8]]),
+    ("conv_uneven_non_square", [pad([[2, 0], [0, 1]]), conv(kernel_size=[3, 2])], [[6, 5, 4]]),
+    ("conv_dilated", [pad(2), conv(dilation_rate=2, filters=17)], [[5, 6, 2]]),
 ]
+KIND = {"DepthwiseConv2D": PadDepthwise, "Conv2D": PadConv}
 BATCH = 37  # odd, and several chunks of samples
 
 
@@ -70,7 +82,7 @@ def sample(shapes):
 @pytest.mark.parametrize("layers,shapes", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_the_pair_runs_as_one_step(layers, shapes):
     engine = engine_for(layers, shapes, True)
-    assert [type(s.layer) for s in engine.plan] == [PadDepthwise]
+    assert [type(s.layer) for s in engine.plan] == [KIND[layers[1]["type"]]]
     assert engine.plan[0].name == engine.steps[1].name  # the convolution's output, under its name
     assert engine.plan[0].weights == engine.steps[1].weights
     assert len(engine_for(layers, shapes, False).plan) == 2
@@ -87,7 +99,8 @@ def test_same_bits_as_the_layers_apart(layers, shapes):
 
 
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs two Numba threads")
-@pytest.mark.parametrize("layers,shapes", [CASES[0][1:], CASES[3][1:]], ids=[CASES[0][0], CASES[3][0]])
+@pytest.mark.parametrize("layers,shapes", [CASES[0][1:], CASES[3][1:], CASES[6][1:], CASES[8][1:]],
+                         ids=[CASES[0][0], CASES[3][0], CASES[6][0], CASES[8][0]])
 def test_same_bits_at_one_and_two_threads(layers, shapes):
     x = sample(shapes)
     one = run(engine_for(layers, shapes, True), x, threads=1)
@@ -122,6 +135,8 @@ X = {"x": [8, 8, 2]}
     ({"input": [8, 8, 2], "layers": [pad(1), {"type": "SeparableConv2D", "filters": 2, "kernel_size": 3}]},
      ["ZeroPadding2D", "SeparableConv2D"]),
     ({"input": [8, 8, 2], "layers": [pad(1), {"type": "MaxPooling2D"}]}, ["ZeroPadding2D", "MaxPooling2D"]),
+    # a Conv2D with its own 'same' padding too (fused only when 'valid')
+    ({"input": [8, 8, 2], "layers": [pad(1), conv(padding="same", kernel_size=[3, 2])]}, ["ZeroPadding2D", "Conv2D"]),
     # a functional graph where the pair is not adjacent in the layer list
     ({"inputs": X, "layers": [dict(pad(1), name="p", inputs="x"), dict(dw(), name="e", inputs="x"),
                               dict(dw(), name="d", inputs="p")],
@@ -129,7 +144,7 @@ X = {"x": [8, 8, 2]}
     # inside a nested Sequential block, as specs/zoo/mobilenet_v2.yaml writes it
     ({"input": [8, 8, 2], "layers": [{"type": "Sequential", "name": "block",
                                       "layers": [pad([[0, 1], [0, 1]]), dw(strides=2)]}]}, ["PadDepthwise"]),
-], ids=["pad_is_an_output", "pad_read_twice", "separable", "pooling", "functional", "nested_block"])
+], ids=["pad_is_an_output", "pad_read_twice", "separable", "pooling", "conv_same", "functional", "nested_block"])
 def test_fused_only_where_nothing_else_reads_the_padding(model, expected):
     assert _plan_types(model) == expected
 

@@ -138,12 +138,16 @@ class _Conv(_Windowed):
     # height 1. Backward recomputes the windows from x, so forward keeps only x (and, with a ReLU, its
     # output).
     def forward(self, w, x, training, rng):
+        return self.forward_window(w, x, *self.window(x.shape[1:]))
+
+    def forward_window(self, w, x, out_spatial, g):
+        """forward with the window worked out by the caller: a fused ZeroPadding2D (layers/fusion.py PadConv)
+        adds its padding to g's pads and the output size of the padded input."""
         import numpy as np
 
         from ..kernels import conv
 
         x4 = as_image(x)  # (N, H, W, C)
-        out_spatial, g = self.window(x.shape[1:])
         n = x4.shape[0]
         ho, wo = ((1,) + out_spatial)[-2:]
         f = self.filters

@@ -223,11 +223,23 @@ class AddAct:
 # is what reading the padding's zeros adds), and its output size is the padded input's. The padded copy
 # and the un-padding of its gradient are gone.
 def fusable_padding(pad: Any, conv: Any) -> bool:
-    """Whether PadDepthwise runs pad followed by conv (the engine checks that nothing else reads pad's output)."""
-    from .conv import DepthwiseConv2D
+    """Whether padded_step runs pad followed by conv (the engine checks that nothing else reads pad's
+    output). A Conv2D only with padding 'valid', the pattern of strided blocks written the Keras way: with
+    its own 'same' padding as well, the gradients of the two apart and fused were found to round apart in
+    the last bit (the direct tiles pad the output gradient differently), and fusion must not change bits."""
+    from .conv import Conv2D, DepthwiseConv2D
     from .reshaping import ZeroPadding2D
 
-    return type(pad) is ZeroPadding2D and type(conv) is DepthwiseConv2D
+    if type(pad) is not ZeroPadding2D:
+        return False
+    return type(conv) is DepthwiseConv2D or (type(conv) is Conv2D and conv.padding == "valid")
+
+
+def padded_step(pad: Any, conv: Any) -> Any:
+    """The runtime step of a ZeroPadding2D and the convolution that alone reads it (fusable_padding)."""
+    from .conv import DepthwiseConv2D
+
+    return (PadDepthwise if type(conv) is DepthwiseConv2D else PadConv)(pad, conv)
 
 
 class _PadShapes(NamedTuple):
@@ -348,3 +360,40 @@ class PadDepthwise:
         dbias = g[1] if conv.use_bias else np.empty(dy4.shape[3], dy4.dtype)
         depthwise.backward(x4, w[0], dy4, conv.use_bias, geometry, g[0], dbias, dx, need_dx)
         return dx if need_dx else None
+
+
+class PadConv:
+    """The runtime side of ZeroPadding2D then Conv2D; its weights are the convolution's. The convolution's
+    kernels already treat reads outside the input as zeros (im2col writes them, the direct tiles read a
+    zero-padded copy), so the padding only adds to the window's own pads and enlarges the output: the same
+    numbers as the padded copy, without the copy forward and the un-padding backward."""
+
+    is_merge = False
+    runs_own_threads = True
+
+    def __init__(self, pad: Any, conv: Any):
+        self.pad, self.conv = pad, conv
+        self.fused_layers = (pad, conv)
+        self._windows: dict = {}
+
+    def _window(self, sample_shape: tuple) -> tuple:
+        """(output spatial shape, geometry over the unpadded input) for samples of `sample_shape` (H, W, C)."""
+        found = self._windows.get(sample_shape)
+        if found is None:
+            (top, bottom), (left, right) = self.pad.padding
+            h, w, c = sample_shape
+            out_spatial, gp = self.conv.window((h + top + bottom, w + left + right, c))
+            found = self._windows[sample_shape] = (out_spatial, gp[:6] + (gp[6] + top, gp[7] + left))
+        return found
+
+    def output_activation(self) -> str:
+        return self.conv.output_activation()
+
+    def applies_activation(self) -> bool:
+        return self.conv.applies_activation()
+
+    def forward(self, w, x, training, rng):
+        return self.conv.forward_window(w, x, *self._window(x.shape[1:]))
+
+    def backward(self, w, g, saved, dy, need_dx=True):
+        return self.conv.backward(w, g, saved, dy, need_dx)  # saved holds the unpadded input and its shape
