@@ -147,7 +147,6 @@ class _RNN(LayerSpec):
 
     def _joint_backward(self, w, g, dz, xh, need_dx):
         """All weight gradients from one product xh[:T].T @ dz (_project), and with need_dx d(x) (N, T, F)."""
-        import numpy as np
 
         from ..kernels import recurrent
 
