@@ -94,9 +94,10 @@ class _RNN(LayerSpec):
         (below), or None.
 
         Without dropout, a layer with `joint_gradients` keeps its input and states side by side:
-        xh (T+1, N, F+u+1) holds [x_s | h_{s-1} | 1] in row s (the states hs (T+1, N, u) are the view
-        xh[:, :, F:F+u], hs[s] = h_{s-1}; the ones column only with a bias), so that
-        d[kernel; recurrent_kernel; bias] = xh[:T].T @ dz is one product over all T*N rows."""
+        xh (T, N, F+u+1) holds [x_s | h_{s-1} | 1] in row s (the ones column only with a bias; the states
+        are copied in after the recurrence, _keep_states), so that d[kernel; recurrent_kernel; bias] =
+        xh.T @ dz is one product over all T*N rows. The products of the forward pass read contiguous
+        copies of x and h: as their left operands, views with xh's row stride are slower than copying."""
         import numpy as np
 
         from ..kernels import dense
@@ -104,15 +105,14 @@ class _RNN(LayerSpec):
         n, t, f = x.shape
         gu = self.gates * self.units
         joint = self.joint_gradients and not (training and (self.dropout > 0 or self.recurrent_dropout > 0))
+        xt = empty("xt", (t, n, f), x.dtype)
+        np.copyto(xt, (x[:, ::-1] if self.go_backwards else x).transpose(1, 0, 2))
         xh = None
         if joint:
-            xh = empty("xh", (t + 1, n, f + self.units + self.use_bias), x.dtype)
+            xh = empty("xh", (t, n, f + self.units + self.use_bias), x.dtype)
+            xh[:, :, :f] = xt
             if self.use_bias:
                 xh[:, :, -1] = 1
-            xt = xh[:t, :, :f]
-        else:
-            xt = empty("xt", (t, n, f), x.dtype)
-        np.copyto(xt, (x[:, ::-1] if self.go_backwards else x).transpose(1, 0, 2))
         xmask = rmask = None
         if training and self.dropout > 0:
             count = self.gates if self._per_gate_masks() else 1
@@ -138,15 +138,16 @@ class _RNN(LayerSpec):
                 xp[:, cols] = out
         return xp.reshape(t, n, gu), xins, xmask, rmask, xh
 
-    def _states(self, xh, t, n, dtype):
-        """hs (T+1, N, u): a view into xh when there is one (_project)."""
-        if xh is None:
-            return empty("hs", (t + 1, n, self.units), dtype)
-        f = xh.shape[2] - self.units - self.use_bias
-        return xh[:, :, f:f + self.units]
+    def _keep_states(self, xh, hs):
+        """The states entering each step, hs[:-1] (T, N, u), into their columns of xh (_project), if any."""
+        import numpy as np
+
+        if xh is not None:
+            f = xh.shape[2] - self.units - self.use_bias
+            np.copyto(xh[:, :, f:f + self.units], hs[:-1])
 
     def _joint_backward(self, w, g, dz, xh, need_dx):
-        """All weight gradients from one product xh[:T].T @ dz (_project), and with need_dx d(x) (N, T, F)."""
+        """All weight gradients from one product xh.T @ dz (_project), and with need_dx d(x) (N, T, F)."""
 
         from ..kernels import recurrent
 
@@ -154,7 +155,7 @@ class _RNN(LayerSpec):
         f, u = w[0].shape[0], self.units
         dw = empty("dw", (xh.shape[2], gu), dz.dtype)
         dxt = empty("dxt", (t * n, f), dz.dtype)
-        recurrent.joint_gradients(xh[:t].reshape(t * n, -1), w[0], dz.reshape(t * n, gu), need_dx, dw, dxt)
+        recurrent.joint_gradients(xh.reshape(t * n, -1), w[0], dz.reshape(t * n, gu), need_dx, dw, dxt)
         g[0][...] = dw[:f]
         g[1][...] = dw[f:f + u]
         if self.use_bias:
@@ -257,9 +258,10 @@ class SimpleRNN(_RNN):
         xp, xins, xmask, rmask, xh = self._project(w, x, training, rng)
         t, n, u = xp.shape
         rg, rm, use_rmask = self._split(w[1], rmask)
-        hs = self._states(xh, t, n, x.dtype)
+        hs = empty("hs", (t + 1, n, u), x.dtype)
         pre = empty("pre", (t, n, u), x.dtype)
         recurrent.simple_forward(xp, w[1], rg, rm, use_rmask, act, hs, pre)
+        self._keep_states(xh, hs)
         return self._output(hs), (xins, xmask, rmask, rg, xh, hs, pre)
 
     def backward(self, w, g, saved, dy, need_dx=True):
@@ -303,7 +305,7 @@ class LSTM(_RNN):
         t, n, gu = xp.shape
         u = self.units
         rg, rm, use_rmask = self._split(w[1], rmask)
-        hs = self._states(xh, t, n, x.dtype)
+        hs = empty("hs", (t + 1, n, u), x.dtype)
         cs = empty("cs", (t + 1, n, u), x.dtype)
         acs = empty("acs", (t, n, u), x.dtype)
         pre = empty("pre", (t, n, gu), x.dtype)
@@ -311,6 +313,7 @@ class LSTM(_RNN):
         _over_batch(n, lambda b, serial: recurrent.lstm_forward(
             xp[:, b], w[1], rg, _rows(rm, b, use_rmask), use_rmask, act, ract, hs[:, b], cs[:, b], acs[:, b],
             pre[:, b], gates[:, b], serial))
+        self._keep_states(xh, hs)
         return self._output(hs), (xins, xmask, rmask, rg, xh, hs, cs, acs, pre, gates)
 
     def backward(self, w, g, saved, dy, need_dx=True):
