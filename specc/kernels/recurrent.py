@@ -636,3 +636,13 @@ def linear_gradients(x, kernel, dz, use_bias, need_dx, dkernel, dbias, dx):
                 dbias[j] += dz[r, j]
     if need_dx:
         matmul(dz, kernel.T, dx)
+
+
+@numba.njit(**GATE_JIT)
+def joint_gradients(xh, kernel, dz, need_dx, dw, dx):
+    """dw (k, n) = xh (rows, k).T @ dz (rows, n), the stacked kernel, recurrent kernel and bias gradients of
+    a layer whose rows hold [x | h_prev | 1] (layers.recurrent._project), and with need_dx the input's part
+    dx (rows, F) = dz @ kernel (F, n).T, as linear_gradients."""
+    matmul_blas(xh.T, dz, dw)
+    if need_dx:
+        matmul(dz, kernel.T, dx)

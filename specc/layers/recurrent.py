@@ -17,6 +17,9 @@ from .initializers import Initializer
 
 class _RNN(LayerSpec):
     gates: ClassVar[int] = 1
+    # Whether kernel, recurrent_kernel and bias all take d(gate pre-activations) as their gradient's right
+    # operand (SimpleRNN, LSTM; not GRU, whose recurrent side has a gradient of its own).
+    joint_gradients: ClassVar[bool] = False
     units: PositiveInt
     activation: ActivationName = "tanh"
     use_bias: Bool = True
@@ -86,16 +89,30 @@ class _RNN(LayerSpec):
         return w[2] if self.use_bias else None
 
     def _project(self, w, x, training, rng):
-        """x (N, T, F) -> time-major processing-order input xt (T, N, F), dropout masks, and the
-        projection xp (T, N, G*u) = dropout(xt) @ kernel + input bias."""
+        """x (N, T, F) -> time-major processing-order input xt (T, N, F), dropout masks, the projection
+        xp (T, N, G*u) = dropout(xt) @ kernel + input bias, and xh, the rows of the joint weight gradient
+        (below), or None.
+
+        Without dropout, a layer with `joint_gradients` keeps its input and states side by side:
+        xh (T, N, F+u+1) holds [x_s | h_{s-1} | 1] in row s (the ones column only with a bias; the states
+        are copied in after the recurrence, _keep_states), so that d[kernel; recurrent_kernel; bias] =
+        xh.T @ dz is one product over all T*N rows. The products of the forward pass read contiguous
+        copies of x and h: as their left operands, views with xh's row stride are slower than copying."""
         import numpy as np
 
         from ..kernels import dense
 
         n, t, f = x.shape
         gu = self.gates * self.units
+        joint = self.joint_gradients and not (training and (self.dropout > 0 or self.recurrent_dropout > 0))
         xt = empty("xt", (t, n, f), x.dtype)
         np.copyto(xt, (x[:, ::-1] if self.go_backwards else x).transpose(1, 0, 2))
+        xh = None
+        if joint:
+            xh = empty("xh", (t, n, f + self.units + self.use_bias), x.dtype)
+            xh[:, :, :f] = xt
+            if self.use_bias:
+                xh[:, :, -1] = 1
         xmask = rmask = None
         if training and self.dropout > 0:
             count = self.gates if self._per_gate_masks() else 1
@@ -119,7 +136,43 @@ class _RNN(LayerSpec):
                 cols = slice(k * u, (k + 1) * u)
                 dense.forward(xi, np.ascontiguousarray(kernel[:, cols]), bias[cols], use_bias, out)
                 xp[:, cols] = out
-        return xp.reshape(t, n, gu), xins, xmask, rmask
+        return xp.reshape(t, n, gu), xins, xmask, rmask, xh
+
+    def _keep_states(self, xh, hs):
+        """The states entering each step, hs[:-1] (T, N, u), into their columns of xh (_project), if any."""
+        import numpy as np
+
+        if xh is not None:
+            f = xh.shape[2] - self.units - self.use_bias
+            np.copyto(xh[:, :, f:f + self.units], hs[:-1])
+
+    def _joint_backward(self, w, g, dz, xh, need_dx):
+        """All weight gradients from one product xh.T @ dz (_project), and with need_dx d(x) (N, T, F)."""
+
+        from ..kernels import recurrent
+
+        t, n, gu = dz.shape
+        f, u = w[0].shape[0], self.units
+        dw = empty("dw", (xh.shape[2], gu), dz.dtype)
+        dxt = empty("dxt", (t * n, f), dz.dtype)
+        recurrent.joint_gradients(xh.reshape(t * n, -1), w[0], dz.reshape(t * n, gu), need_dx, dw, dxt)
+        g[0][...] = dw[:f]
+        g[1][...] = dw[f:f + u]
+        if self.use_bias:
+            g[2][...] = dw[f + u]
+        if not need_dx:
+            return None
+        return self._input_order(dxt.reshape(t, n, f))
+
+    def _input_order(self, dxt):
+        """d(x) (N, T, F) in the input's order from the time-major, processing-order dxt (T, N, F)."""
+        import numpy as np
+
+        t, n, f = dxt.shape
+        dx = dxt.transpose(1, 0, 2)
+        out = empty("dx", (n, t, f), dxt.dtype)
+        np.copyto(out, dx[:, ::-1] if self.go_backwards else dx)
+        return out
 
     def _split(self, r, rmask):
         """The recurrent kernel per gate (G, u, u), contiguous, when the recurrent matmul runs per gate."""
@@ -188,15 +241,13 @@ class _RNN(LayerSpec):
                     dxt += (dxk.reshape(t, n, f) * xmask[k]).reshape(t * n, f)
             if not need_dx:
                 return None
-        dx = dxt.reshape(t, n, f).transpose(1, 0, 2)
-        out = empty("dx", (n, t, f), dz.dtype)
-        np.copyto(out, dx[:, ::-1] if self.go_backwards else dx)
-        return out
+        return self._input_order(dxt.reshape(t, n, f))
 
 
 
 @register
 class SimpleRNN(_RNN):
+    joint_gradients: ClassVar[bool] = True
     type: Literal["SimpleRNN"] = "SimpleRNN"
 
     def forward(self, w, x, training, rng):
@@ -204,24 +255,27 @@ class SimpleRNN(_RNN):
         from ..kernels import recurrent
 
         act, _ = self._codes()
-        xp, xins, xmask, rmask = self._project(w, x, training, rng)
+        xp, xins, xmask, rmask, xh = self._project(w, x, training, rng)
         t, n, u = xp.shape
         rg, rm, use_rmask = self._split(w[1], rmask)
         hs = empty("hs", (t + 1, n, u), x.dtype)
         pre = empty("pre", (t, n, u), x.dtype)
         recurrent.simple_forward(xp, w[1], rg, rm, use_rmask, act, hs, pre)
-        return self._output(hs), (xins, xmask, rmask, rg, hs, pre)
+        self._keep_states(xh, hs)
+        return self._output(hs), (xins, xmask, rmask, rg, xh, hs, pre)
 
     def backward(self, w, g, saved, dy, need_dx=True):
 
         from ..kernels import recurrent
 
-        xins, xmask, rmask, rg, hs, pre = saved
+        xins, xmask, rmask, rg, xh, hs, pre = saved
         act, _ = self._codes()
         rm = rg if rmask is None else rmask
         dz = empty("dz", pre.shape, pre.dtype)
         recurrent.simple_backward(w[1], rg, rm, rmask is not None, act, hs, pre, self._dy(dy),
                                   self.return_sequences, dz)
+        if xh is not None:
+            return self._joint_backward(w, g, dz, xh, need_dx)
         _linear_grads(self._state_groups(hs, rmask), dz, g[1], None)
         return self._input_backward(w, g, dz, xins, xmask, g[2] if self.use_bias else None, need_dx)
 
@@ -229,6 +283,7 @@ class SimpleRNN(_RNN):
 @register
 class LSTM(_RNN):
     gates: ClassVar[int] = 4
+    joint_gradients: ClassVar[bool] = True
     type: Literal["LSTM"] = "LSTM"
     recurrent_activation: ActivationName = "sigmoid"
     unit_forget_bias: Bool = True
@@ -246,7 +301,7 @@ class LSTM(_RNN):
         from ..kernels import recurrent
 
         act, ract = self._codes()
-        xp, xins, xmask, rmask = self._project(w, x, training, rng)
+        xp, xins, xmask, rmask, xh = self._project(w, x, training, rng)
         t, n, gu = xp.shape
         u = self.units
         rg, rm, use_rmask = self._split(w[1], rmask)
@@ -258,13 +313,14 @@ class LSTM(_RNN):
         _over_batch(n, lambda b, serial: recurrent.lstm_forward(
             xp[:, b], w[1], rg, _rows(rm, b, use_rmask), use_rmask, act, ract, hs[:, b], cs[:, b], acs[:, b],
             pre[:, b], gates[:, b], serial))
-        return self._output(hs), (xins, xmask, rmask, rg, hs, cs, acs, pre, gates)
+        self._keep_states(xh, hs)
+        return self._output(hs), (xins, xmask, rmask, rg, xh, hs, cs, acs, pre, gates)
 
     def backward(self, w, g, saved, dy, need_dx=True):
 
         from ..kernels import recurrent
 
-        xins, xmask, rmask, rg, hs, cs, acs, pre, gates = saved
+        xins, xmask, rmask, rg, xh, hs, cs, acs, pre, gates = saved
         act, ract = self._codes()
         rm = rg if rmask is None else rmask
         dz = empty("dz", pre.shape, pre.dtype)
@@ -273,6 +329,8 @@ class LSTM(_RNN):
         _over_batch(pre.shape[1], lambda b, serial: recurrent.lstm_backward(
             w[1], rg, _rows(rm, b, use_rmask), use_rmask, act, ract, cs[:, b], acs[:, b], pre[:, b], gates[:, b],
             dyt[:, b], self.return_sequences, dz[:, b], serial))
+        if xh is not None:
+            return self._joint_backward(w, g, dz, xh, need_dx)
         _linear_grads(self._state_groups(hs, rmask), dz, g[1], None)
         return self._input_backward(w, g, dz, xins, xmask, g[2] if self.use_bias else None, need_dx)
 
@@ -298,7 +356,7 @@ class GRU(_RNN):
         from ..kernels import recurrent
 
         act, ract = self._codes()
-        xp, xins, xmask, rmask = self._project(w, x, training, rng)
+        xp, xins, xmask, rmask, _ = self._project(w, x, training, rng)
         t, n, gu = xp.shape
         u = self.units
         r = w[1]
