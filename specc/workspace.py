@@ -105,3 +105,18 @@ def aligned_zeros(shape: Any, dtype: Any) -> np.ndarray:
     array = aligned_empty(shape, dtype)
     array.fill(0)
     return array
+
+
+def shared_scratch(role: str, shape: tuple, dtype: Any) -> np.ndarray:
+    """Like `empty`, but one buffer per (role, dtype) for every layer call of the active workspace, grown
+    to the largest shape asked for: for scratch a layer uses only within its own call (layers run one at
+    a time), so a model keeps one set, not one per layer."""
+    workspace = _active.get()
+    if workspace is None:
+        return aligned_empty(shape, dtype)
+    count = math.prod(shape)
+    key = (None, role, dtype)
+    flat = workspace._arrays.get(key)
+    if flat is None or flat.size < count:
+        flat = workspace._arrays[key] = aligned_empty(max(count, 1), dtype)
+    return flat[:count].reshape(shape)

@@ -36,7 +36,7 @@ import numpy as np
 from numba import types
 from numba.extending import overload
 
-from ..workspace import empty
+from ..workspace import empty, shared_scratch
 from . import JIT, native, thread_count
 from .blas import HAVE_NUMPY_BLAS, HAVE_SCIPY_BLAS, OneOpenblasThread
 from .gemm import affine, matmul_serial
@@ -434,13 +434,13 @@ def conv_backward(x, kernel, dy, use_bias, need_dk, need_dx, g, dkernel, dbias, 
     """
     n, ho, wo, f = dy.shape
     k = kernel.shape[0]
-    spc, chunks = _chunking(n, ho * wo, k, f, dy.itemsize)
-    dk_parts = empty("kernel gradient parts", (chunks if need_dk else 0, k, f), dy.dtype)
+    spc, chunks = _chunking(n, ho * wo, k, f, dy.itemsize, backward=need_dk)
+    dk_parts = shared_scratch("kernel gradient parts", (chunks if need_dk else 0, k, f), dy.dtype)
     db_parts = empty("bias gradient parts", (chunks if use_bias else 0, f), dy.dtype)
     scratch = _scratch(chunks, spc * ho * wo * k, dy.dtype)
     relu = relu_out is not None
-    dz_scratch = empty("relu gradient", (share_count(chunks) if relu else 1, spc * ho * wo * f if relu else 0),
-                       dy.dtype)
+    dz_scratch = shared_scratch("relu gradient",
+                                (share_count(chunks) if relu else 1, spc * ho * wo * f if relu else 0), dy.dtype)
     relu_out = relu_out if relu else dy  # unread without relu
     layout = layout_for(x.shape[3])
     with one_blas_thread():
@@ -455,17 +455,24 @@ def conv_backward(x, kernel, dy, use_bias, need_dk, need_dx, g, dkernel, dbias, 
 
 
 def _scratch(chunks, size, dtype):
-    """One window buffer of `size` elements per thread share, reused across steps in a workspace."""
-    return empty("windows", (share_count(chunks), size), dtype)
+    """One window buffer of `size` elements per thread share, shared by every layer of a workspace."""
+    return shared_scratch("windows", (share_count(chunks), size), dtype)
 
 
-def _chunking(n, rows_per_sample, k, f, itemsize):
+def _chunking(n, rows_per_sample, k, f, itemsize, backward=False):
     """(samples per chunk, chunks): as many samples as keep a chunk's windows and outputs within about
-    CHUNK_BYTES, but at least MIN_CHUNKS chunks."""
+    CHUNK_BYTES, but at least MIN_CHUNKS chunks. For a kernel gradient (backward), also at most as many
+    chunks as keep the partials (chunks, K, F) within the batch's windows and outputs (N*rows, K + F),
+    and at least two where the batch has two samples to share: a kernel large against the batch's rows
+    (a late ResNet stage: 2x2 positions, K = 4608) would otherwise keep 16 copies of itself and multiply
+    a few rows per chunk."""
     by_cache = min(CHUNK_BYTES // max(rows_per_sample * (k + f) * itemsize, 1),
                    OUT_CHUNK_BYTES // max(rows_per_sample * f * itemsize, 1))
     by_balance = -(-n // MIN_CHUNKS)
     spc = max(1, min(by_cache, by_balance))
+    if backward:
+        most = max(2, n * rows_per_sample * (k + f) // max(k * f, 1))
+        spc = max(spc, -(-n // most))
     return spc, -(-n // spc)
 
 
