@@ -365,7 +365,7 @@ def svg(d: Drawing, direction: str = "TB") -> str:
            f"<title>{esc(d.title)}</title>",
            '<defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" markerHeight="7" '
            'orient="auto-start-reverse"><path d="M 0 0 L 10 5 L 0 10 z" fill="#555"/></marker></defs>',
-           f'<rect width="100%" height="100%" fill="#ffffff"/>',
+           '<rect width="100%" height="100%" fill="#ffffff"/>',
            f'<text x="{CLUSTER_PAD:.0f}" y="{CLUSTER_PAD + 12:.0f}" font-weight="bold">{esc(d.title)}</text>']
     for c in d.clusters:
         if c.id not in lay.clusters:

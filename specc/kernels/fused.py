@@ -24,7 +24,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from . import JIT, native
+from . import JIT
 from . import activations as A
 from . import dense as D
 from . import losses as L
@@ -104,52 +104,6 @@ def forward_rows(x, params, plan, work, i0, i1, out):
         if not linear:
             h = out[i0:i1] if into and k == last else _view(work, a_at, batch, n_out)[i0:i1]
             A.forward(act, z, h)
-
-
-# Rows per block of forward_shared: whole register tiles of rows, about 128 (their activations, 128 x the
-# widest layer, stay in L2 from one layer to the next).
-TASK_ROWS = 128 // native.sgemm.MR * native.sgemm.MR if native.sgemm is not None else 128
-# Whether forward_shared exists: it needs the native package's atomic counter.
-SHARED = native.sgemm is not None
-NEXT, DONE = 0, 1  # forward_shared's counters: the next block to take, the blocks written
-
-if SHARED:
-    from .native.sgemm import fetch_add
-
-    @numba.njit(**JIT)
-    def forward_shared(x, params, plan, work, task_rows, counters, out):
-        """`forward` by blocks of task_rows rows that every thread calling it with the same counters
-        (2,) int64 (zeros at first) takes in turn until none is left: threads share the batch as they
-        run, so one the OS holds up delays only the block it took, and one that arrives after the last
-        block does nothing. Same bits as `forward`; the output into out as forward_rows puts it. The
-        caller waits for wait_blocks before reading."""
-        batch = x.shape[0]
-        tasks = (batch + task_rows - 1) // task_rows
-        while True:
-            t = fetch_add(counters, NEXT, 1)
-            if t >= tasks:
-                return
-            forward_rows(x, params, plan, work, t * task_rows, min(batch, (t + 1) * task_rows), out)
-            fetch_add(counters, DONE, 1)
-
-    @numba.njit(**JIT)
-    def await_post(posts, seen, spins):
-        """Reads posts[0] up to `spins` times until it differs from `seen`; returns the last value. A
-        helper thread spins here (without the GIL) after a job so that the next one finds it running."""
-        now = fetch_add(posts, 0, 0)
-        for _ in range(spins):
-            if now != seen:
-                break
-            now = fetch_add(posts, 0, 0)
-        return now
-
-    @numba.njit(**JIT)
-    def wait_blocks(counters, batch, task_rows):
-        """Returns once forward_shared has written every block (the other threads finish the ones they
-        took)."""
-        tasks = (batch + task_rows - 1) // task_rows
-        while fetch_add(counters, DONE, 0) < tasks:
-            pass
 
 
 @numba.njit(**JIT)

@@ -14,9 +14,6 @@ cover (other layers, several inputs or outputs, frozen layers, loss weights) kee
 from __future__ import annotations
 
 import math
-import os
-import queue
-import threading
 import weakref
 
 import numpy as np
@@ -32,54 +29,6 @@ from .losses import _ELEMENTWISE, Loss, _bounds, check_label_range
 # engine -> its DenseChain (or None): an engine's structure and weight views never change (a model whose
 # structure changes gets a new engine), so neither does its chain.
 _CHAINS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-class _Helpers:
-    """Threads that take blocks of a prediction next to the calling thread (kernels/fused.py
-    forward_shared). Python threads rather than a parallel loop: a parallel loop ends when all its
-    threads have arrived, so a thread the OS has not yet woken holds up the whole batch, whereas here the
-    calling thread takes every block no helper has taken and never waits for a helper that has not
-    started. Started on first use, one per extra thread asked for."""
-
-    SPINS = 200_000  # reads of the job count (about a millisecond) before a helper sleeps on the queue
-
-    def __init__(self):
-        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
-        self._posts = np.zeros(1, np.int64)  # offers so far; each job carries the count at its offer
-        self._threads: list[threading.Thread] = []
-        self._lock = threading.Lock()
-
-    def offer(self, job: tuple, helpers: int) -> None:
-        if len(self._threads) < helpers:
-            with self._lock:
-                while len(self._threads) < helpers:
-                    thread = threading.Thread(target=self._serve, name="specc-predict", daemon=True)
-                    thread.start()
-                    self._threads.append(thread)
-        post = K.fetch_add(self._posts, 0, 1) + 1
-        for _ in range(helpers):
-            self._jobs.put((job, post))
-
-    def _serve(self) -> None:
-        # After a job, wait for the next one spinning (a thread asleep on the queue under load is woken
-        # late, and the caller then runs the batch alone) before blocking on the queue.
-        while True:
-            job, post = self._jobs.get()
-            K.forward_shared(*job)
-            K.await_post(self._posts, post, self.SPINS)
-
-
-_HELPERS = _Helpers()
-
-
-def _forget_helpers() -> None:
-    """A forked child has none of its parent's threads: it starts its own helpers when it needs them."""
-    global _HELPERS
-    _HELPERS = _Helpers()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_helpers)
 
 
 class DenseChain:
@@ -144,19 +93,14 @@ class DenseChain:
         workers = product_threads()
         if workers == 1:
             K.forward_rows(x, self.engine.params, plan, work, 0, batch, target)
-        elif batch < 2 * K.TASK_ROWS or not K.SHARED or self.engine.dtype != np.float32:
-            # float32 only: sgemm gives each row the same bits however the rows are split, BLAS does not.
+        else:
+            # the whole batch in each product, split between the threads by sgemm (a chain of row blocks
+            # taken by Python helper threads was 5-8% slower on a quiet machine, bench/results/HISTORY.md)
             result = K.forward(x, self.engine.params, plan, work)
             if out is None:
                 return result
             out[...] = result
             return out
-        else:
-            counters = np.zeros(2, np.int64)
-            job = (x, self.engine.params, plan, work, K.TASK_ROWS, counters, target)
-            _HELPERS.offer(job, workers - 1)
-            K.forward_shared(*job)
-            K.wait_blocks(counters, batch, K.TASK_ROWS)
         if direct:
             return out
         at = plan[-2, K.A_AT]

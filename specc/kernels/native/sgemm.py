@@ -391,25 +391,6 @@ load_scipy_blas()  # before the C callables below starts Numba's CPU target, whi
 set_threads(numba.get_num_threads())
 
 
-@intrinsic
-def _fetch_add(typingctx, address, amount):
-    """Atomically adds `amount` to the int64 at `address` (sequentially consistent); returns the value
-    before."""
-    def codegen(context, builder, signature, args):
-        ptr = builder.inttoptr(args[0], _I64.as_pointer())
-        return builder.atomic_rmw("add", ptr, args[1], "seq_cst")
-
-    return types.int64(types.int64, types.int64), codegen
-
-
-@numba.njit(**JIT)
-def fetch_add(counters, i, amount):
-    """counters[i] += amount as one atomic step, for counters (n,) int64 shared by threads; returns the
-    value before (amount 0 reads it). A work counter taken this way gives each task number to exactly one
-    thread."""
-    return _fetch_add(counters.ctypes.data + 8 * i, amount)
-
-
 @numba.njit(**JIT)
 def _block_rows(i, i1):
     """Rows of the next block from row i of i0:i1: MR, then 4, 2, 1 for the last few."""
