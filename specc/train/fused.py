@@ -94,8 +94,8 @@ class DenseChain:
         if workers == 1:
             K.forward_rows(x, self.engine.params, plan, work, 0, batch, target)
         else:
-            # the whole batch in each product, split between the threads by sgemm (a chain of row blocks
-            # taken by Python helper threads was 5-8% slower on a quiet machine, bench/results/HISTORY.md)
+            # the whole batch in each product, split between the threads by sgemm (row blocks taken by
+            # Python helper threads measured slower on a quiet machine: bench/results/HISTORY.md)
             result = K.forward(x, self.engine.params, plan, work)
             if out is None:
                 return result
