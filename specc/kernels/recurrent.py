@@ -28,6 +28,7 @@ import numpy as np
 
 from . import JIT
 from .activations import CODE, _float64_from_bits, _scalar_derivative, _scalar_forward
+from .dense import column_sums
 from .gemm import matmul, matmul_blas, matmul_serial
 
 SIGMOID, TANH = CODE["sigmoid"], CODE["tanh"]
@@ -628,12 +629,7 @@ def linear_gradients(x, kernel, dz, use_bias, need_dx, dkernel, dbias, dx):
     transposed-operand path; the input gradient stays on sgemm."""
     matmul_blas(x.T, dz, dkernel)
     if use_bias:
-        rows, cols = dz.shape
-        for j in range(cols):
-            dbias[j] = 0
-        for r in range(rows):
-            for j in range(cols):
-                dbias[j] += dz[r, j]
+        column_sums(dz, dbias)
     if need_dx:
         matmul(dz, kernel.T, dx)
 
