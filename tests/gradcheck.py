@@ -57,13 +57,7 @@ def check(layer: dict | list[dict], input_shapes: list[list[int]], batch: int = 
     analytic_inputs = [engine._input_grads[n] for n in engine.input_names]
 
     def numeric(array: np.ndarray, index) -> float:
-        old = array[index]
-        array[index] = old + H
-        up = loss()
-        array[index] = old - H
-        down = loss()
-        array[index] = old
-        return (up - down) / (2 * H)
+        return central_difference(loss, array, index)
 
     failures = []
     trainable = engine.params[: engine.n_trainable]
@@ -82,6 +76,17 @@ def check(layer: dict | list[dict], input_shapes: list[list[int]], batch: int = 
                 if not np.isclose(got[idx], num, rtol=RTOL, atol=ATOL):
                     failures.append(f"input{k}[{idx}]: analytic {got[idx]:.8g} numeric {num:.8g}")
     assert not failures, "\n".join(failures[:10])
+
+
+def central_difference(loss, array: np.ndarray, index, h: float = H) -> float:
+    """(loss() with array[index] + h - loss() with array[index] - h) / 2h; array[index] is restored."""
+    old = array[index]
+    array[index] = old + h
+    up = loss()
+    array[index] = old - h
+    down = loss()
+    array[index] = old
+    return (up - down) / (2 * h)
 
 
 def _pick(n: int, k: int, rng) -> np.ndarray:

@@ -15,7 +15,9 @@ from specc.engine import Engine
 from specc.layers.fusion import PadConv, PadDepthwise
 from specc.spec import load_spec_text
 
-from .gradcheck import build, check
+from .gradcheck import check
+from .test_fusion import engine_for as unperturbed_engine
+from .test_fusion import run
 
 
 def pad(padding):
@@ -53,26 +55,10 @@ BATCH = 37  # odd, and several chunks of samples
 
 
 def engine_for(layers, shapes, fuse, dtype=np.float32):
-    engine = build(layers, shapes, fuse)
-    engine.params += np.random.default_rng(5).standard_normal(engine.params.shape) * 0.1  # a nonzero bias
-    if dtype != np.float64:
-        params = engine.params
-        engine = Engine(engine.graph, dtype, fuse=fuse)
-        engine.params[...] = params
+    """test_fusion's engine, with every parameter moved off its initial value (a nonzero bias)."""
+    engine = unperturbed_engine(layers, shapes, fuse, dtype)
+    engine.params += (np.random.default_rng(5).standard_normal(engine.params.shape) * 0.1).astype(engine.params.dtype)
     return engine
-
-
-def run(engine, x, threads=None):
-    """Output, parameter gradients and input gradient of loss = sum(R * y)."""
-    previous = numba.get_num_threads()
-    numba.set_num_threads(threads or previous)
-    try:
-        out = engine.forward([x], training=True)[0].copy()
-        r = np.random.default_rng(4).standard_normal(out.shape).astype(x.dtype)
-        engine.backward([r])
-    finally:
-        numba.set_num_threads(previous)
-    return out, engine.grads.copy(), engine._input_grads[engine.input_names[0]].copy()
 
 
 def sample(shapes):
