@@ -149,8 +149,10 @@ def resnet50() -> dict:
             x = g.add("act", x, type="Activation", activation="relu")
     x = g.add("gap", x, type="GlobalAveragePooling2D")
     x = g.add("dense", x, type="Dense", units=10, activation="softmax")
+    # lr 0.001: at 0.01 the loss rose from 3.2 to 9-13 in ten steps, a divergence in which PyTorch's own
+    # float32 and float64 runs parted by 13%, so the loss check compared chaos.
     return _spec("bench_resnet50_train", {"image": [64, 64, 3]}, g, x, samples=640,
-                 optimizer={"type": "sgd", "learning_rate": 0.01, "momentum": 0.9}, batch=32,
+                 optimizer={"type": "sgd", "learning_rate": 0.001, "momentum": 0.9}, batch=32,
                  comment="ResNet-50 (v1, Keras Applications' layout) at 64x64x3, 10 classes, SGD with "
                          "momentum, batch 32")
 
