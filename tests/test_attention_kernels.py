@@ -3,6 +3,7 @@ paths that share one projection product between inputs that are the same array."
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 import pytest
 
@@ -90,6 +91,40 @@ def test_large_scores_do_not_overflow():
     want_probs, want_ctx = reference(q, k, v, mask, 1.0, None)
     assert np.isfinite(probs).all()
     np.testing.assert_allclose(probs, want_probs, atol=1e-5)
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs two Numba threads")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("masked,dropout", [(False, False), (True, True)])
+def test_same_bits_at_one_and_two_threads(dtype, masked, dropout):
+    """The (sample, head) pairs split between threads: each computed whole by one thread, so the same
+    bits as on one; also what the pairs give one sample at a time (no thread mixes samples up)."""
+    rng, q, k, v, mask, keep = operands(dtype, seed=5, n=5, t=48, s=40, heads=3, dk=16, dv=24)
+    assert attention._shares(q, k, v) > 1 or numba.get_num_threads() < 2  # large enough to be split
+    n, t, heads, _ = q.shape
+    s, dv = v.shape[1], v.shape[3]
+    mask = mask if masked else np.ones((1, 1, 1), np.uint8)
+    dctx = rng.normal(size=(n, t, heads, dv)).astype(dtype)
+    results = []
+    previous = numba.get_num_threads()
+    for threads in (1, 2):
+        numba.set_num_threads(threads)
+        try:
+            probs, ctx = np.empty((n, heads, t, s), dtype), np.empty((n, t, heads, dv), dtype)
+            attention.attention_forward(q, k, v, mask, masked, dtype(0.25), keep, dropout, True, probs, ctx)
+            infer = np.empty_like(ctx)
+            attention.attention_forward(q, k, v, mask, masked, dtype(0.25), keep, dropout, False, probs[:1, :1],
+                                        infer)
+            grads = [np.full(x.shape, np.nan, dtype) for x in (q, k, v)]
+            attention.attention_backward(q, k, v, probs, keep, dropout, dctx, dtype(0.25), *grads)
+        finally:
+            numba.set_num_threads(previous)
+        assert np.array_equal(infer, ctx)
+        results.append([probs, ctx, *grads])
+    for a, b in zip(*results):
+        assert np.array_equal(a, b)
+    want_probs, want_ctx = reference(q, k, v, mask if masked else None, 0.25, keep if dropout else None)
+    np.testing.assert_allclose(results[1][1], want_ctx, rtol=1e-4, atol=1e-5)
 
 
 # The same array in several roles: one packed projection product, whose gradient goes to the first role.
