@@ -62,8 +62,8 @@ def test_parameter_gradients_without_the_input_gradient():
 
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs two Numba threads")
 def test_same_bits_at_one_and_two_threads():
-    x, gamma, beta, dy = operands(np.float32, 1024, 64)
-    assert 1024 * 64 >= 2 * layernorm.MIN_SHARE_VALUES  # large enough to be split
+    x, gamma, beta, dy = operands(np.float32, 2048, 64)
+    assert 2048 * 64 >= 2 * layernorm.MIN_SHARE_VALUES  # large enough to be split
     results = []
     previous = numba.get_num_threads()
     for threads in (1, 2):
