@@ -209,3 +209,39 @@ def test_weight_gradients_without_the_input_gradient():
         grads.append(engine.grads.copy())
     np.testing.assert_array_equal(grads[0], grads[1])
     assert np.abs(grads[1]).sum() > 0
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs two Numba threads")
+def test_encoder_block_same_bits_at_one_and_two_threads():
+    """A transformer block through the engine (the attention layer runs its own threads, so the engine
+    keeps the products on one thread): outputs, weight and input gradients the same bits at 1 and 2."""
+    text = """specc: 1
+model:
+  inputs: {x: [32, 24]}
+  layers:
+    - {type: MultiHeadAttention, num_heads: 4, key_dim: 16, name: mha, inputs: [x, x]}
+    - {type: Add, name: add, inputs: [x, mha]}
+    - {type: LayerNormalization, epsilon: 1e-6, name: norm, inputs: add}
+  outputs: norm
+"""
+    spec, errors = load_spec_text(text, "block.yaml")
+    assert not errors
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((8, 32, 24)).astype(np.float32)
+    r = rng.standard_normal(x.shape).astype(np.float32)
+    results = []
+    previous = numba.get_num_threads()
+    for threads in (1, 2):
+        numba.set_num_threads(threads)
+        try:
+            engine = Engine(spec.graph, np.float32)
+            engine.initialize(0)
+            engine.input_gradients = True
+            assert engine._own_threads
+            y = engine.forward([x], training=True)[0].copy()
+            engine.backward([r])
+            results.append((y, engine.grads.copy(), engine._input_grads["x"].copy()))
+        finally:
+            numba.set_num_threads(previous)
+    for a, b in zip(*results):
+        assert np.array_equal(a, b)
