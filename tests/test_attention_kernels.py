@@ -3,6 +3,7 @@ paths that share one projection product between inputs that are the same array."
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 import pytest
 
@@ -92,6 +93,40 @@ def test_large_scores_do_not_overflow():
     np.testing.assert_allclose(probs, want_probs, atol=1e-5)
 
 
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs two Numba threads")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("masked,dropout", [(False, False), (True, True)])
+def test_same_bits_at_one_and_two_threads(dtype, masked, dropout):
+    """The (sample, head) pairs split between threads: each computed whole by one thread, so the same
+    bits as on one; also what the pairs give one sample at a time (no thread mixes samples up)."""
+    rng, q, k, v, mask, keep = operands(dtype, seed=5, n=5, t=48, s=40, heads=3, dk=16, dv=24)
+    assert attention._shares(q, k, v) > 1 or numba.get_num_threads() < 2  # large enough to be split
+    n, t, heads, _ = q.shape
+    s, dv = v.shape[1], v.shape[3]
+    mask = mask if masked else np.ones((1, 1, 1), np.uint8)
+    dctx = rng.normal(size=(n, t, heads, dv)).astype(dtype)
+    results = []
+    previous = numba.get_num_threads()
+    for threads in (1, 2):
+        numba.set_num_threads(threads)
+        try:
+            probs, ctx = np.empty((n, heads, t, s), dtype), np.empty((n, t, heads, dv), dtype)
+            attention.attention_forward(q, k, v, mask, masked, dtype(0.25), keep, dropout, True, probs, ctx)
+            infer = np.empty_like(ctx)
+            attention.attention_forward(q, k, v, mask, masked, dtype(0.25), keep, dropout, False, probs[:1, :1],
+                                        infer)
+            grads = [np.full(x.shape, np.nan, dtype) for x in (q, k, v)]
+            attention.attention_backward(q, k, v, probs, keep, dropout, dctx, dtype(0.25), *grads)
+        finally:
+            numba.set_num_threads(previous)
+        assert np.array_equal(infer, ctx)
+        results.append([probs, ctx, *grads])
+    for a, b in zip(*results):
+        assert np.array_equal(a, b)
+    want_probs, want_ctx = reference(q, k, v, mask if masked else None, 0.25, keep if dropout else None)
+    np.testing.assert_allclose(results[1][1], want_ctx, rtol=1e-4, atol=1e-5)
+
+
 # The same array in several roles: one packed projection product, whose gradient goes to the first role.
 SHARED = [
     ("query_value_key_one_array", [{"type": "MultiHeadAttention", "name": "mha", "num_heads": 2, "key_dim": 3,
@@ -174,3 +209,39 @@ def test_weight_gradients_without_the_input_gradient():
         grads.append(engine.grads.copy())
     np.testing.assert_array_equal(grads[0], grads[1])
     assert np.abs(grads[1]).sum() > 0
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs two Numba threads")
+def test_encoder_block_same_bits_at_one_and_two_threads():
+    """A transformer block through the engine (the attention layer runs its own threads, so the engine
+    keeps the products on one thread): outputs, weight and input gradients the same bits at 1 and 2."""
+    text = """specc: 1
+model:
+  inputs: {x: [32, 24]}
+  layers:
+    - {type: MultiHeadAttention, num_heads: 4, key_dim: 16, name: mha, inputs: [x, x]}
+    - {type: Add, name: add, inputs: [x, mha]}
+    - {type: LayerNormalization, epsilon: 1e-6, name: norm, inputs: add}
+  outputs: norm
+"""
+    spec, errors = load_spec_text(text, "block.yaml")
+    assert not errors
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((8, 32, 24)).astype(np.float32)
+    r = rng.standard_normal(x.shape).astype(np.float32)
+    results = []
+    previous = numba.get_num_threads()
+    for threads in (1, 2):
+        numba.set_num_threads(threads)
+        try:
+            engine = Engine(spec.graph, np.float32)
+            engine.initialize(0)
+            engine.input_gradients = True
+            assert engine._own_threads
+            y = engine.forward([x], training=True)[0].copy()
+            engine.backward([r])
+            results.append((y, engine.grads.copy(), engine._input_grads["x"].copy()))
+        finally:
+            numba.set_num_threads(previous)
+    for a, b in zip(*results):
+        assert np.array_equal(a, b)

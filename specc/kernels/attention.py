@@ -1,9 +1,12 @@
 """Scaled dot-product attention with Keras's masks, forward and backward, fused per (sample, head).
 
-One compiled call runs every (sample, head): its products are sgemm/BLAS calls that read the
-projections in place as (N, L, heads, size) views (no transposed copies; NumPy's batched matmul on such
-views runs its own loops, not BLAS), and the masked softmax of each query row runs between them. The
-projections themselves are the dense kernels' products, called by the layer (layers/attention.py).
+One compiled call runs a contiguous range of the (sample, head) pairs: its products are single-threaded
+sgemm/BLAS calls that read the projections in place as (N, L, heads, size) views (no transposed copies;
+NumPy's batched matmul on such views runs its own loops, not BLAS), and the masked softmax of each query
+row runs between them. `attention_forward` / `attention_backward` split the pairs between the threads
+(conv.in_threads); each pair is computed whole by one thread and writes only its own blocks, so the
+results are the same bits at any thread count. The projections themselves are the dense kernels'
+products, called by the layer (layers/attention.py).
 
 Keras's masked softmax puts -1e9 where the mask is 0, takes the softmax and then zeroes those positions
 (layers.Softmax with a mask): a row with every key masked gives all zeros, not a uniform distribution.
@@ -20,7 +23,12 @@ import numpy as np
 
 from . import JIT
 from .activations import _exp, _float64_from_bits
+from .conv import in_threads, one_blas_thread, share_count
 from .gemm import matmul_serial
+
+# Pairs below which the split does not pay for waking a thread: (T * S * (dk + dv)) multiply-adds per pair
+# forward, about twice that backward. A function of the shape only (any split gives the same bits).
+MIN_SHARE_MACS = 65536
 
 
 @numba.njit(**JIT)
@@ -105,83 +113,113 @@ def _row_max(z, allowed, use_mask, low):
     return max(max(max(m0, m1), max(m2, m3)), max(max(m4, m5), max(m6, m7)))
 
 
-@numba.njit(**JIT)
+def _shares(q, k, v):
+    """How many thread shares the (sample, head) pairs of these operands are split into."""
+    n, rows, heads, dk = q.shape
+    per_pair = rows * k.shape[1] * (dk + v.shape[3])
+    return min(share_count(n * heads), max(1, n * heads * per_pair // MIN_SHARE_MACS))
+
+
+def _run(q, k, v, kernel):
+    """kernel(p0, p1) over the (sample, head) pairs, split between the threads; BLAS on one thread
+    meanwhile (each thread calls it: a threaded BLAS would oversubscribe the cores)."""
+    pairs = q.shape[0] * q.shape[2]
+    if _shares(q, k, v) <= 1:
+        kernel(0, pairs)
+        return
+    with one_blas_thread():
+        in_threads(pairs, lambda share, p0, p1: kernel(p0, p1))
+
+
 def attention_forward(q, k, v, mask, use_mask, scale, keep, use_keep, store, probs, ctx):
     """Scaled dot-product attention of every (sample, head): scores, masked softmax, context.
 
     q: (N, T, H, dk), k: (N, S, H, dk), v: (N, S, H, dv), any strides with the last axis contiguous
     (column blocks of the projections' (N * L, H * size) outputs); mask: (m, T, S) uint8, m = 1 or N,
     read only with use_mask; keep: (N, H, T, S) dropout factors, read only with use_keep.
-    Outputs: probs (N, H, T, S), the softmax before dropout (backward needs it), or with `store` False
-    (inference) a (1, 1, T, S) scratch that each (sample, head) overwrites; ctx (N, T, H, dv), the
-    probabilities (after dropout) times the values: the output projection's operand as (N * T, H * dv).
+    Outputs: probs (N, H, T, S), the softmax before dropout (backward needs it), unused with `store`
+    False (inference: each thread keeps one (T, S) scratch); ctx (N, T, H, dv), the probabilities (after
+    dropout) times the values: the output projection's operand as (N * T, H * dv).
     The two products per (sample, head) are sgemm/BLAS calls on the strided blocks in place; each softmax
     row is taken in float64 (exp as arithmetic, so the loops vectorise)."""
-    n, rows, heads, _ = q.shape
+    _run(q, k, v, lambda p0, p1: forward_range(q, k, v, mask, use_mask, scale, keep, use_keep, store, probs, ctx,
+                                               p0, p1))
+
+
+@numba.njit(**JIT)
+def forward_range(q, k, v, mask, use_mask, scale, keep, use_keep, store, probs, ctx, p0, p1):
+    """attention_forward for the (sample, head) pairs p0:p1 (pair = sample * heads + head)."""
+    rows, heads = q.shape[1], q.shape[2]
     keys = k.shape[1]
     dt = q.dtype
     z = np.empty((rows, keys), dt)
     dropped = np.empty((rows, keys), dt)
+    scratch = np.empty((rows, keys), dt)
     e = np.empty(keys, np.float64)
     precise = z.itemsize == 8
     low = dt.type(-1e30)  # a finite floor: fastmath does not keep comparisons with -inf reliable
-    for b in range(n):
+    for pair in range(p0, p1):
+        b, h = pair // heads, pair % heads
         mb = 0 if mask.shape[0] == 1 else b
-        for h in range(heads):
-            p = probs[b, h] if store else probs[0, 0]  # (T, S)
-            matmul_serial(q[b, :, h, :], k[b, :, h, :].T, z)  # (T, S) unscaled scores
-            for t in range(rows):
-                top = _row_max(z[t], mask[mb, t if use_mask else 0], use_mask, low) * scale  # scale > 0
-                total = 0.0
-                if use_mask:
-                    for s in range(keys):
-                        x = _weight(np.float64(z[t, s] * scale - top), precise) * (mask[mb, t, s] != 0)
-                        e[s] = x
-                        total += x
-                else:
-                    for s in range(keys):
-                        x = _weight(np.float64(z[t, s] * scale - top), precise)
-                        e[s] = x
-                        total += x
-                # a fully masked row (total 0) gives zeros, as Keras's masked softmax
-                inv = 1.0 / total if total > 0.0 else 0.0
+        p = probs[b, h] if store else scratch  # (T, S)
+        matmul_serial(q[b, :, h, :], k[b, :, h, :].T, z)  # (T, S) unscaled scores
+        for t in range(rows):
+            top = _row_max(z[t], mask[mb, t if use_mask else 0], use_mask, low) * scale  # scale > 0
+            total = 0.0
+            if use_mask:
                 for s in range(keys):
-                    p[t, s] = e[s] * inv
-                if use_keep:
-                    for s in range(keys):
-                        dropped[t, s] = p[t, s] * keep[b, h, t, s]
-            matmul_serial(dropped if use_keep else p, v[b, :, h, :], ctx[b, :, h, :])
+                    x = _weight(np.float64(z[t, s] * scale - top), precise) * (mask[mb, t, s] != 0)
+                    e[s] = x
+                    total += x
+            else:
+                for s in range(keys):
+                    x = _weight(np.float64(z[t, s] * scale - top), precise)
+                    e[s] = x
+                    total += x
+            # a fully masked row (total 0) gives zeros, as Keras's masked softmax
+            inv = 1.0 / total if total > 0.0 else 0.0
+            for s in range(keys):
+                p[t, s] = e[s] * inv
+            if use_keep:
+                for s in range(keys):
+                    dropped[t, s] = p[t, s] * keep[b, h, t, s]
+        matmul_serial(dropped if use_keep else p, v[b, :, h, :], ctx[b, :, h, :])
 
 
-@numba.njit(**JIT)
 def attention_backward(q, k, v, probs, keep, use_keep, dctx, scale, dq, dk, dv):
     """The gradients of attention_forward: from dctx (N, T, H, dv) (the loss's gradient at ctx) to
     dq (N, T, H, dk), dk (N, S, H, dk), dv (N, S, H, dv); operands as there (any strides, last axis
     contiguous). Per (sample, head): dprobs = dctx v^T (times the dropout factors), dv = dropped^T dctx,
     the softmax's gradient dscores = probs * (dprobs - sum over keys of dprobs * probs) * scale (masked
     keys have probability 0 and so no gradient), dq = dscores k, dk = dscores^T q: four BLAS products."""
-    n, rows, heads, _ = q.shape
+    _run(q, k, v, lambda p0, p1: backward_range(q, k, v, probs, keep, use_keep, dctx, scale, dq, dk, dv, p0, p1))
+
+
+@numba.njit(**JIT)
+def backward_range(q, k, v, probs, keep, use_keep, dctx, scale, dq, dk, dv, p0, p1):
+    """attention_backward for the (sample, head) pairs p0:p1 (pair = sample * heads + head)."""
+    rows, heads = q.shape[1], q.shape[2]
     keys = k.shape[1]
     dt = q.dtype
     dprobs = np.empty((rows, keys), dt)
     dropped = np.empty((rows, keys), dt)
-    for b in range(n):
-        for h in range(heads):
-            p = probs[b, h]  # (T, S)
-            if use_keep:
-                for t in range(rows):
-                    for s in range(keys):
-                        dropped[t, s] = p[t, s] * keep[b, h, t, s]
-            matmul_serial((dropped if use_keep else p).T, dctx[b, :, h, :], dv[b, :, h, :])
-            matmul_serial(dctx[b, :, h, :], v[b, :, h, :].T, dprobs)
+    for pair in range(p0, p1):
+        b, h = pair // heads, pair % heads
+        p = probs[b, h]  # (T, S)
+        if use_keep:
             for t in range(rows):
-                if use_keep:
-                    for s in range(keys):
-                        dprobs[t, s] *= keep[b, h, t, s]
-                dot = 0.0
                 for s in range(keys):
-                    dot += np.float64(dprobs[t, s]) * np.float64(p[t, s])
+                    dropped[t, s] = p[t, s] * keep[b, h, t, s]
+        matmul_serial((dropped if use_keep else p).T, dctx[b, :, h, :], dv[b, :, h, :])
+        matmul_serial(dctx[b, :, h, :], v[b, :, h, :].T, dprobs)
+        for t in range(rows):
+            if use_keep:
                 for s in range(keys):
-                    dprobs[t, s] = np.float64(p[t, s]) * (np.float64(dprobs[t, s]) - dot) * scale
-            matmul_serial(dprobs, k[b, :, h, :], dq[b, :, h, :])
-            matmul_serial(dprobs.T, q[b, :, h, :], dk[b, :, h, :])
+                    dprobs[t, s] *= keep[b, h, t, s]
+            dot = 0.0
+            for s in range(keys):
+                dot += np.float64(dprobs[t, s]) * np.float64(p[t, s])
+            for s in range(keys):
+                dprobs[t, s] = np.float64(p[t, s]) * (np.float64(dprobs[t, s]) - dot) * scale
+        matmul_serial(dprobs, k[b, :, h, :], dq[b, :, h, :])
+        matmul_serial(dprobs.T, q[b, :, h, :], dk[b, :, h, :])

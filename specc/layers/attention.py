@@ -53,6 +53,8 @@ class MultiHeadAttention(LayerSpec):
     named_inputs: ClassVar[tuple[str, ...]] = ROLES
     min_inputs: ClassVar[int] = 2
     max_inputs: ClassVar[int | None] = 4
+    # The (sample, head) pairs are split over threads of the layer's own (kernels/attention.py).
+    runs_own_threads: ClassVar[bool] = True
     # What each of `inputs` is, in order (query, value, then key and/or attention_mask when given).
     _roles: tuple[str, ...] | None = PrivateAttr(default=None)
 
@@ -369,5 +371,6 @@ class MultiHeadAttention(LayerSpec):
             return None
         for role in parts:  # the mask, and an input that is the same array as an earlier one (its gradient is there)
             if role not in out:
-                out[role] = np.zeros_like(parts[role])
+                out[role] = zeros = empty(f"dx0:{role}", parts[role].shape, parts[role].dtype)
+                zeros.fill(0)  # a workspace array: no fresh pages at every step
         return [out[r] for r in self._roles or ROLES[: len(parts)]]

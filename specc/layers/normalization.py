@@ -192,27 +192,31 @@ class LayerNormalization(LayerSpec):
         return w
 
     def forward(self, w, x, training, rng):
+        """Keeps x (a view of the input when `axis` is last) and per-row statistics, the same in training
+        and inference: backward recomputes the normalised values (kernels/layernorm.py)."""
+        import numpy as np
 
-        from ..kernels import norm
+        from ..kernels import layernorm
 
         x2, layout = _to_rows(x, self.axis)
-        c, dt = x2.shape[1], x2.dtype
+        rows, c = x2.shape
+        dt = x2.dtype
         gamma, beta, _, _ = _affine(self, w, c, dt)
-        xhat, out = empty("xhat", x2.shape, x2.dtype), empty("out", x2.shape, x2.dtype)
-        inv = empty("inv", x2.shape[0], dt)
-        norm.row_normalize(x2, gamma, beta, dt.type(self.epsilon), xhat, inv, out)
-        return _from_rows(out, layout), (xhat, inv, layout)
+        out = empty("out", x2.shape, dt)
+        mean, inv = empty("mean", (rows,), np.float64), empty("inv", (rows,), np.float64)
+        layernorm.forward(x2, gamma, beta, float(self.epsilon), mean, inv, out)
+        return _from_rows(out, layout), (x2, mean, inv, layout)
 
     def backward(self, w, g, saved, dy, need_dx=True):
         import numpy as np
 
-        from ..kernels import norm
+        from ..kernels import layernorm
 
-        xhat, inv, layout = saved
-        dy2, _ = _to_rows(np.asarray(dy, xhat.dtype), self.axis)
-        c, dt = xhat.shape[1], xhat.dtype
+        x2, mean, inv, layout = saved
+        dy2, _ = _to_rows(np.asarray(dy, x2.dtype), self.axis)
+        c, dt = x2.shape[1], x2.dtype
         gamma, _, gi, bi = _affine(self, w, c, dt)
         dgamma, dbeta = _affine_grads(g, gi, bi, c, dt)
-        dx = empty("dx", xhat.shape, xhat.dtype)
-        norm.row_backward(dy2, xhat, gamma, inv, dgamma, dbeta, dx)
-        return _from_rows(dx, layout)
+        dx = empty("dx", x2.shape, dt) if need_dx else x2[:0]
+        layernorm.backward(dy2, x2, mean, inv, gamma, need_dx, dgamma, dbeta, dx)
+        return _from_rows(dx, layout) if need_dx else None

@@ -1,0 +1,127 @@
+"""LayerNormalization over (rows, channels) arrays, the normalised axis last, split between threads.
+
+Each row is normalised on its own: forward keeps its mean and 1 / sqrt(var + eps) (float64, one per row)
+and not the normalised values, which backward recomputes from x (one array fewer written forward and
+none kept at inference). Row statistics and the per-row sums of backward are taken in float64.
+
+The rows are cut into chunks whose size depends only on the shape (`chunking`); threads take contiguous
+ranges of chunks (conv.in_threads). Forward and dx are per row, so any split gives the same bits; the
+gamma and beta gradients are summed per chunk in float64 and the chunks' partials added in chunk order,
+so they too are the same bits at any thread count.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from ..workspace import empty
+from . import JIT
+from .conv import in_threads, share_count
+
+# Values per chunk: the chunk's partial gradients (2 x C float64) stay small against its rows.
+CHUNK_VALUES = 8192
+# Values per thread share below which waking a thread costs more than it saves (a normalised row costs
+# a few cycles a value: 64K values are about 50 microseconds).
+MIN_SHARE_VALUES = 65536
+
+
+def chunking(rows: int, channels: int) -> tuple[int, int]:
+    """(rows per chunk, chunks) for a (rows, channels) array: a function of the shape alone."""
+    per = max(1, CHUNK_VALUES // max(channels, 1))
+    return per, max(1, -(-rows // per))
+
+
+def _split(rows, channels, run):
+    """run(t0, t1) over ranges of chunks: on the calling thread alone for small arrays."""
+    per, chunks = chunking(rows, channels)
+    if min(share_count(chunks), rows * channels // MIN_SHARE_VALUES) <= 1:
+        run(per, 0, chunks)
+    else:
+        in_threads(chunks, lambda share, t0, t1: run(per, t0, t1))
+
+
+def forward(x, gamma, beta, eps, mean, inv, out):
+    """x (rows, C) -> out = (x - mean) * inv * gamma + beta per row, inv = 1 / sqrt(biased var + eps);
+    mean and inv (rows,) float64 are kept for backward. gamma, beta (C,) in x's dtype; out may not be x."""
+    rows, c = x.shape
+    _split(rows, c, lambda per, t0, t1: forward_range(x, gamma, beta, eps, per, t0, t1, mean, inv, out))
+
+
+def backward(dy, x, mean, inv, gamma, need_dx, dgamma, dbeta, dx):
+    """Gradients of `forward` from dy (rows, C): dgamma = sum over rows of dy * xhat, dbeta = sum of dy
+    (C,), and with need_dx dx = inv * (g - mean(g) - xhat * mean(g * xhat)) per row, g = dy * gamma."""
+    rows, c = x.shape
+    per, chunks = chunking(rows, c)
+    parts = empty("layernorm gradient parts", (chunks, 2, c), np.float64)
+    _split(rows, c, lambda per, t0, t1: backward_range(dy, x, mean, inv, gamma, need_dx, per, t0, t1, parts, dx))
+    sum_parts(parts, dgamma, dbeta)
+
+
+@numba.njit(**JIT)
+def forward_range(x, gamma, beta, eps, per, t0, t1, mean, inv, out):
+    """`forward` for the rows of chunks t0:t1 (`per` rows each)."""
+    rows, c = x.shape
+    n = np.float64(c)
+    for r in range(t0 * per, min(rows, t1 * per)):
+        m = 0.0
+        for j in range(c):
+            m += np.float64(x[r, j])
+        m /= n
+        v = 0.0
+        for j in range(c):
+            d = np.float64(x[r, j]) - m
+            v += d * d
+        iv = 1.0 / np.sqrt(v / n + eps)
+        mean[r] = m
+        inv[r] = iv
+        # in x's dtype: (x - mean) first, so a large mean does not cancel against the scaled x
+        mx, ivx = x.dtype.type(m), x.dtype.type(iv)
+        for j in range(c):
+            out[r, j] = (x[r, j] - mx) * (ivx * gamma[j]) + beta[j]
+
+
+@numba.njit(**JIT)
+def backward_range(dy, x, mean, inv, gamma, need_dx, per, t0, t1, parts, dx):
+    """`backward` for the rows of chunks t0:t1: parts[t] = (sum of dy * xhat, sum of dy) over chunk t's
+    rows (float64, rows in order), and dx of those rows."""
+    rows, c = x.shape
+    n = np.float64(c)
+    for t in range(t0, t1):
+        pg = parts[t, 0]
+        pb = parts[t, 1]
+        pg[:] = 0.0
+        pb[:] = 0.0
+        for r in range(t * per, min(rows, (t + 1) * per)):
+            m, iv = mean[r], inv[r]
+            s1 = 0.0
+            s2 = 0.0
+            for j in range(c):
+                d = np.float64(dy[r, j])
+                h = (np.float64(x[r, j]) - m) * iv
+                pg[j] += d * h
+                pb[j] += d
+                g = d * gamma[j]
+                s1 += g
+                s2 += g * h
+            if need_dx:
+                s1 /= n
+                s2 /= n
+                for j in range(c):
+                    h = (np.float64(x[r, j]) - m) * iv
+                    dx[r, j] = iv * (np.float64(dy[r, j]) * gamma[j] - s1 - h * s2)
+
+
+# Not reassociated (no fastmath): the chunks' order must be the same in every compiled copy.
+@numba.njit(**dict(JIT, fastmath=False))
+def sum_parts(parts, dgamma, dbeta):
+    """dgamma, dbeta (C,) = the chunks' partials (chunks, 2, C) added in chunk order."""
+    chunks, _, c = parts.shape
+    for j in range(c):
+        g = 0.0
+        b = 0.0
+        for t in range(chunks):
+            g += parts[t, 0, j]
+            b += parts[t, 1, j]
+        dgamma[j] = g
+        dbeta[j] = b
