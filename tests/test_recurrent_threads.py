@@ -14,6 +14,7 @@ from .gradcheck import build, make_inputs
 
 LAYERS = [
     {"type": "LSTM", "units": 5},
+    {"type": "LSTM", "units": 16},  # float32: the register tiles (native/recurrent_tiles.py)
     {"type": "LSTM", "units": 5, "return_sequences": True, "go_backwards": True},
     {"type": "LSTM", "units": 5, "activation": "softsign", "recurrent_dropout": 0.3, "dropout": 0.2},
     {"type": "GRU", "units": 5, "return_sequences": True},

@@ -21,12 +21,17 @@ recurrent matmul runs per gate; otherwise `use_rmask` is False and `rmask`/`Rg` 
 
 from __future__ import annotations
 
+import functools
+import importlib
 import math
+import warnings
 
 import numba
 import numpy as np
+from numba import types
+from numba.extending import overload
 
-from . import JIT
+from . import JIT, native
 from .activations import CODE, _float64_from_bits, _scalar_derivative, _scalar_forward
 from .dense import column_sums
 from .gemm import matmul, matmul_blas, matmul_serial
@@ -185,6 +190,37 @@ def _lstm_cells(a, gates, c_prev, c, ac, h, u):
         h[j] = gates[3 * u + j] * ac[j]
 
 
+@functools.cache
+def _recurrent_tiles():
+    """native.recurrent_tiles where sgemm loaded (AVX-512 or AVX2 with FMA), else None (with one warning if
+    it fails to load: the loops below then run instead)."""
+    if native.sgemm is None:
+        return None
+    try:
+        return importlib.import_module(f"{native.__name__}.recurrent_tiles")
+    except Exception as error:  # pragma: no cover - depends on the installed Numba/llvmlite
+        warnings.warn(f"specc: the LSTM's native tiles failed to load ({type(error).__name__}: {error}); using "
+                      f"portable kernels", RuntimeWarning, stacklevel=2)
+        return None
+
+
+def _lstm_tiles(h, w, xp, cp, gates, c, ac, hout):
+    """One float32 LSTM step with the default gates on register tiles, the recurrent product and the gate
+    maths in one pass (native/recurrent_tiles.py): True when done, else False and nothing done.
+
+    Compiled (the overload below): native.recurrent_tiles.lstm_step for float32 where it loaded, else
+    False. From Python (eager mode) False."""
+    return False
+
+
+@overload(_lstm_tiles, jit_options=JIT)
+def _lstm_tiles_njit(h, w, xp, cp, gates, c, ac, hout):
+    tiles = _recurrent_tiles()
+    if tiles is None or h.dtype != types.float32:
+        return lambda h, w, xp, cp, gates, c, ac, hout: False
+    return lambda h, w, xp, cp, gates, c, ac, hout: tiles.lstm_step(h, w, xp, cp, gates, c, ac, hout)
+
+
 @numba.njit(inline="always", **GATE_JIT)
 def _dact(code, x, y):
     if code == TANH:
@@ -305,7 +341,10 @@ def lstm_forward(xp, R, Rg, rmask, use_rmask, act, ract, hs, cs, acs, pre, gates
     default = act == TANH and ract == SIGMOID
     f32 = xp.itemsize == 4
     acc = np.empty((N, G), xp.dtype)  # the default activations' backward reads no pre-activations
+    tiles = default and f32 and not use_rmask
     for s in range(T):
+        if tiles and _lstm_tiles(hs[s], R, xp[s], cs[s], gates[s], cs[s + 1], acs[s], hs[s + 1]):
+            continue
         a = acc if default else pre[s]
         _rec_fwd(hs[s], R, Rg, rmask, use_rmask, a, hm, tmp, serial)
         for n in range(N):
