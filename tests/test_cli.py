@@ -10,11 +10,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import resource
 import shutil
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -418,9 +418,12 @@ def test_validating_100_specs_is_fast(tmp_path):
     source = SPECS_DIR / "functional_two_inputs.yaml"
     for i in range(100):
         shutil.copy(source, tmp_path / f"spec_{i:03}.yaml")
-    start = time.perf_counter()
+    # The child's CPU seconds, not wall time: on a loaded machine (CI's other pass, other jobs) the wall time
+    # measures the queue for a core, and this bound is about the work validate does.
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = run("validate", tmp_path)
-    elapsed = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.strip() == "100 specs valid"
-    assert elapsed < 3.0, f"validating 100 specs took {elapsed:.2f} s"
+    assert cpu < 3.0, f"validating 100 specs took {cpu:.2f} s of CPU"
