@@ -10,6 +10,12 @@ Reuse is safe because an array is only asked for again by the same layer call in
 everything of the previous step has been consumed; callers that keep a step's outputs (predict) copy them
 or run outside a workspace. The owner is the engine step's name, not the layer object: a layer shared by
 two calls in a Functional model needs a separate set per call.
+
+Backward's arrays (input gradients, their sums, a layer's backward scratch) live much shorter: an input
+gradient dies once the layer that produced that input has run its backward. While the engine's backward
+runs, `empty` takes them from the workspace's BufferPool instead, whose buffers go back to the pool as soon
+as no pending gradient reaches them (BufferPool.keep_only), so the layers share a few buffers, as
+registers are shared, instead of each keeping its own.
 """
 
 from __future__ import annotations
@@ -32,6 +38,8 @@ class Workspace:
     def __init__(self) -> None:
         self._arrays: dict[tuple, np.ndarray] = {}
         self.owner = ""  # the layer call now running; set by the engine
+        self.pool = BufferPool()
+        self.pooling = False  # whether `empty` takes from `pool`: on during the engine's backward
 
     @contextlib.contextmanager
     def active(self) -> Iterator[Workspace]:
@@ -52,7 +60,7 @@ class Workspace:
 
     @property
     def nbytes(self) -> int:
-        return sum(a.nbytes for a in self._arrays.values())
+        return sum(a.nbytes for a in self._arrays.values()) + self.pool.nbytes
 
 
 def empty(role: str, shape: tuple, dtype: Any) -> np.ndarray:
@@ -66,6 +74,8 @@ def empty(role: str, shape: tuple, dtype: Any) -> np.ndarray:
     workspace = _active.get()
     if workspace is None:
         return aligned_empty(shape, dtype)
+    if workspace.pooling:
+        return workspace.pool.take(shape, dtype)
     try:
         key = (workspace.owner, role, shape, dtype)
         array = workspace._arrays.get(key)
@@ -120,3 +130,77 @@ def shared_scratch(role: str, shape: tuple, dtype: Any) -> np.ndarray:
     if flat is None or flat.size < count:
         flat = workspace._arrays[key] = aligned_empty(max(count, 1), dtype)
     return flat[:count].reshape(shape)
+
+
+class BufferPool:
+    """Buffers shared by the arrays of one pass whose lifetimes the caller knows, like registers: `take`
+    hands out a buffer no live array uses, `keep_only(live)` gives back every buffer that none of `live`
+    (arrays or views of them) reaches, `release_all` gives back all of them (a new pass).
+
+    A buffer serves requests of its exact byte size, whatever the shape and dtype: a network repeats a
+    few gradient sizes (ResNet-50's stages), and a buffer taken for a smaller size would leave the larger
+    requests to make new ones. The same sequence of requests and releases (every training step of a batch
+    size) takes the same buffers, so after the first pass of each batch size nothing is allocated.
+
+    poison=True fills a buffer with NaN bytes when it is given back (the tests: an array read after its
+    buffer was released then reads NaN instead of a plausible stale gradient).
+    """
+
+    def __init__(self, poison: bool = False) -> None:
+        self._free: dict[int, list[np.ndarray]] = {}  # byte size -> buffers (uint8, 64-byte aligned) not in use
+        self._used: dict[int, np.ndarray] = {}  # id of a buffer's memory owner -> buffer, handed out
+        self.nbytes = 0  # every buffer made, in use or not
+        self.poison = poison
+
+    def take(self, shape: Any, dtype: Any) -> np.ndarray:
+        import numpy as np
+
+        dtype = np.dtype(dtype)
+        try:
+            count = math.prod(shape)
+        except TypeError:  # one integer
+            shape = (shape,)
+            count = math.prod(shape)
+        nbytes = int(count) * dtype.itemsize
+        free = self._free.get(nbytes)
+        if free:
+            buffer = free.pop()
+        else:
+            buffer = aligned_empty(nbytes, np.uint8)
+            self.nbytes += nbytes
+        self._used[id(_owner(buffer))] = buffer
+        return buffer.view(dtype).reshape(shape)
+
+    def keep_only(self, live: Any) -> None:
+        """Gives back every buffer in use that no array of `live` (an iterable) is or views."""
+        if not self._used:
+            return
+        reached = set()
+        for a in live:
+            reached.add(id(_owner(a)))
+        for key in [k for k in self._used if k not in reached]:
+            self._give_back(self._used.pop(key))
+
+    def release_all(self) -> None:
+        for buffer in self._used.values():
+            self._give_back(buffer)
+        self._used.clear()
+
+    @property
+    def in_use(self) -> int:
+        return len(self._used)
+
+    def _give_back(self, buffer: np.ndarray) -> None:
+        if self.poison:
+            buffer.fill(0xFF)  # every float32/float64 made of these bytes is a NaN
+        self._free.setdefault(buffer.nbytes, []).append(buffer)
+
+
+def _owner(array: Any) -> Any:
+    """The object that owns an array's memory: the end of its chain of bases (NumPy shortens the chain
+    of a view of a view, but not through every kind of view)."""
+    base = array.base
+    while base is not None:
+        array = base
+        base = getattr(array, "base", None)
+    return array
