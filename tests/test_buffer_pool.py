@@ -163,6 +163,31 @@ model:
 compile: {optimizer: adam, loss: sparse_categorical_crossentropy}
 """
 
+# Depthwise and separable convolutions (backward scratch of their own), a padding fused into the
+# depthwise convolution, BatchNormalization + ReLU6 fused, dropout, upsampling and a 1-D branch.
+MOBILE = """
+specc: 1
+model:
+  inputs: {image: [8, 8, 4], signal: [10, 3]}
+  layers:
+    - {type: ZeroPadding2D, name: pad, padding: 1, inputs: image}
+    - {type: DepthwiseConv2D, name: dw, kernel_size: 3, depth_multiplier: 2, inputs: pad}
+    - {type: BatchNormalization, name: dw_bn, inputs: dw}
+    - {type: Activation, name: dw_relu6, activation: relu6, inputs: dw_bn}
+    - {type: SeparableConv2D, name: sep, filters: 6, kernel_size: 3, padding: same, activation: relu, inputs: dw_relu6}
+    - {type: Dropout, name: drop, rate: 0.25, seed: 1, inputs: sep}
+    - {type: AveragePooling2D, name: avg, pool_size: 2, inputs: drop}
+    - {type: UpSampling2D, name: up, size: 2, inputs: avg}
+    - {type: Add, name: skip, inputs: [up, sep]}
+    - {type: GlobalAveragePooling2D, name: gap, inputs: skip}
+    - {type: Conv1D, name: c1, filters: 4, kernel_size: 3, activation: relu, inputs: signal}
+    - {type: SimpleRNN, name: rnn, units: 4, inputs: c1}
+    - {type: Concatenate, name: cat, inputs: [gap, rnn]}
+    - {type: Dense, name: out, units: 3, activation: softmax, inputs: cat}
+  outputs: out
+compile: {optimizer: adam, loss: sparse_categorical_crossentropy}
+"""
+
 
 def _data(engine: Engine, n: int, rng) -> tuple[list[np.ndarray], list[np.ndarray]]:
     x = [rng.standard_normal((n, *node.output_shape)).astype(np.float32) for node in engine.graph.inputs]
@@ -187,8 +212,8 @@ def _train(text: str, pooled: bool, fuse: bool = True) -> tuple[list[float], np.
     return history.history["loss"], engine.params.copy(), engine
 
 
-@pytest.mark.parametrize("text", [RESIDUAL, BRANCHES, NESTED, SEQUENCE], ids=["residual", "branches", "nested",
-                                                                             "sequence"])
+@pytest.mark.parametrize("text", [RESIDUAL, BRANCHES, NESTED, SEQUENCE, MOBILE],
+                         ids=["residual", "branches", "nested", "sequence", "mobile"])
 @pytest.mark.parametrize("fuse", [True, False], ids=["fused", "apart"])
 def test_pooling_changes_no_bit(text, fuse):
     losses, params, engine = _train(text, pooled=True, fuse=fuse)
