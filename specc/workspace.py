@@ -140,60 +140,88 @@ class BufferPool:
     A buffer serves requests of its exact byte size, whatever the shape and dtype: a network repeats a
     few gradient sizes (ResNet-50's stages), and a buffer taken for a smaller size would leave the larger
     requests to make new ones. The same sequence of requests and releases (every training step of a batch
-    size) takes the same buffers, so after the first pass of each batch size nothing is allocated.
+    size) takes the same buffers, so after the first pass of each batch size nothing is allocated; and the
+    typed view of a buffer is made once per shape and dtype, as `empty` makes an array once per key (`take`
+    runs once or twice per layer at every step).
 
     poison=True fills a buffer with NaN bytes when it is given back (the tests: an array read after its
     buffer was released then reads NaN instead of a plausible stale gradient).
     """
 
     def __init__(self, poison: bool = False) -> None:
-        self._free: dict[int, list[np.ndarray]] = {}  # byte size -> buffers (uint8, 64-byte aligned) not in use
-        self._used: dict[int, np.ndarray] = {}  # id of a buffer's memory owner -> buffer, handed out
+        self._sizes: dict[tuple, int] = {}  # (shape, dtype) as asked -> bytes
+        # byte size -> buffers not in use, each (the id of its memory's owner, the 64-byte aligned uint8 array)
+        self._free: dict[int, list[tuple[int, np.ndarray]]] = {}
+        self._used: dict[int, tuple[int, np.ndarray]] = {}  # the same, handed out, by the owner's id
+        self._views: dict[tuple, np.ndarray] = {}  # (owner id, shape, dtype) -> the buffer as that array
         self.nbytes = 0  # every buffer made, in use or not
         self.poison = poison
 
     def take(self, shape: Any, dtype: Any) -> np.ndarray:
-        import numpy as np
-
-        dtype = np.dtype(dtype)
         try:
-            count = math.prod(shape)
-        except TypeError:  # one integer
-            shape = (shape,)
-            count = math.prod(shape)
-        nbytes = int(count) * dtype.itemsize
+            nbytes = self._sizes[shape, dtype]
+        except KeyError:
+            nbytes = self._sizes[shape, dtype] = _nbytes(shape, dtype)
+        except TypeError:  # an unhashable shape (a list)
+            return self.take(tuple(shape), dtype)
         free = self._free.get(nbytes)
         if free:
-            buffer = free.pop()
+            entry = free.pop()
         else:
-            buffer = aligned_empty(nbytes, np.uint8)
+            buffer = aligned_empty(nbytes, _uint8())
+            entry = (id(_owner(buffer)), buffer)
             self.nbytes += nbytes
-        self._used[id(_owner(buffer))] = buffer
-        return buffer.view(dtype).reshape(shape)
+        key = entry[0]
+        self._used[key] = entry
+        view = self._views.get((key, shape, dtype))
+        if view is None:
+            view = self._views[key, shape, dtype] = entry[1].view(dtype).reshape(shape)
+        return view
 
     def keep_only(self, live: Any) -> None:
         """Gives back every buffer in use that no array of `live` (an iterable) is or views."""
-        if not self._used:
+        used = self._used
+        if not used:
             return
         reached = set()
-        for a in live:
-            reached.add(id(_owner(a)))
-        for key in [k for k in self._used if k not in reached]:
-            self._give_back(self._used.pop(key))
+        for a in live:  # NumPy makes a view's base its memory's owner: _owner's walk is the rare case
+            base = a.base
+            if base is not None:
+                a = base if getattr(base, "base", None) is None else _owner(base)
+            reached.add(id(a))
+        for key in [k for k in used if k not in reached]:
+            self._give_back(used.pop(key))
 
     def release_all(self) -> None:
-        for buffer in self._used.values():
-            self._give_back(buffer)
+        for entry in self._used.values():
+            self._give_back(entry)
         self._used.clear()
 
     @property
     def in_use(self) -> int:
         return len(self._used)
 
-    def _give_back(self, buffer: np.ndarray) -> None:
+    def _give_back(self, entry: tuple[int, np.ndarray]) -> None:
+        buffer = entry[1]
         if self.poison:
             buffer.fill(0xFF)  # every float32/float64 made of these bytes is a NaN
-        self._free.setdefault(buffer.nbytes, []).append(buffer)
+        self._free.setdefault(buffer.nbytes, []).append(entry)
+
+
+def _nbytes(shape: Any, dtype: Any) -> int:
+    import numpy as np
+
+    try:
+        count = math.prod(shape)
+    except TypeError:  # one integer
+        count = shape
+    return int(count) * np.dtype(dtype).itemsize
+
+
+def _uint8() -> Any:
+    import numpy as np
+
+    return np.uint8
 
 
 def _owner(array: Any) -> Any:
