@@ -189,7 +189,7 @@ class BufferPool:
             if base is not None:
                 a = base if getattr(base, "base", None) is None else _owner(base)
             reached.add(id(a))
-        for key in [k for k in used if k not in reached]:
+        for key in used.keys() - reached:  # (a set operation in C: this runs before every layer's backward)
             self._give_back(used.pop(key))
 
     def release_all(self) -> None:
