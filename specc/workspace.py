@@ -168,7 +168,7 @@ class BufferPool:
         if free:
             entry = free.pop()
         else:
-            buffer = aligned_empty(nbytes, _uint8())
+            buffer = aligned_empty(nbytes, "uint8")
             entry = (id(_owner(buffer)), buffer)
             self.nbytes += nbytes
         key = entry[0]
@@ -211,17 +211,11 @@ class BufferPool:
 def _nbytes(shape: Any, dtype: Any) -> int:
     import numpy as np
 
-    try:
-        count = math.prod(shape)
-    except TypeError:  # one integer
-        count = shape
-    return int(count) * np.dtype(dtype).itemsize
-
-
-def _uint8() -> Any:
-    import numpy as np
-
-    return np.uint8
+    if not isinstance(shape, tuple):  # one integer
+        shape = (shape,)
+    if shape and min(shape) < 0:
+        raise ValueError(f"negative dimensions are not allowed: {shape}")
+    return int(math.prod(shape)) * np.dtype(dtype).itemsize
 
 
 def _owner(array: Any) -> Any:
