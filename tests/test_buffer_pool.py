@@ -258,7 +258,7 @@ def test_input_gradients_of_a_pooled_pass():
 
 
 def _chain(depth: int) -> str:
-    layers = "\n".join(f"    - {{type: Conv2D, filters: 8, kernel_size: 3, padding: same, activation: relu}}"
+    layers = "\n".join("    - {type: Conv2D, filters: 8, kernel_size: 3, padding: same, activation: relu}"
                        for _ in range(depth))
     return f"""
 specc: 1
