@@ -164,6 +164,10 @@ class Engine:
         self.input_gradients = True
         # Arrays a training step reuses at the next step (see workspace.py): forward/backward(reuse=True).
         self.workspace = Workspace()
+        # Whether a training backward (reuse=True) takes its gradient arrays from the workspace's pool
+        # (workspace.BufferPool), freed as the pass goes, instead of one set per layer: False is the path
+        # the tests compare it with.
+        self.pool_gradients = True
         self._saved: dict[str, Any] = {}
         self._pre: dict[str, np.ndarray] = {}
         self._values: dict[str, np.ndarray] = {}
@@ -331,12 +335,22 @@ class Engine:
         pre-activation (the fused softmax + cross-entropy path).
         """
         opened = self._enter(reuse)
+        pool = self.workspace.pool if reuse and self.pool_gradients else None
         try:
-            self._backward(d_outputs, pre_activation)
+            if pool is not None:
+                pool.release_all()  # the previous pass's gradients are dead (valid until the next step)
+                self.workspace.pooling = True
+            self._backward(d_outputs, pre_activation, pool)
         finally:
+            self.workspace.pooling = False
             self._leave(opened)
 
-    def _backward(self, d_outputs, pre_activation) -> None:
+    def _backward(self, d_outputs, pre_activation, pool) -> None:
+        """The pass; with `pool`, every array a layer's backward asks for (workspace.empty) comes from it,
+        and before each plan step the buffers that no pending gradient reaches go back to it: a step's
+        output gradient and scratch are dead once it has run, unless its input gradient is (a view of)
+        one of them, and a gradient that feeds several layers (a residual branch) stays pending until the
+        last of them has run."""
         pre_activation = pre_activation or [False] * len(d_outputs)
         grads: dict[str, np.ndarray] = {}
         fused: set[str] = set()
@@ -348,6 +362,8 @@ class Engine:
         for s in reversed(self.plan):
             if clock is not None:
                 clock.append(perf_counter())
+            if pool is not None:
+                pool.keep_only(grads.values())
             dy = grads.pop(s.name, None)
             if dy is None:
                 continue  # does not reach any output
