@@ -78,6 +78,10 @@ CASES = [
     ("dilated2_same", 1, 9, 9, 4, 1, (3, 3), (1, 1), (2, 2), "same"),
     ("dilated2_stride2_valid", 2, 12, 11, 3, 2, (3, 3), (2, 2), (2, 2), "valid"),
     ("kernel_wider_than_input_same", 2, 2, 3, 9, 1, (5, 5), (1, 1), (1, 1), "same"),
+    # rows of several segments (40 x 40 values, depthwise.SEGMENT_VALUES), and a stride-1 layer with
+    # depthwise.ROW_CHANNELS channels or more (one position at a time)
+    ("3x3_same_row_segments_c40", 1, 4, 40, 40, 1, (3, 3), (1, 1), (1, 1), "same"),
+    ("3x3_same_c67", 2, 5, 6, 67, 1, (3, 3), (1, 1), (1, 1), "same"),
 ]
 
 

@@ -13,6 +13,13 @@ indices on a computed index would otherwise stop LLVM from vectorising them (eve
 by construction). Backward writes one array per loop (kernel gradient, then input gradient, per tap): a
 loop that updates several arrays needs more overlap checks than LLVM makes, and stays scalar.
 
+With a width stride of 1 and fewer than ROW_CHANNELS channels the kernels run a segment of an output row
+at a time instead (`_forward_rows`, `_kernel_grad_rows`): the positions one tap reaches along a row are contiguous,
+so a tap (or a kernel row's three taps, or all nine inside the input) is one long loop over positions and
+channels together, against the taps tiled to the segment's length. With stride 1 in both directions the
+input gradient is the forward correlation of dy with the kernel turned by 180 degrees (`_forward_rows`
+again), which writes each dx value once instead of adding into it once per tap.
+
 A depth multiplier m > 1 runs as multiplier 1 over the input with each channel repeated m times (channel
 c * m + q of the output reads channel c: TF/Keras order); its input gradient is then summed over the copies.
 
@@ -143,6 +150,180 @@ def _backward_range(x, kernel, dy, use_bias, need_dx, g, n0, n1, dk, db, dx):
                                 dxf[np.uint64(xb + c)] += dyf[np.uint64(ob + c)] * kf[np.uint64(kb + c)]
 
 
+# Channels (C*m) below which the stride-1 layers run a row segment at a time: with more, one position's
+# channels are already a loop of many vectors, and its kernel's taps stay in L1 untiled.
+ROW_CHANNELS = 64
+# Values per segment of an output row in the stride-1 kernels: the kernel's taps tiled to one segment
+# (kh*kw segments) stay in L1 next to the rows they meet.
+SEGMENT_VALUES = 768
+
+
+@numba.njit(**JIT)
+def _segment(wo, c_):
+    """Output columns per segment of a row of wo positions of c_ channels: the row cut into equal parts of
+    at most about SEGMENT_VALUES values (whole positions)."""
+    parts = max(1, -(-(wo * c_) // SEGMENT_VALUES))
+    return max(1, -(-wo // parts))
+
+
+@numba.njit(**JIT)
+def _tiled_taps(kernel, span):
+    """kernel (taps, C) -> (taps, span * C): each tap's C weights repeated for span consecutive positions."""
+    taps, c_ = kernel.shape
+    out = np.empty((taps, span * c_), kernel.dtype)
+    for t in range(taps):
+        for q in range(span):
+            out[t, q * c_:(q + 1) * c_] = kernel[t]
+    return out
+
+
+# fastmath without reassociation: the nine-tap loop must add the kernel rows in the order the row-by-row
+# loops do (a ZeroPadding2D fused into the layer moves values from one loop to the other, and the two
+# must round alike); contraction to FMAs stays allowed.
+@numba.njit(**dict(JIT, fastmath={"nnan", "ninf", "nsz", "arcp", "contract", "afn"}))
+def _forward_rows(x, kernel, bias, g, n0, n1, out):
+    """_forward_range for width stride 1 (any height stride, any dilation), a segment of an output row at a
+    time: with sw = 1 the positions a tap reaches along a row are contiguous, so each kernel row is one
+    loop over the segment's positions and channels together (a long vector loop, where C alone is 16 or
+    48 values) against the taps tiled to the segment. Every output value is the same expression as in
+    _forward_range: bias, then per kernel row the three taps' sum where all three lie inside the input,
+    else one tap at a time."""
+    kh, kw, sh, sw, dh, dw, ph, pw = g
+    _, h_, w_, c_ = x.shape
+    _, ho, wo, _ = out.shape
+    xf = x.reshape(x.size)
+    of = out.reshape(out.size)
+    cols = _columns(g, w_, wo)
+    lo3, hi3 = _fused_range(cols, 0, wo)
+    if lo3 >= hi3:
+        lo3 = hi3 = wo
+    span = _segment(wo, c_)
+    kt = _tiled_taps(kernel, span)
+    bt = _tiled_taps(bias.reshape(1, c_), span)[0]
+    step = dw * c_
+    for n in range(n0, n1):
+        for oh in range(ho):
+            orow = (n * ho + oh) * wo * c_
+            for s in range(0, wo, span):
+                e = min(wo, s + span)
+                ob = orow + s * c_
+                for p in range((e - s) * c_):
+                    of[np.uint64(ob + p)] = bt[np.uint64(p)]
+                a, b = max(s, lo3), min(e, hi3)
+                first = oh * sh - ph
+                if kh == 3 and a < b and first >= 0 and first + 2 * dh < h_:
+                    # all nine taps inside the input: the three kernel rows in one loop, one store per value
+                    # (the same additions in the same order as row by row)
+                    ob = orow + a * c_
+                    t0 = (a - s) * c_
+                    xb0 = (n * h_ + first) * w_ * c_ + (a - pw) * c_
+                    xb1 = xb0 + dh * w_ * c_
+                    xb2 = xb1 + dh * w_ * c_
+                    k00, k01, k02 = kt[0], kt[1], kt[2]
+                    k10, k11, k12 = kt[3], kt[4], kt[5]
+                    k20, k21, k22 = kt[6], kt[7], kt[8]
+                    for p in range((b - a) * c_):
+                        q = np.uint64(t0 + p)
+                        o = of[np.uint64(ob + p)]
+                        o += (xf[np.uint64(xb0 + p)] * k00[q] + xf[np.uint64(xb0 + step + p)] * k01[q]
+                              + xf[np.uint64(xb0 + 2 * step + p)] * k02[q])
+                        o += (xf[np.uint64(xb1 + p)] * k10[q] + xf[np.uint64(xb1 + step + p)] * k11[q]
+                              + xf[np.uint64(xb1 + 2 * step + p)] * k12[q])
+                        o += (xf[np.uint64(xb2 + p)] * k20[q] + xf[np.uint64(xb2 + step + p)] * k21[q]
+                              + xf[np.uint64(xb2 + 2 * step + p)] * k22[q])
+                        of[np.uint64(ob + p)] = o
+                    rows_done = True
+                else:
+                    rows_done = False
+                for i in range(kh):
+                    ih = oh * sh - ph + i * dh
+                    if ih < 0 or ih >= h_:
+                        continue
+                    xrow = (n * h_ + ih) * w_ * c_
+                    if rows_done:
+                        pass  # [a, b) done above; one tap at a time outside it
+                    elif a < b:
+                        k0, k1, k2 = kt[i * 3], kt[i * 3 + 1], kt[i * 3 + 2]
+                        xb = xrow + (a - pw) * c_
+                        ob = orow + a * c_
+                        t0 = (a - s) * c_
+                        for p in range((b - a) * c_):
+                            q = np.uint64(t0 + p)
+                            of[np.uint64(ob + p)] += (xf[np.uint64(xb + p)] * k0[q]
+                                                      + xf[np.uint64(xb + step + p)] * k1[q]
+                                                      + xf[np.uint64(xb + 2 * step + p)] * k2[q])
+                    else:
+                        a = b = e
+                    # one tap at a time over the segment's columns outside [a, b), in tap order per value
+                    for j in range(kw):
+                        kj = kt[i * kw + j]
+                        for part in range(2):
+                            u, v = (s, a) if part == 0 else (b, e)
+                            lo, hi = max(u, cols[j, 0]), min(v, cols[j, 1])
+                            if lo >= hi:
+                                continue
+                            xb = xrow + (lo + j * dw - pw) * c_
+                            ob = orow + lo * c_
+                            t0 = (lo - s) * c_
+                            for p in range((hi - lo) * c_):
+                                of[np.uint64(ob + p)] += xf[np.uint64(xb + p)] * kj[np.uint64(t0 + p)]
+
+
+# Without fastmath: each partial's additions stay in the order written (the same bits at any thread count,
+# and in code compiled in the running process or loaded from the cache); the loops vectorise across the
+# partials anyway.
+@numba.njit(**dict(JIT, fastmath=False))
+def _kernel_grad_rows(x, dy, use_bias, g, n0, n1, dk, db):
+    """For samples n0:n1, stride 1: their kernel gradient to dk (kh*kw, C) and bias gradient to db (C,)
+    (overwritten). Each tap's products x * dy go to one partial per value of a row segment (as in
+    _forward_rows: one long loop per tap and segment), summed over the segment's positions at the end."""
+    kh, kw, sh, sw, dh, dw, ph, pw = g
+    _, h_, w_, c_ = x.shape
+    _, ho, wo, _ = dy.shape
+    xf = x.reshape(x.size)
+    dyf = dy.reshape(dy.size)
+    cols = _columns(g, w_, wo)
+    span = _segment(wo, c_)
+    length = span * c_
+    acc = np.zeros((kh * kw, length), dy.dtype)
+    bacc = np.zeros(length, dy.dtype)
+    for n in range(n0, n1):
+        for oh in range(ho):
+            orow = (n * ho + oh) * wo * c_
+            for s in range(0, wo, span):
+                e = min(wo, s + span)
+                if use_bias:
+                    ob = orow + s * c_
+                    for p in range((e - s) * c_):
+                        bacc[np.uint64(p)] += dyf[np.uint64(ob + p)]
+                for i in range(kh):
+                    ih = oh * sh - ph + i * dh
+                    if ih < 0 or ih >= h_:
+                        continue
+                    xrow = (n * h_ + ih) * w_ * c_
+                    for j in range(kw):
+                        lo, hi = max(s, cols[j, 0]), min(e, cols[j, 1])
+                        if lo >= hi:
+                            continue
+                        aj = acc[i * kw + j]
+                        xb = xrow + (lo + j * dw - pw) * c_
+                        ob = orow + lo * c_
+                        t0 = (lo - s) * c_
+                        for p in range((hi - lo) * c_):
+                            aj[np.uint64(t0 + p)] += xf[np.uint64(xb + p)] * dyf[np.uint64(ob + p)]
+    for t in range(kh * kw):
+        for c in range(c_):
+            dk[t, c] = acc[t, c]
+        for q in range(1, span):
+            for c in range(c_):
+                dk[t, c] += acc[t, q * c_ + c]
+    for c in range(c_):
+        db[c] = bacc[c]
+    for q in range(1, span):
+        for c in range(c_):
+            db[c] += bacc[q * c_ + c]
+
+
 # Without fastmath: the order of the additions is part of the result (the same bits at any thread count).
 @numba.njit(**dict(JIT, fastmath=False))
 def _sum_parts(dk_parts, db_parts, use_bias, dkernel, dbias):
@@ -210,7 +391,8 @@ def forward(x, kernel, bias, use_bias, g, out):
     k2 = np.ascontiguousarray(kernel.reshape(kh * kw, cm))
     b = bias if use_bias else np.zeros(cm, x.dtype)
     spc, chunks = _chunks(n)
-    in_threads(chunks, lambda share, t0, t1: _forward_range(xr, k2, b, g, t0 * spc, min(n, t1 * spc), out))
+    rows = _forward_rows if g[3] == 1 and cm < ROW_CHANNELS else _forward_range
+    in_threads(chunks, lambda share, t0, t1: rows(xr, k2, b, g, t0 * spc, min(n, t1 * spc), out))
 
 
 def backward(x, kernel, dy, use_bias, g, dkernel, dbias, dx, need_dx=True):
@@ -225,10 +407,25 @@ def backward(x, kernel, dy, use_bias, g, dkernel, dbias, dx, need_dx=True):
     dk_parts = empty("depthwise kernel gradient parts", (chunks, kh * kw, cm), dy.dtype)
     db_parts = empty("depthwise bias gradient parts", (chunks, cm), dy.dtype)
 
+    by_rows = g[2] == 1 and g[3] == 1 and cm < ROW_CHANNELS
+    if by_rows:
+        # stride 1: the input gradient is the correlation of dy with the kernel turned by 180 degrees,
+        # padded so that it covers x: _forward_rows with taps reversed, one write per dx value
+        dh, dw = g[4], g[5]
+        g_dx = (kh, kw, 1, 1, dh, dw, (kh - 1) * dh - g[6], (kw - 1) * dw - g[7])
+        k_turned = np.ascontiguousarray(k2[::-1])
+        no_bias = np.zeros(cm, dy.dtype)
+
     def run(share, t0, t1):
         for t in range(t0, t1):
-            _backward_range(xr, k2, dy, use_bias, need_dx, g, t * spc, min(n, (t + 1) * spc), dk_parts[t],
-                            db_parts[t], dxr)
+            n0, n1 = t * spc, min(n, (t + 1) * spc)
+            if by_rows:
+                # the chunk's input gradient right after its kernel gradient, while its dy is in cache
+                _kernel_grad_rows(xr, dy, use_bias, g, n0, n1, dk_parts[t], db_parts[t])
+                if need_dx:
+                    _forward_rows(dy, k_turned, no_bias, g_dx, n0, n1, dxr)
+            else:
+                _backward_range(xr, k2, dy, use_bias, need_dx, g, n0, n1, dk_parts[t], db_parts[t], dxr)
 
     in_threads(chunks, run)
     _sum_parts(dk_parts, db_parts, use_bias, dkernel.reshape(kh * kw, cm), dbias)
