@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from specc.engine import Engine
-from specc.kernels import configure_threads
+from specc.kernels import configure_threads, native
 from specc.spec import load_spec_text
 from specc.train.fused import DenseChain
 
@@ -73,7 +73,8 @@ def test_predict_on_two_threads_equals_one_thread(dtype, batch):
 @pytest.mark.parametrize("layers", list(LAYERS))
 def test_split_rows_give_the_bits_of_the_whole_batch(layers):
     """forward_split's row ranges, for part counts that do and do not divide the batch (and more parts
-    than a thread pool has), write what forward_rows writes over the whole batch."""
+    than a thread pool has), write what forward_rows writes over the whole batch: the same bits on sgemm,
+    which DenseChain.predict splits on (it leaves BLAS's products to BLAS's threads)."""
     from specc.kernels import dense_chain, fused
 
     chain = chain_for(LAYERS[layers], np.float32)
@@ -85,7 +86,10 @@ def test_split_rows_give_the_bits_of_the_whole_batch(layers):
     for parts in (1, 2, 3, 7):
         out = np.full((batch, chain.units_out), np.nan, np.float32)
         dense_chain.forward_split(x, chain.engine.params, plan, work, out, parts)
-        np.testing.assert_array_equal(out, expected)
+        if native.sgemm is not None:
+            np.testing.assert_array_equal(out, expected)
+        else:  # BLAS's products (the portable build): a row's bits may depend on the rows around it
+            np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(expected, reference(chain, x), rtol=1e-4, atol=1e-5)
 
 

@@ -3,8 +3,9 @@
 Every layer of the chain is row by row, so the batch is split once, into one range of rows per thread,
 and each thread runs the whole chain (kernels/fused.forward_rows: products on the calling thread, then
 the activations) on its rows. A split of each product instead (kernels/fused.forward) joins the threads
-after every layer and runs the small last layer and its softmax on one thread. Each row goes through the
-same instructions either way, so the output has the same bits at every thread count.
+after every layer and runs the small last layer and its softmax on one thread. On sgemm's products each
+row goes through the same instructions either way, so the output has the same bits at every thread
+count (DenseChain.predict splits only there: BLAS's products round a row according to its neighbours).
 """
 
 from __future__ import annotations

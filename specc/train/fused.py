@@ -23,7 +23,7 @@ from ..kernels import activations as A
 from ..kernels import dense_chain as KC
 from ..kernels import fused as K
 from ..kernels import losses as KL
-from ..kernels import product_threads
+from ..kernels import native, product_threads
 from ..workspace import aligned_empty
 from .losses import _ELEMENTWISE, Loss, _bounds, check_label_range
 
@@ -98,9 +98,9 @@ class DenseChain:
         workers = min(product_threads(), batch)
         if workers == 1 or batch * self.flops_per_row < PARALLEL_MIN_FLOPS:
             K.forward_rows(x, self.engine.params, plan, work, 0, batch, target)
-        elif x.dtype == np.float32:  # sgemm's products on each thread's rows: one join per batch
+        elif x.dtype == np.float32 and native.sgemm is not None:  # one join per batch (kernels/dense_chain.py)
             KC.forward_split(x, self.engine.params, plan, work, target, workers)
-        else:  # float64 products go to BLAS, whose own threads split each of them
+        else:  # products on BLAS, whose own threads split each of them (its rows' bits depend on the split)
             result = K.forward(x, self.engine.params, plan, work)
             if out is None:
                 return result
