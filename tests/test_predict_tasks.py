@@ -1,7 +1,7 @@
 """An MLP's prediction through its fused chain (train/fused.py DenseChain.predict): the same bits on one
-thread (kernels/fused.py forward_rows) and two (forward, its products split between the threads), written
-straight into an array the caller gives when it can be, and within rounding of a float64 NumPy
-reference."""
+thread (kernels/fused.py forward_rows) and two (float32: kernels/dense_chain.py forward_split, each thread
+the whole chain on its rows; float64: forward, its products split between the threads), written straight
+into an array the caller gives when it can be, and within rounding of a float64 NumPy reference."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from specc.engine import Engine
-from specc.kernels import configure_threads
+from specc.kernels import configure_threads, native
 from specc.spec import load_spec_text
 from specc.train.fused import DenseChain
 
@@ -67,6 +67,46 @@ def test_predict_on_two_threads_equals_one_thread(dtype, batch):
     one = chain.predict(x).copy()
     configure_threads(2)
     np.testing.assert_array_equal(chain.predict(x), one)
+    np.testing.assert_allclose(one, reference(chain, x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("layers", list(LAYERS))
+def test_split_rows_give_the_bits_of_the_whole_batch(layers):
+    """forward_split's row ranges, for part counts that do and do not divide the batch (and more parts
+    than a thread pool has), write what forward_rows writes over the whole batch: the same bits on sgemm,
+    which DenseChain.predict splits on (it leaves BLAS's products to BLAS's threads)."""
+    from specc.kernels import dense_chain, fused
+
+    chain = chain_for(LAYERS[layers], np.float32)
+    batch = ROWS + 5
+    x = np.random.default_rng(4).standard_normal((batch, 30)).astype(np.float32)
+    plan, work = chain.plan(batch)
+    expected = np.full((batch, chain.units_out), np.nan, np.float32)
+    fused.forward_rows(x, chain.engine.params, plan, work, 0, batch, expected)
+    for parts in (1, 2, 3, 7):
+        out = np.full((batch, chain.units_out), np.nan, np.float32)
+        dense_chain.forward_split(x, chain.engine.params, plan, work, out, parts)
+        if native.sgemm is not None:
+            np.testing.assert_array_equal(out, expected)
+        else:  # BLAS's products (the portable build): a row's bits may depend on the rows around it
+            np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(expected, reference(chain, x), rtol=1e-4, atol=1e-5)
+
+
+def test_a_large_batch_on_two_threads_equals_one_thread():
+    """A batch with enough work to be split between the threads (DenseChain.PARALLEL_MIN_FLOPS), as the
+    benchmark's MLP's: the same bits as on one thread."""
+    from specc.train import fused
+
+    chain = chain_for(LAYERS["relu_softmax"], np.float32, n_in=200)
+    batch = fused.PARALLEL_MIN_FLOPS // chain.flops_per_row + 13
+    x = np.random.default_rng(5).standard_normal((batch, 200)).astype(np.float32)
+    configure_threads(1)
+    one = chain.predict(x).copy()
+    configure_threads(2)
+    np.testing.assert_array_equal(chain.predict(x), one)
+    out = np.empty((batch, chain.units_out), np.float32)
+    np.testing.assert_array_equal(chain.predict(x, out), one)
     np.testing.assert_allclose(one, reference(chain, x), rtol=1e-4, atol=1e-5)
 
 

@@ -20,11 +20,15 @@ import numpy as np
 
 from ..engine import Engine
 from ..kernels import activations as A
+from ..kernels import dense_chain as KC
 from ..kernels import fused as K
 from ..kernels import losses as KL
-from ..kernels import product_threads
+from ..kernels import native, product_threads
 from ..workspace import aligned_empty
 from .losses import _ELEMENTWISE, Loss, _bounds, check_label_range
+
+# Below this many flops a batch runs on one thread: waking the others would take about as long.
+PARALLEL_MIN_FLOPS = 4_000_000
 
 # engine -> its DenseChain (or None): an engine's structure and weight views never change (a model whose
 # structure changes gets a new engine), so neither does its chain.
@@ -38,6 +42,7 @@ class DenseChain:
         self.engine = engine
         self.layout = layout  # (layers, 5): kernel offset, bias offset or -1, in, out, activation code
         self.units_out = int(layout[-1, 3])
+        self.flops_per_row = int(2 * (layout[:, 2] * layout[:, 3]).sum())
         self._plans: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     @classmethod
@@ -90,12 +95,12 @@ class DenseChain:
         direct = (out is not None and out.shape == (batch, self.units_out) and out.dtype == self.engine.dtype
                   and out.flags.c_contiguous)
         target = out if direct else work[:0].reshape(0, self.units_out)
-        workers = product_threads()
-        if workers == 1:
+        workers = min(product_threads(), batch)
+        if workers == 1 or batch * self.flops_per_row < PARALLEL_MIN_FLOPS:
             K.forward_rows(x, self.engine.params, plan, work, 0, batch, target)
-        else:
-            # the whole batch in each product, split between the threads by sgemm (row blocks taken by
-            # Python helper threads measured slower on a quiet machine: bench/results/HISTORY.md)
+        elif x.dtype == np.float32 and native.sgemm is not None:  # one join per batch (kernels/dense_chain.py)
+            KC.forward_split(x, self.engine.params, plan, work, target, workers)
+        else:  # products on BLAS, whose own threads split each of them (its rows' bits depend on the split)
             result = K.forward(x, self.engine.params, plan, work)
             if out is None:
                 return result
