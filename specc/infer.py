@@ -162,6 +162,7 @@ class InferencePlan:
             return after[0]
 
         absorbed: set[str] = set()
+        available = set(engine.input_names)  # the tensors the plan's steps so far give
         plan: list = []
         for i, s in enumerate(steps):
             if s.name in absorbed:
@@ -173,9 +174,11 @@ class InferencePlan:
                         nxt.inbound == [s.name]:
                     continue  # runs with the convolution (below), which finds it as its input's producer
                 plan.append(_Layer(s))
+                available.add(s.name)
                 continue
             if not _is_conv(s.layer):
                 plan.append(_Layer(s))
+                available.add(s.name)
                 continue
             pad = None
             producer = steps[produced_at[s.inbound[0]]] if produced_at.get(s.inbound[0], -1) >= 0 else None
@@ -193,8 +196,8 @@ class InferencePlan:
             if not relu and nxt is not None and type(nxt.layer).__name__ == "Add" and len(nxt.inbound) == 2:
                 other = nxt.inbound[1] if nxt.inbound[0] == last.name else nxt.inbound[0]
                 other_shape = steps[produced_at[other]].output_shape if produced_at.get(other, -1) >= 0 else None
-                # the later of the Add's inputs, of the same shape (no broadcasting)
-                if other != last.name and produced_at.get(other, math.inf) < i and other_shape == last.output_shape:
+                # the Add's other input is ready when this step runs, and of the same shape (no broadcasting)
+                if other != last.name and other in available and other_shape == last.output_shape:
                     residual, last = other, nxt
                     covers.append(nxt.name)
                     nxt = sole_reader(nxt.name)
@@ -202,6 +205,7 @@ class InferencePlan:
                 relu, last = True, nxt
                 covers.append(nxt.name)
             absorbed.update(covers)
+            available.add(last.name)
             plan.append(_Conv(s, pad, bn, residual, relu, last.name, covers))
         return cls(engine, plan)
 
