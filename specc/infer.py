@@ -300,8 +300,9 @@ class InferencePlan:
         scratch = self._scratch[: shares * size].reshape(shares, size)
         add = s.residual is not None
         residual = np.ascontiguousarray(values[s.residual]) if add else out4
+        blas = _by_blas(x4.shape, g, ho, wo, k, f)
         conv.in_threads(chunks, lambda share, t0, t1: infer.conv_residual_range(
-            x4, s.kernel, s.bias, g, spc, t0, t1, scratch[share], residual, add, s.relu, out4))
+            x4, s.kernel, s.bias, g, spc, t0, t1, scratch[share], residual, add, s.relu, blas, out4))
         return out
 
     def _layout(self, values: dict, conv: Any) -> dict:
@@ -353,6 +354,15 @@ def _chunking(n: int, rows_per_sample: int, k: int, f: int, conv: Any) -> tuple[
     most = max(2, n * rows_per_sample * (k + f) // max(k * f, 1))
     spc = max(spc, -(-n // most))
     return spc, -(-n // spc)
+
+
+def _by_blas(x_shape: tuple, g: tuple, ho: int, wo: int, k: int, f: int) -> bool:
+    """Whether a chunk's product runs on BLAS rather than sgemm or the direct tiles (kernels/infer.py): for a
+    kernel of 256K values or more, and for a pointwise convolution (1 x 1, stride 1, no padding: its windows
+    are x itself) of at least 4 input channels per filter; where each ran at least as fast as the others
+    (bench/results/HISTORY.md)."""
+    pointwise = g[:4] == (1, 1, 1, 1) and g[6:] == (0, 0) and (ho, wo) == tuple(x_shape[1:3])
+    return k * f >= 1 << 18 or (pointwise and k >= 4 * f)
 
 
 def _now() -> float:

@@ -304,3 +304,32 @@ def test_layers_the_plan_does_not_fuse_run_as_apart():
     apart = Engine(engine_of(model).graph, fuse=False)
     apart.set_weights(model.get_weights())
     np.testing.assert_allclose(got, apart.forward([x], training=False)[0], rtol=2e-5, atol=1e-5)
+
+
+def test_wide_kernels_and_pointwise_convolutions_run_on_blas_and_match():
+    """A 3x3 kernel of 128 -> 256 (K*F >= 256K values) and a 1x1 convolution of 16 channels to 4 filters take
+    the BLAS product (kernels/infer.py); with BN folded, the residual Add and the ReLU, as the layers apart."""
+    from specc.infer import _by_blas
+
+    specc.clear_session()
+    L = specc.layers
+    inp = specc.Input(shape=(3, 3, 128))
+    a = L.BatchNormalization(name="n0")(L.Conv2D(256, 3, padding="same", use_bias=False, name="wide")(inp))
+    a = L.Activation("relu", name="r0")(a)
+    b = L.Conv2D(16, 1, name="narrow")(a)
+    c = L.BatchNormalization(name="n1")(L.Conv2D(4, 1, name="point")(b))
+    d = L.Conv2D(4, 1, name="side")(b)
+    out = L.Activation("relu", name="r1")(L.Add(name="add")([d, c]))
+    model = specc.Model(inp, out)
+    perturbed(model, seed=7)
+    x = np.random.default_rng(3).standard_normal((5, 3, 3, 128)).astype(np.float32)
+    got = model.predict(x, verbose=0)
+    plan = InferencePlan.cached(engine_of(model))
+    # the engine runs `point` before `side`: the Add fuses into the later one
+    assert [s.covers for s in plan.steps] == [["wide", "n0", "r0"], ["narrow"], ["point", "n1"], ["side", "add", "r1"]]
+    assert _by_blas((5, 3, 3, 128), (3, 3, 1, 1, 1, 1, 1, 1), 3, 3, 1152, 256)
+    assert _by_blas((5, 3, 3, 16), (1, 1, 1, 1, 1, 1, 0, 0), 3, 3, 16, 4)
+    assert not _by_blas((5, 3, 3, 256), (1, 1, 1, 1, 1, 1, 0, 0), 3, 3, 256, 16 * 4 + 1)
+    apart = Engine(engine_of(model).graph, fuse=False)
+    apart.set_weights(model.get_weights())
+    np.testing.assert_allclose(got, apart.forward([x], training=False)[0], rtol=1e-4, atol=1e-4)
