@@ -35,6 +35,7 @@ from .workspace import Workspace, aligned_empty
 # engine -> its InferencePlan or None: an engine's structure and weight views never change (a model whose
 # structure changes gets a new engine), only the weights' values, which `refresh` follows.
 _PLANS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+KEEP_SHAPES = 4  # input shapes (batch sizes) whose buffers a plan keeps; the oldest goes first
 
 
 def _is_relu(layer: Any) -> bool:
@@ -238,9 +239,11 @@ class InferencePlan:
         token = self.workspace.enter()
         try:
             with conv.one_blas_thread():
-                if buffers is None:
-                    buffers = self._buffers[key] = self._layout(values, conv)
                 self._run(values, buffers, conv)
+                if buffers is None:  # a first batch of these shapes: fresh outputs, then their shared buffers
+                    if len(self._buffers) >= KEEP_SHAPES:
+                        del self._buffers[next(iter(self._buffers))]
+                    self._buffers[key] = self._layout(values)
         finally:
             self.workspace.leave(token)
         return [values[n] for n in engine.output_names]
@@ -305,12 +308,10 @@ class InferencePlan:
             x4, s.kernel, s.bias, g, spc, t0, t1, scratch[share], residual, add, s.relu, blas, out4))
         return out
 
-    def _layout(self, values: dict, conv: Any) -> dict:
-        """Buffers for the convolutions' outputs for inputs like `values`: a buffer is handed on once every
-        reader of each tensor that may view it (a layer's output may be a view of its input: Reshape,
-        Flatten) has run. Works out the shapes by running the plan once, with buffers of its own."""
-        probe = dict(values)
-        self._run(probe, None, conv)
+    def _layout(self, probe: dict) -> dict:
+        """Buffers for the convolutions' outputs of a pass whose tensors were `probe`: a buffer is handed on
+        once every reader of each tensor that may view it (a layer's output may be a view of its input:
+        Reshape, Flatten) has run."""
         holds: dict[str, set[int]] = {}  # tensor -> the buffers it may be a view of
         sizes: list[int] = []
         free: list[int] = []

@@ -167,6 +167,9 @@ def test_buffers_are_reused_along_the_network():
     buffers = plan._buffers[((4, 9, 9, 3),)]
     assert len(buffers) == 20  # every convolution step's output
     assert len({b.base.ctypes.data for b in buffers.values()}) <= 3
+    for n in (1, 2, 3, 5, 6):  # buffers are kept for a few batch sizes only
+        model.predict(images(n), verbose=0)
+    assert len(plan._buffers) == 4
 
 
 def test_outputs_of_earlier_calls_stay_as_they_were():
