@@ -336,3 +336,33 @@ def test_wide_kernels_and_pointwise_convolutions_run_on_blas_and_match():
     apart = Engine(engine_of(model).graph, fuse=False)
     apart.set_weights(model.get_weights())
     np.testing.assert_allclose(got, apart.forward([x], training=False)[0], rtol=1e-4, atol=1e-4)
+
+
+def test_predictions_match_keras_recorded():
+    """Keras's predictions of residual_net (two blocks; BN statistics away from 0 and 1), recorded with its
+    weights by tests/fixtures/record_inference.py: the same weights loaded into specc's build predict the same
+    through the plan (and BN folded: gamma, beta, moving mean and variance in Keras's order and meaning)."""
+    from pathlib import Path
+
+    pytest.importorskip("h5py")
+    fixtures = Path(__file__).resolve().parent / "fixtures" / "keras"
+    data = np.load(fixtures / "inference_resnet.npz")
+    specc.clear_session()
+    model = residual_net(specc, blocks=2)
+    model.load_weights(str(fixtures / "inference_resnet.weights.h5"))
+    np.testing.assert_allclose(model.predict(data["x"], verbose=0), data["y"], rtol=1e-4, atol=1e-6)
+    plan = InferencePlan.cached(engine_of(model))
+    assert ["c2_1", "bn2_1", "a0_1", "r2_1"] in [s.covers for s in plan.steps]
+    # Keras's small residual Functional fixture (a conv read by a BN and an Add) through the plan too
+    import sys
+
+    sys.path.insert(0, str(fixtures))
+    try:
+        from record import nested_functional
+    finally:
+        sys.path.pop(0)
+    specc.clear_session()
+    nested = specc.Model(*nested_functional(specc), name="small_functional")
+    nested.load_weights(str(fixtures / "small_functional.weights.h5"))
+    data = np.load(fixtures / "small_functional.npz")
+    np.testing.assert_allclose(nested.predict(data["x"], verbose=0), data["y"], rtol=1e-4, atol=1e-7)
