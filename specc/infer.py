@@ -68,8 +68,15 @@ class _Conv:
         self.source = (pad or conv).inbound[0]
         self.inbound = [self.source] + ([residual] if residual is not None else [])
         f = conv.layer.filters
-        self.kernel = aligned_empty((math.prod(conv.weights[0].shape[:-1]), f), np.float32)
-        self.bias = aligned_empty((f,), np.float32)
+        w = conv.weights
+        if bn is None:  # the engine's own weights (views into its parameters): nothing to fold, never stale
+            self.kernel = w[0].reshape(-1, f)
+            self.bias = w[1] if conv.layer.use_bias else np.zeros(f, np.float32)
+            self.sources: list[np.ndarray] = []
+        else:
+            self.kernel = aligned_empty((math.prod(w[0].shape[:-1]), f), np.float32)
+            self.bias = aligned_empty((f,), np.float32)
+            self.sources = list(w) + list(bn.weights)  # what the folded kernel and bias are made of
         self._windows: dict = {}
 
     def fold(self) -> None:
@@ -79,16 +86,13 @@ class _Conv:
         f = layer.filters
         kernel = w[0].reshape(-1, f).astype(np.float64)
         bias = w[1].astype(np.float64) if layer.use_bias else np.zeros(f)
-        if self.bn is not None:
-            bn, bw = self.bn.layer, self.bn.weights
-            gamma = bw[0].astype(np.float64) if bn.scale else np.ones(f)
-            beta = bw[1 if bn.scale else 0].astype(np.float64) if bn.center else np.zeros(f)
-            mean, var = bw[-2].astype(np.float64), bw[-1].astype(np.float64)
-            scale = gamma / np.sqrt(var + bn.epsilon)
-            kernel = kernel * scale
-            bias = (bias - mean) * scale + beta
-        self.kernel[...] = kernel
-        self.bias[...] = bias
+        bn, bw = self.bn.layer, self.bn.weights
+        gamma = bw[0].astype(np.float64) if bn.scale else np.ones(f)
+        beta = bw[1 if bn.scale else 0].astype(np.float64) if bn.center else np.zeros(f)
+        mean, var = bw[-2].astype(np.float64), bw[-1].astype(np.float64)
+        scale = gamma / np.sqrt(var + bn.epsilon)
+        self.kernel[...] = kernel * scale
+        self.bias[...] = (bias - mean) * scale + beta
 
     def window(self, sample_shape: tuple) -> tuple:
         """(output sample shape, the kernels' geometry over the unpadded input) for input samples of
@@ -122,9 +126,9 @@ class InferencePlan:
     def __init__(self, engine: Engine, steps: list):
         self.engine = engine
         self.steps = steps
-        self.folded = [s for s in steps if isinstance(s, _Conv)]
+        self.folded = [s for s in steps if isinstance(s, _Conv) and s.bn is not None]
         self.workspace = Workspace()
-        self._snapshot: np.ndarray | None = None  # the engine's params the kernels were folded from
+        self._snapshot: list[np.ndarray] | None = None  # copies of the weights the kernels were folded from
         self._buffers: dict[tuple, dict] = {}  # input shapes -> tensor name -> its buffer (a conv's output)
         self._scratch = np.empty(0, np.float32)
         # The last reader of every tensor (by plan position); model outputs are read "after the end".
@@ -213,15 +217,15 @@ class InferencePlan:
     # --- weights -------------------------------------------------------------------------------------------
 
     def refresh(self) -> None:
-        """Folds the kernels again if any of the engine's weights changed since they were folded (set_weights,
-        a training step, loading, or a write into a layer's weight): a bitwise comparison of the parameters."""
-        params = self.engine.params
+        """Folds the kernels again if any weight they are made of changed since they were folded (set_weights,
+        a training step, loading, or a write into a layer's weight): a bitwise comparison with copies."""
         snap = self._snapshot
-        if snap is not None and np.array_equal(snap.view(np.int32), params.view(np.int32)):
+        sources = [w for s in self.folded for w in s.sources]
+        if snap is not None and all(np.array_equal(a.view(np.int32), w.view(np.int32)) for a, w in zip(snap, sources)):
             return
         for s in self.folded:
             s.fold()
-        self._snapshot = params.copy()
+        self._snapshot = [w.copy() for w in sources]
 
     # --- running -------------------------------------------------------------------------------------------
 
