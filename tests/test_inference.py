@@ -262,17 +262,19 @@ def test_eager_predictions_match():
 def test_same_bits_at_one_and_two_threads():
     from specc.kernels import configure_threads, thread_count
 
-    model = specc_model(size=16)
+    model, wide = specc_model(size=16), blas_model()
     x = images(40, size=16)
+    xw = np.random.default_rng(3).standard_normal((20, 3, 3, 128)).astype(np.float32)
     before = thread_count()
     results = []
     try:
         for threads in (1, 2):
             configure_threads(threads)
-            results.append(model.predict(x, verbose=0))
+            results.append((model.predict(x, verbose=0), wide.predict(xw, verbose=0)))
     finally:
         configure_threads(before)
-    np.testing.assert_array_equal(results[0], results[1])
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_models_without_convolutions_have_no_plan():
@@ -309,11 +311,7 @@ def test_layers_the_plan_does_not_fuse_run_as_apart():
     np.testing.assert_allclose(got, apart.forward([x], training=False)[0], rtol=2e-5, atol=1e-5)
 
 
-def test_wide_kernels_and_pointwise_convolutions_run_on_blas_and_match():
-    """A 3x3 kernel of 128 -> 256 (K*F >= 256K values) and a 1x1 convolution of 16 channels to 4 filters take
-    the BLAS product (kernels/infer.py); with BN folded, the residual Add and the ReLU, as the layers apart."""
-    from specc.infer import _by_blas
-
+def blas_model():
     specc.clear_session()
     L = specc.layers
     inp = specc.Input(shape=(3, 3, 128))
@@ -325,6 +323,15 @@ def test_wide_kernels_and_pointwise_convolutions_run_on_blas_and_match():
     out = L.Activation("relu", name="r1")(L.Add(name="add")([d, c]))
     model = specc.Model(inp, out)
     perturbed(model, seed=7)
+    return model
+
+
+def test_wide_kernels_and_pointwise_convolutions_run_on_blas_and_match():
+    """A 3x3 kernel of 128 -> 256 (K*F >= 256K values) and a 1x1 convolution of 16 channels to 4 filters take
+    the BLAS product (kernels/infer.py); with BN folded, the residual Add and the ReLU, as the layers apart."""
+    from specc.infer import _by_blas
+
+    model = blas_model()
     x = np.random.default_rng(3).standard_normal((5, 3, 3, 128)).astype(np.float32)
     got = model.predict(x, verbose=0)
     plan = InferencePlan.cached(engine_of(model))
