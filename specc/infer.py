@@ -169,7 +169,7 @@ class InferencePlan:
         absorbed: set[str] = set()
         available = set(engine.input_names)  # the tensors the plan's steps so far give
         plan: list = []
-        for i, s in enumerate(steps):
+        for s in steps:
             if s.name in absorbed:
                 continue
             if type(s.layer).__name__ == "ZeroPadding2D":
