@@ -112,14 +112,17 @@ class _Conv:
 
 
 class _Layer:
-    """A step the plan runs as the engine does: the layer's forward, then the activation the engine
-    applies after it."""
+    """A step the plan runs as the engine does: the layer's forward (or an engine step's fused pair: a
+    convolution and its max pooling, a BatchNormalization or Add and its ReLU, a ZeroPadding2D and its
+    DepthwiseConv2D), then the activation the engine applies after it."""
 
-    def __init__(self, step: Step):
+    def __init__(self, step: Step, covers: list[str] | None = None):
         self.step = step
         self.name = step.name
         self.inbound = list(step.inbound)
-        self.covers = [step.name]
+        self.covers = covers or [step.name]
+        act = step.layer.output_activation()
+        self.activation = act if act != "linear" and not step.layer.applies_activation() else None
 
 
 class InferencePlan:
@@ -166,24 +169,38 @@ class InferencePlan:
                 return None
             return after[0]
 
+        # The engine's fused steps (Engine.plan), by the first layer they run, with the names of their layers
+        step_of = {id(s.layer): s for s in steps}
+        engine_fused = {id(p.layer.fused_layers[0]): (p, [step_of[id(f)].name for f in p.layer.fused_layers])
+                        for p in engine.plan if hasattr(p.layer, "fused_layers")}
         absorbed: set[str] = set()
         available = set(engine.input_names)  # the tensors the plan's steps so far give
         plan: list = []
+
+        def as_engine_runs(s: Step) -> None:
+            fused = engine_fused.get(id(s.layer))
+            if fused is None:
+                plan.append(_Layer(s))
+                available.add(s.name)
+                return
+            p, covers = fused
+            plan.append(_Layer(p, covers))
+            absorbed.update(covers)
+            available.add(p.name)
+
         for s in steps:
             if s.name in absorbed:
                 continue
             if type(s.layer).__name__ == "ZeroPadding2D":
                 nxt = sole_reader(s.name)
                 if nxt is not None and type(nxt.layer).__name__ == "Conv2D" and _is_conv(nxt.layer) and \
-                        nxt.layer.padding == "valid" and \
-                        nxt.inbound == [s.name]:
+                        nxt.layer.padding == "valid" and nxt.inbound == [s.name]:
                     continue  # runs with the convolution (below), which finds it as its input's producer
-                plan.append(_Layer(s))
-                available.add(s.name)
+                as_engine_runs(s)
                 continue
-            if not _is_conv(s.layer):
-                plan.append(_Layer(s))
-                available.add(s.name)
+            fused = engine_fused.get(id(s.layer))
+            if not _is_conv(s.layer) or (fused is not None and type(fused[0].layer).__name__ == "ConvPool"):
+                as_engine_runs(s)  # a convolution that only a max pooling reads: nothing to fold, one kernel
                 continue
             pad = None
             producer = steps[produced_at[s.inbound[0]]] if produced_at.get(s.inbound[0], -1) >= 0 else None
@@ -268,11 +285,7 @@ class InferencePlan:
             step = s.step
             x = [values[n] for n in step.inbound] if step.layer.is_merge else values[step.inbound[0]]
             y, _ = step.layer.forward(step.weights, x, False, None)
-            if step.activation is None:
-                act = step.layer.output_activation()
-                step_act = act if act != "linear" and not step.layer.applies_activation() else None
-            else:
-                step_act = step.activation
+            step_act = s.activation
             if step_act is not None:
                 activations = _activations()
                 z = np.ascontiguousarray(y)
