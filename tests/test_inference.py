@@ -373,3 +373,23 @@ def test_predictions_match_keras_recorded():
     nested.load_weights(str(fixtures / "small_functional.weights.h5"))
     data = np.load(fixtures / "small_functional.npz")
     np.testing.assert_allclose(nested.predict(data["x"], verbose=0), data["y"], rtol=1e-4, atol=1e-7)
+
+
+def test_pairs_the_engine_fuses_and_the_plan_does_not_fold_run_fused():
+    """A convolution read only by a max pooling (nothing to fold: the engine's ConvPool, one kernel) and a BN
+    after a Dense with its ReLU (the engine's BatchNormAct): one step each, as the engine runs them."""
+    specc.clear_session()
+    L = specc.layers
+    inp = specc.Input(shape=(8, 8, 2))
+    a = L.MaxPooling2D(name="pool")(L.Conv2D(4, 3, activation="relu", name="conv")(inp))
+    a = L.Dense(6, name="dense")(L.Flatten(name="flat")(a))
+    out = L.Activation("relu", name="act")(L.BatchNormalization(name="bn")(a))
+    model = specc.Model(inp, out)
+    perturbed(model, seed=8)
+    x = np.random.default_rng(4).standard_normal((5, 8, 8, 2)).astype(np.float32)
+    got = model.predict(x, verbose=0)
+    plan = InferencePlan.cached(engine_of(model))
+    assert [s.covers for s in plan.steps] == [["conv", "pool"], ["flat"], ["dense"], ["bn", "act"]]
+    apart = Engine(engine_of(model).graph, fuse=False)
+    apart.set_weights(model.get_weights())
+    np.testing.assert_allclose(got, apart.forward([x], training=False)[0], rtol=2e-5, atol=1e-6)
