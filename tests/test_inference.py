@@ -206,9 +206,12 @@ def test_a_layers_set_weights_and_a_write_into_a_weight_refold():
     gamma, beta, mean, var = bn.get_weights()
     bn.set_weights([gamma * 2, beta + 1, mean - 0.5, var * 3])
     check_current(model, x)
-    engine_of(model)  # the views the layer's weights are
-    model.get_layer("c0").weights[0].numpy()  # reading does not change anything
+    # a write straight into the engine's weight (no API call to tell anyone): the moving mean of bn1_0
+    step = next(s for s in engine_of(model).steps if s.name == "bn1_0")
+    before = model.predict(x, verbose=0)
+    step.weights[-2][...] += 0.5
     check_current(model, x)
+    assert not np.allclose(model.predict(x, verbose=0), before)
 
 
 def test_fit_refolds():
