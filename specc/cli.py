@@ -320,6 +320,7 @@ def time(
     iters: Annotated[int | None, typer.Option("--iters", min=1, help="Timed steps, after a few untimed ones; figures are their medians (default 10).")] = None,
     threads: Annotated[int | None, typer.Option("--threads", min=1, help="Threads for Numba and BLAS (default: $SPECC_THREADS, else all cores given to the process).")] = None,
     fmt: Annotated[SummaryFormat, typer.Option("--format", "-f", help="text or json.")] = SummaryFormat.text,
+    inference: Annotated[bool, typer.Option("--inference", help="Time one inference batch (what predict runs) step by step instead.")] = False,
 ) -> None:
     """Time one training step, layer by layer, on synthetic inputs (no data, no training): forward and
     backward ms, GFLOP/s and % of the machine's measured peak, bytes moved (an estimate), share of the
@@ -330,6 +331,8 @@ def time(
     spec = _load_or_exit(spec_path, fmt.value)
     from .profile import DEFAULT_ITERS, run
 
+    if inference:
+        from .infer_profile import run
     raise SystemExit(run(spec, batch, iters or DEFAULT_ITERS, threads, fmt.value))
 
 

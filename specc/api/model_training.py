@@ -335,7 +335,7 @@ class TrainingMixin:
         chain = DenseChain.cached(engine)
         if chain is not None:
             return [chain.predict(xs[0]).copy()]
-        return [o.copy() for o in engine.forward(xs, training=False, reuse=True)]
+        return [o.copy() for o in _forward(engine, xs)]
 
     def _remember(self, plan: Any, engine: Any, xs: list[np.ndarray]) -> None:
         """Keeps what a checked call ran on (`engine`, just claimed) for _quick_predict, when the model has one
@@ -373,7 +373,7 @@ class TrainingMixin:
                 claim(state.engine, state.plan)
                 break
         if chain is None:
-            return [o.copy() for o in state.engine.forward([x], training=False, reuse=True)]
+            return [o.copy() for o in _forward(state.engine, [x])]
         # Trainer.predict_with's batches, with no bar; the last layer writes straight into the result
         out = np.empty((n, chain.units_out), state.engine.dtype)
         for start in range(0, n, batch_size):
@@ -382,6 +382,19 @@ class TrainingMixin:
 
     def predict_on_batch(self, x: Any) -> Any:
         return self(x)
+
+
+def _forward(engine: Any, xs: list[np.ndarray]) -> list[np.ndarray]:
+    """One inference pass: a convolutional network's inference plan (specc/infer.py: BatchNormalization
+    folded, epilogues fused), else the engine's forward in its workspace; outputs valid until the next pass."""
+    from ..infer import InferencePlan
+
+    plan = InferencePlan.cached(engine)
+    if plan is None:
+        return engine.forward(xs, training=False, reuse=True)
+    plan.refresh()
+    with engine.held_threads():
+        return plan.predict(xs)
 
 
 def _mentions_crossentropy(compiled: Any) -> bool:

@@ -15,6 +15,7 @@ import warnings
 import numpy as np
 
 from ..engine import Engine
+from ..infer import InferencePlan
 from ..spec.schema import FitDef
 from . import checks
 from . import metrics as M
@@ -569,6 +570,10 @@ class Trainer:
         for cb in callbacks:
             cb.on_predict_begin({})
         chain = DenseChain.cached(engine)
+        # a convolutional network: BatchNormalization folded, epilogues fused, buffers reused (specc/infer.py)
+        plan = InferencePlan.cached(engine) if chain is None else None
+        if plan is not None:
+            plan.refresh()
         parts: list[list[np.ndarray]] = [[] for _ in engine.output_names]
         out = np.empty((n, chain.units_out), engine.dtype) if chain is not None else None
         with engine.held_threads():
@@ -580,8 +585,9 @@ class Trainer:
                     chain.predict(x[0][start: start + batch_size], out[start: start + batch_size])
                     outs = [out[start: start + batch_size]]
                 else:
-                    outs = [o.copy() for o in engine.forward([a[start: start + batch_size] for a in x],
-                                                             training=False)]
+                    batch = [a[start: start + batch_size] for a in x]
+                    outs = [o.copy() for o in (plan.predict(batch) if plan is not None else
+                                               engine.forward(batch, training=False))]
                     for k, o in enumerate(outs):
                         parts[k].append(o)
                 progress.step(step + 1, {})
