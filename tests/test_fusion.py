@@ -43,6 +43,11 @@ CASES = [
     ("c5_pool_non_square", [conv2d(activation="relu", kernel_size=[2, 3]), pool2d(pool_size=[2, 3])], IMG5),
     ("conv1d_causal", [{"type": "Conv1D", "filters": 3, "kernel_size": 3, "padding": "causal",
                         "activation": "relu"}, {"type": "MaxPooling1D", "pool_size": 3, "strides": 2}], [[12, 2]]),
+    # 'same' with stride 2 on an even side pads only below or right, none above or left: the direct path,
+    # whose windows read the unpadded input, must not take these.
+    ("c6_same_strided_even", [conv2d(padding="same", strides=2, activation="relu"), pool2d()], [[8, 8, 6]]),
+    ("c2_same_strided_even_height", [conv2d(padding="same", strides=2), pool2d()], [[12, 10, 2]]),  # only the
+    # last pooled row reads the padding
 ]
 BATCH = 37  # odd, and large enough for several chunks
 

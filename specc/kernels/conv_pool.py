@@ -134,9 +134,13 @@ def pair(x_shape, dtype, g, pg, conv_hw, pooled_hw, filters) -> Pair:
     inside the convolution's output (Ho, Wo) -> (Po, Qo); its taps are (i, j, channel) in the kernel's row
     order."""
     (ho, wo), (po, qo) = conv_hw, pooled_hw
-    n, _, w, c = x_shape
-    kh, kw, dh, dw = g[0], g[1], g[4], g[5]
-    direct = (native.conv_pool_tiles is not None and np.dtype(dtype) == np.float32 and g[6] == 0 and g[7] == 0
+    n, h, w, c = x_shape
+    kh, kw, sh, sw, dh, dw = g[:6]
+    # No padding on any side for the windows the pooling reads: 'same' pads an even side only below or
+    # right (g holds the top and left padding), and the direct tiles read the input unpadded.
+    unpadded = (g[6] == 0 and g[7] == 0 and (2 * po - 1) * sh + (kh - 1) * dh < h
+                and (2 * qo - 1) * sw + (kw - 1) * dw < w)
+    direct = (native.conv_pool_tiles is not None and np.dtype(dtype) == np.float32 and unpadded
               and tuple(pg) == (2, 2, 2, 2, 1, 1, 0, 0) and 0 < 2 * po <= ho and 0 < 2 * qo <= wo)
     taps = None
     if direct:
