@@ -113,9 +113,12 @@ def _drop_stale_caches(mode: str) -> None:
     global _stamp
     _stamp = _sources_stamp(mode)
     try:
-        from .native.cache import stamp_cache_indexes
+        from .native.cache import lock_cache_writes, stamp_cache_indexes
 
         stamp_cache_indexes(os.path.dirname(os.path.abspath(__file__)), lambda: _stamp)
+        lock_cache_writes()
+        if os.environ.get("SPECC_COMPILE_CLAIMS"):  # a start-up compile worker shares this process's misses
+            claim_compiles_in(os.environ["SPECC_COMPILE_CLAIMS"])
     except Exception:  # pragma: no cover - Numba's internals moved: the stamp file below still applies
         pass
     directories = _cache_directories()
@@ -141,6 +144,15 @@ def _drop_stale_caches(mode: str) -> None:
         os.replace(temporary, path)
     except OSError:  # pragma: no cover - a read-only install: Numba then caches elsewhere or not at all
         pass
+
+
+def claim_compiles_in(directory: str) -> None:
+    """Compile each kernel signature once between the processes that name the same `directory` here (or
+    in $SPECC_COMPILE_CLAIMS before importing this package): one compiles, the others wait and load it from
+    the cache (native/cache.py, claim_compiles)."""
+    from .native.cache import claim_compiles
+
+    claim_compiles(directory)
 
 
 def available_cores() -> int:
