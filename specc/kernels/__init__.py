@@ -137,6 +137,13 @@ def _drop_stale_caches(mode: str) -> None:
                 for name in os.listdir(directory):
                     if name.endswith((".nbi", ".nbc")):
                         os.remove(os.path.join(directory, name))
+        # the start-up compile worker's markers (specc.train.warmup): the models they name compile again
+        markers = os.environ.get("NUMBA_CACHE_DIR") or os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                                                    "__pycache__")
+        if os.path.isdir(markers):
+            for name in os.listdir(markers):
+                if name.startswith("specc-warm-"):
+                    os.remove(os.path.join(markers, name))
         os.makedirs(directories[0], exist_ok=True)
         temporary = f"{path}.{os.getpid()}.tmp"
         with open(temporary, "w") as f:

@@ -9,9 +9,10 @@ order to the training step's forward. Both processes share the Numba cache, and 
 claimed (kernels.claim_compiles_in): when one process meets a signature the other is compiling, it waits
 for it and loads the machine code from the cache, so nothing is compiled twice.
 
-The worker starts only when no earlier run has trained a model of the same layers, batch size and threads
-on the same kernel sources into this cache (a marker file beside the cache, written by the worker when it
-is through and by this process after its first step), so a warm start pays nothing for it. It stops after the first step, or when this process ends (it reads
+The worker starts only on a cache no model has been trained into since its kernels were compiled from
+scratch (a marker file per model beside the cache, written by the worker when it is through and by this
+process after its first step; removed with the cache when the kernel sources change), so a warm start, and
+a cache that already holds most kernels, pay nothing for it. It stops after the first step, or when this process ends (it reads
 its standard input until end of file). SPECC_COMPILE_WORKER=0 turns it off.
 """
 
@@ -91,11 +92,22 @@ class Warmup(Callback):
             write_marker(self.marker)
 
 
+def _trained_any(directory: str) -> bool:
+    """Whether a model has been trained into this cache since its kernels were last compiled from scratch
+    (a marker is there; kernels._drop_stale_caches removes them with the cache). Such a cache holds most
+    kernels any model needs, and a worker that mostly loads from it costs more than it saves: a test suite
+    that starts `specc train` hundreds of times on one cache would pay seconds each time."""
+    try:
+        return any(name.startswith(MARKER_PREFIX) for name in os.listdir(directory))
+    except OSError:
+        return False
+
+
 def start(spec, raw: bytes, source_name: str, overrides: list[str], batch_size: int,
           threads: int | None) -> Warmup | None:
-    """Start the worker for a spec about to be trained, unless it would not help (one core, a model this
-    cache has compiled, SPECC_COMPILE_WORKER=0); to be called before specc.kernels is imported, so this
-    process's own compiles are claimed from the first one."""
+    """Start the worker for a spec about to be trained, unless it would not help (one core, a cache that a
+    model has been trained into, SPECC_COMPILE_WORKER=0); to be called before specc.kernels is imported, so
+    this process's own compiles are claimed from the first one."""
     if os.environ.get("SPECC_COMPILE_WORKER", "1").strip() == "0":
         return None
     try:
@@ -105,7 +117,7 @@ def start(spec, raw: bytes, source_name: str, overrides: list[str], batch_size: 
     if cores < 2:
         return None
     marker = os.path.join(marker_directory(), MARKER_PREFIX + model_digest(spec, batch_size, threads))
-    if os.path.exists(marker):
+    if _trained_any(marker_directory()):
         return None
     claims = tempfile.mkdtemp(prefix="specc-claims-")
     env = dict(os.environ, SPECC_COMPILE_CLAIMS=claims)
