@@ -113,9 +113,12 @@ def _drop_stale_caches(mode: str) -> None:
     global _stamp
     _stamp = _sources_stamp(mode)
     try:
-        from .native.cache import stamp_cache_indexes
+        from .native.cache import lock_cache_writes, stamp_cache_indexes
 
         stamp_cache_indexes(os.path.dirname(os.path.abspath(__file__)), lambda: _stamp)
+        lock_cache_writes()
+        if os.environ.get("SPECC_COMPILE_CLAIMS"):  # a start-up compile worker shares this process's misses
+            claim_compiles_in(os.environ["SPECC_COMPILE_CLAIMS"])
     except Exception:  # pragma: no cover - Numba's internals moved: the stamp file below still applies
         pass
     directories = _cache_directories()
@@ -134,6 +137,13 @@ def _drop_stale_caches(mode: str) -> None:
                 for name in os.listdir(directory):
                     if name.endswith((".nbi", ".nbc")):
                         os.remove(os.path.join(directory, name))
+        # the start-up compile worker's markers (specc.train.warmup): the models they name compile again
+        markers = os.environ.get("NUMBA_CACHE_DIR") or os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                                                    "__pycache__")
+        if os.path.isdir(markers):
+            for name in os.listdir(markers):
+                if name.startswith("specc-warm-"):
+                    os.remove(os.path.join(markers, name))
         os.makedirs(directories[0], exist_ok=True)
         temporary = f"{path}.{os.getpid()}.tmp"
         with open(temporary, "w") as f:
@@ -141,6 +151,15 @@ def _drop_stale_caches(mode: str) -> None:
         os.replace(temporary, path)
     except OSError:  # pragma: no cover - a read-only install: Numba then caches elsewhere or not at all
         pass
+
+
+def claim_compiles_in(directory: str) -> None:
+    """Compile each kernel signature once between the processes that name the same `directory` here (or
+    in $SPECC_COMPILE_CLAIMS before importing this package): one compiles, the others wait and load it from
+    the cache (native/cache.py, claim_compiles)."""
+    from .native.cache import claim_compiles
+
+    claim_compiles(directory)
 
 
 def available_cores() -> int:

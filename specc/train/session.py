@@ -439,6 +439,8 @@ def _train(opts: Options, cleanup, group) -> int:
             if group is not None:
                 resumed = group.bcast(resumed)
         job = _together(group, _prepare, opts, resumed, group)
+        if job.warmup is not None:
+            cleanup.callback(job.warmup.finish)  # if training never reaches its first step
         if resumed is None:
             run = _together(group, RunDirectory.create, opts.out, job, cleanup, only_rank0=True)
         else:
@@ -534,6 +536,7 @@ class Job:
     initial_epoch: int = 0
     resume_loop: dict | None = None
     checkpointed: dict | None = None  # the loop_state of the checkpoint resumed from
+    warmup: object = None  # the start-up's compile worker (train/warmup.py), while it runs
 
     def resuming(self, run_dir: str) -> str:
         epochs = self.fit.epochs
@@ -557,8 +560,6 @@ def _errors(errors: list[SpecError]) -> Failed:
 def _prepare(opts: Options, resumed: Resumed | None, group) -> Job:
     """Validate the spec (with --set overrides), load and check the data, build the model: everything
     that can fail because of the spec or the data, before anything is written."""
-    from ..data.prepare import load as load_data
-    from ..data.sources import DataError
     from ..spec.resolve import resolved_yaml
 
     env_threads = threads_from_environment()
@@ -604,6 +605,25 @@ def _prepare(opts: Options, resumed: Resumed | None, group) -> Job:
     problem = check_memory(spec, -(-fit.batch_size // processes))
     if problem:
         raise _errors([problem])
+    warmup = None
+    if group is None:  # a second process compiles kernels meanwhile, on a cold cache (train/warmup.py)
+        from . import warmup as W
+
+        warmup = W.start(spec, raw, source_name, overrides, fit.batch_size, threads)
+    try:
+        job = _build(spec, fit, raw, source_name, overrides, resolved, changes, threads, processes, resumed, group)
+    except BaseException:
+        if warmup is not None:
+            warmup.finish()
+        raise
+    job.warmup = warmup
+    return job
+
+
+def _build(spec, fit, raw, source_name, overrides, resolved, changes, threads, processes, resumed, group) -> Job:
+    from ..data.prepare import load as load_data
+    from ..data.sources import DataError
+
     try:
         data = load_data(spec)
     except DataError as exc:
@@ -618,9 +638,11 @@ def _prepare(opts: Options, resumed: Resumed | None, group) -> Job:
     from . import callbacks as C
     from .fit import History, Trainer
 
-    threads = configure_threads(threads or (group.default_threads() if group is not None else None))
     engine = Engine(spec.graph)
     engine.initialize(spec.seed)
+    # Numba (and with it any compile a cold cache needs) only now: a compile worker (train/warmup.py) has
+    # meanwhile compiled what importing the kernels compiles
+    threads = configure_threads(threads or (group.default_threads() if group is not None else None))
     if resumed is None:  # Normalization layers without statistics adapt to what fit trains on (a resume loads them)
         train_rows = int(len(data.x_train[0]) * (1 - fit.validation_split))
         engine.adapt({name: x[:train_rows] for name, x in zip(engine.input_names, data.x_train)})
@@ -878,12 +900,14 @@ def _fit_and_finish(opts: Options, job: Job, run: RunDirectory, group) -> int:
 
     trainer.epoch_done = lambda epoch, hist: run.epoch_done(job, hist)
     verbose = 0 if opts.quiet else fit.verbose
+    # the compile worker stops after the first step (not a spec callback: checkpoints never see it)
+    callbacks = job.callbacks if job.warmup is None else [*job.callbacks, job.warmup]
     try:
         try:
             with _StopSignals(trainer):
                 trainer.fit(job.data.x_train, job.data.y_train, batch_size=fit.batch_size, epochs=fit.epochs,
                             validation_split=fit.validation_split, shuffle=fit.shuffle,
-                            class_weight=fit.class_weight, callbacks=job.callbacks, verbose=verbose,
+                            class_weight=fit.class_weight, callbacks=callbacks, verbose=verbose,
                             initial_epoch=job.initial_epoch, history=history, resume=job.resume_loop)
         except Interrupted:  # every rank, after the same step
             run.write_history(history)
