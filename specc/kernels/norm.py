@@ -1,7 +1,7 @@
 """Normalisation kernels over (rows, channels) arrays, the normalised axis last.
 
-BatchNormalization reduces over rows per channel (`batch_*`); LayerNormalization reduces over the
-channels of each row (`row_*`). Variances are biased (divide by n).
+BatchNormalization reduces over rows per channel (`batch_*`); LayerNormalization's kernels, which reduce
+over the channels of each row, are in kernels/layernorm.py. Variances are biased (divide by n).
 
 BatchNormalization in training is two passes over memory each way, with the activation that follows it
 (none, ReLU or ReLU6) applied in the same pass:
@@ -223,49 +223,3 @@ def batch_dx_range(dy, x, mean, scale, offset, k, c0, c1, act, per, t0, t1, dx):
             for p in range(m):
                 i = np.uint64(q + p)
                 dxf[i] = kt[p] * dyf[i] + c0t[p] - c1t[p] * (xf[i] - mt[p])
-
-
-@numba.njit(**JIT)
-def row_normalize(x, gamma, beta, eps, xhat, inv, out):
-    """Per row: xhat = (x - mean) / sqrt(var + eps), out = xhat * gamma + beta; inv (rows,) kept."""
-    rows, c = x.shape
-    n = x.dtype.type(c)
-    one = x.dtype.type(1)
-    for r in range(rows):
-        m = x.dtype.type(0)
-        for j in range(c):
-            m += x[r, j]
-        m /= n
-        v = x.dtype.type(0)
-        for j in range(c):
-            d = x[r, j] - m
-            v += d * d
-        v /= n
-        iv = one / np.sqrt(v + eps)
-        inv[r] = iv
-        for j in range(c):
-            h = (x[r, j] - m) * iv
-            xhat[r, j] = h
-            out[r, j] = h * gamma[j] + beta[j]
-
-
-@numba.njit(**JIT)
-def row_backward(dy, xhat, gamma, inv, dgamma, dbeta, dx):
-    rows, c = dy.shape
-    n = dy.dtype.type(c)
-    for j in range(c):
-        dgamma[j] = 0
-        dbeta[j] = 0
-    for r in range(rows):
-        s1 = dy.dtype.type(0)
-        s2 = dy.dtype.type(0)
-        for j in range(c):
-            dbeta[j] += dy[r, j]
-            dgamma[j] += dy[r, j] * xhat[r, j]
-            gj = dy[r, j] * gamma[j]
-            s1 += gj
-            s2 += gj * xhat[r, j]
-        s1 /= n
-        s2 /= n
-        for j in range(c):
-            dx[r, j] = inv[r] * (dy[r, j] * gamma[j] - s1 - xhat[r, j] * s2)

@@ -586,8 +586,9 @@ class Trainer:
                     outs = [out[start: start + batch_size]]
                 else:
                     batch = [a[start: start + batch_size] for a in x]
+                    # copied at once: the workspace's arrays (reuse=True) serve the next batch too
                     outs = [o.copy() for o in (plan.predict(batch) if plan is not None else
-                                               engine.forward(batch, training=False))]
+                                               engine.forward(batch, training=False, reuse=True))]
                     for k, o in enumerate(outs):
                         parts[k].append(o)
                 progress.step(step + 1, {})
