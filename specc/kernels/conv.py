@@ -405,8 +405,10 @@ def _sum_parts(dk_parts, dbias, db_parts, need_dk, use_bias, dkernel):
 
 
 def tiles_ready(dtype) -> None:
-    """Before a float32 kernel that may reach the direct tiles compiles or runs: their entry points loaded."""
-    if native.conv_tiles is not None and dtype == np.float32:
+    """Before a float32 kernel that may reach the direct tiles compiles or runs: their entry points loaded.
+    Not in eager mode (api/eager.py has put this module's Python functions in place of its kernels), which
+    compiles nothing."""
+    if native.conv_tiles is not None and dtype == np.float32 and hasattr(_backward_range, "py_func"):
         native.conv_tiles.ready()
 
 
