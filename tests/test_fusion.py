@@ -103,12 +103,14 @@ def test_the_pair_runs_as_one_step(layers, shapes):
 
 @pytest.mark.parametrize("layers,shapes", [c[1:] for c in CASES + DIRECT], ids=[c[0] for c in CASES + DIRECT])
 def test_same_bits_as_the_layers_apart(layers, shapes):
-    """With the input gradient (as the gradient checks run), the direct path's winner codes route the
-    gradient through the chunked kernels: every result is the layers' bits, on either path."""
+    """With the input gradient, the chunked path's results are the layers' bits; the direct path's output
+    is (its gradients, taken from the winners, are checked in tests/test_conv_pool_dx.py)."""
     x = sample(shapes)
-    fused = run(engine_for(layers, shapes, True), x)
+    engine = engine_for(layers, shapes, True)
+    direct = engine.plan[0].layer._shapes_of(x).geometry.taps is not None
+    fused = run(engine, x)
     apart = run(engine_for(layers, shapes, False), x)
-    for a, b in zip(fused, apart):
+    for a, b in zip(fused[:1] if direct else fused, apart):
         assert np.array_equal(a, b)
 
 

@@ -207,6 +207,7 @@ def _direct_forward_njit(x, kernel, bias, use_bias, relu, g, n0, n1, ho, wo, scr
     tiles = native.conv_tiles
     if tiles is None or x.dtype != types.float32:
         return lambda x, kernel, bias, use_bias, relu, g, n0, n1, ho, wo, scratch, o: False
+    tiles.ready()  # the code compiled here calls the tiles' cfuncs
     return lambda x, kernel, bias, use_bias, relu, g, n0, n1, ho, wo, scratch, o: tiles.forward_rows(
         x, kernel, bias, use_bias, relu, g, n0, n1, ho, wo, scratch, o)
 
@@ -216,6 +217,7 @@ def _direct_backward_njit(x, kernel, d, need_dk, need_dx, g, n0, n1, ho, wo, t, 
     tiles = native.conv_tiles
     if tiles is None or x.dtype != types.float32:
         return lambda x, kernel, d, need_dk, need_dx, g, n0, n1, ho, wo, t, scratch, dk_parts, dx: False
+    tiles.ready()  # the code compiled here calls the tiles' cfuncs
     return lambda x, kernel, d, need_dk, need_dx, g, n0, n1, ho, wo, t, scratch, dk_parts, dx: tiles.backward_rows(
         x, kernel, d, need_dk, need_dx, g, n0, n1, ho, wo, t, scratch, dk_parts, dx)
 
@@ -402,6 +404,14 @@ def _sum_parts(dk_parts, dbias, db_parts, need_dk, use_bias, dkernel):
 # multiplies the cold compile time of these kernels.
 
 
+def tiles_ready(dtype) -> None:
+    """Before a float32 kernel that may reach the direct tiles compiles or runs: their entry points loaded.
+    Not in eager mode (api/eager.py has put this module's Python functions in place of its kernels), which
+    compiles nothing."""
+    if native.conv_tiles is not None and dtype == np.float32 and hasattr(_backward_range, "py_func"):
+        native.conv_tiles.ready()
+
+
 def conv_forward(x, kernel, bias, use_bias, g, out, relu=False):
     """x (N, H, W, C), kernel (kh*kw*C, F), bias (F,) -> out (N, Ho, Wo, F), all C-contiguous; with relu,
     max(out, 0).
@@ -414,6 +424,7 @@ def conv_forward(x, kernel, bias, use_bias, g, out, relu=False):
     n, ho, wo, f = out.shape
     spc, chunks = _chunking(n, ho * wo, kernel.shape[0], f, x.itemsize)
     scratch = _scratch(chunks, spc * ho * wo * kernel.shape[0], x.dtype)
+    tiles_ready(x.dtype)
     with one_blas_thread():
         in_threads(chunks, lambda share, t0, t1: _forward_range(x, kernel, bias, use_bias, relu, g, spc, t0, t1,
                                                                 scratch[share], out))
@@ -443,6 +454,7 @@ def conv_backward(x, kernel, dy, use_bias, need_dk, need_dx, g, dkernel, dbias, 
                                 (share_count(chunks) if relu else 1, spc * ho * wo * f if relu else 0), dy.dtype)
     relu_out = relu_out if relu else dy  # unread without relu
     layout = layout_for(x.shape[3])
+    tiles_ready(dy.dtype)
     with one_blas_thread():
         in_threads(
             chunks,

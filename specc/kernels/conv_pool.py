@@ -14,7 +14,9 @@ Two paths. Where `pair` allows (float32 on AVX-512 or AVX2, no convolution paddi
 2: the usual CNN block), conv_pool_tiles computes the pair with the convolution's outputs in registers
 only, and keeps each window's winner as an int8 code; its outputs are the layers' bits, its kernel and bias
 gradients the same sums in another order (within float32 rounding of float64: tests/test_fusion.py). When
-the input gradient is needed too, backward routes the codes chunk by chunk into the layers' own kernels.
+the input gradient is needed too, backward takes all three gradients from the winners chunk by chunk
+(_codes_backward_range; tests/test_conv_pool_dx.py), since only one convolution output in four has a
+gradient.
 Elsewhere the pieces are the layers' own kernels (conv._forward_rows / _backward_rows,
 pooling._max_forward / _max_backward) on the same chunks conv_forward uses, and every result is
 bit-for-bit that of the two layers run apart.
@@ -26,6 +28,8 @@ from typing import NamedTuple
 
 import numba
 import numpy as np
+from numba import types
+from numba.extending import overload
 
 from ..workspace import empty
 from . import JIT, native
@@ -39,6 +43,7 @@ from .conv import (
     layout_for,
     one_blas_thread,
     share_count,
+    tiles_ready,
 )
 from .pooling import _max_backward, _max_forward
 
@@ -87,33 +92,86 @@ def _backward_range(x, kernel, dp, pooled, argmax, relu, use_bias, need_dk, need
                        scratch, dk_parts, db_parts, dx, layout)
 
 
+def _runs(v, dk, r, x, at, dx, kt, run):
+    """dk[r:r + run] += v * x[at:at + run] and dx[at:at + run] += v * kt[r:r + run] (1-D arrays).
+
+    Compiled (the overload below): native.conv_pool_tiles.axpy_pair on C-contiguous float32 arrays, else
+    the same loops."""
+    dk[r : r + run] += v * x[at : at + run]
+    dx[at : at + run] += v * kt[r : r + run]
+
+
+@overload(_runs, jit_options=JIT)
+def _runs_njit(v, dk, r, x, at, dx, kt, run):
+    tiles = native.conv_pool_tiles
+    arrays = (dk, x, dx, kt)
+    if tiles is not None and all(a.dtype == types.float32 and a.layout == "C" for a in arrays):
+        return lambda v, dk, r, x, at, dx, kt, run: tiles.axpy_pair(
+            v, dk.ctypes.data + 4 * r, x.ctypes.data + 4 * at, dx.ctypes.data + 4 * at, kt.ctypes.data + 4 * r, run)
+
+    def loops(v, dk, r, x, at, dx, kt, run):
+        dk_run, x_run, dx_run, k_run = dk[r : r + run], x[at : at + run], dx[at : at + run], kt[r : r + run]
+        for e in range(run):  # (slices: indexes from 0, which vectorise)
+            dk_run[e] += v * x_run[e]
+        for e in range(run):
+            dx_run[e] += v * k_run[e]
+
+    return loops
+
+
 @numba.njit(**JIT)
-def _codes_backward_range(x, kernel, dp, code, use_bias, need_dx, g, ho, wo, spc, t0, t1, scratch, dz_scratch,
-                          dk_parts, db_parts, dx, layout):
-    """_backward_range from the direct path's winner codes (N, Po, Qo, F) instead of flat indexes: each
-    window's gradient goes to the output its code names, unless the code is BLOCKED (the ReLU stopped it).
-    Less code to compile than routing through pooling._max_backward."""
-    n_ = x.shape[0]
-    _, po, qo, f = dp.shape
-    per = ho * wo
-    zero = dp.dtype.type(0)
+def _codes_backward_range(x, kernel_t, dp, code, use_bias, g, spc, t0, t1, dk_t, dk_parts, db_parts, dx):
+    """The kernel, bias and input gradients of chunks t0:t1 from the direct path's winner codes (N, Po, Qo,
+    F), on the calling thread, for a convolution without padding. Only the winners take a gradient (one
+    output in four, none where the code is BLOCKED: the ReLU stopped it), so each window's gradient goes
+    straight from its winner's taps: per filter, dk_t[f] (K,) += d * the winner's taps of x and dx's taps
+    += d * kernel_t[f] (K,), a contiguous run of kw*C per kernel row, instead of a dense convolution
+    backward over an output gradient three quarters zeros. kernel_t (F, K) is the kernel transposed;
+    dk_t (F, K) scratch; x and dx (N, H, W, C) C-contiguous. Sums in sample, filter, window order: the same
+    bits at any thread count."""
+    n_, h_, w_, c_ = x.shape
+    _, po, qo, f_ = dp.shape
+    kh, kw, sh, sw, dh, dw = g[0], g[1], g[2], g[3], g[4], g[5]
+    k = kernel_t.shape[1]
+    hwc = h_ * w_ * c_
+    run = kw * c_ if dw == 1 else c_  # taps contiguous in x (and in a kernel row)
+    xf = x.reshape(n_ * hwc)
+    dxf = dx.reshape(n_ * hwc)
+    blocked = code.dtype.type(4)
     for t in range(t0, t1):
         n0 = t * spc
         n1 = min(n0 + spc, n_)
-        dz = dz_scratch[: (n1 - n0) * per * f].reshape(n1 - n0, ho, wo, f)
-        dz[...] = 0  # outputs in no window (an odd last row or column) get no gradient
+        dk_t[...] = 0
+        dxf[n0 * hwc : n1 * hwc] = 0
+        if use_bias:
+            db_parts[t, :] = 0
         for n in range(n0, n1):
-            for p in range(po):
-                for q in range(qo):
-                    d, c = dp[n, p, q], code[n, p, q]  # (F,)
-                    for i in range(2):
-                        for j in range(2):
-                            out = dz[n - n0, 2 * p + i, 2 * q + j]  # (F,)
-                            here = code.dtype.type(2 * i + j)
-                            for ch in range(f):
-                                out[ch] = d[ch] if c[ch] == here else zero
-        _backward_rows(x, kernel, dz.reshape((n1 - n0) * per, f), use_bias, True, need_dx, g, n0, n1, ho, wo, t,
-                       scratch, dk_parts, db_parts, dx, layout)
+            xs = xf[n * hwc : (n + 1) * hwc]
+            dxs = dxf[n * hwc : (n + 1) * hwc]
+            for f in range(f_):
+                dkf = dk_t[f]
+                ktf = kernel_t[f]
+                bias = dp.dtype.type(0)
+                for p in range(po):
+                    for q in range(qo):
+                        cd = code[n, p, q, f]
+                        if cd == blocked:
+                            continue
+                        v = dp[n, p, q, f]
+                        bias += v
+                        oh, ow = 2 * p + (cd >> 1), 2 * q + (cd & 1)
+                        origin = (oh * sh * w_ + ow * sw) * c_
+                        for i in range(kh):
+                            for j0 in range(0, kw * c_, run):  # one run per kernel row without dilation
+                                r = i * kw * c_ + j0
+                                at = origin + i * dh * w_ * c_ + (j0 // c_) * dw * c_
+                                _runs(v, dkf, r, xs, at, dxs, ktf, run)
+                if use_bias:
+                    db_parts[t, f] += bias
+        dk = dk_parts[t]
+        for r in range(k):
+            for f in range(f_):
+                dk[r, f] = dk_t[f, r]
 
 
 class Pair(NamedTuple):
@@ -167,6 +225,7 @@ def conv_pool_forward(x, kernel, bias, use_bias, relu, geometry: Pair, out, winn
     f = kernel.shape[1]
     scratch = _scratch(chunks, spc * ho * wo * kernel.shape[0], x.dtype)
     z_scratch = empty("conv output", (share_count(chunks), spc * ho * wo * f), x.dtype)
+    tiles_ready(x.dtype)
     with one_blas_thread():
         in_threads(chunks, lambda share, t0, t1: _forward_range(x, kernel, bias, use_bias, relu, g, pg, ho, wo, spc,
                                                                 t0, t1, scratch[share], z_scratch[share], out, winners))
@@ -175,8 +234,8 @@ def conv_pool_forward(x, kernel, bias, use_bias, relu, geometry: Pair, out, winn
 def conv_pool_backward(x, kernel, dp, pooled, winners, relu, use_bias, need_dx, geometry: Pair, dkernel, dbias, dx):
     """The gradients of conv_pool_forward from dp (N, Po, Qo, F) in any layout, the gradient of its output
     `pooled`: dkernel (kh*kw*C, F), dbias (F,) and, with need_dx, dx (N, H, W, C). Per-chunk partial sums
-    in chunk order, as conv.conv_backward. The direct path's kernels when forward took it, unless dx is
-    needed."""
+    in chunk order, as conv.conv_backward. When forward took the direct path: its tiles without dx, else
+    _codes_backward_range."""
     g, pg, ho, wo, taps, spc, chunks = geometry
     k, f = kernel.shape
     if taps is not None and not need_dx:
@@ -186,16 +245,19 @@ def conv_pool_backward(x, kernel, dp, pooled, winners, relu, use_bias, need_dx, 
     x, dp, shares = np.ascontiguousarray(x), np.ascontiguousarray(dp), share_count(chunks)
     dk_parts = empty("kernel gradient parts", (chunks, k, f), x.dtype)
     db_parts = empty("bias gradient parts", (chunks if use_bias else 0, f), x.dtype)
-    scratch = _scratch(chunks, spc * ho * wo * k, x.dtype)
-    dz_scratch = empty("conv output gradient", (shares, spc * ho * wo * f), x.dtype)
-    layout = layout_for(x.shape[3])
-    with one_blas_thread():
-        if taps is not None:  # the input gradient too: chunk by chunk, from the winner codes
-            in_threads(chunks, lambda share, t0, t1: _codes_backward_range(
-                x, kernel, dp, winners, use_bias, need_dx, g, ho, wo, spc, t0, t1, scratch[share], dz_scratch[share],
-                dk_parts, db_parts, dx, layout))
-        else:
-            dp_scratch = empty("pooled gradient", (shares, spc * dp[0].size), x.dtype)
+    if taps is not None:  # the input gradient too, from the winner codes
+        kernel_t = empty("kernel by filter", (f, k), x.dtype)
+        kernel_t[...] = kernel.T
+        dk_t = empty("kernel gradient by filter", (shares, f, k), x.dtype)
+        in_threads(chunks, lambda share, t0, t1: _codes_backward_range(
+            x, kernel_t, dp, winners, use_bias, g, spc, t0, t1, dk_t[share], dk_parts, db_parts, dx))
+    else:
+        scratch = _scratch(chunks, spc * ho * wo * k, x.dtype)
+        dz_scratch = empty("conv output gradient", (shares, spc * ho * wo * f), x.dtype)
+        dp_scratch = empty("pooled gradient", (shares, spc * dp[0].size), x.dtype)
+        layout = layout_for(x.shape[3])
+        tiles_ready(x.dtype)
+        with one_blas_thread():
             in_threads(chunks, lambda share, t0, t1: _backward_range(
                 x, kernel, dp, pooled, winners, relu, use_bias, True, need_dx, g, pg, ho, wo, spc, t0, t1,
                 scratch[share], dz_scratch[share], dp_scratch[share], dk_parts, db_parts, dx, layout))

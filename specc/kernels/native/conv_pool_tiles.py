@@ -456,3 +456,38 @@ def run_forward(x, kernel, bias, use_bias, relu, sh, sw, taps, spc, out, code):
 @numba.njit(**JIT)
 def run_backward(x, dp, code, use_bias, sh, sw, taps, spc, parts, dkernel, dbias):
     backward(x, dp, code, use_bias, sh, sw, taps, spc, parts, dkernel, dbias)
+
+
+@intrinsic
+def axpy_pair(typingctx, v, dk, x, dx, k, n):
+    """dk[e] += v * x[e] and dx[e] += v * k[e] for e < n, float32 arrays given by address (v a float32):
+    conv_pool._codes_backward_range's update of a kernel row's gradient and its input gradient from one
+    winner. Whole vectors, then one masked vector for the tail; no run-time alias checks (a Numba loop over
+    four arrays has them, and they cost as much as a 96-element update)."""
+    i64 = types.int64
+    sig = types.void(types.float32, i64, i64, i64, i64, i64)
+
+    def codegen(context, builder, signature, args):
+        v_, dk_, x_, dx_, k_, n_ = args
+        e = _Emitter(builder, False, None)
+        scale = e.splat(v_, _V)
+        lanes = e.const(LANES)
+
+        def update(tail, offset):
+            for target, source in ((dk_, x_), (dx_, k_)):
+                ptr = tail.at(target, offset)
+                tail.store(builder.call(e.fma, [scale, tail.load(tail.at(source, offset), 0), tail.load(ptr, 0)]),
+                           ptr, 0)
+
+        def step(i, state):
+            update(e, builder.mul(i, lanes))
+            return state
+
+        whole = builder.sdiv(n_, lanes)
+        e.loop(whole, [], step)
+        rest = builder.sub(n_, builder.mul(whole, lanes))
+        with builder.if_then(builder.icmp_signed(">", rest, e.const(0))):
+            update(_Emitter(builder, True, rest), builder.mul(whole, lanes))
+        return context.get_dummy_value()
+
+    return sig, codegen

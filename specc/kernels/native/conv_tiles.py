@@ -23,6 +23,9 @@ thread count.
 
 from __future__ import annotations
 
+import functools
+
+import llvmlite.binding
 import numba
 import numpy as np
 from llvmlite import ir
@@ -311,11 +314,19 @@ def _dense(a):
     return a.strides[1] == 4 and (a.shape[0] <= 1 or a.strides[0] == 4 * a.shape[1])
 
 
-@numba.njit(**JIT)
-def _direct(x_addr, s_, hp, wp, c_, kernel, bias, use_bias, relu, kh, kw, sh, sw, dh, dw, o_addr, ho, wo, f):
-    """out (S, Ho, Wo, F) at o_addr = the convolution of the padded samples (S, Hp, Wp, C) at x_addr by
-    kernel (kh*kw*C, F), C-contiguous."""
-    k = kernel.shape[0]
+# The two loops over tiles below run as cfuncs, called from compiled code as external functions: Numba
+# links a jitted callee's code into its caller's module and optimises that module again, at every level of
+# the call chain (conv_pool -> conv -> here), which multiplied the cold compile time of the tiles' unrolled
+# IR; an external function compiles once. They are compiled (or loaded from the cache) by `ready`, which
+# conv.py calls before it runs a kernel that may call them, not at import: most models never do.
+_DIRECT_SIG = types.void(*(types.int64,) * 20)
+
+
+def _direct_c(x_addr, s_, hp, wp, c_, k_addr, k, bias_addr, use_bias, relu, kh, kw, sh, sw, dh, dw, o_addr, ho, wo,
+              f):
+    """out (S, Ho, Wo, F) at o_addr = the convolution of the padded samples (S, Hp, Wp, C) at x_addr by the
+    kernel (K = kh*kw*C, F) at k_addr (C-contiguous), plus the bias (F,) at bias_addr if use_bias, then
+    max(., 0) if relu."""
     toff = _tap_offsets(kh, kw, dh, dw, wp, c_)
     sizes, wide_sizes = np.array(FORWARD_ROWS), np.array(WIDE_ROWS)
     cs = sw * c_
@@ -330,8 +341,8 @@ def _direct(x_addr, s_, hp, wp, c_, kernel, bias, use_bias, relu, kh, kw, sh, sw
                 ow = 0
                 while ow < wo:
                     i = _pick(wide_sizes if wide else sizes, wo - ow)
-                    args = (x_row + 4 * ow * cs, cs, toff.ctypes.data, k, kernel.ctypes.data + 4 * j, f,
-                            bias.ctypes.data + 4 * j, use_bias, relu, o_row + 4 * (ow * f + j), f, cols)
+                    args = (x_row + 4 * ow * cs, cs, toff.ctypes.data, k, k_addr + 4 * j, f, bias_addr + 4 * j,
+                            use_bias != 0, relu != 0, o_row + 4 * (ow * f + j), f, cols)
                     if wide:
                         _wide_strip(i, cs, args)
                         ow += wide_sizes[i]
@@ -339,6 +350,9 @@ def _direct(x_addr, s_, hp, wp, c_, kernel, bias, use_bias, relu, kh, kw, sh, sw
                         _forward_strip(i, cols == STRIP, cs, args)
                         ow += sizes[i]
                 j += cols
+
+
+_direct = types.ExternalFunction("specc_conv_direct", _DIRECT_SIG)
 
 
 @numba.njit(**JIT)
@@ -355,17 +369,16 @@ def forward_rows(x, kernel, bias, use_bias, relu, g, n0, n1, ho, wo, scratch, o)
     if not (_dense(kernel) and _dense(o) and (not use_bias or bias.strides[0] == 4)):
         return False
     _pad_samples(x, n0, n1, ph, pw, hp, wp, scratch)
-    _direct(scratch.ctypes.data, n1 - n0, hp, wp, c_, kernel, bias, use_bias, relu, kh, kw, sh, sw, dh, dw,
-            o.ctypes.data, ho, wo, f)
+    _direct(scratch.ctypes.data, n1 - n0, hp, wp, c_, kernel.ctypes.data, kernel.shape[0], bias.ctypes.data,
+            int(use_bias), int(relu), kh, kw, sh, sw, dh, dw, o.ctypes.data, ho, wo, f)
     return True
 
 
-@numba.njit(**JIT)
-def _kernel_gradient(x_addr, s_, hp, wp, c_, d_addr, hq, wq, qh, qw, f, kh, kw, sh, sw, dh, dw, ho, wo, dk):
-    """dk (kh*kw*C, F) += the kernel gradient of the padded samples (S, Hp, Wp, C) at x_addr whose outputs'
-    gradients are d[s, qh:qh + Ho, qw:qw + Wo] of (S, Hq, Wq, F) at d_addr."""
+def _kernel_gradient_c(x_addr, s_, hp, wp, c_, d_addr, hq, wq, qh, qw, f, kh, kw, sh, sw, dh, dw, ho, wo,
+                       dk_addr):
+    """dk (kh*kw*C, F) at dk_addr += the kernel gradient of the padded samples (S, Hp, Wp, C) at x_addr
+    whose outputs' gradients are d[s, qh:qh + Ho, qw:qw + Wo] of (S, Hq, Wq, F) at d_addr."""
     sizes = np.array(GRAD_TAPS)
-    dk_addr = dk.ctypes.data
     # Without dilation along the width, a kernel row's kw*C taps are consecutive in x, as its kernel rows
     # are in dk: tiles then run along the whole kernel row (a 3-channel first layer's 9 taps in 8 + 1).
     run = kw if dw == 1 else 1
@@ -387,10 +400,47 @@ def _kernel_gradient(x_addr, s_, hp, wp, c_, d_addr, hq, wq, qh, qw, f, kh, kw, 
                         q += sizes[z]
 
 
+_kernel_gradient = types.ExternalFunction("specc_conv_kernel_gradient", _DIRECT_SIG)
+
+
+@functools.cache
+def ready() -> tuple:
+    """Compiles (or loads from the cache) _direct_c and _kernel_gradient_c, and gives compiled code their
+    addresses: before anything calling _direct or _kernel_gradient compiles or loads. The cfuncs, kept."""
+    compiled = []
+    for name, function in (("specc_conv_direct", _direct_c), ("specc_conv_kernel_gradient", _kernel_gradient_c)):
+        cfunc = numba.cfunc(_DIRECT_SIG, **JIT)(function)
+        llvmlite.binding.add_symbol(name, cfunc.address)
+        compiled.append(cfunc)
+    return tuple(compiled)
+
+
+def backward_room(x_shape, k, f, g, ho, wo, s_, need_dk, need_dx):
+    """The scratch (elements) backward_rows needs for s_ samples of x (N, H, W, C) and a kernel (K, F), or
+    -1 where its geometry does not take the layer (the input gradient is for stride 1 only). Plain Python:
+    conv.py asks it once per layer (to compile only the path that runs), backward_rows compiled."""
+    kh, kw, sh, sw, dh, dw, ph, pw = g
+    _, h_, w_, c_ = x_shape
+    hp = (ho - 1) * sh + (kh - 1) * dh + 1
+    wp = (wo - 1) * sw + (kw - 1) * dw + 1
+    qh, qw = (kh - 1) * dh - ph, (kw - 1) * dw - pw
+    hq, wq = h_ + (kh - 1) * dh, w_ + (kw - 1) * dw
+    if need_dx and (sh != 1 or sw != 1 or qh < 0 or qw < 0 or qh + ho > hq or qw + wo > wq):
+        return -1
+    x_size = s_ * hp * wp * c_ if need_dk else 0
+    d_size = s_ * hq * wq * f if need_dx else 0
+    k_size = k * f if need_dx else 0
+    return x_size + d_size + k_size
+
+
+_backward_room = numba.njit(**JIT)(backward_room)
+
+
 @numba.njit(**JIT)
 def backward_rows(x, kernel, d, need_dk, need_dx, g, n0, n1, ho, wo, t, scratch, dk_parts, dx):
     """conv._backward_rows's kernel and input gradients on the tiles, when they take it (True): stride 1
-    when need_dx, and room in scratch; else False, nothing done. d (rows, F) C-contiguous float32.
+    when need_dx, and room in scratch (backward_room); else False, nothing done. d (rows, F) C-contiguous
+    float32.
 
     The input gradient is the direct convolution of d padded by (kh - 1) dh - pad_top (and left) with
     the kernel flipped and its channel axes swapped; the kernel gradient reads x padded as forward."""
@@ -402,7 +452,8 @@ def backward_rows(x, kernel, d, need_dk, need_dx, g, n0, n1, ho, wo, t, scratch,
     wp = (wo - 1) * sw + (kw - 1) * dw + 1
     qh, qw = (kh - 1) * dh - ph, (kw - 1) * dw - pw
     hq, wq = h_ + (kh - 1) * dh, w_ + (kw - 1) * dw
-    if need_dx and (sh != 1 or sw != 1 or qh < 0 or qw < 0 or qh + ho > hq or qw + wo > wq):
+    room = _backward_room(x.shape, k, f, g, ho, wo, s_, need_dk, need_dx)
+    if room < 0 or room > scratch.size:
         return False
     if not (_dense(kernel) and _dense(d)):
         return False
@@ -412,8 +463,6 @@ def backward_rows(x, kernel, d, need_dk, need_dx, g, n0, n1, ho, wo, t, scratch,
     x_size = s_ * hp * wp * c_ if need_dk else 0
     d_size = s_ * hq * wq * f if need_dx else 0
     k_size = k * f if need_dx else 0
-    if x_size + d_size + k_size > scratch.size:
-        return False
     xp = scratch[:x_size]
     dp = scratch[x_size : x_size + d_size]
     if need_dx:
@@ -427,7 +476,7 @@ def backward_rows(x, kernel, d, need_dk, need_dx, g, n0, n1, ho, wo, t, scratch,
         dk[:] = 0
         _pad_samples(x, n0, n1, ph, pw, hp, wp, xp)
         _kernel_gradient(xp.ctypes.data, s_, hp, wp, c_, d_addr, hq, wq, qh, qw, f, kh, kw, sh, sw, dh, dw, ho, wo,
-                         dk)
+                         dk.ctypes.data)
     if need_dx:
         kernel_t = scratch[x_size + d_size : x_size + d_size + k_size].reshape(kh * kw * f, c_)
         for i in range(kh):
@@ -437,6 +486,6 @@ def backward_rows(x, kernel, d, need_dk, need_dx, g, n0, n1, ho, wo, t, scratch,
                 for q in range(c_):
                     for p in range(f):
                         kernel_t[dst + p, q] = kernel[src + q, p]
-        _direct(dp.ctypes.data, s_, hq, wq, f, kernel_t, kernel_t[0], False, False, kh, kw, 1, 1, dh, dw,
-                dx[n0:n1].ctypes.data, h_, w_, c_)
+        _direct(dp.ctypes.data, s_, hq, wq, f, kernel_t.ctypes.data, kh * kw * f, kernel_t.ctypes.data, 0, 0, kh, kw,
+                1, 1, dh, dw, dx[n0:n1].ctypes.data, h_, w_, c_)
     return True
