@@ -321,6 +321,7 @@ class InferencePlan:
         add = s.residual is not None
         residual = np.ascontiguousarray(values[s.residual]) if add else out4
         blas = _by_blas(x4.shape, g, ho, wo, k, f)
+        conv.tiles_ready(np.float32)  # conv_residual_range may reach the direct tiles (loaded on first use)
         conv.in_threads(chunks, lambda share, t0, t1: infer.conv_residual_range(
             x4, s.kernel, s.bias, g, spc, t0, t1, scratch[share], residual, add, s.relu, blas, out4))
         return out

@@ -7,6 +7,10 @@ and 2 threads."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numba
 import numpy as np
 import pytest
@@ -396,3 +400,26 @@ def test_pairs_the_engine_fuses_and_the_plan_does_not_fold_run_fused():
     apart = Engine(engine_of(model).graph, fuse=False)
     apart.set_weights(model.get_weights())
     np.testing.assert_allclose(got, apart.forward([x], training=False)[0], rtol=2e-5, atol=1e-6)
+
+
+_WARM_PREDICT = """
+import numpy as np, specc
+specc.set_random_seed(0)
+model = specc.Sequential([specc.Input((9, 9, 3)), specc.layers.Conv2D(16, 3, padding="same", use_bias=False),
+                          specc.layers.BatchNormalization(), specc.layers.ReLU(),
+                          specc.layers.GlobalAveragePooling2D(), specc.layers.Dense(4)])
+x = np.random.default_rng(0).standard_normal((8, 9, 9, 3)).astype(np.float32)
+print(float(np.abs(model.predict(x, verbose=0)).sum()))
+"""
+
+
+def test_predict_in_a_process_that_loads_its_kernels_from_the_cache(tmp_path):
+    """The plan's convolution kernel reaches the direct tiles, whose entry points are loaded when first
+    needed: a second process, loading that kernel from the cache instead of compiling it, must load them
+    too (it crashed when it did not)."""
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"), PYTHONFAULTHANDLER="1")
+    runs = [subprocess.run([sys.executable, "-c", _WARM_PREDICT], capture_output=True, text=True, env=env,
+                           timeout=900) for _ in range(2)]
+    for proc in runs:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    assert runs[0].stdout == runs[1].stdout
