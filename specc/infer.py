@@ -35,7 +35,7 @@ from .workspace import Workspace, aligned_empty
 # engine -> its InferencePlan or None: an engine's structure and weight views never change (a model whose
 # structure changes gets a new engine), only the weights' values, which `refresh` follows.
 _PLANS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-KEEP_SHAPES = 4  # input shapes (batch sizes) whose buffers a plan keeps; the oldest goes first
+KEEP_SHAPES = 4  # input shapes (batch sizes) whose buffers a plan keeps; the least recently used goes first
 
 
 def _is_relu(layer: Any) -> bool:
@@ -256,17 +256,22 @@ class InferencePlan:
         for n, x in zip(engine.input_names, inputs):
             values[n] = np.asarray(x, np.float32)
         key = tuple(values[n].shape for n in engine.input_names)
-        buffers = self._buffers.get(key)
-        token = self.workspace.enter()
+        buffers = self._buffers.pop(key, None)
+        if buffers is not None:
+            self._buffers[key] = buffers  # the most recently used last: the least recently used goes first
+        # Only kept shapes take the workspace's arrays, so it holds arrays for KEEP_SHAPES shapes at most.
+        token = self.workspace.enter() if buffers is not None else None
         try:
             with conv.one_blas_thread():
                 self._run(values, buffers, conv)
                 if buffers is None:  # a first batch of these shapes: fresh outputs, then their shared buffers
                     if len(self._buffers) >= KEEP_SHAPES:
                         del self._buffers[next(iter(self._buffers))]
+                        self.workspace = Workspace()  # without the dropped shape's arrays
                     self._buffers[key] = self._layout(values)
         finally:
-            self.workspace.leave(token)
+            if token is not None:
+                self.workspace.leave(token)
         return [values[n] for n in engine.output_names]
 
     def _run(self, values: dict, buffers: dict | None, conv: Any) -> None:

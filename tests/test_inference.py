@@ -176,6 +176,20 @@ def test_buffers_are_reused_along_the_network():
     assert len(plan._buffers) == 4
 
 
+def test_many_batch_sizes_keep_arrays_for_a_few_only():
+    """Predicting n = 65 ... 104 samples in batches of 32 meets 40 sizes of last batch: the plan's buffers
+    and its workspace hold arrays for the most recently used few, and the full batch's stay."""
+    model = specc_model()
+    model.predict(images(64), batch_size=32, verbose=0)
+    plan = InferencePlan.cached(engine_of(model))
+    model.predict(images(64), batch_size=32, verbose=0)
+    held = plan.workspace.nbytes
+    for n in range(65, 105):
+        model.predict(images(n), batch_size=32, verbose=0)
+    assert len(plan._buffers) == 4 and ((32, 9, 9, 3),) in plan._buffers
+    assert plan.workspace.nbytes <= 4 * held
+
+
 def test_outputs_of_earlier_calls_stay_as_they_were():
     model = specc_model()
     a, b = images(4, seed=1), images(4, seed=2)

@@ -586,9 +586,11 @@ class Trainer:
                     outs = [out[start: start + batch_size]]
                 else:
                     batch = [a[start: start + batch_size] for a in x]
-                    # copied at once: the workspace's arrays (reuse=True) serve the next batch too
+                    # Copied at once: full batches run on the workspace's arrays (reuse=True), which serve the
+                    # next batch too; a last, smaller batch allocates its own rather than keep a set per size.
                     outs = [o.copy() for o in (plan.predict(batch) if plan is not None else
-                                               engine.forward(batch, training=False, reuse=True))]
+                                               engine.forward(batch, training=False,
+                                                              reuse=len(batch[0]) == batch_size))]
                     for k, o in enumerate(outs):
                         parts[k].append(o)
                 progress.step(step + 1, {})
