@@ -83,9 +83,11 @@ def test_split_rows_give_the_bits_of_the_whole_batch(layers):
     plan, work = chain.plan(batch)
     expected = np.full((batch, chain.units_out), np.nan, np.float32)
     fused.forward_rows(x, chain.engine.params, plan, work, 0, batch, expected)
-    for parts in (1, 2, 3, 7):
+    params = chain.engine.params
+    replicas = np.stack([params, params])  # threads 1 and 2 read copies, the others params itself
+    for parts, copies in ((1, replicas[:0]), (2, replicas[:0]), (3, replicas), (7, replicas)):
         out = np.full((batch, chain.units_out), np.nan, np.float32)
-        dense_chain.forward_split(x, chain.engine.params, plan, work, out, parts)
+        dense_chain.forward_split(x, params, copies, plan, work, out, parts)
         if native.sgemm is not None:
             np.testing.assert_array_equal(out, expected)
         else:  # BLAS's products (the portable build): a row's bits may depend on the rows around it
@@ -127,3 +129,27 @@ def test_predict_writes_into_the_array_it_is_given(layers, dtype, threads):
     chain.predict(x, other)  # another dtype: a copy
     np.testing.assert_array_equal(other, expected.astype(other.dtype))
     np.testing.assert_allclose(expected, reference(chain, x), rtol=1e-4, atol=1e-5)
+
+
+def test_predict_with_reads_weight_copies_that_follow_the_weights():
+    """Trainer.predict_with on two threads gives the threads after the first a copy of the weights
+    (DenseChain.replicate): the same bits as one thread, and a weight change between two calls reaches
+    the copies (a stale copy would give the old model's rows on the second thread)."""
+    from specc.train import fused
+    from specc.train.fit import Trainer
+
+    chain = chain_for(LAYERS["relu_softmax"], np.float32, n_in=200)
+    engine = chain.engine
+    batch = fused.PARALLEL_MIN_FLOPS // chain.flops_per_row + 13
+    x = np.random.default_rng(6).standard_normal((3 * batch, 200)).astype(np.float32)
+    configure_threads(2)
+    before = Trainer.predict_with(engine, x, batch_size=batch)[0]
+    engine.params[: engine.n_trainable] *= np.float32(1.5)
+    two = Trainer.predict_with(engine, x, batch_size=batch)[0]
+    if native.sgemm is not None:
+        assert DenseChain.cached(engine)._replicas.shape[0] == 1  # copies were made: one for the second thread
+    configure_threads(1)
+    one = Trainer.predict_with(engine, x, batch_size=batch)[0]
+    np.testing.assert_array_equal(two, one)
+    np.testing.assert_allclose(one, reference(chain, x), rtol=1e-4, atol=1e-5)
+    assert not np.allclose(before, two)

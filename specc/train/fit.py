@@ -574,6 +574,8 @@ class Trainer:
         plan = InferencePlan.cached(engine) if chain is None else None
         if plan is not None:
             plan.refresh()
+        if chain is not None:
+            chain.replicate()
         parts: list[list[np.ndarray]] = [[] for _ in engine.output_names]
         out = np.empty((n, chain.units_out), engine.dtype) if chain is not None else None
         with engine.held_threads():
@@ -582,7 +584,7 @@ class Trainer:
                 for cb in callbacks:
                     cb.on_predict_batch_begin(step, {})
                 if chain is not None:  # one jitted call per batch, written straight into the result
-                    chain.predict(x[0][start: start + batch_size], out[start: start + batch_size])
+                    chain.predict(x[0][start: start + batch_size], out[start: start + batch_size], replicated=True)
                     outs = [out[start: start + batch_size]]
                 else:
                     batch = [a[start: start + batch_size] for a in x]

@@ -29,6 +29,9 @@ from .losses import _ELEMENTWISE, Loss, _bounds, check_label_range
 
 # Below this many flops a batch runs on one thread: waking the others would take about as long.
 PARALLEL_MIN_FLOPS = 4_000_000
+# Weights up to this size get a copy per extra thread for inference (kernels/dense_chain.py says why);
+# larger ones stream from memory whoever else reads them, and copies would only take memory.
+REPLICA_MAX_BYTES = 16 * 1024 * 1024
 
 # engine -> its DenseChain (or None): an engine's structure and weight views never change (a model whose
 # structure changes gets a new engine), so neither does its chain.
@@ -44,6 +47,7 @@ class DenseChain:
         self.units_out = int(layout[-1, 3])
         self.flops_per_row = int(2 * (layout[:, 2] * layout[:, 3]).sum())
         self._plans: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._replicas = np.zeros((0, 0), engine.dtype)  # (threads - 1, >= n_trainable): see replicate
 
     @classmethod
     def cached(cls, engine: Engine) -> DenseChain | None:
@@ -85,10 +89,28 @@ class DenseChain:
             found = self._plans[batch] = (plan, aligned_empty(plan[-1, 2], self.engine.dtype))
         return found
 
-    def predict(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    def replicate(self) -> None:
+        """Copies of the weights for the threads after the first, made or brought up to date (a bitwise
+        comparison); predict(..., replicated=True) then reads them. Call it before a series of predict
+        calls with no weight change between them (Trainer.predict_with does)."""
+        workers = product_threads()
+        n = self.engine.n_trainable
+        if workers < 2 or native.sgemm is None or n * self.engine.dtype.itemsize > REPLICA_MAX_BYTES:
+            self._replicas = np.zeros((0, 0), self.engine.dtype)
+            return
+        params = self.engine.params[:n]
+        row = -(-n // 16) * 16  # every copy starts on a 64-byte boundary, as params does
+        if self._replicas.shape != (workers - 1, row):
+            self._replicas = aligned_empty((workers - 1, row), self.engine.dtype)
+        elif np.array_equal(self._replicas[0, :n].view(np.uint8), params.view(np.uint8)):
+            return
+        self._replicas[:, :n] = params
+
+    def predict(self, x: np.ndarray, out: np.ndarray | None = None, replicated: bool = False) -> np.ndarray:
         """The model's output for x (batch, in): written into `out` (batch, units out) when given (the
         last layer writes there directly when it is C-contiguous in the engine's dtype), else a view into
-        the workspace, valid until the next call."""
+        the workspace, valid until the next call. `replicated`: the threads may read the copies of the
+        weights `replicate` made (which must be current)."""
         x = np.ascontiguousarray(x, self.engine.dtype)
         batch = len(x)
         plan, work = self.plan(batch)
@@ -99,7 +121,8 @@ class DenseChain:
         if workers == 1 or batch * self.flops_per_row < PARALLEL_MIN_FLOPS:
             K.forward_rows(x, self.engine.params, plan, work, 0, batch, target)
         elif x.dtype == np.float32 and native.sgemm is not None:  # one join per batch (kernels/dense_chain.py)
-            KC.forward_split(x, self.engine.params, plan, work, target, workers)
+            replicas = self._replicas if replicated else self._replicas[:0]
+            KC.forward_split(x, self.engine.params, replicas, plan, work, target, workers)
         else:  # products on BLAS, whose own threads split each of them (its rows' bits depend on the split)
             result = K.forward(x, self.engine.params, plan, work)
             if out is None:
