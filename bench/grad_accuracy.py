@@ -45,10 +45,11 @@ def torch_gradients(model_name, weights, x, y, double) -> np.ndarray:
     import torch_zoo
 
     model = torch_zoo.build(model_name, weights)
-    xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+    image = x.ndim == 4  # images go to PyTorch as NCHW tensors in channels_last memory; sequences as they are
+    xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2) if image else x))
     if double:
         model, xt = model.double(), xt.double()
-    else:
+    elif image:
         model, xt = model.to(memory_format=torch.channels_last), xt.contiguous(memory_format=torch.channels_last)
     model.train()
     loss = torch.nn.functional.cross_entropy(model(xt), torch.from_numpy(y.astype(np.int64)))

@@ -303,14 +303,9 @@ class Engine:
             # Batch statistics are used in training unless the layer is frozen (Keras's BN rule).
             y, saved = s.layer.forward(s.weights, x, training and s.trainable, rng)
             if s.activation is not None:
-                activations = _activations()
                 z = np.ascontiguousarray(y)
                 y = empty("activation", z.shape, z.dtype)
-                code = activations.CODE[s.activation]
-                if code in (activations.SOFTMAX, activations.LOG_SOFTMAX):  # compiles without the others
-                    activations.softmax(code == activations.LOG_SOFTMAX, activations.as_rows(z), activations.as_rows(y))
-                else:
-                    activations.forward(code, activations.as_rows(z), activations.as_rows(y))
+                activation_forward(s.activation, z, y)
                 self._pre[s.name] = z
             self._saved[s.name] = saved
             values[s.name] = y
@@ -369,12 +364,9 @@ class Engine:
                 continue  # does not reach any output
             self.workspace.owner = s.name
             if s.name in self._pre and s.name not in fused:
-                activations = _activations()
                 z, y = self._pre[s.name], self._values[s.name]
                 dz = empty("d_activation", z.shape, z.dtype)
-                activations.backward(activations.CODE[s.activation], activations.as_rows(z),
-                                     activations.as_rows(y), activations.as_rows(np.ascontiguousarray(dy)),
-                                     activations.as_rows(dz))
+                activation_backward(s.activation, z, y, dy, dz)
                 dy = dz
             # A layer fed only by model inputs need not compute its input gradient in training.
             dx = s.layer.backward(s.weights, s.grads, self._saved[s.name], dy, self.input_gradients or not s.inputs_only)
@@ -405,6 +397,23 @@ def _activations() -> Any:
 
         _ACTIVATIONS = activations
     return _ACTIVATIONS
+
+
+def activation_forward(name: str, z: np.ndarray, y: np.ndarray) -> None:
+    """y = activation `name` of z, both C-contiguous of one shape (softmax over the last axis)."""
+    activations = _activations()
+    code = activations.CODE[name]
+    if code in (activations.SOFTMAX, activations.LOG_SOFTMAX):  # compiles without the others
+        activations.softmax(code == activations.LOG_SOFTMAX, activations.as_rows(z), activations.as_rows(y))
+    else:
+        activations.forward(code, activations.as_rows(z), activations.as_rows(y))
+
+
+def activation_backward(name: str, z: np.ndarray, y: np.ndarray, dy: np.ndarray, dz: np.ndarray) -> None:
+    """dz = d loss / d z from dy = d loss / d y, for y = activation `name` of z (z, y, dz C-contiguous)."""
+    activations = _activations()
+    activations.backward(activations.CODE[name], activations.as_rows(z), activations.as_rows(y),
+                         activations.as_rows(np.ascontiguousarray(dy)), activations.as_rows(dz))
 
 
 def _thread_functions() -> tuple:

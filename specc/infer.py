@@ -275,7 +275,7 @@ class InferencePlan:
         return [values[n] for n in engine.output_names]
 
     def _run(self, values: dict, buffers: dict | None, conv: Any) -> None:
-        from .engine import _activations
+        from .engine import activation_forward
         from .kernels import infer
 
         clock = self.engine.clock
@@ -292,15 +292,9 @@ class InferencePlan:
             y, _ = step.layer.forward(step.weights, x, False, None)
             step_act = s.activation
             if step_act is not None:
-                activations = _activations()
                 z = np.ascontiguousarray(y)
                 y = np.empty_like(z)
-                code = activations.CODE[step_act]
-                if code in (activations.SOFTMAX, activations.LOG_SOFTMAX):
-                    activations.softmax(code == activations.LOG_SOFTMAX, activations.as_rows(z),
-                                        activations.as_rows(y))
-                else:
-                    activations.forward(code, activations.as_rows(z), activations.as_rows(y))
+                activation_forward(step_act, z, y)
             values[s.name] = y
         if clock is not None:
             clock.append(_now())
@@ -393,13 +387,3 @@ def _now() -> float:
     from time import perf_counter
 
     return perf_counter()
-
-
-def predict(engine: Engine, inputs: list[np.ndarray]) -> list[np.ndarray] | None:
-    """One batch's outputs by the engine's inference plan (valid until its next call), or None when the engine
-    has none."""
-    plan = InferencePlan.cached(engine)
-    if plan is None:
-        return None
-    plan.refresh()
-    return plan.predict(inputs)

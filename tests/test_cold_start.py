@@ -65,6 +65,10 @@ def test_no_worker_on_one_core_or_when_turned_off(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     monkeypatch.setenv("SPECC_COMPILE_WORKER", "0")
     assert warmup.start(spec, SPEC.encode(), "spec.yaml", [], 8, 1) is None
+    # a cache directory where no marker can be written: a worker would start at every run
+    monkeypatch.setenv("SPECC_COMPILE_WORKER", "1")
+    monkeypatch.setattr(os, "access", lambda path, mode: False)
+    assert warmup.start(spec, SPEC.encode(), "spec.yaml", [], 8, 1) is None
 
 
 def train(tmp_path, cache: str, worker: bool) -> dict:

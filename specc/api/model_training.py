@@ -24,8 +24,8 @@ if TYPE_CHECKING:
 
 # Calls and predictions on at most this many samples run forward in the engine's workspace (reuse=True): the
 # arrays of a call are kept per batch size and reused by the next call of that size instead of allocated
-# (64-byte aligned) again, which was most of a single sample's time. Larger batches allocate as before, so
-# inference at many batch sizes keeps no large arrays.
+# (64-byte aligned) again, which would be most of a single sample's time. Larger batches allocate their own
+# arrays, so inference at many batch sizes keeps no large arrays.
 SMALL_BATCH = 64
 
 

@@ -135,7 +135,7 @@ def _drop_stale_caches(mode: str) -> None:
         for directory in directories:
             if os.path.isdir(directory):
                 for name in os.listdir(directory):
-                    if name.endswith((".nbi", ".nbc")):
+                    if name.endswith((".nbi", ".nbc", ".lock")):  # the locks of native/cache.py too
                         os.remove(os.path.join(directory, name))
         # the start-up compile worker's markers (specc.train.warmup): the models they name compile again
         markers = os.environ.get("NUMBA_CACHE_DIR") or os.path.join(os.path.dirname(os.path.abspath(__file__)),

@@ -2,7 +2,9 @@
 
 Each row is normalised on its own: forward keeps its mean and 1 / sqrt(var + eps) (float64, one per row)
 and not the normalised values, which backward recomputes from x (one array fewer written forward and
-none kept at inference). Row statistics and the per-row sums of backward are taken in float64.
+none kept at inference). Row statistics are taken in float64; backward works in x's dtype (a row's sums
+and a chunk's column partials, at most CHUNK_VALUES values each: float64 there halves the vector width of
+the whole pass) and adds the chunks' partials in float64.
 
 The rows are cut into chunks whose size depends only on the shape (`chunking`); threads take contiguous
 ranges of chunks (conv.in_threads). Forward and dx are per row, so any split gives the same bits; the
@@ -53,7 +55,7 @@ def backward(dy, x, mean, inv, gamma, need_dx, dgamma, dbeta, dx):
     (C,), and with need_dx dx = inv * (g - mean(g) - xhat * mean(g * xhat)) per row, g = dy * gamma."""
     rows, c = x.shape
     per, chunks = chunking(rows, c)
-    parts = empty("layernorm gradient parts", (chunks, 2, c), np.float64)
+    parts = empty("layernorm gradient parts", (chunks, 2, c), x.dtype)
     _split(rows, c, lambda per, t0, t1: backward_range(dy, x, mean, inv, gamma, need_dx, per, t0, t1, parts, dx))
     sum_parts(parts, dgamma, dbeta)
 
@@ -84,21 +86,21 @@ def forward_range(x, gamma, beta, eps, per, t0, t1, mean, inv, out):
 @numba.njit(**JIT)
 def backward_range(dy, x, mean, inv, gamma, need_dx, per, t0, t1, parts, dx):
     """`backward` for the rows of chunks t0:t1: parts[t] = (sum of dy * xhat, sum of dy) over chunk t's
-    rows (float64, rows in order), and dx of those rows."""
+    rows (x's dtype, rows in order), and dx of those rows."""
     rows, c = x.shape
-    n = np.float64(c)
+    n = x.dtype.type(c)
     for t in range(t0, t1):
         pg = parts[t, 0]
         pb = parts[t, 1]
-        pg[:] = 0.0
-        pb[:] = 0.0
+        pg[:] = 0
+        pb[:] = 0
         for r in range(t * per, min(rows, (t + 1) * per)):
-            m, iv = mean[r], inv[r]
-            s1 = 0.0
-            s2 = 0.0
+            m, iv = x.dtype.type(mean[r]), x.dtype.type(inv[r])
+            s1 = x.dtype.type(0)
+            s2 = x.dtype.type(0)
             for j in range(c):
-                d = np.float64(dy[r, j])
-                h = (np.float64(x[r, j]) - m) * iv
+                d = dy[r, j]
+                h = (x[r, j] - m) * iv
                 pg[j] += d * h
                 pb[j] += d
                 g = d * gamma[j]
@@ -108,14 +110,14 @@ def backward_range(dy, x, mean, inv, gamma, need_dx, per, t0, t1, parts, dx):
                 s1 /= n
                 s2 /= n
                 for j in range(c):
-                    h = (np.float64(x[r, j]) - m) * iv
-                    dx[r, j] = iv * (np.float64(dy[r, j]) * gamma[j] - s1 - h * s2)
+                    h = (x[r, j] - m) * iv
+                    dx[r, j] = iv * (dy[r, j] * gamma[j] - s1 - h * s2)
 
 
 # Not reassociated (no fastmath): the chunks' order must be the same in every compiled copy.
 @numba.njit(**dict(JIT, fastmath=False))
 def sum_parts(parts, dgamma, dbeta):
-    """dgamma, dbeta (C,) = the chunks' partials (chunks, 2, C) added in chunk order."""
+    """dgamma, dbeta (C,) = the chunks' partials (chunks, 2, C) added in chunk order, in float64."""
     chunks, _, c = parts.shape
     for j in range(c):
         g = 0.0

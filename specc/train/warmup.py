@@ -10,16 +10,16 @@ claimed (kernels.claim_compiles_in): when one process meets a signature the othe
 for it and loads the machine code from the cache, so nothing is compiled twice.
 
 The worker starts only on a cache no model has been trained into since its kernels were compiled from
-scratch (a marker file per model beside the cache, written by the worker when it is through and by this
-process after its first step; removed with the cache when the kernel sources change), so a warm start, and
-a cache that already holds most kernels, pay nothing for it. It stops after the first step, or when this process ends (it reads
-its standard input until end of file). SPECC_COMPILE_WORKER=0 turns it off.
+scratch (a marker file beside the cache, written by the worker when it is through and by this process
+after its first step; removed with the cache when the kernel sources change), so a warm start, and a
+cache that already holds most kernels, pay nothing for it. It stops after the first step, or when this
+process ends (it reads its standard input until end of file). SPECC_COMPILE_WORKER=0 turns it off; it
+never starts off POSIX or where the marker cannot be written (it would then start at every run).
 """
 
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import os
 import shutil
@@ -30,36 +30,14 @@ import tempfile
 from .callbacks import Callback
 
 _KERNELS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "kernels")
-MARKER_PREFIX = "specc-warm-"
+MARKER_PREFIX = "specc-warm-"  # kernels._drop_stale_caches removes files named so with a stale cache
+MARKER = MARKER_PREFIX + "trained"
 
 
 def marker_directory() -> str:
     """Where the markers go: NUMBA_CACHE_DIR when set, else the kernels' own __pycache__ (Numba's cache
     there too). kernels._drop_stale_caches removes them with the cache."""
     return os.environ.get("NUMBA_CACHE_DIR") or os.path.join(_KERNELS, "__pycache__")
-
-
-def model_digest(spec, batch_size: int, threads: int | None) -> str:
-    """What decides which kernels and signatures a training step compiles: the model and compile sections,
-    the batch size, the thread count, Numba's version and target, and the kernel sources (names, sizes,
-    modification times)."""
-    digest = hashlib.sha256()
-    digest.update(spec.model.model_dump_json().encode())
-    digest.update(spec.compile.model_dump_json().encode() if spec.compile is not None else b"")
-    try:
-        from importlib.metadata import version
-
-        numba_version = version("numba")
-    except Exception:  # pragma: no cover - Numba installed without its metadata
-        numba_version = ""
-    digest.update(repr((batch_size, threads, numba_version, os.environ.get("NUMBA_CPU_NAME"),
-                        os.environ.get("NUMBA_CPU_FEATURES"), os.environ.get("SPECC_NATIVE"))).encode())
-    for folder in (_KERNELS, os.path.join(_KERNELS, "native")):
-        for name in sorted(os.listdir(folder)):
-            if name.endswith(".py"):
-                info = os.stat(os.path.join(folder, name))
-                digest.update(repr((name, info.st_size, info.st_mtime_ns)).encode())
-    return digest.hexdigest()[:32]
 
 
 class Warmup(Callback):
@@ -103,6 +81,16 @@ def _trained_any(directory: str) -> bool:
         return False
 
 
+def _writable(directory: str) -> bool:
+    """Whether a marker can be made in `directory` (or, not there yet, in its nearest existing parent)."""
+    while not os.path.isdir(directory):
+        parent = os.path.dirname(directory)
+        if parent == directory:
+            return False
+        directory = parent
+    return os.access(directory, os.W_OK)
+
+
 def start(spec, raw: bytes, source_name: str, overrides: list[str], batch_size: int,
           threads: int | None) -> Warmup | None:
     """Start the worker for a spec about to be trained, unless it would not help (one core, a cache that a
@@ -114,9 +102,9 @@ def start(spec, raw: bytes, source_name: str, overrides: list[str], batch_size: 
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
         cores = os.cpu_count() or 1
-    if cores < 2:
+    if cores < 2 or os.name != "posix" or not _writable(marker_directory()):
         return None
-    marker = os.path.join(marker_directory(), MARKER_PREFIX + model_digest(spec, batch_size, threads))
+    marker = os.path.join(marker_directory(), MARKER)
     if _trained_any(marker_directory()):
         return None
     claims = tempfile.mkdtemp(prefix="specc-claims-")
@@ -129,9 +117,15 @@ def start(spec, raw: bytes, source_name: str, overrides: list[str], batch_size: 
         process = subprocess.Popen([sys.executable, "-c", "from specc.train.warmup import main; main()"],
                                    env=env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                    stderr=subprocess.DEVNULL, text=True)
+    except OSError:
+        shutil.rmtree(claims, ignore_errors=True)
+        return None
+    try:
         process.stdin.write(json.dumps(order) + "\n")
         process.stdin.flush()
-    except OSError:
+    except OSError:  # it died at start: reap it
+        process.kill()
+        process.wait()
         shutil.rmtree(claims, ignore_errors=True)
         return None
     os.environ["SPECC_COMPILE_CLAIMS"] = claims
@@ -146,7 +140,7 @@ def exercise(engine, trainer, batch: int) -> None:
     fails (a layer that needs adapted statistics, say) is skipped: the training step compiles it."""
     import numpy as np
 
-    from ..engine import _activations
+    from ..engine import activation_backward, activation_forward
 
     try:
         trainer.optimizer.step(engine.params[: engine.n_trainable], engine.grads)
@@ -163,18 +157,12 @@ def exercise(engine, trainer, batch: int) -> None:
             y, saved = s.layer.forward(s.weights, x, s.trainable, rng)
             dy = np.zeros(np.shape(y), engine.dtype)
             if s.activation is not None:
-                activations = _activations()
                 z = np.ascontiguousarray(y)
                 out = np.empty_like(z)
-                code = activations.CODE[s.activation]
-                if code in (activations.SOFTMAX, activations.LOG_SOFTMAX):
-                    activations.softmax(code == activations.LOG_SOFTMAX, activations.as_rows(z), activations.as_rows(out))
-                else:
-                    activations.forward(code, activations.as_rows(z), activations.as_rows(out))
+                activation_forward(s.activation, z, out)
                 if s.name not in fused:
                     dz = np.empty_like(z)
-                    activations.backward(code, activations.as_rows(z), activations.as_rows(out),
-                                         activations.as_rows(dy), activations.as_rows(dz))
+                    activation_backward(s.activation, z, out, dy, dz)
                     dy = dz
             s.layer.backward(s.weights, s.grads, saved, dy, not s.inputs_only)
         except Exception:
