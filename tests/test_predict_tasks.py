@@ -153,3 +153,24 @@ def test_predict_with_reads_weight_copies_that_follow_the_weights():
     np.testing.assert_array_equal(two, one)
     np.testing.assert_allclose(one, reference(chain, x), rtol=1e-4, atol=1e-5)
     assert not np.allclose(before, two)
+
+
+def test_model_predict_on_two_threads_follows_set_weights():
+    """The API's repeated predict (its quick path, an MLP's fused call per batch) reads the same copies
+    of the weights at two threads: after set_weights it predicts with the new weights, the bits of one
+    thread."""
+    import specc
+    from specc import layers
+
+    model = specc.Sequential([specc.Input(shape=(200,)), layers.Dense(48, activation="relu"),
+                              layers.Dense(7, activation="softmax")])
+    x = np.random.default_rng(7).standard_normal((600, 200)).astype(np.float32)
+    configure_threads(2)
+    model.predict(x, batch_size=300, verbose=0)
+    before = model.predict(x, batch_size=300, verbose=0)  # the quick path: the copies are made here
+    model.set_weights([w * np.float32(1.5) for w in model.get_weights()])
+    two = model.predict(x, batch_size=300, verbose=0)
+    configure_threads(1)
+    one = model.predict(x, batch_size=300, verbose=0)
+    np.testing.assert_array_equal(two, one)
+    assert not np.allclose(before, two)

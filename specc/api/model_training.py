@@ -376,8 +376,11 @@ class TrainingMixin:
             return [o.copy() for o in _forward(state.engine, [x])]
         # Trainer.predict_with's batches, with no bar; the last layer writes straight into the result
         out = np.empty((n, chain.units_out), state.engine.dtype)
+        replicated = n > SMALL_BATCH  # the weights' copies per thread pay off over batches, not one small call
+        if replicated:
+            chain.replicate()
         for start in range(0, n, batch_size):
-            chain.predict(x[start: start + batch_size], out[start: start + batch_size])
+            chain.predict(x[start: start + batch_size], out[start: start + batch_size], replicated=replicated)
         return [out]
 
     def predict_on_batch(self, x: Any) -> Any:

@@ -86,9 +86,10 @@ def forward_range(x, gamma, beta, eps, per, t0, t1, mean, inv, out):
 @numba.njit(**JIT)
 def backward_range(dy, x, mean, inv, gamma, need_dx, per, t0, t1, parts, dx):
     """`backward` for the rows of chunks t0:t1: parts[t] = (sum of dy * xhat, sum of dy) over chunk t's
-    rows (x's dtype, rows in order), and dx of those rows."""
+    rows (x's dtype, rows in order), and dx of those rows. Returns a value of no use (see `sink`)."""
     rows, c = x.shape
     n = x.dtype.type(c)
+    sink = 0.0
     for t in range(t0, t1):
         pg = parts[t, 0]
         pb = parts[t, 1]
@@ -106,12 +107,16 @@ def backward_range(dy, x, mean, inv, gamma, need_dx, per, t0, t1, parts, dx):
                 g = d * gamma[j]
                 s1 += g
                 s2 += g * h
+            # The row sums go into the returned value also without need_dx: dead there, they would let the
+            # compiler build the loop above, and round the partials, differently in the two cases.
+            sink += s1 + s2
             if need_dx:
                 s1 /= n
                 s2 /= n
                 for j in range(c):
                     h = (x[r, j] - m) * iv
                     dx[r, j] = iv * (dy[r, j] * gamma[j] - s1 - h * s2)
+    return sink
 
 
 # Not reassociated (no fastmath): the chunks' order must be the same in every compiled copy.
