@@ -574,7 +574,9 @@ class Trainer:
         plan = InferencePlan.cached(engine) if chain is None else None
         if plan is not None:
             plan.refresh()
-        if chain is not None:
+        # the weights' copies per thread stay current through the loop unless a callback could change them
+        replicated = chain is not None and not callbacks
+        if replicated:
             chain.replicate()
         parts: list[list[np.ndarray]] = [[] for _ in engine.output_names]
         out = np.empty((n, chain.units_out), engine.dtype) if chain is not None else None
@@ -584,7 +586,7 @@ class Trainer:
                 for cb in callbacks:
                     cb.on_predict_batch_begin(step, {})
                 if chain is not None:  # one jitted call per batch, written straight into the result
-                    chain.predict(x[0][start: start + batch_size], out[start: start + batch_size], replicated=True)
+                    chain.predict(x[0][start: start + batch_size], out[start: start + batch_size], replicated=replicated)
                     outs = [out[start: start + batch_size]]
                 else:
                     batch = [a[start: start + batch_size] for a in x]
