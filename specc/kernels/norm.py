@@ -223,3 +223,33 @@ def batch_dx_range(dy, x, mean, scale, offset, k, c0, c1, act, per, t0, t1, dx):
             for p in range(m):
                 i = np.uint64(q + p)
                 dxf[i] = kt[p] * dyf[i] + c0t[p] - c1t[p] * (xf[i] - mt[p])
+
+
+# The passes above split between threads: one parallel loop each, over `parts` contiguous ranges of the
+# chunks, for the layer to call where it runs on several threads. A chunk's results do not depend on the
+# thread that computes it, so these give the same bits as one thread. (Not conv.in_threads: a Python thread
+# pool's dispatch costs ~80 us here, most of a small BatchNormalization pass's time.)
+@numba.njit(parallel=True, **JIT)
+def batch_sums_split(x, shift, per, chunks, parts, s1, s2):
+    for t in numba.prange(parts):
+        batch_sums_range(x, shift, per, chunks * t // parts, chunks * (t + 1) // parts, s1, s2)
+
+
+@numba.njit(parallel=True, **JIT)
+def batch_affine_split(x, scale, offset, act, per, chunks, parts, out):
+    for t in numba.prange(parts):
+        batch_affine_range(x, scale, offset, act, per, chunks * t // parts, chunks * (t + 1) // parts, out)
+
+
+@numba.njit(parallel=True, **JIT)
+def batch_grad_sums_split(dy, x, mean, scale, offset, act, per, chunks, parts, s1, s2):
+    for t in numba.prange(parts):
+        batch_grad_sums_range(dy, x, mean, scale, offset, act, per, chunks * t // parts, chunks * (t + 1) // parts,
+                              s1, s2)
+
+
+@numba.njit(parallel=True, **JIT)
+def batch_dx_split(dy, x, mean, scale, offset, k, c0, c1, act, per, chunks, parts, dx):
+    for t in numba.prange(parts):
+        batch_dx_range(dy, x, mean, scale, offset, k, c0, c1, act, per, chunks * t // parts, chunks * (t + 1) // parts,
+                       dx)
