@@ -225,31 +225,26 @@ def batch_dx_range(dy, x, mean, scale, offset, k, c0, c1, act, per, t0, t1, dx):
                 dxf[i] = kt[p] * dyf[i] + c0t[p] - c1t[p] * (xf[i] - mt[p])
 
 
-# The passes above split between threads: one parallel loop each, over `parts` contiguous ranges of the
-# chunks, for the layer to call where it runs on several threads. A chunk's results do not depend on the
-# thread that computes it, so these give the same bits as one thread. (Not conv.in_threads: a Python thread
+# The passes above split between threads: one parallel loop over `parts` contiguous ranges of the chunks
+# for any of the four passes (SUMS, AFFINE, GRAD_SUMS, DX), for the layer to call where it runs on several
+# threads; one function, as each parallel loop is long to compile. A chunk's results do not depend on the
+# thread that computes it, so this gives the same bits as one thread. (Not conv.in_threads: a Python thread
 # pool's dispatch costs ~80 us here, most of a small BatchNormalization pass's time.)
-@numba.njit(parallel=True, **JIT)
-def batch_sums_split(x, shift, per, chunks, parts, s1, s2):
-    for t in numba.prange(parts):
-        batch_sums_range(x, shift, per, chunks * t // parts, chunks * (t + 1) // parts, s1, s2)
+SUMS, AFFINE, GRAD_SUMS, DX = 0, 1, 2, 3
 
 
 @numba.njit(parallel=True, **JIT)
-def batch_affine_split(x, scale, offset, act, per, chunks, parts, out):
+def batch_split(which, dy, x, center, scale, offset, k, c0, c1, act, per, chunks, parts, s1, s2, out):
+    """Pass `which` over all chunks: SUMS (center = shift, into s1, s2), AFFINE (into out), GRAD_SUMS
+    (center = mean, into s1, s2) or DX (into out); arguments a pass does not read may be any arrays of
+    the same types (dy is read by the backward passes only)."""
     for t in numba.prange(parts):
-        batch_affine_range(x, scale, offset, act, per, chunks * t // parts, chunks * (t + 1) // parts, out)
-
-
-@numba.njit(parallel=True, **JIT)
-def batch_grad_sums_split(dy, x, mean, scale, offset, act, per, chunks, parts, s1, s2):
-    for t in numba.prange(parts):
-        batch_grad_sums_range(dy, x, mean, scale, offset, act, per, chunks * t // parts, chunks * (t + 1) // parts,
-                              s1, s2)
-
-
-@numba.njit(parallel=True, **JIT)
-def batch_dx_split(dy, x, mean, scale, offset, k, c0, c1, act, per, chunks, parts, dx):
-    for t in numba.prange(parts):
-        batch_dx_range(dy, x, mean, scale, offset, k, c0, c1, act, per, chunks * t // parts, chunks * (t + 1) // parts,
-                       dx)
+        t0, t1 = chunks * t // parts, chunks * (t + 1) // parts
+        if which == SUMS:
+            batch_sums_range(x, center, per, t0, t1, s1, s2)
+        elif which == AFFINE:
+            batch_affine_range(x, scale, offset, act, per, t0, t1, out)
+        elif which == GRAD_SUMS:
+            batch_grad_sums_range(dy, x, center, scale, offset, act, per, t0, t1, s1, s2)
+        else:
+            batch_dx_range(dy, x, center, scale, offset, k, c0, c1, act, per, t0, t1, out)

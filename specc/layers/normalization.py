@@ -111,12 +111,14 @@ class BatchNormalization(LayerSpec):
         moving_mean, moving_var = w[-2], w[-1]
         per, chunks = norm.batch_chunking(rows, c)
         parts = share_count(chunks)  # one thread: the passes themselves, without the parallel loop's compile
+        none = np.zeros((0, 0))  # for the sums a pass does not write
         if training:
             shift = x2[0].copy()
             s1 = empty("sums", (chunks, c), np.float64)
             s2 = empty("squares", (chunks, c), np.float64)
             if parts > 1:
-                norm.batch_sums_split(x2, shift, per, chunks, parts, s1, s2)
+                norm.batch_split(norm.SUMS, x2, x2, shift, shift, shift, shift, shift, shift, act, per, chunks, parts,
+                                 s1, s2, x2)
             else:
                 norm.batch_sums_range(x2, shift, per, 0, chunks, s1, s2)
             mean64, var64 = empty("mean64", c, np.float64), empty("var64", c, np.float64)
@@ -132,7 +134,8 @@ class BatchNormalization(LayerSpec):
         offset = (beta - mean * scale).astype(dt)
         out = empty("out", x2.shape, dt)
         if parts > 1:
-            norm.batch_affine_split(x2, scale, offset, act, per, chunks, parts, out)
+            norm.batch_split(norm.AFFINE, x2, x2, scale, scale, offset, scale, scale, scale, act, per, chunks, parts,
+                             none, none, out)
         else:
             norm.batch_affine_range(x2, scale, offset, act, per, 0, chunks, out)
         return _from_rows(out, layout), (x2, mean, inv, scale, offset, bool(training), layout, act)
@@ -151,10 +154,12 @@ class BatchNormalization(LayerSpec):
         dgamma, dbeta = _affine_grads(g, gi, bi, c, dt)
         per, chunks = norm.batch_chunking(rows, c)
         parts = share_count(chunks)
+        none = np.zeros((0, 0))  # for the sums a pass does not write
         s1 = empty("sums", (chunks, c), np.float64)
         s2 = empty("products", (chunks, c), np.float64)
         if parts > 1:
-            norm.batch_grad_sums_split(dy2, x2, mean, scale, offset, act, per, chunks, parts, s1, s2)
+            norm.batch_split(norm.GRAD_SUMS, dy2, x2, mean, scale, offset, mean, mean, mean, act, per, chunks, parts,
+                             s1, s2, x2)
         else:
             norm.batch_grad_sums_range(dy2, x2, mean, scale, offset, act, per, 0, chunks, s1, s2)
         sum_dz, sum_dzx = s1.sum(axis=0), s2.sum(axis=0)  # (C,) float64, added in chunk order
@@ -172,7 +177,8 @@ class BatchNormalization(LayerSpec):
         dx = empty("dx", x2.shape, dt)
         k, c0, c1 = k.astype(dt), c0.astype(dt), c1.astype(dt)
         if parts > 1:
-            norm.batch_dx_split(dy2, x2, mean, scale, offset, k, c0, c1, act, per, chunks, parts, dx)
+            norm.batch_split(norm.DX, dy2, x2, mean, scale, offset, k, c0, c1, act, per, chunks, parts, none,
+                             none, dx)
         else:
             norm.batch_dx_range(dy2, x2, mean, scale, offset, k, c0, c1, act, per, 0, chunks, dx)
         return _from_rows(dx, layout)
