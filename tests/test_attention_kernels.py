@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from specc.engine import Engine
-from specc.kernels import attention
+from specc.kernels import attention, configure_threads
 from specc.spec import load_spec_text
 
 from .gradcheck import central_difference
@@ -213,8 +213,8 @@ def test_weight_gradients_without_the_input_gradient():
 
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs two Numba threads")
 def test_encoder_block_same_bits_at_one_and_two_threads():
-    """A transformer block through the engine (the attention layer runs its own threads, so the engine
-    keeps the products on one thread): outputs, weight and input gradients the same bits at 1 and 2."""
+    """A transformer block through the engine, its products and attention pairs on Numba's threads:
+    outputs, weight and input gradients the same bits at 1 and 2 threads."""
     text = """specc: 1
 model:
   inputs: {x: [32, 24]}
@@ -227,21 +227,20 @@ model:
     spec, errors = load_spec_text(text, "block.yaml")
     assert not errors
     rng = np.random.default_rng(6)
-    x = rng.standard_normal((8, 32, 24)).astype(np.float32)
+    x = rng.standard_normal((32, 32, 24)).astype(np.float32)  # 1024 rows: the projections split over threads
     r = rng.standard_normal(x.shape).astype(np.float32)
     results = []
     previous = numba.get_num_threads()
     for threads in (1, 2):
-        numba.set_num_threads(threads)
+        configure_threads(threads)
         try:
             engine = Engine(spec.graph, np.float32)
             engine.initialize(0)
             engine.input_gradients = True
-            assert engine._own_threads
             y = engine.forward([x], training=True)[0].copy()
             engine.backward([r])
             results.append((y, engine.grads.copy(), engine._input_grads["x"].copy()))
         finally:
-            numba.set_num_threads(previous)
+            configure_threads(previous)
     for a, b in zip(*results):
         assert np.array_equal(a, b)

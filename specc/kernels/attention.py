@@ -3,8 +3,8 @@
 One compiled call runs a contiguous range of the (sample, head) pairs: its products are single-threaded
 sgemm/BLAS calls that read the projections in place as (N, L, heads, size) views (no transposed copies;
 NumPy's batched matmul on such views runs its own loops, not BLAS), and the masked softmax of each query
-row runs between them. `attention_forward` / `attention_backward` split the pairs between the threads
-(conv.in_threads); each pair is computed whole by one thread and writes only its own blocks, so the
+row runs between them. `attention_forward` / `attention_backward` split the pairs between Numba's threads
+(pairs_split); each pair is computed whole by one thread and writes only its own blocks, so the
 results are the same bits at any thread count. The projections themselves are the dense kernels'
 products, called by the layer (layers/attention.py).
 
@@ -23,7 +23,7 @@ import numpy as np
 
 from . import JIT
 from .activations import _exp, _float64_from_bits
-from .conv import in_threads, one_blas_thread, share_count
+from .conv import one_blas_thread, share_count
 from .gemm import matmul_serial
 
 # Pairs below which the split does not pay for waking a thread: (T * S * (dk + dv)) multiply-adds per pair
@@ -120,15 +120,24 @@ def _shares(q, k, v):
     return min(share_count(n * heads), max(1, n * heads * per_pair // MIN_SHARE_MACS))
 
 
-def _run(q, k, v, kernel):
-    """kernel(p0, p1) over the (sample, head) pairs, split between the threads; BLAS on one thread
-    meanwhile (each thread calls it: a threaded BLAS would oversubscribe the cores)."""
+FORWARD, BACKWARD = 0, 1
+_NO_MASK = np.ones((1, 1, 1), np.uint8)
+
+
+@numba.njit(parallel=True, **JIT)
+def pairs_split(which, q, k, v, mask, use_mask, scale, keep, use_keep, store, probs, c, dq, dk, dv, parts):
+    """forward_range (which == FORWARD, c = ctx) or backward_range (BACKWARD, c = dctx) over every
+    (sample, head) pair, in `parts` contiguous ranges on Numba's threads. One function for both passes, as
+    a parallel loop is long to compile; arguments a pass does not read may be any arrays of the same types.
+    On Numba's threads rather than conv.in_threads's Python pool: its dispatch (~80 us) is a large share of
+    a small model's attention, and the model's products can then keep their threads too."""
     pairs = q.shape[0] * q.shape[2]
-    if _shares(q, k, v) <= 1:
-        kernel(0, pairs)
-        return
-    with one_blas_thread():
-        in_threads(pairs, lambda share, p0, p1: kernel(p0, p1))
+    for t in numba.prange(parts):
+        p0, p1 = pairs * t // parts, pairs * (t + 1) // parts
+        if which == FORWARD:
+            forward_range(q, k, v, mask, use_mask, scale, keep, use_keep, store, probs, c, p0, p1)
+        else:
+            backward_range(q, k, v, probs, keep, use_keep, c, scale, dq, dk, dv, p0, p1)
 
 
 def attention_forward(q, k, v, mask, use_mask, scale, keep, use_keep, store, probs, ctx):
@@ -142,8 +151,12 @@ def attention_forward(q, k, v, mask, use_mask, scale, keep, use_keep, store, pro
     dropout) times the values: the output projection's operand as (N * T, H * dv).
     The two products per (sample, head) are sgemm/BLAS calls on the strided blocks in place; each softmax
     row is taken in float64 (exp as arithmetic, so the loops vectorise)."""
-    _run(q, k, v, lambda p0, p1: forward_range(q, k, v, mask, use_mask, scale, keep, use_keep, store, probs, ctx,
-                                               p0, p1))
+    parts = _shares(q, k, v)
+    if parts <= 1:  # without the parallel loop's compile
+        forward_range(q, k, v, mask, use_mask, scale, keep, use_keep, store, probs, ctx, 0, q.shape[0] * q.shape[2])
+        return
+    with one_blas_thread():  # each thread may call BLAS (float64): a threaded BLAS would oversubscribe the cores
+        pairs_split(FORWARD, q, k, v, mask, use_mask, scale, keep, use_keep, store, probs, ctx, q, k, v, parts)
 
 
 @numba.njit(**JIT)
@@ -192,7 +205,12 @@ def attention_backward(q, k, v, probs, keep, use_keep, dctx, scale, dq, dk, dv):
     contiguous). Per (sample, head): dprobs = dctx v^T (times the dropout factors), dv = dropped^T dctx,
     the softmax's gradient dscores = probs * (dprobs - sum over keys of dprobs * probs) * scale (masked
     keys have probability 0 and so no gradient), dq = dscores k, dk = dscores^T q: four BLAS products."""
-    _run(q, k, v, lambda p0, p1: backward_range(q, k, v, probs, keep, use_keep, dctx, scale, dq, dk, dv, p0, p1))
+    parts = _shares(q, k, v)
+    if parts <= 1:
+        backward_range(q, k, v, probs, keep, use_keep, dctx, scale, dq, dk, dv, 0, q.shape[0] * q.shape[2])
+        return
+    with one_blas_thread():
+        pairs_split(BACKWARD, q, k, v, _NO_MASK, False, scale, keep, use_keep, True, probs, dctx, dq, dk, dv, parts)
 
 
 @numba.njit(**JIT)

@@ -177,21 +177,30 @@ def _avg_backward(dy, g, n0, n1, dx):
                             t[c] += d[c] * scale
 
 
-# Samples are split between threads in Python (conv.in_threads), for the compile-time reason given there.
+# Samples are split between threads in Python (conv.in_threads), for the compile-time reason given there;
+# split=False runs the whole batch on the calling thread (global pooling: one cheap pass over the input,
+# shorter than a dispatch to the pool).
 
 
-def max_forward(x, g, out, argmax):
+def _over_samples(n, split, run):
+    if split:
+        in_threads(n, lambda share, n0, n1: run(n0, n1))
+    else:
+        run(0, n)
+
+
+def max_forward(x, g, out, argmax, split=True):
     """_max_forward over the whole batch, samples shared between threads."""
-    in_threads(x.shape[0], lambda share, n0, n1: _max_forward(x, g, n0, n1, out, argmax))
+    _over_samples(x.shape[0], split, lambda n0, n1: _max_forward(x, g, n0, n1, out, argmax))
 
 
-def max_backward(dy, argmax, g, dx):
-    in_threads(dx.shape[0], lambda share, n0, n1: _max_backward(dy, argmax, g, n0, n1, dx))
+def max_backward(dy, argmax, g, dx, split=True):
+    _over_samples(dx.shape[0], split, lambda n0, n1: _max_backward(dy, argmax, g, n0, n1, dx))
 
 
-def avg_forward(x, g, out):
-    in_threads(x.shape[0], lambda share, n0, n1: _avg_forward(x, g, n0, n1, out))
+def avg_forward(x, g, out, split=True):
+    _over_samples(x.shape[0], split, lambda n0, n1: _avg_forward(x, g, n0, n1, out))
 
 
-def avg_backward(dy, g, dx):
-    in_threads(dx.shape[0], lambda share, n0, n1: _avg_backward(dy, g, n0, n1, dx))
+def avg_backward(dy, g, dx, split=True):
+    _over_samples(dx.shape[0], split, lambda n0, n1: _avg_backward(dy, g, n0, n1, dx))

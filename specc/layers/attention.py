@@ -53,8 +53,8 @@ class MultiHeadAttention(LayerSpec):
     named_inputs: ClassVar[tuple[str, ...]] = ROLES
     min_inputs: ClassVar[int] = 2
     max_inputs: ClassVar[int | None] = 4
-    # The (sample, head) pairs are split over threads of the layer's own (kernels/attention.py).
-    runs_own_threads: ClassVar[bool] = True
+    # The (sample, head) pairs are split over Numba's threads, as the products are (kernels/attention.py).
+    runs_own_threads: ClassVar[bool] = False
     # What each of `inputs` is, in order (query, value, then key and/or attention_mask when given).
     _roles: tuple[str, ...] | None = PrivateAttr(default=None)
 

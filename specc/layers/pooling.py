@@ -95,7 +95,7 @@ class AveragePooling2D(_Pool):
 
 class _Global(LayerSpec):
     keepdims: Bool = False
-    runs_own_threads: ClassVar[bool] = True
+    runs_own_threads: ClassVar[bool] = False
 
     def compute_output_shape(self, s):
         rank = self._rank
@@ -116,15 +116,15 @@ class _Global(LayerSpec):
         out = empty("out", (n, 1, 1, c), x4.dtype)
         if self._max:
             argmax = empty("argmax", (n, 1, 1, c), np.int32)
-            pooling.max_forward(x4, g, out, argmax)
+            pooling.max_forward(x4, g, out, argmax, split=False)
         else:
             argmax = None
-            pooling.avg_forward(x4, g, out)
+            pooling.avg_forward(x4, g, out, split=False)
         y = out.reshape((n,) + self.compute_output_shape(x.shape[1:]))
         return y, (argmax, g, x4.shape, x.shape, out.shape)
 
     def backward(self, w, g, saved, dy, need_dx=True):
-        return _pool_backward(saved, dy)
+        return _pool_backward(saved, dy, split=False)
 
 
 @register
@@ -153,7 +153,7 @@ class GlobalAveragePooling2D(_Global):
     _rank: ClassVar[int] = 2
 
 
-def _pool_backward(saved, dy):
+def _pool_backward(saved, dy, split=True):
     import numpy as np
 
     from ..kernels import pooling
@@ -162,7 +162,7 @@ def _pool_backward(saved, dy):
     dy4 = np.ascontiguousarray(dy).reshape(out_shape)  # (N, Ho, Wo, C)
     dx = empty("dx", img_shape, dy4.dtype)  # (N, H, W, C)
     if argmax is not None:
-        pooling.max_backward(dy4, argmax, g, dx)
+        pooling.max_backward(dy4, argmax, g, dx, split)
     else:
-        pooling.avg_backward(dy4, g, dx)
+        pooling.avg_backward(dy4, g, dx, split)
     return dx.reshape(in_shape)
