@@ -425,9 +425,14 @@ def conv_forward(x, kernel, bias, use_bias, g, out, relu=False):
     spc, chunks = _chunking(n, ho * wo, kernel.shape[0], f, x.itemsize)
     scratch = _scratch(chunks, spc * ho * wo * kernel.shape[0], x.dtype)
     tiles_ready(x.dtype)
+    parts = share_count(chunks)
+    if parts <= 1:  # without the parallel loop's compile
+        _forward_range(x, kernel, bias, use_bias, relu, g, spc, 0, chunks, scratch[0], out)
+        return
+    none = _NONE[x.dtype.type]
     with one_blas_thread():
-        in_threads(chunks, lambda share, t0, t1: _forward_range(x, kernel, bias, use_bias, relu, g, spc, t0, t1,
-                                                                scratch[share], out))
+        _split(False, x, kernel, bias, out, out, relu, use_bias, False, False, g, spc, chunks, parts, scratch,
+               none[1], none[0], none[1], out, layout_for(x.shape[3]))
 
 
 def conv_backward(x, kernel, dy, use_bias, need_dk, need_dx, g, dkernel, dbias, dx, relu_out=None):
@@ -455,15 +460,37 @@ def conv_backward(x, kernel, dy, use_bias, need_dk, need_dx, g, dkernel, dbias, 
     relu_out = relu_out if relu else dy  # unread without relu
     layout = layout_for(x.shape[3])
     tiles_ready(dy.dtype)
-    with one_blas_thread():
-        in_threads(
-            chunks,
-            lambda share, t0, t1: _backward_range(
-                x, kernel, dy, relu_out, relu, use_bias, need_dk, need_dx, g, spc, t0, t1, scratch[share],
-                dz_scratch[share if relu else 0], dk_parts, db_parts, dx, layout
-            ),
-        )
+    parts = share_count(chunks)
+    if parts <= 1:
+        _backward_range(x, kernel, dy, relu_out, relu, use_bias, need_dk, need_dx, g, spc, 0, chunks, scratch[0],
+                        dz_scratch[0], dk_parts, db_parts, dx, layout)
+    else:
+        with one_blas_thread():
+            _split(True, x, kernel, dbias, dy, relu_out, relu, use_bias, need_dk, need_dx, g, spc, chunks, parts,
+                   scratch, dz_scratch, dk_parts, db_parts, dx, layout)
     _sum_parts(dk_parts, dbias, db_parts, need_dk, use_bias, dkernel)
+
+
+# Unread stand-ins for the arguments of _split that forward does not take, by dtype: (3-D, 2-D) arrays.
+_NONE = {t: (np.zeros((0, 0, 0), t), np.zeros((1, 0), t)) for t in (np.float32, np.float64)}
+
+
+@numba.njit(parallel=True, **JIT)
+def _split(backward, x, kernel, bias, dy, relu_out, relu, use_bias, need_dk, need_dx, g, spc, chunks, parts,
+           scratch, dz_scratch, dk_parts, db_parts, out, layout):
+    """_forward_range (out: the output) or _backward_range (out: dx) over `chunks` in `parts` contiguous
+    ranges on Numba's threads, range t with scratch[t]. One function for both passes, as a parallel loop is
+    long to compile; arguments a pass does not read may be any arrays of the same types. On Numba's threads
+    rather than a Python pool: its dispatch (~80 us) is a large share of a small layer, and its threads and
+    Numba's (BatchNormalization's, the products') would take each other's cores."""
+    for t in numba.prange(parts):
+        t0, t1 = chunks * t // parts, chunks * (t + 1) // parts
+        if backward:
+            z = np.int64(t) if dz_scratch.shape[0] > 1 else np.int64(0)  # one row without the ReLU
+            _backward_range(x, kernel, dy, relu_out, relu, use_bias, need_dk, need_dx, g, spc, t0, t1, scratch[t],
+                            dz_scratch[z], dk_parts, db_parts, out, layout)
+        else:
+            _forward_range(x, kernel, bias, use_bias, relu, g, spc, t0, t1, scratch[t], out)
 
 
 def _scratch(chunks, size, dtype):
