@@ -35,7 +35,7 @@ import numpy as np
 
 from ..workspace import empty
 from . import JIT
-from .conv import MIN_CHUNKS, in_threads
+from .conv import MIN_CHUNKS, share_count
 
 
 @numba.njit(**JIT)
@@ -373,6 +373,53 @@ def _sum_copies(dxr, m, dx):
         df[p] = total
 
 
+FORWARD, FORWARD_ROWS, BACKWARD, BACKWARD_ROWS = 0, 1, 2, 3
+# Unread stand-ins for the partials' arrays in forward, by dtype: (3-D, 2-D).
+_NONE = {t: (np.zeros((0, 0, 0), t), np.zeros((0, 0), t)) for t in (np.float32, np.float64)}
+
+
+def _run(which, x, k, b, dy, k_turned, g, g_dx, use_bias, need_dx, spc, chunks, dk_parts, db_parts, out):
+    """_chunk_range over every chunk: on the calling thread alone (without the parallel loop's compile) or
+    split over Numba's threads (_split)."""
+    parts = share_count(chunks)
+    if parts <= 1:
+        _chunk_range(which, x, k, b, dy, k_turned, g, g_dx, use_bias, need_dx, spc, 0, chunks, dk_parts, db_parts,
+                     out)
+    else:
+        _split(which, x, k, b, dy, k_turned, g, g_dx, use_bias, need_dx, spc, chunks, parts, dk_parts, db_parts,
+               out)
+
+
+@numba.njit(**JIT)
+def _chunk_range(which, x, k, b, dy, k_turned, g, g_dx, use_bias, need_dx, spc, c0, c1, dk_parts, db_parts, out):
+    """Chunks c0:c1 of spc samples of pass `which`: FORWARD or FORWARD_ROWS (x, k, b -> out), BACKWARD or
+    BACKWARD_ROWS (dy -> the chunks' partials in dk_parts, db_parts, and out = dx when need_dx; the rows'
+    input gradient is _forward_rows of dy by k_turned over g_dx, right after the chunk's kernel gradient,
+    while its dy is in cache)."""
+    n = x.shape[0]
+    if which == FORWARD_ROWS:
+        _forward_rows(x, k, b, g, c0 * spc, min(n, c1 * spc), out)
+    elif which == FORWARD:
+        _forward_range(x, k, b, g, c0 * spc, min(n, c1 * spc), out)
+    else:
+        for t in range(c0, c1):
+            n0, n1 = t * spc, min(n, (t + 1) * spc)
+            if which == BACKWARD_ROWS:
+                _kernel_grad_rows(x, dy, use_bias, g, n0, n1, dk_parts[t], db_parts[t])
+                if need_dx:
+                    _forward_rows(dy, k_turned, b, g_dx, n0, n1, out)
+            else:
+                _backward_range(x, k, dy, use_bias, need_dx, g, n0, n1, dk_parts[t], db_parts[t], out)
+
+
+@numba.njit(parallel=True, **JIT)
+def _split(which, x, k, b, dy, k_turned, g, g_dx, use_bias, need_dx, spc, chunks, parts, dk_parts, db_parts, out):
+    """_chunk_range over `chunks` in `parts` contiguous ranges on Numba's threads (see conv._split)."""
+    for t in numba.prange(parts):
+        _chunk_range(which, x, k, b, dy, k_turned, g, g_dx, use_bias, need_dx, spc, chunks * t // parts,
+                     chunks * (t + 1) // parts, dk_parts, db_parts, out)
+
+
 def _repeated(x, m):
     """x (N, H, W, C) with each channel repeated m times, channel c*m + q = x's channel c; x itself for m = 1."""
     if m == 1:
@@ -391,8 +438,8 @@ def forward(x, kernel, bias, use_bias, g, out):
     k2 = np.ascontiguousarray(kernel.reshape(kh * kw, cm))
     b = bias if use_bias else np.zeros(cm, x.dtype)
     spc, chunks = _chunks(n)
-    rows = _forward_rows if g[3] == 1 and cm < ROW_CHANNELS else _forward_range
-    in_threads(chunks, lambda share, t0, t1: rows(xr, k2, b, g, t0 * spc, min(n, t1 * spc), out))
+    which = FORWARD_ROWS if g[3] == 1 and cm < ROW_CHANNELS else FORWARD
+    _run(which, xr, k2, b, out, k2, g, g, use_bias, False, spc, chunks, *_NONE[out.dtype.type], out)
 
 
 def backward(x, kernel, dy, use_bias, g, dkernel, dbias, dx, need_dx=True):
@@ -408,26 +455,16 @@ def backward(x, kernel, dy, use_bias, g, dkernel, dbias, dx, need_dx=True):
     db_parts = empty("depthwise bias gradient parts", (chunks, cm), dy.dtype)
 
     by_rows = g[2] == 1 and g[3] == 1 and cm < ROW_CHANNELS
+    g_dx, k_turned = g, k2
     if by_rows:
         # stride 1: the input gradient is the correlation of dy with the kernel turned by 180 degrees,
         # padded so that it covers x: _forward_rows with taps reversed, one write per dx value
         dh, dw = g[4], g[5]
         g_dx = (kh, kw, 1, 1, dh, dw, (kh - 1) * dh - g[6], (kw - 1) * dw - g[7])
         k_turned = np.ascontiguousarray(k2[::-1])
-        no_bias = np.zeros(cm, dy.dtype)
-
-    def run(share, t0, t1):
-        for t in range(t0, t1):
-            n0, n1 = t * spc, min(n, (t + 1) * spc)
-            if by_rows:
-                # the chunk's input gradient right after its kernel gradient, while its dy is in cache
-                _kernel_grad_rows(xr, dy, use_bias, g, n0, n1, dk_parts[t], db_parts[t])
-                if need_dx:
-                    _forward_rows(dy, k_turned, no_bias, g_dx, n0, n1, dxr)
-            else:
-                _backward_range(xr, k2, dy, use_bias, need_dx, g, n0, n1, dk_parts[t], db_parts[t], dxr)
-
-    in_threads(chunks, run)
+    no_bias = np.zeros(cm, dy.dtype)
+    _run(BACKWARD_ROWS if by_rows else BACKWARD, xr, k2, no_bias, dy, k_turned, g, g_dx, use_bias, need_dx, spc,
+         chunks, dk_parts, db_parts, dxr)
     _sum_parts(dk_parts, db_parts, use_bias, dkernel.reshape(kh * kw, cm), dbias)
     if need_dx and m > 1:
         _sum_copies(dxr, m, dx)
