@@ -386,7 +386,7 @@ def test_predictions_match_keras_recorded():
 
     sys.path.insert(0, str(fixtures))
     try:
-        from record import nested_functional
+        from builders import nested_functional
     finally:
         sys.path.pop(0)
     specc.clear_session()

@@ -144,7 +144,7 @@ def test_specc_keys_follow_the_engine_order(tmp_path):
 def _functional_model():
     sys.path.insert(0, str(FIXTURES))
     try:
-        from record import nested_functional
+        from builders import nested_functional
     finally:
         sys.path.pop(0)
     specc.clear_session()
