@@ -321,8 +321,12 @@ class InferencePlan:
         residual = np.ascontiguousarray(values[s.residual]) if add else out4
         blas = _by_blas(x4.shape, g, ho, wo, k, f)
         conv.tiles_ready(np.float32)  # conv_residual_range may reach the direct tiles (loaded on first use)
-        conv.in_threads(chunks, lambda share, t0, t1: infer.conv_residual_range(
-            x4, s.kernel, s.bias, g, spc, t0, t1, scratch[share], residual, add, s.relu, blas, out4))
+        if shares <= 1:  # without the parallel loop's compile
+            infer.conv_residual_range(x4, s.kernel, s.bias, g, spc, 0, chunks, scratch[0], residual, add, s.relu, blas,
+                                      out4)
+        else:
+            infer.conv_residual_split(x4, s.kernel, s.bias, g, spc, chunks, shares, scratch, residual, add, s.relu,
+                                      blas, out4)
         return out
 
     def _layout(self, probe: dict) -> dict:

@@ -39,7 +39,6 @@ from .conv import (
     _forward_rows,
     _scratch,
     _sum_parts,
-    in_threads,
     layout_for,
     one_blas_thread,
     share_count,
@@ -226,9 +225,14 @@ def conv_pool_forward(x, kernel, bias, use_bias, relu, geometry: Pair, out, winn
     scratch = _scratch(chunks, spc * ho * wo * kernel.shape[0], x.dtype)
     z_scratch = empty("conv output", (share_count(chunks), spc * ho * wo * f), x.dtype)
     tiles_ready(x.dtype)
+    parts = share_count(chunks)
+    if parts <= 1:  # without the parallel loop's compile
+        _forward_range(x, kernel, bias, use_bias, relu, g, pg, ho, wo, spc, 0, chunks, scratch[0], z_scratch[0], out,
+                       winners)
+        return
     with one_blas_thread():
-        in_threads(chunks, lambda share, t0, t1: _forward_range(x, kernel, bias, use_bias, relu, g, pg, ho, wo, spc,
-                                                                t0, t1, scratch[share], z_scratch[share], out, winners))
+        _forward_split(x, kernel, bias, use_bias, relu, g, pg, ho, wo, spc, chunks, parts, scratch, z_scratch, out,
+                       winners)
 
 
 def conv_pool_backward(x, kernel, dp, pooled, winners, relu, use_bias, need_dx, geometry: Pair, dkernel, dbias, dx):
@@ -249,16 +253,48 @@ def conv_pool_backward(x, kernel, dp, pooled, winners, relu, use_bias, need_dx, 
         kernel_t = empty("kernel by filter", (f, k), x.dtype)
         kernel_t[...] = kernel.T
         dk_t = empty("kernel gradient by filter", (shares, f, k), x.dtype)
-        in_threads(chunks, lambda share, t0, t1: _codes_backward_range(
-            x, kernel_t, dp, winners, use_bias, g, spc, t0, t1, dk_t[share], dk_parts, db_parts, dx))
+        if shares <= 1:
+            _codes_backward_range(x, kernel_t, dp, winners, use_bias, g, spc, 0, chunks, dk_t[0], dk_parts, db_parts,
+                                  dx)
+        else:
+            _codes_split(x, kernel_t, dp, winners, use_bias, g, spc, chunks, shares, dk_t, dk_parts, db_parts, dx)
     else:
         scratch = _scratch(chunks, spc * ho * wo * k, x.dtype)
         dz_scratch = empty("conv output gradient", (shares, spc * ho * wo * f), x.dtype)
         dp_scratch = empty("pooled gradient", (shares, spc * dp[0].size), x.dtype)
         layout = layout_for(x.shape[3])
         tiles_ready(x.dtype)
-        with one_blas_thread():
-            in_threads(chunks, lambda share, t0, t1: _backward_range(
-                x, kernel, dp, pooled, winners, relu, use_bias, True, need_dx, g, pg, ho, wo, spc, t0, t1,
-                scratch[share], dz_scratch[share], dp_scratch[share], dk_parts, db_parts, dx, layout))
+        if shares <= 1:
+            _backward_range(x, kernel, dp, pooled, winners, relu, use_bias, True, need_dx, g, pg, ho, wo, spc, 0,
+                            chunks, scratch[0], dz_scratch[0], dp_scratch[0], dk_parts, db_parts, dx, layout)
+        else:
+            with one_blas_thread():
+                _backward_split(x, kernel, dp, pooled, winners, relu, use_bias, need_dx, g, pg, ho, wo, spc, chunks,
+                                shares, scratch, dz_scratch, dp_scratch, dk_parts, db_parts, dx, layout)
     _sum_parts(dk_parts, dbias, db_parts, True, use_bias, dkernel)
+
+
+# The three chunk loops above split over Numba's threads, range t with scratch row t (see conv._split); one
+# parallel loop each, compiled only for the path a layer takes (their winner codes' types differ).
+@numba.njit(parallel=True, **JIT)
+def _forward_split(x, kernel, bias, use_bias, relu, g, pg, ho, wo, spc, chunks, parts, scratch, z_scratch, out,
+                   argmax):
+    for t in numba.prange(parts):
+        _forward_range(x, kernel, bias, use_bias, relu, g, pg, ho, wo, spc, chunks * t // parts,
+                       chunks * (t + 1) // parts, scratch[t], z_scratch[t], out, argmax)
+
+
+@numba.njit(parallel=True, **JIT)
+def _codes_split(x, kernel_t, dp, code, use_bias, g, spc, chunks, parts, dk_t, dk_parts, db_parts, dx):
+    for t in numba.prange(parts):
+        _codes_backward_range(x, kernel_t, dp, code, use_bias, g, spc, chunks * t // parts,
+                              chunks * (t + 1) // parts, dk_t[t], dk_parts, db_parts, dx)
+
+
+@numba.njit(parallel=True, **JIT)
+def _backward_split(x, kernel, dp, pooled, argmax, relu, use_bias, need_dx, g, pg, ho, wo, spc, chunks, parts,
+                    scratch, dz_scratch, dp_scratch, dk_parts, db_parts, dx, layout):
+    for t in numba.prange(parts):
+        _backward_range(x, kernel, dp, pooled, argmax, relu, use_bias, True, need_dx, g, pg, ho, wo, spc,
+                        chunks * t // parts, chunks * (t + 1) // parts, scratch[t], dz_scratch[t], dp_scratch[t],
+                        dk_parts, db_parts, dx, layout)

@@ -59,3 +59,12 @@ def conv_residual_range(x, kernel, bias, g, spc, t0, t1, scratch, residual, add,
                     if add:
                         v += r[i, q]
                     o[i, q] = max(v, zero) if relu else v
+
+
+@numba.njit(parallel=True, **JIT)
+def conv_residual_split(x, kernel, bias, g, spc, chunks, parts, scratch, residual, add, relu, blas, out):
+    """conv_residual_range over `chunks` in `parts` contiguous ranges on Numba's threads, range t with
+    scratch[t] (see conv._split)."""
+    for t in numba.prange(parts):
+        conv_residual_range(x, kernel, bias, g, spc, chunks * t // parts, chunks * (t + 1) // parts, scratch[t],
+                            residual, add, relu, blas, out)

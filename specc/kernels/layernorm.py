@@ -7,7 +7,7 @@ and a chunk's column partials, at most CHUNK_VALUES values each: float64 there h
 the whole pass) and adds the chunks' partials in float64.
 
 The rows are cut into chunks whose size depends only on the shape (`chunking`); threads take contiguous
-ranges of chunks (conv.in_threads). Forward and dx are per row, so any split gives the same bits; the
+ranges of chunks (_split, on Numba's threads). Forward and dx are per row, so any split gives the same bits; the
 gamma and beta gradients are summed per chunk in float64 and the chunks' partials added in chunk order,
 so they too are the same bits at any thread count.
 """
@@ -19,7 +19,7 @@ import numpy as np
 
 from ..workspace import empty
 from . import JIT
-from .conv import in_threads, share_count
+from .conv import share_count
 
 # Values per chunk: the chunk's partial gradients (2 x C float64) stay small against its rows.
 CHUNK_VALUES = 8192
@@ -34,30 +34,53 @@ def chunking(rows: int, channels: int) -> tuple[int, int]:
     return per, max(1, -(-rows // per))
 
 
-def _split(rows, channels, run):
-    """run(t0, t1) over ranges of chunks: on the calling thread alone for small arrays."""
+FORWARD, BACKWARD = 0, 1
+
+
+def _shares(rows, channels):
+    """(rows per chunk, chunks, thread shares): one share for small arrays."""
     per, chunks = chunking(rows, channels)
-    if min(share_count(chunks), rows * channels // MIN_SHARE_VALUES) <= 1:
-        run(per, 0, chunks)
-    else:
-        in_threads(chunks, lambda share, t0, t1: run(per, t0, t1))
+    return per, chunks, max(1, min(share_count(chunks), rows * channels // MIN_SHARE_VALUES))
 
 
 def forward(x, gamma, beta, eps, mean, inv, out):
     """x (rows, C) -> out = (x - mean) * inv * gamma + beta per row, inv = 1 / sqrt(biased var + eps);
     mean and inv (rows,) float64 are kept for backward. gamma, beta (C,) in x's dtype; out may not be x."""
     rows, c = x.shape
-    _split(rows, c, lambda per, t0, t1: forward_range(x, gamma, beta, eps, per, t0, t1, mean, inv, out))
+    per, chunks, parts = _shares(rows, c)
+    if parts <= 1:  # without the parallel loop's compile
+        forward_range(x, gamma, beta, eps, per, 0, chunks, mean, inv, out)
+    else:
+        _split(FORWARD, x, x, gamma, beta, eps, mean, inv, False, per, chunks, parts, _NONE[x.dtype.type], out)
 
 
 def backward(dy, x, mean, inv, gamma, need_dx, dgamma, dbeta, dx):
     """Gradients of `forward` from dy (rows, C): dgamma = sum over rows of dy * xhat, dbeta = sum of dy
     (C,), and with need_dx dx = inv * (g - mean(g) - xhat * mean(g * xhat)) per row, g = dy * gamma."""
     rows, c = x.shape
-    per, chunks = chunking(rows, c)
-    parts = empty("layernorm gradient parts", (chunks, 2, c), x.dtype)
-    _split(rows, c, lambda per, t0, t1: backward_range(dy, x, mean, inv, gamma, need_dx, per, t0, t1, parts, dx))
-    sum_parts(parts, dgamma, dbeta)
+    per, chunks, parts = _shares(rows, c)
+    grad_parts = empty("layernorm gradient parts", (chunks, 2, c), x.dtype)
+    if parts <= 1:
+        backward_range(dy, x, mean, inv, gamma, need_dx, per, 0, chunks, grad_parts, dx)
+    else:
+        _split(BACKWARD, dy, x, gamma, gamma, 0.0, mean, inv, need_dx, per, chunks, parts, grad_parts, dx)
+    sum_parts(grad_parts, dgamma, dbeta)
+
+
+# An unread stand-in for the gradient partials in forward, by dtype.
+_NONE = {t: np.zeros((0, 0, 0), t) for t in (np.float32, np.float64)}
+
+
+@numba.njit(parallel=True, **JIT)
+def _split(which, dy, x, gamma, beta, eps, mean, inv, need_dx, per, chunks, parts, grad_parts, out):
+    """forward_range (FORWARD, out: the output) or backward_range (BACKWARD, out: dx) over `chunks` in
+    `parts` contiguous ranges on Numba's threads (see conv._split)."""
+    for t in numba.prange(parts):
+        t0, t1 = chunks * t // parts, chunks * (t + 1) // parts
+        if which == FORWARD:
+            forward_range(x, gamma, beta, eps, per, t0, t1, mean, inv, out)
+        else:
+            backward_range(dy, x, mean, inv, gamma, need_dx, per, t0, t1, grad_parts, out)
 
 
 @numba.njit(**JIT)

@@ -12,9 +12,10 @@ valid position.
 from __future__ import annotations
 
 import numba
+import numpy as np
 
 from . import JIT
-from .conv import in_threads
+from .conv import share_count
 
 
 @numba.njit(**JIT)
@@ -177,30 +178,52 @@ def _avg_backward(dy, g, n0, n1, dx):
                             t[c] += d[c] * scale
 
 
-# Samples are split between threads in Python (conv.in_threads), for the compile-time reason given there;
-# split=False runs the whole batch on the calling thread (global pooling: one cheap pass over the input,
-# shorter than a dispatch to the pool).
+# Samples are split between Numba's threads (_split, one parallel loop for the four passes, see
+# conv._split); split=False runs the whole batch on the calling thread (global pooling: one cheap pass over
+# the input, shorter than waking a thread). Any split gives the same bits: each sample is computed whole.
+MAX_FORWARD, MAX_BACKWARD, AVG_FORWARD, AVG_BACKWARD = 0, 1, 2, 3
+_NO_ARGMAX = np.zeros((0, 0, 0, 0), np.int32)
 
 
-def _over_samples(n, split, run):
-    if split:
-        in_threads(n, lambda share, n0, n1: run(n0, n1))
+@numba.njit(**JIT)
+def _samples(which, a, argmax, g, n0, n1, out):
+    """Pass `which` over samples n0:n1: a = x (forward) or dy (backward), out = the output or dx."""
+    if which == MAX_FORWARD:
+        _max_forward(a, g, n0, n1, out, argmax)
+    elif which == MAX_BACKWARD:
+        _max_backward(a, argmax, g, n0, n1, out)
+    elif which == AVG_FORWARD:
+        _avg_forward(a, g, n0, n1, out)
     else:
-        run(0, n)
+        _avg_backward(a, g, n0, n1, out)
+
+
+@numba.njit(parallel=True, **JIT)
+def _split(which, a, argmax, g, n, parts, out):
+    for t in numba.prange(parts):
+        _samples(which, a, argmax, g, n * t // parts, n * (t + 1) // parts, out)
+
+
+def _run(which, a, argmax, g, n, split, out):
+    parts = share_count(n) if split else 1
+    if parts <= 1:  # without the parallel loop's compile
+        _samples(which, a, argmax, g, 0, n, out)
+    else:
+        _split(which, a, argmax, g, n, parts, out)
 
 
 def max_forward(x, g, out, argmax, split=True):
     """_max_forward over the whole batch, samples shared between threads."""
-    _over_samples(x.shape[0], split, lambda n0, n1: _max_forward(x, g, n0, n1, out, argmax))
+    _run(MAX_FORWARD, x, argmax, g, x.shape[0], split, out)
 
 
 def max_backward(dy, argmax, g, dx, split=True):
-    _over_samples(dx.shape[0], split, lambda n0, n1: _max_backward(dy, argmax, g, n0, n1, dx))
+    _run(MAX_BACKWARD, dy, argmax, g, dx.shape[0], split, dx)
 
 
 def avg_forward(x, g, out, split=True):
-    _over_samples(x.shape[0], split, lambda n0, n1: _avg_forward(x, g, n0, n1, out))
+    _run(AVG_FORWARD, x, _NO_ARGMAX, g, x.shape[0], split, out)
 
 
 def avg_backward(dy, g, dx, split=True):
-    _over_samples(dx.shape[0], split, lambda n0, n1: _avg_backward(dy, g, n0, n1, dx))
+    _run(AVG_BACKWARD, dy, _NO_ARGMAX, g, dx.shape[0], split, dx)
