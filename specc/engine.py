@@ -240,12 +240,11 @@ class Engine:
             self.workspace.leave(token)
 
     def _thread_limits(self) -> tuple | None:
-        """BLAS and sgemm on one thread when a layer splits its batch over threads of its own (convolutions,
+        """BLAS and sgemm on one thread when a layer splits its batch over the threads itself (convolutions,
         pooling) and there are several: the limits, entered, for _lift; None when there is nothing to limit
         (one thread, or no such layer). OpenBLAS's idle workers spin for a while after a multi-threaded
-        product (OPENBLAS_THREAD_TIMEOUT, specc/runtime.py), and so do Numba's OpenMP workers after sgemm's
-        parallel products, which suits a chain of products (an MLP) but holds a core that those layers'
-        threads need next."""
+        product (OPENBLAS_THREAD_TIMEOUT, specc/runtime.py), holding a core that those layers' threads need
+        next; and the products of such models are small (a classifier head), measured no faster threaded."""
         if not self._own_threads:
             return None
         thread_count, one_blas_thread, one_product_thread = _thread_functions()

@@ -398,10 +398,10 @@ def _sum_parts(dk_parts, dbias, db_parts, need_dk, use_bias, dkernel):
             dbias[j] = total
 
 
-# The two entry points split the chunks between threads in Python (in_threads, also used by pooling):
-# each thread runs one jitted call (nogil) over a contiguous range of chunks, as a static prange would.
-# Not prange itself: it runs no faster, and its parfor lowering re-optimises every callee (LLVM), which
-# multiplies the cold compile time of these kernels.
+# The two entry points split the chunks between Numba's threads (_split): each takes a contiguous range.
+# With one share they call the range function itself, so a one-thread run never compiles the parallel
+# loop. (A Python thread pool, in_threads below, took ~80 us a dispatch, and its threads and Numba's, which
+# BatchNormalization and the products use, took each other's cores.)
 
 
 def tiles_ready(dtype) -> None:
@@ -516,14 +516,15 @@ def _chunking(n, rows_per_sample, k, f, itemsize, backward=False):
 
 
 def share_count(chunks):
-    """How many shares in_threads splits `chunks` into."""
+    """How many contiguous shares (one per thread at most) a split of `chunks` runs in."""
     return max(1, min(thread_count(), chunks))
 
 
 def in_threads(chunks, run):
     """run(share, t0, t1) over contiguous, equal shares of range(chunks), one per Numba thread (the count
     `configure_threads` set; share indexes 0 .. share_count(chunks) - 1, e.g. for per-thread scratch);
-    the calling thread takes the first share."""
+    the calling thread takes the first share. For work that runs Python in each share (the recurrent
+    layers' timestep loop); a compiled kernel splits on Numba's threads instead (see _split)."""
     threads = share_count(chunks)
     if threads <= 1:
         run(0, 0, chunks)

@@ -55,7 +55,7 @@ class LayerSpec(BaseModel):
     # How many input tensors the layer takes (merge layers take 2 or more).
     min_inputs: ClassVar[int] = 1
     max_inputs: ClassVar[int | None] = 1
-    # Whether the layer's kernels split the batch over threads of their own (kernels.conv.in_threads); the
+    # Whether the layer's kernels split the batch over the threads themselves (convolutions, pooling); the
     # engine then runs every product of the model (BLAS and sgemm) on one thread (see Engine._thread_limits).
     runs_own_threads: ClassVar[bool] = False
 
