@@ -95,7 +95,8 @@ class AveragePooling2D(_Pool):
 
 class _Global(LayerSpec):
     keepdims: Bool = False
-    runs_own_threads: ClassVar[bool] = False
+    # Its kernels run on the calling thread (kernels/pooling.py, split=False): one pass over the input, shorter
+    # than waking a thread. So it leaves runs_own_threads off, and the model's products keep their threads.
 
     def compute_output_shape(self, s):
         rank = self._rank
