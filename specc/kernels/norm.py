@@ -25,6 +25,7 @@ import numba
 import numpy as np
 
 from . import JIT
+from .conv import share_count
 
 # Activations fused into BatchNormalization's passes (layers/fusion.py), by code.
 ACT_NONE, ACT_RELU, ACT_RELU6 = 0, 1, 2
@@ -226,11 +227,31 @@ def batch_dx_range(dy, x, mean, scale, offset, k, c0, c1, act, per, t0, t1, dx):
 
 
 # The passes above split between threads: one parallel loop over `parts` contiguous ranges of the chunks
-# for any of the four passes (SUMS, AFFINE, GRAD_SUMS, DX), for the layer to call where it runs on several
-# threads; one function, as each parallel loop is long to compile. A chunk's results do not depend on the
-# thread that computes it, so this gives the same bits as one thread. (Not conv.in_threads: a Python thread
-# pool's dispatch costs ~80 us here, most of a small BatchNormalization pass's time.)
+# for any of the four passes (SUMS, AFFINE, GRAD_SUMS, DX); one function, as each parallel loop is long to
+# compile. A chunk's results do not depend on the thread that computes it, so this gives the same bits as
+# one thread. (Not conv.in_threads: a Python thread pool's dispatch costs ~80 us here, most of a small
+# BatchNormalization pass's time.)
 SUMS, AFFINE, GRAD_SUMS, DX = 0, 1, 2, 3
+_NO_SUMS = np.zeros((0, 0))  # float64, as the sums: for a pass that writes none
+
+
+def batch_pass(which, dy, x, center, scale, offset, k, c0, c1, act, per, chunks, s1=_NO_SUMS, s2=_NO_SUMS,
+               out=None):
+    """Pass `which` over every chunk, arguments as batch_split's (out, unwritten by the sums' passes,
+    defaults to x): split over the threads, or with one share the pass's range function itself, which
+    keeps a one-thread run from compiling the parallel loop."""
+    parts = share_count(chunks)
+    if parts > 1:
+        batch_split(which, dy, x, center, scale, offset, k, c0, c1, act, per, chunks, parts, s1, s2,
+                    x if out is None else out)
+    elif which == SUMS:
+        batch_sums_range(x, center, per, 0, chunks, s1, s2)
+    elif which == AFFINE:
+        batch_affine_range(x, scale, offset, act, per, 0, chunks, out)
+    elif which == GRAD_SUMS:
+        batch_grad_sums_range(dy, x, center, scale, offset, act, per, 0, chunks, s1, s2)
+    else:
+        batch_dx_range(dy, x, center, scale, offset, k, c0, c1, act, per, 0, chunks, out)
 
 
 @numba.njit(parallel=True, **JIT)

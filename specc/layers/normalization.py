@@ -102,7 +102,6 @@ class BatchNormalization(LayerSpec):
         import numpy as np
 
         from ..kernels import norm
-        from ..kernels.conv import share_count
 
         x2, layout = _to_rows(x, self.axis)
         rows, c = x2.shape
@@ -110,17 +109,11 @@ class BatchNormalization(LayerSpec):
         gamma, beta, _, _ = _affine(self, w, c, dt)
         moving_mean, moving_var = w[-2], w[-1]
         per, chunks = norm.batch_chunking(rows, c)
-        parts = share_count(chunks)  # one thread: the passes themselves, without the parallel loop's compile
-        none = np.zeros((0, 0))  # for the sums a pass does not write
         if training:
             shift = x2[0].copy()
             s1 = empty("sums", (chunks, c), np.float64)
             s2 = empty("squares", (chunks, c), np.float64)
-            if parts > 1:
-                norm.batch_split(norm.SUMS, x2, x2, shift, shift, shift, shift, shift, shift, act, per, chunks, parts,
-                                 s1, s2, x2)
-            else:
-                norm.batch_sums_range(x2, shift, per, 0, chunks, s1, s2)
+            norm.batch_pass(norm.SUMS, x2, x2, shift, shift, shift, shift, shift, shift, act, per, chunks, s1, s2)
             mean64, var64 = empty("mean64", c, np.float64), empty("var64", c, np.float64)
             norm.batch_moments(s1, s2, shift, rows, mean64, var64)
             mean, var = mean64.astype(dt), var64.astype(dt)
@@ -133,18 +126,13 @@ class BatchNormalization(LayerSpec):
         scale = (gamma * inv).astype(dt)
         offset = (beta - mean * scale).astype(dt)
         out = empty("out", x2.shape, dt)
-        if parts > 1:
-            norm.batch_split(norm.AFFINE, x2, x2, scale, scale, offset, scale, scale, scale, act, per, chunks, parts,
-                             none, none, out)
-        else:
-            norm.batch_affine_range(x2, scale, offset, act, per, 0, chunks, out)
+        norm.batch_pass(norm.AFFINE, x2, x2, scale, scale, offset, scale, scale, scale, act, per, chunks, out=out)
         return _from_rows(out, layout), (x2, mean, inv, scale, offset, bool(training), layout, act)
 
     def backward(self, w, g, saved, dy, need_dx=True):
         import numpy as np
 
         from ..kernels import norm
-        from ..kernels.conv import share_count
 
         x2, mean, inv, scale, offset, training, layout, act = saved
         dy2, _ = _to_rows(np.asarray(dy, x2.dtype), self.axis)
@@ -153,15 +141,9 @@ class BatchNormalization(LayerSpec):
         gamma, _, gi, bi = _affine(self, w, c, dt)
         dgamma, dbeta = _affine_grads(g, gi, bi, c, dt)
         per, chunks = norm.batch_chunking(rows, c)
-        parts = share_count(chunks)
-        none = np.zeros((0, 0))  # for the sums a pass does not write
         s1 = empty("sums", (chunks, c), np.float64)
         s2 = empty("products", (chunks, c), np.float64)
-        if parts > 1:
-            norm.batch_split(norm.GRAD_SUMS, dy2, x2, mean, scale, offset, mean, mean, mean, act, per, chunks, parts,
-                             s1, s2, x2)
-        else:
-            norm.batch_grad_sums_range(dy2, x2, mean, scale, offset, act, per, 0, chunks, s1, s2)
+        norm.batch_pass(norm.GRAD_SUMS, dy2, x2, mean, scale, offset, mean, mean, mean, act, per, chunks, s1, s2)
         sum_dz, sum_dzx = s1.sum(axis=0), s2.sum(axis=0)  # (C,) float64, added in chunk order
         dbeta[...] = sum_dz
         dgamma[...] = sum_dzx * inv
@@ -176,11 +158,7 @@ class BatchNormalization(LayerSpec):
             c0 = c1 = np.zeros(c)
         dx = empty("dx", x2.shape, dt)
         k, c0, c1 = k.astype(dt), c0.astype(dt), c1.astype(dt)
-        if parts > 1:
-            norm.batch_split(norm.DX, dy2, x2, mean, scale, offset, k, c0, c1, act, per, chunks, parts, none,
-                             none, dx)
-        else:
-            norm.batch_dx_range(dy2, x2, mean, scale, offset, k, c0, c1, act, per, 0, chunks, dx)
+        norm.batch_pass(norm.DX, dy2, x2, mean, scale, offset, k, c0, c1, act, per, chunks, out=dx)
         return _from_rows(dx, layout)
 
 
