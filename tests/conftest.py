@@ -8,9 +8,16 @@ Fixtures (all return plain functions, so tests read as `errors_of(text)` / `at(t
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 import pytest
+
+# One thread per test unless the test asks for more (configure_threads, --threads, SPECC_THREADS): pytest's
+# workers already take every core, and a parallel loop compiles only in the tests that exercise it. The CLI
+# processes the tests start inherit this; specc.kernels reads it when it loads.
+os.environ.setdefault("SPECC_THREADS", "1")
 
 from specc.spec import SpecError, load_spec_text
 
@@ -58,3 +65,16 @@ def errors_of():
 @pytest.fixture(scope="session")
 def at():
     return position_of
+
+
+@pytest.fixture(autouse=True)
+def _threads_back_to_the_default():
+    """A test that changed the thread count leaves the next one at $SPECC_THREADS."""
+    yield
+    kernels = sys.modules.get("specc.kernels")
+    if kernels is not None:
+        import numba
+
+        want = min(int(os.environ["SPECC_THREADS"]), numba.config.NUMBA_NUM_THREADS)
+        if numba.get_num_threads() != want or kernels.product_threads() != want:
+            kernels.configure_threads(want)

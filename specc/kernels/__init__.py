@@ -242,5 +242,13 @@ _drop_stale_caches(native.intended_mode())
 native.load_kernels()
 if native.mode() != native.intended_mode():  # pragma: no cover - the native kernels failed to load
     _drop_stale_caches(native.mode())
-# Until configure_threads says otherwise, products use as many threads as Numba (and BLAS) do by default.
+# Until configure_threads says otherwise: $SPECC_THREADS threads for Numba and the products (a bad value is
+# left for configure_threads to report), else as many as Numba (and BLAS) use by default.
+try:
+    from ..runtime import threads_from_environment as _threads_from_environment
+
+    _default_threads = min(_threads_from_environment() or _default_threads, numba.config.NUMBA_NUM_THREADS)
+except ValueError:
+    pass
+numba.set_num_threads(_default_threads)
 _set_product_threads(_default_threads)
