@@ -139,13 +139,16 @@ def _tanh32(x):
 
 @numba.njit(**GATE_JIT)
 def _lstm_cells32(a, x, gates, c_prev, c, ac, h, u):
-    """_lstm_cells for float32, with the input projection x (4u,) added to a here."""
+    """_lstm_cells for float32, with the input projection x (4u,) added to a here, first: gates may be x
+    itself, and a loop that reads x and writes gates would then fail LLVM's overlap check and run scalar."""
+    for j in range(4 * u):
+        a[j] += x[j]
     for j in range(2 * u):  # i, f
-        gates[j] = _sigmoid32(a[j] + x[j])
+        gates[j] = _sigmoid32(a[j])
     for j in range(2 * u, 3 * u):  # g
-        gates[j] = _tanh32(a[j] + x[j])
+        gates[j] = _tanh32(a[j])
     for j in range(3 * u, 4 * u):  # o
-        gates[j] = _sigmoid32(a[j] + x[j])
+        gates[j] = _sigmoid32(a[j])
     for j in range(u):
         c[j] = gates[u + j] * c_prev[j] + gates[j] * gates[2 * u + j]
     for j in range(u):
@@ -204,9 +207,24 @@ def _recurrent_tiles():
         return None
 
 
+def _lstm_packed(w):
+    """The recurrent kernel w (u, 4u) in the layout _lstm_tiles reads (native.recurrent_tiles.pack) where
+    they run, else an empty array. Compiled (the overload below); from Python (eager mode) empty."""
+    return np.empty((0, 0, 0, 0), w.dtype)
+
+
+@overload(_lstm_packed, jit_options=JIT)
+def _lstm_packed_njit(w):
+    tiles = _recurrent_tiles()
+    if tiles is None or w.dtype != types.float32:
+        return lambda w: np.empty((0, 0, 0, 0), w.dtype)
+    return lambda w: tiles.pack(w)
+
+
 def _lstm_tiles(h, w, xp, cp, gates, c, ac, hout):
     """One float32 LSTM step with the default gates on register tiles, the recurrent product and the gate
-    maths in one pass (native/recurrent_tiles.py): True when done, else False and nothing done.
+    maths in one pass (native/recurrent_tiles.py), w the recurrent kernel from _lstm_packed: True when
+    done, else False and nothing done.
 
     Compiled (the overload below): native.recurrent_tiles.lstm_step for float32 where it loaded, else
     False. From Python (eager mode) False."""
@@ -329,7 +347,8 @@ def simple_backward(R, Rg, rmask, use_rmask, act, hs, pre, dy, seq, dz, serial=F
 
 @numba.njit(**GATE_JIT)
 def lstm_forward(xp, R, Rg, rmask, use_rmask, act, ract, hs, cs, acs, pre, gates, serial=False):
-    """cs (T+1, N, u) carries (cs[0] = 0); acs (T, N, u) = act(cs[1:])."""
+    """cs (T+1, N, u) carries (cs[0] = 0); acs (T, N, u) = act(cs[1:]). gates may be xp itself: each
+    projection value is read before the gate in its place is written."""
     T, N, G = xp.shape
     u = G // 4
     hm = np.empty((N, u), xp.dtype)
@@ -342,8 +361,9 @@ def lstm_forward(xp, R, Rg, rmask, use_rmask, act, ract, hs, cs, acs, pre, gates
     f32 = xp.itemsize == 4
     acc = np.empty((N, G), xp.dtype)  # the default activations' backward reads no pre-activations
     tiles = default and f32 and not use_rmask
+    packed = _lstm_packed(R)
     for s in range(T):
-        if tiles and _lstm_tiles(hs[s], R, xp[s], cs[s], gates[s], cs[s + 1], acs[s], hs[s + 1]):
+        if tiles and _lstm_tiles(hs[s], packed, xp[s], cs[s], gates[s], cs[s + 1], acs[s], hs[s + 1]):
             continue
         a = acc if default else pre[s]
         _rec_fwd(hs[s], R, Rg, rmask, use_rmask, a, hm, tmp, serial)
@@ -469,16 +489,20 @@ def _gru_cells(x, a, rb, use_rb, h_prev, pre, gates, aux, h, u):
 @numba.njit(**GATE_JIT)
 def _gru_cells32(x, a, rb, use_rb, h_prev, gates, aux, h, u):
     """_gru_cells for float32. The pre-activations are not stored: the default activations' derivatives
-    come from their outputs."""
+    come from their outputs. gates may be x itself (as in _lstm_cells32): no loop reads x and writes gates."""
     if use_rb:
         for j in range(3 * u):
             a[j] += rb[j]
-    for j in range(2 * u):  # z, r
-        gates[j] = _sigmoid32(x[j] + a[j])
-    for j in range(u):
-        gates[2 * u + j] = _tanh32(x[2 * u + j] + gates[u + j] * a[2 * u + j])
     for j in range(u):
         aux[j] = a[2 * u + j]
+    for j in range(2 * u):  # z, r
+        a[j] += x[j]
+    for j in range(2 * u):
+        gates[j] = _sigmoid32(a[j])
+    for j in range(u):
+        a[2 * u + j] = x[2 * u + j] + gates[u + j] * aux[j]
+    for j in range(u):
+        gates[2 * u + j] = _tanh32(a[2 * u + j])
     for j in range(u):
         z = gates[j]
         h[j] = z * h_prev[j] + (_ONE32 - z) * gates[2 * u + j]
@@ -510,7 +534,8 @@ def _gru_cell_grads32(dh, gates, h_prev, aux, d, ds, dhp, u):
 def gru_forward(xp, R, R2, Rg, rb, use_rb, rmask, use_rmask, reset_after, act, ract, hs, pre, gates, aux,
                 serial=False):
     """R (u, 3u); R2 (u, 2u) = R[:, :2u] (only when not reset_after); Rg (3, u, u) R split per gate
-    (always: Rg[2] is the candidate's kernel when not reset_after)."""
+    (always: Rg[2] is the candidate's kernel when not reset_after). gates may be xp itself, as in
+    lstm_forward."""
     T, N, G = xp.shape
     u = G // 3
     hm = np.empty((N, u), xp.dtype)
@@ -660,13 +685,27 @@ def gru_backward(R, R2, Rg, rmask, use_rmask, reset_after, act, ract, hs, pre, g
 # --- weight gradients over every timestep at once ----------------------------------------------------
 
 
+# The weight gradients sum over every timestep of the batch (thousands of rows) into few output rows: on
+# AVX-512 sgemm's transposed-operand path runs that shape faster than OpenBLAS, on AVX2 slower (the mode is
+# in the kernel cache's stamp, so this constant is compiled in for one mode only).
+_ROW_SUMS_ON_SGEMM = native.AVX512
+
+
+@numba.njit(inline="always", **GATE_JIT)
+def _over_rows(x, dz, out):
+    """out (k, n) = x (rows, k).T @ dz (rows, n)."""
+    if _ROW_SUMS_ON_SGEMM:
+        matmul(x.T, dz, out)
+    else:
+        matmul_blas(x.T, dz, out)
+
+
 @numba.njit(**GATE_JIT)
 def linear_gradients(x, kernel, dz, use_bias, need_dx, dkernel, dbias, dx):
     """dz (rows, n) -> dkernel (k, n) = x (rows, k).T @ dz, dbias = dz summed over rows, and with need_dx
-    dx (rows, k) = dz @ kernel.T: dense.backward for the recurrent layers' T*N rows. Their kernel gradients
-    have few output rows and thousands of rows to sum over, a shape BLAS runs faster than sgemm's
-    transposed-operand path; the input gradient stays on sgemm."""
-    matmul_blas(x.T, dz, dkernel)
+    dx (rows, k) = dz @ kernel.T: dense.backward for the recurrent layers' T*N rows (_over_rows says where
+    the kernel gradient runs)."""
+    _over_rows(x, dz, dkernel)
     if use_bias:
         column_sums(dz, dbias)
     if need_dx:
@@ -678,6 +717,6 @@ def joint_gradients(xh, kernel, dz, need_dx, dw, dx):
     """dw (k, n) = xh (rows, k).T @ dz (rows, n), the stacked kernel, recurrent kernel and bias gradients of
     a layer whose rows hold [x | h_prev | 1] (layers.recurrent._project), and with need_dx the input's part
     dx (rows, F) = dz @ kernel (F, n).T, as linear_gradients."""
-    matmul_blas(xh.T, dz, dw)
+    _over_rows(xh, dz, dw)
     if need_dx:
         matmul(dz, kernel.T, dx)

@@ -309,7 +309,9 @@ class LSTM(_RNN):
         cs = empty("cs", (t + 1, n, u), x.dtype)
         acs = empty("acs", (t, n, u), x.dtype)
         pre = empty("pre", (t, n, gu), x.dtype)
-        gates = empty("gates", (t, n, gu), x.dtype)
+        # The gates overwrite the projection they are computed from (each value is read before its own
+        # slot is written, and backward does not read the projection): no second (T, N, 4u) stream.
+        gates = xp
         _over_batch(n, lambda b, serial: recurrent.lstm_forward(
             xp[:, b], w[1], rg, _rows(rm, b, use_rmask), use_rmask, act, ract, hs[:, b], cs[:, b], acs[:, b],
             pre[:, b], gates[:, b], serial))
@@ -367,7 +369,7 @@ class GRU(_RNN):
         rm = empty("rm", (1, 1, 1), x.dtype) if rmask is None else rmask
         hs = empty("hs", (t + 1, n, u), x.dtype)
         pre = empty("pre", (t, n, gu), x.dtype)
-        gates = empty("gates", (t, n, gu), x.dtype)
+        gates = xp  # in place of the projection, as LSTM's
         aux = empty("aux", (t, n, u), x.dtype)
         use_rmask = rmask is not None
         _over_batch(n, lambda b, serial: recurrent.gru_forward(

@@ -84,24 +84,25 @@ class _Gates:
 def _lstm_tile(rows: int):
     """An intrinsic for `rows` samples x LANES units of one LSTM step, float32 arrays given by address
     (element offsets and strides):
-        z_q[r, j] = xp[r*ldx + q*u + j] + sum_p h[r*ldh + p] * w[p*ldw + q*u + j]   for gates q = i, f, g, o
+        z_q[r, j] = xp[r*ldx + q*u + j] + sum_p h[r*ldh + p] * w[p*ldw + q*wg + j]   for gates q = i, f, g, o
         gates[r*ldg + q*u + j] = sigmoid(z_q) (tanh for g)
         c = f cp[r*ldu + j] + i g,  ac = tanh(c),  hout = o ac  (each at r*ldu + j)
     for r < rows, j < LANES; k is the number of state values summed over."""
 
     @intrinsic
-    def tile(typingctx, h, ldh, w, ldw, k, u, xp, ldx, gates, ldg, cp, c, ac, hout, ldu):
-        sig = types.void(*(types.int64,) * 15)
+    def tile(typingctx, h, ldh, w, ldw, wg, k, u, xp, ldx, gates, ldg, cp, c, ac, hout, ldu):
+        sig = types.void(*(types.int64,) * 16)
 
         def codegen(context, builder, signature, args):
-            h_, ldh_, w_, ldw_, k_, u_, xp_, ldx_, gates_, ldg_, cp_, c_, ac_, hout_, ldu_ = args
+            h_, ldh_, w_, ldw_, wg_, k_, u_, xp_, ldx_, gates_, ldg_, cp_, c_, ac_, hout_, ldu_ = args
             e = _Emitter(builder, False, None)
             g = _Gates(builder)
             gate_at = [builder.mul(u_, e.const(q)) for q in range(4)]
+            w_gate_at = [builder.mul(wg_, e.const(q)) for q in range(4)]
 
             def step(p, acc):
                 w_row = builder.mul(p, ldw_)
-                wv = [e.load(e.at(w_, builder.add(w_row, gate_at[q])), 0) for q in range(4)]
+                wv = [e.load(e.at(w_, builder.add(w_row, w_gate_at[q])), 0) for q in range(4)]
                 out = []
                 for r in range(rows):
                     hv = e.broadcast(h_, builder.add(builder.mul(ldh_, e.const(r)), p))
@@ -144,26 +145,44 @@ def _rows_stride(a):
 
 
 @numba.njit(**JIT)
-def lstm_step(h, w, xp, cp, gates, c, ac, hout):
+def pack(w):
+    """The recurrent kernel w (u, 4u) in the tiles' layout (u // LANES, u, 4, LANES): for each block of
+    LANES units, every row's four gate vectors side by side, the block's panel contiguous. Read from w
+    itself, a tile's loads are 4u apart: they fall on a few L1 sets, and its panel never stays in L1."""
+    u = w.shape[0]
+    out = np.empty((u // LANES, u, 4, LANES), w.dtype)
+    for b in range(u // LANES):
+        for p in range(u):
+            for q in range(4):
+                for lane in range(LANES):
+                    out[b, p, q, lane] = w[p, q * u + b * LANES + lane]
+    return out
+
+
+@numba.njit(**JIT)
+def lstm_step(h, wp, xp, cp, gates, c, ac, hout):
     """One float32 LSTM step with the default gates for the N samples of h (N, u) (the state entering it):
-    gates (N, 4u), c, ac = tanh(c) and hout (N, u) from the recurrent kernel w (u, 4u), the input
-    projection xp (N, 4u) and the cell cp (N, u). True when done; False, and nothing done, when u is not
-    a multiple of LANES or a row is not contiguous (recurrent.lstm_forward then runs its own loops)."""
+    gates (N, 4u), c, ac = tanh(c) and hout (N, u) from the recurrent kernel in pack's layout wp, the
+    input projection xp (N, 4u) and the cell cp (N, u). True when done; False, and nothing done, when u is
+    not a multiple of LANES, wp is not pack's for u, or a row is not contiguous (recurrent.lstm_forward then
+    runs its own loops)."""
     n, u = h.shape
-    if u % LANES != 0 or n == 0:
+    if u % LANES != 0 or n == 0 or wp.shape[0] != u // LANES or wp.shape[1] != u or wp.shape[2] != 4 \
+            or wp.shape[3] != LANES or not wp.flags.c_contiguous:
         return False
-    ldh, ldw, ldx, ldg = _rows_stride(h), _rows_stride(w), _rows_stride(xp), _rows_stride(gates)
+    ldh, ldx, ldg = _rows_stride(h), _rows_stride(xp), _rows_stride(gates)
     ldu = _rows_stride(c)
-    if min(ldh, ldw, ldx, ldg, ldu) < 0 or _rows_stride(cp) != ldu or _rows_stride(ac) != ldu \
+    if min(ldh, ldx, ldg, ldu) < 0 or _rows_stride(cp) != ldu or _rows_stride(ac) != ldu \
             or _rows_stride(hout) != ldu:
         return False
-    ha, wa, xa, ga = h.ctypes.data, w.ctypes.data, xp.ctypes.data, gates.ctypes.data
+    ldw, wg, panel = 4 * LANES, LANES, u * 4 * LANES  # a row of a block's panel, a gate's vector, a panel
+    ha, wa, xa, ga = h.ctypes.data, wp.ctypes.data, xp.ctypes.data, gates.ctypes.data
     cpa, ca, aca, hoa = cp.ctypes.data, c.ctypes.data, ac.ctypes.data, hout.ctypes.data
     i = 0
     while i < n:
         rows = _R0 if i + _R0 <= n else _R1 if i + _R1 <= n else _R2 if _R2 and i + _R2 <= n else 1
         for j in range(0, u, LANES):
-            args = (ha + 4 * i * ldh, ldh, wa + 4 * j, ldw, u, u, xa + 4 * (i * ldx + j), ldx,
+            args = (ha + 4 * i * ldh, ldh, wa + 4 * (j // LANES) * panel, ldw, wg, u, u, xa + 4 * (i * ldx + j), ldx,
                     ga + 4 * (i * ldg + j), ldg, cpa + 4 * (i * ldu + j), ca + 4 * (i * ldu + j),
                     aca + 4 * (i * ldu + j), hoa + 4 * (i * ldu + j), ldu)
             if rows == _R0:
