@@ -33,12 +33,6 @@ def assert_same_on_sgemm(got, want):
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
 
 
-@pytest.fixture(autouse=True)
-def threads_back():
-    yield
-    configure_threads(1)
-
-
 def chain_for(layers: str, dtype, n_in: int = 30) -> DenseChain:
     spec, errors = load_spec_text(f"specc: 1\nmodel:\n  input: [{n_in}]\n  layers: {layers}\n")
     assert not errors, errors
@@ -102,10 +96,7 @@ def test_split_rows_give_the_bits_of_the_whole_batch(layers):
     for parts, copies in ((1, replicas[:0]), (2, replicas[:0]), (3, replicas), (7, replicas)):
         out = np.full((batch, chain.units_out), np.nan, np.float32)
         dense_chain.forward_split(x, params, copies, plan, work, out, parts)
-        if native.sgemm is not None:
-            np.testing.assert_array_equal(out, expected)
-        else:  # BLAS's products (the portable build): a row's bits may depend on the rows around it
-            np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-6)
+        assert_same_on_sgemm(out, expected)
     np.testing.assert_allclose(expected, reference(chain, x), rtol=1e-4, atol=1e-5)
 
 
