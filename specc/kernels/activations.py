@@ -35,6 +35,34 @@ INV_SQRT_2 = 0.7071067811865476
 INV_SQRT_2PI = 0.3989422804014327
 
 
+def _float32_from_bits(bits):
+    """The float32 whose bits are the int32 `bits`, as _float64_from_bits."""
+    return np.int32(bits).view(np.float32)
+
+
+@overload(_float32_from_bits, jit_options=JIT)
+def _float32_from_bits_compiled(bits):
+    if native.internals is not None:
+        bitcast = native.internals.float32_from_bits
+        return lambda bits: bitcast(bits)
+    # Portable: the bits _exp_parts32 builds are those of 2^k, (k + 127) << 23
+    return lambda bits: np.float32(math.ldexp(1.0, (bits >> 23) - 127))
+
+
+def _fmax(a, b):
+    """max(a, b) of two floats of one type; in compiled code, with the native package, a maximum that
+    a reducing loop vectorises (internals.fmax)."""
+    return max(a, b)
+
+
+@overload(_fmax, jit_options=JIT)
+def _fmax_compiled(a, b):
+    if native.internals is not None:
+        maxnum = native.internals.fmax
+        return lambda a, b: maxnum(a, b)
+    return lambda a, b: max(a, b)
+
+
 # exp as arithmetic, so that the loops around it vectorise (math.exp is a libm call per value, which no
 # loop vectorises): 2^k from its bits times a degree-12 polynomial of the remainder, relative error below
 # 1e-13 in float64 (fastmath lets LLVM merge the two-part ln 2 of the reduction; float32 rounds at 6e-8).
@@ -71,6 +99,26 @@ def _exp(x):
     low = k < -1000  # 2^k is not a normal float64: 2^(k + 600) * 2^-600
     scale = _float64_from_bits((np.int64(k + 600 if low else k) + 1023) << 52)
     return p * scale * (2.0**-600 if low else 1.0) if v > -745.2 else 0.0
+
+
+# exp in float32 arithmetic for float32 loops (the recurrent gates, attention's softmax): twice the lanes
+# of float64 and no conversions. exp(y) for y <= 0 from y = k ln 2 + r, |r| <= ln(2) / 2, 2^k from its
+# bits and expm1(r) from its series to r^7 / 7! (the next term is below 2e-8 of the result).
+F32 = np.float32
+_L2E32, _HI32, _LO32 = F32(1.4426950408889634), F32(0.693145751953125), F32(1.4286068203094172e-06)
+_C2, _C3, _C4, _C5, _C6, _C7 = (F32(1 / 2), F32(1 / 6), F32(1 / 24), F32(1 / 120), F32(1 / 720), F32(1 / 5040))
+_ONE32, _HALF32 = F32(1), F32(0.5)
+
+
+@numba.njit(inline="always", **dict(JIT, fastmath={"contract"}))
+def _exp_parts32(y):
+    """(s, m) with exp(y) = s * (1 + m): s = 2^k, m = expm1(r), for float32 y in [-87.3, 0] (2^k a
+    normal float32)."""
+    kf = np.floor(y * _L2E32 + _HALF32)
+    r = (y - kf * _HI32) - kf * _LO32
+    m = r * (_ONE32 + r * (_C2 + r * (_C3 + r * (_C4 + r * (_C5 + r * (_C6 + r * _C7))))))
+    s = _float32_from_bits((np.int32(kf) + np.int32(127)) << np.int32(23))
+    return s, m
 
 
 @numba.njit(**JIT)

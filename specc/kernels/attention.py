@@ -20,9 +20,11 @@ import math
 
 import numba
 import numpy as np
+from numba import types
+from numba.extending import overload
 
 from . import JIT
-from .activations import _exp, _float64_from_bits
+from .activations import F32, _exp, _exp_parts32, _fmax
 from .conv import one_blas_thread, share_count
 from .gemm import matmul_serial
 
@@ -60,57 +62,28 @@ def masked_softmax(scores, mask, heads, probs):
                 probs[i, t, s] = probs[i, t, s] * inv
 
 
-_LOG2E, _LN2_HI, _LN2_LO = 1.4426950408889634, 6.93147180369123816490e-01, 1.90821492927058770002e-10
+_EXP_FLOOR32 = F32(-87.0)  # exp(-87) is a normal float32; below, the weights are clamped to it
 
 
 @numba.njit(**JIT)
-def _exp_weight(x):
-    """exp(x) for float64 x <= 0 to 1e-8 relative (degree 7 after the reduction to |r| <= ln(2) / 2): the
-    softmax's weights, stored in float32 or summed against 1 (the row maximum), need no more; below -708
-    it returns exp(-708), which no row sum (at least 1) can see."""
-    x = min(max(x, -708.0), 0.0)
-    k = math.floor(x * _LOG2E + 0.5)
-    r = (x - k * _LN2_HI) - k * _LN2_LO
-    p = 1.0 + r * (1.0 + r * (1 / 2 + r * (1 / 6 + r * (1 / 24 + r * (1 / 120 + r * (1 / 720 + r / 5040))))))
-    return p * _float64_from_bits((np.int64(k) + 1023) << 52)
+def _exp_weight32(y):
+    """exp(y) for float32 y <= 0 (above 0 taken as 0) in float32 arithmetic, to a few float32 ulps: the
+    softmax's weights. Below -87 it returns exp(-87), which no row sum (at least 1) can see."""
+    s, m = _exp_parts32(min(max(y, _EXP_FLOOR32), F32(0.0)))
+    return s + s * m
 
 
-@numba.njit(inline="always", **JIT)
-def _weight(x, precise):
-    """exp(x), x <= 0: to float64's precision for float64 operands (precise), else _exp_weight."""
-    return _exp(x) if precise else _exp_weight(x)
+def _weight(x):
+    """exp(x) for x <= 0 in x's own precision: activations._exp for float64 (to float64's precision),
+    _exp_weight32 for float32. Compiled only (the overload below), but for run_eagerly."""
+    return math.exp(min(x, 0.0))
 
 
-@numba.njit(**JIT)
-def _row_max(z, allowed, use_mask, low):
-    """The largest z[s] (s, with use_mask, where allowed[s] != 0; else `low`). Eight running maxima:
-    LLVM does not reorder a max chain, so one would wait on each compare in turn."""
-    keys = z.shape[0]
-    m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = low
-    s = 0
-    while s + 8 <= keys:
-        if use_mask:
-            m0 = max(m0, z[s] if allowed[s] != 0 else low)
-            m1 = max(m1, z[s + 1] if allowed[s + 1] != 0 else low)
-            m2 = max(m2, z[s + 2] if allowed[s + 2] != 0 else low)
-            m3 = max(m3, z[s + 3] if allowed[s + 3] != 0 else low)
-            m4 = max(m4, z[s + 4] if allowed[s + 4] != 0 else low)
-            m5 = max(m5, z[s + 5] if allowed[s + 5] != 0 else low)
-            m6 = max(m6, z[s + 6] if allowed[s + 6] != 0 else low)
-            m7 = max(m7, z[s + 7] if allowed[s + 7] != 0 else low)
-        else:
-            m0 = max(m0, z[s])
-            m1 = max(m1, z[s + 1])
-            m2 = max(m2, z[s + 2])
-            m3 = max(m3, z[s + 3])
-            m4 = max(m4, z[s + 4])
-            m5 = max(m5, z[s + 5])
-            m6 = max(m6, z[s + 6])
-            m7 = max(m7, z[s + 7])
-        s += 8
-    for r in range(s, keys):
-        m0 = max(m0, z[r] if not use_mask or allowed[r] != 0 else low)
-    return max(max(max(m0, m1), max(m2, m3)), max(max(m4, m5), max(m6, m7)))
+@overload(_weight, jit_options=JIT)
+def _weight_compiled(x):
+    if x == types.float32:
+        return lambda x: _exp_weight32(x)
+    return lambda x: _exp(x)
 
 
 def _shares(q, k, v):
@@ -150,7 +123,8 @@ def attention_forward(q, k, v, mask, use_mask, scale, keep, use_keep, store, pro
     False (inference: each thread keeps one (T, S) scratch); ctx (N, T, H, dv), the probabilities (after
     dropout) times the values: the output projection's operand as (N * T, H * dv).
     The two products per (sample, head) are sgemm/BLAS calls on the strided blocks in place; each softmax
-    row is taken in float64 (exp as arithmetic, so the loops vectorise)."""
+    row is taken in the operands' precision (exp as arithmetic, so the loops vectorise; sums of at most
+    `keys` terms of at most 1)."""
     parts = _shares(q, k, v)
     if parts <= 1:  # without the parallel loop's compile
         forward_range(q, k, v, mask, use_mask, scale, keep, use_keep, store, probs, ctx, 0, q.shape[0] * q.shape[2])
@@ -168,32 +142,44 @@ def forward_range(q, k, v, mask, use_mask, scale, keep, use_keep, store, probs, 
     z = np.empty((rows, keys), dt)
     dropped = np.empty((rows, keys), dt)
     scratch = np.empty((rows, keys), dt)
-    e = np.empty(keys, np.float64)
-    precise = z.itemsize == 8
     low = dt.type(-1e30)  # a finite floor: fastmath does not keep comparisons with -inf reliable
+    zero = dt.type(0.0)
     for pair in range(p0, p1):
         b, h = pair // heads, pair % heads
         mb = 0 if mask.shape[0] == 1 else b
         p = probs[b, h] if store else scratch  # (T, S)
         matmul_serial(q[b, :, h, :], k[b, :, h, :].T, z)  # (T, S) unscaled scores
+        # Each row shifted by its maximum, then the weights over the whole block in one loop: a loop over
+        # one row of a few dozen keys is too short for LLVM's vector body, and exp would run scalar.
         for t in range(rows):
-            top = _row_max(z[t], mask[mb, t if use_mask else 0], use_mask, low) * scale  # scale > 0
-            total = 0.0
+            m = low  # the row's largest score (of the keys the mask allows); activations._fmax vectorises
             if use_mask:
                 for s in range(keys):
-                    x = _weight(np.float64(z[t, s] * scale - top), precise) * (mask[mb, t, s] != 0)
-                    e[s] = x
-                    total += x
+                    m = _fmax(m, z[t, s] if mask[mb, t, s] != 0 else low)
             else:
                 for s in range(keys):
-                    x = _weight(np.float64(z[t, s] * scale - top), precise)
-                    e[s] = x
-                    total += x
-            # a fully masked row (total 0) gives zeros, as Keras's masked softmax
-            inv = 1.0 / total if total > 0.0 else 0.0
+                    m = _fmax(m, z[t, s])
+            top = m * scale  # scale > 0
             for s in range(keys):
-                p[t, s] = e[s] * inv
-            if use_keep:
+                z[t, s] = z[t, s] * scale - top
+        zf, pf = z.ravel(), p.ravel()
+        if use_mask:
+            allowed = mask[mb].ravel()
+            for i in range(zf.size):
+                pf[i] = _weight(zf[i]) if allowed[i] != 0 else zero
+        else:
+            for i in range(zf.size):
+                pf[i] = _weight(zf[i])
+        for t in range(rows):
+            total = zero
+            for s in range(keys):
+                total += p[t, s]
+            # a fully masked row (total 0) gives zeros, as Keras's masked softmax
+            inv = dt.type(1.0) / total if total > zero else zero
+            for s in range(keys):
+                p[t, s] *= inv
+        if use_keep:
+            for t in range(rows):
                 for s in range(keys):
                     dropped[t, s] = p[t, s] * keep[b, h, t, s]
         matmul_serial(dropped if use_keep else p, v[b, :, h, :], ctx[b, :, h, :])

@@ -32,7 +32,8 @@ from numba import types
 from numba.extending import overload
 
 from . import JIT, native
-from .activations import CODE, _float64_from_bits, _scalar_derivative, _scalar_forward
+from .activations import (CODE, F32, _ONE32, _exp_parts32, _float64_from_bits, _scalar_derivative,
+                          _scalar_forward)
 from .dense import column_sums
 from .gemm import matmul, matmul_blas, matmul_serial
 
@@ -100,25 +101,10 @@ def _tanh_v(x):
 
 
 # float32 models' gates in float32 arithmetic (twice the lanes of float64, and no conversions), to within a few
-# float32 ulps of the exact values (tests/test_recurrent_gates.py): exp and expm1 of y <= 0 from
-# y = k ln 2 + r, |r| <= ln(2) / 2, 2^k from its bits and expm1(r) from its series to r^7 / 7! (the next
-# term is below 2e-8 of the result). tanh is -expm1(-2a) / (2 + expm1(-2a)), which keeps tanh's relative
-# precision near 0 where (1 - t) / (1 + t) would cancel; sigmoid is 1 / (1 + e) or e / (1 + e) from
-# e = exp(-|x|), exact in both tails.
-F32 = np.float32
-_L2E32, _HI32, _LO32 = F32(1.4426950408889634), F32(0.693145751953125), F32(1.4286068203094172e-06)
-_C2, _C3, _C4, _C5, _C6, _C7 = (F32(1 / 2), F32(1 / 6), F32(1 / 24), F32(1 / 120), F32(1 / 720), F32(1 / 5040))
-_ONE32, _TWO32, _HALF32, _SIG_MAX32, _TANH_MAX32 = F32(1), F32(2), F32(0.5), F32(87.34), F32(9.5)
-
-
-@numba.njit(inline="always", **GATE_JIT)
-def _exp_parts32(y):
-    """(s, m) with exp(y) = s * (1 + m): s = 2^k, m = expm1(r), for float32 y in [-190, 0]."""
-    kf = np.floor(y * _L2E32 + _HALF32)
-    r = (y - kf * _HI32) - kf * _LO32
-    m = r * (_ONE32 + r * (_C2 + r * (_C3 + r * (_C4 + r * (_C5 + r * (_C6 + r * _C7))))))
-    s = F32(_float64_from_bits((np.int64(kf) + 1023) << 52))
-    return s, m
+# float32 ulps of the exact values (tests/test_recurrent_gates.py), from activations._exp_parts32. tanh is
+# -expm1(-2a) / (2 + expm1(-2a)), which keeps tanh's relative precision near 0 where (1 - t) / (1 + t)
+# would cancel; sigmoid is 1 / (1 + e) or e / (1 + e) from e = exp(-|x|), exact in both tails.
+_TWO32, _SIG_MAX32, _TANH_MAX32 = F32(2), F32(87.34), F32(9.5)
 
 
 @numba.njit(inline="always", **GATE_JIT)

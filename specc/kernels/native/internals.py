@@ -1,4 +1,5 @@
-"""Numba's private entry points that specc relies on, each in one place, and a float64 bitcast as IR."""
+"""Numba's private entry points that specc relies on, each in one place, and three scalar helpers as IR:
+float64 and float32 bitcasts and a maximum that vectorises."""
 
 from __future__ import annotations
 
@@ -39,3 +40,30 @@ def float64_from_bits(typingctx, bits):
         return builder.bitcast(args[0], ir.DoubleType())
 
     return sig, codegen
+
+
+
+@intrinsic
+def float32_from_bits(typingctx, bits):
+    """The float32 whose bits are the int32 `bits`, as one bitcast (loops around it still vectorise)."""
+    sig = types.float32(types.int32)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+
+    return sig, codegen
+
+@intrinsic
+def fmax(typingctx, a, b):
+    """max(a, b) of two floats of one type as llvm.maxnum with fast-math flags: a loop that reduces with it
+    vectorises. A compare and select does not: LLVM then asks for a no-NaNs attribute on the function,
+    which Numba never sets, and a float32 row maximum costs a scalar instruction per value."""
+    if not isinstance(a, types.Float) or a != b:
+        return None
+
+    def codegen(context, builder, signature, args):
+        t = args[0].type
+        maxnum = builder.module.declare_intrinsic("llvm.maxnum", [t], ir.FunctionType(t, [t, t]))
+        return builder.call(maxnum, args, fastmath=("fast",))
+
+    return a(a, b), codegen
