@@ -13,9 +13,9 @@ float32 model with convolutions (a residual network), computing the same functio
 - the convolutions' outputs live in a few buffers reused along the network: a buffer is free again once
   every layer that reads a tensor it holds (or a view of it) has run, so a residual network keeps two or
   three activations, not one per layer; nothing is kept for backward;
-- a large kernel over few positions (a late ResNet stage) is cut into fewer chunks of samples than in
-  training, so that each chunk's product reads the kernel once for many rows (conv._chunking's rule for
-  kernel gradients); the chunking depends on the shapes only, so results are the same at any thread count.
+- the batch is cut into chunks of samples as in training (conv._chunking: a large kernel over few
+  positions, a late ResNet stage, in few chunks, so that each chunk's product reads the kernel once for
+  many rows); the chunking depends on the shapes only, so results are the same at any thread count.
 
 Every other layer runs its own forward (training=False) in the plan's workspace. `InferencePlan.cached`
 gives None for an engine with nothing to fold or fuse (an MLP keeps its DenseChain), or not float32.
@@ -311,7 +311,7 @@ class InferencePlan:
         out = buffers[s.name] if buffers is not None else np.empty((n,) + out_shape, np.float32)
         out4 = out.reshape(n, ho, wo, f)
         k = s.kernel.shape[0]
-        spc, chunks = _chunking(n, ho * wo, k, f, conv)
+        spc, chunks = conv._chunking(n, ho * wo, k, f, 4)
         shares = conv.share_count(chunks)
         size = spc * ho * wo * k
         if self._scratch.size < shares * size:
@@ -319,14 +319,14 @@ class InferencePlan:
         scratch = self._scratch[: shares * size].reshape(shares, size)
         add = s.residual is not None
         residual = np.ascontiguousarray(values[s.residual]) if add else out4
-        blas = _by_blas(x4.shape, g, ho, wo, k, f)
+        in_place = _in_place(x4.shape, g, ho, wo, k, f)
         conv.tiles_ready(np.float32)  # conv_residual_range may reach the direct tiles (loaded on first use)
         if shares <= 1:  # without the parallel loop's compile
-            infer.conv_residual_range(x4, s.kernel, s.bias, g, spc, 0, chunks, scratch[0], residual, add, s.relu, blas,
-                                      out4)
+            infer.conv_residual_range(x4, s.kernel, s.bias, g, spc, 0, chunks, scratch[0], residual, add, s.relu,
+                                      in_place, out4)
         else:
             infer.conv_residual_split(x4, s.kernel, s.bias, g, spc, chunks, shares, scratch, residual, add, s.relu,
-                                      blas, out4)
+                                      in_place, out4)
         return out
 
     def _layout(self, probe: dict) -> dict:
@@ -365,26 +365,12 @@ class InferencePlan:
         return {name: arrays[b][: probe[name].size].reshape(probe[name].shape) for name, b in owner_of.items()}
 
 
-def _chunking(n: int, rows_per_sample: int, k: int, f: int, conv: Any) -> tuple[int, int]:
-    """(samples per chunk, chunks) of a convolution's batch of n: conv.py's forward rule (a chunk's windows
-    and outputs within its cache budget, at least MIN_CHUNKS chunks), but no more chunks than keep the
-    kernel (K, F), which every chunk's product reads (and sgemm packs) again, small next to the rows they
-    multiply, and at least two where the batch has two samples (two threads share them)."""
-    by_cache = min(conv.CHUNK_BYTES // max(rows_per_sample * (k + f) * 4, 1),
-                   conv.OUT_CHUNK_BYTES // max(rows_per_sample * f * 4, 1))
-    spc = max(1, min(by_cache, -(-n // conv.MIN_CHUNKS)))
-    most = max(2, n * rows_per_sample * (k + f) // max(k * f, 1))
-    spc = max(spc, -(-n // most))
-    return spc, -(-n // spc)
-
-
-def _by_blas(x_shape: tuple, g: tuple, ho: int, wo: int, k: int, f: int) -> bool:
-    """Whether a chunk's product runs on BLAS rather than sgemm or the direct tiles (kernels/infer.py): for a
-    kernel of 256K values or more, and for a pointwise convolution (1 x 1, stride 1, no padding: its windows
-    are x itself) of at least 4 input channels per filter; where each ran at least as fast as the others
-    (bench/results/HISTORY.md)."""
+def _in_place(x_shape: tuple, g: tuple, ho: int, wo: int, k: int, f: int) -> bool:
+    """Whether a chunk runs as one product on x's rows (kernels/infer.py) rather than on the direct tiles or
+    im2col + sgemm: a pointwise convolution (1 x 1, stride 1, no padding: its windows are x itself) of at
+    least 4 input channels per filter, which the tiles run slower (bench/results/HISTORY.md)."""
     pointwise = g[:4] == (1, 1, 1, 1) and g[6:] == (0, 0) and (ho, wo) == tuple(x_shape[1:3])
-    return k * f >= 1 << 18 or (pointwise and k >= 4 * f)
+    return pointwise and k >= 4 * f
 
 
 def _now() -> float:

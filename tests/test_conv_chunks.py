@@ -1,7 +1,8 @@
-"""Conv backward's chunking (specc/kernels/conv.py `_chunking`): the per-chunk partial kernel gradients
-stay within the batch's own windows and outputs, so a kernel large against the batch's rows (a late
-ResNet stage) keeps two partials, not sixteen, and one scratch serves every layer of a workspace; the
-results still equal a float64 reference and are the same bits at 1 and 2 threads.
+"""Conv's chunking (specc/kernels/conv.py `_chunking`, forward and backward): the per-chunk partial kernel
+gradients stay within the batch's own windows and outputs, so a kernel large against the batch's rows (a
+late ResNet stage) is read by two chunks and keeps two partials, not sixteen, and one scratch serves every
+layer of a workspace; the results still equal a float64 reference and are the same bits at 1 and 2
+threads.
 """
 
 from __future__ import annotations
@@ -22,15 +23,15 @@ SHAPES = [(32, 4, 4608, 512), (32, 4, 2048, 512), (32, 16, 2304, 256), (32, 1024
 
 @pytest.mark.parametrize("n,rows,k,f", SHAPES)
 def test_partial_kernel_gradients_stay_within_the_batchs_activations(n, rows, k, f):
-    spc, chunks = _chunking(n, rows, k, f, 4, backward=True)
+    spc, chunks = _chunking(n, rows, k, f, 4)
     assert spc * chunks >= n > spc * (chunks - 1)
     assert chunks * k * f <= max(2 * k * f, n * rows * (k + f))
     assert chunks >= min(2, n)  # two threads still share the batch
 
 
-def test_forward_and_small_kernels_keep_their_chunks():
-    assert _chunking(32, 4, 4608, 512, 4) == (2, MIN_CHUNKS)
-    assert _chunking(32, 1024, 144, 16, 4, backward=True) == _chunking(32, 1024, 144, 16, 4)
+def test_a_large_kernel_is_read_by_few_chunks_and_small_kernels_keep_theirs():
+    assert _chunking(32, 4, 4608, 512, 4) == (16, 2)  # ResNet-50's last stage at 64x64: two chunks of 16
+    assert _chunking(32, 1024, 144, 16, 4)[1] >= MIN_CHUNKS  # ResNet-20's first stage: the cache rule alone
 
 
 def test_one_scratch_for_every_layer_grown_to_the_largest():
@@ -68,7 +69,7 @@ def gradients(dtype, threads, x, r):
 
 
 def test_large_kernel_small_batch_matches_float64_reference_and_thread_counts():
-    assert _chunking(BATCH, 4, 432, 32, 4, backward=True)[1] < MIN_CHUNKS
+    assert _chunking(BATCH, 4, 432, 32, 4)[1] < MIN_CHUNKS
     rng = np.random.default_rng(0)
     x = rng.standard_normal((BATCH, *SHAPE))
     r = rng.standard_normal((BATCH, 2, 2, 32))

@@ -450,7 +450,7 @@ def conv_backward(x, kernel, dy, use_bias, need_dk, need_dx, g, dkernel, dbias, 
     """
     n, ho, wo, f = dy.shape
     k = kernel.shape[0]
-    spc, chunks = _chunking(n, ho * wo, k, f, dy.itemsize, backward=need_dk)
+    spc, chunks = _chunking(n, ho * wo, k, f, dy.itemsize)
     dk_parts = shared_scratch("kernel gradient parts", (chunks if need_dk else 0, k, f), dy.dtype)
     db_parts = empty("bias gradient parts", (chunks if use_bias else 0, f), dy.dtype)
     scratch = _scratch(chunks, spc * ho * wo * k, dy.dtype)
@@ -498,20 +498,19 @@ def _scratch(chunks, size, dtype):
     return shared_scratch("windows", (share_count(chunks), size), dtype)
 
 
-def _chunking(n, rows_per_sample, k, f, itemsize, backward=False):
+def _chunking(n, rows_per_sample, k, f, itemsize):
     """(samples per chunk, chunks): as many samples as keep a chunk's windows and outputs within about
-    CHUNK_BYTES, but at least MIN_CHUNKS chunks. For a kernel gradient (backward), also at most as many
-    chunks as keep the partials (chunks, K, F) within the batch's windows and outputs (N*rows, K + F),
-    and at least two where the batch has two samples to share: a kernel large against the batch's rows
-    (a late ResNet stage: 2x2 positions, K = 4608) would otherwise keep 16 copies of itself and multiply
-    a few rows per chunk."""
+    CHUNK_BYTES, but at least MIN_CHUNKS chunks; and at most as many chunks as keep the kernel (K, F),
+    which every chunk's product reads again, small next to the rows they multiply, and so the kernel
+    gradient's partials (chunks, K, F) within the batch's windows and outputs (N*rows, K + F); at least
+    two where the batch has two samples to share. A kernel large against the batch's rows (a late ResNet
+    stage: 2x2 positions, K = 4608) would otherwise be streamed from memory by 16 chunks of a few rows."""
     by_cache = min(CHUNK_BYTES // max(rows_per_sample * (k + f) * itemsize, 1),
                    OUT_CHUNK_BYTES // max(rows_per_sample * f * itemsize, 1))
     by_balance = -(-n // MIN_CHUNKS)
     spc = max(1, min(by_cache, by_balance))
-    if backward:
-        most = max(2, n * rows_per_sample * (k + f) // max(k * f, 1))
-        spc = max(spc, -(-n // most))
+    most = max(2, n * rows_per_sample * (k + f) // max(k * f, 1))
+    spc = max(spc, -(-n // most))
     return spc, -(-n // spc)
 
 

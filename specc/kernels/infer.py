@@ -3,10 +3,10 @@ bias, with the residual Add and the ReLU that follow it applied to each chunk of
 is in cache, instead of as passes of their own over the whole output.
 
 The convolution itself is conv.py's chunk kernel (`_forward_rows`: the direct tiles where they take the
-layer, else im2col + sgemm), called per chunk of samples as conv.py's `_forward_range` does; or (`blas`)
-the chunk's windows (im2col; a 1 x 1 convolution of stride 1 and no padding reads x in place) times the
-kernel by BLAS (gemm.matmul_blas), which runs a wide kernel over few rows (a late ResNet stage: K = 4608,
-F = 512, 64 rows a chunk) faster than sgemm (bench/results/HISTORY.md), then the bias in the epilogue.
+layer, else im2col + sgemm), called per chunk of samples as conv.py's `_forward_range` does; or
+(`in_place`, a 1 x 1 convolution of stride 1 and no padding) x's rows times the kernel by one product
+(gemm.affine, bias and ReLU in its epilogue): the direct tiles run such a layer with many input channels
+per filter slower than a product reading x in place.
 """
 
 from __future__ import annotations
@@ -17,27 +17,20 @@ from . import JIT, conv, gemm
 
 
 @numba.njit(**JIT)
-def _blas_rows(x, kernel, g, n0, n1, ho, wo, scratch, o):
-    """o ((n1 - n0)*Ho*Wo, F) = the windows of samples n0:n1 of x (N, H, W, C) times kernel (K, F), by BLAS."""
-    kh, kw, sh, sw, dh, dw, ph, pw = g
+def _pointwise_rows(x, kernel, bias, relu, n0, n1, o):
+    """o ((n1 - n0)*H*W, F) = the rows of samples n0:n1 of x (N, H, W, C) times kernel (C, F) + bias (F,),
+    then max(., 0) if relu, on the calling thread: a pointwise convolution's windows are x's rows."""
     n_, h_, w_, c_ = x.shape
-    k = kernel.shape[0]
-    r = (n1 - n0) * ho * wo
-    if kh == 1 and kw == 1 and sh == 1 and sw == 1 and ph == 0 and pw == 0 and ho == h_ and wo == w_:
-        per = h_ * w_
-        cols = x.reshape(n_ * per, c_)[n0 * per: n1 * per]  # a pointwise convolution's windows are x's rows
-    else:
-        cols = scratch[: r * k].reshape(r, k)
-        conv._im2col(x, n0, n1, g, ho, wo, cols)
-    gemm.matmul_blas(cols, kernel, o)
+    per = h_ * w_
+    gemm.affine(x.reshape(n_ * per, c_)[n0 * per: n1 * per], kernel, bias, True, relu, o, False)
 
 
 @numba.njit(**JIT)
-def conv_residual_range(x, kernel, bias, g, spc, t0, t1, scratch, residual, add, relu, blas, out):
+def conv_residual_range(x, kernel, bias, g, spc, t0, t1, scratch, residual, add, relu, in_place, out):
     """Chunks t0:t1 of spc samples each of out (N, Ho, Wo, F) = conv(x (N, H, W, C), kernel (K, F)) + bias
     (F,), then (with `add`) + residual (N, Ho, Wo, F), then (with `relu`) max(., 0); scratch (>= spc*Ho*Wo*K,)
-    is this thread's. Without `add` or `blas`, residual is not read and the bias and ReLU are the
-    convolution's own epilogue."""
+    is this thread's. Without `add`, residual is not read and the bias and ReLU are the convolution's own
+    epilogue."""
     n_, ho, wo, f = out.shape
     per = ho * wo
     rows = out.reshape(n_ * per, f)
@@ -47,24 +40,22 @@ def conv_residual_range(x, kernel, bias, g, spc, t0, t1, scratch, residual, add,
         n0 = t * spc
         n1 = min(n0 + spc, n_)
         o = rows[n0 * per: n1 * per]
-        if blas:
-            _blas_rows(x, kernel, g, n0, n1, ho, wo, scratch, o)
+        if in_place:
+            _pointwise_rows(x, kernel, bias, relu and not add, n0, n1, o)
         else:
             conv._forward_rows(x, kernel, bias, True, relu and not add, g, n0, n1, ho, wo, scratch, o)
-        if add or blas:
+        if add:
             r = res[n0 * per: n1 * per]
             for i in range(o.shape[0]):
                 for q in range(f):
-                    v = o[i, q] + bias[q] if blas else o[i, q]
-                    if add:
-                        v += r[i, q]
+                    v = o[i, q] + r[i, q]
                     o[i, q] = max(v, zero) if relu else v
 
 
 @numba.njit(parallel=True, **JIT)
-def conv_residual_split(x, kernel, bias, g, spc, chunks, parts, scratch, residual, add, relu, blas, out):
+def conv_residual_split(x, kernel, bias, g, spc, chunks, parts, scratch, residual, add, relu, in_place, out):
     """conv_residual_range over `chunks` in `parts` contiguous ranges on Numba's threads, range t with
     scratch[t] (see conv._split)."""
     for t in numba.prange(parts):
         conv_residual_range(x, kernel, bias, g, spc, chunks * t // parts, chunks * (t + 1) // parts, scratch[t],
-                            residual, add, relu, blas, out)
+                            residual, add, relu, in_place, out)
