@@ -380,16 +380,20 @@ def _backward_range(x, kernel, dy, relu_out, relu, use_bias, need_dk, need_dx, g
 # in chunk order, the result is the same bits whatever compiled it, at any thread count.
 @numba.njit(**dict(JIT, fastmath=False))
 def _sum_parts(dk_parts, dbias, db_parts, need_dk, use_bias, dkernel):
-    """dkernel (K, F) and dbias (F,) = their per-chunk partials summed in chunk order. (Loops: the array
-    expressions `dkernel += dk_parts[t]` compile to more code.)"""
+    """dkernel (K, F) and dbias (F,) = their per-chunk partials summed in chunk order, 0 + part 0 + part 1
+    + ...: row by row, a vector loop over F per part. (Loops: the array expressions
+    `dkernel += dk_parts[t]` compile to more code.)"""
     if need_dk:
         k, f = dkernel.shape
+        zero = dkernel.dtype.type(0)
         for i in range(k):
+            row = dkernel[i]  # in L1 while every part is added
             for j in range(f):
-                total = dkernel.dtype.type(0)
-                for t in range(dk_parts.shape[0]):
-                    total += dk_parts[t, i, j]
-                dkernel[i, j] = total
+                row[j] = zero
+            for t in range(dk_parts.shape[0]):
+                part = dk_parts[t, i]
+                for j in range(f):
+                    row[j] += part[j]
     if use_bias:
         for j in range(dbias.shape[0]):
             total = dbias.dtype.type(0)
