@@ -32,8 +32,15 @@ from numba import types
 from numba.extending import overload
 
 from . import JIT, native
-from .activations import (CODE, F32, _ONE32, _exp_parts32, _float64_from_bits, _scalar_derivative,
-                          _scalar_forward)
+from .activations import (
+    _ONE32,
+    CODE,
+    F32,
+    _exp_parts32,
+    _float64_from_bits,
+    _scalar_derivative,
+    _scalar_forward,
+)
 from .dense import column_sums
 from .gemm import matmul, matmul_blas, matmul_serial
 

@@ -42,7 +42,6 @@ def float64_from_bits(typingctx, bits):
     return sig, codegen
 
 
-
 @intrinsic
 def float32_from_bits(typingctx, bits):
     """The float32 whose bits are the int32 `bits`, as one bitcast (loops around it still vectorise)."""
@@ -52,6 +51,7 @@ def float32_from_bits(typingctx, bits):
         return builder.bitcast(args[0], ir.FloatType())
 
     return sig, codegen
+
 
 @intrinsic
 def fmax(typingctx, a, b):
