@@ -31,26 +31,22 @@ llvmlite.binding.add_symbol("specc_numba_threads", ctypes.cast(THREAD_COUNT_FUNC
 numba_threads = types.ExternalFunction("specc_numba_threads", types.intc())
 
 
-@intrinsic
-def float64_from_bits(typingctx, bits):
-    """The float64 whose bits are the int64 `bits`, as one bitcast (loops around it still vectorise)."""
-    sig = types.float64(types.int64)
+def _from_bits(int_type, float_type, ir_type):
+    """An intrinsic: the `float_type` whose bits are the `int_type` argument, as one bitcast (loops around
+    it still vectorise)."""
 
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.DoubleType())
+    @intrinsic
+    def from_bits(typingctx, bits):
+        def codegen(context, builder, signature, args):
+            return builder.bitcast(args[0], ir_type)
 
-    return sig, codegen
+        return float_type(int_type), codegen
+
+    return from_bits
 
 
-@intrinsic
-def float32_from_bits(typingctx, bits):
-    """The float32 whose bits are the int32 `bits`, as one bitcast (loops around it still vectorise)."""
-    sig = types.float32(types.int32)
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.FloatType())
-
-    return sig, codegen
+float64_from_bits = _from_bits(types.int64, types.float64, ir.DoubleType())
+float32_from_bits = _from_bits(types.int32, types.float32, ir.FloatType())
 
 
 @intrinsic
