@@ -56,6 +56,25 @@ def batch_sizes(samples: int, batch: int) -> list[int]:
     return [min(batch, samples - s) for s in range(0, samples, batch)]
 
 
+# A predict pass of the small workloads lasts ~0.15 s, short enough for one hiccup of the host to move a
+# process's figure by 2x: passes repeat until PREDICT_SECONDS have gone by (at most PREDICT_PASSES), and the
+# median pass is the figure. Long passes (ResNet-50 predict) still run once.
+PREDICT_SECONDS = 1.0
+PREDICT_PASSES = 9
+
+
+def time_predict(predict, x) -> tuple[float, list[float], object]:
+    """(median seconds of a pass over x, every pass's seconds, the last pass's output)."""
+    import statistics
+
+    passes: list[float] = []
+    while not passes or (sum(passes) < PREDICT_SECONDS and len(passes) < PREDICT_PASSES):
+        t = time.perf_counter()
+        out = predict(x)
+        passes.append(time.perf_counter() - t)
+    return statistics.median(passes), passes, out
+
+
 def peak_rss_mb() -> float:
     """This process image's peak resident set (VmHWM), in MiB.
 

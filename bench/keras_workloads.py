@@ -60,10 +60,8 @@ def main() -> None:
 
     if config["kind"] == "predict":
         model.predict(x[: 2 * batch], batch_size=batch, verbose=0)  # warm-up
-        t = time.perf_counter()
-        out = model.predict(x, batch_size=batch, verbose=0)
-        seconds = time.perf_counter() - t
-        result.update(seconds=seconds, samples=len(x), samples_per_s=len(x) / seconds,
+        seconds, passes, out = _child.time_predict(lambda xs: model.predict(xs, batch_size=batch, verbose=0), x)
+        result.update(seconds=seconds, passes_s=passes, samples=len(x), samples_per_s=len(x) / seconds,
                       pred_head=out[:256].astype(float).tolist(), pred_sum=float(out.astype(np.float64).sum()))
         _child.write_result(result_path, result)
         return

@@ -47,10 +47,9 @@ def main() -> None:
 
     if config["kind"] == "predict":
         Trainer.predict_with(engine, x[: 2 * batch], batch_size=batch)  # warm-up: cache loads, allocator
-        t = time.perf_counter()
-        out = Trainer.predict_with(engine, x, batch_size=batch)[0]
-        seconds = time.perf_counter() - t
-        result.update(seconds=seconds, samples=len(x), samples_per_s=len(x) / seconds,
+        seconds, passes, out = _child.time_predict(
+            lambda xs: Trainer.predict_with(engine, xs, batch_size=batch)[0], x)
+        result.update(seconds=seconds, passes_s=passes, samples=len(x), samples_per_s=len(x) / seconds,
                       pred_head=out[:256].astype(float).tolist(), pred_sum=float(out.astype(np.float64).sum()))
         _child.write_result(result_path, result)
         return
