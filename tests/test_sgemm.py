@@ -1,7 +1,7 @@
 """The float32 micro-kernel products (specc.kernels.native.sgemm) against float64 NumPy, on whichever
 variant is loaded (AVX-512: 14 x 32 tiles; AVX2: 6 x 16): every tile shape (MR/4/2/1 rows; full strips,
-strips whose last vector is partial, strips with a dead vector), k = 0, k slices (> KC, and > KC_PACKED
-when b is transposed), a as a transposed or strided view, b plain or transposed, the epilogue
+strips whose last vector is partial, strips with a dead vector), k = 0, k slices (> KC, and > KC_STRIP
+when b is transposed and packed strip by strip), a as a transposed or strided view, b plain or transposed, the epilogue
 (accumulate, bias, ReLU), on 1 and 2 threads with the rows or the columns split, and that nothing outside
 `out` is written.
 
@@ -34,7 +34,8 @@ SHAPES = [  # (m, k, n)
     (18, 450, 256),  # parallel by columns on either variant (the rows would split 12 + 6, or 14 + 4)
     (300, 100, 70),  # parallel by rows
     (20, 1100, 40),  # k beyond KC: two slices, the second accumulating
-    (40, 600, 70),  # with b transposed, three packed slices of KC_PACKED
+    (40, 600, 70),  # with b transposed, packed strip by strip: three slices of KC_STRIP
+    (70, 1100, 40),  # with b transposed, packed panel by panel (m > STRIP_ROWS): two slices of KC
 ]
 
 
@@ -106,11 +107,13 @@ def test_writes_nothing_outside_out(b_transposed, threads):
 
 @needs_sgemm
 @pytest.mark.parametrize("panel_bytes", [1, 3000, 1 << 30], ids=["one-strip", "several", "one-panel"])
-def test_b_panels_of_any_size_give_the_same_product(panel_bytes, threads):
+@pytest.mark.parametrize("b_transposed", [False, True], ids=["b", "bT"])
+def test_b_panels_of_any_size_give_the_same_product(panel_bytes, b_transposed, threads):
     # b (k, n) taken in panels of one strip, of a few strips (the last one narrower), or whole: the panel
-    # size is this CPU's L2 read at run time, so every split must give the product
+    # size is this CPU's L2 read at run time, so every split must give the product; a transposed b is
+    # packed in those panels (more rows than STRIP_ROWS)
     rng = np.random.default_rng(7)
-    m, k, n = 23, 37, 5 * sgemm.NR + 3
+    m, k, n = sgemm.STRIP_ROWS + 9, 37, 5 * sgemm.NR + 3
     a = rng.standard_normal((m, k)).astype(np.float32)
     b = rng.standard_normal((k, n)).astype(np.float32)
     bias = rng.standard_normal(n).astype(np.float32)
@@ -120,10 +123,26 @@ def test_b_panels_of_any_size_give_the_same_product(panel_bytes, threads):
         for accumulate, use_bias, relu in [(False, False, False), (True, True, True)]:
             out0 = rng.standard_normal((m, n)).astype(np.float32)
             out = out0.copy()
-            sgemm.matmul(a, b, out, accumulate, bias, use_bias, relu)
+            sgemm.matmul(a, np.ascontiguousarray(b.T).T if b_transposed else b, out, accumulate, bias, use_bias,
+                         relu)
             _check(out, *_reference(a, b, out0, bias, accumulate, use_bias, relu))
     finally:
         sgemm.set_panel_bytes(before)
+
+
+@needs_sgemm
+@pytest.mark.parametrize("m,k,n", [(65, 300, 90), (300, 1100, 200)])  # rows > STRIP_ROWS (64)
+def test_b_transposed_in_panels_gives_the_same_bits(m, k, n, threads):
+    # packed panel by panel, a transposed b runs _rows's loop on _rows's panels and k slices: the same sums
+    assert m > sgemm.STRIP_ROWS
+    rng = np.random.default_rng(11)
+    a = rng.standard_normal((m, k)).astype(np.float32)
+    b = rng.standard_normal((k, n)).astype(np.float32)
+    bias = rng.standard_normal(n).astype(np.float32)
+    plain, packed = np.empty((m, n), np.float32), np.empty((m, n), np.float32)
+    sgemm.matmul(a, b, plain, False, bias, True, True)
+    sgemm.matmul(a, np.ascontiguousarray(b.T).T, packed, False, bias, True, True)
+    assert np.array_equal(plain, packed)
 
 
 @needs_sgemm

@@ -16,8 +16,8 @@ runs them; only the variant for the CPU Numba compiles for is built (native/__in
 drivers are compiled once as a C callable (`_range_c`), which kernels call by symbol name.
 
 Layouts. out must be contiguous along n; b contiguous along n (its rows are vector loads) or along k (a
-transposed view such as Dense's W.T, packed strip by strip); a may have any strides: its values are
-broadcast one at a time, so `x.T` (Dense's weight gradient) needs no copy. `supports` says whether a
+transposed view such as Dense's W.T, transposed into the first layout a panel or a strip at a time); a may
+have any strides: its values are broadcast one at a time, so `x.T` (Dense's weight gradient) needs no copy. `supports` says whether a
 product qualifies; gemm.affine sends the others to BLAS. Arrays should start on a 64-byte boundary
 (workspace.aligned_empty): a 512-bit load across two cache lines is slower.
 
@@ -40,6 +40,7 @@ from typing import NamedTuple
 
 import llvmlite.binding
 import numba
+import numpy as np
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
@@ -76,7 +77,6 @@ LANES, MR, _VECTORS, DEFAULT_PANEL_BYTES, A_OFFSETS_IN_REGISTERS = _TILES[ISA]
 NR = _VECTORS * LANES  # columns of b per micro-kernel
 ROWS = (MR, 4, 2, 1)  # rows per block: MR, then 4, 2, 1 for the last few
 KC = 1024  # rows of b per slice when k is larger (a's MR x KC block then stays in L2)
-KC_PACKED = 256  # rows per packed strip of a transposed b: 256 x NR x 4 B (32 or 16 KB), within L1
 PARALLEL_MIN_FLOPS = 4_000_000  # below this a product runs on the calling thread: it takes about as long
 # as waking Numba's workers
 
@@ -471,18 +471,6 @@ _grid_ext = types.ExternalFunction("specc_sgemm_grid", _GRID_SIG)
 
 
 @intrinsic
-def _stack_strip(typingctx):
-    """The address of a KC_PACKED x NR float32 buffer in the calling function's stack frame (allocated
-    once, in its entry block): where `_rows_bt` packs one strip of b."""
-    def codegen(context, builder, signature, args):
-        buffer = cgutils.alloca_once(builder, _I8, size=ir.Constant(_I64, 4 * KC_PACKED * NR))
-        buffer.align = 64
-        return builder.ptrtoint(buffer, _I64)
-
-    return types.int64(), codegen
-
-
-@intrinsic
 def _copy_float(typingctx, dst, src):
     """*dst = *src for float32 addresses."""
     def codegen(context, builder, signature, args):
@@ -492,6 +480,42 @@ def _copy_float(typingctx, dst, src):
         return context.get_dummy_value()
 
     return types.void(types.int64, types.int64), codegen
+
+
+# Shuffle masks of an 8 x 8 float32 transpose in three rounds of two-source shuffles, which x86 lowers to
+# unpcklps/unpckhps, shufps and vperm2f128: pairs of rows interleaved, then pairs of pairs, then 128-bit halves.
+_INTERLEAVE = ((0, 8, 1, 9, 4, 12, 5, 13), (2, 10, 3, 11, 6, 14, 7, 15))
+_PAIRS = ((0, 1, 8, 9, 4, 5, 12, 13), (2, 3, 10, 11, 6, 7, 14, 15))
+_HALVES = ((0, 1, 2, 3, 8, 9, 10, 11), (4, 5, 6, 7, 12, 13, 14, 15))
+
+
+@intrinsic
+def _transpose8(typingctx, dst, ldd, src, lds):
+    """dst[p*ldd + q] = src[q*lds + p] for p, q < 8: float32 addresses, strides in elements. Eight vector
+    loads, 24 shuffles and eight stores, where element copies took ~1.7 cycles each."""
+    def codegen(context, builder, signature, args):
+        dst_, ldd_, src_, lds_ = args
+        v8 = ir.VectorType(_F32, 8)
+        four = ir.Constant(_I64, 4)
+
+        def row(base, stride, r):
+            address = builder.add(base, builder.mul(builder.mul(stride, ir.Constant(_I64, r)), four))
+            return builder.inttoptr(address, v8.as_pointer())
+
+        def shuffle(x, y, mask):
+            return builder.shuffle_vector(x, y, ir.Constant(ir.VectorType(_I32, 8), list(mask)))
+
+        rows = [builder.load(row(src_, lds_, q), align=4) for q in range(8)]
+        # t[2i + h]: rows 2i and 2i + 1 interleaved (h: low or high pairs of each 128-bit half)
+        t = [shuffle(rows[2 * i], rows[2 * i + 1], _INTERLEAVE[h]) for i in range(4) for h in range(2)]
+        # u[4g + 2h + e]: from t of rows 4g..4g+3; column 2h + e in the low halves, 2h + e + 4 in the high
+        u = [shuffle(t[4 * g + h], t[4 * g + 2 + h], _PAIRS[e]) for g in range(2) for h in range(2) for e in range(2)]
+        for c in range(4):  # column c from u[c] (rows 0-3) and u[4 + c] (rows 4-7), column c + 4 likewise
+            for half in range(2):
+                builder.store(shuffle(u[c], u[4 + c], _HALVES[half]), row(dst_, ldd_, c + 4 * half), align=4)
+        return context.get_dummy_value()
+
+    return types.void(types.int64, types.int64, types.int64, types.int64), codegen
 
 
 @numba.njit(**JIT)
@@ -515,27 +539,90 @@ def _rows(a, ars, acs, b, ldb, out, ldo, n, k, i0, i1, accumulate, bias, use_bia
 
 
 @numba.njit(**JIT)
-def _rows_bt(a, ars, acs, b, ldb, out, ldo, n, k, i0, i1, accumulate, bias, use_bias, relu):
-    """_rows for a b stored transposed, b[p, j] at element j * ldb + p (Dense's input gradient, dz @ W.T):
-    each NR-column strip of b, KC_PACKED rows at a time, is first copied into a stack buffer laid out as
-    the micro-kernel reads it (so it stays in L1 while every row block passes over it)."""
+def _pack(dst, ldd, src, lds, cols, kk):
+    """dst[p*ldd + q] = src[q*lds + p] for p < kk, q < cols (float32 addresses, strides in elements): 8 x 8
+    blocks in registers, the edges one element at a time."""
+    whole_q, whole_p = cols - cols % 8, kk - kk % 8
+    for q in range(0, whole_q, 8):
+        for p in range(0, whole_p, 8):
+            _transpose8(dst + 4 * (p * ldd + q), ldd, src + 4 * (q * lds + p), lds)
+    for q in range(cols):
+        for p in range(whole_p if q < whole_q else 0, kk):
+            _copy_float(dst + 4 * (p * ldd + q), src + 4 * (q * lds + p))
+
+
+# A transposed b (Dense's input gradient dz @ W.T, a convolution's d @ kernel.T) is packed into the layout
+# _rows reads, one of two ways by the product's row count (never by a thread's share of the rows, so the
+# sums are the same at any thread count):
+# - panels (`_rows_bt_panels`): each of _rows's panels of b transposed into a heap buffer, then _rows's
+#   loop, with _rows's sums. Per row of a the cheaper, once a has more rows than STRIP_ROWS: a strip at a
+#   time, a's rows came from L2 or L3 again for every strip (1024 x 256 x 784: 20% slower than _rows).
+# - strips (`_rows_bt_strips`): one NR-column strip of KC_STRIP rows at a time, into a stack buffer that
+#   stays in L1 while every row block passes over it. A few rows (a convolution chunk's 64) do too
+#   little work per element of b to pay for writing a panel of L2 (64 x 512 x 4608: 8% slower than _rows,
+#   against 28% by panels).
+STRIP_ROWS = 64
+KC_STRIP = 256  # 256 x NR x 4 B: 32 KB on AVX-512, 16 KB on AVX2
+
+
+@intrinsic
+def _stack_strip(typingctx):
+    """The address of a KC_STRIP x NR float32 buffer in the calling function's stack frame (allocated
+    once, in its entry block)."""
+    def codegen(context, builder, signature, args):
+        buffer = cgutils.alloca_once(builder, _I8, size=ir.Constant(_I64, 4 * KC_STRIP * NR))
+        buffer.align = 64
+        return builder.ptrtoint(buffer, _I64)
+
+    return types.int64(), codegen
+
+
+@numba.njit(**JIT)
+def _rows_bt_strips(a, ars, acs, b, ldb, out, ldo, n, k, i0, i1, accumulate, bias, use_bias, relu):
+    """_rows for b stored transposed (b[p, j] at element j * ldb + p), a strip at a time."""
     strip_at = _stack_strip()
     for j0 in range(0, n, NR):
         cols = min(NR, n - j0)
         p0 = 0
         while True:  # k slices; with k = 0 one pass, which still writes the epilogue
-            kk = min(KC_PACKED, k - p0)
+            kk = min(KC_STRIP, k - p0)
             last = p0 + kk >= k
-            src = b + 4 * (j0 * ldb + p0)
-            for q in range(cols):  # reads b along k (contiguous), writes strip column q
-                for p in range(kk):
-                    _copy_float(strip_at + 4 * (p * NR + q), src + 4 * (q * ldb + p))
+            _pack(strip_at, NR, b + 4 * (j0 * ldb + p0), ldb, cols, kk)
             _grid_ext(a + 4 * p0 * acs, ars, acs, strip_at, NR, out + 4 * j0, ldo, i0, i1, cols, kk,
                       int(accumulate or p0 > 0), bias + 4 * j0, int(use_bias and last), int(relu and last))
             p0 += kk
             if last:
                 break
 
+
+@numba.njit(**JIT)
+def _rows_bt_panels(a, ars, acs, b, ldb, out, ldo, n, k, i0, i1, accumulate, bias, use_bias, relu):
+    """_rows for b stored transposed, a panel at a time (the panels and k slices _rows takes)."""
+    kc = max(1, min(k, KC))
+    panel_bytes = _panel_bytes_now()
+    panels = (n * kc * 4 + panel_bytes - 1) // panel_bytes
+    nc = min(n, ((n + panels - 1) // panels + NR - 1) // NR * NR)
+    _packed_panels(np.empty(kc * nc, np.float32), a, ars, acs, b, ldb, out, ldo, n, k, i0, i1, accumulate, bias,
+                   use_bias, relu, kc, nc)
+
+
+@numba.njit(**JIT)
+def _packed_panels(panel, a, ars, acs, b, ldb, out, ldo, n, k, i0, i1, accumulate, bias, use_bias, relu, kc, nc):
+    """_rows_bt_panels's loop with its buffer panel (kc * nc,) passed in, so that the caller holds the
+    array while its address is in use."""
+    at = panel.ctypes.data
+    for j0 in range(0, n, nc):
+        width = min(nc, n - j0)
+        p0 = 0
+        while True:
+            kk = min(kc, k - p0)
+            last = p0 + kk >= k
+            _pack(at, width, b + 4 * (j0 * ldb + p0), ldb, width, kk)
+            _grid_ext(a + 4 * p0 * acs, ars, acs, at, width, out + 4 * j0, ldo, i0, i1, width, kk,
+                      int(accumulate or p0 > 0), bias + 4 * j0, int(use_bias and last), int(relu and last))
+            p0 += kk
+            if last:
+                break
 
 
 # The drivers are compiled once, as C callables, and kernels call them by symbol names registered with
@@ -548,9 +635,12 @@ _PARALLEL_SIG = types.void(*(types.int64,) * 17)
 
 @numba.cfunc(_RANGE_SIG, **JIT)
 def _range_c(a, ars, acs, b, ldb, bt, out, ldo, n, k, i0, i1, accumulate, bias, use_bias, relu):
-    """Rows i0:i1 by _rows, or by _rows_bt when b is stored transposed (bt); flags are 0/1."""
-    if bt:
-        _rows_bt(a, ars, acs, b, ldb, out, ldo, n, k, i0, i1, accumulate != 0, bias, use_bias != 0, relu != 0)
+    """Rows i0:i1 by _rows, or, b stored transposed, by _rows_bt_panels (bt = 1) or _rows_bt_strips (bt =
+    2); flags are 0/1."""
+    if bt == 2:
+        _rows_bt_strips(a, ars, acs, b, ldb, out, ldo, n, k, i0, i1, accumulate != 0, bias, use_bias != 0, relu != 0)
+    elif bt:
+        _rows_bt_panels(a, ars, acs, b, ldb, out, ldo, n, k, i0, i1, accumulate != 0, bias, use_bias != 0, relu != 0)
     else:
         _rows(a, ars, acs, b, ldb, out, ldo, n, k, i0, i1, accumulate != 0, bias, use_bias != 0, relu != 0)
 
@@ -616,6 +706,7 @@ def product(a, a_rows, a_cols, m, k, b, b_rows, b_cols, n, out, out_rows, out_co
     bt, ldb = _b_layout(k, n, b_rows, b_cols)
     if not _takes(m, k, n, a_rows, a_cols, ldb, out_rows, out_cols):
         return False
+    packing = 0 if not bt else 2 if m <= STRIP_ROWS else 1  # _range_c's bt
     count = threads() if threaded else 1
     if count > 1 and 2 * m * n * k >= PARALLEL_MIN_FLOPS and last_row - first_row == m:
         # Split the rows, unless the columns share out more than 5% more evenly: 128 rows in 14-row blocks
@@ -627,10 +718,10 @@ def product(a, a_rows, a_cols, m, k, b, b_rows, b_cols, n, out, out_rows, out_co
         most_columns = min(n, -(-strips // count) * NR)
         by_columns = 20 * n * most_rows > 21 * m * most_columns  # columns' largest share 5% smaller
         parts = min(count, strips if by_columns else blocks)
-        _range_parallel_ext(a, a_rows, a_cols, b, ldb, int(bt), out, out_rows, m, n, k, int(accumulate), bias,
+        _range_parallel_ext(a, a_rows, a_cols, b, ldb, packing, out, out_rows, m, n, k, int(accumulate), bias,
                             int(use_bias), int(relu), parts, int(by_columns))
     else:
-        _range_ext(a, a_rows, a_cols, b, ldb, int(bt), out, out_rows, n, k, first_row, last_row, int(accumulate),
+        _range_ext(a, a_rows, a_cols, b, ldb, packing, out, out_rows, n, k, first_row, last_row, int(accumulate),
                    bias, int(use_bias), int(relu))
     return True
 
