@@ -75,14 +75,17 @@ def _plan(steps: list[Step], output_names: list[str]) -> list[Step]:
     """The steps as forward runs them: a convolution whose output only a max pooling reads (and that is
     not a model output) runs with it as one step (layers/fusion.py), under the pooling's name; so do a
     BatchNormalization or a two-input Add and the ReLU (or, after BatchNormalization, ReLU6) Activation
-    layer that alone reads it; and a ZeroPadding2D and the DepthwiseConv2D that alone reads it, under the
-    convolution's name and with its weights."""
+    layer that alone reads it; a two-input Add and the LayerNormalization over the last axis that alone
+    reads it, under the normalisation's name and with its weights; and a ZeroPadding2D and the
+    DepthwiseConv2D that alone reads it, under the convolution's name and with its weights."""
     from .layers.fusion import (
         AddAct,
+        AddNorm,
         BatchNormAct,
         ConvPool,
         fusable,
         fusable_activation,
+        fusable_norm,
         fusable_padding,
         padded_step,
     )
@@ -108,6 +111,11 @@ def _plan(steps: list[Step], output_names: list[str]) -> list[Step]:
             fused = (AddAct if s.layer.is_merge else BatchNormAct)(s.layer, pool.layer)
             s = Step(pool.name, fused, s.inbound, s.trainable, s.specs, s.input_shape, pool.output_shape,
                      s.weights, s.grads)
+        elif pool is not None and s.name not in output_names and len(s.inbound) == 2 and \
+                fusable_norm(s.layer, pool.layer, len(pool.output_shape) + 1):
+            absorbed.add(pool.name)
+            s = Step(pool.name, AddNorm(s.layer, pool.layer), s.inbound, pool.trainable, pool.specs, s.input_shape,
+                     pool.output_shape, pool.weights, pool.grads)
         elif pool is not None and s.name not in output_names and fusable_padding(s.layer, pool.layer):
             absorbed.add(pool.name)
             s = Step(pool.name, padded_step(s.layer, pool.layer), s.inbound, pool.trainable, pool.specs,

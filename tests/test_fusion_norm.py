@@ -1,8 +1,9 @@
 """BatchNormalization (last axis) or a two-input Add, and the ReLU/ReLU6 Activation that alone reads it, run
-as one step (layers/fusion.py's BatchNormAct and AddAct; kernels/norm.py's batch_* passes): where the
-engine fuses, that the gradients match finite differences in float64 (training-mode statistics), that the
-fused step gives what the layers give apart, that the batch statistics stay accurate for a large mean over
-many rows, and that results do not depend on the thread count."""
+as one step (layers/fusion.py's BatchNormAct and AddAct; kernels/norm.py's batch_* passes), and so do a
+two-input Add and the LayerNormalization (last axis) that alone reads it (AddNorm): where the engine
+fuses, that the gradients match finite differences in float64 (training-mode statistics), that the fused
+step gives what the layers give apart, that the batch statistics stay accurate for a large mean over many
+rows, and that results do not depend on the thread count."""
 
 from __future__ import annotations
 
@@ -148,3 +149,82 @@ def test_same_bits_at_one_and_two_threads():
         configure_threads(before)
     for a, b in zip(*results):
         np.testing.assert_array_equal(a, b)
+
+
+LN = {"type": "LayerNormalization"}
+
+
+def add_norm(norm=LN, shapes=([5, 8], [5, 8])):
+    """Two inputs, their sum, its normalisation."""
+    return {"inputs": {"a": shapes[0], "b": shapes[1]},
+            "layers": [{"type": "Add", "name": "s", "inputs": ["a", "b"]}, dict(norm, name="n", inputs="s")],
+            "outputs": "n"}
+
+
+@pytest.mark.parametrize("model,expected", [
+    (add_norm(), ["AddNorm"]),
+    (add_norm(dict(LN, axis=2)), ["AddNorm"]),  # the last axis by its index
+    (add_norm(dict(LN, axis=1)), ["Add", "LayerNormalization"]),
+    (add_norm(dict(LN, center=False, scale=False)), ["AddNorm"]),
+    # the sum is also read by a second layer
+    ({"inputs": {"a": [8], "b": [8]},
+      "layers": [{"type": "Add", "name": "s", "inputs": ["a", "b"]}, dict(LN, name="n", inputs="s"),
+                 {"type": "Dense", "units": 2, "name": "d", "inputs": "s"}],
+      "outputs": ["n", "d"]}, ["Add", "LayerNormalization", "Dense"]),
+], ids=["last_axis", "axis_2", "axis_1", "no_affine", "sum_read_twice"])
+def test_add_then_layernorm_fused_where_it_alone_reads_the_sum(model, expected):
+    assert plan_types(model) == expected
+
+
+@pytest.mark.parametrize("shapes", [([5, 8], [5, 8]), ([5, 8], [1, 8])], ids=["same_shape", "broadcast"])
+def test_add_norm_gradient_matches_finite_differences(shapes):
+    engine = engine_of(add_norm(dict(LN, epsilon=1e-3), shapes), np.float64)
+    assert [type(s.layer).__name__ for s in engine.plan] == ["AddNorm"]
+    rng = np.random.default_rng(8)
+    engine.params[...] = rng.standard_normal(engine.params.shape)  # gamma and beta away from 1 and 0
+    a, b = rng.standard_normal((3, *shapes[0])), rng.standard_normal((3, *shapes[1]))
+    r = rng.standard_normal((3, *shapes[0]))
+    engine.forward([a, b], training=True)
+    engine.backward([r])
+    analytic = [engine._input_grads["a"].copy(), engine._input_grads["b"].copy(), engine.grads.copy()]
+    h = 1e-6
+
+    def loss():
+        return np.sum(engine.forward([a, b])[0] * r)
+
+    for x, want in zip((a, b, engine.params), analytic):
+        numeric = np.empty_like(x)
+        for i in np.ndindex(x.shape):
+            old = x[i]
+            x[i] = old + h
+            up = loss()
+            x[i] = old - h
+            down = loss()
+            x[i] = old
+            numeric[i] = (up - down) / (2 * h)
+        np.testing.assert_allclose(want, numeric, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("training", [False, True], ids=["inference", "training"])
+def test_add_norm_gives_the_bits_of_the_layers_apart(training):
+    # a Transformer block's residuals at float32: the sum is the Add's float32 sum, then the same kernel
+    model = {"inputs": {"x": [12, 16]},
+             "layers": [{"type": "Dense", "units": 16, "name": "d", "inputs": "x"},
+                        {"type": "Add", "name": "s", "inputs": ["x", "d"]}, dict(LN, name="n", inputs="s"),
+                        {"type": "Dense", "units": 16, "name": "f", "inputs": "n"},
+                        {"type": "Add", "name": "s2", "inputs": ["n", "f"]}, dict(LN, name="n2", inputs="s2")],
+             "outputs": "n2"}
+    fused, apart = engine_of(model), engine_of(model, fuse=False)
+    assert [type(s.layer).__name__ for s in fused.plan] == ["Dense", "AddNorm", "Dense", "AddNorm"]
+    rng = np.random.default_rng(9)
+    fused.params[...] = rng.standard_normal(fused.params.shape).astype(np.float32)
+    apart.params[...] = fused.params
+    x = (rng.standard_normal((40, 12, 16)) * 3 + 5).astype(np.float32)
+    outs = [e.forward([x], training=training)[0].copy() for e in (fused, apart)]
+    np.testing.assert_array_equal(*outs)
+    if training:
+        d = rng.standard_normal(outs[0].shape).astype(np.float32)
+        for e in (fused, apart):
+            e.backward([d])
+        np.testing.assert_array_equal(fused.grads, apart.grads)
+        np.testing.assert_array_equal(fused._input_grads["x"], apart._input_grads["x"])

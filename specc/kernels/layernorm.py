@@ -43,15 +43,21 @@ def _shares(rows, channels):
     return per, chunks, max(1, min(share_count(chunks), rows * channels // MIN_SHARE_VALUES))
 
 
-def forward(x, gamma, beta, eps, mean, inv, out):
+def forward(x, gamma, beta, eps, mean, inv, out, b=None, total=None):
     """x (rows, C) -> out = (x - mean) * inv * gamma + beta per row, inv = 1 / sqrt(biased var + eps);
-    mean and inv (rows,) float64 are kept for backward. gamma, beta (C,) in x's dtype; out may not be x."""
+    mean and inv (rows,) float64 are kept for backward. gamma, beta (C,) in x's dtype; out may not be x.
+    With b (rows, C), of x + b instead (a residual Add before the normalisation, in the same pass), the
+    sums written to `total` (rows, C): backward reads them as its x."""
     rows, c = x.shape
+    none = _NONE[x.dtype.type][0]
+    b = none if b is None else b
+    total = none if total is None else total
     per, chunks, parts = _shares(rows, c)
     if parts <= 1:  # without the parallel loop's compile
-        forward_range(x, gamma, beta, eps, per, 0, chunks, mean, inv, out)
+        forward_range(x, b, total, gamma, beta, eps, per, 0, chunks, mean, inv, out)
     else:
-        _split(FORWARD, x, x, gamma, beta, eps, mean, inv, False, per, chunks, parts, _NONE[x.dtype.type], out)
+        _split(FORWARD, x, x, b, total, gamma, beta, eps, mean, inv, False, per, chunks, parts, _NONE[x.dtype.type][1],
+               out)
 
 
 def backward(dy, x, mean, inv, gamma, need_dx, dgamma, dbeta, dx):
@@ -60,42 +66,51 @@ def backward(dy, x, mean, inv, gamma, need_dx, dgamma, dbeta, dx):
     rows, c = x.shape
     per, chunks, parts = _shares(rows, c)
     grad_parts = empty("layernorm gradient parts", (chunks, 2, c), x.dtype)
+    none = _NONE[x.dtype.type][0]
     if parts <= 1:
         backward_range(dy, x, mean, inv, gamma, need_dx, per, 0, chunks, grad_parts, dx)
     else:
-        _split(BACKWARD, dy, x, gamma, gamma, 0.0, mean, inv, need_dx, per, chunks, parts, grad_parts, dx)
+        _split(BACKWARD, dy, x, none, none, gamma, gamma, 0.0, mean, inv, need_dx, per, chunks, parts, grad_parts, dx)
     sum_parts(grad_parts, dgamma, dbeta)
 
 
-# An unread stand-in for the gradient partials in forward, by dtype.
-_NONE = {t: np.zeros((0, 0, 0), t) for t in (np.float32, np.float64)}
+# Unread stand-ins by dtype: for b and total without a residual, and for the gradient partials in forward.
+_NONE = {t: (np.zeros((0, 0), t), np.zeros((0, 0, 0), t)) for t in (np.float32, np.float64)}
 
 
 @numba.njit(parallel=True, **JIT)
-def _split(which, dy, x, gamma, beta, eps, mean, inv, need_dx, per, chunks, parts, grad_parts, out):
+def _split(which, dy, x, b, total, gamma, beta, eps, mean, inv, need_dx, per, chunks, parts, grad_parts, out):
     """forward_range (FORWARD, out: the output) or backward_range (BACKWARD, out: dx) over `chunks` in
     `parts` contiguous ranges on Numba's threads (see conv._split)."""
     for t in numba.prange(parts):
         t0, t1 = chunks * t // parts, chunks * (t + 1) // parts
         if which == FORWARD:
-            forward_range(x, gamma, beta, eps, per, t0, t1, mean, inv, out)
+            forward_range(x, b, total, gamma, beta, eps, per, t0, t1, mean, inv, out)
         else:
             backward_range(dy, x, mean, inv, gamma, need_dx, per, t0, t1, grad_parts, out)
 
 
 @numba.njit(**JIT)
-def forward_range(x, gamma, beta, eps, per, t0, t1, mean, inv, out):
-    """`forward` for the rows of chunks t0:t1 (`per` rows each)."""
+def forward_range(x, b, total, gamma, beta, eps, per, t0, t1, mean, inv, out):
+    """`forward` for the rows of chunks t0:t1 (`per` rows each): of x, or where b has rows of x + b, each
+    row's sums written first to `total`."""
     rows, c = x.shape
+    add = b.shape[0] > 0
     n = np.float64(c)
     for r in range(t0 * per, min(rows, t1 * per)):
+        if add:
+            y = total[r]
+            for j in range(c):
+                y[j] = x[r, j] + b[r, j]
+        else:
+            y = x[r]
         m = 0.0
         for j in range(c):
-            m += np.float64(x[r, j])
+            m += np.float64(y[j])
         m /= n
         v = 0.0
         for j in range(c):
-            d = np.float64(x[r, j]) - m
+            d = np.float64(y[j]) - m
             v += d * d
         iv = 1.0 / np.sqrt(v / n + eps)
         mean[r] = m
@@ -103,7 +118,7 @@ def forward_range(x, gamma, beta, eps, per, t0, t1, mean, inv, out):
         # in x's dtype: (x - mean) first, so a large mean does not cancel against the scaled x
         mx, ivx = x.dtype.type(m), x.dtype.type(iv)
         for j in range(c):
-            out[r, j] = (x[r, j] - mx) * (ivx * gamma[j]) + beta[j]
+            out[r, j] = (y[j] - mx) * (ivx * gamma[j]) + beta[j]
 
 
 @numba.njit(**JIT)

@@ -218,6 +218,53 @@ class AddAct:
         return [dz] * data
 
 
+def fusable_norm(add: Any, norm: Any, rank: int) -> bool:
+    """Whether an Add and the LayerNormalization that alone reads it (inputs of `rank` axes, batch
+    included) can run as one step (AddNorm): a normalisation over the last axis."""
+    from .merging import Add
+    from .normalization import LayerNormalization
+
+    return type(add) is Add and type(norm) is LayerNormalization and norm.axis in (-1, rank - 1)
+
+
+class AddNorm:
+    """The runtime side of a two-input Add whose output only a LayerNormalization over the last axis
+    reads (a Transformer block's residual): the normalisation of a + b in one pass that also writes the
+    sum, instead of the Add's pass and then the normalisation's; its weights are the normalisation's. Backward sends the normalisation's input
+    gradient to both inputs. Inputs of different shapes (broadcasting) run the two layers apart."""
+
+    is_merge = True
+    runs_own_threads = False
+
+    def __init__(self, add: Any, norm: Any):
+        self.add, self.norm = add, norm
+        self.fused_layers = (add, norm)
+
+    def output_activation(self) -> str:
+        return "linear"
+
+    def applies_activation(self) -> bool:
+        return False
+
+    def forward(self, w, xs, training, rng):
+        a, b = xs  # the engine fuses two-input Adds only
+        if a.shape != b.shape or a.dtype != b.dtype:
+            y, add_saved = self.add.forward([], xs, training, rng)
+            out, saved = self.norm.forward(w, y, training, rng)
+            return out, (add_saved, saved)
+        out, saved = self.norm.forward_residual(w, a, b)
+        return out, (None, saved)
+
+    def backward(self, w, g, saved, dy, need_dx=True):
+        add_saved, saved = saved
+        dx = self.norm.backward(w, g, saved, dy, need_dx)
+        if dx is None:
+            return None
+        if add_saved is not None:
+            return self.add.backward([], [], add_saved, dx, need_dx)
+        return [dx, dx]
+
+
 # A ZeroPadding2D whose output only a DepthwiseConv2D reads: the convolution reads the unpadded input with
 # the padding before each axis added to its own (the depthwise kernels skip taps outside the input, which
 # is what reading the padding's zeros adds), and its output size is the padded input's. The padded copy

@@ -203,6 +203,26 @@ class LayerNormalization(LayerSpec):
         layernorm.forward(x2, gamma, beta, float(self.epsilon), mean, inv, out)
         return _from_rows(out, layout), (x2, mean, inv, layout)
 
+    def forward_residual(self, w, a, b):
+        """forward of a + b (a residual Add that only this normalisation reads, layers/fusion.py AddNorm;
+        a and b of one shape, the axis last) in the same pass; the sum is kept as the input backward reads
+        (in inference too, as `forward` keeps x: a backward may follow any forward)."""
+        import numpy as np
+
+        from ..kernels import layernorm
+
+        c = a.shape[-1]
+        dt = a.dtype
+        a2 = np.ascontiguousarray(a).reshape(-1, c)
+        b2 = np.ascontiguousarray(b, dt).reshape(-1, c)
+        rows = a2.shape[0]
+        gamma, beta, _, _ = _affine(self, w, c, dt)
+        out = empty("out", a2.shape, dt)
+        total = empty("sum", a2.shape, dt)
+        mean, inv = empty("mean", (rows,), np.float64), empty("inv", (rows,), np.float64)
+        layernorm.forward(a2, gamma, beta, float(self.epsilon), mean, inv, out, b2, total)
+        return out.reshape(a.shape), (total, mean, inv, (a.ndim - 1, a.shape))
+
     def backward(self, w, g, saved, dy, need_dx=True):
         import numpy as np
 
