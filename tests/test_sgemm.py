@@ -1,9 +1,9 @@
 """The float32 micro-kernel products (specc.kernels.native.sgemm) against float64 NumPy, on whichever
 variant is loaded (AVX-512: 14 x 32 tiles; AVX2: 6 x 16): every tile shape (MR/4/2/1 rows; full strips,
 strips whose last vector is partial, strips with a dead vector), k = 0, k slices (> KC, and > KC_STRIP
-when b is transposed and packed strip by strip), a as a transposed or strided view, b plain or transposed, the epilogue
-(accumulate, bias, ReLU), on 1 and 2 threads with the rows or the columns split, and that nothing outside
-`out` is written.
+when b is transposed and packed strip by strip), a as a transposed or strided view, b plain or
+transposed (packed strip by strip or panel by panel), the epilogue (accumulate, bias, ReLU), on 1 and 2
+threads with the rows or the columns split, and that nothing outside `out` is written.
 
 sgemm loads where the CPU Numba compiles for has AVX-512 (and is this CPU) or AVX2 and FMA: its own tests
 skip elsewhere. Run them as on an AVX2 CPU with NUMBA_CPU_NAME=haswell NUMBA_CPU_FEATURES= (the name alone

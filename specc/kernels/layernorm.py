@@ -56,8 +56,8 @@ def forward(x, gamma, beta, eps, mean, inv, out, b=None, total=None):
     if parts <= 1:  # without the parallel loop's compile
         forward_range(x, b, total, gamma, beta, eps, per, 0, chunks, mean, inv, out)
     else:
-        _split(FORWARD, x, x, b, total, gamma, beta, eps, mean, inv, False, per, chunks, parts, _NONE[x.dtype.type][1],
-               out)
+        _split(FORWARD, x, x, b, total, gamma, beta, eps, mean, inv, False, per, chunks, parts,
+               _NONE[x.dtype.type][1], out)
 
 
 def backward(dy, x, mean, inv, gamma, need_dx, dgamma, dbeta, dx):
@@ -70,7 +70,8 @@ def backward(dy, x, mean, inv, gamma, need_dx, dgamma, dbeta, dx):
     if parts <= 1:
         backward_range(dy, x, mean, inv, gamma, need_dx, per, 0, chunks, grad_parts, dx)
     else:
-        _split(BACKWARD, dy, x, none, none, gamma, gamma, 0.0, mean, inv, need_dx, per, chunks, parts, grad_parts, dx)
+        _split(BACKWARD, dy, x, none, none, gamma, gamma, 0.0, mean, inv, need_dx, per, chunks, parts, grad_parts,
+               dx)
     sum_parts(grad_parts, dgamma, dbeta)
 
 

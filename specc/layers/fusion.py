@@ -230,8 +230,9 @@ def fusable_norm(add: Any, norm: Any, rank: int) -> bool:
 class AddNorm:
     """The runtime side of a two-input Add whose output only a LayerNormalization over the last axis
     reads (a Transformer block's residual): the normalisation of a + b in one pass that also writes the
-    sum, instead of the Add's pass and then the normalisation's; its weights are the normalisation's. Backward sends the normalisation's input
-    gradient to both inputs. Inputs of different shapes (broadcasting) run the two layers apart."""
+    sum, instead of the Add's pass and then the normalisation's; its weights are the normalisation's.
+    Backward sends the normalisation's input gradient to both inputs. Inputs of different shapes
+    (broadcasting) run the two layers apart."""
 
     is_merge = True
     runs_own_threads = False

@@ -17,9 +17,9 @@ drivers are compiled once as a C callable (`_range_c`), which kernels call by sy
 
 Layouts. out must be contiguous along n; b contiguous along n (its rows are vector loads) or along k (a
 transposed view such as Dense's W.T, transposed into the first layout a panel or a strip at a time); a may
-have any strides: its values are broadcast one at a time, so `x.T` (Dense's weight gradient) needs no copy. `supports` says whether a
-product qualifies; gemm.affine sends the others to BLAS. Arrays should start on a 64-byte boundary
-(workspace.aligned_empty): a 512-bit load across two cache lines is slower.
+have any strides: its values are broadcast one at a time, so `x.T` (Dense's weight gradient) needs no
+copy. `supports` says whether a product qualifies; gemm.affine sends the others to BLAS. Arrays should
+start on a 64-byte boundary (workspace.aligned_empty): a 512-bit load across two cache lines is slower.
 
 Blocking. The drivers walk row blocks of MR outer and NR-column strips of b inner, so a's MR rows
 (MR x k floats) stay in L1/L2 while b streams from L2: b is taken in panels of columns that fit in half
@@ -483,7 +483,8 @@ def _copy_float(typingctx, dst, src):
 
 
 # Shuffle masks of an 8 x 8 float32 transpose in three rounds of two-source shuffles, which x86 lowers to
-# unpcklps/unpckhps, shufps and vperm2f128: pairs of rows interleaved, then pairs of pairs, then 128-bit halves.
+# unpcklps/unpckhps, shufps and vperm2f128: pairs of rows interleaved, then pairs of pairs, then 128-bit
+# halves.
 _INTERLEAVE = ((0, 8, 1, 9, 4, 12, 5, 13), (2, 10, 3, 11, 6, 14, 7, 15))
 _PAIRS = ((0, 1, 8, 9, 4, 5, 12, 13), (2, 3, 10, 11, 6, 7, 14, 15))
 _HALVES = ((0, 1, 2, 3, 8, 9, 10, 11), (4, 5, 6, 7, 12, 13, 14, 15))
@@ -509,7 +510,8 @@ def _transpose8(typingctx, dst, ldd, src, lds):
         # t[2i + h]: rows 2i and 2i + 1 interleaved (h: low or high pairs of each 128-bit half)
         t = [shuffle(rows[2 * i], rows[2 * i + 1], _INTERLEAVE[h]) for i in range(4) for h in range(2)]
         # u[4g + 2h + e]: from t of rows 4g..4g+3; column 2h + e in the low halves, 2h + e + 4 in the high
-        u = [shuffle(t[4 * g + h], t[4 * g + 2 + h], _PAIRS[e]) for g in range(2) for h in range(2) for e in range(2)]
+        u = [shuffle(t[4 * g + h], t[4 * g + 2 + h], _PAIRS[e])
+             for g in range(2) for h in range(2) for e in range(2)]
         for c in range(4):  # column c from u[c] (rows 0-3) and u[4 + c] (rows 4-7), column c + 4 likewise
             for half in range(2):
                 builder.store(shuffle(u[c], u[4 + c], _HALVES[half]), row(dst_, ldd_, c + 4 * half), align=4)
@@ -638,9 +640,11 @@ def _range_c(a, ars, acs, b, ldb, bt, out, ldo, n, k, i0, i1, accumulate, bias, 
     """Rows i0:i1 by _rows, or, b stored transposed, by _rows_bt_panels (bt = 1) or _rows_bt_strips (bt =
     2); flags are 0/1."""
     if bt == 2:
-        _rows_bt_strips(a, ars, acs, b, ldb, out, ldo, n, k, i0, i1, accumulate != 0, bias, use_bias != 0, relu != 0)
+        _rows_bt_strips(a, ars, acs, b, ldb, out, ldo, n, k, i0, i1, accumulate != 0, bias, use_bias != 0,
+                        relu != 0)
     elif bt:
-        _rows_bt_panels(a, ars, acs, b, ldb, out, ldo, n, k, i0, i1, accumulate != 0, bias, use_bias != 0, relu != 0)
+        _rows_bt_panels(a, ars, acs, b, ldb, out, ldo, n, k, i0, i1, accumulate != 0, bias, use_bias != 0,
+                        relu != 0)
     else:
         _rows(a, ars, acs, b, ldb, out, ldo, n, k, i0, i1, accumulate != 0, bias, use_bias != 0, relu != 0)
 
