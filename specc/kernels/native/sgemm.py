@@ -583,13 +583,14 @@ def _stack_strip(typingctx):
 def _rows_bt_strips(a, ars, acs, b, ldb, out, ldo, n, k, i0, i1, accumulate, bias, use_bias, relu):
     """_rows for b stored transposed (b[p, j] at element j * ldb + p), a strip at a time."""
     strip_at = _stack_strip()
+    ldd = np.int64(NR)  # not the literal: _pack then compiles once for both packings
     for j0 in range(0, n, NR):
         cols = min(NR, n - j0)
         p0 = 0
         while True:  # k slices; with k = 0 one pass, which still writes the epilogue
             kk = min(KC_STRIP, k - p0)
             last = p0 + kk >= k
-            _pack(strip_at, NR, b + 4 * (j0 * ldb + p0), ldb, cols, kk)
+            _pack(strip_at, ldd, b + 4 * (j0 * ldb + p0), ldb, cols, kk)
             _grid_ext(a + 4 * p0 * acs, ars, acs, strip_at, NR, out + 4 * j0, ldo, i0, i1, cols, kk,
                       int(accumulate or p0 > 0), bias + 4 * j0, int(use_bias and last), int(relu and last))
             p0 += kk
@@ -612,7 +613,7 @@ def _rows_bt_panels(a, ars, acs, b, ldb, out, ldo, n, k, i0, i1, accumulate, bia
 def _packed_panels(panel, a, ars, acs, b, ldb, out, ldo, n, k, i0, i1, accumulate, bias, use_bias, relu, kc, nc):
     """_rows_bt_panels's loop with its buffer panel (kc * nc,) passed in, so that the caller holds the
     array while its address is in use."""
-    at = panel.ctypes.data
+    at = np.int64(panel.ctypes.data)  # an int64 address as _pack and the tiles take (ctypes.data is unsigned)
     for j0 in range(0, n, nc):
         width = min(nc, n - j0)
         p0 = 0
