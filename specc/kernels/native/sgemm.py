@@ -581,43 +581,36 @@ def _stack_strip(typingctx):
 
 @numba.njit(**JIT)
 def _rows_bt_strips(a, ars, acs, b, ldb, out, ldo, n, k, i0, i1, accumulate, bias, use_bias, relu):
-    """_rows for b stored transposed (b[p, j] at element j * ldb + p), a strip at a time."""
-    strip_at = _stack_strip()
-    ldd = np.int64(NR)  # not the literal: _pack then compiles once for both packings
-    for j0 in range(0, n, NR):
-        cols = min(NR, n - j0)
-        p0 = 0
-        while True:  # k slices; with k = 0 one pass, which still writes the epilogue
-            kk = min(KC_STRIP, k - p0)
-            last = p0 + kk >= k
-            _pack(strip_at, ldd, b + 4 * (j0 * ldb + p0), ldb, cols, kk)
-            _grid_ext(a + 4 * p0 * acs, ars, acs, strip_at, NR, out + 4 * j0, ldo, i0, i1, cols, kk,
-                      int(accumulate or p0 > 0), bias + 4 * j0, int(use_bias and last), int(relu and last))
-            p0 += kk
-            if last:
-                break
+    """_rows for b stored transposed (b[p, j] at element j * ldb + p), a strip at a time in a stack buffer."""
+    # hold: a fresh empty array (a global one is read-only, another type); kc and nc int64, not the
+    # literals: _packed then compiles once for both packings
+    _packed(np.empty(0, np.float32), _stack_strip(), a, ars, acs, b, ldb, out, ldo, n, k, i0, i1, accumulate, bias, use_bias,
+            relu, np.int64(KC_STRIP), np.int64(NR))
 
 
 @numba.njit(**JIT)
 def _rows_bt_panels(a, ars, acs, b, ldb, out, ldo, n, k, i0, i1, accumulate, bias, use_bias, relu):
-    """_rows for b stored transposed, a panel at a time (the panels and k slices _rows takes)."""
+    """_rows for b stored transposed, a panel at a time (the panels and k slices _rows takes) in a heap
+    buffer."""
     kc = max(1, min(k, KC))
     panel_bytes = _panel_bytes_now()
     panels = (n * kc * 4 + panel_bytes - 1) // panel_bytes
     nc = min(n, ((n + panels - 1) // panels + NR - 1) // NR * NR)
-    _packed_panels(np.empty(kc * nc, np.float32), a, ars, acs, b, ldb, out, ldo, n, k, i0, i1, accumulate, bias,
-                   use_bias, relu, kc, nc)
+    panel = np.empty(kc * nc, np.float32)
+    # int64: ctypes.data is unsigned, and unsigned + signed arithmetic is float64 in Numba
+    _packed(panel, np.int64(panel.ctypes.data), a, ars, acs, b, ldb, out, ldo, n, k, i0, i1, accumulate, bias,
+            use_bias, relu, kc, nc)
 
 
 @numba.njit(**JIT)
-def _packed_panels(panel, a, ars, acs, b, ldb, out, ldo, n, k, i0, i1, accumulate, bias, use_bias, relu, kc, nc):
-    """_rows_bt_panels's loop with its buffer panel (kc * nc,) passed in, so that the caller holds the
-    array while its address is in use."""
-    at = np.int64(panel.ctypes.data)  # an int64 address as _pack and the tiles take (ctypes.data is unsigned)
+def _packed(hold, at, a, ars, acs, b, ldb, out, ldo, n, k, i0, i1, accumulate, bias, use_bias, relu, kc, nc):
+    """_rows for b stored transposed: each block of nc columns x kc rows of b transposed into the buffer at
+    `at` (rows of the block's width), then the block's products. `hold` is the array the buffer belongs to,
+    passed so that the caller holds it while its address is in use (an empty one for a stack buffer)."""
     for j0 in range(0, n, nc):
         width = min(nc, n - j0)
         p0 = 0
-        while True:
+        while True:  # k slices; with k = 0 one pass, which still writes the epilogue
             kk = min(kc, k - p0)
             last = p0 + kk >= k
             _pack(at, width, b + 4 * (j0 * ldb + p0), ldb, width, kk)
