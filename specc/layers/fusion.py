@@ -253,7 +253,7 @@ class AddNorm:
             y, add_saved = self.add.forward([], xs, training, rng)
             out, saved = self.norm.forward(w, y, training, rng)
             return out, (add_saved, saved)
-        out, saved = self.norm.forward_residual(w, a, b)
+        out, saved = self.norm.forward(w, a, training, rng, residual=b)
         return out, (None, saved)
 
     def backward(self, w, g, saved, dy, need_dx=True):

@@ -187,9 +187,11 @@ class LayerNormalization(LayerSpec):
             w.append(WeightSpec("beta", c, self.beta_initializer))
         return w
 
-    def forward(self, w, x, training, rng):
+    def forward(self, w, x, training, rng, residual=None):
         """Keeps x (a view of the input when `axis` is last) and per-row statistics, the same in training
-        and inference: backward recomputes the normalised values (kernels/layernorm.py)."""
+        and inference: backward recomputes the normalised values (kernels/layernorm.py). With `residual`
+        (of x's shape: an Add that only this normalisation reads, layers/fusion.py AddNorm), of x +
+        residual in the same pass, keeping the sum as the x backward reads."""
         import numpy as np
 
         from ..kernels import layernorm
@@ -197,31 +199,13 @@ class LayerNormalization(LayerSpec):
         x2, layout = _to_rows(x, self.axis)
         rows, c = x2.shape
         dt = x2.dtype
+        b2 = None if residual is None else _to_rows(np.asarray(residual, dt), self.axis)[0]
         gamma, beta, _, _ = _affine(self, w, c, dt)
         out = empty("out", x2.shape, dt)
+        total = None if b2 is None else empty("sum", x2.shape, dt)
         mean, inv = empty("mean", (rows,), np.float64), empty("inv", (rows,), np.float64)
-        layernorm.forward(x2, gamma, beta, float(self.epsilon), mean, inv, out)
-        return _from_rows(out, layout), (x2, mean, inv, layout)
-
-    def forward_residual(self, w, a, b):
-        """forward of a + b (a residual Add that only this normalisation reads, layers/fusion.py AddNorm;
-        a and b of one shape, the axis last) in the same pass; the sum is kept as the input backward reads
-        (in inference too, as `forward` keeps x: a backward may follow any forward)."""
-        import numpy as np
-
-        from ..kernels import layernorm
-
-        c = a.shape[-1]
-        dt = a.dtype
-        a2 = np.ascontiguousarray(a).reshape(-1, c)
-        b2 = np.ascontiguousarray(b, dt).reshape(-1, c)
-        rows = a2.shape[0]
-        gamma, beta, _, _ = _affine(self, w, c, dt)
-        out = empty("out", a2.shape, dt)
-        total = empty("sum", a2.shape, dt)
-        mean, inv = empty("mean", (rows,), np.float64), empty("inv", (rows,), np.float64)
-        layernorm.forward(a2, gamma, beta, float(self.epsilon), mean, inv, out, b2, total)
-        return out.reshape(a.shape), (total, mean, inv, (a.ndim - 1, a.shape))
+        layernorm.forward(x2, gamma, beta, float(self.epsilon), mean, inv, out, b2, total)
+        return _from_rows(out, layout), (x2 if total is None else total, mean, inv, layout)
 
     def backward(self, w, g, saved, dy, need_dx=True):
         import numpy as np
