@@ -12,6 +12,8 @@ import pytest
 from specc.engine import Engine
 from specc.spec import load_spec
 
+from .gradcheck import central_difference
+
 SPECS = sorted((Path(__file__).parent.parent / "specs").glob("*.yaml"))
 H = 1e-6
 
@@ -43,11 +45,5 @@ def test_model_gradients_match_finite_differences(path):
     assert engine.n_trainable == spec.graph.params(trainable=True)
     trainable = engine.params[: engine.n_trainable]
     for idx in rng.choice(trainable.size, min(40, trainable.size), replace=False):
-        old = trainable[idx]
-        trainable[idx] = old + H
-        up = loss()
-        trainable[idx] = old - H
-        down = loss()
-        trainable[idx] = old
-        numeric = (up - down) / (2 * H)
+        numeric = central_difference(loss, trainable, idx, H)
         assert np.isclose(analytic[idx], numeric, rtol=1e-5, atol=1e-7), (idx, analytic[idx], numeric)
