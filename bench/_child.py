@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import statistics
 import sys
 import time
 
@@ -65,8 +66,6 @@ PREDICT_PASSES = 9
 
 def time_predict(predict, x) -> tuple[float, list[float], object]:
     """(median seconds of a pass over x, every pass's seconds, the last pass's output)."""
-    import statistics
-
     passes: list[float] = []
     while not passes or (sum(passes) < PREDICT_SECONDS and len(passes) < PREDICT_PASSES):
         t = time.perf_counter()
