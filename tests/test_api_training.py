@@ -237,29 +237,6 @@ def test_run_eagerly_gives_the_compiled_numbers_without_compiled_kernels():
     np.testing.assert_allclose(c1, c2, rtol=1e-5, atol=1e-6)
 
 
-def test_eager_mode_runs_python_where_a_kernel_is_chosen_by_layout():
-    # conv._kernel_gradient / _input_gradient pick a kernel by the layout tag: in eager mode they must call
-    # the Python function eager mode put in the module, not the compiled kernel (which would compile, and
-    # with a cold cache fail to type against the other kernels eager mode swapped out)
-    from specc.api.eager import no_jit
-    from specc.kernels import conv
-
-    for chooser, names in ((conv._kernel_gradient, ("_kernel_gradient_tap_major", "_kernel_gradient_row_major")),
-                           (conv._input_gradient, ("_input_gradient_tap_major", "_input_gradient_row_major"))):
-        for layout, name in zip((conv.TAP_MAJOR, conv.ROW_MAJOR), names):
-            calls = []
-            with no_jit():
-                python = getattr(conv, name)
-                assert type(python).__name__ == "function"
-                setattr(conv, name, lambda *args, calls=calls: calls.append(args))  # restored before no_jit restores its own
-                try:
-                    chooser(layout, *range(9))
-                finally:
-                    setattr(conv, name, python)
-            assert calls == [tuple(range(9))]
-            assert type(getattr(conv, name)).__name__ == "CPUDispatcher"
-
-
 def test_run_eagerly_is_a_settable_attribute_and_covers_recurrent_layers():
     x = np.random.default_rng(0).random((16, 5, 3)).astype(np.float32)
     y = np.random.default_rng(1).integers(0, 2, 16)

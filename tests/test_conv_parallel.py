@@ -98,3 +98,20 @@ def test_a_chunked_batch_matches_its_samples_one_by_one(layer, shapes):
             engine._input_grads[engine.input_names[0]], dx[i : i + 1], rtol=1e-12, atol=1e-12
         )
     np.testing.assert_allclose(total, grads, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs two Numba threads")
+def test_both_window_layouts_share_one_compile_of_the_parallel_loop():
+    # A 1-channel input (tap-major windows) and a 5-channel one (row-major) run through the same compiled
+    # parallel loop and range kernels: the layout is a run-time choice, so an RGB model's first layer does
+    # not compile the whole backward chain a second time.
+    from specc.kernels import conv
+
+    def counts():
+        return [len(kernel.signatures) for kernel in (conv._split, conv._backward_range, conv._backward_rows)]
+
+    run(conv2d(), IMG1, np.float32, 2)  # whatever this worker compiled before, float32 is in now
+    before = counts()
+    for shapes in (IMG1, IMG5):
+        run(conv2d(padding="same"), shapes, np.float32, 2)
+    assert counts() == before

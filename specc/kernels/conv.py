@@ -55,18 +55,6 @@ MIN_CHUNKS = 16
 TAP_MAJOR_BELOW_C = 4
 # Below this many filters the row-major kernel gradient is computed transposed (_kernel_gradient_row_major).
 FEW_FILTERS = 32
-# The two layouts as tags whose types differ (a kernel specialises on its arguments' types): kernels that
-# take one compile only that layout's code, and Python calls dispatch on it as on any argument. (A bool
-# would be a run-time value, and both layouts would compile.)
-TAP_MAJOR = np.zeros(0, np.int8)
-ROW_MAJOR = np.zeros(0, np.int16)
-
-
-def layout_for(channels: int):
-    """The window layout for inputs of this many channels."""
-    return TAP_MAJOR if channels < TAP_MAJOR_BELOW_C else ROW_MAJOR
-
-
 @numba.njit(**JIT)
 def _valid_outputs(wo, stride, offset, w):
     """The range [lo, hi) of output positions ow whose input position ow*stride + offset is in [0, w)."""
@@ -243,36 +231,14 @@ def _forward_rows(x, kernel, bias, use_bias, relu, g, n0, n1, ho, wo, scratch, o
 
 
 @numba.njit(**JIT)
-def _backward_chunk(x, kernel, dy, relu_out, relu, use_bias, need_dk, need_dx, g, t, spc, scratch, dz_scratch,
-                    dk_parts, db_parts, dx, layout):
-    """conv_backward for chunk t (samples t*spc up to (t+1)*spc) on the calling thread (see _backward_rows);
-    with relu, dz_scratch (>= rows * F,) holds the chunk's dy through the ReLU (relu_out, the layer's
-    output, is > 0 where it passes)."""
-    n_, ho, wo, f = dy.shape
-    per = ho * wo
-    n0 = t * spc
-    n1 = min(n0 + spc, n_)
-    r = (n1 - n0) * per
-    d = dy.reshape(n_ * per, f)[n0 * per : n1 * per]
-    if relu:
-        a = relu_out.reshape(n_ * per, f)[n0 * per : n1 * per]
-        dz = dz_scratch[: r * f].reshape(r, f)
-        zero = dz.dtype.type(0)
-        for i in range(r):
-            for q in range(f):
-                dz[i, q] = d[i, q] if a[i, q] > zero else zero
-        d = dz
-    _backward_rows(x, kernel, d, use_bias, need_dk, need_dx, g, n0, n1, ho, wo, t, scratch, dk_parts, db_parts, dx,
-                   layout)
-
-
-@numba.njit(**JIT)
 def _backward_rows(x, kernel, d, use_bias, need_dk, need_dx, g, n0, n1, ho, wo, t, scratch, dk_parts, db_parts,
-                   dx, layout):
+                   dx):
     """From d ((n1 - n0)*Ho*Wo, F), the gradient of the convolution's output for samples n0:n1 (rows as
     _forward_rows writes them), on the calling thread: their kernel and bias gradients to dk_parts[t] (K, F)
     and db_parts[t] (F,), their input gradient to those samples of dx. scratch (>= rows * K,) holds their
-    windows, then the windows' gradients, laid out as `layout` says."""
+    windows, then the windows' gradients: tap-major below TAP_MAJOR_BELOW_C channels, as _forward_rows lays
+    them out. (A run-time branch: both layouts compile into one body, where a layout passed as a type made
+    every caller up to the parallel loop compile twice in a model with an RGB input.)"""
     f = d.shape[1]
     k = kernel.shape[0]
     r = (n1 - n0) * ho * wo
@@ -285,10 +251,17 @@ def _backward_rows(x, kernel, d, use_bias, need_dk, need_dx, g, n0, n1, ho, wo, 
     if (need_dk or need_dx) and _direct_backward(x, kernel, d, need_dk, need_dx, g, n0, n1, ho, wo, t, scratch,
                                                  dk_parts, dx):
         return
+    tap_major = x.shape[3] < TAP_MAJOR_BELOW_C
     if need_dk:
-        _kernel_gradient(layout, x, d, n0, n1, g, ho, wo, scratch[: k * r], dk_parts[t])
+        if tap_major:
+            _kernel_gradient_tap_major(x, d, n0, n1, g, ho, wo, scratch[: k * r], dk_parts[t])
+        else:
+            _kernel_gradient_row_major(x, d, n0, n1, g, ho, wo, scratch[: k * r], dk_parts[t])
     if need_dx:
-        _input_gradient(layout, kernel, d, n0, n1, g, ho, wo, scratch[: k * r], dx)
+        if tap_major:
+            _input_gradient_tap_major(kernel, d, n0, n1, g, ho, wo, scratch[: k * r], dx)
+        else:
+            _input_gradient_row_major(kernel, d, n0, n1, g, ho, wo, scratch[: k * r], dx)
 
 
 @numba.njit(**JIT)
@@ -344,35 +317,30 @@ def _input_gradient_row_major(kernel, d, n0, n1, g, ho, wo, scratch, dx):
     _col2im(dcols, n0, n1, g, ho, wo, dx)
 
 
-def _by_layout(tap_major: str, row_major: str):
-    """A function (layout, 9 arguments) that runs the kernel named tap_major or row_major (in this module)
-    on the arguments, by the layout tag's type: compiled, only the chosen one compiles (the other's im2col
-    and product layouts would lengthen every cold start). Looked up by name when called, so that eager
-    mode (api/eager.py, which swaps this module's kernels for their Python functions) runs Python."""
-
-    def call(layout, a1, a2, a3, a4, a5, a6, a7, a8, a9):
-        globals()[tap_major if layout.dtype == TAP_MAJOR.dtype else row_major](a1, a2, a3, a4, a5, a6, a7, a8, a9)
-
-    @overload(call, jit_options=JIT)
-    def _call_njit(layout, a1, a2, a3, a4, a5, a6, a7, a8, a9):
-        kernel = globals()[tap_major if layout.dtype == types.int8 else row_major]
-        return lambda layout, a1, a2, a3, a4, a5, a6, a7, a8, a9: kernel(a1, a2, a3, a4, a5, a6, a7, a8, a9)
-
-    return call
-
-
-_kernel_gradient = _by_layout("_kernel_gradient_tap_major", "_kernel_gradient_row_major")
-_input_gradient = _by_layout("_input_gradient_tap_major", "_input_gradient_row_major")
-
-
 @numba.njit(**JIT)
 def _backward_range(x, kernel, dy, relu_out, relu, use_bias, need_dk, need_dx, g, spc, t0, t1, scratch,
-                    dz_scratch, dk_parts, db_parts, dx, layout):
-    """_backward_chunk for chunks t0:t1 of spc samples each, with this thread's scratch, windows laid out as
-    `layout` says (TAP_MAJOR or ROW_MAJOR)."""
+                    dz_scratch, dk_parts, db_parts, dx):
+    """conv_backward for chunks t0:t1 (chunk t: samples t*spc up to (t+1)*spc) on the calling thread, with
+    this thread's scratch (see _backward_rows); with relu, dz_scratch (>= rows * F,) holds a chunk's dy
+    through the ReLU (relu_out, the layer's output, is > 0 where it passes). One function for the range
+    and the chunk: each level of calls compiles its callees' code again."""
+    n_, ho, wo, f = dy.shape
+    per = ho * wo
     for t in range(t0, t1):
-        _backward_chunk(x, kernel, dy, relu_out, relu, use_bias, need_dk, need_dx, g, t, spc, scratch, dz_scratch,
-                        dk_parts, db_parts, dx, layout)
+        n0 = t * spc
+        n1 = min(n0 + spc, n_)
+        r = (n1 - n0) * per
+        d = dy.reshape(n_ * per, f)[n0 * per : n1 * per]
+        if relu:
+            a = relu_out.reshape(n_ * per, f)[n0 * per : n1 * per]
+            dz = dz_scratch[: r * f].reshape(r, f)
+            zero = dz.dtype.type(0)
+            for i in range(r):
+                for q in range(f):
+                    dz[i, q] = d[i, q] if a[i, q] > zero else zero
+            d = dz
+        _backward_rows(x, kernel, d, use_bias, need_dk, need_dx, g, n0, n1, ho, wo, t, scratch, dk_parts, db_parts,
+                       dx)
 
 
 # Without fastmath: its reassociation lets LLVM reorder these sums, and not always the same way (code
@@ -436,7 +404,7 @@ def conv_forward(x, kernel, bias, use_bias, g, out, relu=False):
     none = _NONE[x.dtype.type]
     with one_blas_thread():
         _split(False, x, kernel, bias, out, out, relu, use_bias, False, False, g, spc, chunks, parts, scratch,
-               none[1], none[0], none[1], out, layout_for(x.shape[3]))
+               none[1], none[0], none[1], out)
 
 
 def conv_backward(x, kernel, dy, use_bias, need_dk, need_dx, g, dkernel, dbias, dx, relu_out=None):
@@ -462,16 +430,15 @@ def conv_backward(x, kernel, dy, use_bias, need_dk, need_dx, g, dkernel, dbias, 
     dz_scratch = shared_scratch("relu gradient",
                                 (share_count(chunks) if relu else 1, spc * ho * wo * f if relu else 0), dy.dtype)
     relu_out = relu_out if relu else dy  # unread without relu
-    layout = layout_for(x.shape[3])
     tiles_ready(dy.dtype)
     parts = share_count(chunks)
     if parts <= 1:
         _backward_range(x, kernel, dy, relu_out, relu, use_bias, need_dk, need_dx, g, spc, 0, chunks, scratch[0],
-                        dz_scratch[0], dk_parts, db_parts, dx, layout)
+                        dz_scratch[0], dk_parts, db_parts, dx)
     else:
         with one_blas_thread():
             _split(True, x, kernel, dbias, dy, relu_out, relu, use_bias, need_dk, need_dx, g, spc, chunks, parts,
-                   scratch, dz_scratch, dk_parts, db_parts, dx, layout)
+                   scratch, dz_scratch, dk_parts, db_parts, dx)
     _sum_parts(dk_parts, dbias, db_parts, need_dk, use_bias, dkernel)
 
 
@@ -481,7 +448,7 @@ _NONE = {t: (np.zeros((0, 0, 0), t), np.zeros((1, 0), t)) for t in (np.float32, 
 
 @numba.njit(parallel=True, **JIT)
 def _split(backward, x, kernel, bias, dy, relu_out, relu, use_bias, need_dk, need_dx, g, spc, chunks, parts,
-           scratch, dz_scratch, dk_parts, db_parts, out, layout):
+           scratch, dz_scratch, dk_parts, db_parts, out):
     """_forward_range (out: the output) or _backward_range (out: dx) over `chunks` in `parts` contiguous
     ranges on Numba's threads, range t with scratch[t]. One function for both passes, as a parallel loop is
     long to compile; arguments a pass does not read may be any arrays of the same types. On Numba's threads
@@ -492,7 +459,7 @@ def _split(backward, x, kernel, bias, dy, relu_out, relu, use_bias, need_dk, nee
         if backward:
             z = np.int64(t) if dz_scratch.shape[0] > 1 else np.int64(0)  # one row without the ReLU
             _backward_range(x, kernel, dy, relu_out, relu, use_bias, need_dk, need_dx, g, spc, t0, t1, scratch[t],
-                            dz_scratch[z], dk_parts, db_parts, out, layout)
+                            dz_scratch[z], dk_parts, db_parts, out)
         else:
             _forward_range(x, kernel, bias, use_bias, relu, g, spc, t0, t1, scratch[t], out)
 

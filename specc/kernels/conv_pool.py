@@ -39,7 +39,6 @@ from .conv import (
     _forward_rows,
     _scratch,
     _sum_parts,
-    layout_for,
     one_blas_thread,
     share_count,
     tiles_ready,
@@ -64,10 +63,10 @@ def _forward_range(x, kernel, bias, use_bias, relu, g, pg, ho, wo, spc, t0, t1, 
 
 @numba.njit(**JIT)
 def _backward_range(x, kernel, dp, pooled, argmax, relu, use_bias, need_dk, need_dx, g, pg, ho, wo, spc, t0, t1,
-                    scratch, dz_scratch, dp_scratch, dk_parts, db_parts, dx, layout):
+                    scratch, dz_scratch, dp_scratch, dk_parts, db_parts, dx):
     """Chunks t0:t1, on the calling thread: the pooled gradient dp (N, Po, Qo, F), through the ReLU, is
     routed to the pooling's winners in dz_scratch (the chunk's convolution output gradient), from which
-    _backward_rows takes the chunk's kernel, bias and input gradients (windows laid out as `layout` says)."""
+    _backward_rows takes the chunk's kernel, bias and input gradients."""
     n_ = x.shape[0]
     f = kernel.shape[1]
     per = ho * wo
@@ -88,7 +87,7 @@ def _backward_range(x, kernel, dp, pooled, argmax, relu, use_bias, need_dk, need
         dz = dz_scratch[: (n1 - n0) * per * f].reshape(n1 - n0, ho, wo, f)
         _max_backward(d, argmax[n0:n1], pg, 0, n1 - n0, dz)
         _backward_rows(x, kernel, dz.reshape((n1 - n0) * per, f), use_bias, need_dk, need_dx, g, n0, n1, ho, wo, t,
-                       scratch, dk_parts, db_parts, dx, layout)
+                       scratch, dk_parts, db_parts, dx)
 
 
 def _runs(v, dk, r, x, at, dx, kt, run):
@@ -262,15 +261,14 @@ def conv_pool_backward(x, kernel, dp, pooled, winners, relu, use_bias, need_dx, 
         scratch = _scratch(chunks, spc * ho * wo * k, x.dtype)
         dz_scratch = empty("conv output gradient", (shares, spc * ho * wo * f), x.dtype)
         dp_scratch = empty("pooled gradient", (shares, spc * dp[0].size), x.dtype)
-        layout = layout_for(x.shape[3])
         tiles_ready(x.dtype)
         if shares <= 1:
             _backward_range(x, kernel, dp, pooled, winners, relu, use_bias, True, need_dx, g, pg, ho, wo, spc, 0,
-                            chunks, scratch[0], dz_scratch[0], dp_scratch[0], dk_parts, db_parts, dx, layout)
+                            chunks, scratch[0], dz_scratch[0], dp_scratch[0], dk_parts, db_parts, dx)
         else:
             with one_blas_thread():
                 _backward_split(x, kernel, dp, pooled, winners, relu, use_bias, need_dx, g, pg, ho, wo, spc, chunks,
-                                shares, scratch, dz_scratch, dp_scratch, dk_parts, db_parts, dx, layout)
+                                shares, scratch, dz_scratch, dp_scratch, dk_parts, db_parts, dx)
     _sum_parts(dk_parts, dbias, db_parts, True, use_bias, dkernel)
 
 
@@ -293,8 +291,8 @@ def _codes_split(x, kernel_t, dp, code, use_bias, g, spc, chunks, parts, dk_t, d
 
 @numba.njit(parallel=True, **JIT)
 def _backward_split(x, kernel, dp, pooled, argmax, relu, use_bias, need_dx, g, pg, ho, wo, spc, chunks, parts,
-                    scratch, dz_scratch, dp_scratch, dk_parts, db_parts, dx, layout):
+                    scratch, dz_scratch, dp_scratch, dk_parts, db_parts, dx):
     for t in numba.prange(parts):
         _backward_range(x, kernel, dp, pooled, argmax, relu, use_bias, True, need_dx, g, pg, ho, wo, spc,
                         chunks * t // parts, chunks * (t + 1) // parts, scratch[t], dz_scratch[t], dp_scratch[t],
-                        dk_parts, db_parts, dx, layout)
+                        dk_parts, db_parts, dx)

@@ -168,12 +168,14 @@ def _segment(wo, c_):
 
 @numba.njit(**JIT)
 def _tiled_taps(kernel, span):
-    """kernel (taps, C) -> (taps, span * C): each tap's C weights repeated for span consecutive positions."""
+    """kernel (taps, C) -> (taps, span * C): each tap's C weights repeated for span consecutive positions.
+    (Element by element, as norm._tiled.)"""
     taps, c_ = kernel.shape
     out = np.empty((taps, span * c_), kernel.dtype)
     for t in range(taps):
         for q in range(span):
-            out[t, q * c_:(q + 1) * c_] = kernel[t]
+            for j in range(c_):
+                out[t, q * c_ + j] = kernel[t, j]
     return out
 
 

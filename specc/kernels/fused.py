@@ -43,7 +43,8 @@ def plan(layout, batch):
     off = 0
     widest = layout[0, UNITS_IN]
     for k in range(n):
-        out[k, :5] = layout[k]
+        for j in range(5):  # (element by element, as norm._tiled)
+            out[k, j] = layout[k, j]
         units = layout[k, UNITS_OUT]
         widest = max(widest, units)
         out[k, Z_AT] = off
