@@ -190,7 +190,7 @@ def _direct_backward(x, kernel, d, need_dk, need_dx, g, n0, n1, ho, wo, t, scrat
     return False
 
 
-@overload(_direct_forward, jit_options=JIT)
+@overload(_direct_forward, jit_options=JIT, inline="always")
 def _direct_forward_njit(x, kernel, bias, use_bias, relu, g, n0, n1, ho, wo, scratch, o):
     tiles = native.conv_tiles
     if tiles is None or x.dtype != types.float32:
@@ -200,7 +200,7 @@ def _direct_forward_njit(x, kernel, bias, use_bias, relu, g, n0, n1, ho, wo, scr
         x, kernel, bias, use_bias, relu, g, n0, n1, ho, wo, scratch, o)
 
 
-@overload(_direct_backward, jit_options=JIT)
+@overload(_direct_backward, jit_options=JIT, inline="always")
 def _direct_backward_njit(x, kernel, d, need_dk, need_dx, g, n0, n1, ho, wo, t, scratch, dk_parts, dx):
     tiles = native.conv_tiles
     if tiles is None or x.dtype != types.float32:
@@ -210,7 +210,7 @@ def _direct_backward_njit(x, kernel, d, need_dk, need_dx, g, n0, n1, ho, wo, t, 
         x, kernel, d, need_dk, need_dx, g, n0, n1, ho, wo, t, scratch, dk_parts, dx)
 
 
-@numba.njit(**JIT)
+@numba.njit(inline="always", **JIT)
 def _forward_rows(x, kernel, bias, use_bias, relu, g, n0, n1, ho, wo, scratch, o):
     """The convolution of samples n0:n1 of x (N, H, W, C) on the calling thread -> o ((n1 - n0)*Ho*Wo, F),
     row (n - n0)*Ho*Wo + oh*Wo + ow; scratch (>= rows * K,) holds their windows (or, on the direct
@@ -230,7 +230,7 @@ def _forward_rows(x, kernel, bias, use_bias, relu, g, n0, n1, ho, wo, scratch, o
         affine(cols, kernel, bias, use_bias, relu, o, False)
 
 
-@numba.njit(**JIT)
+@numba.njit(inline="always", **JIT)
 def _backward_rows(x, kernel, d, use_bias, need_dk, need_dx, g, n0, n1, ho, wo, t, scratch, dk_parts, db_parts,
                    dx):
     """From d ((n1 - n0)*Ho*Wo, F), the gradient of the convolution's output for samples n0:n1 (rows as
