@@ -81,6 +81,15 @@ RUN = (
     "numba.njit(lambda: 1)()  # Numba's compiler set up (seconds on a loaded machine): bump's compile is next\n"
     "import specc.kernels._probe_caller as probe\n"
     "print('imported', flush=True)\n"
+    "if os.environ.get('DEFER'):\n"
+    "    import specc.kernels\n"
+    "    specc.kernels.defer_held_claims(True)\n"
+    "    try:\n"
+    "        probe.bump(10)\n"
+    "    except Exception:\n"
+    "        print('put off', flush=True)\n"
+    "    specc.kernels.defer_held_claims(False)\n"
+    "    sys.stdin.readline()\n"
     "print('result', probe.bump(10), flush=True)\n"
 )
 
@@ -95,11 +104,13 @@ def tree(tmp_path):
     return root
 
 
-def start(root, claims, pause: bool) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR", "PYTHONPATH", "PAUSE")}
+def start(root, claims, pause: bool, defer: bool = False) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR", "PYTHONPATH", "PAUSE", "DEFER")}
     env.update(PYTHONPATH=str(root), SPECC_NATIVE="0", NUMBA_NUM_THREADS="1", SPECC_COMPILE_CLAIMS=str(claims))
     if pause:
         env["PAUSE"] = "1"
+    if defer:  # first a call with held claims put off, then (after a line on stdin) the call as usual
+        env["DEFER"] = "1"
     process = subprocess.Popen([sys.executable, "-c", RUN], env=env, cwd=root, stdin=subprocess.PIPE,
                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     process.lines = queue.Queue()
@@ -131,6 +142,33 @@ def test_a_signature_another_process_compiles_is_waited_for_and_loaded(tree, tmp
         assert next_line(first, 120) == "compiling increment"
         assert next_line(first, 120) == "result 11"
         # loaded from the cache: no compile
+        assert next_line(second, 120) == "result 11", "the second process compiled bump instead of loading it"
+    finally:
+        for process in (first, second):
+            if process is not None:
+                process.kill()
+                process.communicate()
+
+
+def test_a_held_signature_is_put_off_when_deferring(tree, tmp_path):
+    # The compile worker's first pass (warmup.exercise): a kernel the other process is compiling raises at
+    # once instead of being waited for; with deferring off again it is waited for and loaded.
+    claims = tmp_path / "claims"
+    first = start(tree, claims, pause=True)
+    second = None
+    try:
+        assert next_line(first, 120) == "imported"
+        assert next_line(first, 120) == "compiling bump"  # paused, holding bump's claim
+        second = start(tree, claims, pause=False, defer=True)
+        assert next_line(second, 120) == "imported"
+        assert next_line(second, 30) == "put off"
+        second.stdin.write("go\n")
+        second.stdin.flush()
+        assert next_line(second, 5) is None, "with deferring off, the second process did not wait"
+        first.stdin.write("go\n")
+        first.stdin.flush()
+        assert next_line(first, 120) == "compiling increment"
+        assert next_line(first, 120) == "result 11"
         assert next_line(second, 120) == "result 11", "the second process compiled bump instead of loading it"
     finally:
         for process in (first, second):

@@ -162,6 +162,14 @@ def claim_compiles_in(directory: str) -> None:
     claim_compiles(directory)
 
 
+def defer_held_claims(defer: bool) -> None:
+    """With defer, a kernel signature another process is compiling raises (native.cache.ClaimHeld, through
+    whatever Numba wraps it in) instead of being waited for: the compile worker does other work first."""
+    from .native.cache import defer_held_claims as switch
+
+    switch(defer)
+
+
 def available_cores() -> int:
     try:
         return len(os.sched_getaffinity(0))

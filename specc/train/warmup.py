@@ -7,7 +7,8 @@ compiling on one core. The worker builds the same model from the same spec and r
 update, then each layer's forward and backward on zeros, from the last layer to the first: the opposite
 order to the training step's forward. Both processes share the Numba cache, and each cache miss is
 claimed (kernels.claim_compiles_in): when one process meets a signature the other is compiling, it waits
-for it and loads the machine code from the cache, so nothing is compiled twice.
+for it and loads the machine code from the cache, so nothing is compiled twice. The worker waits only in
+a second pass: first it puts off the layers whose kernels the training process is compiling.
 
 The worker starts only on a cache no model has been trained into since its kernels were compiled from
 scratch (a marker file beside the cache, written by the worker when it is through and by this process
@@ -135,12 +136,18 @@ def start(spec, raw: bytes, source_name: str, overrides: list[str], batch_size: 
 
 
 def exercise(engine, trainer, batch: int) -> None:
-    """The optimizer's update, then each step's forward and backward on zeros in reverse order, as the
-    engine runs them (its activation too; not the output activation the loss fuses with); a step that
-    fails (a layer that needs adapted statistics, say) is skipped: the training step compiles it."""
+    """The optimizer's update, then each step's forward and backward on zeros, as the engine runs them (its
+    activation too; not the output activation the loss fuses with); a step that fails (a layer that needs
+    adapted statistics, say) is skipped: the training step compiles it.
+
+    The steps go in reverse order, the opposite of the training step's forward. A step that meets a kernel
+    the training process is compiling is put off to a second pass instead of waiting for it (a ResNet's
+    last convolution would otherwise wait for the first one's kernels, which the training process starts
+    on, and leave the layers in between, its first pooling, to that process)."""
     import numpy as np
 
     from ..engine import activation_backward, activation_forward
+    from ..kernels import defer_held_claims
 
     try:
         trainer.optimizer.step(engine.params[: engine.n_trainable], engine.grads)
@@ -148,25 +155,40 @@ def exercise(engine, trainer, batch: int) -> None:
         pass
     fused = {name for name, f in zip(engine.output_names, trainer.fused) if f is not None}
     rng = np.random.default_rng(0)
-    for s in reversed(engine.plan):
-        try:
-            if s.layer.is_merge:
-                x = [np.zeros((batch, *shape), engine.dtype) for shape in s.input_shape]
-            else:
-                x = np.zeros((batch, *s.input_shape), engine.dtype)
-            y, saved = s.layer.forward(s.weights, x, s.trainable, rng)
-            dy = np.zeros(np.shape(y), engine.dtype)
-            if s.activation is not None:
-                z = np.ascontiguousarray(y)
-                out = np.empty_like(z)
-                activation_forward(s.activation, z, out)
-                if s.name not in fused:
-                    dz = np.empty_like(z)
-                    activation_backward(s.activation, z, out, dy, dz)
-                    dy = dz
-            s.layer.backward(s.weights, s.grads, saved, dy, not s.inputs_only)
-        except Exception:
-            continue
+    put_off = list(reversed(engine.plan))
+    for defer in (True, False):
+        defer_held_claims(defer)
+        steps, put_off = put_off, []
+        for s in steps:
+            if not _exercise_step(engine, s, fused, batch, rng, activation_forward, activation_backward):
+                put_off.append(s)
+    defer_held_claims(False)
+
+
+def _exercise_step(engine, s, fused, batch, rng, activation_forward, activation_backward) -> bool:
+    """One step's forward and backward on zeros: whether it ran (False when a compile failed or was put
+    off; Numba may wrap ClaimHeld in its own errors, so any exception counts)."""
+    import numpy as np
+
+    try:
+        if s.layer.is_merge:
+            x = [np.zeros((batch, *shape), engine.dtype) for shape in s.input_shape]
+        else:
+            x = np.zeros((batch, *s.input_shape), engine.dtype)
+        y, saved = s.layer.forward(s.weights, x, s.trainable, rng)
+        dy = np.zeros(np.shape(y), engine.dtype)
+        if s.activation is not None:
+            z = np.ascontiguousarray(y)
+            out = np.empty_like(z)
+            activation_forward(s.activation, z, out)
+            if s.name not in fused:
+                dz = np.empty_like(z)
+                activation_backward(s.activation, z, out, dy, dz)
+                dy = dz
+        s.layer.backward(s.weights, s.grads, saved, dy, not s.inputs_only)
+    except Exception:
+        return False
+    return True
 
 
 def main() -> None:

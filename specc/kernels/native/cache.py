@@ -102,6 +102,16 @@ def lock_cache_writes() -> None:
 
 
 _claims: dict = {}  # (index path, signature) -> the open lock file this process compiles it under
+_defer = [False]  # claim_compiles: raise ClaimHeld instead of waiting for another process's compile
+
+
+class ClaimHeld(RuntimeError):
+    """A signature this process needs is being compiled by another one (raised instead of waiting, when
+    deferring: the compile worker then moves on to other kernels and comes back)."""
+
+
+def defer_held_claims(defer: bool) -> None:
+    _defer[0] = defer
 
 
 def claim_compiles(directory: str, timeout: float = 300.0) -> None:
@@ -150,6 +160,9 @@ def claim_compiles(directory: str, timeout: float = 300.0) -> None:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
+                if _defer[0]:
+                    os.close(fd)
+                    raise ClaimHeld(key[1]) from None
                 if time.monotonic() > end:
                     os.close(fd)
                     return None
