@@ -26,6 +26,8 @@ The kernel gradient sums the same products in another order.
 
 from __future__ import annotations
 
+import functools
+
 import llvmlite.binding
 import numba
 import numpy as np
@@ -248,7 +250,6 @@ def _next_window(n, p, q, po, qo):
     return n + 1, 0, 0
 
 
-@numba.cfunc(_FORWARD_SIG, **JIT)
 def _forward_c(x, n_, h_, w_, c_, kernel, k, f, bias, use_bias, relu, sh, sw, taps, spc, t0, t1, out, po, qo, code):
     """The pairs' forward for chunks t0:t1 of spc samples on the calling thread: x (N, H, W, C) ->
     out (N, Po, Qo, F) float32 and each window's winner code (N, Po, Qo, F) int8, all by address. Windows
@@ -279,11 +280,9 @@ def _forward_c(x, n_, h_, w_, c_, kernel, k, f, bias, use_bias, relu, sh, sw, ta
             w += WINDOWS
 
 
-llvmlite.binding.add_symbol("specc_conv_pool_forward", _forward_c.address)
 _forward_ext = types.ExternalFunction("specc_conv_pool_forward", _FORWARD_SIG)
 
 
-@numba.cfunc(_FORWARD_SIG, parallel=True, **JIT)
 def _forward_parallel_c(x, n_, h_, w_, c_, kernel, k, f, bias, use_bias, relu, sh, sw, taps, spc, chunks, parts, out,
                         po, qo, code):
     """_forward_c over all chunks, in `parts` contiguous ranges, one per thread."""
@@ -292,7 +291,6 @@ def _forward_parallel_c(x, n_, h_, w_, c_, kernel, k, f, bias, use_bias, relu, s
                      chunks * (i + 1) // parts, out, po, qo, code)
 
 
-llvmlite.binding.add_symbol("specc_conv_pool_forward_parallel", _forward_parallel_c.address)
 _forward_parallel_ext = types.ExternalFunction("specc_conv_pool_forward_parallel", _FORWARD_SIG)
 
 
@@ -319,7 +317,6 @@ def _grad_strip(rows, full, patch, args):
         grad1_masked(*args)
 
 
-@numba.cfunc(_BACKWARD_SIG, **JIT)
 def _backward_c(x, n_, h_, w_, c_, dp, code, po, qo, f, use_bias, sh, sw, taps, k, spc, patch, t0, t1, parts):
     """The kernel and bias gradients of _forward_c's pairs for chunks t0:t1, added into parts[t, :K] (K, F)
     and parts[t, K] (F,) (zeroed by the caller): per sample, taps in tiles of 9, 4 and 1, or with `patch`
@@ -343,11 +340,9 @@ def _backward_c(x, n_, h_, w_, c_, dp, code, po, qo, f, use_bias, sh, sw, taps, 
                     r += rows
 
 
-llvmlite.binding.add_symbol("specc_conv_pool_backward", _backward_c.address)
 _backward_ext = types.ExternalFunction("specc_conv_pool_backward", _BACKWARD_SIG)
 
 
-@numba.cfunc(_BACKWARD_SIG, parallel=True, **JIT)
 def _backward_parallel_c(x, n_, h_, w_, c_, dp, code, po, qo, f, use_bias, sh, sw, taps, k, spc, patch, chunks,
                          ranges, parts):
     """_backward_c over all chunks, in `ranges` contiguous ranges, one per thread."""
@@ -356,7 +351,6 @@ def _backward_parallel_c(x, n_, h_, w_, c_, dp, code, po, qo, f, use_bias, sh, s
                       chunks * i // ranges, chunks * (i + 1) // ranges, parts)
 
 
-llvmlite.binding.add_symbol("specc_conv_pool_backward_parallel", _backward_parallel_c.address)
 _backward_parallel_ext = types.ExternalFunction("specc_conv_pool_backward_parallel", _BACKWARD_SIG)
 
 
@@ -407,6 +401,8 @@ def backward(x, dp, code, use_bias, sh, sw, taps, spc, parts, dkernel, dbias):
 
 @overload(forward, jit_options=JIT)
 def _forward_njit(x, kernel, bias, use_bias, relu, sh, sw, taps, spc, out, code):
+    ready()  # the code compiled here calls the cfuncs
+
     def impl(x, kernel, bias, use_bias, relu, sh, sw, taps, spc, out, code):
         x = np.ascontiguousarray(x)  # no copy when it is (decided when compiled, from the type's layout)
         n, h, w, c = x.shape
@@ -425,6 +421,8 @@ def _forward_njit(x, kernel, bias, use_bias, relu, sh, sw, taps, spc, out, code)
 
 @overload(backward, jit_options=JIT)
 def _backward_njit(x, dp, code, use_bias, sh, sw, taps, spc, parts, dkernel, dbias):
+    ready()  # the code compiled here calls the cfuncs
+
     def impl(x, dp, code, use_bias, sh, sw, taps, spc, parts, dkernel, dbias):
         x, dp = np.ascontiguousarray(x), np.ascontiguousarray(dp)
         n, h, w, c = x.shape
@@ -447,15 +445,49 @@ def _backward_njit(x, dp, code, use_bias, sh, sw, taps, spc, parts, dkernel, dbi
     return impl
 
 
+@functools.cache
+def ready() -> tuple:
+    """Compiles (or loads from the cache) the four cfuncs above and gives compiled code their addresses:
+    before anything calling them compiles or loads (the overloads below, conv_pool's entry points). Not at
+    import: a model without a convolution + pooling pair would compile them (two parallel loops) for
+    nothing. Each loop's range function first, as the loop calls it. The cfuncs, kept."""
+    compiled = []
+    for name, function, sig, parallel in (
+        ("specc_conv_pool_forward", _forward_c, _FORWARD_SIG, False),
+        ("specc_conv_pool_forward_parallel", _forward_parallel_c, _FORWARD_SIG, True),
+        ("specc_conv_pool_backward", _backward_c, _BACKWARD_SIG, False),
+        ("specc_conv_pool_backward_parallel", _backward_parallel_c, _BACKWARD_SIG, True),
+    ):
+        cfunc = numba.cfunc(sig, parallel=parallel, **JIT)(function)
+        llvmlite.binding.add_symbol(name, cfunc.address)
+        compiled.append(cfunc)
+    return tuple(compiled)
+
+
 # What conv_pool calls: compiled, these run the overloads; in eager mode (their py_func), the NumPy versions.
 @numba.njit(**JIT)
-def run_forward(x, kernel, bias, use_bias, relu, sh, sw, taps, spc, out, code):
+def _run_forward(x, kernel, bias, use_bias, relu, sh, sw, taps, spc, out, code):
     forward(x, kernel, bias, use_bias, relu, sh, sw, taps, spc, out, code)
 
 
 @numba.njit(**JIT)
-def run_backward(x, dp, code, use_bias, sh, sw, taps, spc, parts, dkernel, dbias):
+def _run_backward(x, dp, code, use_bias, sh, sw, taps, spc, parts, dkernel, dbias):
     backward(x, dp, code, use_bias, sh, sw, taps, spc, parts, dkernel, dbias)
+
+
+def run_forward(x, kernel, bias, use_bias, relu, sh, sw, taps, spc, out, code):
+    """_run_forward, with the cfuncs it calls ready first (its machine code, compiled or loaded from the
+    cache, needs their addresses); eager mode has put the Python version in its place and compiles nothing."""
+    if hasattr(_run_forward, "py_func"):
+        ready()
+    _run_forward(x, kernel, bias, use_bias, relu, sh, sw, taps, spc, out, code)
+
+
+def run_backward(x, dp, code, use_bias, sh, sw, taps, spc, parts, dkernel, dbias):
+    """_run_backward, as run_forward."""
+    if hasattr(_run_backward, "py_func"):
+        ready()
+    _run_backward(x, dp, code, use_bias, sh, sw, taps, spc, parts, dkernel, dbias)
 
 
 @intrinsic
