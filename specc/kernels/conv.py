@@ -210,8 +210,9 @@ def _direct_backward_njit(x, kernel, d, need_dk, need_dx, g, n0, n1, ho, wo, t, 
         x, kernel, d, need_dk, need_dx, g, n0, n1, ho, wo, t, scratch, dk_parts, dx)
 
 
-# inline="always": their callers take their code into their own bodies rather than linking it compiled, one
-# level of calls less at which the tiles' machine code is compiled again (see norm.batch_affine_range).
+# inline="always" (at Numba's level, before typing): their callers take their code into their own bodies
+# rather than linking it compiled, one level of calls less at which the tiles' machine code is compiled
+# again. Not into a parallel loop's own body: its analyses would then run over that code.
 @numba.njit(inline="always", **JIT)
 def _forward_rows(x, kernel, bias, use_bias, relu, g, n0, n1, ho, wo, scratch, o):
     """The convolution of samples n0:n1 of x (N, H, W, C) on the calling thread -> o ((n1 - n0)*Ho*Wo, F),

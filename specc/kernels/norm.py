@@ -116,11 +116,7 @@ def batch_moments(s1, s2, shift, rows, mean, var):
         var[j] = max(b / n - m * m, 0.0)
 
 
-# inline="always" (at Numba's level, before typing): batch_split takes the two elementwise passes' code
-# into its own body instead of linking their compiled code, so at two threads they do not compile alone
-# first (the loop and its callees' machine code is compiled again at each level of calls). The two sums'
-# passes stay apart: they must keep their own fastmath=False, which inlining would replace with the loop's.
-@numba.njit(inline="always", **JIT)
+@numba.njit(**JIT)
 def batch_affine_range(x, scale, offset, act, per, t0, t1, out):
     """out = act(x * scale + offset) per channel, for chunks t0:t1 of `per` rows."""
     rows, c = x.shape
@@ -195,7 +191,7 @@ def batch_grad_sums_range(dy, x, mean, scale, offset, act, per, t0, t1, s1, s2):
         _fold(b, c, t, s2)
 
 
-@numba.njit(inline="always", **JIT)  # (see batch_affine_range)
+@numba.njit(**JIT)
 def batch_dx_range(dy, x, mean, scale, offset, k, c0, c1, act, per, t0, t1, dx):
     """dx = k * dz + c0 - c1 * (x - mean) for chunks t0:t1, dz = dy through the fused activation (as in
     batch_grad_sums_range). With the batch statistics (training) dx = k * (dz - mean(dz) - xhat *
