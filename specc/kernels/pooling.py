@@ -12,7 +12,6 @@ valid position.
 from __future__ import annotations
 
 import numba
-import numpy as np
 
 from . import JIT
 from .conv import share_count
@@ -178,52 +177,74 @@ def _avg_backward(dy, g, n0, n1, dx):
                             t[c] += d[c] * scale
 
 
-# Samples are split between Numba's threads (_split, one parallel loop for the four passes, see
-# conv._split); split=False runs the whole batch on the calling thread (global pooling: one cheap pass over
-# the input, shorter than waking a thread). Any split gives the same bits: each sample is computed whole.
-MAX_FORWARD, MAX_BACKWARD, AVG_FORWARD, AVG_BACKWARD = 0, 1, 2, 3
-_NO_ARGMAX = np.zeros((0, 0, 0, 0), np.int32)
+# Samples are split between Numba's threads (one parallel loop for max pooling's two passes, one for
+# average pooling's: a model compiles the code of the kind it uses only, in the loop and out of it);
+# split=False runs the whole batch on the calling thread (global pooling: one cheap pass over the input,
+# shorter than waking a thread). Any split gives the same bits: each sample is computed whole.
 
 
 @numba.njit(**JIT)
-def _samples(which, a, argmax, g, n0, n1, out):
-    """Pass `which` over samples n0:n1: a = x (forward) or dy (backward), out = the output or dx."""
-    if which == MAX_FORWARD:
-        _max_forward(a, g, n0, n1, out, argmax)
-    elif which == MAX_BACKWARD:
+def _max_samples(backward, a, argmax, g, n0, n1, out):
+    """Max pooling over samples n0:n1: a = x -> out (forward), or a = dy -> out = dx (backward)."""
+    if backward:
         _max_backward(a, argmax, g, n0, n1, out)
-    elif which == AVG_FORWARD:
-        _avg_forward(a, g, n0, n1, out)
     else:
+        _max_forward(a, g, n0, n1, out, argmax)
+
+
+@numba.njit(**JIT)
+def _avg_samples(backward, a, g, n0, n1, out):
+    """Average pooling over samples n0:n1, as _max_samples."""
+    if backward:
         _avg_backward(a, g, n0, n1, out)
+    else:
+        _avg_forward(a, g, n0, n1, out)
 
 
 @numba.njit(parallel=True, **JIT)
-def _split(which, a, argmax, g, n, parts, out):
+def _max_split(backward, a, argmax, g, n, parts, out):
     for t in numba.prange(parts):
-        _samples(which, a, argmax, g, n * t // parts, n * (t + 1) // parts, out)
+        _max_samples(backward, a, argmax, g, n * t // parts, n * (t + 1) // parts, out)
 
 
-def _run(which, a, argmax, g, n, split, out):
-    parts = share_count(n) if split else 1
-    if parts <= 1:  # without the parallel loop's compile
-        _samples(which, a, argmax, g, 0, n, out)
-    else:
-        _split(which, a, argmax, g, n, parts, out)
+@numba.njit(parallel=True, **JIT)
+def _avg_split(backward, a, g, n, parts, out):
+    for t in numba.prange(parts):
+        _avg_samples(backward, a, g, n * t // parts, n * (t + 1) // parts, out)
+
+
+def _parts(n, split):
+    return share_count(n) if split else 1  # one share: without the parallel loop's compile
 
 
 def max_forward(x, g, out, argmax, split=True):
     """_max_forward over the whole batch, samples shared between threads."""
-    _run(MAX_FORWARD, x, argmax, g, x.shape[0], split, out)
+    n, parts = x.shape[0], _parts(x.shape[0], split)
+    if parts <= 1:
+        _max_samples(False, x, argmax, g, 0, n, out)
+    else:
+        _max_split(False, x, argmax, g, n, parts, out)
 
 
 def max_backward(dy, argmax, g, dx, split=True):
-    _run(MAX_BACKWARD, dy, argmax, g, dx.shape[0], split, dx)
+    n, parts = dx.shape[0], _parts(dx.shape[0], split)
+    if parts <= 1:
+        _max_samples(True, dy, argmax, g, 0, n, dx)
+    else:
+        _max_split(True, dy, argmax, g, n, parts, dx)
 
 
 def avg_forward(x, g, out, split=True):
-    _run(AVG_FORWARD, x, _NO_ARGMAX, g, x.shape[0], split, out)
+    n, parts = x.shape[0], _parts(x.shape[0], split)
+    if parts <= 1:
+        _avg_samples(False, x, g, 0, n, out)
+    else:
+        _avg_split(False, x, g, n, parts, out)
 
 
 def avg_backward(dy, g, dx, split=True):
-    _run(AVG_BACKWARD, dy, _NO_ARGMAX, g, dx.shape[0], split, dx)
+    n, parts = dx.shape[0], _parts(dx.shape[0], split)
+    if parts <= 1:
+        _avg_samples(True, dy, g, 0, n, dx)
+    else:
+        _avg_split(True, dy, g, n, parts, dx)
