@@ -240,9 +240,10 @@ _FORWARD_SIG = types.void(*(_I64T,) * 21)
 _BACKWARD_SIG = types.void(*(_I64T,) * 20)
 
 
-@numba.njit(**JIT)
+@numba.njit(inline="always", **JIT)
 def _next_window(n, p, q, po, qo):
-    """The window after (sample n, pooled row p, column q), in out's order."""
+    """The window after (sample n, pooled row p, column q), in out's order. (Inlined: _forward_c's calls
+    type p and q as the literal 0 at one site and int64 at another, two compiles of a function this small.)"""
     if q + 1 < qo:
         return n, p, q + 1
     if p + 1 < po:
