@@ -137,8 +137,8 @@ def start(spec, raw: bytes, source_name: str, overrides: list[str], batch_size: 
 
 def exercise(engine, trainer, batch: int) -> None:
     """The optimizer's update, then each step's forward and backward on zeros, as the engine runs them (its
-    activation too; not the output activation the loss fuses with); a step that fails (a layer that needs
-    adapted statistics, say) is skipped: the training step compiles it.
+    activation too; not the output activation the loss fuses with); a step that still fails in the second
+    pass (a layer that needs adapted statistics, say) is skipped: the training step compiles it.
 
     The steps go in reverse order, the opposite of the training step's forward. A step that meets a kernel
     the training process is compiling is put off to a second pass instead of waiting for it (a ResNet's
@@ -146,7 +146,6 @@ def exercise(engine, trainer, batch: int) -> None:
     on, and leave the layers in between, its first pooling, to that process)."""
     import numpy as np
 
-    from ..engine import activation_backward, activation_forward
     from ..kernels import defer_held_claims
 
     try:
@@ -160,15 +159,17 @@ def exercise(engine, trainer, batch: int) -> None:
         defer_held_claims(defer)
         steps, put_off = put_off, []
         for s in steps:
-            if not _exercise_step(engine, s, fused, batch, rng, activation_forward, activation_backward):
+            if not _exercise_step(engine, s, fused, batch, rng):
                 put_off.append(s)
     defer_held_claims(False)
 
 
-def _exercise_step(engine, s, fused, batch, rng, activation_forward, activation_backward) -> bool:
+def _exercise_step(engine, s, fused, batch: int, rng) -> bool:
     """One step's forward and backward on zeros: whether it ran (False when a compile failed or was put
     off; Numba may wrap ClaimHeld in its own errors, so any exception counts)."""
     import numpy as np
+
+    from ..engine import activation_backward, activation_forward
 
     try:
         if s.layer.is_merge:
