@@ -103,7 +103,7 @@ def aligned_empty(shape: Any, dtype: Any) -> np.ndarray:
 def aligned_zeros(shape: Any, dtype: Any) -> np.ndarray:
     """aligned_empty's array, zeros: from np.zeros, whose large allocations come from calloc, so the OS
     hands out zeroed pages as they are first written instead of a pass of stores over all of them up front
-    (a ResNet-50's parameters and gradients: ~0.2 s of every start)."""
+    (the engine's parameters and gradients, at every start)."""
     import numpy as np
 
     return _aligned(shape, dtype, np.zeros)

@@ -45,7 +45,7 @@ def batch_chunking(rows: int, channels: int) -> tuple[int, int]:
 def _tiled(v, reps):
     """v (C,) repeated `reps` times: (reps * C,), matching `reps` consecutive rows of a (rows, C) array.
     Element by element: an array assigned to a slice compiles Numba's shape-mismatch message (string
-    formatting, ~2.5 s of a cold start) into this kernel and every kernel that calls it."""
+    formatting) into this kernel and every kernel that calls it."""
     c = v.shape[0]
     out = np.empty(reps * c, v.dtype)
     for g in range(reps):
